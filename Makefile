@@ -1,0 +1,27 @@
+# The two commands a new user needs: `make dev` runs the system, `make test` runs the suite.
+# Both create the virtual environment first; nothing is installed by hand.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: dev test lint clean-data venv
+
+$(STAMP): pyproject.toml scripts/bootstrap
+	bash scripts/bootstrap $(VENV)
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+dev: $(STAMP)
+	$(VENV)/bin/entitled dev
+
+test: $(STAMP)
+	$(VENV)/bin/entitled services prepare
+	$(PY) -m pytest -p no:cacheprovider $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
+
+clean-data: $(STAMP)
+	$(VENV)/bin/entitled services down --wipe

@@ -1,0 +1,82 @@
+"""One frozen `Settings`, built from the environment once per entry point and passed down.
+
+Nothing below the entry points reads `os.environ`; tests build `Settings` explicitly.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+DEFAULT_ENTITLING_STATUSES = ("active", "trialing", "past_due")
+
+
+def _split(value: str | None) -> tuple[str, ...]:
+    return tuple(part.strip() for part in (value or "").split(",") if part.strip())
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything configurable, with the defaults of the public interface (DESIGN.md)."""
+
+    kafka_bootstrap_servers: str | None = None  # None: the local service of `entitled services`
+    database_url: str | None = None  # None: the local service of `entitled services`
+    topic: str = "stripe.events"
+    partitions: int = 8
+    replication_factor: int = 1
+    webhook_secrets: tuple[str, ...] = ()
+    stripe_api_key: str | None = None
+    stripe_api_base: str | None = None
+    api_token: str | None = None
+    home: Path = field(default_factory=lambda: Path.home() / ".local" / "share" / "entitled")
+    cache: Path = field(default_factory=lambda: Path.home() / ".cache" / "entitled")
+    # ingest
+    max_body_bytes: int = 1024 * 1024
+    signature_tolerance_s: int = 300
+    produce_timeout_s: float = 5.0
+    # fold
+    group_metadata_key: str = "subscription_group"
+    movie_metadata_key: str = "movie_id"
+    entitling_statuses: tuple[str, ...] = DEFAULT_ENTITLING_STATUSES
+    batch_size: int = 500
+    batch_within_s: float = 0.05
+    consumer_group: str = "entitled-worker"
+    # backfill
+    backfill_rps: float = 20.0
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> Settings:
+        """Read the environment variables of the public interface; `overrides` win (CLI flags)."""
+        e = os.environ if env is None else env
+        base = cls()
+        s = cls(
+            kafka_bootstrap_servers=e.get("KAFKA_BOOTSTRAP_SERVERS") or None,
+            database_url=e.get("DATABASE_URL") or None,
+            topic=e.get("ENTITLED_TOPIC") or base.topic,
+            partitions=int(e.get("ENTITLED_PARTITIONS") or base.partitions),
+            replication_factor=int(e.get("ENTITLED_REPLICATION_FACTOR") or 1),
+            webhook_secrets=_split(e.get("STRIPE_WEBHOOK_SECRET")),
+            stripe_api_key=e.get("STRIPE_API_KEY") or None,
+            stripe_api_base=e.get("STRIPE_API_BASE") or None,
+            api_token=e.get("ENTITLED_API_TOKEN") or None,
+            home=Path(e["ENTITLED_HOME"]) if e.get("ENTITLED_HOME") else base.home,
+            cache=Path(e["ENTITLED_CACHE"]) if e.get("ENTITLED_CACHE") else base.cache,
+            max_body_bytes=int(e.get("ENTITLED_MAX_BODY_BYTES") or base.max_body_bytes),
+            produce_timeout_s=float(e.get("ENTITLED_PRODUCE_TIMEOUT") or base.produce_timeout_s),
+            group_metadata_key=e.get("ENTITLED_GROUP_KEY") or base.group_metadata_key,
+            movie_metadata_key=e.get("ENTITLED_MOVIE_KEY") or base.movie_metadata_key,
+            entitling_statuses=_split(e.get("ENTITLED_ENTITLING_STATUSES"))
+            or base.entitling_statuses,
+            batch_size=int(e.get("ENTITLED_BATCH_SIZE") or base.batch_size),
+            consumer_group=e.get("ENTITLED_CONSUMER_GROUP") or base.consumer_group,
+            backfill_rps=float(e.get("ENTITLED_BACKFILL_RPS") or base.backfill_rps),
+        )
+        clean = {k: v for k, v in overrides.items() if v is not None}
+        return replace(s, **clean) if clean else s  # type: ignore[arg-type]
+
+    @property
+    def services_dir(self) -> Path:
+        """Data directories, logs and pid files of the local Kafka and Postgres."""
+        return self.home / "services"

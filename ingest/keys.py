@@ -1,0 +1,66 @@
+"""Kafka message key and headers of one Stripe event.
+
+The key decides the partition, so all events of one customer land in one partition in
+arrival order (DESIGN.md, "The log is the truth"). Headers let consumers filter and trace
+without parsing the body.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+SOURCES = ("webhook", "backfill", "reconcile")
+
+
+def _object(event: Mapping[str, Any]) -> Mapping[str, Any]:
+    data = event.get("data")
+    obj = data.get("object") if isinstance(data, Mapping) else None
+    return obj if isinstance(obj, Mapping) else {}
+
+
+def routing_key(event: Mapping[str, Any]) -> str:
+    """The Stripe customer id the event concerns, else the id of its object.
+
+    `data.object.customer` may be a string id or an expanded customer object; a customer
+    object is keyed by its own id. Events with no customer (product, price, feature) are
+    keyed by their object id, and an event with no object id at all by its own id, so every
+    event has a stable key.
+    """
+    obj = _object(event)
+    customer = obj.get("customer")
+    if isinstance(customer, Mapping):
+        customer = customer.get("id")
+    if isinstance(customer, str) and customer:
+        return customer
+    own_id = obj.get("id")
+    if isinstance(own_id, str) and own_id:
+        return own_id
+    return str(event.get("id") or "")
+
+
+def event_headers(
+    event: Mapping[str, Any], *, source: str, received_at: float
+) -> list[tuple[str, bytes]]:
+    """Headers for the log: event id, type, API version, Connect account, received-at, source.
+
+    `stripe-account` is only present for Connect events. `received-at` is Unix seconds with
+    millisecond precision, as text, so any consumer can read it without a schema.
+    """
+    if source not in SOURCES:
+        raise ValueError(f"unknown source {source!r}; expected one of {SOURCES}")
+    headers = [
+        ("stripe-event-id", _text(event.get("id"))),
+        ("stripe-event-type", _text(event.get("type"))),
+        ("stripe-api-version", _text(event.get("api_version"))),
+    ]
+    account = event.get("account")
+    if isinstance(account, str) and account:
+        headers.append(("stripe-account", account.encode()))
+    headers.append(("received-at", f"{received_at:.3f}".encode()))
+    headers.append(("source", source.encode()))
+    return headers
+
+
+def _text(value: object) -> bytes:
+    return value.encode() if isinstance(value, str) else b""

@@ -1,0 +1,120 @@
+"""The one Kafka producer of an ingest process: idempotent, acks=all, bounded waits.
+
+`publish` returns only once the broker acknowledged the write, or raises `LogUnavailable`
+after `settings.produce_timeout_s`. A send we gave up on may still sit in aiokafka's
+accumulator and be delivered later (cancelling the delivery future does not withdraw the
+record). That is harmless, since Stripe retries after our 503 and the fold deduplicates by
+event id, but it must not go unnoticed: each such late outcome is logged and counted in
+`late_acks` / `late_failures` (exported by `ingest.metrics`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
+
+from entitled.settings import Settings
+from ingest.errors import ConfigurationError, LogUnavailable
+
+log = logging.getLogger(__name__)
+
+# Room for key and headers on top of the largest body we accept.
+_RECORD_OVERHEAD = 64 * 1024
+
+
+class EventProducer:
+    """Writes raw events to `settings.topic`; one instance per process."""
+
+    def __init__(self, settings: Settings) -> None:
+        if not settings.kafka_bootstrap_servers:
+            raise ConfigurationError("kafka_bootstrap_servers is not set")
+        self.settings = settings
+        self.topic = settings.topic
+        self.timeout_s = settings.produce_timeout_s
+        self.late_acks = 0
+        self.late_failures = 0
+        self._producer = AIOKafkaProducer(
+            bootstrap_servers=settings.kafka_bootstrap_servers,
+            client_id="entitled-ingest",
+            acks="all",
+            enable_idempotence=True,
+            linger_ms=0,
+            max_request_size=settings.max_body_bytes + _RECORD_OVERHEAD,
+            # The accumulator drops a batch whose partition has no leader after this long.
+            request_timeout_ms=max(int(settings.produce_timeout_s * 1000), 1000),
+        )
+        self._started = False
+
+    async def start(self) -> None:
+        """Connect to the cluster and fetch metadata for the topic."""
+        try:
+            await self._producer.start()
+        except KafkaError as exc:
+            raise LogUnavailable(f"cannot connect to Kafka: {type(exc).__name__}") from exc
+        self._started = True
+
+    async def stop(self) -> None:
+        """Flush what is pending (bounded by the producer's own timeouts) and disconnect."""
+        if self._started:
+            self._started = False
+            await self._producer.stop()
+
+    async def publish(
+        self, raw: bytes, *, key: str, headers: list[tuple[str, bytes]]
+    ) -> tuple[int, int]:
+        """Write `raw` byte for byte and wait for the ack; return (partition, offset).
+
+        Raises `LogUnavailable` when Kafka did not acknowledge within the timeout.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.timeout_s
+        try:
+            # Cancelling `send` itself (metadata wait, full buffer) means nothing was queued.
+            async with asyncio.timeout_at(deadline):
+                delivery = await self._producer.send(
+                    self.topic, value=raw, key=key.encode(), headers=headers
+                )
+        except (TimeoutError, KafkaError) as exc:
+            raise LogUnavailable(_reason(exc)) from exc
+        try:
+            async with asyncio.timeout_at(deadline):
+                # shield: on timeout we keep the delivery future to learn its fate later.
+                metadata = await asyncio.shield(delivery)
+        except TimeoutError as exc:
+            delivery.add_done_callback(self._late_outcome)
+            raise LogUnavailable(_reason(exc)) from exc
+        except KafkaError as exc:
+            raise LogUnavailable(_reason(exc)) from exc
+        return metadata.partition, metadata.offset
+
+    async def ready(self) -> bool:
+        """True when a broker answered a metadata request and knows the topic."""
+        if not self._started:
+            return False
+        client = self._producer.client
+        try:
+            async with asyncio.timeout(min(self.timeout_s, 2.0)):
+                updated = await client.force_metadata_update()
+        except (TimeoutError, KafkaError):
+            return False
+        return bool(updated) and bool(client.cluster.partitions_for_topic(self.topic))
+
+    def _late_outcome(self, delivery: asyncio.Future[object]) -> None:
+        if delivery.cancelled():
+            return
+        exc = delivery.exception()
+        if exc is None:
+            self.late_acks += 1
+            log.warning("a write answered 503 was acknowledged later: %s", delivery.result())
+        else:
+            self.late_failures += 1
+            log.warning("a write answered 503 finally failed: %s", _reason(exc))
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, TimeoutError):
+        return "Kafka did not acknowledge the write in time"
+    return f"Kafka refused the write: {type(exc).__name__}"

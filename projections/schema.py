@@ -1,0 +1,224 @@
+"""The Postgres schema: a control schema, one schema per projection version, and `live` views.
+
+- `entitled` holds what is not derived from the log: the catalogue (`movies`), the list of
+  projection versions and which one is active.
+- `entitled_v<N>` holds one complete projection version: the mirrored Stripe objects, the
+  per-customer entitlements, the checkpoints of the offsets folded into it, the ids of the
+  events applied (dedup) and the dead letters. Replay builds a new one beside the live one.
+- `live` holds one view per projection table, pointing at the active version. Readers only
+  ever query `live.*`, so a version swap (redefining the views in one transaction) is atomic
+  for them: no reader sees a half-built table or fails.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from psycopg import AsyncConnection, sql
+
+CONTROL = "entitled"
+LIVE = "live"
+
+# Mirrored Stripe objects: one generic shape, so one writer serves every table. `record` is
+# the row's lossless JSON form (rows.to_record()); `customer` and `refs` (product ids the row
+# points at) are the two lookups entitlement derivation needs; v_* is the row's Version.
+MIRROR_TABLES = (
+    "products",
+    "prices",
+    "customers",
+    "subscriptions",
+    "purchases",
+    "charges",
+    "refunds",
+)
+
+_CONTROL_DDL = """
+CREATE SCHEMA IF NOT EXISTS entitled;
+CREATE SCHEMA IF NOT EXISTS live;
+CREATE TABLE IF NOT EXISTS entitled.versions (
+    version     integer PRIMARY KEY,
+    schema_name text NOT NULL UNIQUE,
+    state       text NOT NULL CHECK (state IN ('building', 'ready', 'active', 'retired')),
+    created_at  timestamptz NOT NULL DEFAULT now(),
+    activated_at timestamptz,
+    note        text
+);
+CREATE TABLE IF NOT EXISTS entitled.active (
+    singleton boolean PRIMARY KEY DEFAULT true CHECK (singleton),
+    version   integer NOT NULL REFERENCES entitled.versions (version)
+);
+CREATE TABLE IF NOT EXISTS entitled.movies (
+    movie_id   text PRIMARY KEY,
+    title      text NOT NULL,
+    keywords   text NOT NULL DEFAULT '',
+    groups     text[] NOT NULL DEFAULT '{}',
+    search     tsvector GENERATED ALWAYS AS (
+        setweight(to_tsvector('english', title), 'A')
+        || setweight(to_tsvector('english', keywords), 'B')
+    ) STORED,
+    updated_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX IF NOT EXISTS movies_search_idx ON entitled.movies USING gin (search);
+CREATE INDEX IF NOT EXISTS movies_groups_idx ON entitled.movies USING gin (groups);
+"""
+
+_MIRROR_DDL = """
+CREATE TABLE {schema}.{table} (
+    id          text PRIMARY KEY,
+    customer    text,
+    refs        text[] NOT NULL DEFAULT '{{}}',
+    record      jsonb NOT NULL,
+    v_created   bigint NOT NULL,
+    v_rank      smallint NOT NULL,
+    v_partition integer NOT NULL,
+    v_offset    bigint NOT NULL,
+    event_id    text NOT NULL
+)
+"""
+
+_MIRROR_INDEXES = """
+CREATE INDEX ON {schema}.{table} (customer);
+CREATE INDEX ON {schema}.{table} USING gin (refs)
+"""
+
+_VERSION_DDL = """
+CREATE TABLE {schema}.customer_entitlements (
+    customer      text PRIMARY KEY,
+    groups        text[] NOT NULL,
+    movie_ids     text[] NOT NULL,
+    as_of_event   text,
+    as_of_created bigint,
+    updated_at    timestamptz NOT NULL DEFAULT now()
+);
+CREATE TABLE {schema}.checkpoints (
+    topic       text NOT NULL,
+    partition   integer NOT NULL,
+    next_offset bigint NOT NULL,
+    updated_at  timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (topic, partition)
+);
+CREATE TABLE {schema}.processed_events (
+    event_id  text PRIMARY KEY,
+    partition integer NOT NULL,
+    "offset"  bigint NOT NULL
+);
+CREATE TABLE {schema}.dead_letters (
+    id          bigserial PRIMARY KEY,
+    key         text NOT NULL,
+    topic       text NOT NULL,
+    partition   integer NOT NULL,
+    "offset"    bigint NOT NULL,
+    event_id    text,
+    event_type  text,
+    state       text NOT NULL CHECK (state IN ('poison', 'parked', 'applied', 'skipped')),
+    error       text,
+    traceback   text,
+    raw         bytea NOT NULL,
+    created_at  timestamptz NOT NULL DEFAULT now(),
+    resolved_at timestamptz,
+    UNIQUE (topic, partition, "offset")
+);
+CREATE INDEX ON {schema}.dead_letters (key) WHERE state IN ('poison', 'parked');
+"""
+
+LIVE_VIEWS = (*MIRROR_TABLES, "customer_entitlements", "checkpoints", "dead_letters")
+
+
+def version_schema(version: int) -> str:
+    return f"entitled_v{version}"
+
+
+def _statements(template: str, **names: str) -> list[sql.Composed]:
+    idents = {k: sql.Identifier(v) for k, v in names.items()}
+    return [
+        sql.SQL(part.strip()).format(**idents) for part in template.split(";") if part.strip()
+    ]
+
+
+async def create_version_schema(
+    conn: AsyncConnection[object], version: int, *, indexes: bool = True
+) -> str:
+    """Create the empty tables of one projection version; `indexes=False` defers the
+    secondary indexes (replay loads first and builds them after, which is much faster)."""
+    schema = version_schema(version)
+    await conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
+    for table in MIRROR_TABLES:
+        for stmt in _statements(_MIRROR_DDL, schema=schema, table=table):
+            await conn.execute(stmt)
+    for stmt in _statements(_VERSION_DDL, schema=schema):
+        await conn.execute(stmt)
+    if indexes:
+        await create_secondary_indexes(conn, schema)
+    return schema
+
+
+async def create_secondary_indexes(conn: AsyncConnection[object], schema: str) -> None:
+    for table in MIRROR_TABLES:
+        for stmt in _statements(_MIRROR_INDEXES, schema=schema, table=table):
+            await conn.execute(stmt)
+
+
+async def point_live_views(conn: AsyncConnection[object], schema: str) -> None:
+    """Redefine every `live` view to read `schema`. Call inside the swapping transaction."""
+    for view in LIVE_VIEWS:
+        await conn.execute(
+            sql.SQL("DROP VIEW IF EXISTS {}.{}").format(sql.Identifier(LIVE), sql.Identifier(view))
+        )
+        await conn.execute(
+            sql.SQL("CREATE VIEW {}.{} AS SELECT * FROM {}.{}").format(
+                sql.Identifier(LIVE),
+                sql.Identifier(view),
+                sql.Identifier(schema),
+                sql.Identifier(view),
+            )
+        )
+
+
+async def migrate(conn: AsyncConnection[object]) -> str:
+    """Create the control schema and, on a fresh database, version 1 as the active version.
+
+    Idempotent and safe to run from several processes at once (an advisory lock serialises
+    them). Returns the active version's schema name. The caller commits.
+    """
+    await conn.execute("SELECT pg_advisory_xact_lock(hashtext('entitled.migrate'))")
+    for stmt in _CONTROL_DDL.split(";"):
+        if stmt.strip():
+            await conn.execute(stmt)
+    cur = await conn.execute(
+        "SELECT v.schema_name FROM entitled.active a JOIN entitled.versions v USING (version)"
+    )
+    row = await cur.fetchone()
+    if row is not None:
+        return str(row[0])  # type: ignore[index]
+    schema = await create_version_schema(conn, 1)
+    await conn.execute(
+        "INSERT INTO entitled.versions (version, schema_name, state, activated_at)"
+        " VALUES (1, %s, 'active', now())",
+        (schema,),
+    )
+    await conn.execute("INSERT INTO entitled.active (version) VALUES (1)")
+    await point_live_views(conn, schema)
+    return schema
+
+
+async def active_schema(conn: AsyncConnection[object], *, lock: bool = False) -> str:
+    """The active version's schema. `lock=True` takes a share lock on the active row, so a
+    concurrent swap waits until this transaction ends (and vice versa)."""
+    query = (
+        "SELECT v.schema_name FROM entitled.active a JOIN entitled.versions v USING (version)"
+        + (" FOR SHARE OF a" if lock else "")
+    )
+    cur = await conn.execute(query)
+    row = await cur.fetchone()
+    if row is None:
+        raise LookupError("no active projection version: run `entitled migrate`")
+    return str(row[0])  # type: ignore[index]
+
+
+def qualified(schema: str, table: str) -> sql.Identifier:
+    return sql.Identifier(schema, table)
+
+
+def all_tables(schema: str) -> Iterable[sql.Identifier]:
+    for table in (*MIRROR_TABLES, "customer_entitlements", "checkpoints", "processed_events"):
+        yield qualified(schema, table)
