@@ -130,9 +130,7 @@ def version_schema(version: int) -> str:
 
 def _statements(template: str, **names: str) -> list[sql.Composed]:
     idents = {k: sql.Identifier(v) for k, v in names.items()}
-    return [
-        sql.SQL(part.strip()).format(**idents) for part in template.split(";") if part.strip()
-    ]
+    return [sql.SQL(part.strip()).format(**idents) for part in template.split(";") if part.strip()]
 
 
 async def create_version_schema(

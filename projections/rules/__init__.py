@@ -1,0 +1,33 @@
+"""Pure fold rules, one per Stripe event type, grouped by object family.
+
+Importing this package registers every rule; `rule_for(type)` finds one.
+"""
+
+from __future__ import annotations
+
+from projections.rules import customers, payments, products, subscriptions
+from projections.rules._registry import (
+    RULES,
+    RuleFn,
+    RuleSpec,
+    fold,
+    rule_for,
+    supersedes,
+    version_of,
+    view,
+)
+
+__all__ = [
+    "RULES",
+    "RuleFn",
+    "RuleSpec",
+    "customers",
+    "fold",
+    "payments",
+    "products",
+    "rule_for",
+    "subscriptions",
+    "supersedes",
+    "version_of",
+    "view",
+]

@@ -1,0 +1,308 @@
+"""Benchmark the webhook ingest: signed events/s and latency into a real Kafka.
+
+Side by side, in one run and with the same uvicorn settings:
+  * `bare`   - a Starlette endpoint that answers 200 and does nothing (the HTTP ceiling);
+  * `ingest` - the real app: stream the body, verify the signature, parse, produce, ack.
+Each server runs in its own process; the load comes from another process (aiohttp client,
+N concurrent connections, closed loop), then an open-loop run at a fixed 200 events/s for
+the latency goal. Figures are printed and written to `bench/results/ingest.json`.
+
+    .venv/bin/python bench/ingest.py [--seconds 10] [--connections 64]
+
+Uses KAFKA_BOOTSTRAP_SERVERS when set, else starts the local services in a temp home.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import json
+import multiprocessing as mp
+import platform
+import socket
+import statistics
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+SECRET = "whsec_bench_secret"
+RESULTS = Path(__file__).parent / "results" / "ingest.json"
+UVICORN = {"host": "127.0.0.1", "log_level": "warning", "access_log": False, "ws": "none"}
+GOALS = {"ratio_to_bare": 0.5, "events_per_s": 3000, "p99_ms_at_200_per_s": 50}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def _serve(kind: str, port: int, settings: Any) -> None:
+    """Server process: the bare endpoint or the real ingest app under uvicorn."""
+    import uvicorn
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import Response
+    from starlette.routing import Route
+
+    if kind == "bare":
+
+        async def ok(request: Request) -> Response:
+            return Response(b'{"received": true}', media_type="application/json")
+
+        async def health(request: Request) -> Response:
+            return Response(b"ok")
+
+        app = Starlette(
+            routes=[
+                Route("/webhooks/stripe", ok, methods=["POST"]),
+                Route("/healthz", health, methods=["GET"]),
+            ]
+        )
+    else:
+        from ingest.app import create_app
+
+        app = create_app(settings)
+    uvicorn.run(app, port=port, **UVICORN)  # type: ignore[arg-type]
+
+
+class _Events:
+    """Distinct signed subscription events built from one template (id and customer vary),
+    so the client spends its time sending, not deep-copying fixtures."""
+
+    def __init__(self, prefix: bytes) -> None:
+        from entitled import stripe_events as se
+
+        sub = se.subscription(
+            "sub_BENCH", customer="cus_BENCHXXXXXX", items=[("price_a", "prod_a")]
+        )
+        evt = se.event("customer.subscription.updated", sub, id="evt_BENCHXXXXXXXXXX")
+        self._template = se.encode(evt)
+        self._prefix = prefix
+        self._sign = se.sign_header
+
+    def __getitem__(self, i: int) -> tuple[bytes, dict[str, str]]:
+        body = self._template.replace(
+            b"evt_BENCHXXXXXXXXXX", b"evt_%s%010d" % (self._prefix, i)
+        ).replace(b"cus_BENCHXXXXXX", b"cus_bench%05d" % (i % 50_000))
+        headers = {"Stripe-Signature": self._sign(body, SECRET), "Content-Type": "application/json"}
+        return body, headers
+
+
+def _percentiles(latencies: list[float]) -> dict[str, float]:
+    if len(latencies) < 2:
+        return {"p50_ms": float("nan"), "p99_ms": float("nan"), "max_ms": float("nan")}
+    q = statistics.quantiles(latencies, n=100, method="inclusive")
+    return {
+        "p50_ms": round(q[49] * 1000, 2),
+        "p99_ms": round(q[98] * 1000, 2),
+        "max_ms": round(max(latencies) * 1000, 2),
+    }
+
+
+async def _closed_loop(url: str, seconds: float, connections: int) -> dict[str, Any]:
+    import aiohttp
+
+    events = _Events(b"bench")
+    latencies: list[float] = []
+    statuses: dict[int, int] = {}
+    next_index = 0
+    total_ok = 0
+    connector = aiohttp.TCPConnector(limit=connections)
+    async with aiohttp.ClientSession(connector=connector) as session:
+
+        async def worker(stop_at: float) -> None:
+            nonlocal next_index, total_ok
+            while time.perf_counter() < stop_at:
+                body, headers = events[next_index]
+                next_index += 1
+                started = time.perf_counter()
+                async with session.post(url, data=body, headers=headers) as r:
+                    await r.read()
+                    statuses[r.status] = statuses.get(r.status, 0) + 1
+                if r.status == 200:
+                    latencies.append(time.perf_counter() - started)
+                    total_ok += 1
+
+        # Warm up connections and the server's code paths, then measure.
+        await asyncio.gather(*(worker(time.perf_counter() + 1.0) for _ in range(connections)))
+        latencies.clear()
+        statuses.clear()
+        started = time.perf_counter()
+        await asyncio.gather(*(worker(started + seconds) for _ in range(connections)))
+        elapsed = time.perf_counter() - started
+    return {
+        "connections": connections,
+        "seconds": round(elapsed, 2),
+        "ok": len(latencies),
+        "statuses": {str(k): v for k, v in statuses.items()},
+        "events_per_s": round(len(latencies) / elapsed, 1),
+        **_percentiles(latencies),
+        "ok_including_warmup": total_ok,
+    }
+
+
+async def _fixed_rate(url: str, rate: float, seconds: float) -> dict[str, Any]:
+    """Open loop: request i is due at start + i/rate; latency is measured from when it was
+    due, so a stalled server is not hidden by the client waiting (coordinated omission)."""
+    import aiohttp
+
+    n = int(rate * seconds)
+    events = _Events(b"rate")
+    latencies: list[float] = []
+    statuses: dict[int, int] = {}
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=200)) as session:
+
+        async def one(i: int, due: float) -> None:
+            await asyncio.sleep(max(0.0, due - time.perf_counter()))
+            body, headers = events[i]
+            async with session.post(url, data=body, headers=headers) as r:
+                await r.read()
+            statuses[r.status] = statuses.get(r.status, 0) + 1
+            if r.status == 200:
+                latencies.append(time.perf_counter() - due)
+
+        start = time.perf_counter() + 0.2
+        await asyncio.gather(*(one(i, start + i / rate) for i in range(n)))
+    return {
+        "rate": rate,
+        "seconds": seconds,
+        "ok": len(latencies),
+        "statuses": {str(k): v for k, v in statuses.items()},
+        **_percentiles(latencies),
+    }
+
+
+def _client(kind: str, url: str, args: dict[str, Any], queue: Any) -> None:
+    """Load-generator process."""
+    result: dict[str, Any] = {
+        "throughput": asyncio.run(_closed_loop(url, args["seconds"], args["connections"]))
+    }
+    result["fixed_rate"] = asyncio.run(_fixed_rate(url, 200.0, args["rate_seconds"]))
+    queue.put(result)
+
+
+def _wait_healthy(port: int, timeout: float = 60.0) -> None:
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    raise TimeoutError(f"server on port {port} did not come up")
+
+
+def _run(kind: str, settings: Any, args: dict[str, Any]) -> dict[str, Any]:
+    ctx = mp.get_context("spawn")
+    port = _free_port()
+    server = ctx.Process(target=_serve, args=(kind, port, settings), daemon=True)
+    server.start()
+    try:
+        _wait_healthy(port)
+        queue = ctx.Queue()
+        client = ctx.Process(
+            target=_client,
+            args=(kind, f"http://127.0.0.1:{port}/webhooks/stripe", args, queue),
+        )
+        client.start()
+        result: dict[str, Any] = queue.get(timeout=args["seconds"] + args["rate_seconds"] + 300)
+        client.join(timeout=30)
+        return result
+    finally:
+        server.terminate()
+        server.join(timeout=30)
+
+
+async def _log_count(settings: Any) -> int:
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap_servers)
+    await consumer.start()
+    try:
+        parts = [TopicPartition(settings.topic, p) for p in range(settings.partitions)]
+        return sum((await consumer.end_offsets(parts)).values())
+    finally:
+        await consumer.stop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--seconds", type=float, default=10.0, help="closed-loop duration")
+    parser.add_argument("--connections", type=int, default=64)
+    parser.add_argument("--rate-seconds", type=float, default=10.0, help="200/s run duration")
+    args = vars(parser.parse_args())
+
+    from entitled import services
+    from entitled.settings import Settings
+
+    settings = Settings.from_env()
+    temp_home = None
+    if not settings.kafka_bootstrap_servers:
+        temp_home = Path(tempfile.mkdtemp(prefix="entitled-bench-"))
+        temp_home.chmod(0o755)  # the postgres user must traverse it
+        settings = dataclasses.replace(settings, home=temp_home)
+        endpoints = services.up(settings)
+        settings = dataclasses.replace(settings, kafka_bootstrap_servers=endpoints.bootstrap)
+    assert settings.kafka_bootstrap_servers
+    settings = dataclasses.replace(
+        settings, topic=f"bench.{uuid.uuid4().hex[:8]}", webhook_secrets=(SECRET,)
+    )
+    try:
+        asyncio.run(
+            services.ensure_topic(
+                settings.kafka_bootstrap_servers, settings.topic, settings.partitions, 1
+            )
+        )
+        results: dict[str, Any] = {}
+        for kind in ("bare", "ingest"):
+            print(f"running {kind} ...", flush=True)
+            results[kind] = _run(kind, settings, args)
+        in_log = asyncio.run(_log_count(settings))
+    finally:
+        if temp_home is not None:
+            services.down(settings, wipe=True)
+
+    bare, real = results["bare"], results["ingest"]
+    acked = real["throughput"]["ok_including_warmup"] + real["fixed_rate"]["ok"]
+    ratio = real["throughput"]["events_per_s"] / bare["throughput"]["events_per_s"]
+    report = {
+        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "machine": {"cpus": mp.cpu_count(), "python": platform.python_version()},
+        "uvicorn": UVICORN,
+        "args": args,
+        "bare": bare,
+        "ingest": real,
+        "ratio_to_bare": round(ratio, 3),
+        "ingest_200_answers": acked,
+        "events_in_log": in_log,
+        "goals": GOALS,
+        "met": {
+            "ratio_to_bare": ratio >= GOALS["ratio_to_bare"],
+            "events_per_s": real["throughput"]["events_per_s"] >= GOALS["events_per_s"],
+            "p99_ms_at_200_per_s": real["fixed_rate"]["p99_ms"] < GOALS["p99_ms_at_200_per_s"],
+        },
+    }
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(report, indent=2) + "\n")
+
+    print(f"{'':8}{'events/s':>10}{'p50 ms':>9}{'p99 ms':>9}   at 200/s: {'p50':>6}{'p99':>7}")
+    for kind, r in results.items():
+        t, f = r["throughput"], r["fixed_rate"]
+        print(
+            f"{kind:8}{t['events_per_s']:>10}{t['p50_ms']:>9}{t['p99_ms']:>9}"
+            f"   {'':10}{f['p50_ms']:>6}{f['p99_ms']:>7}"
+        )
+    print(f"ingest/bare = {ratio:.2f}; 200-answers {acked}, records in the log {in_log}")
+    print(f"goals met: {report['met']}; written {RESULTS}")
+
+
+if __name__ == "__main__":
+    main()

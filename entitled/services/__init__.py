@@ -1,0 +1,204 @@
+"""The local Kafka and PostgreSQL that `entitled dev` and the tests run against.
+
+Both are started by the project itself on 127.0.0.1 (free ports, remembered in
+`services_dir/state.json`), detached from the starting process and stopped by pid.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from typing import Any
+
+from entitled.services import _process as proc
+from entitled.services import kafka, postgres
+from entitled.services.errors import ServicesError
+from entitled.services.kafka import ensure_topic
+from entitled.settings import Settings
+
+__all__ = [
+    "Endpoints",
+    "ServicesError",
+    "down",
+    "endpoints",
+    "ensure_topic",
+    "prepare",
+    "start_kafka",
+    "start_postgres",
+    "status",
+    "stop_kafka",
+    "stop_postgres",
+    "up",
+]
+
+
+@dataclass(frozen=True)
+class Endpoints:
+    """Where the services answer."""
+
+    bootstrap: str  # "127.0.0.1:PORT[,...]"
+    database_url: str  # "postgresql://postgres@127.0.0.1:PORT/entitled"
+
+
+def _lock(settings: Settings) -> Any:
+    return proc.locked(settings.services_dir / ".lock")
+
+
+def _kafka_state(settings: Settings, state: proc.State, brokers: int) -> dict[str, Any]:
+    current = state.get("kafka")
+    if current is None:
+        current = kafka.plan(settings, brokers)
+    elif len(current["nodes"]) != brokers:
+        raise ServicesError(
+            f"The local Kafka in {settings.services_dir} was created with "
+            f"{len(current['nodes'])} broker(s), not {brokers}. Run "
+            "`entitled services down --wipe` first to recreate it."
+        )
+    state["kafka"] = current
+    return current
+
+
+def _postgres_state(settings: Settings, state: proc.State, fast: bool) -> dict[str, Any]:
+    current = state.get("postgres") or postgres.plan(settings, fast=fast)
+    if not proc.pid_alive(current.get("pid")):
+        current["fast"] = fast  # durability settings apply from this start on
+    state["postgres"] = current
+    return current
+
+
+def _up(settings: Settings, *, brokers: int, fast: bool, want_kafka: bool, want_pg: bool) -> None:
+    with _lock(settings):
+        state = proc.load_state(settings.services_dir)
+        try:
+            if want_kafka:
+                # Spawn the JVM first: PostgreSQL starts while Kafka boots.
+                kafka.launch(settings, _kafka_state(settings, state, brokers))
+            if want_pg:
+                postgres.start(settings, _postgres_state(settings, state, fast))
+            if want_kafka:
+                kafka.wait_ready(state["kafka"])
+        finally:
+            proc.save_state(settings.services_dir, state)
+
+
+def up(settings: Settings, *, brokers: int = 1, fast: bool = False) -> Endpoints:
+    """Start the local Kafka (`brokers` KRaft nodes) and PostgreSQL; idempotent.
+
+    `fast` turns off fsync and friends: for throw-away test clusters only.
+    """
+    _up(settings, brokers=brokers, fast=fast, want_kafka=True, want_pg=True)
+    state = proc.load_state(settings.services_dir)
+    return Endpoints(kafka.bootstrap(state["kafka"]), postgres.url(state["postgres"]))
+
+
+def down(settings: Settings, *, wipe: bool = False) -> None:
+    """Stop both services by pid; with `wipe`, delete their data, logs and state too."""
+    with _lock(settings):
+        state = proc.load_state(settings.services_dir)
+        try:
+            if "kafka" in state:
+                kafka.stop(state["kafka"], kill=wipe)
+            if "postgres" in state:
+                postgres.stop(state["postgres"], kill=wipe)
+        finally:
+            if not wipe and state:
+                proc.save_state(settings.services_dir, state)
+        if wipe:
+            shutil.rmtree(settings.services_dir, ignore_errors=True)
+
+
+def status(settings: Settings) -> dict[str, Any]:
+    """Ports, pids, data directories, log files and health of the local services."""
+    state = proc.load_state(settings.services_dir)
+    result: dict[str, Any] = {
+        "services_dir": str(settings.services_dir),
+        "jar_cache": str(kafka.jar_dir(settings)),
+        "jars_ready": kafka.jars_ready(settings),
+        "kafka": None,
+        "postgres": None,
+    }
+    if "kafka" in state:
+        nodes = kafka.health(state["kafka"])
+        result["kafka"] = {
+            "bootstrap": kafka.bootstrap(state["kafka"]),
+            "cluster_id": state["kafka"]["cluster_id"],
+            "nodes": nodes,
+            "healthy": bool(nodes) and all(n["healthy"] for n in nodes),
+        }
+    if "postgres" in state:
+        result["postgres"] = postgres.health(state["postgres"])
+    return result
+
+
+def prepare(settings: Settings) -> None:
+    """Resolve the Kafka jars into the cache and check the PostgreSQL binaries."""
+    kafka.prepare(settings)
+    postgres.bin_dir()
+
+
+def endpoints(settings: Settings) -> Endpoints:
+    """The configured services; whatever is not configured is started locally."""
+    want_kafka = not settings.kafka_bootstrap_servers
+    want_pg = not settings.database_url
+    if want_kafka or want_pg:
+        _up(
+            settings,
+            brokers=settings.replication_factor if settings.replication_factor > 1 else 1,
+            fast=False,
+            want_kafka=want_kafka,
+            want_pg=want_pg,
+        )
+        state = proc.load_state(settings.services_dir)
+    return Endpoints(
+        settings.kafka_bootstrap_servers or kafka.bootstrap(state["kafka"]),
+        settings.database_url or postgres.url(state["postgres"]),
+    )
+
+
+def _existing(settings: Settings, state: proc.State, name: str) -> dict[str, Any]:
+    if name not in state:
+        raise ServicesError(
+            f"No local {name} in {settings.services_dir}; run `entitled services up` first."
+        )
+    current: dict[str, Any] = state[name]
+    return current
+
+
+def stop_kafka(settings: Settings, *, kill: bool = False) -> None:
+    """Stop the local Kafka (for fault tests); `start_kafka` brings it back on the same ports."""
+    with _lock(settings):
+        state = proc.load_state(settings.services_dir)
+        try:
+            kafka.stop(_existing(settings, state, "kafka"), kill=kill)
+        finally:
+            proc.save_state(settings.services_dir, state)
+
+
+def start_kafka(settings: Settings) -> None:
+    """Start the local Kafka again on its remembered ports and wait until it answers."""
+    with _lock(settings):
+        state = proc.load_state(settings.services_dir)
+        try:
+            kafka.start(settings, _existing(settings, state, "kafka"))
+        finally:
+            proc.save_state(settings.services_dir, state)
+
+
+def stop_postgres(settings: Settings, *, kill: bool = False) -> None:
+    """Stop the local PostgreSQL (for fault tests); `start_postgres` restarts it."""
+    with _lock(settings):
+        state = proc.load_state(settings.services_dir)
+        try:
+            postgres.stop(_existing(settings, state, "postgres"), kill=kill)
+        finally:
+            proc.save_state(settings.services_dir, state)
+
+
+def start_postgres(settings: Settings) -> None:
+    """Start the local PostgreSQL again on its remembered port."""
+    with _lock(settings):
+        state = proc.load_state(settings.services_dir)
+        try:
+            postgres.start(settings, _existing(settings, state, "postgres"))
+        finally:
+            proc.save_state(settings.services_dir, state)

@@ -1,0 +1,363 @@
+"""The local Apache Kafka: jars from Maven Central, KRaft nodes started as plain JVMs.
+
+Each node is a combined broker+controller listening on 127.0.0.1. Ports are chosen by the
+OS once and remembered in the state file, so a restarted broker comes back where its
+clients expect it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import shutil
+import subprocess
+import time
+import uuid
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaError
+
+from entitled.services import _process as proc
+from entitled.services.errors import ServicesError
+from entitled.settings import Settings
+
+KAFKA_VERSION = "4.1.1"
+MAIN_CLASS = "kafka.Kafka"
+STORAGE_TOOL = "kafka.tools.StorageTool"
+# Two cores are shared by everything: keep the JVM small.
+JVM_OPTS = ("-Xms256m", "-Xmx512m", "-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20")
+_TOPIC_ALREADY_EXISTS = 36
+START_TIMEOUT_S = 90.0
+
+KafkaState = dict[str, Any]
+
+
+def jar_dir(settings: Settings) -> Path:
+    return settings.cache / f"kafka-{KAFKA_VERSION}"
+
+
+def _libs(settings: Settings) -> Path:
+    return jar_dir(settings) / "libs"
+
+
+def _marker(settings: Settings) -> Path:
+    return jar_dir(settings) / ".complete"
+
+
+def jars_ready(settings: Settings) -> bool:
+    return _marker(settings).exists() and any(_libs(settings).glob("kafka_2.13-*.jar"))
+
+
+def _java() -> str:
+    java = shutil.which("java")
+    if java is None:
+        raise ServicesError(
+            "`java` is not on PATH; Kafka needs Java 17 or newer. "
+            "Install it with `apt-get install openjdk-17-jre-headless` (or run scripts/bootstrap)."
+        )
+    return java
+
+
+def prepare(settings: Settings) -> Path:
+    """Resolve the broker classpath into the cache (once); return the `libs` directory.
+
+    The marker is written last, so an interrupted or failed download is redone next time.
+    """
+    _java()
+    if jars_ready(settings):
+        return _libs(settings)
+    with proc.locked(settings.cache / f"kafka-{KAFKA_VERSION}.lock"):
+        if jars_ready(settings):  # another process finished it while we waited
+            return _libs(settings)
+        mvn = shutil.which("mvn")
+        if mvn is None:
+            raise ServicesError(
+                "`mvn` is not on PATH; it downloads the Kafka jars from Maven Central. "
+                "Install it with `apt-get install maven` (or run scripts/bootstrap)."
+            )
+        root = jar_dir(settings)
+        root.mkdir(parents=True, exist_ok=True)
+        pom = root / "pom.xml"
+        pom.write_bytes(resources.files("entitled.services").joinpath("kafka-pom.xml").read_bytes())
+        partial = root / "libs.partial"
+        shutil.rmtree(partial, ignore_errors=True)
+        cmd = [
+            mvn,
+            "-q",
+            "-B",
+            "-f",
+            str(pom),
+            "dependency:copy-dependencies",
+            f"-DoutputDirectory={partial}",
+            "-DincludeScope=runtime",
+        ]
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        if done.returncode != 0 or not any(partial.glob("kafka_2.13-*.jar")):
+            shutil.rmtree(partial, ignore_errors=True)
+            out = (done.stdout + done.stderr).strip()[-3000:]
+            raise ServicesError(
+                f"Maven could not resolve the Kafka {KAFKA_VERSION} jars (exit {done.returncode}). "
+                "Check that https://repo.maven.apache.org is reachable (or that ~/.m2/settings.xml "
+                f"names a reachable mirror), then run `entitled services prepare` again.\n{out}"
+            )
+        shutil.rmtree(_libs(settings), ignore_errors=True)
+        partial.rename(_libs(settings))
+        _marker(settings).write_text(
+            "\n".join(sorted(p.name for p in _libs(settings).glob("*.jar"))) + "\n"
+        )
+    return _libs(settings)
+
+
+def _node_dir(settings: Settings, node_id: int) -> Path:
+    return settings.services_dir / "kafka" / f"node-{node_id}"
+
+
+def _log_file(settings: Settings, node_id: int) -> Path:
+    return settings.services_dir / "logs" / f"kafka-{node_id}.log"
+
+
+def _server_properties(node: dict[str, Any], nodes: list[dict[str, Any]]) -> str:
+    n = len(nodes)
+    rf = min(n, 3)
+    voters = ",".join(f"{x['node_id']}@127.0.0.1:{x['controller_port']}" for x in nodes)
+    props = {
+        "node.id": node["node_id"],
+        "process.roles": "broker,controller",
+        "listeners": f"PLAINTEXT://127.0.0.1:{node['port']},CONTROLLER://127.0.0.1:"
+        f"{node['controller_port']}",
+        "advertised.listeners": f"PLAINTEXT://127.0.0.1:{node['port']}",
+        "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+        "controller.listener.names": "CONTROLLER",
+        "inter.broker.listener.name": "PLAINTEXT",
+        "controller.quorum.voters": voters,
+        "log.dirs": node["data_dir"],
+        "num.partitions": 8,
+        "default.replication.factor": rf,
+        "min.insync.replicas": 2 if n >= 3 else 1,
+        "offsets.topic.replication.factor": rf,
+        # Fewer internal partitions: the first consumer group on a fresh broker is quicker.
+        "offsets.topic.num.partitions": 8,
+        "transaction.state.log.replication.factor": rf,
+        "transaction.state.log.min.isr": 2 if n >= 3 else 1,
+        "transaction.state.log.num.partitions": 8,
+        "share.coordinator.state.topic.replication.factor": rf,
+        "share.coordinator.state.topic.min.isr": 2 if n >= 3 else 1,
+        "group.initial.rebalance.delay.ms": 0,
+        "auto.create.topics.enable": "false",
+        "num.network.threads": 2,
+        "num.io.threads": 4,
+        "log.retention.hours": -1,
+        "log.retention.ms": -1,
+    }
+    return "".join(f"{k}={v}\n" for k, v in props.items())
+
+
+def _log4j2(log_file: Path) -> str:
+    return f"""\
+status = warn
+appender.file.type = File
+appender.file.name = FILE
+appender.file.fileName = {log_file}
+appender.file.append = true
+appender.file.layout.type = PatternLayout
+appender.file.layout.pattern = [%d] %p %m (%c)%n
+rootLogger.level = INFO
+rootLogger.appenderRef.file.ref = FILE
+logger.kafka.name = kafka
+logger.kafka.level = INFO
+logger.request.name = kafka.request.logger
+logger.request.level = WARN
+logger.zk.name = org.apache.kafka.raft
+logger.zk.level = WARN
+"""
+
+
+def plan(settings: Settings, brokers: int) -> KafkaState:
+    """The nodes of a new cluster: ids, fresh ports, directories (nothing started yet)."""
+    nodes = []
+    for node_id in range(1, brokers + 1):
+        home = _node_dir(settings, node_id)
+        nodes.append(
+            {
+                "node_id": node_id,
+                "port": proc.free_port(),
+                "controller_port": proc.free_port(),
+                "data_dir": str(home / "data"),
+                "config": str(home / "server.properties"),
+                "log4j": str(home / "log4j2.properties"),
+                "log_file": str(_log_file(settings, node_id)),
+                "pid": None,
+            }
+        )
+    cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    return {"version": KAFKA_VERSION, "cluster_id": cluster_id, "nodes": nodes}
+
+
+def bootstrap(state: KafkaState) -> str:
+    return ",".join(f"127.0.0.1:{n['port']}" for n in state["nodes"])
+
+
+def _classpath(settings: Settings) -> str:
+    return f"{_libs(settings)}/*"
+
+
+def _format(settings: Settings, state: KafkaState, node: dict[str, Any]) -> None:
+    data = Path(node["data_dir"])
+    if (data / "meta.properties").exists():
+        return
+    if data.exists() and any(data.iterdir()):
+        raise ServicesError(
+            f"The Kafka data directory {data} is not empty but was never formatted "
+            "(a corrupt or foreign data dir). Run `entitled services down --wipe`."
+        )
+    cmd = [_java(), *JVM_OPTS[:2], "-cp", _classpath(settings), STORAGE_TOOL, "format"]
+    cmd += ["-t", state["cluster_id"], "-c", node["config"], "--ignore-formatted"]
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise ServicesError(
+            f"Formatting the Kafka storage in {data} failed (exit {done.returncode}):\n"
+            f"{(done.stdout + done.stderr).strip()[-3000:]}\n"
+            "Run `entitled services down --wipe` and try again."
+        )
+
+
+def launch(settings: Settings, state: KafkaState) -> KafkaState:
+    """Spawn every node of `state` that is not running (see `wait_ready`)."""
+    prepare(settings)
+    java = _java()
+    for node in state["nodes"]:
+        if proc.pid_alive(node.get("pid")):
+            continue
+        proc.require_free_port(node["port"], f"Kafka node {node['node_id']}")
+        proc.require_free_port(node["controller_port"], f"Kafka controller {node['node_id']}")
+        home = Path(node["config"]).parent
+        Path(node["data_dir"]).mkdir(parents=True, exist_ok=True)
+        Path(node["log_file"]).parent.mkdir(parents=True, exist_ok=True)
+        Path(node["config"]).write_text(_server_properties(node, state["nodes"]))
+        Path(node["log4j"]).write_text(_log4j2(Path(node["log_file"])))
+        _format(settings, state, node)
+        cmd = [
+            java,
+            *JVM_OPTS,
+            "-Djava.awt.headless=true",
+            f"-Dlog4j2.configurationFile={node['log4j']}",
+            "-cp",
+            _classpath(settings),
+            MAIN_CLASS,
+            node["config"],
+        ]
+        node["pid"] = proc.spawn_detached(cmd, home / "stdout.log")
+    return state
+
+
+def start(settings: Settings, state: KafkaState) -> KafkaState:
+    """Start every node of `state` that is not running; wait until the cluster answers."""
+    launch(settings, state)
+    wait_ready(state)
+    return state
+
+
+def _node_failure(node: dict[str, Any], why: str) -> ServicesError:
+    stdout = Path(node["config"]).parent / "stdout.log"
+    return ServicesError(
+        f"Kafka node {node['node_id']} (port {node['port']}) {why}.\n"
+        f"--- {node['log_file']} ---\n{proc.log_tail(Path(node['log_file']))}\n"
+        f"--- {stdout} ---\n{proc.log_tail(stdout, 20)}\n"
+        "Fix the cause above, or run `entitled services down --wipe` and try again."
+    )
+
+
+async def _cluster_size(bootstrap_servers: str, timeout_s: float) -> int:
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=bootstrap_servers, request_timeout_ms=int(timeout_s * 1000)
+    )
+    try:
+        await admin.start()
+        cluster = await admin.describe_cluster()
+        return len(cluster["brokers"])
+    finally:
+        await admin.close()
+
+
+def wait_ready(state: KafkaState, timeout_s: float = START_TIMEOUT_S) -> None:
+    """Poll until every node answers metadata naming all brokers, with a deadline."""
+    deadline = time.monotonic() + timeout_s
+    want = len(state["nodes"])
+    while True:
+        for node in state["nodes"]:
+            if not proc.pid_alive(node["pid"]):
+                raise _node_failure(node, "exited during start-up")
+        if all(proc.port_open(n["port"]) for n in state["nodes"]):
+            try:
+                if proc.run_async(lambda: _cluster_size(bootstrap(state), 5.0)) >= want:
+                    return
+            except (KafkaError, OSError, TimeoutError):
+                pass
+        if time.monotonic() > deadline:
+            raise _node_failure(state["nodes"][0], f"did not answer within {timeout_s:.0f} s")
+        time.sleep(0.2)
+
+
+def stop(state: KafkaState, *, kill: bool = False) -> None:
+    """Stop every node by its pid (controlled shutdown unless `kill`); leaves no process."""
+    for node in state.get("nodes", []):
+        pid = node.get("pid")
+        if pid and proc.pid_alive(pid) and MAIN_CLASS not in proc.pid_cmdline(pid):
+            node["pid"] = None  # the pid was reused by something else: not ours to stop
+            continue
+        proc.terminate(pid, timeout=30.0, kill_first=kill)
+        node["pid"] = None
+
+
+def health(state: KafkaState) -> list[dict[str, Any]]:
+    return [
+        {
+            "node_id": n["node_id"],
+            "port": n["port"],
+            "controller_port": n["controller_port"],
+            "pid": n.get("pid") if proc.pid_alive(n.get("pid")) else None,
+            "data_dir": n["data_dir"],
+            "log_file": n["log_file"],
+            "healthy": proc.pid_alive(n.get("pid")) and proc.port_open(n["port"]),
+        }
+        for n in state.get("nodes", [])
+    ]
+
+
+async def ensure_topic(
+    bootstrap: str,
+    name: str,
+    partitions: int,
+    replication_factor: int = 1,
+    configs: dict[str, str] | None = None,
+) -> None:
+    """Create topic `name` kept forever (`retention.ms=-1`); an existing topic is fine.
+
+    Returns once every partition has a leader, so producers can write at once.
+    """
+    topic_configs = {"retention.ms": "-1", **(configs or {})}
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        response = await admin.create_topics(
+            [NewTopic(name, partitions, replication_factor, topic_configs=topic_configs)]
+        )
+        for entry in response.topic_errors:
+            code = entry[1]
+            if code not in (0, _TOPIC_ALREADY_EXISTS):
+                message = entry[2] if len(entry) > 2 else ""
+                raise ServicesError(f"Creating Kafka topic {name!r} failed: error {code} {message}")
+        deadline = time.monotonic() + 30.0
+        while True:
+            (meta,) = await admin.describe_topics([name])
+            parts = meta.get("partitions", [])
+            if meta["error_code"] == 0 and parts and all(p["leader"] >= 0 for p in parts):
+                return
+            if time.monotonic() > deadline:
+                raise ServicesError(f"Kafka topic {name!r} has no leader for every partition.")
+            await asyncio.sleep(0.05)
+    finally:
+        await admin.close()

@@ -1,0 +1,152 @@
+"""`entitled reconcile`: write the Stripe events the log is missing (source=reconcile).
+
+Pages through `/v1/events` from `since` (default: 30 days ago, as long as Stripe keeps
+events), and writes each event whose id is not already in the log. There is no raw
+webhook body for these, so the value is the event as the API returned it, re-serialised
+compactly with its key order kept.
+
+"Already in the log" is read from the `stripe-event-id` headers of the topic, from the
+offsets at `since - 1 day` (Kafka timestamps are write times, which follow an event's
+`created`; the day absorbs clock skew) to the end. Running it twice writes nothing the
+second time.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from typing import Any
+
+import orjson
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from entitled.services.kafka import ensure_topic
+from entitled.settings import Settings
+from ingest.cli import topic_configs
+from ingest.keys import event_headers, routing_key
+from ingest.producer import EventProducer
+from ingest.stripe_api import StripeApi
+
+DEFAULT_WINDOW_S = 30 * 86400
+_MARGIN_S = 86400
+
+
+@dataclass(frozen=True)
+class ReconcileResult:
+    since: int
+    listed: int
+    already_present: int
+    written: int
+
+
+def parse_since(text: str) -> int:
+    """Unix seconds from an epoch number or an ISO date / datetime (UTC unless it says)."""
+    text = text.strip()
+    try:
+        return int(float(text))
+    except ValueError:
+        pass
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        moment = datetime.combine(date.fromisoformat(text), datetime.min.time())
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return int(moment.timestamp())
+
+
+async def logged_event_ids(settings: Settings, since: float) -> set[str]:
+    """The `stripe-event-id` headers of every record written at or after `since`."""
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=settings.kafka_bootstrap_servers,
+        enable_auto_commit=False,
+        group_id=None,
+    )
+    await consumer.start()
+    try:
+        await consumer.topics()  # fetches metadata, so partitions_for_topic knows the topic
+        partitions = consumer.partitions_for_topic(settings.topic) or set()
+        tps = [TopicPartition(settings.topic, p) for p in sorted(partitions)]
+        if not tps:
+            return set()
+        consumer.assign(tps)
+        end = await consumer.end_offsets(tps)
+        starts = await consumer.offsets_for_times({tp: int(since * 1000) for tp in tps})
+        pending = set()
+        for tp in tps:
+            found = starts.get(tp)
+            start = found.offset if found is not None else end[tp]
+            if start < end[tp]:
+                consumer.seek(tp, start)
+                pending.add(tp)
+        ids: set[str] = set()
+        while pending:
+            batches = await consumer.getmany(*pending, timeout_ms=1000)
+            for records in batches.values():
+                for record in records:
+                    for name, value in record.headers:
+                        if name == "stripe-event-id":
+                            ids.add(value.decode())
+            for tp in list(pending):
+                if await consumer.position(tp) >= end[tp]:
+                    pending.discard(tp)
+        return ids
+    finally:
+        await consumer.stop()
+
+
+async def reconcile(
+    settings: Settings,
+    *,
+    since: float | None = None,
+    rps: float | None = None,
+    page_size: int = 100,
+    api: StripeApi | None = None,
+) -> ReconcileResult:
+    """Write the events of `/v1/events` since `since` that the log lacks; see the module."""
+    since_s = int(since if since is not None else time.time() - DEFAULT_WINDOW_S)
+    assert settings.kafka_bootstrap_servers, "kafka_bootstrap_servers is not set"
+    own_api = api is None
+    if api is None:
+        api = StripeApi(
+            settings.stripe_api_key, base=settings.stripe_api_base, rps=rps or settings.backfill_rps
+        )
+    await ensure_topic(
+        settings.kafka_bootstrap_servers,
+        settings.topic,
+        settings.partitions,
+        settings.replication_factor,
+        topic_configs(settings),
+    )
+    producer = EventProducer(settings)
+    try:
+        present = await logged_event_ids(settings, since_s - _MARGIN_S)
+        listed = 0
+        missing: list[dict[str, Any]] = []
+        seen: set[str] = set()
+        async for page in api.pages("/v1/events", {"created": {"gte": since_s}}, limit=page_size):
+            for event in page.data:
+                listed += 1
+                event_id = str(event.get("id"))
+                if event_id in present or event_id in seen:
+                    continue
+                seen.add(event_id)
+                missing.append(event)
+        # Stripe lists newest first; write oldest first, as webhooks would have arrived.
+        missing.reverse()
+        missing.sort(key=lambda event: event.get("created") or 0)
+        await producer.start()
+        for event in missing:
+            headers = event_headers(event, source="reconcile", received_at=time.time())
+            await producer.publish(orjson.dumps(event), key=routing_key(event), headers=headers)
+        return ReconcileResult(
+            since=since_s,
+            listed=listed,
+            already_present=listed - len(missing),
+            written=len(missing),
+        )
+    finally:
+        await producer.stop()
+        if own_api:
+            await api.close()

@@ -1,0 +1,161 @@
+"""Synthetic snapshot events: a listed Stripe object dressed as the event that would carry it.
+
+Backfill writes each object it lists as an event of the object family's natural type, so
+the fold treats it like any webhook (DESIGN.md). The mapping, per list:
+
+- products: `product.updated`; prices: `price.updated`; plans (opt-in): `plan.updated`;
+  customers: `customer.updated`.
+- subscriptions: `customer.subscription.deleted` when canceled or incomplete_expired, else
+  `customer.subscription.updated`.
+- checkout_sessions: `checkout.session.completed` when complete, `.expired` when expired;
+  open sessions are skipped (no event describes them, and they grant nothing).
+- payment_intents: `payment_intent.succeeded`, `.canceled`, `.processing`,
+  `.requires_action`, `.amount_capturable_updated` (requires_capture), `.payment_failed`
+  (requires_payment_method after an error), else `.created`.
+- charges: `charge.refunded` when anything was refunded, else `charge.succeeded`, `.failed`
+  or `.pending` by status.
+- refunds: `refund.failed` when failed, else `refund.updated`.
+- invoices: `invoice.paid`, `.voided`, `.marked_uncollectible`, `.finalized` (open), else
+  `invoice.updated`.
+
+The event id is `evt_backfill_` + a hash of the object's id and its whole JSON (sorted
+keys), so the same object state always gives the same id and a repeated backfill is
+deduplicated by the fold, while a changed object gives a new event. `created` is the
+object's own `created`, as the fold orders events by it. `request` is
+`{"id": null, "idempotency_key": null}`, the marker of an event that no API request caused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+TypeOf = Callable[[Mapping[str, Any]], str | None]
+
+
+@dataclass(frozen=True)
+class ListSpec:
+    """One Stripe list endpoint backfill walks, and how its objects become events."""
+
+    name: str
+    path: str
+    type_of: TypeOf
+    params: Mapping[str, Any] = field(default_factory=dict)
+
+
+def _fixed(event_type: str) -> TypeOf:
+    return lambda obj: event_type
+
+
+def _subscription(obj: Mapping[str, Any]) -> str:
+    if obj.get("status") in ("canceled", "incomplete_expired"):
+        return "customer.subscription.deleted"
+    return "customer.subscription.updated"
+
+
+def _checkout_session(obj: Mapping[str, Any]) -> str | None:
+    return {"complete": "checkout.session.completed", "expired": "checkout.session.expired"}.get(
+        str(obj.get("status"))
+    )
+
+
+def _payment_intent(obj: Mapping[str, Any]) -> str:
+    status = obj.get("status")
+    if status == "requires_payment_method" and obj.get("last_payment_error"):
+        return "payment_intent.payment_failed"
+    return {
+        "succeeded": "payment_intent.succeeded",
+        "canceled": "payment_intent.canceled",
+        "processing": "payment_intent.processing",
+        "requires_action": "payment_intent.requires_action",
+        "requires_capture": "payment_intent.amount_capturable_updated",
+    }.get(str(status), "payment_intent.created")
+
+
+def _charge(obj: Mapping[str, Any]) -> str:
+    if obj.get("refunded") or (obj.get("amount_refunded") or 0) > 0:
+        return "charge.refunded"
+    return {"failed": "charge.failed", "pending": "charge.pending"}.get(
+        str(obj.get("status")), "charge.succeeded"
+    )
+
+
+def _refund(obj: Mapping[str, Any]) -> str:
+    return "refund.failed" if obj.get("status") == "failed" else "refund.updated"
+
+
+def _invoice(obj: Mapping[str, Any]) -> str:
+    return {
+        "paid": "invoice.paid",
+        "void": "invoice.voided",
+        "uncollectible": "invoice.marked_uncollectible",
+        "open": "invoice.finalized",
+    }.get(str(obj.get("status")), "invoice.updated")
+
+
+LISTS: dict[str, ListSpec] = {
+    spec.name: spec
+    for spec in (
+        ListSpec("products", "/v1/products", _fixed("product.updated")),
+        ListSpec("prices", "/v1/prices", _fixed("price.updated")),
+        ListSpec("plans", "/v1/plans", _fixed("plan.updated")),
+        ListSpec("customers", "/v1/customers", _fixed("customer.updated")),
+        # status=all: canceled subscriptions end entitlements, the fold must see them too.
+        ListSpec("subscriptions", "/v1/subscriptions", _subscription, {"status": "all"}),
+        # Line items name the product (movie) bought; they are only there when expanded.
+        ListSpec(
+            "checkout_sessions",
+            "/v1/checkout/sessions",
+            _checkout_session,
+            {"expand": ["data.line_items"]},
+        ),
+        ListSpec("payment_intents", "/v1/payment_intents", _payment_intent),
+        ListSpec("charges", "/v1/charges", _charge),
+        ListSpec("refunds", "/v1/refunds", _refund),
+        ListSpec("invoices", "/v1/invoices", _invoice),
+    )
+}
+
+# `plans` duplicates recurring prices on real Stripe; it is for fakes without /v1/prices.
+DEFAULT_LISTS = (
+    "products",
+    "prices",
+    "customers",
+    "subscriptions",
+    "checkout_sessions",
+    "payment_intents",
+    "charges",
+    "refunds",
+    "invoices",
+)
+
+
+def snapshot_id(obj: Mapping[str, Any]) -> str:
+    """`evt_backfill_<hash>` of the object's id and full state: same state, same id."""
+    state = orjson.dumps(obj, option=orjson.OPT_SORT_KEYS)
+    digest = hashlib.sha256(str(obj.get("id")).encode() + b"\0" + state).hexdigest()
+    return f"evt_backfill_{digest[:32]}"
+
+
+def snapshot_event(
+    spec: ListSpec, obj: Mapping[str, Any], *, api_version: str | None
+) -> dict[str, Any] | None:
+    """The snapshot event for `obj`, or None when no event type describes its state."""
+    event_type = spec.type_of(obj)
+    if event_type is None:
+        return None
+    return {
+        "id": snapshot_id(obj),
+        "object": "event",
+        "api_version": api_version,
+        "created": obj.get("created"),
+        "data": {"object": obj},
+        "livemode": bool(obj.get("livemode", False)),
+        "pending_webhooks": 0,
+        "request": {"id": None, "idempotency_key": None},
+        "type": event_type,
+    }

@@ -1,0 +1,166 @@
+"""Reading the Stripe API for backfill and reconcile: one client, one rate limit, raw pages.
+
+Pages are returned as parsed JSON exactly as the API sent them (key order kept), never as
+`StripeObject`s, because backfill and reconcile write Stripe's own JSON into the log.
+
+Why our own 429 handling: stripe-python's `max_network_retries` retries connection errors,
+409 and 5xx, but a 429 only when Stripe adds `Stripe-Should-Retry: true`, and it never reads
+`Retry-After`. So `StripeApi` retries 429 itself, waiting `Retry-After` (or an exponential
+backoff), and leaves the other retries to the library.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+import stripe
+
+from ingest.errors import ConfigurationError
+
+Clock = Callable[[], float]
+Sleep = Callable[[float], Awaitable[None]]
+
+_MAX_429_RETRIES = 8
+_MAX_BACKOFF_S = 30.0
+
+
+class RateLimiter:
+    """Spaces calls at least `1/rps` seconds apart (shared by every list of one run).
+
+    A call that comes late does not earn credit for a burst later: the limiter keeps an
+    even pace, which is what Stripe's per-second limits reward.
+    """
+
+    def __init__(self, rps: float, *, clock: Clock = time.monotonic, sleep: Sleep = asyncio.sleep):
+        if rps <= 0:
+            raise ValueError("rps must be positive")
+        self.interval = 1.0 / rps
+        self._clock = clock
+        self._sleep = sleep
+        self._next: float | None = None
+        self._lock = asyncio.Lock()
+
+    async def acquire(self) -> None:
+        """Wait until the next call is allowed, then reserve the following slot."""
+        async with self._lock:
+            now = self._clock()
+            if self._next is not None and self._next > now:
+                await self._sleep(self._next - now)
+                now = self._next
+            self._next = now + self.interval
+
+
+@dataclass(frozen=True)
+class Page:
+    """One list response: its objects, whether more follow, and the API version it used."""
+
+    data: list[dict[str, Any]]
+    has_more: bool
+    api_version: str | None
+
+
+@dataclass
+class RequestLog:
+    """What a `StripeApi` asked for: (path, starting_after) per page fetched, and 429s seen."""
+
+    pages: list[tuple[str, str | None]] = field(default_factory=list)
+    rate_limited: int = 0
+
+
+class StripeApi:
+    """Async, rate-limited reads of Stripe list endpoints through stripe-python.
+
+    `api_version` pins the `Stripe-Version` sent (default: stripe-python's own). Objects are
+    rendered in that version, so snapshot events are labelled with it (or with the version
+    the response names, when the server says which).
+    """
+
+    def __init__(
+        self,
+        api_key: str | None,
+        *,
+        base: str | None = None,
+        rps: float = 20.0,
+        api_version: str | None = None,
+        max_network_retries: int = 3,
+        limiter: RateLimiter | None = None,
+    ) -> None:
+        if not api_key:
+            raise ConfigurationError("STRIPE_API_KEY is not set")
+        self._http = stripe.HTTPXClient(timeout=80)
+        self._client = stripe.StripeClient(
+            api_key,
+            base_addresses={"api": base} if base else None,
+            max_network_retries=max_network_retries,
+            http_client=self._http,
+            stripe_version=api_version,
+        )
+        self.api_version = api_version or stripe.api_version
+        self.limiter = limiter or RateLimiter(rps)
+        self.log = RequestLog()
+
+    async def close(self) -> None:
+        await self._http.close_async()  # type: ignore[no-untyped-call]
+
+    async def get(self, path: str, params: Mapping[str, Any]) -> tuple[Any, str | None]:
+        """GET `path`, return (parsed JSON body, API version of the response)."""
+        attempt = 0
+        while True:
+            await self.limiter.acquire()
+            try:
+                resp = await self._client.raw_request_async("get", path, **params)
+            except stripe.RateLimitError as exc:
+                attempt += 1
+                self.log.rate_limited += 1
+                if attempt > _MAX_429_RETRIES:
+                    raise
+                await asyncio.sleep(_retry_after(exc.headers, attempt))
+                continue
+            version = resp.headers.get("stripe-version") if resp.headers else None
+            return orjson.loads(resp.body), version or self.api_version
+
+    async def page(
+        self, path: str, params: Mapping[str, Any], starting_after: str | None, limit: int
+    ) -> Page:
+        """One page of a list endpoint after `starting_after` (None: the first page)."""
+        query = {**params, "limit": limit}
+        if starting_after is not None:
+            query["starting_after"] = starting_after
+        body, version = await self.get(path, query)
+        self.log.pages.append((path, starting_after))
+        return Page(
+            data=list(body.get("data") or []),
+            has_more=bool(body.get("has_more")),
+            api_version=version,
+        )
+
+    async def pages(
+        self,
+        path: str,
+        params: Mapping[str, Any],
+        *,
+        starting_after: str | None = None,
+        limit: int = 100,
+    ) -> AsyncIterator[Page]:
+        """Every page of a list endpoint, from `starting_after` on."""
+        while True:
+            page = await self.page(path, params, starting_after, limit)
+            yield page
+            if not page.has_more or not page.data:
+                return
+            starting_after = page.data[-1]["id"]
+
+
+def _retry_after(headers: Mapping[str, str] | None, attempt: int) -> float:
+    value = (headers or {}).get("retry-after") or (headers or {}).get("Retry-After")
+    try:
+        if value is not None:
+            return min(max(float(value), 0.0), _MAX_BACKOFF_S)
+    except ValueError:
+        pass  # an HTTP date or garbage: fall back to exponential backoff
+    return min(0.5 * 2.0 ** (attempt - 1), _MAX_BACKOFF_S)

@@ -1,0 +1,81 @@
+"""The Faust worker: one agent folds the event topic into the active projection version.
+
+Several workers in one consumer group share the partitions; Kafka moves partitions between
+them, and the Postgres checkpoints (not Kafka's committed offsets) say where each resumes.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import faust
+from faust.types import TP
+
+from entitled.settings import Settings
+from projections.store import Message
+
+from .folding import Folder, make_pool
+
+log = logging.getLogger(__name__)
+
+
+def _key(raw: bytes | None) -> str | None:
+    return raw.decode("utf-8", "replace") if raw is not None else None
+
+
+def create_app(settings: Settings, bootstrap: str) -> faust.App:
+    app = faust.App(
+        settings.consumer_group,
+        broker=[f"kafka://{hp}" for hp in bootstrap.split(",")],
+        web_enabled=False,
+        consumer_auto_offset_reset="earliest",
+        key_serializer="raw",
+        value_serializer="raw",
+        topic_disable_leader=True,
+        # Offsets committed to Kafka are only a hint: the Postgres checkpoint decides.
+        broker_commit_every=1000,
+        broker_commit_interval=5.0,
+        stream_wait_empty=False,
+        producer_acks=-1,
+        topic_replication_factor=settings.replication_factor,
+    )
+    topic = app.topic(settings.topic, key_type=bytes, value_type=bytes)
+    assert settings.database_url is not None
+    pool = make_pool(settings.database_url)
+    folder = Folder(settings, pool)
+    app.folder = folder  # type: ignore[attr-defined]
+
+    async def seek(partition: int, offset: int) -> None:
+        await app.consumer.seek(TP(settings.topic, partition), offset)
+
+    @app.agent(topic, name="fold")
+    async def fold(stream: faust.StreamT[bytes]) -> None:
+        async for events in stream.take_events(settings.batch_size, within=settings.batch_within_s):
+            batch = [
+                Message(e.message.partition, e.message.offset, _key(e.message.key), e.value)
+                for e in events
+            ]
+            await folder.handle(batch, seek)
+
+    @app.on_partitions_assigned.connect
+    async def resume_from_checkpoints(sender: Any, assigned: set[TP], **_: Any) -> None:
+        mine = sorted(tp.partition for tp in assigned if tp.topic == settings.topic)
+        if not mine:
+            return
+        try:
+            points = await folder.resume_points(mine)
+        except Exception:  # Postgres down: the writer's gap check will catch up later
+            log.exception("could not read checkpoints on assignment")
+            return
+        for partition, offset in points.items():
+            folder.expect(partition, offset)
+            await seek(partition, offset)
+        log.info("resumed %d partitions from Postgres checkpoints: %s", len(points), points)
+
+    @app.on_before_shutdown.connect
+    async def close_pool(sender: Any, **_: Any) -> None:
+        await pool.close()
+
+    del fold, resume_from_checkpoints, close_pool
+    return app

@@ -1,0 +1,62 @@
+"""`entitled status`: the active version, lag per partition, dead letters."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from entitled.settings import Settings
+from projections import schema as db
+from projections.entitlements import Policy
+from projections.store import ProjectionStore
+
+
+async def end_offsets(bootstrap: str, topic: str) -> dict[int, int]:
+    """The log end offset of every partition of `topic`."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        partitions = consumer.partitions_for_topic(topic) or set()
+        if not partitions:
+            partitions = await _partitions(consumer, topic)
+        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+        ends = await consumer.end_offsets(tps)
+        return {tp.partition: off for tp, off in ends.items()}
+    finally:
+        await consumer.stop()
+
+
+async def _partitions(consumer: AIOKafkaConsumer, topic: str) -> set[int]:
+    await consumer._client.force_metadata_update()  # no public call forces a metadata fetch
+    return consumer.partitions_for_topic(topic) or set()
+
+
+async def collect(settings: Settings) -> dict[str, Any]:
+    assert settings.database_url and settings.kafka_bootstrap_servers
+    store = ProjectionStore(settings.topic, Policy.from_settings(settings))
+    async with await psycopg.AsyncConnection.connect(
+        settings.database_url, autocommit=True
+    ) as conn:
+        active = await db.active_schema(conn)
+        checkpoints = await store.checkpoints(conn)
+        letters = await store.dead_letters(conn)
+    ends = await end_offsets(settings.kafka_bootstrap_servers, settings.topic)
+    partitions = [
+        {
+            "partition": p,
+            "checkpoint": checkpoints.get(p, 0),
+            "end": end,
+            "lag": max(0, end - checkpoints.get(p, 0)),
+        }
+        for p, end in sorted(ends.items())
+    ]
+    return {
+        "active": active,
+        "topic": settings.topic,
+        "partitions": partitions,
+        "lag": sum(p["lag"] for p in partitions),
+        "dead_letters": len(letters),
+        "parked_customers": sorted({r["key"] for r in letters}),
+    }

@@ -1,0 +1,111 @@
+"""Commands of the projections stage: `entitled migrate`, `entitled api`, `entitled catalog`."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from pathlib import Path
+
+import click
+
+from entitled.settings import Settings
+
+
+def database_settings(settings: Settings) -> Settings:
+    """`settings` with a database URL: DATABASE_URL, else the local Postgres service."""
+    if settings.database_url:
+        return settings
+    from entitled import services
+    from entitled.services.errors import ServicesError
+
+    # These commands need Postgres only: a placeholder bootstrap keeps `endpoints` from
+    # starting a Kafka nobody here uses.
+    only_pg = dataclasses.replace(
+        settings, kafka_bootstrap_servers=settings.kafka_bootstrap_servers or "unused:0"
+    )
+    try:
+        url = services.endpoints(only_pg).database_url
+    except ServicesError as exc:
+        raise click.ClickException(str(exc)) from exc
+    return dataclasses.replace(settings, database_url=url)
+
+
+async def _migrate(url: str) -> str:
+    import psycopg
+
+    from projections import schema
+
+    async with await psycopg.AsyncConnection.connect(url) as conn:
+        active = await schema.migrate(conn)  # type: ignore[arg-type]
+        await conn.commit()
+    return active
+
+
+@click.command()
+def migrate() -> None:
+    """Create or update the Postgres schema (idempotent); print the active version."""
+    import psycopg
+
+    settings = database_settings(Settings.from_env())
+    assert settings.database_url is not None
+    try:
+        active = asyncio.run(_migrate(settings.database_url))
+    except psycopg.OperationalError as exc:
+        raise click.ClickException(f"cannot reach Postgres: {exc}") from exc
+    click.echo(f"migrated: active projection schema {active}")
+
+
+@click.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", default=8001, show_default=True, type=int, help="Port to listen on.")
+@click.option("--log-level", default="info", show_default=True)
+def api(host: str, port: int, log_level: str) -> None:
+    """Serve the search and read API and the WebFlicks page."""
+    import uvicorn
+
+    from projections.api import create_app
+
+    settings = database_settings(Settings.from_env())
+    click.echo(f"api: http://{host}:{port}/ (token {'required' if settings.api_token else 'off'})")
+    uvicorn.run(create_app(settings), host=host, port=port, log_level=log_level)
+
+
+@click.group()
+def catalog() -> None:
+    """The movie catalogue (entitled.movies)."""
+
+
+async def _load(url: str, path: Path) -> tuple[int, int]:
+    import psycopg
+
+    from projections import catalog as movies
+
+    async with await psycopg.AsyncConnection.connect(url) as conn:
+        async with conn.transaction():
+            result = await movies.load_movies(conn, movies.read_file(path))
+    return result.inserted, result.updated
+
+
+@catalog.command("load")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+def load(file: Path) -> None:
+    """Upsert movies from FILE in one transaction.
+
+    FILE is CSV with header movie_id,title,keywords,groups (groups `;`-separated) or JSON
+    lines (.jsonl) of {"movie_id", "title", "keywords", "groups": [...]}.
+    """
+    import psycopg
+
+    from projections.catalog import InvalidMovie
+
+    settings = database_settings(Settings.from_env())
+    assert settings.database_url is not None
+    try:
+        inserted, updated = asyncio.run(_load(settings.database_url, file))
+    except InvalidMovie as exc:
+        raise click.ClickException(f"{file}: {exc}") from exc
+    except psycopg.errors.UndefinedTable as exc:
+        raise click.ClickException("schema not migrated: run `entitled migrate`") from exc
+    except psycopg.OperationalError as exc:
+        raise click.ClickException(f"cannot reach Postgres: {exc}") from exc
+    click.echo(f"loaded {file}: {inserted} inserted, {updated} updated")

@@ -1,0 +1,151 @@
+"""The read side's SQL: movie search with availability, a customer's entitlements, customers.
+
+Every reader goes through the `live` views and `entitled.movies`, never a version schema, so
+a replay's version swap is invisible here. Each answer is one SQL statement: one round trip,
+one snapshot.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from psycopg import AsyncConnection
+from psycopg.rows import class_row, dict_row
+
+# Both queries LEFT JOIN the customer's one entitlements row (an unknown customer gives NULLs,
+# hence nothing available). A subscription reason wins over a purchase: it is the broader
+# right, and a subscriber who also bought the movie keeps it if the subscription ends.
+_REASON = """
+    CASE WHEN m.groups && e.groups THEN 'subscription'
+         WHEN m.movie_id = ANY (e.movie_ids) THEN 'purchase'
+    END AS reason
+"""
+
+# websearch_to_tsquery accepts any text (operators, quotes, unbalanced parentheses) without
+# raising, unlike to_tsquery; the GIN index on `search` serves the @@.
+MATCH_SQL = f"""
+SELECT m.movie_id, m.title, m.groups, {_REASON}
+FROM entitled.movies m
+CROSS JOIN websearch_to_tsquery('english', %(q)s) AS query
+LEFT JOIN live.customer_entitlements e ON e.customer = %(customer)s
+WHERE m.search @@ query
+ORDER BY ts_rank(m.search, query) DESC, m.title, m.movie_id
+LIMIT %(limit)s
+"""
+
+# An empty query lists the catalogue (the page's first screen).
+LIST_SQL = f"""
+SELECT m.movie_id, m.title, m.groups, {_REASON}
+FROM entitled.movies m
+LEFT JOIN live.customer_entitlements e ON e.customer = %(customer)s
+ORDER BY m.title, m.movie_id
+LIMIT %(limit)s
+"""
+
+_ENTITLEMENTS_SQL = """
+SELECT
+    e.groups,
+    e.movie_ids,
+    e.as_of_event,
+    e.as_of_created,
+    (SELECT cu.record FROM live.customers cu WHERE cu.id = c.id) AS customer_record,
+    (SELECT coalesce(jsonb_agg(s.record ORDER BY s.v_created DESC, s.id), '[]'::jsonb)
+       FROM live.subscriptions s WHERE s.customer = c.id) AS subscriptions,
+    (SELECT coalesce(jsonb_agg(p.record ORDER BY p.v_created DESC, p.id), '[]'::jsonb)
+       FROM live.purchases p WHERE p.customer = c.id) AS purchases,
+    (SELECT coalesce(jsonb_object_agg(pr.id, pr.record), '{}'::jsonb)
+       FROM live.products pr
+      WHERE pr.id IN (SELECT unnest(s.refs) FROM live.subscriptions s WHERE s.customer = c.id
+                      UNION
+                      SELECT unnest(p.refs) FROM live.purchases p WHERE p.customer = c.id)
+    ) AS products
+FROM (SELECT %(customer)s::text AS id) AS c
+LEFT JOIN live.customer_entitlements e ON e.customer = c.id
+"""
+
+_CUSTOMERS_SQL = """
+SELECT k.id, cu.record ->> 'name' AS name, cu.record ->> 'email' AS email
+FROM (SELECT id FROM live.customers
+      WHERE coalesce(record ->> 'deleted', 'false') <> 'true'
+      UNION
+      SELECT customer FROM live.customer_entitlements) AS k
+LEFT JOIN live.customers cu ON cu.id = k.id
+ORDER BY k.id
+LIMIT %(limit)s
+"""
+
+_READY_SQL = """
+SELECT to_regclass('entitled.movies') IS NOT NULL
+   AND to_regclass('live.customer_entitlements') IS NOT NULL
+   AND EXISTS (SELECT 1 FROM pg_tables WHERE schemaname = 'entitled' AND tablename = 'active')
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Hit:
+    movie_id: str
+    title: str
+    groups: list[str]
+    reason: str | None
+
+    @property
+    def available(self) -> bool:
+        return self.reason is not None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "movie_id": self.movie_id,
+            "title": self.title,
+            "groups": self.groups,
+            "available": self.available,
+            "reason": self.reason,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Customer:
+    id: str
+    name: str | None
+    email: str | None
+
+
+def search_sql(q: str) -> str:
+    """The one statement a search runs: a full-text match, or the catalogue for a blank q."""
+    return LIST_SQL if not q.strip() else MATCH_SQL
+
+
+async def search(conn: AsyncConnection[Any], customer: str, q: str, limit: int = 20) -> list[Hit]:
+    """Movies matching `q`, best first, each marked available for `customer` or not."""
+    async with conn.cursor(row_factory=class_row(Hit)) as cur:
+        await cur.execute(search_sql(q), {"q": q, "customer": customer, "limit": limit})
+        return await cur.fetchall()
+
+
+async def entitlements(conn: AsyncConnection[Any], customer: str) -> dict[str, Any] | None:
+    """Everything the projection knows of one customer, or None if it knows nothing."""
+    async with conn.cursor(row_factory=dict_row) as cur:
+        await cur.execute(_ENTITLEMENTS_SQL, {"customer": customer})
+        row = await cur.fetchone()
+    assert row is not None  # the FROM is a one-row VALUES: always one row
+    known = (
+        row["groups"] is not None
+        or row["customer_record"] is not None
+        or row["subscriptions"]
+        or row["purchases"]
+    )
+    return row if known else None
+
+
+async def customers(conn: AsyncConnection[Any], limit: int = 50) -> list[Customer]:
+    """Customers known to the projection (mirrored customer objects or entitlement rows)."""
+    async with conn.cursor(row_factory=class_row(Customer)) as cur:
+        await cur.execute(_CUSTOMERS_SQL, {"limit": limit})
+        return await cur.fetchall()
+
+
+async def is_ready(conn: AsyncConnection[Any]) -> bool:
+    """True when the schema is migrated (the control tables and the live views exist)."""
+    cur = await conn.execute(_READY_SQL)
+    row = await cur.fetchone()
+    return bool(row and row[0])

@@ -1,0 +1,575 @@
+"""The projection writer: applies a batch of log records to one projection version.
+
+One call of `ProjectionStore.apply` is one Postgres transaction that holds, together, the
+mirrored rows the batch changed, the recomputed entitlements of every customer it touched,
+the ids of the events it applied (dedup), its dead letters and the checkpoint of every
+partition it consumed. Either all of it commits or none of it does, so a crash anywhere
+replays the batch harmlessly: each event takes effect exactly once.
+
+The transaction is SERIALIZABLE: a product's events and its subscribers' events live in
+different partitions and may be folded at the same moment by different workers; Postgres
+detects the read/write overlap of the two entitlement recomputations and aborts one, which
+the caller retries. The result therefore never depends on that timing.
+"""
+
+from __future__ import annotations
+
+import logging
+import traceback
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from psycopg import AsyncConnection, IsolationLevel, sql
+
+from . import schema as db
+from .entitlements import Entitlement, Policy, derive
+from .errors import EventParseError, FoldError
+from .events import StripeEvent, parse
+from .fold import FoldResult, fold_batch, target
+from .rows import Row, Version, customer_of, from_record, refs_of
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """One record read from the topic: all the writer needs of it."""
+
+    partition: int
+    offset: int
+    key: str | None
+    value: bytes
+
+
+@dataclass
+class ApplyResult:
+    applied: int = 0
+    duplicates: int = 0
+    below_checkpoint: int = 0
+    parked: int = 0
+    poison: int = 0
+    unknown: int = 0
+    customers: int = 0
+    gaps: dict[int, int] = field(default_factory=dict)  # partition -> offset to seek back to
+    next_offsets: dict[int, int] = field(default_factory=dict)
+
+
+class ProjectionStore:
+    """Writes folded batches into one projection version.
+
+    `schema=None` follows the active version (looked up, share-locked, in every transaction,
+    so that a replay's swap and a batch never interleave); replay passes its new schema.
+    """
+
+    def __init__(self, topic: str, policy: Policy, *, schema: str | None = None) -> None:
+        self.topic = topic
+        self.policy = policy
+        self.schema = schema
+
+    # -- the batch transaction ---------------------------------------------------------
+
+    async def apply(self, conn: AsyncConnection[Any], messages: Sequence[Message]) -> ApplyResult:
+        """Apply `messages` (in log order per partition) in one serializable transaction.
+
+        Raises psycopg errors unchanged: the caller retries transient ones with backoff.
+        """
+        await conn.set_isolation_level(IsolationLevel.SERIALIZABLE)
+        async with conn.transaction():
+            schema = self.schema or await db.active_schema(conn, lock=True)
+            return await self._apply(conn, schema, messages)
+
+    async def _apply(
+        self, conn: AsyncConnection[Any], schema: str, messages: Sequence[Message]
+    ) -> ApplyResult:
+        result = ApplyResult()
+        fresh = await self._continuous(conn, schema, messages, result)
+        if not fresh:
+            await self._save_checkpoints(conn, schema, result.next_offsets)
+            return result
+
+        parked_keys = await self._parked_keys(conn, schema, {m.key or "" for m in fresh})
+        await self._fold_and_write(conn, schema, fresh, parked_keys, result)
+        await self._save_checkpoints(conn, schema, result.next_offsets)
+        return result
+
+    async def _fold_and_write(
+        self,
+        conn: AsyncConnection[Any],
+        schema: str,
+        fresh: Sequence[Message],
+        parked_keys: set[str],
+        result: ApplyResult,
+    ) -> None:
+        events: list[StripeEvent] = []
+        poison: list[tuple[Message, str | None, str | None, BaseException]] = []
+        for m in fresh:
+            try:
+                events.append(parse(m.value, partition=m.partition, offset=m.offset, key=m.key))
+            except EventParseError as exc:
+                poison.append((m, None, None, exc))
+        parked_keys.update(m.key or "" for m, *_ in poison)
+        seen = await self._seen(conn, schema, [e.id for e in events])
+        current = await self._load_targets(conn, schema, events)
+
+        # Fold; a rule that raises poisons its event and parks the rest of that customer's
+        # events in this batch. Folding is pure and cheap, so simply fold again without them.
+        while True:
+            live = [e for e in events if (e.key or "") not in parked_keys]
+            try:
+                folded = fold_batch(live, current, seen)
+                break
+            except FoldError as exc:
+                bad = exc.event
+                poison.append((_message_of(bad, fresh), bad.id, bad.type, exc.__cause__ or exc))
+                parked_keys.add(bad.key or "")
+
+        poisoned = {(m.partition, m.offset) for m, *_ in poison}
+        by_offset = {(m.partition, m.offset): m for m in fresh}
+        await self._dead_letter(conn, schema, poison, "poison")
+        parked = [
+            (by_offset[(e.partition, e.offset)], e.id, e.type, None)
+            for e in events
+            if (e.key or "") in parked_keys and (e.partition, e.offset) not in poisoned
+        ]
+        await self._dead_letter(conn, schema, parked, "parked")
+
+        await self._write_rows(conn, schema, folded.changed)
+        applied = [e for e in live if e.id not in seen]
+        await self._mark_processed(conn, schema, folded, applied)
+        result.customers = await self._recompute(conn, schema, folded)
+        result.applied = len(applied) - folded.skipped_duplicates
+        result.duplicates = folded.skipped_duplicates + sum(1 for e in live if e.id in seen)
+        result.parked = len(parked)
+        result.poison = len(poison)
+        result.unknown = folded.unknown
+
+    async def rebuild(
+        self, conn: AsyncConnection[Any], schema: str, messages: Sequence[Message]
+    ) -> ApplyResult:
+        """Fold `messages` into `schema` inside the caller's transaction, without touching
+        checkpoints (for a per-customer rebuild of events the checkpoint already covers)."""
+        result = ApplyResult()
+        await self._fold_and_write(conn, schema, messages, set(), result)
+        return result
+
+    # -- dead letters --------------------------------------------------------------------
+
+    async def release(
+        self, conn: AsyncConnection[Any], key: str, *, skip_poison: bool = False
+    ) -> ApplyResult:
+        """Fold a parked customer's dead letters again, in log order, with today's rules.
+
+        `skip_poison=True` gives up on the poison event(s) (state `skipped`) and folds the
+        events parked behind them. Events that fold now are marked `applied`; if a rule still
+        raises, the customer stays parked.
+        """
+        await conn.set_isolation_level(IsolationLevel.SERIALIZABLE)
+        async with conn.transaction():
+            schema = self.schema or await db.active_schema(conn, lock=True)
+            table = db.qualified(schema, "dead_letters")
+            if skip_poison:
+                await conn.execute(
+                    sql.SQL(
+                        "UPDATE {} SET state = 'skipped', resolved_at = now()"
+                        " WHERE key = %s AND state = 'poison'"
+                    ).format(table),
+                    (key,),
+                )
+            cur = await conn.execute(
+                sql.SQL(
+                    'SELECT partition, "offset", key, raw FROM {}'
+                    " WHERE key = %s AND state IN ('poison', 'parked')"
+                    ' ORDER BY partition, "offset" FOR UPDATE'
+                ).format(table),
+                (key,),
+            )
+            messages = [Message(p, o, k, bytes(raw)) for p, o, k, raw in await cur.fetchall()]
+            # Take them out of the dead-letter set first, so that the fold does not park
+            # them behind themselves; whatever fails again is re-inserted as poison/parked.
+            await conn.execute(
+                sql.SQL("DELETE FROM {} WHERE key = %s AND state IN ('poison', 'parked')").format(
+                    table
+                ),
+                (key,),
+            )
+            result = ApplyResult()
+            await self._fold_and_write(conn, schema, messages, set(), result)
+            if result.poison == 0:
+                # Keep an audit trail of what was released.
+                await self._dead_letter(
+                    conn, schema, [(m, None, None, None) for m in messages], "applied"
+                )
+            return result
+
+    async def dead_letters(
+        self, conn: AsyncConnection[Any], *, include_resolved: bool = False
+    ) -> list[dict[str, Any]]:
+        schema = self.schema or await db.active_schema(conn)
+        cur = await conn.execute(
+            sql.SQL(
+                'SELECT id, key, partition, "offset", event_id, event_type, state, error,'
+                " created_at FROM {} WHERE %s OR state IN ('poison', 'parked')"
+                ' ORDER BY key, partition, "offset"'
+            ).format(db.qualified(schema, "dead_letters")),
+            (include_resolved,),
+        )
+        names = [d.name for d in cur.description or ()]
+        return [dict(zip(names, r, strict=True)) for r in await cur.fetchall()]
+
+    # -- offsets -----------------------------------------------------------------------
+
+    async def _continuous(
+        self,
+        conn: AsyncConnection[Any],
+        schema: str,
+        messages: Sequence[Message],
+        result: ApplyResult,
+    ) -> list[Message]:
+        """Drop what the checkpoint already covers; stop each partition at its first gap.
+
+        The checkpoint rows are locked: two workers briefly owning one partition during a
+        rebalance are serialised here, and the second one sees the first one's offsets.
+        """
+        by_partition: dict[int, list[Message]] = defaultdict(list)
+        for m in messages:
+            by_partition[m.partition].append(m)
+        cur = await conn.execute(
+            sql.SQL(
+                "SELECT partition, next_offset FROM {} WHERE topic = %s AND partition = ANY(%s)"
+                " ORDER BY partition FOR UPDATE"
+            ).format(db.qualified(schema, "checkpoints")),
+            (self.topic, sorted(by_partition)),
+        )
+        checkpoint = {p: o for p, o in await cur.fetchall()}
+        fresh: list[Message] = []
+        for partition, batch in by_partition.items():
+            expected = checkpoint.get(partition, 0)
+            for m in sorted(batch, key=lambda m: m.offset):
+                if m.offset < expected:
+                    result.below_checkpoint += 1
+                    continue
+                if m.offset > expected:
+                    # A gap (faust-streaming/faust#216, or a swap to a version that is
+                    # behind): apply nothing past it; the consumer seeks back.
+                    result.gaps[partition] = expected
+                    break
+                fresh.append(m)
+                expected += 1
+            if expected != checkpoint.get(partition, 0):
+                result.next_offsets[partition] = expected
+        return fresh
+
+    async def _save_checkpoints(
+        self, conn: AsyncConnection[Any], schema: str, next_offsets: Mapping[int, int]
+    ) -> None:
+        if not next_offsets:
+            return
+        async with conn.cursor() as cur:
+            await cur.executemany(
+                sql.SQL(
+                    "INSERT INTO {} (topic, partition, next_offset) VALUES (%s, %s, %s)"
+                    " ON CONFLICT (topic, partition) DO UPDATE"
+                    " SET next_offset = excluded.next_offset, updated_at = now()"
+                ).format(db.qualified(schema, "checkpoints")),
+                [(self.topic, p, o) for p, o in sorted(next_offsets.items())],
+            )
+
+    async def checkpoints(self, conn: AsyncConnection[Any]) -> dict[int, int]:
+        """Next offset to read per partition, as committed in Postgres."""
+        schema = self.schema or await db.active_schema(conn)
+        cur = await conn.execute(
+            sql.SQL("SELECT partition, next_offset FROM {} WHERE topic = %s").format(
+                db.qualified(schema, "checkpoints")
+            ),
+            (self.topic,),
+        )
+        return {p: o for p, o in await cur.fetchall()}
+
+    # -- reads -------------------------------------------------------------------------
+
+    async def _seen(self, conn: AsyncConnection[Any], schema: str, ids: list[str]) -> set[str]:
+        if not ids:
+            return set()
+        cur = await conn.execute(
+            sql.SQL("SELECT event_id FROM {} WHERE event_id = ANY(%s)").format(
+                db.qualified(schema, "processed_events")
+            ),
+            (ids,),
+        )
+        return {r[0] for r in await cur.fetchall()}
+
+    async def _parked_keys(
+        self, conn: AsyncConnection[Any], schema: str, keys: set[str]
+    ) -> set[str]:
+        cur = await conn.execute(
+            sql.SQL(
+                "SELECT DISTINCT key FROM {} WHERE key = ANY(%s) AND state IN ('poison', 'parked')"
+            ).format(db.qualified(schema, "dead_letters")),
+            (sorted(keys),),
+        )
+        return {r[0] for r in await cur.fetchall()}
+
+    async def _load_targets(
+        self, conn: AsyncConnection[Any], schema: str, events: Iterable[StripeEvent]
+    ) -> dict[tuple[str, str], Row]:
+        wanted: dict[str, set[str]] = defaultdict(set)
+        for e in events:
+            t = target(e)
+            if t is not None:
+                wanted[t[0]].add(t[1])
+        rows: dict[tuple[str, str], Row] = {}
+        for table, ids in wanted.items():
+            for row in await self._rows(conn, schema, table, "id = ANY(%s)", sorted(ids)):
+                rows[(table, row.id)] = row
+        return rows
+
+    async def _rows(
+        self, conn: AsyncConnection[Any], schema: str, table: str, where: str, arg: object
+    ) -> list[Row]:
+        cur = await conn.execute(
+            sql.SQL("SELECT record FROM {} WHERE " + where).format(db.qualified(schema, table)),
+            (arg,),
+        )
+        return [from_record(table, r[0]) for r in await cur.fetchall()]
+
+    # -- writes ------------------------------------------------------------------------
+
+    async def _write_rows(
+        self, conn: AsyncConnection[Any], schema: str, changed: Mapping[tuple[str, str], Row]
+    ) -> None:
+        by_table: dict[str, list[Row]] = defaultdict(list)
+        for (table, _id), row in changed.items():
+            by_table[table].append(row)
+        for table, rows in by_table.items():
+            await self._upsert(conn, schema, table, rows)
+
+    async def _upsert(
+        self, conn: AsyncConnection[Any], schema: str, table: str, rows: list[Row]
+    ) -> None:
+        """Upsert rows through COPY into a temporary table: one round trip per table,
+        whatever the batch size."""
+        tmp = sql.Identifier(f"_in_{table}")
+        await conn.execute(
+            sql.SQL(
+                "CREATE TEMP TABLE IF NOT EXISTS {} (LIKE {} INCLUDING DEFAULTS)"
+                " ON COMMIT DELETE ROWS"
+            ).format(tmp, db.qualified(schema, table))
+        )
+        cols = "id, customer, refs, record, v_created, v_rank, v_partition, v_offset, event_id"
+        async with conn.cursor() as cur:
+            async with cur.copy(sql.SQL("COPY {} (" + cols + ") FROM STDIN").format(tmp)) as cp:
+                for row in rows:
+                    v: Version = row.version
+                    await cp.write_row(
+                        (
+                            row.id,
+                            customer_of(row),
+                            list(refs_of(row)),
+                            orjson.dumps(row.to_record()).decode(),
+                            v.created,
+                            v.rank,
+                            v.partition,
+                            v.offset,
+                            row.event_id,
+                        )
+                    )
+            updates = ", ".join(f"{c} = excluded.{c}" for c in cols.split(", ")[1:])
+            await cur.execute(
+                sql.SQL(
+                    "INSERT INTO {} (" + cols + ") SELECT " + cols + " FROM {}"
+                    " ON CONFLICT (id) DO UPDATE SET " + updates
+                ).format(db.qualified(schema, table), tmp)
+            )
+
+    async def _mark_processed(
+        self,
+        conn: AsyncConnection[Any],
+        schema: str,
+        folded: FoldResult,
+        applied: Sequence[StripeEvent],
+    ) -> None:
+        if not applied:
+            return
+        seen_here: set[str] = set()
+        async with (
+            conn.cursor() as cur,
+            cur.copy(
+                sql.SQL('COPY {} (event_id, partition, "offset") FROM STDIN').format(
+                    db.qualified(schema, "processed_events")
+                )
+            ) as cp,
+        ):
+            for e in applied:
+                if e.id in seen_here:
+                    continue  # a duplicate within the batch
+                seen_here.add(e.id)
+                await cp.write_row((e.id, e.partition, e.offset))
+
+    async def _dead_letter(
+        self,
+        conn: AsyncConnection[Any],
+        schema: str,
+        entries: Sequence[tuple[Message, str | None, str | None, BaseException | None]],
+        state: str,
+    ) -> None:
+        if not entries:
+            return
+        async with conn.cursor() as cur:
+            await cur.executemany(
+                sql.SQL(
+                    'INSERT INTO {} (key, topic, partition, "offset", event_id, event_type,'
+                    " state, error, traceback, raw) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+                    ' ON CONFLICT (topic, partition, "offset") DO NOTHING'
+                ).format(db.qualified(schema, "dead_letters")),
+                [
+                    (
+                        m.key or "",
+                        self.topic,
+                        m.partition,
+                        m.offset,
+                        event_id,
+                        event_type,
+                        state,
+                        None if exc is None else f"{type(exc).__name__}: {exc}",
+                        None if exc is None else "".join(traceback.format_exception(exc)),
+                        m.value,
+                    )
+                    for m, event_id, event_type, exc in entries
+                ],
+            )
+        if state == "poison":
+            for m, event_id, _t, exc in entries:
+                log.error(
+                    "poison event %s at %s/%s (key %s) parked: %s",
+                    event_id,
+                    m.partition,
+                    m.offset,
+                    m.key,
+                    exc,
+                )
+
+    # -- entitlements ------------------------------------------------------------------
+
+    async def _recompute(self, conn: AsyncConnection[Any], schema: str, folded: FoldResult) -> int:
+        """Recompute `customer_entitlements` of every customer the batch may have changed,
+        from the mirrored rows (never patched by increments)."""
+        customers = {c for c in folded.customers if c}
+        links = set(folded.products)
+        for (table, _id), row in folded.changed.items():
+            if table == "refunds" and row.payment_intent:
+                links.add(row.payment_intent)
+        if links:
+            q = sql.SQL(" UNION ").join(
+                sql.SQL("SELECT customer FROM {} WHERE refs && %(links)s").format(
+                    db.qualified(schema, t)
+                )
+                for t in ("subscriptions", "purchases", "charges")
+            )
+            cur = await conn.execute(q, {"links": sorted(links)})
+            customers.update(r[0] for r in await cur.fetchall() if r[0])
+        if not customers:
+            return 0
+        as_of = {c: (e.id, e.created) for c, e in folded.last_event.items()}
+        product_event = max(
+            (
+                row
+                for (table, _id), row in folded.changed.items()
+                if table in ("products", "refunds")
+            ),
+            key=lambda r: r.version,
+            default=None,
+        )
+        entitlements = await self.derive_many(conn, schema, sorted(customers))
+        async with conn.cursor() as cur:
+            await cur.executemany(
+                sql.SQL(
+                    "INSERT INTO {} (customer, groups, movie_ids, as_of_event, as_of_created)"
+                    " VALUES (%s, %s, %s, %s, %s) ON CONFLICT (customer) DO UPDATE SET"
+                    " groups = excluded.groups, movie_ids = excluded.movie_ids,"
+                    " as_of_event = COALESCE(excluded.as_of_event, {}.as_of_event),"
+                    " as_of_created = COALESCE(excluded.as_of_created, {}.as_of_created),"
+                    " updated_at = now()"
+                ).format(
+                    db.qualified(schema, "customer_entitlements"),
+                    sql.Identifier("customer_entitlements"),
+                    sql.Identifier("customer_entitlements"),
+                ),
+                [
+                    (
+                        c,
+                        list(ent.groups),
+                        list(ent.movie_ids),
+                        *as_of.get(
+                            c,
+                            (product_event.event_id, product_event.version.created)
+                            if product_event is not None
+                            else (None, None),
+                        ),
+                    )
+                    for c, ent in entitlements.items()
+                ],
+            )
+        return len(customers)
+
+    async def derive_many(
+        self, conn: AsyncConnection[Any], schema: str, customers: list[str]
+    ) -> dict[str, Entitlement]:
+        """Entitlements of `customers` from the mirrored rows of `schema`."""
+        subs = await self._rows(conn, schema, "subscriptions", "customer = ANY(%s)", customers)
+        purchases = await self._rows(conn, schema, "purchases", "customer = ANY(%s)", customers)
+        charges = await self._rows(conn, schema, "charges", "customer = ANY(%s)", customers)
+        intents = sorted(
+            {p.payment_intent for p in purchases if p.payment_intent}
+            | {p.id for p in purchases if p.kind == "payment_intent"}
+            | {c.payment_intent for c in charges if c.payment_intent}
+        )
+        refunds = (
+            await self._rows(conn, schema, "refunds", "refs && %s", intents) if intents else []
+        )
+        product_ids = sorted(
+            {i.product for s in subs for i in s.items if i.product}
+            | {p for pu in purchases for p in pu.product_ids}
+        )
+        products = {
+            p.id: p
+            for p in (
+                await self._rows(conn, schema, "products", "id = ANY(%s)", product_ids)
+                if product_ids
+                else []
+            )
+        }
+        per: dict[str, dict[str, list[Row]]] = {c: defaultdict(list) for c in customers}
+        for s in subs:
+            per[s.customer]["subs"].append(s)
+        for p in purchases:
+            per[p.customer]["purchases"].append(p)
+        for ch in charges:
+            per[ch.customer]["charges"].append(ch)
+        by_intent: dict[str, list[Row]] = defaultdict(list)
+        for r in refunds:
+            by_intent[r.payment_intent].append(r)
+        out: dict[str, Entitlement] = {}
+        for c in customers:
+            rows = per[c]
+            mine = {p.payment_intent for p in rows["purchases"] if p.payment_intent} | {
+                p.id for p in rows["purchases"] if p.kind == "payment_intent"
+            }
+            out[c] = derive(
+                rows["subs"],
+                rows["purchases"],
+                rows["charges"],
+                [r for pi in mine for r in by_intent.get(pi, ())],
+                products,
+                self.policy,
+            )
+        return out
+
+
+def _message_of(event: StripeEvent, messages: Iterable[Message]) -> Message:
+    for m in messages:
+        if m.partition == event.partition and m.offset == event.offset:
+            return m
+    raise LookupError(f"event {event.id} is not in the batch")  # a bug, not bad input

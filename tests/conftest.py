@@ -1,0 +1,117 @@
+"""Session services (a real Kafka and PostgreSQL) and per-test topics and databases.
+
+With `KAFKA_BOOTSTRAP_SERVERS` and `DATABASE_URL` in the environment the tests use those;
+otherwise the session starts its own services in a private temporary home (the jar cache
+stays the shared `~/.cache/entitled`) and wipes them at the end. Never skips: if the
+services cannot start, every test that needs them fails with the reason.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+import sys
+import tempfile
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+# pytest puts this directory on sys.path, where `tests/entitled/` (no __init__.py) would be
+# taken for a namespace package `entitled` and hide the real one, which the editable install
+# only offers after every sys.path entry. The repository root first keeps the real one.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from entitled import services as svc
+from entitled.services import Endpoints, ServicesError
+from entitled.services._process import run_async
+from entitled.settings import Settings
+
+WEBHOOK_SECRET = "whsec_test_secret"
+
+
+def _with_database(url: str, name: str) -> str:
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(path=f"/{name}"))
+
+
+@pytest.fixture(scope="session")
+def services_settings() -> Iterator[Settings]:
+    """The Settings that own the session services (for stop/start in fault tests)."""
+    cache = Settings().cache
+    env_kafka = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
+    env_db = os.environ.get("DATABASE_URL")
+    if env_kafka and env_db:
+        home = Path(tempfile.mkdtemp(prefix="entitled-tests-"))
+        yield Settings(
+            kafka_bootstrap_servers=env_kafka, database_url=env_db, home=home, cache=cache
+        )
+        shutil.rmtree(home, ignore_errors=True)
+        return
+    home = Path(tempfile.mkdtemp(prefix="ent-"))
+    # mkdtemp makes it 0700: the postgres system user must get through it.
+    home.chmod(home.stat().st_mode | stat.S_IXOTH)
+    settings = Settings(home=home, cache=cache)
+    try:
+        yield settings
+    finally:
+        try:
+            svc.down(settings, wipe=True)
+        finally:
+            shutil.rmtree(home, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def services(services_settings: Settings) -> Endpoints:
+    """Endpoints of the session Kafka and PostgreSQL (started here unless given)."""
+    s = services_settings
+    if s.kafka_bootstrap_servers and s.database_url:
+        return Endpoints(s.kafka_bootstrap_servers, s.database_url)
+    try:
+        return svc.up(s, fast=True)
+    except ServicesError as exc:
+        pytest.fail(f"the local services cannot start:\n{exc}", pytrace=False)
+
+
+@pytest.fixture
+def topic(services: Endpoints) -> str:
+    """A fresh topic `t.<uuid8>`: 8 partitions, kept forever."""
+    name = f"t.{uuid.uuid4().hex[:8]}"
+    # A private loop in a thread: the test's own (session) loop is left alone.
+    run_async(lambda: svc.ensure_topic(services.bootstrap, name, 8))
+    return name
+
+
+@pytest.fixture
+def database_url(services: Endpoints) -> Iterator[str]:
+    """A fresh empty database `t_<uuid8>`, dropped (forcibly) after the test."""
+    name = f"t_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(services.database_url, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    try:
+        yield _with_database(services.database_url, name)
+    finally:
+        with psycopg.connect(services.database_url, autocommit=True) as conn:
+            conn.execute(
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+            )
+
+
+@pytest.fixture
+def settings(
+    services: Endpoints, services_settings: Settings, topic: str, database_url: str
+) -> Settings:
+    """Settings for one test: the session services, a fresh topic and a fresh database."""
+    return Settings(
+        kafka_bootstrap_servers=services.bootstrap,
+        database_url=database_url,
+        topic=topic,
+        webhook_secrets=(WEBHOOK_SECRET,),
+        home=services_settings.home,
+        cache=services_settings.cache,
+    )

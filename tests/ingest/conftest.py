@@ -1,0 +1,22 @@
+"""Fixtures of the ingest tests; the helpers live in `ingest_helpers`."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import replace
+
+import pytest
+from ingest_helpers import Running, running
+
+from entitled.settings import Settings
+
+
+@pytest.fixture
+async def ingest_server(settings: Settings) -> AsyncIterator[Running]:
+    async with running(settings) as r:
+        yield r
+
+
+@pytest.fixture
+def small_settings(settings: Settings) -> Settings:
+    return replace(settings, max_body_bytes=16 * 1024)

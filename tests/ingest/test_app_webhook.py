@@ -1,0 +1,207 @@
+"""The webhook endpoint against a real uvicorn and a real Kafka topic."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+from typing import Any
+
+import httpx
+import orjson
+from ingest_helpers import Running, end_offsets, read_topic, running
+
+from entitled import stripe_events as se
+from entitled.settings import Settings
+
+SECRET = "whsec_test_secret"
+
+
+def _subscription_event(customer: str = "cus_webhook") -> dict[str, Any]:
+    sub = se.subscription(customer=customer, items=[("price_a", "prod_a")])
+    return se.event("customer.subscription.created", sub, account="acct_connect1")
+
+
+def _signed(body: bytes, secret: str = SECRET, timestamp: int | None = None) -> dict[str, str]:
+    return {
+        "Stripe-Signature": se.sign_header(body, secret, timestamp),
+        "Content-Type": "application/json",
+    }
+
+
+async def test_signed_event_is_written_byte_for_byte(ingest_server: Running) -> None:
+    evt = _subscription_event()
+    # Unusual spacing and key order must survive: the log keeps the bytes, not a re-encoding.
+    body = b'{ "zz": 1,\n' + se.encode(evt)[1:]
+    before = time.time()
+    async with httpx.AsyncClient(base_url=ingest_server.url) as client:
+        response = await client.post("/webhooks/stripe", content=body, headers=_signed(body))
+    assert response.status_code == 200, response.text
+    assert response.json() == {"received": True, "id": evt["id"]}
+
+    settings = ingest_server.settings
+    records = await read_topic(settings)
+    assert len(records) == 1
+    record = records[0]
+    assert record.value == body
+    assert record.key == b"cus_webhook"
+    headers = dict(record.headers)
+    assert headers["stripe-event-id"] == evt["id"].encode()
+    assert headers["stripe-event-type"] == b"customer.subscription.created"
+    assert headers["stripe-api-version"] == se.CURRENT_API_VERSION.encode()
+    assert headers["stripe-account"] == b"acct_connect1"
+    assert headers["source"] == b"webhook"
+    assert before - 1 <= float(headers["received-at"]) <= time.time() + 1
+
+
+async def test_same_customer_same_partition(ingest_server: Running) -> None:
+    async with httpx.AsyncClient(base_url=ingest_server.url) as client:
+        for _ in range(5):
+            body = se.encode(_subscription_event("cus_samepart"))
+            r = await client.post("/webhooks/stripe", content=body, headers=_signed(body))
+            assert r.status_code == 200
+    settings = ingest_server.settings
+    records = await read_topic(settings)
+    assert len(records) == 5
+    assert len({r.partition for r in records}) == 1
+
+
+def _bad_inputs(limit: int) -> list[tuple[str, bytes, dict[str, str], int, str]]:
+    """(case, body, headers, expected status, expected words in the error)."""
+    good = se.encode(_subscription_event())
+    now = int(time.time())
+
+    def signed(obj: object) -> tuple[bytes, dict[str, str]]:
+        body = orjson.dumps(obj)
+        return body, _signed(body)
+
+    def evt_without(*path: str) -> dict[str, Any]:
+        evt = _subscription_event()
+        target = evt
+        for part in path[:-1]:
+            target = target[part]
+        del target[path[-1]]
+        return evt
+
+    tampered = good.replace(b"cus_webhook", b"cus_attacker")
+    v0 = se.sign_header(good, SECRET).replace("v1=", "v0=")
+    big = b'{"pad": "' + b"x" * limit + b'"}'
+    cases: list[tuple[str, bytes, dict[str, str], int, str]] = [
+        ("no signature", good, {}, 400, "missing"),
+        ("garbled signature", good, {"Stripe-Signature": "t=abc,v1=zz"}, 400, "garbled"),
+        ("garbage header", good, {"Stripe-Signature": "hello"}, 400, "garbled"),
+        ("v0 only", good, {"Stripe-Signature": v0}, 400, "v1"),
+        ("wrong secret", good, _signed(good, "whsec_other"), 400, "does not match"),
+        ("stale", good, _signed(good, timestamp=now - 301), 400, "older"),
+        ("tampered", tampered, _signed(good), 400, "does not match"),
+        ("not json", b"hello", _signed(b"hello"), 400, "JSON"),
+        ("invalid utf-8", b'{"a": "\xff"}', _signed(b'{"a": "\xff"}'), 400, "UTF-8"),
+        ("array", *signed([1, 2]), 400, "object"),
+        ("string", *signed("evt"), 400, "object"),
+        ("no id", *signed(evt_without("id")), 400, "'id'"),
+        ("id not string", *signed({**_subscription_event(), "id": 5}), 400, "'id'"),
+        ("no type", *signed(evt_without("type")), 400, "'type'"),
+        ("type not string", *signed({**_subscription_event(), "type": ["a"]}), 400, "'type'"),
+        ("no data", *signed(evt_without("data")), 400, "data.object"),
+        ("no data.object", *signed(evt_without("data", "object")), 400, "data.object"),
+        (
+            "data.object string",
+            *signed({**_subscription_event(), "data": {"object": "x"}}),
+            400,
+            "data.object",
+        ),
+        ("too large", big, _signed(big), 413, "limit"),
+    ]
+    return cases
+
+
+async def test_bad_input_gets_4xx_and_writes_nothing(small_settings: Settings) -> None:
+    async with running(small_settings) as server, httpx.AsyncClient(base_url=server.url) as client:
+        wrong = []
+        for case, body, headers, status, words in _bad_inputs(small_settings.max_body_bytes):
+            r = await client.post("/webhooks/stripe", content=body, headers=headers)
+            error = (
+                r.json().get("error", "")
+                if r.headers.get("content-type", "").startswith("application/json")
+                else ""
+            )
+            if r.status_code != status or words not in error or SECRET in r.text:
+                wrong.append((case, r.status_code, r.text))
+        assert wrong == []
+        assert sum((await end_offsets(small_settings)).values()) == 0
+
+        # The offsets check can fail: a good event does move them.
+        good = se.encode(_subscription_event())
+        r = await client.post("/webhooks/stripe", content=good, headers=_signed(good))
+        assert r.status_code == 200
+        assert sum((await end_offsets(small_settings)).values()) == 1
+
+
+async def test_oversized_stream_without_length_is_cut_off(small_settings: Settings) -> None:
+    sent = 0
+
+    async def chunks():  # type: ignore[no-untyped-def]
+        nonlocal sent
+        for _ in range(1000):  # 64 MiB if nobody stops us
+            sent += 65536
+            yield b"x" * 65536
+
+    async with running(small_settings) as server, httpx.AsyncClient(base_url=server.url) as client:
+        headers = {"Stripe-Signature": "t=1,v1=00"}
+        r = await client.post("/webhooks/stripe", content=chunks(), headers=headers)
+        assert r.status_code == 413
+        assert "limit" in r.json()["error"]
+    assert sent < 64 * 1024 * 1024
+    ends = await end_offsets(small_settings)
+    assert sum(ends.values()) == 0
+
+
+async def test_unknown_event_type_is_accepted(ingest_server: Running) -> None:
+    evt = se.event("radar.early_fraud_warning.created", {"id": "issfr_1", "object": "x"})
+    body = se.encode(evt)
+    async with httpx.AsyncClient(base_url=ingest_server.url) as client:
+        r = await client.post("/webhooks/stripe", content=body, headers=_signed(body))
+    assert r.status_code == 200
+    assert r.json()["id"] == evt["id"]
+
+
+async def test_rotation_accepts_either_secret(settings: Settings) -> None:
+    rotating = replace(settings, webhook_secrets=("whsec_old_one", "whsec_new_one"))
+    async with running(rotating) as server, httpx.AsyncClient(base_url=server.url) as client:
+        statuses = {}
+        for secret in ("whsec_old_one", "whsec_new_one", "whsec_third"):
+            body = se.encode(_subscription_event())
+            r = await client.post("/webhooks/stripe", content=body, headers=_signed(body, secret))
+            statuses[secret] = r.status_code
+            assert "whsec_" not in r.text
+        # Stripe itself sends one v1 per active secret during its own rotation.
+        body = se.encode(_subscription_event())
+        both = (
+            se.sign_header(body, "whsec_unknown")
+            + ","
+            + se.sign_header(body, "whsec_new_one").split(",")[1]
+        )
+        r = await client.post("/webhooks/stripe", content=body, headers={"Stripe-Signature": both})
+        statuses["two signatures"] = r.status_code
+    assert statuses == {
+        "whsec_old_one": 200,
+        "whsec_new_one": 200,
+        "whsec_third": 400,
+        "two signatures": 200,
+    }
+
+
+async def test_health_ready_and_metrics(ingest_server: Running) -> None:
+    async with httpx.AsyncClient(base_url=ingest_server.url) as client:
+        assert (await client.get("/healthz")).status_code == 200
+        assert (await client.get("/readyz")).status_code == 200
+        body = se.encode(_subscription_event())
+        assert (
+            await client.post("/webhooks/stripe", content=body, headers=_signed(body))
+        ).status_code == 200
+        r = await client.post("/webhooks/stripe", content=body, headers=_signed(body, "whsec_x"))
+        assert r.status_code == 400
+        metrics = (await client.get("/metrics")).text
+    assert 'entitled_ingest_requests_total{outcome="accepted"} 1.0' in metrics
+    assert 'entitled_ingest_requests_total{outcome="bad_signature"} 1.0' in metrics
+    assert "entitled_ingest_produce_seconds_count 1.0" in metrics
+    assert f"entitled_ingest_bytes_total {float(len(body))}" in metrics

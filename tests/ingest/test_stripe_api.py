@@ -1,0 +1,80 @@
+"""The rate limiter and the 429 backoff, on a fake clock (no network)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from ingest.stripe_api import RateLimiter, _retry_after
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+        self.sleeps: list[float] = []
+
+    def __call__(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += seconds
+
+
+async def test_limiter_spaces_calls_at_the_configured_rate() -> None:
+    clock = FakeClock()
+    limiter = RateLimiter(4.0, clock=clock, sleep=clock.sleep)
+    times = []
+    for _ in range(5):
+        await limiter.acquire()
+        times.append(clock.now)
+    assert times == [1000.0, 1000.25, 1000.5, 1000.75, 1001.0]
+
+
+async def test_limiter_does_not_wait_when_calls_are_already_slow() -> None:
+    clock = FakeClock()
+    limiter = RateLimiter(10.0, clock=clock, sleep=clock.sleep)
+    await limiter.acquire()
+    clock.now += 1.0
+    await limiter.acquire()
+    clock.now += 0.05  # half the interval: the third call waits the other half
+    await limiter.acquire()
+    assert clock.sleeps == [pytest.approx(0.05)]
+
+
+async def test_limiter_gives_no_burst_credit_after_idling() -> None:
+    clock = FakeClock()
+    limiter = RateLimiter(2.0, clock=clock, sleep=clock.sleep)
+    await limiter.acquire()
+    clock.now += 60.0
+    start = clock.now
+    for _ in range(3):
+        await limiter.acquire()
+    assert clock.now - start == pytest.approx(1.0)  # 3 calls at 2/s: 0, 0.5, 1.0
+
+
+async def test_concurrent_callers_share_one_pace() -> None:
+    clock = FakeClock()
+    limiter = RateLimiter(10.0, clock=clock, sleep=clock.sleep)
+    stamps: list[float] = []
+
+    async def call() -> None:
+        await limiter.acquire()
+        stamps.append(clock.now)
+
+    await asyncio.gather(*(call() for _ in range(4)))
+    assert sorted(stamps) == pytest.approx([1000.0, 1000.1, 1000.2, 1000.3])
+
+
+def test_rate_must_be_positive() -> None:
+    with pytest.raises(ValueError):
+        RateLimiter(0)
+
+
+def test_retry_after_header_wins_over_backoff() -> None:
+    assert _retry_after({"retry-after": "3"}, attempt=1) == 3.0
+    assert _retry_after({"Retry-After": "1000"}, attempt=1) == 30.0  # capped
+    assert _retry_after({}, attempt=1) == 0.5
+    assert _retry_after(None, attempt=3) == 2.0
+    assert _retry_after({"retry-after": "soon"}, attempt=2) == 1.0
