@@ -19,14 +19,20 @@ import asyncio
 import dataclasses
 import json
 import multiprocessing as mp
+import os
 import platform
 import socket
 import statistics
+import sys
 import tempfile
 import time
 import uuid
 from pathlib import Path
 from typing import Any
+
+# Run as `python bench/ingest.py`, this file's folder comes first on sys.path and its name
+# would shadow the `ingest` package it measures.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).parent.resolve()]
 
 SECRET = "whsec_bench_secret"
 RESULTS = Path(__file__).parent / "results" / "ingest.json"
@@ -186,11 +192,11 @@ def _client(kind: str, url: str, args: dict[str, Any], queue: Any) -> None:
     queue.put(result)
 
 
-def _wait_healthy(port: int, timeout: float = 60.0) -> None:
+def _wait_healthy(port: int, server: Any, timeout: float = 60.0) -> None:
     import httpx
 
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    while time.monotonic() < deadline and server.is_alive():
         try:
             if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
                 return
@@ -206,7 +212,7 @@ def _run(kind: str, settings: Any, args: dict[str, Any]) -> dict[str, Any]:
     server = ctx.Process(target=_serve, args=(kind, port, settings), daemon=True)
     server.start()
     try:
-        _wait_healthy(port)
+        _wait_healthy(port, server)
         queue = ctx.Queue()
         client = ctx.Process(
             target=_client,
@@ -264,7 +270,11 @@ def main() -> None:
         results: dict[str, Any] = {}
         for kind in ("bare", "ingest"):
             print(f"running {kind} ...", flush=True)
+            load_before = os.getloadavg()[0]
             results[kind] = _run(kind, settings, args)
+            # Other work on the machine skews both servers; keep it beside the figures.
+            results[kind]["load_avg_1m_before"] = round(load_before, 2)
+            print(json.dumps(results[kind]), flush=True)
         in_log = asyncio.run(_log_count(settings))
     finally:
         if temp_home is not None:

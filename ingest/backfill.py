@@ -25,8 +25,8 @@ from tqdm import tqdm
 
 from entitled.services.kafka import ensure_topic
 from entitled.settings import Settings
-from ingest.cursors import Cursor, CursorStore
 from ingest.cli import topic_configs
+from ingest.cursors import Cursor, CursorStore
 from ingest.keys import event_headers, routing_key
 from ingest.producer import EventProducer
 from ingest.snapshots import DEFAULT_LISTS, LISTS, ListSpec, snapshot_event

@@ -36,31 +36,40 @@ class EventProducer:
         self.timeout_s = settings.produce_timeout_s
         self.late_acks = 0
         self.late_failures = 0
-        self._producer = AIOKafkaProducer(
-            bootstrap_servers=settings.kafka_bootstrap_servers,
+        self._producer: AIOKafkaProducer | None = None
+
+    async def start(self) -> None:
+        """Connect to the cluster and fetch metadata for the topic."""
+        # Built here, not in __init__: aiokafka binds to the running loop, and the app (with
+        # its producer) is usually created before uvicorn starts the loop.
+        producer = AIOKafkaProducer(
+            bootstrap_servers=self.settings.kafka_bootstrap_servers,
             client_id="entitled-ingest",
             acks="all",
             enable_idempotence=True,
             linger_ms=0,
-            max_request_size=settings.max_body_bytes + _RECORD_OVERHEAD,
+            max_batch_size=int(__import__("os").environ.get("MBS", "16384")),
+            max_request_size=self.settings.max_body_bytes + _RECORD_OVERHEAD,
             # The accumulator drops a batch whose partition has no leader after this long.
-            request_timeout_ms=max(int(settings.produce_timeout_s * 1000), 1000),
+            request_timeout_ms=max(int(self.timeout_s * 1000), 1000),
         )
-        self._started = False
-
-    async def start(self) -> None:
-        """Connect to the cluster and fetch metadata for the topic."""
         try:
-            await self._producer.start()
+            await producer.start()
         except KafkaError as exc:
+            await producer.stop()
             raise LogUnavailable(f"cannot connect to Kafka: {type(exc).__name__}") from exc
-        self._started = True
+        self._producer = producer
 
     async def stop(self) -> None:
         """Flush what is pending (bounded by the producer's own timeouts) and disconnect."""
-        if self._started:
-            self._started = False
-            await self._producer.stop()
+        producer, self._producer = self._producer, None
+        if producer is not None:
+            await producer.stop()
+
+    def _running(self) -> AIOKafkaProducer:
+        if self._producer is None:
+            raise LogUnavailable("the Kafka producer is not started")
+        return self._producer
 
     async def publish(
         self, raw: bytes, *, key: str, headers: list[tuple[str, bytes]]
@@ -74,7 +83,7 @@ class EventProducer:
         try:
             # Cancelling `send` itself (metadata wait, full buffer) means nothing was queued.
             async with asyncio.timeout_at(deadline):
-                delivery = await self._producer.send(
+                delivery = await self._running().send(
                     self.topic, value=raw, key=key.encode(), headers=headers
                 )
         except (TimeoutError, KafkaError) as exc:
@@ -92,7 +101,7 @@ class EventProducer:
 
     async def ready(self) -> bool:
         """True when a broker answered a metadata request and knows the topic."""
-        if not self._started:
+        if self._producer is None:
             return False
         client = self._producer.client
         try:

@@ -20,6 +20,7 @@ from typing import Any
 
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 
 from entitled.services.kafka import ensure_topic
 from entitled.settings import Settings
@@ -65,9 +66,7 @@ async def logged_event_ids(settings: Settings, since: float) -> set[str]:
     )
     await consumer.start()
     try:
-        await consumer.topics()  # fetches metadata, so partitions_for_topic knows the topic
-        partitions = consumer.partitions_for_topic(settings.topic) or set()
-        tps = [TopicPartition(settings.topic, p) for p in sorted(partitions)]
+        tps = [TopicPartition(settings.topic, p) for p in await _partitions(settings)]
         if not tps:
             return set()
         consumer.assign(tps)
@@ -94,6 +93,17 @@ async def logged_event_ids(settings: Settings, since: float) -> set[str]:
         return ids
     finally:
         await consumer.stop()
+
+
+async def _partitions(settings: Settings) -> list[int]:
+    # The consumer's own metadata only covers topics it subscribed to; ask the cluster.
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers)
+    await admin.start()
+    try:
+        (meta,) = await admin.describe_topics([settings.topic])
+        return sorted(int(p["partition"]) for p in meta.get("partitions", []))
+    finally:
+        await admin.close()
 
 
 async def reconcile(

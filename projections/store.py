@@ -90,8 +90,8 @@ class ProjectionStore:
             await self._save_checkpoints(conn, schema, result.next_offsets)
             return result
 
-        parked_keys = await self._parked_keys(conn, schema, {m.key or "" for m in fresh})
-        await self._fold_and_write(conn, schema, fresh, parked_keys, result)
+        parked = await self._parked_keys(conn, schema, {m.key or "" for m in fresh})
+        await self._fold_and_write(conn, schema, fresh, dict.fromkeys(parked, -1), result)
         await self._save_checkpoints(conn, schema, result.next_offsets)
         return result
 
@@ -100,31 +100,37 @@ class ProjectionStore:
         conn: AsyncConnection[Any],
         schema: str,
         fresh: Sequence[Message],
-        parked_keys: set[str],
+        parked_from: dict[str, int],
         result: ApplyResult,
     ) -> None:
+        """Fold and write `fresh`; `parked_from` maps a key (customer) to the offset from
+        which its events are parked (-1: all of them, the key already has a poison event)."""
         events: list[StripeEvent] = []
         poison: list[tuple[Message, str | None, str | None, BaseException]] = []
         for m in fresh:
             try:
                 events.append(parse(m.value, partition=m.partition, offset=m.offset, key=m.key))
             except EventParseError as exc:
-                poison.append((m, None, None, exc))
-        parked_keys.update(m.key or "" for m, *_ in poison)
+                poison.append((m, *_id_and_type(m.value), exc))
+                _park(parked_from, m.key, m.offset)
         seen = await self._seen(conn, schema, [e.id for e in events])
         current = await self._load_targets(conn, schema, events)
 
+        def is_parked(e: StripeEvent) -> bool:
+            start = parked_from.get(e.key or "")
+            return start is not None and e.offset >= start
+
         # Fold; a rule that raises poisons its event and parks the rest of that customer's
-        # events in this batch. Folding is pure and cheap, so simply fold again without them.
+        # events. Folding is pure and cheap, so simply fold the batch again without them.
         while True:
-            live = [e for e in events if (e.key or "") not in parked_keys]
+            live = [e for e in events if not is_parked(e)]
             try:
                 folded = fold_batch(live, current, seen)
                 break
             except FoldError as exc:
                 bad = exc.event
                 poison.append((_message_of(bad, fresh), bad.id, bad.type, exc.__cause__ or exc))
-                parked_keys.add(bad.key or "")
+                _park(parked_from, bad.key, bad.offset)
 
         poisoned = {(m.partition, m.offset) for m, *_ in poison}
         by_offset = {(m.partition, m.offset): m for m in fresh}
@@ -132,7 +138,7 @@ class ProjectionStore:
         parked = [
             (by_offset[(e.partition, e.offset)], e.id, e.type, None)
             for e in events
-            if (e.key or "") in parked_keys and (e.partition, e.offset) not in poisoned
+            if is_parked(e) and (e.partition, e.offset) not in poisoned
         ]
         await self._dead_letter(conn, schema, parked, "parked")
 
@@ -152,7 +158,7 @@ class ProjectionStore:
         """Fold `messages` into `schema` inside the caller's transaction, without touching
         checkpoints (for a per-customer rebuild of events the checkpoint already covers)."""
         result = ApplyResult()
-        await self._fold_and_write(conn, schema, messages, set(), result)
+        await self._fold_and_write(conn, schema, messages, {}, result)
         return result
 
     # -- dead letters --------------------------------------------------------------------
@@ -196,7 +202,7 @@ class ProjectionStore:
                 (key,),
             )
             result = ApplyResult()
-            await self._fold_and_write(conn, schema, messages, set(), result)
+            await self._fold_and_write(conn, schema, messages, {}, result)
             if result.poison == 0:
                 # Keep an audit trail of what was released.
                 await self._dead_letter(
@@ -573,3 +579,20 @@ def _message_of(event: StripeEvent, messages: Iterable[Message]) -> Message:
         if m.partition == event.partition and m.offset == event.offset:
             return m
     raise LookupError(f"event {event.id} is not in the batch")  # a bug, not bad input
+
+
+def _park(parked_from: dict[str, int], key: str | None, offset: int) -> None:
+    k = key or ""
+    parked_from[k] = min(parked_from.get(k, offset), offset)
+
+
+def _id_and_type(raw: bytes) -> tuple[str | None, str | None]:
+    """Best effort: the id and type of a record that is not a valid Stripe event."""
+    try:
+        doc = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None, None
+    if not isinstance(doc, dict):
+        return None, None
+    ident, kind = doc.get("id"), doc.get("type")
+    return (ident if isinstance(ident, str) else None, kind if isinstance(kind, str) else None)

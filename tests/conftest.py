@@ -25,6 +25,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import psycopg
 import pytest
+
+# Fixtures defined in their own modules, offered to every test from here.
+from localstripe_fixture import localstripe  # noqa: F401
 from psycopg import sql
 
 from entitled import services as svc

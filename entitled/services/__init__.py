@@ -60,7 +60,7 @@ def _kafka_state(settings: Settings, state: proc.State, brokers: int) -> dict[st
 
 def _postgres_state(settings: Settings, state: proc.State, fast: bool) -> dict[str, Any]:
     current = state.get("postgres") or postgres.plan(settings, fast=fast)
-    if not proc.pid_alive(current.get("pid")):
+    if not postgres.running(current):
         current["fast"] = fast  # durability settings apply from this start on
     state["postgres"] = current
     return current

@@ -112,11 +112,11 @@ def prepare(settings: Settings) -> Path:
 
 
 def _node_dir(settings: Settings, node_id: int) -> Path:
-    return settings.services_dir / "kafka" / f"node-{node_id}"
+    return settings.services_dir.absolute() / "kafka" / f"node-{node_id}"
 
 
 def _log_file(settings: Settings, node_id: int) -> Path:
-    return settings.services_dir / "logs" / f"kafka-{node_id}.log"
+    return settings.services_dir.absolute() / "logs" / f"kafka-{node_id}.log"
 
 
 def _server_properties(node: dict[str, Any], nodes: list[dict[str, Any]]) -> str:
@@ -204,41 +204,56 @@ def _classpath(settings: Settings) -> str:
     return f"{_libs(settings)}/*"
 
 
-def _format(settings: Settings, state: KafkaState, node: dict[str, Any]) -> None:
-    data = Path(node["data_dir"])
-    if (data / "meta.properties").exists():
-        return
-    if data.exists() and any(data.iterdir()):
-        raise ServicesError(
-            f"The Kafka data directory {data} is not empty but was never formatted "
-            "(a corrupt or foreign data dir). Run `entitled services down --wipe`."
-        )
-    cmd = [_java(), *JVM_OPTS[:2], "-cp", _classpath(settings), STORAGE_TOOL, "format"]
-    cmd += ["-t", state["cluster_id"], "-c", node["config"], "--ignore-formatted"]
-    done = subprocess.run(cmd, capture_output=True, text=True)
-    if done.returncode != 0:
-        raise ServicesError(
-            f"Formatting the Kafka storage in {data} failed (exit {done.returncode}):\n"
-            f"{(done.stdout + done.stderr).strip()[-3000:]}\n"
-            "Run `entitled services down --wipe` and try again."
-        )
+def _format(settings: Settings, state: KafkaState, nodes: list[dict[str, Any]]) -> None:
+    """Format the storage of every node that has none, all at once (one short JVM each)."""
+    todo = []
+    for node in nodes:
+        data = Path(node["data_dir"])
+        if (data / "meta.properties").exists():
+            continue
+        if data.exists() and any(data.iterdir()):
+            raise ServicesError(
+                f"The Kafka data directory {data} is not empty but was never formatted "
+                "(a corrupt or foreign data dir). Run `entitled services down --wipe`."
+            )
+        todo.append(node)
+    # C1 only: the tool runs for a second or two, the optimising JIT would not pay off.
+    java = [_java(), "-Xmx256m", "-XX:TieredStopAtLevel=1", "-cp", _classpath(settings)]
+    running = []
+    for node in todo:
+        out = Path(node["config"]).parent / "format.log"
+        cmd = [*java, STORAGE_TOOL, "format", "-t", state["cluster_id"], "-c", node["config"]]
+        with out.open("w") as fh:
+            running.append((node, out, subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT)))
+    failed = [(node, out, p.wait()) for node, out, p in running]
+    for node, out, code in failed:
+        if code != 0:
+            raise ServicesError(
+                f"Formatting the Kafka storage in {node['data_dir']} failed (exit {code}):\n"
+                f"{proc.log_tail(out)}\nRun `entitled services down --wipe` and try again."
+            )
+
+
+def running(node: dict[str, Any]) -> bool:
+    """The node's recorded pid is alive and is this node (not a pid reused after a reboot)."""
+    pid = node.get("pid")
+    return proc.pid_alive(pid) and node["config"] in proc.pid_cmdline(pid or 0)
 
 
 def launch(settings: Settings, state: KafkaState) -> KafkaState:
     """Spawn every node of `state` that is not running (see `wait_ready`)."""
     prepare(settings)
     java = _java()
-    for node in state["nodes"]:
-        if proc.pid_alive(node.get("pid")):
-            continue
+    stopped = [node for node in state["nodes"] if not running(node)]
+    for node in stopped:
         proc.require_free_port(node["port"], f"Kafka node {node['node_id']}")
         proc.require_free_port(node["controller_port"], f"Kafka controller {node['node_id']}")
-        home = Path(node["config"]).parent
         Path(node["data_dir"]).mkdir(parents=True, exist_ok=True)
         Path(node["log_file"]).parent.mkdir(parents=True, exist_ok=True)
         Path(node["config"]).write_text(_server_properties(node, state["nodes"]))
         Path(node["log4j"]).write_text(_log4j2(Path(node["log_file"])))
-        _format(settings, state, node)
+    _format(settings, state, stopped)
+    for node in stopped:
         cmd = [
             java,
             *JVM_OPTS,
@@ -249,7 +264,7 @@ def launch(settings: Settings, state: KafkaState) -> KafkaState:
             MAIN_CLASS,
             node["config"],
         ]
-        node["pid"] = proc.spawn_detached(cmd, home / "stdout.log")
+        node["pid"] = proc.spawn_detached(cmd, Path(node["config"]).parent / "stdout.log")
     return state
 
 
@@ -288,7 +303,7 @@ def wait_ready(state: KafkaState, timeout_s: float = START_TIMEOUT_S) -> None:
     want = len(state["nodes"])
     while True:
         for node in state["nodes"]:
-            if not proc.pid_alive(node["pid"]):
+            if not running(node):
                 raise _node_failure(node, "exited during start-up")
         if all(proc.port_open(n["port"]) for n in state["nodes"]):
             try:
@@ -304,11 +319,8 @@ def wait_ready(state: KafkaState, timeout_s: float = START_TIMEOUT_S) -> None:
 def stop(state: KafkaState, *, kill: bool = False) -> None:
     """Stop every node by its pid (controlled shutdown unless `kill`); leaves no process."""
     for node in state.get("nodes", []):
-        pid = node.get("pid")
-        if pid and proc.pid_alive(pid) and MAIN_CLASS not in proc.pid_cmdline(pid):
-            node["pid"] = None  # the pid was reused by something else: not ours to stop
-            continue
-        proc.terminate(pid, timeout=30.0, kill_first=kill)
+        if running(node):
+            proc.terminate(node["pid"], timeout=30.0, kill_first=kill)
         node["pid"] = None
 
 
@@ -318,10 +330,10 @@ def health(state: KafkaState) -> list[dict[str, Any]]:
             "node_id": n["node_id"],
             "port": n["port"],
             "controller_port": n["controller_port"],
-            "pid": n.get("pid") if proc.pid_alive(n.get("pid")) else None,
+            "pid": n.get("pid") if running(n) else None,
             "data_dir": n["data_dir"],
             "log_file": n["log_file"],
-            "healthy": proc.pid_alive(n.get("pid")) and proc.port_open(n["port"]),
+            "healthy": running(n) and proc.port_open(n["port"]),
         }
         for n in state.get("nodes", [])
     ]

@@ -87,12 +87,12 @@ def _make_traversable(path: Path) -> None:
 
 
 def plan(settings: Settings, *, fast: bool) -> PostgresState:
-    root = settings.services_dir / "postgres"
+    root = settings.services_dir.absolute() / "postgres"
     return {
         "port": proc.free_port(),
         "data_dir": str(root / "data"),
         "socket_dir": str(root / "run"),
-        "log_file": str(settings.services_dir / "logs" / "postgres.log"),
+        "log_file": str(settings.services_dir.absolute() / "logs" / "postgres.log"),
         "pid": None,
         "fast": fast,
     }
@@ -103,11 +103,18 @@ def url(state: PostgresState, database: str = DATABASE) -> str:
 
 
 def _postmaster_pid(data_dir: Path) -> int | None:
+    """The running postmaster of `data_dir`; a stale pid file (say after a reboot) gives None."""
     try:
-        first = (data_dir / "postmaster.pid").read_text().splitlines()[0]
-        return int(first)
+        pid = int((data_dir / "postmaster.pid").read_text().splitlines()[0])
     except (OSError, ValueError, IndexError):
         return None
+    if proc.pid_alive(pid) and str(data_dir) in proc.pid_cmdline(pid):
+        return pid
+    return None
+
+
+def running(state: PostgresState) -> bool:
+    return _postmaster_pid(Path(state["data_dir"])) is not None
 
 
 def _initdb(state: PostgresState) -> None:
@@ -152,7 +159,7 @@ def start(settings: Settings, state: PostgresState) -> PostgresState:
     bin_dir()
     data = Path(state["data_dir"])
     pid = _postmaster_pid(data)
-    if not proc.pid_alive(pid):
+    if pid is None:
         proc.require_free_port(state["port"], "PostgreSQL")
         socket_dir = Path(state["socket_dir"])
         if len(f"{socket_dir}/.s.PGSQL.{state['port']}") > 100:
@@ -195,20 +202,20 @@ def _create_database(state: PostgresState) -> None:
 def stop(state: PostgresState, *, kill: bool = False) -> None:
     """Stop the cluster (fast shutdown, or immediate if `kill`); leaves no process."""
     data = Path(state["data_dir"])
-    pid = _postmaster_pid(data) or state.get("pid")
-    if proc.pid_alive(pid) and (data / "postmaster.pid").exists():
+    pid = _postmaster_pid(data)  # only a postmaster of this data dir is ever signalled
+    if pid is not None:
         mode = "immediate" if kill else "fast"
         pg_ctl = str(bin_dir() / "pg_ctl")
         # On failure fall back to signals below.
         with contextlib.suppress(ServicesError):
             _run([pg_ctl, "stop", "-w", "-t", "30", "-m", mode, "-D", str(data)], "pg_ctl stop")
-    if pid and proc.pid_alive(pid) and "postgres" in proc.pid_cmdline(pid):
+    if pid is not None and proc.pid_alive(pid):
         proc.terminate(pid, timeout=30.0, kill_first=kill)
     state["pid"] = None
 
 
 def healthy(state: PostgresState) -> bool:
-    if not proc.pid_alive(_postmaster_pid(Path(state["data_dir"]))):
+    if not running(state):
         return False
     try:
         with psycopg.connect(url(state), connect_timeout=3) as conn:
@@ -222,7 +229,7 @@ def health(state: PostgresState) -> dict[str, Any]:
     pid = _postmaster_pid(Path(state["data_dir"]))
     return {
         "port": state["port"],
-        "pid": pid if proc.pid_alive(pid) else None,
+        "pid": pid,
         "data_dir": state["data_dir"],
         "socket_dir": state["socket_dir"],
         "log_file": state["log_file"],

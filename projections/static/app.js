@@ -7,7 +7,9 @@ const params = new URLSearchParams(location.search);
 if (params.get("token")) localStorage.setItem("entitled.token", params.get("token"));
 
 const $ = (id) => document.getElementById(id);
-const state = { q: params.get("q") || "", customer: params.get("customer") || "", last: "" };
+const state = {
+  q: params.get("q") || "", customer: params.get("customer") || "", last: "", groups: [],
+};
 
 function headers() {
   const token = localStorage.getItem("entitled.token");
@@ -33,7 +35,8 @@ function poster(movieId) {
 
 function reasonText(hit) {
   if (hit.reason === "subscription") {
-    return `Included in your ${hit.groups.join(" / ")} subscription`;
+    const mine = hit.groups.filter((g) => state.groups.includes(g));
+    return `Included in your ${(mine.length ? mine : hit.groups).join(" / ")} subscription`;
   }
   if (hit.reason === "purchase") return "You own this movie";
   return hit.groups.length ? `In the ${hit.groups.join(" / ")} package` : "Purchase only";
@@ -112,16 +115,18 @@ async function summary() {
   const response = await api(`/v1/customers/${encodeURIComponent(state.customer)}/entitlements`);
   const el = $("summary");
   if (response.status === 404) {
+    state.groups = [];
     el.innerHTML = "";
     el.append(bold(state.customer), " has no subscriptions or purchases yet.");
     return;
   }
   if (!response.ok) return;
   const e = await response.json();
+  state.groups = e.groups;
   el.innerHTML = "";
   el.append(bold(e.name || e.email || e.customer));
   if (e.groups.length) {
-    el.append(" subscribes to");
+    el.append(" subscribes to ");
     for (const g of e.groups) {
       const pill = document.createElement("span");
       pill.className = "pill";
@@ -132,7 +137,7 @@ async function summary() {
     el.append(" has no active subscription");
   }
   const owned = e.movie_ids.length;
-  el.append(owned ? ` and owns ${owned} movie${owned > 1 ? "s" : ""}.` : ".");
+  el.append(owned ? ` and owns ${owned} movie${owned > 1 ? "s" : ""}` : "");
 }
 
 function bold(text) {

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import replace
 from typing import Any
@@ -12,6 +13,7 @@ from ingest_helpers import Running, end_offsets, read_topic, running
 
 from entitled import stripe_events as se
 from entitled.settings import Settings
+from ingest.app import create_app
 
 SECRET = "whsec_test_secret"
 
@@ -205,3 +207,10 @@ async def test_health_ready_and_metrics(ingest_server: Running) -> None:
     assert 'entitled_ingest_requests_total{outcome="bad_signature"} 1.0' in metrics
     assert "entitled_ingest_produce_seconds_count 1.0" in metrics
     assert f"entitled_ingest_bytes_total {float(len(body))}" in metrics
+
+
+def test_app_is_built_outside_an_event_loop() -> None:
+    # `entitled ingest` builds the app before uvicorn starts the loop; aiokafka objects
+    # must therefore only be created in the lifespan.
+    app = create_app(Settings(kafka_bootstrap_servers="127.0.0.1:9", webhook_secrets=(SECRET,)))
+    assert asyncio.run(app.state.producer.ready()) is False

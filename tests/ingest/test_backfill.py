@@ -10,7 +10,7 @@ import orjson
 import pytest
 from ingest_helpers import read_topic
 from localstripe_fixture import API_KEY
-from localstripe_fixture import localstripe as localstripe  # noqa: F401 (fixture)
+from localstripe_fixture import localstripe as localstripe
 from stripe_seed import LOCALSTRIPE_LISTS, Seeded, seed
 
 from entitled.settings import Settings
@@ -20,7 +20,7 @@ from ingest.stripe_api import StripeApi
 
 
 @pytest.fixture
-def stripe_settings(settings: Settings, localstripe: str) -> Settings:  # noqa: F811
+def stripe_settings(settings: Settings, localstripe: str) -> Settings:
     return replace(settings, stripe_api_key=API_KEY, stripe_api_base=localstripe)
 
 
@@ -88,9 +88,8 @@ async def test_interrupted_backfill_resumes_from_cursors(stripe_settings: Settin
     )
     await second_api.close()
     assert not second.interrupted
-    # No list started over: every list with a cursor resumed after it, and pages fetched in
-    # both runs add up to one full walk (3 pages of objects + 1 empty last page? no: the
-    # third page has has_more=false), i.e. 3 pages per list.
+    # No list started over: every list with a cursor resumed after it, and the pages of
+    # both runs add up to one full walk (3 objects at 1 per page: 3 pages per list).
     for name, cursor in saved.items():
         assert (name, None) not in {(p.rsplit("/", 1)[-1], s) for p, s in second_api.log.pages}
         assert second.lists[name].resumed_after == cursor.starting_after
@@ -123,3 +122,31 @@ async def test_restart_ignores_cursors_and_missing_lists_are_skipped(
     assert restarted.lists["prices"].unavailable  # localstripe has no /v1/prices
     assert restarted.lists["checkout_sessions"].unavailable
     assert not restarted.interrupted
+
+
+def test_cli_backfill_and_reconcile(stripe_settings: Settings) -> None:
+    from click.testing import CliRunner
+
+    from entitled.cli import main
+
+    assert stripe_settings.stripe_api_base and stripe_settings.kafka_bootstrap_servers
+    seed(stripe_settings.stripe_api_base, API_KEY, customers=1)
+    env = {
+        "KAFKA_BOOTSTRAP_SERVERS": stripe_settings.kafka_bootstrap_servers,
+        "ENTITLED_TOPIC": stripe_settings.topic,
+        "STRIPE_API_KEY": API_KEY,
+        "STRIPE_API_BASE": stripe_settings.stripe_api_base,
+    }
+    runner = CliRunner()
+    lists = ",".join(LOCALSTRIPE_LISTS)
+    out = runner.invoke(main, ["backfill", "--lists", lists, "--rps", "200"], env=env)
+    assert out.exit_code == 0, out.output
+    assert "products: 1 pages, 3 objects, 3 written" in out.output
+    out = runner.invoke(main, ["reconcile"], env=env)
+    assert out.exit_code == 0, out.output
+    assert "already present 0" in out.output
+    out = runner.invoke(main, ["reconcile"], env=env)
+    assert out.exit_code == 0, out.output
+    assert out.output.strip().endswith("written 0")
+    out = runner.invoke(main, ["backfill", "--lists", "nonsense"], env=env)
+    assert out.exit_code == 2

@@ -11,7 +11,7 @@ import orjson
 import pytest
 from ingest_helpers import read_topic
 from localstripe_fixture import API_KEY
-from localstripe_fixture import localstripe as localstripe  # noqa: F401 (fixture)
+from localstripe_fixture import localstripe as localstripe
 from stripe_seed import seed
 
 from entitled.services import ensure_topic
@@ -22,7 +22,7 @@ from ingest.reconcile import parse_since, reconcile
 
 
 @pytest.fixture
-def stripe_settings(settings: Settings, localstripe: str) -> Settings:  # noqa: F811
+def stripe_settings(settings: Settings, localstripe: str) -> Settings:
     return replace(settings, stripe_api_key=API_KEY, stripe_api_base=localstripe)
 
 

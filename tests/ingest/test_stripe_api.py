@@ -78,3 +78,43 @@ def test_retry_after_header_wins_over_backoff() -> None:
     assert _retry_after({}, attempt=1) == 0.5
     assert _retry_after(None, attempt=3) == 2.0
     assert _retry_after({"retry-after": "soon"}, attempt=2) == 1.0
+
+
+async def test_429_is_retried_after_retry_after() -> None:
+    """A real HTTP server answering 429 twice, then a page."""
+    from ingest.stripe_api import StripeApi
+
+    answers = [
+        (429, b'{"error": {"type": "rate_limit_error", "message": "slow down"}}'),
+        (429, b'{"error": {"type": "rate_limit_error", "message": "slow down"}}'),
+        (200, b'{"object": "list", "data": [{"id": "prod_1", "b": 1, "a": 2}], "has_more": false}'),
+    ]
+    paths: list[bytes] = []
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        paths.append(head.split(b" ", 2)[1])
+        status, body = answers.pop(0)
+        writer.write(
+            b"HTTP/1.1 %d X\r\nContent-Type: application/json\r\nRetry-After: 0\r\n"
+            b"Stripe-Version: 2025-03-31.basil\r\nContent-Length: %d\r\n"
+            b"Connection: close\r\n\r\n%s" % (status, len(body), body)
+        )
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    api = StripeApi("sk_test_x", base=f"http://127.0.0.1:{port}", rps=1000, max_network_retries=0)
+    try:
+        page = await api.page("/v1/products", {}, "prod_0", 10)
+    finally:
+        await api.close()
+        server.close()
+        await server.wait_closed()
+    assert api.log.rate_limited == 2
+    assert page.data == [{"id": "prod_1", "b": 1, "a": 2}]
+    assert list(page.data[0]) == ["id", "b", "a"]  # key order as sent
+    assert page.api_version == "2025-03-31.basil"
+    assert len(paths) == 3
+    assert all(b"starting_after=prod_0" in p and b"limit=10" in p for p in paths)

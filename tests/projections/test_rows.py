@@ -13,6 +13,7 @@ from projections.rows import (
     ProductRow,
     PurchaseRow,
     RefundRow,
+    Row,
     SubscriptionRow,
     Version,
     customer_of,
@@ -22,7 +23,7 @@ from projections.rows import (
 )
 
 V = Version(1700000000, 1, 2, 3)
-ROWS = [
+ROWS: list[Row] = [
     ProductRow(
         "prod_1",
         "Action",

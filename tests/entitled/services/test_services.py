@@ -172,3 +172,17 @@ def _alive(pid: int) -> bool:
         return False
     state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()[0]
     return state != "Z"
+
+
+def test_endpoints_honour_configured_services(tmp_path: Path) -> None:
+    settings = Settings(
+        kafka_bootstrap_servers="127.0.0.1:1",
+        database_url="postgresql://postgres@127.0.0.1:2/x",
+        home=tmp_path,
+    )
+    assert svc.endpoints(settings) == Endpoints(
+        "127.0.0.1:1", "postgresql://postgres@127.0.0.1:2/x"
+    )
+    assert not settings.services_dir.exists()  # nothing was started
+    with pytest.raises(ServicesError, match="entitled services up"):
+        svc.stop_kafka(settings)

@@ -1,0 +1,65 @@
+"""The WebFlicks page in Debian's chromium: Buy now turns into Watch now without a reload
+when a subscription arrives through the real ingest, worker and API."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import Browser, expect, sync_playwright
+from system import System, system  # noqa: F401 (the fixture)
+
+from entitled import stripe_events as se
+from projections.catalog import read_file
+
+pytestmark = pytest.mark.browser
+
+CHROMIUM_ARGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+]
+DEMO = Path(__file__).resolve().parents[2] / "projections" / "demo_catalog.jsonl"
+
+
+@pytest.fixture
+def browser() -> Iterator[Browser]:
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
+        try:
+            yield b
+        finally:
+            b.close()
+
+
+def test_subscription_turns_buy_into_watch(
+    system: System, browser: Browser, tmp_path: Path  # noqa: F811
+) -> None:
+    assert len(list(read_file(DEMO))) > 40
+    loaded = system.run("catalog", "load", str(DEMO))
+    assert loaded.returncode == 0, loaded.stdout + loaded.stderr
+
+    customer = se.customer(email="ana@webflicks.example", name="Ana Lima")
+    assert system.post_event(se.event("customer.created", customer)).status_code == 200
+
+    page = browser.new_page(viewport={"width": 1280, "height": 860})
+    page.goto(f"{system.api_url}/?customer={customer['id']}&q=harrison+ford")
+    star_wars = page.locator('[data-movie-id="29"] .cta')  # scifi + action
+    expect(star_wars).to_have_text("Buy now", timeout=15_000)
+    page.screenshot(path=str(tmp_path / "before.png"))
+
+    product = se.product(groups="action", name="Action package")
+    price = se.price(product=product["id"])
+    sub = se.subscription(customer=customer["id"], items=[(price["id"], product["id"])])
+    for evt in (
+        se.event("product.created", product),
+        se.event("price.created", price),
+        se.event("customer.subscription.created", sub),
+    ):
+        response = system.post_event(evt)
+        assert response.status_code == 200, response.text
+
+    expect(star_wars).to_have_text("Watch now", timeout=60_000)
+    expect(page.locator('[data-movie-id="25"] .cta')).to_have_text("Buy now")  # drama
+    expect(page.locator("#summary")).to_contain_text("action", timeout=10_000)
+    page.screenshot(path=str(tmp_path / "after.png"))

@@ -1,0 +1,151 @@
+"""The Faust worker through real Kafka and Postgres: folding, crashes, dedup, poison."""
+
+from __future__ import annotations
+
+import itertools
+
+from entitled import stripe_events as se
+from entitled.settings import Settings
+from tests.processes import Procs, wait_until
+from tests.processors.support import caught_up, entitlements, publish, query
+
+
+def test_events_fold_into_entitlements_in_both_api_shapes(settings: Settings, procs: Procs) -> None:
+    procs.spawn("worker")
+    publish(
+        settings,
+        [
+            se.event("product.created", se.product("prod_act", groups="action"), created=100),
+            se.event(
+                "product.created", se.product("prod_ani", groups="animated,family"), created=100
+            ),
+            se.event("product.created", se.product("prod_m7", movie_id="7"), created=100),
+            # current shape
+            se.event(
+                "customer.subscription.created",
+                se.subscription("sub_a", customer="cus_a", items=[("price_1", "prod_act")]),
+                created=101,
+            ),
+            # pre-2025 shape
+            se.event(
+                "customer.subscription.created",
+                se.subscription(
+                    "sub_b", customer="cus_b", items=[("price_2", "prod_ani")], legacy=True
+                ),
+                created=101,
+                api_version=se.LEGACY_API_VERSION,
+            ),
+            se.event(
+                "payment_intent.succeeded",
+                se.payment_intent("pi_c", customer="cus_c", movie_id="42"),
+                created=102,
+            ),
+            se.event(
+                "invoice.paid",
+                se.invoice("in_d", customer="cus_d", lines=[("price_m7", "prod_m7")]),
+                created=103,
+            ),
+            se.event(
+                "customer.subscription.created",
+                se.subscription(
+                    "sub_e", customer="cus_e", items=[("price_1", "prod_act")], status="incomplete"
+                ),
+                created=104,
+            ),
+        ],
+    )
+    want = {
+        "cus_a": (["action"], []),
+        "cus_b": (["animated", "family"], []),
+        "cus_c": ([], ["42"]),
+        "cus_d": ([], ["7"]),
+        "cus_e": ([], []),
+    }
+    wait_until(lambda: entitlements(settings) == want, 60, f"entitlements {want}", procs)
+
+
+def test_duplicates_and_out_of_order_change_nothing(settings: Settings, procs: Procs) -> None:
+    sub = se.subscription("sub_x", customer="cus_x", items=[("price_1", "prod_act")])
+    canceled = dict(sub, status="canceled")
+    created = se.event("customer.subscription.created", sub, created=200)
+    deleted = se.event("customer.subscription.deleted", canceled, created=210)
+    product = se.event("product.created", se.product("prod_act", groups="action"), created=100)
+    # the deletion arrives first, then the creation (late), and everything twice
+    publish(settings, [deleted, product, created, deleted, created, product])
+    procs.spawn("worker")
+    wait_until(lambda: caught_up(settings), 60, "worker to reach the log end", procs)
+    assert entitlements(settings) == {"cus_x": ([], [])}
+    rows = query(settings, "SELECT record->>'status' FROM live.subscriptions WHERE id = 'sub_x'")
+    assert rows == [("canceled",)]
+    assert query(settings, "SELECT count(*) FROM entitled_v1.processed_events") == [(3,)]
+
+
+def test_sigkilled_worker_ends_equal_to_a_fresh_fold(settings: Settings, procs: Procs) -> None:
+    from entitled.services._process import run_async
+    from entitled.workload import Workload
+    from processors.replay import replay
+
+    events = list(Workload(customers=600, seed=3).events())
+    publish(settings, events)
+    kills = 0
+    for round_ in itertools.count():
+        w = procs.spawn("worker", ENTITLED_BATCH_SIZE="50")
+        if round_ >= 3:
+            break
+        # kill it in the middle of its work: after it committed some batches, before the end
+        before = _applied(settings)
+        wait_until(lambda: _applied(settings) > before + 100, 90, "progress", procs)
+        if caught_up(settings):
+            break
+        w.kill()
+        kills += 1
+    wait_until(lambda: caught_up(settings), 120, "worker to reach the log end", procs)
+    assert kills >= 1
+    distinct = len({e["id"] for e in events})
+    # each event applied once: one dedup record per distinct event, none twice (primary key)
+    assert _applied(settings) == distinct
+    report = run_async(lambda: replay(settings, dry_run=True, progress=False))
+    assert report.differences == []
+    for table in ("subscriptions", "purchases", "products", "charges", "customers"):
+        live = query(settings, f"SELECT id, record FROM live.{table} ORDER BY id")
+        fresh = query(settings, f"SELECT id, record FROM {report.schema}.{table} ORDER BY id")
+        assert live == fresh, table
+
+
+def _applied(settings: Settings) -> int:
+    try:
+        return int(query(settings, "SELECT count(*) FROM entitled_v1.processed_events")[0][0])
+    except Exception:
+        return 0
+
+
+def test_poison_event_parks_its_customer_only(settings: Settings, procs: Procs) -> None:
+    good = se.subscription("sub_p", customer="cus_p", items=[("price_1", "prod_act")])
+    poison = se.event("customer.subscription.updated", good, created=301)
+    poison["data"]["object"]["items"] = "not a list"  # a rule cannot read this
+    later = se.event("customer.subscription.deleted", dict(good, status="canceled"), created=302)
+    publish(
+        settings,
+        [
+            se.event("product.created", se.product("prod_act", groups="action"), created=100),
+            se.event("customer.subscription.created", good, created=300),
+            poison,
+            later,
+            se.event(
+                "customer.subscription.created",
+                se.subscription("sub_q", customer="cus_q", items=[("price_1", "prod_act")]),
+                created=303,
+            ),
+        ],
+    )
+    procs.spawn("worker")
+    wait_until(lambda: caught_up(settings), 60, "worker to reach the log end", procs)
+    # cus_p stays as of its last good event; the deletion is parked behind the poison
+    assert entitlements(settings) == {"cus_p": (["action"], []), "cus_q": (["action"], [])}
+    letters = query(settings, "SELECT key, state, event_id FROM live.dead_letters ORDER BY id")
+    assert letters == [("cus_p", "poison", poison["id"]), ("cus_p", "parked", later["id"])]
+    # the operator gives up on the poison event: the parked deletion is applied
+    skip = procs.spawn("deadletters", "skip", "cus_p", name="skip")
+    skip.popen.wait(60)  # type: ignore[union-attr]
+    assert skip.popen.returncode == 0, skip.tail()  # type: ignore[union-attr]
+    assert entitlements(settings) == {"cus_p": ([], []), "cus_q": (["action"], [])}
