@@ -149,6 +149,7 @@ async def _closed_loop(url: str, seconds: float, connections: int) -> dict[str, 
         "events_per_s": round(len(latencies) / elapsed, 1),
         **_percentiles(latencies),
         "ok_including_warmup": total_ok,
+        "requests_including_warmup": next_index,
     }
 
 
@@ -206,6 +207,12 @@ def _wait_healthy(port: int, server: Any, timeout: float = 60.0) -> None:
     raise TimeoutError(f"server on port {port} did not come up")
 
 
+def _cpu_seconds(pid: int | None) -> float:
+    """User + system CPU time of a process so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _run(kind: str, settings: Any, args: dict[str, Any]) -> dict[str, Any]:
     ctx = mp.get_context("spawn")
     port = _free_port()
@@ -218,9 +225,13 @@ def _run(kind: str, settings: Any, args: dict[str, Any]) -> dict[str, Any]:
             target=_client,
             args=(kind, f"http://127.0.0.1:{port}/webhooks/stripe", args, queue),
         )
+        cpu_before = _cpu_seconds(server.pid)
         client.start()
         result: dict[str, Any] = queue.get(timeout=args["seconds"] + args["rate_seconds"] + 300)
         client.join(timeout=30)
+        requests = result["throughput"]["requests_including_warmup"] + result["fixed_rate"]["ok"]
+        cpu = _cpu_seconds(server.pid) - cpu_before
+        result["server_cpu_us_per_request"] = round(cpu / requests * 1e6, 1)
         return result
     finally:
         server.terminate()
@@ -257,16 +268,13 @@ def main() -> None:
         settings = dataclasses.replace(settings, home=temp_home)
         endpoints = services.up(settings)
         settings = dataclasses.replace(settings, kafka_bootstrap_servers=endpoints.bootstrap)
-    assert settings.kafka_bootstrap_servers
+    bootstrap = settings.kafka_bootstrap_servers
+    assert bootstrap
     settings = dataclasses.replace(
         settings, topic=f"bench.{uuid.uuid4().hex[:8]}", webhook_secrets=(SECRET,)
     )
     try:
-        asyncio.run(
-            services.ensure_topic(
-                settings.kafka_bootstrap_servers, settings.topic, settings.partitions, 1
-            )
-        )
+        asyncio.run(services.ensure_topic(bootstrap, settings.topic, settings.partitions, 1))
         results: dict[str, Any] = {}
         for kind in ("bare", "ingest"):
             print(f"running {kind} ...", flush=True)
@@ -310,6 +318,8 @@ def main() -> None:
             f"{kind:8}{t['events_per_s']:>10}{t['p50_ms']:>9}{t['p99_ms']:>9}"
             f"   {'':10}{f['p50_ms']:>6}{f['p99_ms']:>7}"
         )
+    cpu = {k: r["server_cpu_us_per_request"] for k, r in results.items()}
+    print(f"server CPU per request (us): {cpu}")
     print(f"ingest/bare = {ratio:.2f}; 200-answers {acked}, records in the log {in_log}")
     print(f"goals met: {report['met']}; written {RESULTS}")
 

@@ -11,7 +11,6 @@ what the caller asks for. Ids are generated when not given, timestamps default t
 
 from __future__ import annotations
 
-import copy
 import functools
 import hashlib
 import hmac
@@ -58,13 +57,25 @@ def _resources() -> Mapping[str, Obj]:
 
 
 def _template(name: str) -> Obj:
-    obj: Obj = copy.deepcopy(_resources()[name])
+    obj: Obj = _copy(_resources()[name])
     return obj
+
+
+def _copy(obj: Obj) -> Obj:
+    # A JSON round trip is a deep copy of JSON data, about ten times faster than deepcopy
+    # (the benchmarks generate a million events).
+    copied: Obj = orjson.loads(orjson.dumps(obj))
+    return copied
 
 
 def new_id(prefix: str) -> str:
     """A fresh Stripe-looking id such as `cus_Qx1...` (24 random characters)."""
-    return prefix + "_" + "".join(secrets.choice(_ALPHABET) for _ in range(24))
+    raw = int.from_bytes(secrets.token_bytes(18), "big")
+    chars = []
+    for _ in range(24):
+        raw, digit = divmod(raw, len(_ALPHABET))
+        chars.append(_ALPHABET[digit])
+    return prefix + "_" + "".join(chars)
 
 
 def _now() -> int:
@@ -198,7 +209,7 @@ def subscription(
     template_item = obj["items"]["data"][0]
     data = []
     for n, (price_id, product_id) in enumerate(items):
-        item = copy.deepcopy(template_item)
+        item = _copy(template_item)
         item.update(
             id=item_ids[n] if item_ids is not None else new_id("si"),
             created=ts,
@@ -333,7 +344,7 @@ def invoice(
     data = []
     total = 0
     for price_id, product_id in lines:
-        line = copy.deepcopy(template_line)
+        line = _copy(template_line)
         line.update(id=new_id("il"), invoice=in_id, amount=999, subtotal=999)
         line["period"] = {"start": ts, "end": ts}
         if legacy:
@@ -491,7 +502,7 @@ def event(
 ) -> Obj:
     """Wrap `obj` in the event envelope Stripe POSTs (`data.object` is a copy of `obj`)."""
     evt = _template("event")
-    data: Obj = {"object": copy.deepcopy(obj)}
+    data: Obj = {"object": _copy(obj)}
     if previous_attributes is not None:
         data["previous_attributes"] = dict(previous_attributes)
     evt.update(

@@ -91,12 +91,14 @@ def create_app(settings: Settings, producer: EventProducer | None = None) -> Sta
     metrics = IngestMetrics(producer)
     secrets = settings.webhook_secrets
     tolerance = settings.signature_tolerance_s
+    accepted = metrics.requests.labels("accepted")  # bound once: labels() takes a lock
 
     async def webhook(request: Request) -> Response:
         received_at = time.time()
         try:
             raw = await read_capped(request, settings.max_body_bytes)
         except ClientDisconnect:
+            metrics.requests.labels("disconnected").inc()
             return Response(status_code=400)
         payload = decode_body(raw)
         verify_signature(payload, request.headers.get("stripe-signature"), secrets, tolerance)
@@ -111,7 +113,7 @@ def create_app(settings: Settings, producer: EventProducer | None = None) -> Sta
             headers=event_headers(event, source="webhook", received_at=received_at),
         )
         metrics.produce_latency.observe(time.perf_counter() - started)
-        metrics.requests.labels("accepted").inc()
+        accepted.inc()
         metrics.bytes.inc(len(raw))
         return _json({"received": True, "id": event["id"]})
 

@@ -52,7 +52,6 @@ class ListResult:
 class BackfillResult:
     lists: dict[str, ListResult] = field(default_factory=dict)
     interrupted: bool = False
-    event_ids: list[str] = field(default_factory=list)
 
 
 class _PageBudget:
@@ -124,7 +123,6 @@ async def backfill(
                     cursors,
                     budget,
                     outcome,
-                    result,
                     page_size=page_size,
                     bar=bar,
                 )
@@ -149,7 +147,6 @@ async def _walk(
     cursors: CursorStore,
     budget: _PageBudget,
     outcome: ListResult,
-    result: BackfillResult,
     *,
     page_size: int,
     bar: tqdm[Any],
@@ -183,7 +180,6 @@ async def _walk(
                 else:
                     events.append(event)
             await asyncio.gather(*(_publish(producer, event) for event in events))
-            result.event_ids.extend(event["id"] for event in events)
             outcome.objects += len(page.data)
             outcome.written += len(events)
             bar.update(len(page.data))

@@ -63,13 +63,18 @@ class CursorStore:
         """Every list's latest cursor (cleared lists are absent)."""
         tp = TopicPartition(self.topic, 0)
         consumer = AIOKafkaConsumer(
-            bootstrap_servers=self._bootstrap, enable_auto_commit=False, group_id=None
+            bootstrap_servers=self._bootstrap,
+            enable_auto_commit=False,
+            group_id=None,
+            auto_offset_reset="earliest",
         )
         await consumer.start()
         try:
             consumer.assign([tp])
             end = (await consumer.end_offsets([tp]))[tp]
-            await consumer.seek_to_beginning(tp)
+            # An explicit offset: `seek_to_beginning` can race the initial reset to latest,
+            # and `position` then reports the end before a record was read.
+            consumer.seek(tp, (await consumer.beginning_offsets([tp]))[tp])
             cursors: dict[str, Cursor] = {}
             while await consumer.position(tp) < end:
                 batches = await consumer.getmany(tp, timeout_ms=1000)

@@ -47,8 +47,10 @@ class EventProducer:
             client_id="entitled-ingest",
             acks="all",
             enable_idempotence=True,
-            linger_ms=0,
-            max_batch_size=int(__import__("os").environ.get("MBS", "16384")),
+            linger_ms=0,  # measured: lingering only adds latency here, no CPU saved
+            # Many small events per request: the 16 KiB default holds ~5 webhooks and stalls
+            # senders; below the broker's default message.max.bytes (1 MiB).
+            max_batch_size=512 * 1024,
             max_request_size=self.settings.max_body_bytes + _RECORD_OVERHEAD,
             # The accumulator drops a batch whose partition has no leader after this long.
             request_timeout_ms=max(int(self.timeout_s * 1000), 1000),

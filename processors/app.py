@@ -39,6 +39,9 @@ def create_app(settings: Settings, bootstrap: str) -> faust.App:
         stream_wait_empty=False,
         producer_acks=-1,
         topic_replication_factor=settings.replication_factor,
+        # A SIGKILLed worker's partitions move to the others after this long: keep it short.
+        broker_session_timeout=10.0,
+        broker_heartbeat_interval=1.0,
     )
     topic = app.topic(settings.topic, key_type=bytes, value_type=bytes)
     assert settings.database_url is not None

@@ -80,9 +80,8 @@ async def _load(url: str, path: Path) -> tuple[int, int]:
 
     from projections import catalog as movies
 
-    async with await psycopg.AsyncConnection.connect(url) as conn:
-        async with conn.transaction():
-            result = await movies.load_movies(conn, movies.read_file(path))
+    async with await psycopg.AsyncConnection.connect(url) as conn, conn.transaction():
+        result = await movies.load_movies(conn, movies.read_file(path))
     return result.inserted, result.updated
 
 

@@ -52,7 +52,10 @@ class System:
     def run(self, *args: str) -> subprocess.CompletedProcess[str]:
         """Run `entitled ARGS...` with the system's environment."""
         return subprocess.run(
-            [ENTITLED, *args], env=environment(self.settings), capture_output=True, text=True,
+            [ENTITLED, *args],
+            env=environment(self.settings),
+            capture_output=True,
+            text=True,
             timeout=120,
         )
 

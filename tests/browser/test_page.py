@@ -16,8 +16,14 @@ from projections.catalog import read_file
 pytestmark = pytest.mark.browser
 
 CHROMIUM_ARGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
 ]
 DEMO = Path(__file__).resolve().parents[2] / "projections" / "demo_catalog.jsonl"
 
@@ -33,7 +39,9 @@ def browser() -> Iterator[Browser]:
 
 
 def test_subscription_turns_buy_into_watch(
-    system: System, browser: Browser, tmp_path: Path  # noqa: F811
+    system: System,  # noqa: F811 (the imported fixture)
+    browser: Browser,
+    tmp_path: Path,
 ) -> None:
     assert len(list(read_file(DEMO))) > 40
     loaded = system.run("catalog", "load", str(DEMO))

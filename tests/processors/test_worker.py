@@ -94,7 +94,7 @@ def test_sigkilled_worker_ends_equal_to_a_fresh_fold(settings: Settings, procs: 
             break
         # kill it in the middle of its work: after it committed some batches, before the end
         before = _applied(settings)
-        wait_until(lambda: _applied(settings) > before + 100, 90, "progress", procs)
+        wait_until(lambda b=before: _applied(settings) > b + 100, 90, "progress", procs)
         if caught_up(settings):
             break
         w.kill()

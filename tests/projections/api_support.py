@@ -40,9 +40,9 @@ def load_catalog(database_url: str, movies: Sequence[catalog.Movie] | None = Non
     rows = list(movies) if movies is not None else list(catalog.read_file(demo_catalog_path()))
 
     async def go() -> None:
-        async with await psycopg.AsyncConnection.connect(database_url) as conn:
-            async with conn.transaction():
-                await catalog.load_movies(conn, rows)
+        conn = await psycopg.AsyncConnection.connect(database_url)
+        async with conn, conn.transaction():
+            await catalog.load_movies(conn, rows)
 
     run_async(go)
 

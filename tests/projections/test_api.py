@@ -113,19 +113,49 @@ def test_entitlements_and_customers(api: httpx.Client, settings: Settings) -> No
     url = settings.database_url
     assert url
     mirror(url, "customers", {"id": "cus_e", "name": "Jenny Rosen", "email": "jenny@example.com"})
-    mirror(url, "products", {"id": "prod_act", "name": "Action", "metadata": {
-        "subscription_group": "action"}})
-    mirror(url, "products", {"id": "prod_40", "name": "Last Crusade", "metadata": {
-        "movie_id": "40"}})
-    mirror(url, "subscriptions", {
-        "id": "sub_1", "customer": "cus_e", "status": "active", "cancel_at_period_end": True,
-        "items": [{"id": "si_1", "price": "price_1", "product": "prod_act",
-                   "current_period_start": 1_700_000_000, "current_period_end": 1_702_592_000}],
-    }, refs=["prod_act"])
-    mirror(url, "purchases", {
-        "id": "cs_1", "customer": "cus_e", "kind": "checkout_session", "paid": True,
-        "amount": 399, "metadata": {}, "product_ids": ["prod_40"], "payment_intent": "pi_1",
-    }, refs=["prod_40"])
+    mirror(
+        url,
+        "products",
+        {"id": "prod_act", "name": "Action", "metadata": {"subscription_group": "action"}},
+    )
+    mirror(
+        url, "products", {"id": "prod_40", "name": "Last Crusade", "metadata": {"movie_id": "40"}}
+    )
+    mirror(
+        url,
+        "subscriptions",
+        {
+            "id": "sub_1",
+            "customer": "cus_e",
+            "status": "active",
+            "cancel_at_period_end": True,
+            "items": [
+                {
+                    "id": "si_1",
+                    "price": "price_1",
+                    "product": "prod_act",
+                    "current_period_start": 1_700_000_000,
+                    "current_period_end": 1_702_592_000,
+                }
+            ],
+        },
+        refs=["prod_act"],
+    )
+    mirror(
+        url,
+        "purchases",
+        {
+            "id": "cs_1",
+            "customer": "cus_e",
+            "kind": "checkout_session",
+            "paid": True,
+            "amount": 399,
+            "metadata": {},
+            "product_ids": ["prod_40"],
+            "payment_intent": "pi_1",
+        },
+        refs=["prod_40"],
+    )
     entitle(url, "cus_e", groups=["action"], movie_ids=["40"], as_of_event="evt_last")
 
     body = api.get("/v1/customers/cus_e/entitlements").json()
@@ -155,35 +185,35 @@ def test_entitlements_and_customers(api: httpx.Client, settings: Settings) -> No
 
 
 CLIENT_ERRORS: list[tuple[str, str, dict[str, object], int]] = [
-        ("GET", "/v1/search", {}, 400),  # customer missing
-        ("GET", "/v1/search?customer=", {}, 400),
-        ("GET", "/v1/search?customer=" + "c" * 256, {}, 400),
-        ("GET", "/v1/search?customer=cus%00x", {}, 400),
-        ("GET", "/v1/search?customer=c&limit=0", {}, 400),
-        ("GET", "/v1/search?customer=c&limit=101", {}, 400),
-        ("GET", "/v1/search?customer=c&limit=ten", {}, 400),
-        ("GET", "/v1/search?customer=c&q=" + "q" * 201, {}, 400),
-        ("GET", "/v1/customers?limit=0", {}, 400),
-        ("GET", "/v1/customers/cus_none/entitlements", {}, 404),
-        ("PUT", "/v1/movies/x", {"content": b"{not json"}, 400),
-        ("PUT", "/v1/movies/x", {"json": ["a list"]}, 400),
-        ("PUT", "/v1/movies/x", {"json": {"keywords": "no title"}}, 400),
-        ("PUT", "/v1/movies/x", {"json": {"title": ""}}, 400),
-        ("PUT", "/v1/movies/x", {"json": {"title": 5}}, 400),
-        ("PUT", "/v1/movies/x", {"json": {"title": "t" * 501}}, 400),
-        ("PUT", "/v1/movies/x", {"json": {"title": "t", "groups": "action"}}, 400),
-        ("PUT", "/v1/movies/x", {"json": {"title": "t", "groups": [1]}}, 400),
-        ("PUT", "/v1/movies/x", {"json": {"title": "t", "groups": ["a,b"]}}, 400),
-        ("PUT", "/v1/movies/x", {"json": {"title": "t", "rating": 5}}, 400),
-        ("PUT", "/v1/movies/x", {"json": {"title": "t\u0000"}}, 400),
-        ("PUT", "/v1/movies/x", {"content": b'{"title": "\\ud800"}'}, 400),
-        ("PUT", "/v1/movies/x", {"content": b"{" + b" " * 70_000 + b"}"}, 400),
-        ("PUT", "/v1/movies/" + "m" * 129, {"json": {"title": "t"}}, 400),
-        ("PUT", "/v1/movies/nope/groups/action", {}, 404),
-        ("DELETE", "/v1/movies/nope/groups/action", {}, 404),
-        ("DELETE", "/v1/movies/nope", {}, 404),
-        ("GET", "/v1/movies/1", {}, 405),
-        ("GET", "/v1/nothing-here", {}, 404),
+    ("GET", "/v1/search", {}, 400),  # customer missing
+    ("GET", "/v1/search?customer=", {}, 400),
+    ("GET", "/v1/search?customer=" + "c" * 256, {}, 400),
+    ("GET", "/v1/search?customer=cus%00x", {}, 400),
+    ("GET", "/v1/search?customer=c&limit=0", {}, 400),
+    ("GET", "/v1/search?customer=c&limit=101", {}, 400),
+    ("GET", "/v1/search?customer=c&limit=ten", {}, 400),
+    ("GET", "/v1/search?customer=c&q=" + "q" * 201, {}, 400),
+    ("GET", "/v1/customers?limit=0", {}, 400),
+    ("GET", "/v1/customers/cus_none/entitlements", {}, 404),
+    ("PUT", "/v1/movies/x", {"content": b"{not json"}, 400),
+    ("PUT", "/v1/movies/x", {"json": ["a list"]}, 400),
+    ("PUT", "/v1/movies/x", {"json": {"keywords": "no title"}}, 400),
+    ("PUT", "/v1/movies/x", {"json": {"title": ""}}, 400),
+    ("PUT", "/v1/movies/x", {"json": {"title": 5}}, 400),
+    ("PUT", "/v1/movies/x", {"json": {"title": "t" * 501}}, 400),
+    ("PUT", "/v1/movies/x", {"json": {"title": "t", "groups": "action"}}, 400),
+    ("PUT", "/v1/movies/x", {"json": {"title": "t", "groups": [1]}}, 400),
+    ("PUT", "/v1/movies/x", {"json": {"title": "t", "groups": ["a,b"]}}, 400),
+    ("PUT", "/v1/movies/x", {"json": {"title": "t", "rating": 5}}, 400),
+    ("PUT", "/v1/movies/x", {"json": {"title": "t\u0000"}}, 400),
+    ("PUT", "/v1/movies/x", {"content": b'{"title": "\\ud800"}'}, 400),
+    ("PUT", "/v1/movies/x", {"content": b"{" + b" " * 70_000 + b"}"}, 400),
+    ("PUT", "/v1/movies/" + "m" * 129, {"json": {"title": "t"}}, 400),
+    ("PUT", "/v1/movies/nope/groups/action", {}, 404),
+    ("DELETE", "/v1/movies/nope/groups/action", {}, 404),
+    ("DELETE", "/v1/movies/nope", {}, 404),
+    ("GET", "/v1/movies/1", {}, 405),
+    ("GET", "/v1/nothing-here", {}, 404),
 ]
 
 
@@ -198,9 +228,10 @@ def test_client_errors(api: httpx.Client) -> None:
 def test_token_enforced_when_set(settings: Settings) -> None:
     assert settings.database_url
     migrate(settings.database_url)
-    with running_api(replace(settings, api_token="s3cret")) as url, httpx.Client(
-        base_url=url
-    ) as client:
+    with (
+        running_api(replace(settings, api_token="s3cret")) as url,
+        httpx.Client(base_url=url) as client,
+    ):
         params = {"customer": "cus_1"}
         assert client.get("/v1/search", params=params).status_code == 401
         wrong = {"Authorization": "Bearer nope"}

@@ -7,12 +7,37 @@ from collections.abc import Iterator
 import httpx
 import pytest
 from api_support import entitle, load_catalog, migrate, running_api
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from entitled.settings import Settings
 
-TSQUERY_BITS = ["&", "|", "!", "<->", "<1>", "(", ")", ":", "*", "'", '"', "-", "or", "OR",
-                "\\", "\x00", ":*", "!!", "''", "harrison", "ford", " ", "\u200b", "\ud7ff"]
+TSQUERY_BITS = [
+    "&",
+    "|",
+    "!",
+    "<->",
+    "<1>",
+    "(",
+    ")",
+    ":",
+    "*",
+    "'",
+    '"',
+    "-",
+    "or",
+    "OR",
+    "\\",
+    "\x00",
+    ":*",
+    "!!",
+    "''",
+    "harrison",
+    "ford",
+    " ",
+    "\u200b",
+    "\ud7ff",
+]
 
 queries = st.one_of(
     st.text(max_size=200),

@@ -17,8 +17,13 @@ from projections.catalog import InvalidMovie, Movie
 def test_movie_from_json_validates_and_dedups_groups() -> None:
     movie = catalog.movie_from_json("7", {"title": "T", "groups": ["a", "b", "a"]})
     assert movie == Movie("7", "T", "", ["a", "b"])
-    for bad in ({"title": None}, {"title": "t", "keywords": 3}, {"title": "t", "groups": [""]},
-                {"title": "t", "groups": [" a"]}, {"title": "t", "movie_id": "8"}):
+    for bad in (
+        {"title": None},
+        {"title": "t", "keywords": 3},
+        {"title": "t", "groups": [""]},
+        {"title": "t", "groups": [" a"]},
+        {"title": "t", "movie_id": "8"},
+    ):
         with pytest.raises(InvalidMovie):
             catalog.movie_from_json("7", bad)
 
@@ -88,9 +93,9 @@ def test_load_counts_inserts_and_updates(database_url: str) -> None:
     from entitled.services._process import run_async
 
     async def go() -> catalog.LoadResult:
-        async with await psycopg.AsyncConnection.connect(database_url) as conn:
-            async with conn.transaction():
-                return await catalog.load_movies(conn, movies())
+        conn = await psycopg.AsyncConnection.connect(database_url)
+        async with conn, conn.transaction():
+            return await catalog.load_movies(conn, movies())
 
     assert run_async(go) == catalog.LoadResult(inserted=2, updated=0)
     assert run_async(go) == catalog.LoadResult(inserted=0, updated=2)

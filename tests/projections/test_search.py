@@ -17,12 +17,15 @@ async def _search(url: str, customer: str, q: str, limit: int = 20) -> list[sear
 async def test_ties_break_by_title_then_movie_id(database_url: str) -> None:
     migrate(database_url)
     same = "the same words"
-    load_catalog(database_url, [
-        Movie("b", "Zed", same, []),
-        Movie("a", "Zed", same, []),
-        Movie("c", "Alpha", same, []),
-        Movie("d", "Unrelated", "nothing", []),
-    ])
+    load_catalog(
+        database_url,
+        [
+            Movie("b", "Zed", same, []),
+            Movie("a", "Zed", same, []),
+            Movie("c", "Alpha", same, []),
+            Movie("d", "Unrelated", "nothing", []),
+        ],
+    )
     hits = await _search(database_url, "cus_1", "same words")
     assert [h.movie_id for h in hits] == ["c", "a", "b"]
 

@@ -1,0 +1,576 @@
+"""Search benchmark: our `/v1/search` vs the same SQL through raw psycopg vs "Method 1".
+
+    .venv/bin/python bench/search.py [--movies 100000] [--customers 100000] [--seconds 10]
+
+One run, side by side, on a generated catalogue and generated entitlements (loaded with
+COPY into a fresh database, rows in the active projection version):
+
+- api:     `entitled api` as a subprocess (one uvicorn process), loaded over HTTP/1.1
+           keep-alive by this process with `--concurrency` connections;
+- raw:     the very statement `/v1/search` runs, through psycopg from this process with the
+           same concurrency: the physical limit of the query;
+- method1: what an app does without a projection: per search, list the customer's
+           subscriptions (with items) and retrieve each product through the `stripe`
+           library, against localstripe, paced to Stripe's 100 requests/s; then run the
+           catalogue text search and mark movies whose groups the products grant. It even
+           skips purchases (more calls still), so it is a lower bound of its cost.
+
+Postgres: DATABASE_URL if set (a database `bench_<random>` is created in it and dropped),
+else a private local Postgres under a temporary home, wiped at the end.
+Writes `bench/results/search.json` and prints the ratios against the goals
+(>= 100x method1, >= 0.5x raw, p99 <= 20 ms).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import dataclasses
+import json
+import os
+import random
+import shutil
+import signal
+import socket
+import stat
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode, urlsplit, urlunsplit
+
+import httpx
+import psycopg
+from psycopg import sql
+
+from entitled import services
+from entitled.settings import Settings
+from projections import catalog, schema, search
+
+HERE = Path(__file__).resolve().parent
+ENTITLED = str(Path(sys.executable).with_name("entitled"))
+STRIPE_RPS = 100.0
+
+
+def _words(text: str) -> list[str]:
+    return text.split()
+
+
+FIRST = _words(
+    """
+james mary robert patricia john jennifer michael linda david elizabeth william barbara
+richard susan joseph jessica thomas sarah charles karen chris lisa daniel nancy matthew
+betty anthony sandra mark ashley donald kim steven emily paul donna andrew michelle joshua
+carol kenneth amanda kevin melissa brian deborah george stephanie timothy rebecca ronald
+sharon jason laura edward cynthia jeffrey kathleen ryan amy jacob angela gary shirley
+nicholas anna
+"""
+)
+LAST = _words(
+    """
+smith johnson williams brown jones garcia miller davis rodriguez martinez hernandez lopez
+gonzalez wilson anderson thomas taylor moore jackson martin lee perez thompson white harris
+sanchez clark ramirez lewis robinson walker young allen king wright scott torres nguyen hill
+flores green adams nelson baker hall rivera campbell mitchell carter roberts gomez phillips
+evans turner diaz parker cruz edwards collins reyes stewart morris morales murphy cook
+rogers
+"""
+)
+ADJ = _words(
+    """
+silent golden broken hidden last lost dark bright wild frozen burning crimson endless savage
+secret distant electric hollow iron midnight final quiet rising falling scarlet velvet
+shadow stolen forgotten eternal brave lonely restless wicked gentle furious northern
+southern ancient modern little great
+"""
+)
+NOUN = _words(
+    """
+river empire city storm garden kingdom mirror road ocean mountain dragon island station
+horizon machine forest fortress harbor desert winter summer planet signal protocol heist
+verdict promise voyage legacy frontier circus orchard lighthouse canyon reactor galaxy
+symphony carnival
+"""
+)
+TOPICS = _words(
+    """
+heist revenge romance space war detective robot alien wedding family road trip sports boxing
+chess music dance cooking pirates zombies vampires dinosaurs spies hackers ocean jungle
+desert arctic prison courtroom election hospital school college startup bank train plane
+ship submarine volcano earthquake tornado time travel multiverse magic wizard knight samurai
+cowboy gangster mafia cartel journalist teacher nurse pilot astronaut
+"""
+)
+GROUPS = [
+    "action",
+    "animated",
+    "comedy",
+    "drama",
+    "scifi",
+    "documentary",
+    "horror",
+    "thriller",
+    "romance",
+    "family",
+    "classics",
+    "indie",
+]
+
+
+# -- data --------------------------------------------------------------------------------
+
+
+def generate_movies(n: int, rng: random.Random) -> list[catalog.Movie]:
+    movies = []
+    for i in range(n):
+        title = f"The {rng.choice(ADJ).title()} {rng.choice(NOUN).title()}"
+        if rng.random() < 0.5:
+            title += f" {rng.randint(2, 9)}"
+        actors = [f"{rng.choice(FIRST)} {rng.choice(LAST)}" for _ in range(3)]
+        keywords = " ".join(actors + rng.sample(TOPICS, 3))
+        r = rng.random()
+        k = 0 if r < 0.1 else (1 if r < 0.7 else 2)
+        movies.append(catalog.Movie(str(i), title, keywords, rng.sample(GROUPS, k)))
+    return movies
+
+
+def generate_entitlements(n: int, movies: int, rng: random.Random) -> list[tuple[Any, ...]]:
+    rows = []
+    for i in range(n):
+        groups = rng.sample(GROUPS, rng.choice((0, 1, 1, 2, 3)))
+        bought = [str(rng.randrange(movies)) for _ in range(rng.choice((0, 0, 1, 2, 4)))]
+        rows.append((f"cus_{i:06d}", groups, bought, f"evt_{i}", 1_700_000_000 + i))
+    return rows
+
+
+def generate_queries(n: int, customers: int, rng: random.Random) -> list[tuple[str, str]]:
+    """(customer, q) pairs: actor names, topic pairs, a title word, a few free-text oddities."""
+    out = []
+    for _ in range(n):
+        r = rng.random()
+        if r < 0.5:
+            q = f"{rng.choice(FIRST)} {rng.choice(LAST)}"
+        elif r < 0.8:
+            q = f"{rng.choice(TOPICS)} {rng.choice(TOPICS)}"
+        elif r < 0.95:
+            q = f'"{rng.choice(ADJ)} {rng.choice(NOUN)}"'
+        else:
+            q = rng.choice(["harrison ford", '-the robot & "x', "(((", "ocean -war"])
+        out.append((f"cus_{rng.randrange(customers):06d}", q))
+    return out
+
+
+async def load(url: str, movies: list[catalog.Movie], ents: list[tuple[Any, ...]]) -> str:
+    async with await psycopg.AsyncConnection.connect(url) as conn:
+        active = await schema.migrate(conn)  # type: ignore[arg-type]
+        await conn.commit()
+        async with conn.transaction():
+            await catalog.load_movies(conn, movies)
+        async with conn.transaction(), conn.cursor() as cur:
+            table = sql.Identifier(active, "customer_entitlements")
+            copy_sql = sql.SQL(
+                "COPY {} (customer, groups, movie_ids, as_of_event, as_of_created) FROM STDIN"
+            ).format(table)
+            async with cur.copy(copy_sql) as copy:
+                for row in ents:
+                    await copy.write_row(row)
+        await conn.set_autocommit(True)
+        await conn.execute("VACUUM ANALYZE entitled.movies")
+        await conn.execute(sql.SQL("VACUUM ANALYZE {}").format(table))
+    return active
+
+
+# -- measurement -------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Run:
+    name: str
+    requests: int
+    seconds: float
+    latencies_ms: list[float]
+    errors: int = 0
+    extra: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    @property
+    def throughput(self) -> float:
+        return self.requests / self.seconds if self.seconds else 0.0
+
+    def pct(self, p: float) -> float:
+        data = sorted(self.latencies_ms)
+        if not data:
+            return float("nan")
+        return data[min(len(data) - 1, int(p / 100 * len(data)))]
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "requests": self.requests,
+            "errors": self.errors,
+            "seconds": round(self.seconds, 3),
+            "throughput_per_s": round(self.throughput, 1),
+            "p50_ms": round(self.pct(50), 3),
+            "p99_ms": round(self.pct(99), 3),
+            "mean_ms": round(statistics.fmean(self.latencies_ms), 3) if self.latencies_ms else None,
+            **self.extra,
+        }
+
+
+async def run_raw(
+    url: str, queries: Sequence[tuple[str, str]], concurrency: int, seconds: float
+) -> Run:
+    latencies: list[float] = []
+    stop = time.perf_counter() + seconds
+
+    async def worker(k: int) -> int:
+        done = 0
+        async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+            for customer, q in queries[k::concurrency]:
+                if time.perf_counter() > stop:
+                    break
+                t = time.perf_counter()
+                await search.search(conn, customer, q, 20)
+                latencies.append((time.perf_counter() - t) * 1000)
+                done += 1
+        return done
+
+    start = time.perf_counter()
+    counts = await asyncio.gather(*(worker(k) for k in range(concurrency)))
+    return Run("raw", sum(counts), time.perf_counter() - start, latencies)
+
+
+async def run_http(port: int, paths: Sequence[str], concurrency: int, seconds: float) -> Run:
+    """A minimal HTTP/1.1 keep-alive client: the load generator must cost less than the
+    server it measures, and a general client (httpx) costs about as much as the server."""
+    latencies: list[float] = []
+    errors = 0
+    stop = time.perf_counter() + seconds
+
+    async def worker(k: int) -> int:
+        nonlocal errors
+        done = 0
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            for path in paths[k::concurrency]:
+                if time.perf_counter() > stop:
+                    break
+                t = time.perf_counter()
+                writer.write(f"GET {path} HTTP/1.1\r\nHost: bench\r\n\r\n".encode())
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = 0
+                for line in head.split(b"\r\n"):
+                    if line.lower().startswith(b"content-length:"):
+                        length = int(line.split(b":", 1)[1])
+                await reader.readexactly(length)
+                latencies.append((time.perf_counter() - t) * 1000)
+                if head[9:12] != b"200":
+                    errors += 1
+                done += 1
+        finally:
+            writer.close()
+        return done
+
+    start = time.perf_counter()
+    counts = await asyncio.gather(*(worker(k) for k in range(concurrency)))
+    return Run("api", sum(counts), time.perf_counter() - start, latencies, errors)
+
+
+# -- processes -----------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_http(url: str, proc: subprocess.Popen[Any], what: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{what} exited with {proc.returncode}")
+        try:
+            if httpx.get(url, timeout=2, auth=("sk_test_bench", "")).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{what} did not answer in time")
+        time.sleep(0.1)
+
+
+@contextlib.contextmanager
+def process(
+    cmd: list[str], env: dict[str, str] | None, log: Path
+) -> Iterator[subprocess.Popen[Any]]:
+    with log.open("wb") as fh:
+        proc = subprocess.Popen(cmd, env=env, stdout=fh, stderr=subprocess.STDOUT)
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
+
+
+# localstripe binds [::]:8420 and pickles to /tmp on every write; this launcher binds
+# 127.0.0.1 on a kernel-chosen port, reports it, and keeps the store in memory.
+_LOCALSTRIPE = """
+import socket, sys
+from aiohttp import web
+from localstripe import resources
+resources.Store.dump_to_disk = lambda self: None
+from localstripe.server import app
+sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+sock.bind(("127.0.0.1", 0))
+print(sock.getsockname()[1], flush=True)
+web.run_app(app, sock=sock, print=None, access_log=None)
+"""
+
+
+class Pacer:
+    """Stripe's rate limit as the app must respect it: at most `rps` requests a second."""
+
+    def __init__(self, rps: float) -> None:
+        self.interval = 1.0 / rps
+        self.next = time.perf_counter()
+
+    def wait(self) -> None:
+        now = time.perf_counter()
+        if self.next > now:
+            time.sleep(self.next - now)
+        self.next = max(now, self.next) + self.interval
+
+
+def run_method1(
+    url: str, queries: Sequence[tuple[str, str]], n: int, workdir: Path, statuses: Sequence[str]
+) -> Run:
+    import stripe
+
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _LOCALSTRIPE],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        base = f"http://127.0.0.1:{proc.stdout.readline().strip()}"
+        wait_http(f"{base}/v1/customers", proc, "localstripe")
+        client = stripe.StripeClient("sk_test_bench", base_addresses={"api": base})
+        plans = {}
+        for group in GROUPS:
+            product = client.v1.products.create(
+                params={"name": f"{group} package", "metadata": {"subscription_group": group}}
+            )
+            plans[group] = client.v1.plans.create(
+                params={
+                    "product": product.id,
+                    "amount": 999,
+                    "currency": "usd",
+                    "interval": "month",
+                }
+            ).id
+        rng = random.Random(7)
+        stripe_customers = []
+        for i in range(n):
+            token = client.v1.tokens.create(
+                params={
+                    "card": {
+                        "number": "4242424242424242",
+                        "exp_month": 12,
+                        "exp_year": 2030,
+                        "cvc": "123",
+                    }
+                }
+            )
+            cus = client.v1.customers.create(
+                params={"email": f"m1_{i}@bench.example", "source": token.id}
+            )
+            for group in rng.sample(GROUPS, rng.choice((1, 1, 2))):
+                client.v1.subscriptions.create(
+                    params={"customer": cus.id, "items": [{"plan": plans[group]}]}
+                )
+            stripe_customers.append(cus.id)
+
+        pacer = Pacer(STRIPE_RPS)
+        latencies: list[float] = []
+        calls = 0
+        with psycopg.connect(url, autocommit=True) as conn:
+            start = time.perf_counter()
+            for cid, (_, q) in zip(stripe_customers, queries, strict=False):
+                t = time.perf_counter()
+                pacer.wait()
+                calls += 1
+                subs = client.v1.subscriptions.list(params={"customer": cid, "limit": 100})
+                products: set[str] = set()
+                for sub in subs.data:
+                    if sub.status in statuses:
+                        products.update(item.plan.product for item in sub["items"].data)
+                groups: set[str] = set()
+                for pid in sorted(products):
+                    pacer.wait()
+                    calls += 1
+                    meta = (client.v1.products.retrieve(pid).metadata or {}).to_dict()
+                    groups.update(g.strip() for g in meta.get("subscription_group", "").split(","))
+                groups.discard("")
+                cur = conn.execute(
+                    "SELECT m.movie_id, m.title, m.groups FROM entitled.movies m,"
+                    " websearch_to_tsquery('english', %s) query WHERE m.search @@ query"
+                    " ORDER BY ts_rank(m.search, query) DESC, m.title, m.movie_id LIMIT 20",
+                    (q,),
+                )
+                hits = [(mid, title, bool(groups & set(gs))) for mid, title, gs in cur.fetchall()]
+                assert isinstance(hits, list)
+                latencies.append((time.perf_counter() - t) * 1000)
+            elapsed = time.perf_counter() - start
+        return Run(
+            "method1",
+            len(latencies),
+            elapsed,
+            latencies,
+            extra={
+                "stripe_calls_per_search": round(calls / max(1, len(latencies)), 2),
+                "stripe_rps_limit": STRIPE_RPS,
+            },
+        )
+    finally:
+        proc.kill()
+        proc.wait(10)
+
+
+# -- main ----------------------------------------------------------------------------------
+
+
+def _with_database(url: str, name: str) -> str:
+    return urlunsplit(urlsplit(url)._replace(path=f"/{name}"))
+
+
+@contextlib.contextmanager
+def database() -> Iterator[str]:
+    """A fresh database: in DATABASE_URL's server, else in a private local Postgres."""
+    admin = os.environ.get("DATABASE_URL")
+    home: Path | None = None
+    settings = None
+    if not admin:
+        home = Path(tempfile.mkdtemp(prefix="ent-bench-"))
+        home.chmod(home.stat().st_mode | stat.S_IXOTH)  # the postgres user must get through
+        settings = Settings(home=home, kafka_bootstrap_servers="unused:0")  # Postgres only
+        admin = services.endpoints(settings).database_url
+    name = f"bench_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    try:
+        yield _with_database(admin, name)
+    finally:
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+            )
+        if settings is not None and home is not None:
+            services.down(settings, wipe=True)
+            shutil.rmtree(home, ignore_errors=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--movies", type=int, default=100_000)
+    parser.add_argument("--customers", type=int, default=100_000)
+    parser.add_argument("--seconds", type=float, default=10.0, help="per api / raw run")
+    parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--method1-searches", type=int, default=50)
+    parser.add_argument("--out", type=Path, default=HERE / "results" / "search.json")
+    args = parser.parse_args()
+
+    rng = random.Random(42)
+    workdir = Path(tempfile.mkdtemp(prefix="bench-search-"))
+    try:
+        with database() as url:
+            t = time.perf_counter()
+            movies = generate_movies(args.movies, rng)
+            ents = generate_entitlements(args.customers, args.movies, rng)
+            active = asyncio.run(load(url, movies, ents))
+            load_s = time.perf_counter() - t
+            print(
+                f"loaded {args.movies} movies, {args.customers} customers into {active}"
+                f" in {load_s:.1f} s"
+            )
+            queries = generate_queries(200_000, args.customers, rng)
+
+            asyncio.run(run_raw(url, queries[:2000], args.concurrency, 2.0))  # warm caches
+            raw = asyncio.run(run_raw(url, queries, args.concurrency, args.seconds))
+            print_run(raw)
+
+            port = free_port()
+            env = {k: v for k, v in os.environ.items() if k != "ENTITLED_API_TOKEN"}
+            env["DATABASE_URL"] = url
+            cmd = [ENTITLED, "api", "--port", str(port), "--log-level", "warning"]
+            with process(cmd, env, workdir / "api.log") as api:
+                wait_http(f"http://127.0.0.1:{port}/readyz", api, "entitled api")
+                paths = [
+                    "/v1/search?" + urlencode({"customer": c, "q": q, "limit": 20})
+                    for c, q in queries
+                ]
+                asyncio.run(run_http(port, paths[:2000], args.concurrency, 2.0))
+                http = asyncio.run(run_http(port, paths, args.concurrency, args.seconds))
+            print_run(http)
+
+            m1 = run_method1(
+                url, queries, args.method1_searches, workdir, Settings().entitling_statuses
+            )
+            print_run(m1)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+    ratios = {
+        "api_vs_method1": round(http.throughput / m1.throughput, 1),
+        "api_vs_raw": round(http.throughput / raw.throughput, 3),
+        "api_p99_ms": round(http.pct(99), 3),
+    }
+    goals = {
+        "api_vs_method1 >= 100": ratios["api_vs_method1"] >= 100,
+        "api_vs_raw >= 0.5": ratios["api_vs_raw"] >= 0.5,
+        "api_p99_ms <= 20": ratios["api_p99_ms"] <= 20,
+    }
+    result = {
+        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]},
+        "params": {
+            "movies": args.movies,
+            "customers": args.customers,
+            "seconds": args.seconds,
+            "concurrency": args.concurrency,
+            "method1_searches": args.method1_searches,
+            "load_seconds": round(load_s, 1),
+        },
+        "api": http.summary(),
+        "raw_psycopg": raw.summary(),
+        "method1": m1.summary(),
+        "ratios": ratios,
+        "goals_met": goals,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps({"ratios": ratios, "goals_met": goals}, indent=2))
+    print(f"wrote {args.out}")
+
+
+def print_run(run: Run) -> None:
+    s = run.summary()
+    print(
+        f"{run.name:8s} {s['throughput_per_s']:>9.1f}/s  p50 {s['p50_ms']:.2f} ms"
+        f"  p99 {s['p99_ms']:.2f} ms  ({s['requests']} requests, {s['errors']} errors)"
+    )
+
+
+if __name__ == "__main__":
+    main()
