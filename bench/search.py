@@ -126,13 +126,42 @@ GROUPS = [
 # -- data --------------------------------------------------------------------------------
 
 
-def generate_movies(n: int, rng: random.Random) -> list[catalog.Movie]:
+SYLLABLES = _words(
+    "ka lo mer vin dra sel tor bri an os el ric ham ber ton wick ley son field ford grave"
+    " more well stein berg ash by dal fen gor hal"
+)
+CAST_SIZE = 30_000
+
+
+def generate_cast(rng: random.Random) -> tuple[list[str], list[float]]:
+    """A cast of distinct people with Zipf-like popularity (cumulative weights): a real
+    catalogue has tens of thousands of names, a few of them in very many movies."""
+    cast: set[str] = set()
+    while len(cast) < CAST_SIZE:
+        if rng.random() < 0.3:
+            last = rng.choice(LAST)
+        else:
+            last = "".join(rng.choice(SYLLABLES) for _ in range(rng.choice((2, 3))))
+        cast.add(f"{rng.choice(FIRST)} {last}")
+    people = sorted(cast)
+    rng.shuffle(people)
+    cum, total = [], 0.0
+    for rank in range(len(people)):
+        total += 1.0 / (rank + 20)
+        cum.append(total)
+    return people, cum
+
+
+def generate_movies(
+    n: int, rng: random.Random, cast: tuple[list[str], list[float]]
+) -> list[catalog.Movie]:
+    people, cum = cast
     movies = []
     for i in range(n):
         title = f"The {rng.choice(ADJ).title()} {rng.choice(NOUN).title()}"
         if rng.random() < 0.5:
             title += f" {rng.randint(2, 9)}"
-        actors = [f"{rng.choice(FIRST)} {rng.choice(LAST)}" for _ in range(3)]
+        actors = rng.choices(people, cum_weights=cum, k=3)
         keywords = " ".join(actors + rng.sample(TOPICS, 3))
         r = rng.random()
         k = 0 if r < 0.1 else (1 if r < 0.7 else 2)
@@ -149,13 +178,17 @@ def generate_entitlements(n: int, movies: int, rng: random.Random) -> list[tuple
     return rows
 
 
-def generate_queries(n: int, customers: int, rng: random.Random) -> list[tuple[str, str]]:
-    """(customer, q) pairs: actor names, topic pairs, a title word, a few free-text oddities."""
+def generate_queries(
+    n: int, customers: int, rng: random.Random, cast: tuple[list[str], list[float]]
+) -> list[tuple[str, str]]:
+    """(customer, q) pairs: a person (popular ones more often), two topics (broad: hundreds
+    of matches), a title phrase, a few free-text oddities."""
+    people, cum = cast
     out = []
     for _ in range(n):
         r = rng.random()
         if r < 0.5:
-            q = f"{rng.choice(FIRST)} {rng.choice(LAST)}"
+            q = rng.choices(people, cum_weights=cum)[0]
         elif r < 0.8:
             q = f"{rng.choice(TOPICS)} {rng.choice(TOPICS)}"
         elif r < 0.95:
@@ -168,7 +201,7 @@ def generate_queries(n: int, customers: int, rng: random.Random) -> list[tuple[s
 
 async def load(url: str, movies: list[catalog.Movie], ents: list[tuple[Any, ...]]) -> str:
     async with await psycopg.AsyncConnection.connect(url) as conn:
-        active = await schema.migrate(conn)  # type: ignore[arg-type]
+        active = await schema.migrate(conn)
         await conn.commit()
         async with conn.transaction():
             await catalog.load_movies(conn, movies)
@@ -283,6 +316,12 @@ async def run_http(port: int, paths: Sequence[str], concurrency: int, seconds: f
 # -- processes -----------------------------------------------------------------------------
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -384,7 +423,7 @@ def run_method1(
         stripe_customers = []
         for i in range(n):
             token = client.v1.tokens.create(
-                params={
+                params={  # type: ignore[arg-type]
                     "card": {
                         "number": "4242424242424242",
                         "exp_month": 12,
@@ -420,7 +459,8 @@ def run_method1(
                 for pid in sorted(products):
                     pacer.wait()
                     calls += 1
-                    meta = (client.v1.products.retrieve(pid).metadata or {}).to_dict()
+                    metadata = client.v1.products.retrieve(pid).metadata
+                    meta: dict[str, str] = metadata.to_dict() if metadata else {}
                     groups.update(g.strip() for g in meta.get("subscription_group", "").split(","))
                 groups.discard("")
                 cur = conn.execute(
@@ -487,6 +527,7 @@ def main() -> None:
     parser.add_argument("--customers", type=int, default=100_000)
     parser.add_argument("--seconds", type=float, default=10.0, help="per api / raw run")
     parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--rounds", type=int, default=5, help="alternating raw/api slices")
     parser.add_argument("--method1-searches", type=int, default=50)
     parser.add_argument("--out", type=Path, default=HERE / "results" / "search.json")
     args = parser.parse_args()
@@ -496,7 +537,8 @@ def main() -> None:
     try:
         with database() as url:
             t = time.perf_counter()
-            movies = generate_movies(args.movies, rng)
+            cast = generate_cast(rng)
+            movies = generate_movies(args.movies, rng, cast)
             ents = generate_entitlements(args.customers, args.movies, rng)
             active = asyncio.run(load(url, movies, ents))
             load_s = time.perf_counter() - t
@@ -504,24 +546,36 @@ def main() -> None:
                 f"loaded {args.movies} movies, {args.customers} customers into {active}"
                 f" in {load_s:.1f} s"
             )
-            queries = generate_queries(200_000, args.customers, rng)
-
-            asyncio.run(run_raw(url, queries[:2000], args.concurrency, 2.0))  # warm caches
-            raw = asyncio.run(run_raw(url, queries, args.concurrency, args.seconds))
-            print_run(raw)
+            queries = generate_queries(200_000, args.customers, rng, cast)
 
             port = free_port()
             env = {k: v for k, v in os.environ.items() if k != "ENTITLED_API_TOKEN"}
             env["DATABASE_URL"] = url
             cmd = [ENTITLED, "api", "--port", str(port), "--log-level", "warning"]
+            paths = [
+                "/v1/search?" + urlencode({"customer": c, "q": q, "limit": 20}) for c, q in queries
+            ]
             with process(cmd, env, workdir / "api.log") as api:
                 wait_http(f"http://127.0.0.1:{port}/readyz", api, "entitled api")
-                paths = [
-                    "/v1/search?" + urlencode({"customer": c, "q": q, "limit": 20})
-                    for c, q in queries
-                ]
-                asyncio.run(run_http(port, paths[:2000], args.concurrency, 2.0))
-                http = asyncio.run(run_http(port, paths, args.concurrency, args.seconds))
+                asyncio.run(run_raw(url, queries[:2000], args.concurrency, 1.0))  # warm caches
+                asyncio.run(run_http(port, paths[:2000], args.concurrency, 1.0))
+                # Alternate short slices of raw and api, so that both see the same background
+                # load on a shared machine; then merge the slices.
+                slice_s = args.seconds / args.rounds
+                raws, https, cpu = [], [], 0.0
+                for r in range(args.rounds):
+                    part = slice(r, None, args.rounds)
+                    raws.append(asyncio.run(run_raw(url, queries[part], args.concurrency, slice_s)))
+                    cpu0 = cpu_seconds(api.pid)
+                    https.append(
+                        asyncio.run(run_http(port, paths[part], args.concurrency, slice_s))
+                    )
+                    cpu += cpu_seconds(api.pid) - cpu0
+            raw, http = merge("raw", raws), merge("api", https)
+            http.extra["api_process_cpu_ms_per_request"] = round(
+                cpu / max(1, http.requests) * 1000, 3
+            )
+            print_run(raw)
             print_run(http)
 
             m1 = run_method1(
@@ -549,6 +603,7 @@ def main() -> None:
             "customers": args.customers,
             "seconds": args.seconds,
             "concurrency": args.concurrency,
+            "rounds": args.rounds,
             "method1_searches": args.method1_searches,
             "load_seconds": round(load_s, 1),
         },
@@ -562,6 +617,16 @@ def main() -> None:
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps({"ratios": ratios, "goals_met": goals}, indent=2))
     print(f"wrote {args.out}")
+
+
+def merge(name: str, runs: Sequence[Run]) -> Run:
+    return Run(
+        name,
+        sum(r.requests for r in runs),
+        sum(r.seconds for r in runs),
+        [ms for r in runs for ms in r.latencies_ms],
+        sum(r.errors for r in runs),
+    )
 
 
 def print_run(run: Run) -> None:

@@ -43,6 +43,7 @@ class Settings:
     batch_size: int = 500
     batch_within_s: float = 0.05
     consumer_group: str = "entitled-worker"
+    rule_plugins: tuple[str, ...] = ()  # modules imported at start that register/override rules
     # backfill
     backfill_rps: float = 20.0
 
@@ -71,6 +72,7 @@ class Settings:
             or base.entitling_statuses,
             batch_size=int(e.get("ENTITLED_BATCH_SIZE") or base.batch_size),
             consumer_group=e.get("ENTITLED_CONSUMER_GROUP") or base.consumer_group,
+            rule_plugins=_split(e.get("ENTITLED_RULE_PLUGINS")),
             backfill_rps=float(e.get("ENTITLED_BACKFILL_RPS") or base.backfill_rps),
         )
         clean = {k: v for k, v in overrides.items() if v is not None}

@@ -15,6 +15,7 @@ import logging
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
+from aiokafka.structs import RecordMetadata
 
 from entitled.settings import Settings
 from ingest.errors import ConfigurationError, LogUnavailable
@@ -80,22 +81,18 @@ class EventProducer:
 
         Raises `LogUnavailable` when Kafka did not acknowledge within the timeout.
         """
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.timeout_s
+        delivery: asyncio.Future[RecordMetadata] | None = None
         try:
-            # Cancelling `send` itself (metadata wait, full buffer) means nothing was queued.
-            async with asyncio.timeout_at(deadline):
+            async with asyncio.timeout(self.timeout_s):
+                # Cancelling `send` itself (metadata wait, full buffer) queues nothing.
                 delivery = await self._running().send(
                     self.topic, value=raw, key=key.encode(), headers=headers
                 )
-        except (TimeoutError, KafkaError) as exc:
-            raise LogUnavailable(_reason(exc)) from exc
-        try:
-            async with asyncio.timeout_at(deadline):
                 # shield: on timeout we keep the delivery future to learn its fate later.
                 metadata = await asyncio.shield(delivery)
         except TimeoutError as exc:
-            delivery.add_done_callback(self._late_outcome)
+            if delivery is not None:
+                delivery.add_done_callback(self._late_outcome)
             raise LogUnavailable(_reason(exc)) from exc
         except KafkaError as exc:
             raise LogUnavailable(_reason(exc)) from exc

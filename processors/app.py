@@ -67,18 +67,33 @@ def create_app(settings: Settings, bootstrap: str) -> faust.App:
         if not mine:
             return
         try:
-            points = await folder.resume_points(mine)
+            await resume(mine)
         except Exception:  # Postgres down: the writer's gap check will catch up later
-            log.exception("could not read checkpoints on assignment")
-            return
+            log.exception("could not resume from the checkpoints on assignment")
+
+    async def resume(partitions: list[int]) -> None:
+        points = await folder.resume_points(partitions)
         for partition, offset in points.items():
             folder.expect(partition, offset)
             await seek(partition, offset)
         log.info("resumed %d partitions from Postgres checkpoints: %s", len(points), points)
 
+    @app.timer(interval=1.0)
+    async def follow_active_version(*_: Any) -> None:  # Faust passes the app
+        try:
+            if not await folder.version_changed():
+                return
+            mine = sorted(
+                tp.partition for tp in app.consumer.assignment() if tp.topic == settings.topic
+            )
+            log.info("active version changed to %s", folder.active)
+            await resume(mine)
+        except Exception:  # never crash the worker over this; try again next tick
+            log.exception("could not follow the active version")
+
     @app.on_before_shutdown.connect
     async def close_pool(sender: Any, **_: Any) -> None:
         await pool.close()
 
-    del fold, resume_from_checkpoints, close_pool
+    del fold, resume_from_checkpoints, follow_active_version, close_pool
     return app

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import importlib
 import json
 import logging
 import sys
@@ -21,8 +22,11 @@ from projections.store import ProjectionStore
 
 
 def resolved_settings(**overrides: object) -> Settings:
-    """Settings from the environment, with the local services' addresses filled in."""
+    """Settings from the environment, with the local services' addresses filled in, and
+    the rule plugins it names imported (they register rules as they are imported)."""
     settings = Settings.from_env(**overrides)
+    for module in settings.rule_plugins:
+        importlib.import_module(module)
     try:
         ep = endpoints(settings)
     except ServicesError as exc:

@@ -19,6 +19,7 @@ from psycopg import errors as pg_errors
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from entitled.settings import Settings
+from projections import schema as db
 from projections.entitlements import Policy
 from projections.store import ApplyResult, Message, ProjectionStore
 
@@ -77,6 +78,7 @@ class Folder:
         # are dropped until that offset arrives (the stream still holds pre-seek records).
         self.awaiting: dict[int, tuple[int, float]] = {}
         self._opened = False
+        self.active: str | None = None  # the active version's schema, as last seen
 
     def expect(self, partition: int, offset: int) -> None:
         """Drop records of `partition` until `offset` arrives (after a seek to it)."""
@@ -163,11 +165,22 @@ class Folder:
         s.last_batch_at = time.time()
         s.by_partition.update(r.next_offsets)
 
+    async def version_changed(self) -> bool:
+        """True when the active version is not the one this worker last saw (a replay swap
+        or a rollback): the caller then re-seeks every partition to the new checkpoints,
+        even if no new record arrives to reveal the gap."""
+        await self._open()
+        async with self.pool.connection() as conn:
+            active = await db.active_schema(conn)
+        changed = active != self.active
+        self.active = active
+        return changed
+
     async def resume_points(self, partitions: Sequence[int]) -> dict[int, int]:
         """Where each partition resumes: its Postgres checkpoint (0 when it has none)."""
         await self._open()
         async with self.pool.connection() as conn:
-            checkpoints = await self.store.checkpoints(conn)
+            self.active, checkpoints = await self.store.checkpoints(conn)
         return {p: checkpoints.get(p, 0) for p in partitions}
 
 

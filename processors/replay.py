@@ -111,7 +111,7 @@ async def _list_versions(conn: psycopg.AsyncConnection[Any]) -> list[dict[str, A
         SELECT v.version, v.schema_name, v.state, v.created_at, v.activated_at,
                (SELECT coalesce(sum(pg_total_relation_size(c.oid)), 0)
                   FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-                 WHERE n.nspname = v.schema_name AND c.relkind = 'r') AS bytes
+                 WHERE n.nspname = v.schema_name AND c.relkind = 'r')::bigint AS bytes
           FROM entitled.versions v ORDER BY v.version
         """
     )

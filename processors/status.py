@@ -40,7 +40,7 @@ async def collect(settings: Settings) -> dict[str, Any]:
         settings.database_url, autocommit=True
     ) as conn:
         active = await db.active_schema(conn)
-        checkpoints = await store.checkpoints(conn)
+        _, checkpoints = await store.checkpoints(conn)
         letters = await store.dead_letters(conn)
     ends = await end_offsets(settings.kafka_bootstrap_servers, settings.topic)
     partitions = [

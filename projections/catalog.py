@@ -153,7 +153,7 @@ async def _regroup(
         " WHERE movie_id = %(movie_id)s RETURNING movie_id, title, keywords, groups"
     )
     async with conn.cursor(row_factory=class_row(Movie)) as cur:
-        await cur.execute(query, {"movie_id": movie_id, "group": group})  # type: ignore[arg-type]
+        await cur.execute(query, {"movie_id": movie_id, "group": group})
         return await cur.fetchone()
 
 

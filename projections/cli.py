@@ -36,7 +36,7 @@ async def _migrate(url: str) -> str:
     from projections import schema
 
     async with await psycopg.AsyncConnection.connect(url) as conn:
-        active = await schema.migrate(conn)  # type: ignore[arg-type]
+        active = await schema.migrate(conn)
         await conn.commit()
     return active
 

@@ -283,16 +283,17 @@ class ProjectionStore:
                 [(self.topic, p, o) for p, o in sorted(next_offsets.items())],
             )
 
-    async def checkpoints(self, conn: AsyncConnection[Any]) -> dict[int, int]:
-        """Next offset to read per partition, as committed in Postgres."""
-        schema = self.schema or await db.active_schema(conn)
-        cur = await conn.execute(
-            sql.SQL("SELECT partition, next_offset FROM {} WHERE topic = %s").format(
-                db.qualified(schema, "checkpoints")
-            ),
-            (self.topic,),
-        )
-        return {p: o for p, o in await cur.fetchall()}
+    async def checkpoints(self, conn: AsyncConnection[Any]) -> tuple[str, dict[int, int]]:
+        """The target version's schema and its next offset to read per partition."""
+        async with conn.transaction():  # one snapshot for both reads
+            schema = self.schema or await db.active_schema(conn)
+            cur = await conn.execute(
+                sql.SQL("SELECT partition, next_offset FROM {} WHERE topic = %s").format(
+                    db.qualified(schema, "checkpoints")
+                ),
+                (self.topic,),
+            )
+            return schema, {p: o for p, o in await cur.fetchall()}
 
     # -- reads -------------------------------------------------------------------------
 

@@ -28,6 +28,8 @@ def environment(settings: Settings, **extra: str) -> dict[str, str]:
         ENTITLED_HOME=str(settings.home),
         STRIPE_WEBHOOK_SECRET=",".join(settings.webhook_secrets),
         PYTHONUNBUFFERED="1",
+        # so that a process can import test-only rule plugins (tests.processors.buggy_rules)
+        PYTHONPATH=str(Path(__file__).resolve().parents[1]),
     )
     env.update(extra)
     return env

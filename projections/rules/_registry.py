@@ -64,14 +64,18 @@ class RuleSpec:
         return self.fn(event, current)
 
 
-def fold(*types: str, table: str) -> Callable[[F], F]:
-    """Register the decorated rule for each event type in `types`, writing to `table`."""
+def fold(*types: str, table: str, override: bool = False) -> Callable[[F], F]:
+    """Register the decorated rule for each event type in `types`, writing to `table`.
+
+    `override=True` replaces a registered rule: how a rule plugin (ENTITLED_RULE_PLUGINS)
+    changes what the shipped rules do, without forking them.
+    """
     if table not in TABLES:
         raise ValueError(f"unknown table {table!r}")
 
     def register(fn: F) -> F:
         for event_type in types:
-            if event_type in _RULES:
+            if event_type in _RULES and not override:
                 raise ValueError(f"two rules for {event_type}")
             _RULES[event_type] = RuleSpec(event_type, table, fn)
         return fn

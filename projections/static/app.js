@@ -94,7 +94,7 @@ async function refresh() {
     return;
   }
   $("live").classList.remove("stale");
-  if (state.customer) summary();
+  if (state.customer) await summary();
   const text = await response.text();
   if (!response.ok) {
     $("error").hidden = false;
@@ -102,10 +102,12 @@ async function refresh() {
     return;
   }
   $("error").hidden = true;
-  if (text === state.last) return; // nothing changed: keep the DOM (and focus) as it is
+  // The reasons name the customer's own groups: a change there re-renders too.
+  const key = state.groups.join(",") + "\n" + text;
+  if (key === state.last) return; // nothing changed: keep the DOM (and focus) as it is
   const before = {};
   for (const el of $("results").children) before[el.dataset.movieId] = el.dataset.available === "true";
-  state.last = text;
+  state.last = key;
   const data = JSON.parse(text);
   $("results").replaceChildren(...data.results.map((hit) => card(hit, before)));
   $("empty").hidden = data.results.length > 0;

@@ -11,6 +11,7 @@ import time
 from dataclasses import replace
 
 import httpx
+from helpers import async_wait_for
 from ingest_helpers import read_topic, running
 
 from entitled import services
@@ -77,6 +78,17 @@ async def test_broker_down_gives_503_then_recovers(
         assert (await client.get("/readyz")).status_code == 200
         metrics = (await client.get("/metrics")).text
         assert 'entitled_ingest_requests_total{outcome="unavailable"}' in metrics
+
+        # The write we answered 503 for was still queued in aiokafka; its fate must be
+        # known (and counted) once the broker is back, not silently dropped or delivered.
+        async def late_outcome_known() -> bool:
+            text = (await client.get("/metrics")).text
+            return any(
+                line.startswith("entitled_ingest_late_outcomes_total") and not line.endswith(" 0.0")
+                for line in text.splitlines()
+            )
+
+        await async_wait_for(late_outcome_known, 30, "the late outcome of the 503 write")
 
     records = await read_topic(settings)
     logged = {dict(r.headers)["stripe-event-id"].decode() for r in records}
