@@ -21,6 +21,7 @@ import json
 import multiprocessing as mp
 import os
 import platform
+import shutil
 import socket
 import statistics
 import sys
@@ -305,6 +306,7 @@ def main() -> None:
     finally:
         if temp_home is not None:
             services.down(settings, wipe=True)
+            shutil.rmtree(temp_home, ignore_errors=True)
 
     summary = {kind: _summary(runs) for kind, runs in rounds.items()}
     ratios = [

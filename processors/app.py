@@ -29,6 +29,8 @@ def create_app(settings: Settings, bootstrap: str) -> faust.App:
         settings.consumer_group,
         broker=[f"kafka://{hp}" for hp in bootstrap.split(",")],
         web_enabled=False,
+        # Faust keeps a little local state; not in the working directory.
+        datadir=str(settings.home / "worker-data"),
         consumer_auto_offset_reset="earliest",
         key_serializer="raw",
         value_serializer="raw",

@@ -60,6 +60,7 @@ CREATE TABLE IF NOT EXISTS entitled.movies (
 );
 CREATE INDEX IF NOT EXISTS movies_search_idx ON entitled.movies USING gin (search);
 CREATE INDEX IF NOT EXISTS movies_groups_idx ON entitled.movies USING gin (groups);
+CREATE INDEX IF NOT EXISTS movies_title_idx ON entitled.movies (title, movie_id);
 """
 
 _MIRROR_DDL = """
@@ -121,7 +122,13 @@ CREATE TABLE {schema}.dead_letters (
 CREATE INDEX ON {schema}.dead_letters (key) WHERE state IN ('poison', 'parked');
 """
 
-LIVE_VIEWS = (*MIRROR_TABLES, "customer_entitlements", "checkpoints", "dead_letters")
+LIVE_VIEWS = (
+    *MIRROR_TABLES,
+    "customer_entitlements",
+    "checkpoints",
+    "processed_events",
+    "dead_letters",
+)
 
 
 def version_schema(version: int) -> str:
@@ -187,6 +194,8 @@ async def migrate(conn: AsyncConnection[object]) -> str:
     )
     row = await cur.fetchone()
     if row is not None:
+        # Re-point the views: a newer release may have added one.
+        await point_live_views(conn, str(row[0]))  # type: ignore[index]
         return str(row[0])  # type: ignore[index]
     schema = await create_version_schema(conn, 1)
     await conn.execute(

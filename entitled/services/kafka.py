@@ -222,7 +222,16 @@ def _format(settings: Settings, state: KafkaState, nodes: list[dict[str, Any]]) 
     running = []
     for node in todo:
         out = Path(node["config"]).parent / "format.log"
-        cmd = [*java, STORAGE_TOOL, "format", "-t", state["cluster_id"], "-c", node["config"]]
+        # `--cluster-id=`: a urlsafe id may start with "-", which a separate argument would
+        # be taken for an option.
+        cmd = [
+            *java,
+            STORAGE_TOOL,
+            "format",
+            f"--cluster-id={state['cluster_id']}",
+            "-c",
+            node["config"],
+        ]
         with out.open("w") as fh:
             running.append((node, out, subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT)))
     failed = [(node, out, p.wait()) for node, out, p in running]

@@ -1,0 +1,274 @@
+"""Shared helpers of the fold and replay benchmarks: services, a fresh database, a fast
+topic fill from the workload generator, child processes, and the results file.
+
+Benchmarks never import `tests/`: what they need of the test helpers is re-done here, small.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import json
+import multiprocessing as mp
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from entitled.settings import Settings
+
+RESULTS = Path(__file__).parent / "results"
+ENTITLED = [sys.executable, "-m", "entitled.cli"]
+_FILL_CHUNK = 2000  # events per message between the generator process and the producer
+
+
+# -- services and a fresh database ------------------------------------------------------
+
+
+@contextlib.contextmanager
+def bench_settings(name: str) -> Iterator[Settings]:
+    """Settings with a fresh topic and a fresh database, on KAFKA_BOOTSTRAP_SERVERS /
+    DATABASE_URL when set, else on local services started in a temp home (wiped after)."""
+    settings = Settings.from_env()
+    temp_home: Path | None = None
+    if not settings.kafka_bootstrap_servers or not settings.database_url:
+        temp_home = Path(tempfile.mkdtemp(prefix=f"entitled-bench-{name}-"))
+        temp_home.chmod(0o755)  # the postgres user must traverse it
+        settings = dataclasses.replace(settings, home=temp_home)
+        from entitled import services
+
+        print(f"starting Kafka and Postgres in {temp_home} ...", flush=True)
+        ep = services.endpoints(settings)
+        settings = dataclasses.replace(
+            settings, kafka_bootstrap_servers=ep.bootstrap, database_url=ep.database_url
+        )
+    tag = uuid.uuid4().hex[:8]
+    settings = dataclasses.replace(
+        settings, topic=f"bench.{name}.{tag}", consumer_group=f"bench-{name}-{tag}"
+    )
+    try:
+        yield settings
+    finally:
+        if temp_home is not None:
+            from entitled import services
+
+            services.down(settings, wipe=True)
+            shutil.rmtree(temp_home, ignore_errors=True)
+
+
+def fresh_database(settings: Settings, label: str) -> Settings:
+    """`settings` pointing at a new empty database on the same server."""
+    import psycopg
+    from psycopg import sql
+
+    assert settings.database_url
+    name = f"bench_{label}_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(settings.database_url, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    base, _, _ = settings.database_url.rpartition("/")
+    return dataclasses.replace(settings, database_url=f"{base}/{name}")
+
+
+async def migrate(database_url: str) -> str:
+    import psycopg
+
+    from projections import schema
+
+    async with await psycopg.AsyncConnection.connect(database_url) as conn:
+        active = await schema.migrate(conn)
+        await conn.commit()
+    return active
+
+
+# -- filling a topic fast ----------------------------------------------------------------
+
+
+def _generate(customers: int, limit: int, seed: int, queue: Any) -> None:
+    """Generator process: encode the workload once, in chunks of (key, value, headers)."""
+    from entitled import stripe_events as se
+    from entitled.workload import Workload
+    from ingest.keys import event_headers, routing_key
+
+    chunk: list[tuple[bytes, bytes, list[tuple[str, bytes]]]] = []
+    n = 0
+    for event in Workload(customers=customers, seed=seed).events():
+        chunk.append(
+            (
+                routing_key(event).encode(),
+                se.encode(event),
+                event_headers(event, source="backfill", received_at=time.time()),
+            )
+        )
+        n += 1
+        if len(chunk) >= _FILL_CHUNK or n >= limit:
+            queue.put(chunk)
+            chunk = []
+        if n >= limit:
+            break
+    if chunk:
+        queue.put(chunk)
+    queue.put(None)
+
+
+async def _produce(bootstrap: str, topic: str, queue: Any) -> tuple[int, int]:
+    from aiokafka import AIOKafkaProducer
+
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap,
+        acks=1,
+        linger_ms=20,
+        max_batch_size=1024 * 1024,
+        max_request_size=8 * 1024 * 1024,
+        compression_type=None,
+    )
+    await producer.start()
+    loop = asyncio.get_running_loop()
+    count = size = 0
+    pending: list[asyncio.Future[Any]] = []
+    try:
+        while True:
+            chunk = await loop.run_in_executor(None, queue.get)
+            if chunk is None:
+                break
+            for key, value, headers in chunk:
+                pending.append(await producer.send(topic, value, key=key, headers=headers))
+                size += len(value)
+            count += len(chunk)
+            if len(pending) >= 20_000:  # bound memory; acks arrive in batches anyway
+                await asyncio.gather(*pending)
+                pending.clear()
+        await asyncio.gather(*pending)
+    finally:
+        await producer.stop()
+    return count, size
+
+
+def fill_topic(settings: Settings, events: int, *, seed: int = 7) -> dict[str, Any]:
+    """Create the topic and write `events` workload events into it (customers = events/4.5).
+
+    Generation and encoding run in a child process while this one produces, so the fill
+    takes about as long as the slower of the two.
+    """
+    from entitled import services
+
+    assert settings.kafka_bootstrap_servers
+    asyncio.run(
+        services.ensure_topic(
+            settings.kafka_bootstrap_servers,
+            settings.topic,
+            settings.partitions,
+            settings.replication_factor,
+            {"max.message.bytes": str(2 * 1024 * 1024)},
+        )
+    )
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue(maxsize=64)
+    customers = max(1, round(events / 4.5))
+    gen = ctx.Process(target=_generate, args=(customers, events, seed, queue), daemon=True)
+    started = time.perf_counter()
+    gen.start()
+    try:
+        count, size = asyncio.run(_produce(settings.kafka_bootstrap_servers, settings.topic, queue))
+    finally:
+        gen.join(timeout=30)
+    seconds = time.perf_counter() - started
+    return {
+        "events": count,
+        "customers": customers,
+        "bytes": size,
+        "mean_event_bytes": round(size / max(count, 1)),
+        "seconds": round(seconds, 2),
+        "events_per_s": round(count / seconds),
+    }
+
+
+async def end_offsets(settings: Settings) -> dict[int, int]:
+    from processors.status import end_offsets as ends
+
+    assert settings.kafka_bootstrap_servers
+    return await ends(settings.kafka_bootstrap_servers, settings.topic)
+
+
+# -- child processes ---------------------------------------------------------------------
+
+
+def environment(settings: Settings, **extra: str) -> dict[str, str]:
+    """The environment an `entitled` command needs to use the bench's services."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ENTITLED_", "STRIPE_"))}
+    env.update(
+        KAFKA_BOOTSTRAP_SERVERS=settings.kafka_bootstrap_servers or "",
+        DATABASE_URL=settings.database_url or "",
+        ENTITLED_TOPIC=settings.topic,
+        ENTITLED_PARTITIONS=str(settings.partitions),
+        ENTITLED_HOME=str(settings.home),
+        ENTITLED_CONSUMER_GROUP=settings.consumer_group,
+        STRIPE_WEBHOOK_SECRET=",".join(settings.webhook_secrets),
+        PYTHONUNBUFFERED="1",
+    )
+    env.update(extra)
+    return env
+
+
+def spawn(settings: Settings, *args: str, log: Path, **extra: str) -> subprocess.Popen[bytes]:
+    """`entitled <args>` in its own session, output to `log`."""
+    with log.open("ab") as out:
+        return subprocess.Popen(
+            [*ENTITLED, *args],
+            env=environment(settings, **extra),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+
+
+def stop(proc: subprocess.Popen[bytes], timeout: float = 20.0) -> None:
+    import signal
+
+    if proc.poll() is not None:
+        return
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+
+
+# -- figures -----------------------------------------------------------------------------
+
+
+def percentiles(seconds: list[float]) -> dict[str, float]:
+    if len(seconds) < 2:
+        return {"p50_ms": float("nan"), "p99_ms": float("nan"), "max_ms": float("nan")}
+    q = statistics.quantiles(seconds, n=100, method="inclusive")
+    return {
+        "p50_ms": round(q[49] * 1000, 1),
+        "p99_ms": round(q[98] * 1000, 1),
+        "max_ms": round(max(seconds) * 1000, 1),
+    }
+
+
+def machine() -> dict[str, Any]:
+    return {
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "load_avg": [round(x, 2) for x in os.getloadavg()],
+    }
+
+
+def write_results(name: str, report: dict[str, Any]) -> Path:
+    path = RESULTS / f"{name}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    report = {"when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **report}
+    path.write_text(json.dumps(report, indent=2, default=str) + "\n")
+    return path

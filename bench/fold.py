@@ -1,0 +1,413 @@
+"""Benchmark the fold (issue 4): events/s from a filled topic to committed projections.
+
+Side by side, in one run, on the same topic (each writer into its own fresh database):
+  * `parse`    - aiokafka reads of the whole topic + `projections.events.parse`, no database
+                 (the ceiling of anything that folds);
+  * `naive`    - one transaction per event: `ProjectionStore.apply` with one message, on a
+                 sample (the first `--naive-sample` events, taken evenly from the partitions);
+  * `inproc`   - `ProjectionStore.apply` on batches of 500 read with `read_log`, in-process;
+  * `worker`   - the real `entitled worker` (Faust) process: timed from its first committed
+                 checkpoint (start-up excluded) until every partition's checkpoint reaches the
+                 log end;
+then webhook-to-visible latency: `entitled ingest` + the same worker, signed
+`customer.subscription.created` events for new customers posted at a fixed rate (open loop),
+and Postgres polled until each customer's entitlements show the group.
+
+    .venv/bin/python bench/fold.py [--events 200000] [--naive-sample 5000] [--rate 200]
+
+Uses KAFKA_BOOTSTRAP_SERVERS / DATABASE_URL when set, else starts the local services in a
+temp home. Prints figures and ratios; writes `bench/results/fold.json`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import socket
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+# Run as `python bench/fold.py`, this folder comes first on sys.path: replace it by the repo.
+_HERE = Path(__file__).parent.resolve()
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
+sys.path.insert(0, str(_HERE.parent))
+
+from bench import _common as common  # noqa: E402
+from entitled.settings import Settings  # noqa: E402
+
+SECRET = "whsec_bench_secret"
+GOALS = {"ratio_to_naive": 10.0, "events_per_s": 5000, "p99_ms_visible_at_200_per_s": 200}
+
+
+# -- the in-process measurements ---------------------------------------------------------
+
+
+async def parse_all(settings: Settings, ends: dict[int, int]) -> dict[str, Any]:
+    from processors.replay import read_log
+    from projections.events import parse
+
+    assert settings.kafka_bootstrap_servers
+    n = 0
+    started = time.perf_counter()
+    async for batch in read_log(settings.kafka_bootstrap_servers, settings.topic, {}, ends):
+        for m in batch:
+            parse(m.value, partition=m.partition, offset=m.offset, key=m.key)
+        n += len(batch)
+    seconds = time.perf_counter() - started
+    return {"events": n, "seconds": round(seconds, 2), "events_per_s": round(n / seconds)}
+
+
+async def apply_all(
+    settings: Settings, ends: dict[int, int], *, batch: int, sample: int | None = None
+) -> dict[str, Any]:
+    """Read the topic (or the first `sample` events, evenly from each partition) and apply
+    it with `ProjectionStore.apply` in batches of `batch` on one connection."""
+    import psycopg
+
+    from processors.replay import read_log
+    from projections.entitlements import Policy
+    from projections.store import ApplyResult, ProjectionStore
+
+    assert settings.kafka_bootstrap_servers and settings.database_url
+    await common.migrate(settings.database_url)
+    if sample is not None:
+        per = -(-sample // len(ends))
+        ends = {p: min(e, per) for p, e in ends.items()}
+    store = ProjectionStore(settings.topic, Policy.from_settings(settings))
+    totals = ApplyResult()
+    n = transactions = 0
+    read_s = 0.0
+    async with await psycopg.AsyncConnection.connect(
+        settings.database_url, autocommit=True
+    ) as conn:
+        started = time.perf_counter()
+        t = started
+        async for chunk in read_log(
+            settings.kafka_bootstrap_servers, settings.topic, {}, ends, batch=batch
+        ):
+            read_s += time.perf_counter() - t
+            for i in range(0, len(chunk), batch):
+                r = await store.apply(conn, chunk[i : i + batch])
+                totals.applied += r.applied
+                totals.poison += r.poison
+                transactions += 1
+            n += len(chunk)
+            t = time.perf_counter()
+        seconds = time.perf_counter() - started
+    assert totals.applied + totals.poison <= n
+    return {
+        "events": n,
+        "batch": batch,
+        "transactions": transactions,
+        "applied": totals.applied,
+        "poison": totals.poison,
+        "seconds": round(seconds, 2),
+        "of_which_reading_s": round(read_s, 2),
+        "events_per_s": round(n / seconds, 1),
+    }
+
+
+# -- the real worker ---------------------------------------------------------------------
+
+
+def _checkpoints(conn: Any, topic: str) -> dict[int, int]:
+    rows = conn.execute(
+        "SELECT partition, next_offset FROM live.checkpoints WHERE topic = %s", (topic,)
+    ).fetchall()
+    return {p: o for p, o in rows}
+
+
+def worker_run(
+    settings: Settings, ends: dict[int, int], log_dir: Path, timeout: float
+) -> tuple[dict[str, Any], Any]:
+    """Start `entitled worker` and time it to the end of the log; returns it still running."""
+    import psycopg
+
+    assert settings.database_url
+    asyncio.run(common.migrate(settings.database_url))
+    total = sum(ends.values())
+    launched = time.perf_counter()
+    proc = common.spawn(settings, "worker", "--loglevel", "warning", log=log_dir / "worker.log")
+    first_at: float | None = None
+    done_at_first = 0
+    with psycopg.connect(settings.database_url, autocommit=True) as conn:
+        deadline = time.monotonic() + timeout
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"worker exited; see {log_dir / 'worker.log'}")
+            cps = _checkpoints(conn, settings.topic)
+            now = time.perf_counter()
+            done = sum(min(cps.get(p, 0), e) for p, e in ends.items())
+            if cps and first_at is None:
+                first_at, done_at_first = now, done
+            if done >= total:
+                finished = now
+                break
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"worker folded {done}/{total} events in {timeout:.0f}s")
+            time.sleep(0.05)
+    assert first_at is not None
+    counted = total - done_at_first
+    seconds = max(finished - first_at, 1e-9)
+    return {
+        "events": total,
+        "counted_events": counted,
+        "startup_s": round(first_at - launched, 2),
+        "seconds": round(seconds, 2),
+        "events_per_s": round(counted / seconds, 1),
+        "wall_from_launch_s": round(finished - launched, 2),
+    }, proc
+
+
+# -- webhook to visible ------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def _signed_subscriptions(n: int, tag: str) -> list[tuple[str, bytes, str]]:
+    """`n` (customer, body, signature) of `customer.subscription.created`, each for a new
+    customer subscribing to the `action` package (its product comes from the workload)."""
+    from entitled import stripe_events as se
+
+    now = int(time.time())
+    out = []
+    for i in range(n):
+        cus = f"cus_lat{tag}{i:06d}"
+        sub = se.subscription(
+            f"sub_lat{tag}{i:06d}",
+            customer=cus,
+            items=[("price_action", "prod_action")],
+            status="active",
+            created=now,
+        )
+        body = se.encode(se.event("customer.subscription.created", sub, created=now))
+        out.append((cus, body, se.sign_header(body, SECRET)))
+    return out
+
+
+async def _latency(
+    url: str, database_url: str, rate: float, seconds: float, warmup: float
+) -> dict[str, Any]:
+    """Open loop: event i is due at start + i/rate; latency runs from when it was due (so a
+    stalled pipeline is not hidden) until a poll of Postgres shows the customer's group."""
+    import aiohttp
+    import psycopg
+
+    n = int(rate * (warmup + seconds))
+    events = _signed_subscriptions(n, time.strftime("%H%M%S"))
+    # Wall-clock times (time.time()), comparable with Postgres's now() on this machine.
+    due: dict[str, float] = {}
+    acked: dict[str, float] = {}
+    seen: dict[str, float] = {}
+    txn_start: dict[str, float] = {}
+    statuses: dict[int, int] = {}
+    polls = 0
+    start = time.time() + 0.5
+
+    async def post(session: aiohttp.ClientSession, i: int) -> None:
+        cus, body, sig = events[i]
+        at = start + i / rate
+        await asyncio.sleep(max(0.0, at - time.time()))
+        due[cus] = at
+        headers = {"Stripe-Signature": sig, "Content-Type": "application/json"}
+        async with session.post(url, data=body, headers=headers) as r:
+            await r.read()
+            statuses[r.status] = statuses.get(r.status, 0) + 1
+        acked[cus] = time.time()
+
+    async def poll(conn: psycopg.AsyncConnection[Any], stop_at: float) -> None:
+        nonlocal polls
+        while len(seen) < n and time.time() < stop_at:
+            waiting = [c for c in due if c not in seen]
+            if waiting:
+                # updated_at is now() of the worker's transaction: when its batch began.
+                cur = await conn.execute(
+                    "SELECT customer, extract(epoch FROM updated_at)::float8"
+                    " FROM live.customer_entitlements"
+                    " WHERE customer = ANY(%s) AND 'action' = ANY(groups)",
+                    (waiting,),
+                )
+                now = time.time()
+                for c, began in await cur.fetchall():
+                    seen.setdefault(c, now)
+                    txn_start.setdefault(c, began)
+                polls += 1
+            await asyncio.sleep(0.002)
+
+    async with (
+        await psycopg.AsyncConnection.connect(database_url, autocommit=True) as conn,
+        aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=200)) as session,
+    ):
+        poller = asyncio.create_task(poll(conn, start + warmup + seconds + 30))
+        await asyncio.gather(*(post(session, i) for i in range(n)))
+        await poller
+    kept = [c for c in due if c in seen and due[c] >= start + warmup]
+    measured = [seen[c] - due[c] for c in kept]
+    # Where the time goes: HTTP answer (ingest verify + Kafka ack), then until the worker's
+    # transaction began (consume + batching), then until the poll saw it (fold + commit +
+    # the poll interval).
+    stages = {
+        "post_to_ack": common.percentiles([acked[c] - due[c] for c in kept if c in acked]),
+        "ack_to_txn_start": common.percentiles([txn_start[c] - acked[c] for c in kept]),
+        "txn_start_to_seen": common.percentiles([seen[c] - txn_start[c] for c in kept]),
+    }
+    return {
+        "rate": rate,
+        "seconds": seconds,
+        "warmup_seconds": warmup,
+        "posted": n,
+        "statuses": {str(k): v for k, v in statuses.items()},
+        "visible": len(seen),
+        "measured": len(measured),
+        "polls": polls,
+        "mean_poll_interval_ms": round((warmup + seconds) * 1000 / max(polls, 1), 1),
+        **common.percentiles(measured),
+        "stages": stages,
+    }
+
+
+def latency_run(
+    settings: Settings, log_dir: Path, rate: float, seconds: float
+) -> dict[str, Any]:
+    """Webhook to visible through `entitled ingest` and the running worker."""
+    import httpx
+
+    assert settings.database_url
+    port = _free_port()
+    ingest = common.spawn(
+        settings, "ingest", "--port", str(port), "--log-level", "warning", log=log_dir / "ingest.log"
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            if ingest.poll() is not None:
+                raise RuntimeError(f"ingest exited; see {log_dir / 'ingest.log'}")
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                raise TimeoutError("ingest did not come up")
+            time.sleep(0.1)
+        return asyncio.run(
+            _latency(
+                f"http://127.0.0.1:{port}/webhooks/stripe",
+                settings.database_url,
+                rate,
+                seconds,
+                warmup=2.0,
+            )
+        )
+    finally:
+        common.stop(ingest)
+
+
+# -- main --------------------------------------------------------------------------------
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--events", type=int, default=200_000)
+    parser.add_argument("--naive-sample", type=int, default=5_000)
+    parser.add_argument("--batch", type=int, default=500, help="in-process batch size")
+    parser.add_argument("--rate", type=float, default=200.0, help="webhooks/s for latency")
+    parser.add_argument("--rate-seconds", type=float, default=10.0)
+    parser.add_argument("--worker-timeout", type=float, default=900.0)
+    args = parser.parse_args()
+
+    report: dict[str, Any] = {"args": vars(args), "goals": GOALS}
+    load: dict[str, Any] = {"start": common.machine()}
+    log_dir = Path(tempfile.mkdtemp(prefix="entitled-bench-fold-logs-"))
+    with common.bench_settings("fold") as base:
+        base = dataclasses.replace(base, webhook_secrets=(SECRET,))
+        print(f"filling {base.topic} with {args.events} events ...", flush=True)
+        report["fill"] = common.fill_topic(base, args.events)
+        print(f"fill: {report['fill']}", flush=True)
+        ends = asyncio.run(common.end_offsets(base))
+
+        print("parse: reading + parsing the topic ...", flush=True)
+        report["parse"] = asyncio.run(parse_all(base, ends))
+        print(f"parse: {report['parse']}", flush=True)
+
+        print(f"naive: one transaction per event, {args.naive_sample} events ...", flush=True)
+        load["naive"] = common.machine()["load_avg"]
+        naive_db = common.fresh_database(base, "naive")
+        report["naive"] = asyncio.run(apply_all(naive_db, ends, batch=1, sample=args.naive_sample))
+        print(f"naive: {report['naive']}", flush=True)
+
+        print(f"inproc: ProjectionStore.apply, batches of {args.batch} ...", flush=True)
+        load["inproc"] = common.machine()["load_avg"]
+        report["inproc"] = asyncio.run(
+            apply_all(common.fresh_database(base, "inproc"), ends, batch=args.batch)
+        )
+        print(f"inproc: {report['inproc']}", flush=True)
+
+        print("worker: entitled worker to the log end ...", flush=True)
+        load["worker"] = common.machine()["load_avg"]
+        worker_settings = common.fresh_database(base, "worker")
+        report["worker"], worker = worker_run(
+            worker_settings, ends, log_dir, args.worker_timeout
+        )
+        print(f"worker: {report['worker']}", flush=True)
+        try:
+            print(f"latency: webhooks at {args.rate}/s to visible ...", flush=True)
+            load["latency"] = common.machine()["load_avg"]
+            report["latency"] = latency_run(
+                worker_settings, log_dir, args.rate, args.rate_seconds
+            )
+            print(f"latency: {report['latency']}", flush=True)
+        finally:
+            common.stop(worker)
+    load["end"] = common.machine()
+    report["machine"] = load
+    report["logs"] = str(log_dir)
+
+    naive = report["naive"]["events_per_s"]
+    ratios = {
+        "worker_to_naive": round(report["worker"]["events_per_s"] / naive, 1),
+        "inproc_to_naive": round(report["inproc"]["events_per_s"] / naive, 1),
+        "worker_to_parse": round(
+            report["worker"]["events_per_s"] / report["parse"]["events_per_s"], 3
+        ),
+        "inproc_to_parse": round(
+            report["inproc"]["events_per_s"] / report["parse"]["events_per_s"], 3
+        ),
+    }
+    report["ratios"] = ratios
+    best = max(report["worker"]["events_per_s"], report["inproc"]["events_per_s"])
+    report["met"] = {
+        "ratio_to_naive": ratios["worker_to_naive"] >= GOALS["ratio_to_naive"],
+        "events_per_s_worker": report["worker"]["events_per_s"] >= GOALS["events_per_s"],
+        "events_per_s_best": best >= GOALS["events_per_s"],
+        "p99_ms_visible_at_200_per_s": report["latency"]["p99_ms"]
+        < GOALS["p99_ms_visible_at_200_per_s"],
+    }
+    path = common.write_results("fold", report)
+
+    print(f"\n{'':8}{'events/s':>10}{'events':>9}{'seconds':>9}")
+    for kind in ("parse", "naive", "inproc", "worker"):
+        r = report[kind]
+        print(f"{kind:8}{r['events_per_s']:>10}{r['events']:>9}{r['seconds']:>9}")
+    lat = report["latency"]
+    print(
+        f"webhook->visible at {lat['rate']}/s: p50 {lat['p50_ms']} ms, p99 {lat['p99_ms']} ms,"
+        f" max {lat['max_ms']} ms ({lat['measured']} measured, {lat['visible']}/{lat['posted']}"
+        " visible)"
+    )
+    print(f"ratios: {ratios}")
+    print(f"load avg: {load}")
+    print(f"goals met: {report['met']}; written {path}")
+
+
+if __name__ == "__main__":
+    main()
