@@ -99,8 +99,7 @@ def _generate(customers: int, limit: int, seed: int, queue: Any) -> None:
     from ingest.keys import event_headers, routing_key
 
     chunk: list[tuple[bytes, bytes, list[tuple[str, bytes]]]] = []
-    n = 0
-    for event in Workload(customers=customers, seed=seed).events():
+    for n, event in enumerate(Workload(customers=customers, seed=seed).events(), start=1):
         chunk.append(
             (
                 routing_key(event).encode(),
@@ -108,7 +107,6 @@ def _generate(customers: int, limit: int, seed: int, queue: Any) -> None:
                 event_headers(event, source="backfill", received_at=time.time()),
             )
         )
-        n += 1
         if len(chunk) >= _FILL_CHUNK or n >= limit:
             queue.put(chunk)
             chunk = []
@@ -172,7 +170,8 @@ def fill_topic(settings: Settings, events: int, *, seed: int = 7) -> dict[str, A
     )
     ctx = mp.get_context("spawn")
     queue = ctx.Queue(maxsize=64)
-    customers = max(1, round(events / 4.5))
+    # ~4.5 events per customer: ask for a few more customers and stop at exactly `events`.
+    customers = max(1, round(events / 4.5 * 1.03))
     gen = ctx.Process(target=_generate, args=(customers, events, seed, queue), daemon=True)
     started = time.perf_counter()
     gen.start()

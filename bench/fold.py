@@ -275,16 +275,20 @@ async def _latency(
     }
 
 
-def latency_run(
-    settings: Settings, log_dir: Path, rate: float, seconds: float
-) -> dict[str, Any]:
+def latency_run(settings: Settings, log_dir: Path, rate: float, seconds: float) -> dict[str, Any]:
     """Webhook to visible through `entitled ingest` and the running worker."""
     import httpx
 
     assert settings.database_url
     port = _free_port()
     ingest = common.spawn(
-        settings, "ingest", "--port", str(port), "--log-level", "warning", log=log_dir / "ingest.log"
+        settings,
+        "ingest",
+        "--port",
+        str(port),
+        "--log-level",
+        "warning",
+        log=log_dir / "ingest.log",
     )
     try:
         deadline = time.monotonic() + 60
@@ -355,16 +359,12 @@ def main() -> None:
         print("worker: entitled worker to the log end ...", flush=True)
         load["worker"] = common.machine()["load_avg"]
         worker_settings = common.fresh_database(base, "worker")
-        report["worker"], worker = worker_run(
-            worker_settings, ends, log_dir, args.worker_timeout
-        )
+        report["worker"], worker = worker_run(worker_settings, ends, log_dir, args.worker_timeout)
         print(f"worker: {report['worker']}", flush=True)
         try:
             print(f"latency: webhooks at {args.rate}/s to visible ...", flush=True)
             load["latency"] = common.machine()["load_avg"]
-            report["latency"] = latency_run(
-                worker_settings, log_dir, args.rate, args.rate_seconds
-            )
+            report["latency"] = latency_run(worker_settings, log_dir, args.rate, args.rate_seconds)
             print(f"latency: {report['latency']}", flush=True)
         finally:
             common.stop(worker)

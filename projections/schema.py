@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+import psycopg
 from psycopg import AsyncConnection, sql
 
 CONTROL = "entitled"
@@ -164,19 +165,23 @@ async def create_secondary_indexes(conn: AsyncConnection[object], schema: str) -
 
 
 async def point_live_views(conn: AsyncConnection[object], schema: str) -> None:
-    """Redefine every `live` view to read `schema`. Call inside the swapping transaction."""
+    """Redefine every `live` view to read `schema`. Call inside the swapping transaction.
+
+    `CREATE OR REPLACE` keeps each view's identity, so a search that is waiting for the
+    swap's lock reads the new version afterwards instead of failing on a dropped view. Only
+    when the columns changed (a version from another release) is a view dropped and made anew.
+    """
     for view in LIVE_VIEWS:
-        await conn.execute(
-            sql.SQL("DROP VIEW IF EXISTS {}.{}").format(sql.Identifier(LIVE), sql.Identifier(view))
-        )
-        await conn.execute(
-            sql.SQL("CREATE VIEW {}.{} AS SELECT * FROM {}.{}").format(
-                sql.Identifier(LIVE),
-                sql.Identifier(view),
-                sql.Identifier(schema),
-                sql.Identifier(view),
-            )
-        )
+        target = sql.Identifier(LIVE, view)
+        source = sql.Identifier(schema, view)
+        try:
+            async with conn.transaction():  # a savepoint: a failed replace leaves no trace
+                await conn.execute(
+                    sql.SQL("CREATE OR REPLACE VIEW {} AS SELECT * FROM {}").format(target, source)
+                )
+        except psycopg.errors.InvalidTableDefinition:
+            await conn.execute(sql.SQL("DROP VIEW IF EXISTS {}").format(target))
+            await conn.execute(sql.SQL("CREATE VIEW {} AS SELECT * FROM {}").format(target, source))
 
 
 async def migrate(conn: AsyncConnection[object]) -> str:

@@ -39,7 +39,10 @@ DEMO_CATALOG = Path(__file__).resolve().parents[1] / "projections" / "demo_catal
 
 def signed(event: Mapping[str, Any], secret: str) -> tuple[bytes, dict[str, str]]:
     body = se.encode(event)
-    return body, {"Stripe-Signature": se.sign_header(body, secret), "Content-Type": "application/json"}
+    return body, {
+        "Stripe-Signature": se.sign_header(body, secret),
+        "Content-Type": "application/json",
+    }
 
 
 class Poster:
@@ -315,7 +318,9 @@ def audit(settings: Settings, acked: set[str] | Mapping[str, Any]) -> Audit:
             settings, f'SELECT event_id, partition, "offset" FROM {schema}.processed_events'
         )
     )
-    a.processed_rows = int(sql_rows(settings, f"SELECT count(*) FROM {schema}.processed_events")[0][0])
+    a.processed_rows = int(
+        sql_rows(settings, f"SELECT count(*) FROM {schema}.processed_events")[0][0]
+    )
     a.doubled = a.processed_rows - len(processed)
     dead = {
         (p, o): eid

@@ -1,0 +1,435 @@
+"""Benchmark replay (issue 6): rebuild the projections from a filled topic, end to end.
+
+Side by side, in one run, on the same topic:
+  * `read`   - aiokafka reads of the whole topic with the replay's reader (`read_log`), no
+               parse (the ceiling of any replay);
+  * `replay` - the real `entitled replay --yes` command in a child process, into a fresh
+               database: events/s, the child's peak RSS (`os.wait4` rusage, i.e. the same
+               figure as RUSAGE_CHILDREN for that one child), its CPU and Postgres's CPU;
+  * `copy`   - a raw COPY of the replayed version's final rows (every table the replay
+               wrote) into fresh tables of the same shape and indexes, timing only the load.
+With `--profile`, also an in-process replay of the same topic into another fresh database
+under cProfile, with wall-clock timers around each step of the writer (parse, fold, each
+SQL step, commit), written to `bench/results/replay_profile.json` and `.txt`.
+
+    .venv/bin/python bench/replay.py [--events 1000000] [--profile]
+
+Uses KAFKA_BOOTSTRAP_SERVERS / DATABASE_URL when set, else starts the local services in a
+temp home. Prints figures and ratios; writes `bench/results/replay.json`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import cProfile
+import functools
+import io
+import os
+import pstats
+import re
+import signal
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+# Run as `python bench/replay.py`, this folder comes first on sys.path: replace it by the repo.
+_HERE = Path(__file__).parent.resolve()
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
+sys.path.insert(0, str(_HERE.parent))
+
+from bench import _common as common  # noqa: E402
+from entitled.settings import Settings  # noqa: E402
+
+GOALS = {"events_per_s": 20_000, "peak_rss_mb": 500}
+
+
+# -- Postgres CPU ------------------------------------------------------------------------
+
+
+def _postmaster_pid(database_url: str) -> int | None:
+    """The server's postmaster pid, when it runs on this machine and we may read it."""
+    import psycopg
+
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        try:
+            row = conn.execute("SHOW data_directory").fetchone()
+        except psycopg.Error:
+            return None
+    try:
+        return int((Path(row[0]) / "postmaster.pid").read_text().split()[0]) if row else None
+    except (OSError, ValueError):
+        return None
+
+
+def _cpu_with_children(pid: int | None) -> float:
+    """utime+stime+cutime+cstime of `pid`: the postmaster reaps every backend, so this
+    grows by each finished backend's CPU (the benches close their connections)."""
+    if pid is None:
+        return float("nan")
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return float("nan")
+    return sum(int(f) for f in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+
+
+# -- read and copy -----------------------------------------------------------------------
+
+
+async def read_all(settings: Settings, ends: dict[int, int]) -> dict[str, Any]:
+    from processors.replay import read_log
+
+    assert settings.kafka_bootstrap_servers
+    n = size = 0
+    started = time.perf_counter()
+    async for batch in read_log(settings.kafka_bootstrap_servers, settings.topic, {}, ends):
+        n += len(batch)
+        size += sum(len(m.value) for m in batch)
+    seconds = time.perf_counter() - started
+    return {
+        "events": n,
+        "bytes": size,
+        "seconds": round(seconds, 2),
+        "events_per_s": round(n / seconds),
+        "mb_per_s": round(size / seconds / 1e6, 1),
+    }
+
+
+def copy_rows(database_url: str, events: int) -> dict[str, Any]:
+    """COPY every table of the newest version (the replay's, even unfinished) out, then
+    time loading it into fresh tables of the same shape (same indexes) in one transaction."""
+    import psycopg
+    from psycopg import sql
+
+    from projections import schema as db
+
+    tables = (*db.MIRROR_TABLES, "customer_entitlements", "processed_events")
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        (source,) = conn.execute(
+            "SELECT schema_name FROM entitled.versions ORDER BY version DESC LIMIT 1"
+        ).fetchone() or ("",)
+        conn.execute("DROP SCHEMA IF EXISTS bench_copy CASCADE")
+        conn.execute("CREATE SCHEMA bench_copy")
+        data: dict[str, bytes] = {}
+        rows: dict[str, int] = {}
+        for t in tables:
+            conn.execute(
+                sql.SQL("CREATE TABLE {} (LIKE {} INCLUDING ALL)").format(
+                    sql.Identifier("bench_copy", t), sql.Identifier(source, t)
+                )
+            )
+            buf = io.BytesIO()
+            with conn.cursor() as cur:
+                with cur.copy(
+                    sql.SQL("COPY (SELECT * FROM {}) TO STDOUT (FORMAT binary)").format(
+                        sql.Identifier(source, t)
+                    )
+                ) as cp:
+                    for chunk in cp:
+                        buf.write(chunk)
+                rows[t] = cur.rowcount
+            data[t] = buf.getvalue()
+        started = time.perf_counter()
+        with conn.transaction(), conn.cursor() as cur:
+            for t in tables:
+                with cur.copy(
+                    sql.SQL("COPY {} FROM STDIN (FORMAT binary)").format(
+                        sql.Identifier("bench_copy", t)
+                    )
+                ) as cp:
+                    view = memoryview(data[t])
+                    for i in range(0, len(view), 1 << 20):
+                        cp.write(view[i : i + (1 << 20)])
+        seconds = time.perf_counter() - started
+        conn.execute("DROP SCHEMA bench_copy CASCADE")
+    return {
+        "source_schema": source,
+        "rows": rows,
+        "total_rows": sum(rows.values()),
+        "bytes": sum(len(d) for d in data.values()),
+        "seconds": round(seconds, 2),
+        "events_per_s_equivalent": round(events / seconds),
+    }
+
+
+# -- the replay command in a child process -----------------------------------------------
+
+_SUMMARY = re.compile(r"v(\d+): (\d+) events in ([\d.]+)s")
+
+
+_PROGRESS = re.compile(rb"replay:\s+\d+%\|[^|]*\|\s*(\d+)/(\d+)")
+
+
+def replay_child(settings: Settings, log_dir: Path, timeout: float) -> dict[str, Any]:
+    """`entitled replay --yes` in a child process; its rusage via os.wait4. Past `timeout`
+    the child is stopped and the progress it had made (its tqdm bar) is reported instead."""
+    assert settings.database_url
+    asyncio.run(common.migrate(settings.database_url))
+    pg = _postmaster_pid(settings.database_url)
+    pg_cpu = _cpu_with_children(pg)
+    log = log_dir / "replay.log"
+    started = time.perf_counter()
+    proc = common.spawn(settings, "replay", "--yes", log=log)
+    deadline = time.monotonic() + timeout
+    timed_out = False
+    while True:
+        pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+        if pid:
+            break
+        if time.monotonic() > deadline:
+            timed_out = True
+            wall = time.perf_counter() - started
+            os.killpg(proc.pid, signal.SIGKILL)
+            _, status, usage = os.wait4(proc.pid, 0)
+            break
+        time.sleep(0.05)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if not timed_out:
+        wall = time.perf_counter() - started
+    pg_cpu = _cpu_with_children(pg) - pg_cpu
+    if timed_out:
+        bars = _PROGRESS.findall(log.read_bytes())
+        done = int(bars[-1][0]) if bars else 0
+        return {
+            "timed_out_after_s": timeout,
+            "events": done,
+            "of_events": int(bars[-1][1]) if bars else None,
+            "wall_seconds": round(wall, 2),
+            "events_per_s": round(done / wall),
+            "peak_rss_mb": round(usage.ru_maxrss / 1024, 1),
+            "replay_cpu_s": round(usage.ru_utime + usage.ru_stime, 1),
+            "postgres_cpu_s": round(_cpu_with_children(pg) - pg_cpu, 1),
+            "log": str(log),
+        }
+    text = log.read_text(errors="replace")
+    found = _SUMMARY.search(text)
+    if proc.returncode != 0 or found is None:
+        raise RuntimeError(f"replay failed ({proc.returncode}):\n{text[-3000:]}")
+    events, seconds = int(found.group(2)), float(found.group(3))
+    return {
+        "version": int(found.group(1)),
+        "events": events,
+        "build_seconds": seconds,
+        "build_events_per_s": round(events / seconds),
+        "wall_seconds": round(wall, 2),
+        "events_per_s": round(events / wall),
+        "peak_rss_mb": round(usage.ru_maxrss / 1024, 1),  # Linux: kilobytes
+        "replay_cpu_s": round(usage.ru_utime + usage.ru_stime, 1),
+        "postgres_cpu_s": round(pg_cpu, 1),
+        "log": str(log),
+    }
+
+
+# -- the profile of an in-process replay -------------------------------------------------
+
+
+class _Timers:
+    """Inclusive wall-clock seconds and calls per wrapped function."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = defaultdict(float)
+        self.calls: dict[str, int] = defaultdict(int)
+
+    def wrap_sync(self, owner: Any, name: str, label: str) -> None:
+        fn = getattr(owner, name)
+
+        @functools.wraps(fn)
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            t = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                self.seconds[label] += time.perf_counter() - t
+                self.calls[label] += 1
+
+        setattr(owner, name, timed)
+
+    def wrap_async(self, owner: Any, name: str, label: str) -> None:
+        fn = getattr(owner, name)
+
+        @functools.wraps(fn)
+        async def timed(*args: Any, **kwargs: Any) -> Any:
+            t = time.perf_counter()
+            try:
+                return await fn(*args, **kwargs)
+            finally:
+                self.seconds[label] += time.perf_counter() - t
+                self.calls[label] += 1
+
+        setattr(owner, name, timed)
+
+
+@contextlib.contextmanager
+def _instrumented(timers: _Timers) -> Iterator[None]:
+    """Wrap the writer's steps in timers for the duration (restored after)."""
+    import projections.store as store_mod
+    from projections.store import ProjectionStore
+
+    saved_mod = {n: getattr(store_mod, n) for n in ("parse", "fold_batch", "derive")}
+    saved_cls = dict(vars(ProjectionStore))
+    timers.wrap_sync(store_mod, "parse", "parse (events.parse)")
+    timers.wrap_sync(store_mod, "fold_batch", "fold (fold_batch)")
+    timers.wrap_sync(store_mod, "derive", "derive (entitlement rules, python)")
+    steps = {
+        "apply": "apply: whole transaction incl. BEGIN/COMMIT",
+        "_apply": "  _apply: inside the transaction",
+        "_continuous": "    checkpoints read (FOR UPDATE) + gap check",
+        "_parked_keys": "    dead-letter keys lookup",
+        "_fold_and_write": "    _fold_and_write",
+        "_seen": "      processed_events lookup (dedup)",
+        "_load_targets": "      load current rows of targets",
+        "_dead_letter": "      dead letters insert",
+        "_write_rows": "      upsert mirrored rows (COPY + INSERT..ON CONFLICT)",
+        "_mark_processed": "      processed_events COPY",
+        "_recompute": "      recompute entitlements (total)",
+        "derive_many": "        derive_many (SELECTs + derive)",
+        "_rows": "          _rows: SELECT record + from_record (all callers)",
+        "_save_checkpoints": "    checkpoints upsert",
+    }
+    for name, label in steps.items():
+        timers.wrap_async(ProjectionStore, name, label)
+    try:
+        yield
+    finally:
+        for n, f in saved_mod.items():
+            setattr(store_mod, n, f)
+        for name in steps:
+            setattr(ProjectionStore, name, saved_cls[name])
+
+
+def profile_replay(settings: Settings, events: int, out_dir: Path) -> dict[str, Any]:
+    """An in-process `replay()` under cProfile and the step timers."""
+    from processors.replay import replay
+
+    assert settings.database_url
+    asyncio.run(common.migrate(settings.database_url))
+    pg = _postmaster_pid(settings.database_url)
+    pg_cpu = _cpu_with_children(pg)
+    timers = _Timers()
+    profiler = cProfile.Profile()
+    cpu = time.process_time()
+    started = time.perf_counter()
+    with _instrumented(timers):
+        profiler.enable()
+        report = asyncio.run(replay(settings, progress=False))
+        profiler.disable()
+    wall = time.perf_counter() - started
+    cpu = time.process_time() - cpu
+    pg_cpu = _cpu_with_children(pg) - pg_cpu
+
+    text = io.StringIO()
+    stats = pstats.Stats(profiler, stream=text)
+    stats.sort_stats("tottime").print_stats(35)
+    stats.sort_stats("cumulative").print_stats(45)
+    (out_dir / "replay_profile.txt").write_text(text.getvalue())
+    top = sorted(
+        (
+            (v[2], v[3], v[1], f"{Path(k[0]).name}:{k[1]}({k[2]})")
+            for k, v in stats.stats.items()  # type: ignore[attr-defined]
+        ),
+        reverse=True,
+    )[:25]
+    return {
+        "events": report.events,
+        "wall_seconds": round(wall, 2),
+        "events_per_s_under_profiler": round(report.events / wall),
+        "process_cpu_s": round(cpu, 2),
+        "postgres_cpu_s": round(pg_cpu, 2),
+        "note": "timers are inclusive wall seconds (nested labels are part of their parent);"
+        " the profiler roughly doubles Python CPU time",
+        "steps": {
+            k: {"seconds": round(v, 2), "calls": timers.calls[k]}
+            for k, v in sorted(timers.seconds.items(), key=lambda kv: -kv[1])
+        },
+        "top_tottime": [
+            {"function": f, "tottime_s": round(tt, 2), "cumtime_s": round(ct, 2), "calls": n}
+            for tt, ct, n, f in top
+        ],
+    }
+
+
+# -- main --------------------------------------------------------------------------------
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--events", type=int, default=1_000_000)
+    parser.add_argument("--profile", action="store_true", help="also profile in-process")
+    parser.add_argument(
+        "--replay-timeout", type=float, default=3600.0, help="stop the replay after this long"
+    )
+    args = parser.parse_args()
+
+    report: dict[str, Any] = {"args": vars(args), "goals": GOALS}
+    load: dict[str, Any] = {"start": common.machine()}
+    log_dir = Path(tempfile.mkdtemp(prefix="entitled-bench-replay-logs-"))
+    with common.bench_settings("replay") as base:
+        print(f"filling {base.topic} with {args.events} events ...", flush=True)
+        report["fill"] = common.fill_topic(base, args.events)
+        print(f"fill: {report['fill']}", flush=True)
+        ends = asyncio.run(common.end_offsets(base))
+
+        print("read: reading the topic, no parse ...", flush=True)
+        load["read"] = common.machine()["load_avg"]
+        report["read"] = asyncio.run(read_all(base, ends))
+        print(f"read: {report['read']}", flush=True)
+
+        print("replay: entitled replay --yes in a child process ...", flush=True)
+        load["replay"] = common.machine()["load_avg"]
+        replay_settings = common.fresh_database(base, "replay")
+        report["replay"] = replay_child(replay_settings, log_dir, args.replay_timeout)
+        print(f"replay: {report['replay']}", flush=True)
+
+        print("copy: raw COPY of the replayed rows ...", flush=True)
+        load["copy"] = common.machine()["load_avg"]
+        assert replay_settings.database_url
+        report["copy"] = copy_rows(replay_settings.database_url, report["replay"]["events"])
+        print(f"copy: {report['copy']}", flush=True)
+
+        if args.profile:
+            print("profile: in-process replay under cProfile ...", flush=True)
+            load["profile"] = common.machine()["load_avg"]
+            report["profile"] = profile_replay(
+                common.fresh_database(base, "profile"), args.events, common.RESULTS
+            )
+            common.write_results("replay_profile", report["profile"])
+            print(f"profile: {report['profile']['steps']}", flush=True)
+    load["end"] = common.machine()
+    report["machine"] = load
+
+    r = report["replay"]
+    ratios = {
+        "replay_to_read": round(r["events_per_s"] / report["read"]["events_per_s"], 3),
+        "replay_to_copy": round(r["events_per_s"] / report["copy"]["events_per_s_equivalent"], 3),
+    }
+    report["ratios"] = ratios
+    report["met"] = {
+        "events_per_s": r["events_per_s"] >= GOALS["events_per_s"],
+        "peak_rss_mb": r["peak_rss_mb"] < GOALS["peak_rss_mb"],
+    }
+    path = common.write_results("replay", report)
+
+    print(f"\n{'':8}{'events/s':>10}{'seconds':>9}")
+    print(f"{'read':8}{report['read']['events_per_s']:>10}{report['read']['seconds']:>9}")
+    print(f"{'replay':8}{r['events_per_s']:>10}{r['wall_seconds']:>9}")
+    c = report["copy"]
+    print(
+        f"{'copy':8}{c['events_per_s_equivalent']:>10}{c['seconds']:>9}  ({c['total_rows']} rows)"
+    )
+    print(
+        f"replay: peak RSS {r['peak_rss_mb']} MB, CPU {r['replay_cpu_s']} s,"
+        f" Postgres CPU {r['postgres_cpu_s']} s, wall {r['wall_seconds']} s"
+    )
+    print(f"ratios: {ratios}")
+    print(f"load avg: {load}")
+    print(f"goals met: {report['met']}; written {path}")
+
+
+if __name__ == "__main__":
+    main()
