@@ -56,14 +56,16 @@ def create_app(settings: Settings, bootstrap: str) -> faust.App:
 
     @app.agent(topic, name="fold")
     async def fold(stream: faust.StreamT[bytes]) -> None:
-        async for events in stream.take_events(settings.batch_size, within=settings.batch_within_s):
+        # take_events is missing from Faust's type stubs
+        take = stream.take_events  # type: ignore[attr-defined]
+        async for events in take(settings.batch_size, within=settings.batch_within_s):
             batch = [
                 Message(e.message.partition, e.message.offset, _key(e.message.key), e.value)
                 for e in events
             ]
             await folder.handle(batch, seek)
 
-    @app.on_partitions_assigned.connect
+    @app.on_partitions_assigned.connect  # type: ignore[arg-type]
     async def resume_from_checkpoints(sender: Any, assigned: set[TP], **_: Any) -> None:
         mine = sorted(tp.partition for tp in assigned if tp.topic == settings.topic)
         if not mine:
@@ -80,7 +82,7 @@ def create_app(settings: Settings, bootstrap: str) -> faust.App:
             await seek(partition, offset)
         log.info("resumed %d partitions from Postgres checkpoints: %s", len(points), points)
 
-    @app.timer(interval=1.0)
+    @app.timer(interval=1.0)  # type: ignore[untyped-decorator]
     async def follow_active_version(*_: Any) -> None:  # Faust passes the app
         try:
             if not await folder.version_changed():
@@ -93,7 +95,7 @@ def create_app(settings: Settings, bootstrap: str) -> faust.App:
         except Exception:  # never crash the worker over this; try again next tick
             log.exception("could not follow the active version")
 
-    @app.on_before_shutdown.connect
+    @app.on_before_shutdown.connect  # type: ignore[arg-type]
     async def close_pool(sender: Any, **_: Any) -> None:
         await pool.close()
 

@@ -21,10 +21,10 @@ from projections.entitlements import Policy
 from projections.store import ProjectionStore
 
 
-def resolved_settings(**overrides: object) -> Settings:
+def resolved_settings() -> Settings:
     """Settings from the environment, with the local services' addresses filled in, and
     the rule plugins it names imported (they register rules as they are imported)."""
-    settings = Settings.from_env(**overrides)
+    settings = Settings.from_env()
     for module in settings.rule_plugins:
         importlib.import_module(module)
     try:

@@ -19,7 +19,7 @@ import traceback
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 from psycopg import AsyncConnection, IsolationLevel, sql
@@ -29,9 +29,22 @@ from .entitlements import Entitlement, Policy, derive
 from .errors import EventParseError, FoldError
 from .events import StripeEvent, parse
 from .fold import FoldResult, fold_batch, target
-from .rows import Row, Version, customer_of, from_record, refs_of
+from .rows import (
+    ChargeRow,
+    ProductRow,
+    PurchaseRow,
+    RefundRow,
+    Row,
+    SubscriptionRow,
+    Version,
+    customer_of,
+    from_record,
+    refs_of,
+)
 
 log = logging.getLogger(__name__)
+
+R = TypeVar("R", SubscriptionRow, PurchaseRow, ChargeRow, RefundRow, ProductRow)
 
 
 @dataclass(frozen=True, slots=True)
@@ -464,10 +477,9 @@ class ProjectionStore:
         """Recompute `customer_entitlements` of every customer the batch may have changed,
         from the mirrored rows (never patched by increments)."""
         customers = {c for c in folded.customers if c}
-        links = set(folded.products)
-        for (table, _id), row in folded.changed.items():
-            if table == "refunds" and row.payment_intent:
-                links.add(row.payment_intent)
+        # Customers reached through a changed product (its subscribers and buyers) or a
+        # changed refund (which names a payment intent, rarely a customer).
+        links = set(folded.products) | set(folded.payment_intents)
         if links:
             q = sql.SQL(" UNION ").join(
                 sql.SQL("SELECT customer FROM {} WHERE refs && %(links)s").format(
@@ -521,58 +533,66 @@ class ProjectionStore:
             )
         return len(customers)
 
+    async def _typed(
+        self, conn: AsyncConnection[Any], schema: str, cls: type[R], where: str, arg: object
+    ) -> list[R]:
+        rows = await self._rows(conn, schema, cls.table, where, arg)
+        return [r for r in rows if isinstance(r, cls)]
+
     async def derive_many(
         self, conn: AsyncConnection[Any], schema: str, customers: list[str]
     ) -> dict[str, Entitlement]:
         """Entitlements of `customers` from the mirrored rows of `schema`."""
-        subs = await self._rows(conn, schema, "subscriptions", "customer = ANY(%s)", customers)
-        purchases = await self._rows(conn, schema, "purchases", "customer = ANY(%s)", customers)
-        charges = await self._rows(conn, schema, "charges", "customer = ANY(%s)", customers)
+        by_customer = "customer = ANY(%s)"
+        subs = await self._typed(conn, schema, SubscriptionRow, by_customer, customers)
+        purchases = await self._typed(conn, schema, PurchaseRow, by_customer, customers)
+        charges = await self._typed(conn, schema, ChargeRow, by_customer, customers)
         intents = sorted(
-            {p.payment_intent for p in purchases if p.payment_intent}
-            | {p.id for p in purchases if p.kind == "payment_intent"}
+            {i for p in purchases for i in _intents(p)}
             | {c.payment_intent for c in charges if c.payment_intent}
         )
-        refunds = (
-            await self._rows(conn, schema, "refunds", "refs && %s", intents) if intents else []
-        )
+        refunds = await self._typed(conn, schema, RefundRow, "refs && %s", intents)
         product_ids = sorted(
             {i.product for s in subs for i in s.items if i.product}
             | {p for pu in purchases for p in pu.product_ids}
         )
         products = {
             p.id: p
-            for p in (
-                await self._rows(conn, schema, "products", "id = ANY(%s)", product_ids)
-                if product_ids
-                else []
-            )
+            for p in await self._typed(conn, schema, ProductRow, "id = ANY(%s)", product_ids)
         }
-        per: dict[str, dict[str, list[Row]]] = {c: defaultdict(list) for c in customers}
+        subs_of: dict[str, list[SubscriptionRow]] = defaultdict(list)
+        purchases_of: dict[str, list[PurchaseRow]] = defaultdict(list)
+        charges_of: dict[str, list[ChargeRow]] = defaultdict(list)
+        refunds_of: dict[str, list[RefundRow]] = defaultdict(list)
         for s in subs:
-            per[s.customer]["subs"].append(s)
+            subs_of[s.customer or ""].append(s)
         for p in purchases:
-            per[p.customer]["purchases"].append(p)
+            purchases_of[p.customer or ""].append(p)
         for ch in charges:
-            per[ch.customer]["charges"].append(ch)
-        by_intent: dict[str, list[Row]] = defaultdict(list)
+            charges_of[ch.customer or ""].append(ch)
         for r in refunds:
-            by_intent[r.payment_intent].append(r)
+            if r.payment_intent:
+                refunds_of[r.payment_intent].append(r)
         out: dict[str, Entitlement] = {}
         for c in customers:
-            rows = per[c]
-            mine = {p.payment_intent for p in rows["purchases"] if p.payment_intent} | {
-                p.id for p in rows["purchases"] if p.kind == "payment_intent"
-            }
+            mine = {i for p in purchases_of[c] for i in _intents(p)}
             out[c] = derive(
-                rows["subs"],
-                rows["purchases"],
-                rows["charges"],
-                [r for pi in mine for r in by_intent.get(pi, ())],
+                subs_of[c],
+                purchases_of[c],
+                charges_of[c],
+                [r for pi in sorted(mine) for r in refunds_of[pi]],
                 products,
                 self.policy,
             )
         return out
+
+
+def _intents(p: PurchaseRow) -> set[str]:
+    """The payment intents that paid for a purchase (a payment intent pays for itself)."""
+    out = {p.payment_intent} if p.payment_intent else set()
+    if p.kind == "payment_intent":
+        out.add(p.id)
+    return out
 
 
 def _message_of(event: StripeEvent, messages: Iterable[Message]) -> Message:
