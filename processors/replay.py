@@ -126,7 +126,8 @@ async def create_version(conn: psycopg.AsyncConnection[Any], note: str) -> tuple
         row = await cur.fetchone()
         assert row is not None
         version = int(row[0])
-        schema = await db.create_version_schema(conn, version)
+        # Secondary indexes are built after the bulk load: much faster than maintaining them.
+        schema = await db.create_version_schema(conn, version, indexes=False)
         await conn.execute(
             "INSERT INTO entitled.versions (version, schema_name, state, note)"
             " VALUES (%s, %s, 'building', %s)",
@@ -203,7 +204,12 @@ async def build(
     catch_up_within: int = 100,
 ) -> int:
     """Fold the whole log into `schema` (resuming from its checkpoints) until it is within
-    `catch_up_within` events of the live end. Returns the number of events read."""
+    `catch_up_within` events of the live end. Returns the number of events read.
+
+    The first pass is the bulk load: entitlements are not recomputed batch by batch but
+    once for every customer at the end of it, after the secondary indexes are built. Later
+    passes (catching up with what arrived meanwhile) recompute per batch, as the worker does.
+    """
     assert settings.database_url and settings.kafka_bootstrap_servers
     pool = make_pool(settings.database_url, max_size=2, name="replay")
     store = ProjectionStore(settings.topic, Policy.from_settings(settings), schema=schema)
@@ -211,28 +217,44 @@ async def build(
     read = 0
     bar = tqdm(desc="replay", unit="ev", disable=not progress, smoothing=0.1)
     try:
+        bulk = True
         while True:
             start = await folder.resume_points(list(range(settings.partitions)))
             stop = await end_offsets(settings.kafka_bootstrap_servers, settings.topic)
             lag = sum(max(0, e - start.get(p, 0)) for p, e in stop.items())
             bar.total = (bar.n or 0) + lag
             bar.refresh()
-            if lag <= catch_up_within and read:
-                break
-            if lag == 0:
+            if lag == 0 or (read and lag <= catch_up_within):
                 break
             async for batch in read_log(
                 settings.kafka_bootstrap_servers, settings.topic, start, stop
             ):
-                result = await folder._apply_until_committed(batch)
+                result = await folder.apply_until_committed(batch, recompute=not bulk)
                 if result.gaps:  # cannot happen with a plain reader; never skip if it does
                     raise RuntimeError(f"replay found a gap: {result.gaps}")
                 read += len(batch)
                 bar.update(len(batch))
+            if bulk:
+                await _finish_bulk(pool, store, schema)
+                bulk = False
+        if bulk:  # an empty log
+            await _finish_bulk(pool, store, schema)
     finally:
         bar.close()
         await pool.close()
     return read
+
+
+async def _finish_bulk(pool: Any, store: ProjectionStore, schema: str) -> None:
+    async with pool.connection() as conn:
+        cur = await conn.execute(
+            "SELECT count(*) FROM pg_indexes WHERE schemaname = %s AND indexdef LIKE '%%gin%%'",
+            (schema,),
+        )
+        row = await cur.fetchone()
+        if not row or not row[0]:
+            await db.create_secondary_indexes(conn, schema)
+        await store.recompute_all(conn, schema)
 
 
 async def replay(

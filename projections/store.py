@@ -84,7 +84,9 @@ class ProjectionStore:
 
     # -- the batch transaction ---------------------------------------------------------
 
-    async def apply(self, conn: AsyncConnection[Any], messages: Sequence[Message]) -> ApplyResult:
+    async def apply(
+        self, conn: AsyncConnection[Any], messages: Sequence[Message], *, recompute: bool = True
+    ) -> ApplyResult:
         """Apply `messages` (in log order per partition) in one serializable transaction.
 
         Raises psycopg errors unchanged: the caller retries transient ones with backoff.
@@ -92,10 +94,14 @@ class ProjectionStore:
         await conn.set_isolation_level(IsolationLevel.SERIALIZABLE)
         async with conn.transaction():
             schema = self.schema or await db.active_schema(conn, lock=True)
-            return await self._apply(conn, schema, messages)
+            return await self._apply(conn, schema, messages, recompute)
 
     async def _apply(
-        self, conn: AsyncConnection[Any], schema: str, messages: Sequence[Message]
+        self,
+        conn: AsyncConnection[Any],
+        schema: str,
+        messages: Sequence[Message],
+        recompute: bool = True,
     ) -> ApplyResult:
         result = ApplyResult()
         fresh = await self._continuous(conn, schema, messages, result)
@@ -104,7 +110,9 @@ class ProjectionStore:
             return result
 
         parked = await self._parked_keys(conn, schema, {m.key or "" for m in fresh})
-        await self._fold_and_write(conn, schema, fresh, dict.fromkeys(parked, -1), result)
+        await self._fold_and_write(
+            conn, schema, fresh, dict.fromkeys(parked, -1), result, recompute=recompute
+        )
         await self._save_checkpoints(conn, schema, result.next_offsets)
         return result
 
@@ -115,6 +123,8 @@ class ProjectionStore:
         fresh: Sequence[Message],
         parked_from: dict[str, int],
         result: ApplyResult,
+        *,
+        recompute: bool = True,
     ) -> None:
         """Fold and write `fresh`; `parked_from` maps a key (customer) to the offset from
         which its events are parked (-1: all of them, the key already has a poison event)."""
@@ -158,7 +168,8 @@ class ProjectionStore:
         await self._write_rows(conn, schema, folded.changed)
         applied = [e for e in live if e.id not in seen]
         await self._mark_processed(conn, schema, folded, applied)
-        result.customers = await self._recompute(conn, schema, folded)
+        if recompute:
+            result.customers = await self._recompute(conn, schema, folded)
         result.applied = len(applied) - folded.skipped_duplicates
         result.duplicates = folded.skipped_duplicates + sum(1 for e in live if e.id in seen)
         result.parked = len(parked)
@@ -489,49 +500,69 @@ class ProjectionStore:
             )
             cur = await conn.execute(q, {"links": sorted(links)})
             customers.update(r[0] for r in await cur.fetchall() if r[0])
-        if not customers:
-            return 0
-        as_of = {c: (e.id, e.created) for c, e in folded.last_event.items()}
-        product_event = max(
-            (
-                row
-                for (table, _id), row in folded.changed.items()
-                if table in ("products", "refunds")
-            ),
-            key=lambda r: r.version,
-            default=None,
-        )
-        entitlements = await self.derive_many(conn, schema, sorted(customers))
-        async with conn.cursor() as cur:
-            await cur.executemany(
-                sql.SQL(
-                    "INSERT INTO {} (customer, groups, movie_ids, as_of_event, as_of_created)"
-                    " VALUES (%s, %s, %s, %s, %s) ON CONFLICT (customer) DO UPDATE SET"
-                    " groups = excluded.groups, movie_ids = excluded.movie_ids,"
-                    " as_of_event = COALESCE(excluded.as_of_event, {}.as_of_event),"
-                    " as_of_created = COALESCE(excluded.as_of_created, {}.as_of_created),"
-                    " updated_at = now()"
-                ).format(
-                    db.qualified(schema, "customer_entitlements"),
-                    sql.Identifier("customer_entitlements"),
-                    sql.Identifier("customer_entitlements"),
-                ),
-                [
-                    (
-                        c,
-                        list(ent.groups),
-                        list(ent.movie_ids),
-                        *as_of.get(
-                            c,
-                            (product_event.event_id, product_event.version.created)
-                            if product_event is not None
-                            else (None, None),
-                        ),
-                    )
-                    for c, ent in entitlements.items()
-                ],
+        if customers:
+            await self._write_entitlements(
+                conn, schema, await self.derive_many(conn, schema, sorted(customers))
             )
         return len(customers)
+
+    async def recompute_all(
+        self, conn: AsyncConnection[Any], schema: str, *, chunk: int = 5000
+    ) -> int:
+        """Recompute every customer's entitlements in `schema` (replay defers the per-batch
+        recomputation and does it once, here, after the bulk load)."""
+        cur = await conn.execute(
+            sql.SQL(" UNION ").join(
+                sql.SQL("SELECT customer FROM {} WHERE customer IS NOT NULL").format(
+                    db.qualified(schema, t)
+                )
+                for t in ("customers", "subscriptions", "purchases", "charges")
+            )
+        )
+        customers = sorted(r[0] for r in await cur.fetchall())
+        for i in range(0, len(customers), chunk):
+            part = customers[i : i + chunk]
+            async with conn.transaction():  # the temporary table lives for a transaction
+                derived = await self.derive_many(conn, schema, part)
+                await self._write_entitlements(conn, schema, derived)
+        return len(customers)
+
+    async def _write_entitlements(
+        self,
+        conn: AsyncConnection[Any],
+        schema: str,
+        derived: Mapping[str, tuple[Entitlement, Row | None]],
+    ) -> None:
+        """Upsert through COPY into a temporary table: one round trip whatever the count."""
+        tmp = sql.Identifier("_in_customer_entitlements")
+        cols = "customer, groups, movie_ids, as_of_event, as_of_created"
+        await conn.execute(
+            sql.SQL(
+                "CREATE TEMP TABLE IF NOT EXISTS {} (LIKE {} INCLUDING DEFAULTS)"
+                " ON COMMIT DELETE ROWS"
+            ).format(tmp, db.qualified(schema, "customer_entitlements"))
+        )
+        async with conn.cursor() as cur:
+            async with cur.copy(sql.SQL("COPY {} (" + cols + ") FROM STDIN").format(tmp)) as cp:
+                for customer, (ent, newest) in derived.items():
+                    await cp.write_row(
+                        (
+                            customer,
+                            list(ent.groups),
+                            list(ent.movie_ids),
+                            None if newest is None else newest.event_id,
+                            None if newest is None else newest.version.created,
+                        )
+                    )
+            await cur.execute(
+                sql.SQL(
+                    "INSERT INTO {} (" + cols + ") SELECT " + cols + " FROM {}"
+                    " ON CONFLICT (customer) DO UPDATE SET groups = excluded.groups,"
+                    " movie_ids = excluded.movie_ids, as_of_event = excluded.as_of_event,"
+                    " as_of_created = excluded.as_of_created, updated_at = now()"
+                ).format(db.qualified(schema, "customer_entitlements"), tmp)
+            )
+            await cur.execute(sql.SQL("TRUNCATE {}").format(tmp))
 
     async def _typed(
         self, conn: AsyncConnection[Any], schema: str, cls: type[R], where: str, arg: object
@@ -541,8 +572,9 @@ class ProjectionStore:
 
     async def derive_many(
         self, conn: AsyncConnection[Any], schema: str, customers: list[str]
-    ) -> dict[str, Entitlement]:
-        """Entitlements of `customers` from the mirrored rows of `schema`."""
+    ) -> dict[str, tuple[Entitlement, Row | None]]:
+        """Entitlements of `customers` from the mirrored rows of `schema`, each with the
+        newest row they were derived from (the event the projection is current as of)."""
         by_customer = "customer = ANY(%s)"
         subs = await self._typed(conn, schema, SubscriptionRow, by_customer, customers)
         purchases = await self._typed(conn, schema, PurchaseRow, by_customer, customers)
@@ -573,17 +605,19 @@ class ProjectionStore:
         for r in refunds:
             if r.payment_intent:
                 refunds_of[r.payment_intent].append(r)
-        out: dict[str, Entitlement] = {}
+        out: dict[str, tuple[Entitlement, Row | None]] = {}
         for c in customers:
             mine = {i for p in purchases_of[c] for i in _intents(p)}
-            out[c] = derive(
-                subs_of[c],
-                purchases_of[c],
-                charges_of[c],
-                [r for pi in sorted(mine) for r in refunds_of[pi]],
-                products,
-                self.policy,
+            refunds_c = [r for pi in sorted(mine) for r in refunds_of[pi]]
+            ent = derive(
+                subs_of[c], purchases_of[c], charges_of[c], refunds_c, products, self.policy
             )
+            used: list[Row] = [*subs_of[c], *purchases_of[c], *charges_of[c], *refunds_c]
+            used += [
+                products[i.product] for s in subs_of[c] for i in s.items if i.product in products
+            ]
+            used += [products[p] for pu in purchases_of[c] for p in pu.product_ids if p in products]
+            out[c] = (ent, max(used, key=lambda r: r.version, default=None))
         return out
 
 

@@ -58,7 +58,8 @@ class Poster:
         rate: float,
         *,
         concurrency: int = 32,
-        give_up_s: float = 240.0,
+        give_up_s: float = 120.0,
+        overall_s: float | None = None,
     ) -> None:
         self.urls = [f"{u}/webhooks/stripe" for u in urls]
         self.events = events
@@ -66,6 +67,10 @@ class Poster:
         self.rate = rate
         self.concurrency = concurrency
         self.give_up_s = give_up_s
+        # After this long from the start, failures are no longer retried: a broken ingest
+        # must fail the test, not hang it.
+        self.overall_s = overall_s if overall_s is not None else len(events) / rate + 240.0
+        self._begun = 0.0
         self.acked: dict[str, float] = {}  # event id -> monotonic time of its 200
         self.acked_by_url: Counter[str] = Counter()
         self.statuses: Counter[str] = Counter()
@@ -94,7 +99,7 @@ class Poster:
         tasks: set[asyncio.Task[None]] = set()
         try:
             async with httpx.AsyncClient(timeout=30, limits=limits) as client:
-                begun = time.monotonic()
+                begun = self._begun = time.monotonic()
                 for i, event in enumerate(self.events):
                     delay = begun + i / self.rate - time.monotonic()
                     if delay > 0:
@@ -130,7 +135,8 @@ class Poster:
                 if status.startswith("4"):
                     self.rejected.append((event["id"], int(status), text[:200]))
                     return
-                if time.monotonic() - first > self.give_up_s:
+                now = time.monotonic()
+                if now - first > self.give_up_s or now - self._begun > self.overall_s:
                     self.gave_up.append(event["id"])
                     return
                 await asyncio.sleep(min(0.2 * 2**attempt, 3.0) * (0.5 + random.random()))
@@ -370,7 +376,8 @@ def start_system(
     procs: Procs, *, ingests: int = 1, workers: int = 1, api: bool = True, **env: str
 ) -> dict[str, Any]:
     """`entitled migrate` and the demo catalogue, then ingest(s), worker(s) and the api as
-    real processes; waits until the HTTP ones are ready. Returns their Procs and URLs."""
+    real processes (each with `env` added); waits until the HTTP ones are ready. Returns
+    their Procs and URLs."""
     for args in (("migrate",), ("catalog", "load", str(DEMO_CATALOG))):
         p = procs.spawn(*args, name=args[0])
         assert p.popen is not None
@@ -378,13 +385,15 @@ def start_system(
     out: dict[str, Any] = {"ingest": [], "ingest_urls": [], "workers": []}
     for _ in range(ingests):
         port = free_port()
-        out["ingest"].append(procs.spawn("ingest", "--port", str(port), "--log-level", "warning"))
+        out["ingest"].append(
+            procs.spawn("ingest", "--port", str(port), "--log-level", "warning", **env)
+        )
         out["ingest_urls"].append(f"http://127.0.0.1:{port}")
     for _ in range(workers):
         out["workers"].append(procs.spawn("worker", **env))
     if api:
         port = free_port()
-        out["api"] = procs.spawn("api", "--port", str(port), "--log-level", "warning")
+        out["api"] = procs.spawn("api", "--port", str(port), "--log-level", "warning", **env)
         out["api_url"] = f"http://127.0.0.1:{port}"
     for url in [*out["ingest_urls"], *([out["api_url"]] if api else [])]:
         wait_until(lambda u=url: ready(u), 90, f"{url}/readyz", procs)

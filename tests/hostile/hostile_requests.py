@@ -73,7 +73,9 @@ def bad_signature(draw: st.DrawFn) -> Hostile:
             # only a scheme we do not accept
             st.builds(lambda: sign(body).replace("v1=", "v0=")),
             # a huge header made of many wrong signatures
-            st.builds(lambda n: ",".join([f"t={now}"] + [f"v1={'0' * 64}"] * n), st.integers(1, 400)),
+            st.builds(
+                lambda n: ",".join([f"t={now}"] + [f"v1={'0' * 64}"] * n), st.integers(1, 400)
+            ),
         )
     )
     headers = [("content-type", "application/json")]
@@ -119,15 +121,30 @@ def malformed_signed(draw: st.DrawFn) -> Hostile:
         digits = draw(st.integers(310, 5000))
         where = draw(st.sampled_from(["created", "amount", "id"]))
         number = ("9" * digits).encode() if draw(st.booleans()) else b"1e" + str(digits).encode()
-        body = valid.replace(b'"object":{', b'"object":{"' + where.encode() + b'":' + number + b",", 1)
+        body = valid.replace(
+            b'"object":{', b'"object":{"' + where.encode() + b'":' + number + b",", 1
+        )
         if where == "id":
             body = body.replace(b'"id":"evt_', b'"id":' + number + b',"x":"', 1)
     elif choice == 5:  # invalid UTF-8 somewhere in an otherwise valid body
-        bad = draw(st.sampled_from([b"\xff", b"\xc3\x28", b"\xed\xa0\x80", b"\xf8\x88\x80\x80\x80", b"\x80"]))
+        bad = draw(
+            st.sampled_from(
+                [b"\xff", b"\xc3\x28", b"\xed\xa0\x80", b"\xf8\x88\x80\x80\x80", b"\x80"]
+            )
+        )
         at = draw(st.integers(1, len(valid) - 2))
         body = valid[:at] + bad + valid[at:]
     elif choice == 6:  # not an object at the top
-        body = orjson.dumps(draw(st.one_of(st.none(), st.integers(), st.text(max_size=50), st.lists(st.integers(), max_size=5))))
+        body = orjson.dumps(
+            draw(
+                st.one_of(
+                    st.none(),
+                    st.integers(),
+                    st.text(max_size=50),
+                    st.lists(st.integers(), max_size=5),
+                )
+            )
+        )
     elif choice == 7:  # not JSON at all
         body = draw(st.sampled_from([b"", b" ", b"NaN", b"{'id': 'evt'}", b'{"a":NaN}', b"\x00"]))
         body += draw(st.binary(max_size=50)).replace(b"{", b"")
@@ -148,7 +165,11 @@ def oversized(draw: st.DrawFn) -> Hostile:
     body = b"{" + pad + b"}"
     chunked = draw(st.booleans())
     return Hostile(
-        "oversized", body, [("stripe-signature", sign(body))], expect=frozenset({413}), chunked=chunked
+        "oversized",
+        body,
+        [("stripe-signature", sign(body))],
+        expect=frozenset({413}),
+        chunked=chunked,
     )
 
 
@@ -159,7 +180,9 @@ def odd_headers(draw: st.DrawFn) -> Hostile:
     choice = draw(st.integers(0, 4))
     if choice == 0:  # Content-Length that is not a number
         value = draw(st.sampled_from(["abc", "-1", "1e3", " 12", "0x10", "+5", ""]))
-        return Hostile("content_length", body, [("stripe-signature", good), ("content-length", value)])
+        return Hostile(
+            "content_length", body, [("stripe-signature", good), ("content-length", value)]
+        )
     if choice == 1:  # the signature header twice, the first one wrong
         return Hostile(
             "duplicate_signature",
@@ -170,7 +193,9 @@ def odd_headers(draw: st.DrawFn) -> Hostile:
         ctype = draw(_header_text)
         return Hostile("content_type", body, [("content-type", ctype)])
     if choice == 3:  # latin-1 and control characters in the signature
-        return Hostile("latin1_signature", body, [("stripe-signature", draw(_header_text) + "\xe9")])
+        return Hostile(
+            "latin1_signature", body, [("stripe-signature", draw(_header_text) + "\xe9")]
+        )
     # a valid signature made for the body before one byte changed
     at = draw(st.integers(0, len(body) - 1))
     flipped = body[:at] + bytes([body[at] ^ draw(st.integers(1, 255))]) + body[at + 1 :]
