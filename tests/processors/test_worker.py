@@ -149,3 +149,47 @@ def test_poison_event_parks_its_customer_only(settings: Settings, procs: Procs) 
     skip.popen.wait(60)  # type: ignore[union-attr]
     assert skip.popen.returncode == 0, skip.tail()  # type: ignore[union-attr]
     assert entitlements(settings) == {"cus_p": ([], []), "cus_q": (["action"], [])}
+
+
+def test_a_gap_after_the_checkpoint_is_read_again_not_skipped(
+    settings: Settings, procs: Procs
+) -> None:
+    """The consumer's position running ahead of the Postgres checkpoint (as Faust has been
+    seen to do around a rebalance, faust-streaming/faust#216) makes the worker seek back."""
+    events = [
+        se.event(
+            "customer.subscription.created",
+            se.subscription(f"sub_g{i}", customer="cus_gap", items=[("price_1", "prod_act")]),
+            created=500 + i,
+        )
+        for i in range(5)
+    ]
+    placed = publish(settings, events)
+    partition = placed[0][0]
+    procs.spawn("worker")
+    wait_until(lambda: caught_up(settings), 60, "the worker to reach the log end", procs)
+    # Forget the last three events, as if they had been skipped: the checkpoint is behind
+    # the consumer's position and their dedup records are gone.
+    lost = [e["id"] for e in events[2:]]
+    query(
+        settings,
+        "WITH d AS (DELETE FROM live.processed_events WHERE event_id = ANY(%s) RETURNING 1)"
+        " UPDATE entitled_v1.checkpoints SET next_offset = next_offset - 3"
+        " WHERE partition = %s RETURNING (SELECT count(*) FROM d)",
+        lost,
+        partition,
+    )
+    later = se.event(
+        "customer.subscription.created",
+        se.subscription("sub_g9", customer="cus_gap", items=[("price_1", "prod_act")]),
+        created=600,
+    )
+    publish(settings, [later])
+    wait_until(lambda: caught_up(settings), 60, "the worker to read the gap again", procs)
+    got = query(
+        settings,
+        "SELECT count(*) FROM live.processed_events WHERE event_id = ANY(%s)",
+        [*lost, later["id"]],
+    )
+    assert got == [(4,)]
+    assert any("seeking back" in p.tail(400) for p in procs.all)
