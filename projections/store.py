@@ -169,7 +169,7 @@ class ProjectionStore:
         applied = [e for e in live if e.id not in seen]
         await self._mark_processed(conn, schema, folded, applied)
         if recompute:
-            result.customers = await self._recompute(conn, schema, folded)
+            result.customers = await self._recompute(conn, schema, folded, current)
         result.applied = len(applied) - folded.skipped_duplicates
         result.duplicates = folded.skipped_duplicates + sum(1 for e in live if e.id in seen)
         result.parked = len(parked)
@@ -484,13 +484,27 @@ class ProjectionStore:
 
     # -- entitlements ------------------------------------------------------------------
 
-    async def _recompute(self, conn: AsyncConnection[Any], schema: str, folded: FoldResult) -> int:
+    async def _recompute(
+        self,
+        conn: AsyncConnection[Any],
+        schema: str,
+        folded: FoldResult,
+        before: Mapping[tuple[str, str], Row],
+    ) -> int:
         """Recompute `customer_entitlements` of every customer the batch may have changed,
         from the mirrored rows (never patched by increments)."""
         customers = {c for c in folded.customers if c}
         # Customers reached through a changed product (its subscribers and buyers) or a
         # changed refund (which names a payment intent, rarely a customer).
-        links = set(folded.products) | set(folded.payment_intents)
+        # A product reaches its subscribers only when what it grants changed: a price or
+        # description edit must not recompute thousands of customers.
+        products = {
+            p
+            for p in folded.products
+            if self._grants(before.get(("products", p)))
+            != self._grants(folded.changed.get(("products", p)))
+        }
+        links = products | set(folded.payment_intents)
         if links:
             q = sql.SQL(" UNION ").join(
                 sql.SQL("SELECT customer FROM {} WHERE refs && %(links)s").format(
@@ -505,6 +519,14 @@ class ProjectionStore:
                 conn, schema, await self.derive_many(conn, schema, sorted(customers))
             )
         return len(customers)
+
+    def _grants(self, row: Row | None) -> tuple[object, ...] | None:
+        """What a product row contributes to entitlements (None: no such product)."""
+        if not isinstance(row, ProductRow):
+            return None
+        meta = dict(row.metadata)
+        key = (self.policy.group_key, self.policy.movie_key)
+        return (row.deleted, *(meta.get(k) for k in key))
 
     async def recompute_all(
         self, conn: AsyncConnection[Any], schema: str, *, chunk: int = 5000
