@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 
 from entitled import stripe_events as se
 from entitled.settings import Settings
@@ -62,6 +63,13 @@ def test_events_fold_into_entitlements_in_both_api_shapes(settings: Settings, pr
         "cus_e": ([], []),
     }
     wait_until(lambda: entitlements(settings) == want, 60, f"entitlements {want}", procs)
+    wait_until(lambda: caught_up(settings), 60, "the worker to reach the log end", procs)
+    status = procs.spawn("status", "--json", name="status")
+    assert status.popen is not None
+    assert status.popen.wait(60) == 0, status.tail()
+    info = json.loads(status.log.read_text())
+    assert info["active"] == "entitled_v1" and info["lag"] == 0 and info["dead_letters"] == 0
+    assert sum(p["end"] for p in info["partitions"]) == 8
 
 
 def test_duplicates_and_out_of_order_change_nothing(settings: Settings, procs: Procs) -> None:
@@ -144,6 +152,14 @@ def test_poison_event_parks_its_customer_only(settings: Settings, procs: Procs) 
     assert entitlements(settings) == {"cus_p": (["action"], []), "cus_q": (["action"], [])}
     letters = query(settings, "SELECT key, state, event_id FROM live.dead_letters ORDER BY id")
     assert letters == [("cus_p", "poison", poison["id"]), ("cus_p", "parked", later["id"])]
+    listing = procs.spawn("deadletters", "list", "--json", name="list")
+    assert listing.popen is not None and listing.popen.wait(60) == 0, listing.tail()
+    listed = json.loads(listing.log.read_text())
+    assert [(d["state"], d["event_type"]) for d in listed] == [
+        ("poison", "customer.subscription.updated"),
+        ("parked", "customer.subscription.deleted"),
+    ]
+    assert "AttributeError" in listed[0]["error"]
     # the operator gives up on the poison event: the parked deletion is applied
     skip = procs.spawn("deadletters", "skip", "cus_p", name="skip")
     skip.popen.wait(60)  # type: ignore[union-attr]
