@@ -6,6 +6,7 @@ import asyncio
 import importlib
 import json
 import logging
+import os
 import sys
 from dataclasses import replace
 from typing import Any
@@ -173,6 +174,13 @@ def status(as_json: bool) -> None:
 @click.option("--list", "list_versions", is_flag=True, help="List the versions.")
 @click.option("--drop", type=int, default=None, help="Drop a retired version.")
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@click.option(
+    "--jobs",
+    type=click.IntRange(1, 64),
+    default=lambda: min(2, os.cpu_count() or 1),
+    show_default="min(2, CPUs)",
+    help="Processes for the bulk pass (each owns some partitions).",
+)
 def replay(
     dry_run: bool,
     customer: str | None,
@@ -180,6 +188,7 @@ def replay(
     list_versions: bool,
     drop: int | None,
     yes: bool,
+    jobs: int,
 ) -> None:
     """Rebuild the projections from the log into a new version, then swap atomically."""
     from .replay import run_replay_command
@@ -194,4 +203,5 @@ def replay(
         list_versions=list_versions,
         drop=drop,
         yes=yes,
+        jobs=jobs,
     )

@@ -15,7 +15,9 @@ event is lost or applied twice across the swap.
 from __future__ import annotations
 
 import asyncio
+import importlib
 import logging
+import multiprocessing
 import sys
 import time
 from collections.abc import AsyncIterator
@@ -34,7 +36,7 @@ from projections import schema as db
 from projections.entitlements import Policy
 from projections.store import Message, ProjectionStore
 
-from .folding import Folder, make_pool
+from .folding import Folder, configure, make_pool
 from .status import end_offsets
 
 log = logging.getLogger(__name__)
@@ -196,57 +198,138 @@ async def differences(
     return out
 
 
+async def _fold_range(
+    settings: Settings,
+    schema: str,
+    start: dict[int, int],
+    stop: dict[int, int],
+    *,
+    recompute: bool,
+    bar: tqdm[Any] | None = None,
+) -> int:
+    """Fold the records between `start` and `stop` into `schema` with the worker's writer."""
+    assert settings.database_url and settings.kafka_bootstrap_servers
+    pool = make_pool(settings.database_url, max_size=2, name="replay")
+    store = ProjectionStore(settings.topic, Policy.from_settings(settings), schema=schema)
+    folder = Folder(settings, pool, store=store)
+    read = 0
+    try:
+        async for batch in read_log(settings.kafka_bootstrap_servers, settings.topic, start, stop):
+            result = await folder.apply_until_committed(batch, recompute=recompute)
+            if result.gaps:  # cannot happen with a plain reader; never skip if it does
+                raise RuntimeError(f"replay found a gap: {result.gaps}")
+            read += len(batch)
+            if bar is not None:
+                bar.update(len(batch))
+    finally:
+        await pool.close()
+    return read
+
+
+async def _positions(settings: Settings, schema: str) -> tuple[dict[int, int], dict[int, int]]:
+    """(checkpoints of `schema`, log end offsets) per partition."""
+    assert settings.database_url and settings.kafka_bootstrap_servers
+    stop = await end_offsets(settings.kafka_bootstrap_servers, settings.topic)
+    store = ProjectionStore(settings.topic, Policy.from_settings(settings), schema=schema)
+    async with await psycopg.AsyncConnection.connect(settings.database_url) as conn:
+        _, start = await store.checkpoints(conn)
+    return {p: start.get(p, 0) for p in stop}, stop
+
+
+def _bulk_child(settings: Settings, schema: str, partitions: list[int]) -> None:
+    """One replay job: the bulk pass over some partitions (in a child process)."""
+    for module in settings.rule_plugins:
+        importlib.import_module(module)
+
+    async def run() -> None:
+        start, stop = await _positions(settings, schema)
+        mine = set(partitions)
+        await _fold_range(
+            settings,
+            schema,
+            {p: o for p, o in start.items() if p in mine},
+            {p: o for p, o in stop.items() if p in mine},
+            recompute=False,
+        )
+
+    asyncio.run(run())
+
+
+async def _bulk(settings: Settings, schema: str, jobs: int, bar: tqdm[Any]) -> None:
+    """The bulk pass: fold everything up to the current log end without recomputing
+    entitlements; with `jobs` > 1, in as many processes, each owning some partitions (they
+    write disjoint rows: every object's events are in one partition)."""
+    start, stop = await _positions(settings, schema)
+    bar.total = sum(max(0, e - start.get(p, 0)) for p, e in stop.items())
+    partitions = sorted(stop)
+    if jobs <= 1 or len(partitions) < 2:
+        await _fold_range(settings, schema, start, stop, recompute=False, bar=bar)
+        return
+    ctx = multiprocessing.get_context("spawn")
+    children = [
+        ctx.Process(target=_bulk_child, args=(settings, schema, partitions[j::jobs]))
+        for j in range(min(jobs, len(partitions)))
+    ]
+    for child in children:
+        child.start()
+    try:
+        done = 0
+        while any(c.is_alive() for c in children):
+            await asyncio.sleep(0.5)
+            now, _ = await _positions(settings, schema)
+            progress = sum(now[p] - start.get(p, 0) for p in now)
+            bar.update(progress - done)
+            done = progress
+    finally:
+        for child in children:
+            if child.is_alive():
+                child.terminate()
+            child.join()
+    failed = [c.exitcode for c in children if c.exitcode != 0]
+    if failed:
+        raise RuntimeError(f"a replay job failed (exit codes {failed}); run replay again to resume")
+
+
 async def build(
     settings: Settings,
     schema: str,
     *,
     progress: bool = True,
     catch_up_within: int = 100,
-) -> int:
-    """Fold the whole log into `schema` (resuming from its checkpoints) until it is within
-    `catch_up_within` events of the live end. Returns the number of events read.
+    jobs: int = 1,
+    bulk: bool = True,
+) -> None:
+    """Fold the log into `schema`, resuming from its checkpoints, until it is within
+    `catch_up_within` events of the live end.
 
-    The first pass is the bulk load: entitlements are not recomputed batch by batch but
-    once for every customer at the end of it, after the secondary indexes are built. Later
-    passes (catching up with what arrived meanwhile) recompute per batch, as the worker does.
+    The bulk pass (`bulk=True`) does not recompute entitlements batch by batch but once for
+    every customer at its end, after the secondary indexes are built. Later passes (catching
+    up with what arrived meanwhile) recompute per batch, as the worker does.
     """
-    assert settings.database_url and settings.kafka_bootstrap_servers
-    pool = make_pool(settings.database_url, max_size=2, name="replay")
-    store = ProjectionStore(settings.topic, Policy.from_settings(settings), schema=schema)
-    folder = Folder(settings, pool, store=store)
-    read = 0
     bar = tqdm(desc="replay", unit="ev", disable=not progress, smoothing=0.1)
     try:
-        bulk = True
+        if bulk:
+            await _bulk(settings, schema, jobs, bar)
+            await _finish_bulk(settings, schema)
         while True:
-            start = await folder.resume_points(list(range(settings.partitions)))
-            stop = await end_offsets(settings.kafka_bootstrap_servers, settings.topic)
+            start, stop = await _positions(settings, schema)
             lag = sum(max(0, e - start.get(p, 0)) for p, e in stop.items())
-            bar.total = (bar.n or 0) + lag
-            bar.refresh()
-            if lag == 0 or (read and lag <= catch_up_within):
+            if lag <= catch_up_within:
                 break
-            async for batch in read_log(
-                settings.kafka_bootstrap_servers, settings.topic, start, stop
-            ):
-                result = await folder.apply_until_committed(batch, recompute=not bulk)
-                if result.gaps:  # cannot happen with a plain reader; never skip if it does
-                    raise RuntimeError(f"replay found a gap: {result.gaps}")
-                read += len(batch)
-                bar.update(len(batch))
-            if bulk:
-                await _finish_bulk(pool, store, schema)
-                bulk = False
-        if bulk:  # an empty log
-            await _finish_bulk(pool, store, schema)
+            bar.total = (bar.total or 0) + lag
+            await _fold_range(settings, schema, start, stop, recompute=True, bar=bar)
     finally:
         bar.close()
-        await pool.close()
-    return read
 
 
-async def _finish_bulk(pool: Any, store: ProjectionStore, schema: str) -> None:
-    async with pool.connection() as conn:
+async def _finish_bulk(settings: Settings, schema: str) -> None:
+    """Build the secondary indexes, then recompute every customer's entitlements once."""
+    assert settings.database_url
+    store = ProjectionStore(settings.topic, Policy.from_settings(settings), schema=schema)
+    async with await psycopg.AsyncConnection.connect(
+        settings.database_url, autocommit=True
+    ) as conn:
+        await configure(conn)
         cur = await conn.execute(
             "SELECT count(*) FROM pg_indexes WHERE schemaname = %s AND indexdef LIKE '%%gin%%'",
             (schema,),
@@ -257,20 +340,40 @@ async def _finish_bulk(pool: Any, store: ProjectionStore, schema: str) -> None:
         await store.recompute_all(conn, schema)
 
 
+async def _resumable(conn: psycopg.AsyncConnection[Any]) -> tuple[int, str] | None:
+    """The newest version whose build was interrupted, to continue rather than restart."""
+    cur = await conn.execute(
+        "SELECT version, schema_name FROM entitled.versions WHERE state = 'building'"
+        " ORDER BY version DESC LIMIT 1"
+    )
+    row = await cur.fetchone()
+    return None if row is None else (int(row[0]), str(row[1]))
+
+
 async def replay(
-    settings: Settings, *, dry_run: bool = False, progress: bool = True
+    settings: Settings, *, dry_run: bool = False, progress: bool = True, jobs: int = 1
 ) -> ReplayReport:
+    """Build a new version from the log (or continue an interrupted build), then swap to
+    it, or, with `dry_run`, report how it differs from the live version."""
     assert settings.database_url
     async with await psycopg.AsyncConnection.connect(
         settings.database_url, autocommit=True
     ) as conn:
         await db.migrate(conn)
         live = await db.active_schema(conn)
-        version, schema = await create_version(conn, "dry run" if dry_run else "replay")
+        resumed = await _resumable(conn)
+        if resumed is not None:
+            version, schema = resumed
+            log.info("continuing the interrupted build of v%s", version)
+        else:
+            version, schema = await create_version(conn, "dry run" if dry_run else "replay")
     report = ReplayReport(version, schema)
+    before, _ = await _positions(settings, schema)
     t0 = time.perf_counter()
-    report.events = await build(settings, schema, progress=progress)
+    await build(settings, schema, progress=progress, jobs=jobs)
     report.seconds = time.perf_counter() - t0
+    after, _ = await _positions(settings, schema)
+    report.events = sum(after.values()) - sum(before.values())
     async with await psycopg.AsyncConnection.connect(
         settings.database_url, autocommit=True
     ) as conn:
@@ -279,7 +382,7 @@ async def replay(
         )
         if dry_run:
             # Compare at one log position: finish the build right to the end first.
-            await build(settings, schema, progress=False, catch_up_within=0)
+            await build(settings, schema, progress=False, catch_up_within=0, bulk=False)
             report.differences = await differences(conn, live, schema)
         else:
             await swap(conn, version)
@@ -406,6 +509,7 @@ def run_replay_command(
     list_versions: bool,
     drop: int | None,
     yes: bool,
+    jobs: int = 1,
 ) -> None:
     if list_versions:
 
@@ -438,7 +542,7 @@ def run_replay_command(
         return
     if not dry_run:
         _confirm("Rebuild every projection from the log and swap when done?", yes)
-    report = asyncio.run(replay(settings, dry_run=dry_run, progress=True))
+    report = asyncio.run(replay(settings, dry_run=dry_run, progress=True, jobs=jobs))
     click.echo(
         f"v{report.version}: {report.events} events in {report.seconds:.1f}s"
         f" ({report.rate:,.0f} events/s)"
