@@ -309,8 +309,16 @@ async def build(
     bar = tqdm(desc="replay", unit="ev", disable=not progress, smoothing=0.1)
     try:
         if bulk:
+            t0 = time.perf_counter()
             await _bulk(settings, schema, jobs, bar)
+            t1 = time.perf_counter()
             await _finish_bulk(settings, schema)
+            log.info(
+                "bulk pass %.1fs (%d jobs), indexes and entitlements %.1fs",
+                t1 - t0,
+                jobs,
+                time.perf_counter() - t1,
+            )
         while True:
             start, stop = await _positions(settings, schema)
             lag = sum(max(0, e - start.get(p, 0)) for p, e in stop.items())

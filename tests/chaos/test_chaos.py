@@ -7,7 +7,7 @@ environment, so that the same test is the long version (`bench/chaos_long.py`):
 
     CHAOS_EVENTS (10000)  CHAOS_RATE (events/s, 150)  CHAOS_SEED (7)
     CHAOS_WORKER_KILLS (5)  CHAOS_KAFKA_RESTARTS (2)  CHAOS_POSTGRES_RESTARTS (2)
-    CHAOS_RESULTS (a path: write the figures there as JSON)
+    CHAOS_RESULTS (a path: write the figures there as JSON)  CHAOS_TIMEOUT (s, 900)
 
 This stops and restarts the SESSION Kafka and Postgres that every test shares; each is
 restored in `finally` and waited for before the test returns.
@@ -101,7 +101,7 @@ def _search_ok(api_url: str) -> bool:
     return r.status_code == 200
 
 
-@pytest.mark.timeout(1800)
+@pytest.mark.timeout(int(os.environ.get("CHAOS_TIMEOUT") or 900))
 def test_chaos(settings: Settings, services_settings: Settings, procs: Procs) -> None:
     n_events = int(_env("CHAOS_EVENTS", 10_000))
     rate = _env("CHAOS_RATE", 150)
