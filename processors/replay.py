@@ -449,7 +449,10 @@ async def rebuild_customer(settings: Settings, customer: str) -> dict[str, Any]:
     fold their events again: atomically, touching no other customer.
     """
     assert settings.database_url and settings.kafka_bootstrap_servers
-    partition = partition_of(customer, settings.partitions)
+    # The topic's real partition count, which the producer's partitioner used.
+    partition = partition_of(
+        customer, len(await end_offsets(settings.kafka_bootstrap_servers, settings.topic))
+    )
     store = ProjectionStore(settings.topic, Policy.from_settings(settings))
     conn = await psycopg.AsyncConnection.connect(settings.database_url)
     async with conn, conn.transaction():
