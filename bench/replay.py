@@ -47,6 +47,7 @@ from bench import _common as common  # noqa: E402
 from entitled.settings import Settings  # noqa: E402
 
 GOALS = {"events_per_s": 20_000, "peak_rss_mb": 500}
+JOBS = 2  # `--jobs`: processes of the replay's bulk pass
 
 
 # -- Postgres CPU ------------------------------------------------------------------------
@@ -175,7 +176,7 @@ def replay_child(settings: Settings, log_dir: Path, timeout: float) -> dict[str,
     pg_cpu = _cpu_with_children(pg)
     log = log_dir / "replay.log"
     started = time.perf_counter()
-    proc = common.spawn(settings, "replay", "--yes", log=log)
+    proc = common.spawn(settings, "replay", "--yes", "--jobs", str(JOBS), log=log)
     deadline = time.monotonic() + timeout
     timed_out = False
     while True:
@@ -358,13 +359,16 @@ def profile_replay(settings: Settings, events: int, out_dir: Path) -> dict[str, 
 
 
 def main() -> None:
+    global JOBS
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--events", type=int, default=1_000_000)
     parser.add_argument("--profile", action="store_true", help="also profile in-process")
+    parser.add_argument("--jobs", type=int, default=2, help="replay --jobs")
     parser.add_argument(
         "--replay-timeout", type=float, default=3600.0, help="stop the replay after this long"
     )
     args = parser.parse_args()
+    JOBS = args.jobs
 
     report: dict[str, Any] = {"args": vars(args), "goals": GOALS}
     load: dict[str, Any] = {"start": common.machine()}

@@ -90,8 +90,14 @@ class ProjectionStore:
         """Apply `messages` (in log order per partition) in one serializable transaction.
 
         Raises psycopg errors unchanged: the caller retries transient ones with backoff.
+
+        Without `recompute` (replay's bulk pass) a batch reads and writes only rows of
+        objects whose events live in its own partitions, so READ COMMITTED is enough, and
+        parallel replay jobs do not abort each other on index-page predicate locks.
         """
-        await conn.set_isolation_level(IsolationLevel.SERIALIZABLE)
+        await conn.set_isolation_level(
+            IsolationLevel.SERIALIZABLE if recompute else IsolationLevel.READ_COMMITTED
+        )
         async with conn.transaction():
             schema = self.schema or await db.active_schema(conn, lock=True)
             return await self._apply(conn, schema, messages, recompute)
