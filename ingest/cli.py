@@ -59,4 +59,7 @@ def ingest(host: str, port: int, log_level: str) -> None:
     except ServicesError as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(f"ingest: topic {settings.topic} on {settings.kafka_bootstrap_servers}")
+    from entitled import logs
+
+    logs.configure(log_level)
     uvicorn.run(create_app(settings), host=host, port=port, log_level=log_level)

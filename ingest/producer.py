@@ -6,6 +6,13 @@ accumulator and be delivered later (cancelling the delivery future does not with
 record). That is harmless, since Stripe retries after our 503 and the fold deduplicates by
 event id, but it must not go unnoticed: each such late outcome is logged and counted in
 `late_acks` / `late_failures` (exported by `ingest.metrics`).
+
+A failed write can leave aiokafka's idempotent producer with sequence numbers the broker no
+longer accepts (after a broker restart under load every later write to those partitions
+fails with OutOfOrderSequenceNumber). So after any write that Kafka refused or that failed
+late, the producer is replaced by a fresh one (a new producer id starts its sequences anew)
+before the next write; until that succeeds `ready()` is false. Duplicates this may cause are
+removed by the fold, which deduplicates by event id.
 """
 
 from __future__ import annotations
@@ -38,9 +45,16 @@ class EventProducer:
         self.late_acks = 0
         self.late_failures = 0
         self._producer: AIOKafkaProducer | None = None
+        self._needs_reset = False
+        self._reset_lock = asyncio.Lock()
+        self._retired: set[asyncio.Task[None]] = set()
+        self.resets = 0
 
     async def start(self) -> None:
         """Connect to the cluster and fetch metadata for the topic."""
+        self._producer = await self._new_producer()
+
+    async def _new_producer(self) -> AIOKafkaProducer:
         # Built here, not in __init__: aiokafka binds to the running loop, and the app (with
         # its producer) is usually created before uvicorn starts the loop.
         producer = AIOKafkaProducer(
@@ -61,13 +75,35 @@ class EventProducer:
         except KafkaError as exc:
             await producer.stop()
             raise LogUnavailable(f"cannot connect to Kafka: {type(exc).__name__}") from exc
-        self._producer = producer
+        return producer
+
+    async def _reset_if_needed(self) -> None:
+        if not self._needs_reset:
+            return
+        async with self._reset_lock:
+            if not self._needs_reset:
+                return
+            try:
+                async with asyncio.timeout(self.timeout_s):
+                    fresh = await self._new_producer()
+            except TimeoutError as exc:
+                raise LogUnavailable("Kafka did not answer in time") from exc
+            old, self._producer = self._producer, fresh
+            self._needs_reset = False
+            self.resets += 1
+            log.warning("replaced the Kafka producer after a failed write")
+            if old is not None:
+                # Its pending sends fail or land (and are counted) in the background.
+                task = asyncio.create_task(old.stop())
+                self._retired.add(task)
+                task.add_done_callback(self._retired.discard)
 
     async def stop(self) -> None:
         """Flush what is pending (bounded by the producer's own timeouts) and disconnect."""
         producer, self._producer = self._producer, None
         if producer is not None:
             await producer.stop()
+        await asyncio.gather(*self._retired, return_exceptions=True)
 
     def _running(self) -> AIOKafkaProducer:
         if self._producer is None:
@@ -82,6 +118,7 @@ class EventProducer:
         Raises `LogUnavailable` when Kafka did not acknowledge within the timeout.
         """
         delivery: asyncio.Future[RecordMetadata] | None = None
+        await self._reset_if_needed()
         try:
             async with asyncio.timeout(self.timeout_s):
                 # Cancelling `send` itself (metadata wait, full buffer) queues nothing.
@@ -95,6 +132,7 @@ class EventProducer:
                 delivery.add_done_callback(self._late_outcome)
             raise LogUnavailable(_reason(exc)) from exc
         except KafkaError as exc:
+            self._needs_reset = True
             raise LogUnavailable(_reason(exc)) from exc
         return metadata.partition, metadata.offset
 
@@ -102,6 +140,11 @@ class EventProducer:
         """True when a broker answered a metadata request and knows the topic."""
         if self._producer is None:
             return False
+        if self._needs_reset:
+            try:
+                await self._reset_if_needed()
+            except LogUnavailable:
+                return False
         client = self._producer.client
         try:
             async with asyncio.timeout(min(self.timeout_s, 2.0)):
@@ -119,6 +162,7 @@ class EventProducer:
             log.warning("a write answered 503 was acknowledged later: %s", delivery.result())
         else:
             self.late_failures += 1
+            self._needs_reset = True
             log.warning("a write answered 503 finally failed: %s", _reason(exc))
 
 

@@ -85,6 +85,9 @@ def create_app(settings: Settings, bootstrap: str) -> faust.App:
     @app.timer(interval=1.0)  # type: ignore[untyped-decorator]
     async def follow_active_version(*_: Any) -> None:  # Faust passes the app
         try:
+            # A seek overtaken by Faust's own recovery (which seeks to Kafka's committed
+            # offsets) could leave a partition waiting for an offset that never comes.
+            await folder.reseek_stale(seek)
             if not await folder.version_changed():
                 return
             mine = sorted(

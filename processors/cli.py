@@ -8,11 +8,13 @@ import json
 import logging
 import os
 import sys
+import time
 from dataclasses import replace
 from typing import Any
 
 import click
 import psycopg
+from aiokafka.errors import KafkaError
 
 from entitled.services import endpoints, ensure_topic
 from entitled.services.errors import ServicesError
@@ -35,8 +37,25 @@ def resolved_settings() -> Settings:
     return replace(settings, kafka_bootstrap_servers=ep.bootstrap, database_url=ep.database_url)
 
 
-async def prepare(settings: Settings) -> str:
-    """Create the topic and migrate the schema (both idempotent); return the active schema."""
+async def prepare(settings: Settings, *, patience_s: float = 120.0) -> str:
+    """Create the topic and migrate the schema (both idempotent); return the active schema.
+
+    Kafka or Postgres may be restarting while a worker starts: retry with backoff for a
+    while instead of dying at once.
+    """
+    delay, deadline = 0.2, time.monotonic() + patience_s
+    while True:
+        try:
+            return await _prepare_once(settings)
+        except (psycopg.OperationalError, KafkaError, OSError) as exc:
+            if time.monotonic() > deadline:
+                raise click.ClickException(f"Kafka or Postgres unavailable: {exc}") from exc
+            logging.getLogger(__name__).warning("waiting for Kafka/Postgres: %s", exc)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+
+async def _prepare_once(settings: Settings) -> str:
     assert settings.kafka_bootstrap_servers and settings.database_url
     await ensure_topic(
         settings.kafka_bootstrap_servers,

@@ -54,6 +54,10 @@ def make_pool(
         configure=configure,
         kwargs={"autocommit": True},
         reconnect_timeout=0,  # keep trying for ever: Postgres may be down for a while
+        # Give up a checkout after a few seconds: the caller's retry loop backs off and tries
+        # again, instead of one request waiting 30 s while Postgres is already back.
+        timeout=5.0,
+        max_idle=60.0,
     )
 
 
@@ -106,7 +110,7 @@ class Folder:
         try:
             batch = self._after_seeks(messages)
             if not batch:
-                await self._reseek_stale(seek)
+                await self.reseek_stale(seek)
                 return None
             result = await self.apply_until_committed(batch)
             self._count(result)
@@ -137,12 +141,12 @@ class Folder:
             batch.append(m)
         return batch
 
-    async def _reseek_stale(self, seek: SeekFn) -> None:
+    async def reseek_stale(self, seek: SeekFn) -> None:
         # A seek that was overtaken by a rebalance can leave us waiting for an offset that
         # never comes: ask again after a while.
         now = time.monotonic()
         for partition, (offset, since) in list(self.awaiting.items()):
-            if now - since > 10:
+            if now - since > 5:
                 self.awaiting[partition] = (offset, now)
                 await _quietly(seek(partition, offset))
 

@@ -67,6 +67,9 @@ def api(host: str, port: int, log_level: str) -> None:
 
     settings = database_settings(Settings.from_env())
     click.echo(f"api: http://{host}:{port}/ (token {'required' if settings.api_token else 'off'})")
+    from entitled import logs
+
+    logs.configure(log_level)
     uvicorn.run(create_app(settings), host=host, port=port, log_level=log_level)
 
 

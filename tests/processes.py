@@ -24,6 +24,8 @@ def environment(settings: Settings, **extra: str) -> dict[str, str]:
         KAFKA_BOOTSTRAP_SERVERS=settings.kafka_bootstrap_servers or "",
         DATABASE_URL=settings.database_url or "",
         ENTITLED_TOPIC=settings.topic,
+        # one consumer group per test: a dying worker of one test never stalls another's
+        ENTITLED_CONSUMER_GROUP=f"entitled-worker-{settings.topic}",
         ENTITLED_PARTITIONS=str(settings.partitions),
         ENTITLED_HOME=str(settings.home),
         STRIPE_WEBHOOK_SECRET=",".join(settings.webhook_secrets),

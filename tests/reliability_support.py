@@ -69,10 +69,11 @@ class Poster:
         self.give_up_s = give_up_s
         # After this long from the start, failures are no longer retried: a broken ingest
         # must fail the test, not hang it.
-        self.overall_s = overall_s if overall_s is not None else len(events) / rate + 240.0
+        self.overall_s = overall_s if overall_s is not None else len(events) / rate + 120.0
         self._begun = 0.0
         self.acked: dict[str, float] = {}  # event id -> monotonic time of its 200
         self.acked_by_url: Counter[str] = Counter()
+        self.last_ack = 0.0  # monotonic time of the latest 200
         self.statuses: Counter[str] = Counter()
         self.rejected: list[tuple[str, int, str]] = []  # (event id, status, body): 4xx
         self.gave_up: list[str] = []
@@ -129,7 +130,7 @@ class Poster:
                 self.statuses[status] += 1
                 if status == "200":
                     self.latencies.append(time.monotonic() - started)
-                    self.acked[event["id"]] = time.monotonic()
+                    self.acked[event["id"]] = self.last_ack = time.monotonic()
                     self.acked_by_url[url] += 1
                     return
                 if status.startswith("4"):
@@ -382,7 +383,10 @@ def start_system(
         p = procs.spawn(*args, name=args[0])
         assert p.popen is not None
         assert p.popen.wait(120) == 0, p.tail()
-    out: dict[str, Any] = {"ingest": [], "ingest_urls": [], "workers": []}
+    # One consumer group per test topic, as in production (one group per topic): members
+    # SIGKILLed by an earlier test must not cause rebalances in this one.
+    env = {"ENTITLED_CONSUMER_GROUP": f"entitled-worker-{procs.settings.topic}", **env}
+    out: dict[str, Any] = {"ingest": [], "ingest_urls": [], "workers": [], "env": env}
     for _ in range(ingests):
         port = free_port()
         out["ingest"].append(

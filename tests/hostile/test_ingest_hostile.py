@@ -34,8 +34,8 @@ from tests.processes import Procs
 from tests.reliability_support import start_system
 
 T = TypeVar("T")
-PER_EXAMPLE = 5
-EXAMPLES = 2100  # x PER_EXAMPLE: over 10,000 requests
+PER_EXAMPLE = 10
+EXAMPLES = 1050  # x PER_EXAMPLE: over 10,000 requests
 
 
 class LoopThread:
@@ -210,7 +210,7 @@ def test_hostile_sample_over_real_http(settings: Settings, procs: Procs, tmp_pat
     with httpx.Client(base_url=url, timeout=30) as client:
 
         @hsettings(
-            max_examples=60,
+            max_examples=30,
             deadline=None,
             database=None,
             derandomize=True,

@@ -1,0 +1,120 @@
+"""No secret in logs or error bodies of real processes: the webhook secret (ingest at
+debug level, fed wrong signatures), the API token (api at debug level, fed wrong tokens)
+and the Stripe API key (backfill against a Stripe that refuses it, and one that is down).
+"""
+
+from __future__ import annotations
+
+import http.server
+import threading
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from entitled import stripe_events as se
+from entitled.settings import Settings
+from tests.helpers import free_port
+from tests.processes import Procs, wait_until
+from tests.reliability_support import ready
+
+WEBHOOK_SECRET = "whsec_test_secret"
+API_TOKEN = "tok_never_show_me_4c1d"
+API_KEY = "sk_test_never_show_me_77aa"
+
+
+@pytest.fixture
+def stripe_that_refuses() -> Iterator[str]:
+    """A fake Stripe API answering 401 to everything, as Stripe does for a bad key."""
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = b'{"error": {"type": "invalid_request_error", "message": "Invalid API Key"}}'
+            self.send_response(401)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def test_no_secret_in_logs_or_bodies_of_real_processes(
+    settings: Settings, procs: Procs, stripe_that_refuses: str
+) -> None:
+    migrate = procs.spawn("migrate")
+    assert migrate.popen is not None and migrate.popen.wait(120) == 0, migrate.tail()
+    ingest_port, api_port = free_port(), free_port()
+    ingest = procs.spawn("ingest", "--port", str(ingest_port), "--log-level", "debug")
+    api = procs.spawn(
+        "api", "--port", str(api_port), "--log-level", "debug", ENTITLED_API_TOKEN=API_TOKEN
+    )
+    ingest_url, api_url = f"http://127.0.0.1:{ingest_port}", f"http://127.0.0.1:{api_port}"
+    for url in (ingest_url, api_url):
+        wait_until(lambda u=url: ready(u), 90, f"{url} ready", procs)
+
+    bodies: list[str] = []
+    body = se.encode(se.event("customer.created", se.customer("cus_secret")))
+    with httpx.Client(timeout=30) as client:
+        for header in (
+            se.sign_header(body, "whsec_wrong"),
+            se.sign_header(body, WEBHOOK_SECRET, timestamp=1),  # right secret, too old
+            f"t=1,v1={WEBHOOK_SECRET}",  # the secret itself as a signature
+            WEBHOOK_SECRET,
+        ):
+            r = client.post(
+                f"{ingest_url}/webhooks/stripe", content=body, headers={"Stripe-Signature": header}
+            )
+            assert r.status_code == 400
+            bodies.append(r.text)
+        for auth in ("", "Bearer wrong", f"Bearer {API_TOKEN}x", f"Basic {API_TOKEN}"):
+            r = client.get(
+                f"{api_url}/v1/search",
+                params={"customer": "cus_secret", "q": "x"},
+                headers={"Authorization": auth},
+            )
+            assert r.status_code == 401
+            bodies.append(r.text)
+        ok = client.get(
+            f"{api_url}/v1/search",
+            params={"customer": "cus_secret", "q": "x"},
+            headers={"Authorization": f"Bearer {API_TOKEN}"},
+        )
+        assert ok.status_code == 200  # the token works: the 401s above were about the token
+
+    outputs = []
+    for base in (stripe_that_refuses, f"http://127.0.0.1:{free_port()}"):  # refuses; down
+        backfill = procs.spawn(
+            "backfill",
+            "--lists",
+            "customers",
+            name="backfill",
+            STRIPE_API_KEY=API_KEY,
+            STRIPE_API_BASE=base,
+        )
+        assert backfill.popen is not None
+        assert backfill.popen.wait(120) != 0, backfill.tail()  # it failed, and said why
+        outputs.append(backfill.log.read_text(errors="replace"))
+
+    ingest.stop()
+    api.stop()
+    logs = {
+        "ingest": ingest.log.read_text(errors="replace"),
+        "api": api.log.read_text(errors="replace"),
+    }
+    for secret in (WEBHOOK_SECRET, API_TOKEN, API_KEY):
+        assert not [b for b in bodies if secret in b], secret
+        assert not [name for name, text in logs.items() if secret in text], secret
+        assert not [o for o in outputs if secret in o], (secret, outputs)
+    assert "400 Bad Request" in logs["ingest"]  # the log did see the failures
+    assert "401 Unauthorized" in logs["api"]
+    # a key's last four characters are what Stripe itself shows; nothing longer
+    assert not [o for o in outputs if API_KEY[:-4] in o]
