@@ -388,13 +388,7 @@ class ProjectionStore:
     ) -> None:
         """Upsert rows through COPY into a temporary table: one round trip per table,
         whatever the batch size."""
-        tmp = sql.Identifier(f"_in_{table}")
-        await conn.execute(
-            sql.SQL(
-                "CREATE TEMP TABLE IF NOT EXISTS {} (LIKE {} INCLUDING DEFAULTS)"
-                " ON COMMIT DELETE ROWS"
-            ).format(tmp, db.qualified(schema, table))
-        )
+        tmp = await _staging(conn, schema, table)
         cols = "id, customer, refs, record, v_created, v_rank, v_partition, v_offset, event_id"
         async with conn.cursor() as cur:
             async with cur.copy(sql.SQL("COPY {} (" + cols + ") FROM STDIN").format(tmp)) as cp:
@@ -562,14 +556,8 @@ class ProjectionStore:
         derived: Mapping[str, tuple[Entitlement, Row | None]],
     ) -> None:
         """Upsert through COPY into a temporary table: one round trip whatever the count."""
-        tmp = sql.Identifier("_in_customer_entitlements")
+        tmp = await _staging(conn, schema, "customer_entitlements")
         cols = "customer, groups, movie_ids, as_of_event, as_of_created"
-        await conn.execute(
-            sql.SQL(
-                "CREATE TEMP TABLE IF NOT EXISTS {} (LIKE {} INCLUDING DEFAULTS)"
-                " ON COMMIT DELETE ROWS"
-            ).format(tmp, db.qualified(schema, "customer_entitlements"))
-        )
         async with conn.cursor() as cur:
             async with cur.copy(sql.SQL("COPY {} (" + cols + ") FROM STDIN").format(tmp)) as cp:
                 for customer, (ent, newest) in derived.items():
@@ -662,6 +650,18 @@ def _message_of(event: StripeEvent, messages: Iterable[Message]) -> Message:
         if m.partition == event.partition and m.offset == event.offset:
             return m
     raise LookupError(f"event {event.id} is not in the batch")  # a bug, not bad input
+
+
+async def _staging(conn: AsyncConnection[Any], schema: str, table: str) -> sql.Identifier:
+    """A temporary table shaped like `schema.table`, emptied at commit: rows are COPYed into
+    it, then merged into the real table with one INSERT ... ON CONFLICT."""
+    tmp = sql.Identifier(f"_in_{table}")
+    await conn.execute(
+        sql.SQL(
+            "CREATE TEMP TABLE IF NOT EXISTS {} (LIKE {} INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
+        ).format(tmp, db.qualified(schema, table))
+    )
+    return tmp
 
 
 def _park(parked_from: dict[str, int], key: str | None, offset: int) -> None:

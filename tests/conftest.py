@@ -34,6 +34,7 @@ from entitled import services as svc
 from entitled.services import Endpoints, ServicesError
 from entitled.services._process import run_async
 from entitled.settings import Settings
+from tests.processes import Procs
 
 WEBHOOK_SECRET = "whsec_test_secret"
 
@@ -118,3 +119,25 @@ def settings(
         home=services_settings.home,
         cache=services_settings.cache,
     )
+
+
+@pytest.fixture
+def procs(settings: Settings, tmp_path: Path) -> Iterator[Procs]:
+    """Real `entitled` processes for one test, all stopped at its end."""
+    p = Procs(settings, tmp_path)
+    yield p
+    p.stop_all()
+    # pytest shows a test's captured teardown output only when it failed: exactly then.
+    print(p.report())
+
+
+_HEAVY = ("chaos", "scale")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark the tests under tests/chaos and tests/scale `heavy` (deselect: -m "not heavy")."""
+    here = Path(__file__).parent
+    for item in items:
+        parts = Path(str(item.fspath)).relative_to(here).parts
+        if parts and parts[0] in _HEAVY:
+            item.add_marker(pytest.mark.heavy)

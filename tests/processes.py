@@ -7,12 +7,12 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 from entitled.settings import Settings
+from tests.helpers import wait_for
 
 ENTITLED = [sys.executable, "-m", "entitled.cli"]
 
@@ -110,12 +110,10 @@ class Procs:
 
 
 def wait_until(predicate: Any, timeout: float, what: str, procs: Procs | None = None) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            extra = "\n" + procs.report() if procs else ""
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}{extra}")
-        time.sleep(0.1)
+    """`tests.helpers.wait_for`, with the processes' log tails when it times out."""
+    try:
+        return wait_for(predicate, timeout, what, interval=0.1)
+    except AssertionError as exc:
+        if procs is None:
+            raise
+        raise AssertionError(f"{exc}\n{procs.report()}") from None

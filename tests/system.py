@@ -10,7 +10,6 @@ are printed to stderr, which pytest shows when the test failed.
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -26,6 +25,7 @@ import pytest
 from entitled import stripe_events as se
 from entitled.services._process import free_port
 from entitled.settings import Settings
+from tests import processes
 
 ENTITLED = str(Path(sys.executable).with_name("entitled"))
 START_TIMEOUT_S = 90.0
@@ -53,7 +53,7 @@ class System:
         """Run `entitled ARGS...` with the system's environment."""
         return subprocess.run(
             [ENTITLED, *args],
-            env=environment(self.settings),
+            env=processes.environment(self.settings),
             capture_output=True,
             text=True,
             timeout=120,
@@ -65,24 +65,6 @@ class System:
             text = path.read_text(errors="replace") if path.exists() else "(no log)"
             out.append(f"----- {name} ({path}) -----\n" + "\n".join(text.splitlines()[-lines:]))
         return "\n".join(out)
-
-
-def environment(settings: Settings) -> dict[str, str]:
-    """The process environment of the public interface for `settings`."""
-    env = {k: v for k, v in os.environ.items() if k != "ENTITLED_API_TOKEN"}
-    assert settings.kafka_bootstrap_servers and settings.database_url
-    env.update(
-        KAFKA_BOOTSTRAP_SERVERS=settings.kafka_bootstrap_servers,
-        DATABASE_URL=settings.database_url,
-        ENTITLED_TOPIC=settings.topic,
-        # one consumer group per test: a dying worker of one test never stalls another's
-        ENTITLED_CONSUMER_GROUP=f"entitled-worker-{settings.topic}",
-        ENTITLED_PARTITIONS=str(settings.partitions),
-        STRIPE_WEBHOOK_SECRET=",".join(settings.webhook_secrets),
-        ENTITLED_HOME=str(settings.home),
-        PYTHONUNBUFFERED="1",
-    )
-    return env
 
 
 def _ready(url: str) -> bool:
@@ -107,7 +89,7 @@ def _stop(procs: dict[str, subprocess.Popen[bytes]]) -> None:
 
 @pytest.fixture
 def system(settings: Settings, tmp_path: Path) -> Iterator[System]:
-    env = environment(settings)
+    env = processes.environment(settings)
     migrate = subprocess.run(
         [ENTITLED, "migrate"], env=env, capture_output=True, text=True, timeout=120
     )
