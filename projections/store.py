@@ -399,7 +399,7 @@ class ProjectionStore:
                             row.id,
                             customer_of(row),
                             list(refs_of(row)),
-                            orjson.dumps(row.to_record()).decode(),
+                            _jsonb(row.to_record()),
                             v.created,
                             v.rank,
                             v.partition,
@@ -650,6 +650,13 @@ def _message_of(event: StripeEvent, messages: Iterable[Message]) -> Message:
         if m.partition == event.partition and m.offset == event.offset:
             return m
     raise LookupError(f"event {event.id} is not in the batch")  # a bug, not bad input
+
+
+def _jsonb(record: dict[str, Any]) -> str:
+    """The record as jsonb text. Postgres cannot store U+0000 in jsonb; Stripe text could carry
+    one (metadata is free text), and a batch that can never commit would stall its partition
+    for ever, so the character is dropped."""
+    return orjson.dumps(record).decode().replace("\\u0000", "")
 
 
 async def _staging(conn: AsyncConnection[Any], schema: str, table: str) -> sql.Identifier:
