@@ -12,7 +12,6 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -61,19 +60,6 @@ def make_pool(
     )
 
 
-@dataclass
-class Stats:
-    batches: int = 0
-    applied: int = 0
-    duplicates: int = 0
-    parked: int = 0
-    poison: int = 0
-    retries: int = 0
-    gaps: int = 0
-    last_batch_at: float = 0.0
-    by_partition: dict[int, int] = field(default_factory=dict)  # next offset per partition
-
-
 class Folder:
     """Feeds batches to a `ProjectionStore` until they are committed; tracks seeks."""
 
@@ -88,7 +74,6 @@ class Folder:
         self.pool = pool
         self.store = store or ProjectionStore(settings.topic, Policy.from_settings(settings))
         self.max_backoff_s = max_backoff_s
-        self.stats = Stats()
         # partition -> offset we asked the consumer to seek to; records of that partition
         # are dropped until that offset arrives (the stream still holds pre-seek records).
         self.awaiting: dict[int, tuple[int, float]] = {}
@@ -113,9 +98,7 @@ class Folder:
                 await self.reseek_stale(seek)
                 return None
             result = await self.apply_until_committed(batch)
-            self._count(result)
             for partition, offset in result.gaps.items():
-                self.stats.gaps += 1
                 log.warning("gap in partition %s: seeking back to %s", partition, offset)
                 self.expect(partition, offset)
                 await seek(partition, offset)
@@ -161,27 +144,14 @@ class Folder:
                 async with self.pool.connection() as conn:
                     return await self.store.apply(conn, batch, recompute=recompute)
             except _CONFLICTS:
-                self.stats.retries += 1
                 await asyncio.sleep(min(delay, 0.5))
             except (psycopg.OperationalError, PoolTimeout) as exc:
-                self.stats.retries += 1
                 log.warning("Postgres unavailable (%s); retrying in %.1fs", exc, delay)
                 await asyncio.sleep(delay)
             except psycopg.Error as exc:
-                self.stats.retries += 1
                 log.exception("database error (%s); retrying in %.1fs", exc, delay)
                 await asyncio.sleep(delay)
             delay = min(delay * 2, self.max_backoff_s)
-
-    def _count(self, r: ApplyResult) -> None:
-        s = self.stats
-        s.batches += 1
-        s.applied += r.applied
-        s.duplicates += r.duplicates
-        s.parked += r.parked
-        s.poison += r.poison
-        s.last_batch_at = time.time()
-        s.by_partition.update(r.next_offsets)
 
     async def version_changed(self) -> bool:
         """True when the active version is not the one this worker last saw (a replay swap

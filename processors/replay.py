@@ -398,7 +398,7 @@ async def replay(
     return report
 
 
-async def rollback(settings: Settings) -> int:
+async def roll_back(settings: Settings) -> int:
     assert settings.database_url
     async with await psycopg.AsyncConnection.connect(
         settings.database_url, autocommit=True
@@ -545,7 +545,7 @@ def run_replay_command(
         return
     if rollback:
         _confirm("Make the previous version active again?", yes)
-        click.echo(f"active version is now v{asyncio.run(rollback_(settings))}")
+        click.echo(f"active version is now v{asyncio.run(roll_back(settings))}")
         return
     if customer:
         _confirm(f"Rebuild {customer}'s rows in place from the log?", yes)
@@ -569,6 +569,3 @@ def run_replay_command(
         click.echo(f"{len(report.differences)} customers differ; nothing swapped")
     else:
         click.echo(f"swapped: v{report.version} is active")
-
-
-rollback_ = rollback
