@@ -1,6 +1,6 @@
-"""The mirrored Stripe objects as frozen rows, and the version order between their snapshots.
+"""The mirrored Stripe objects as frozen rows, and the order between their snapshots.
 
-Each row remembers the `Version` of the event it came from, so that an older snapshot never
+Each row remembers the `Stamp` of the event it came from, so that an older snapshot never
 overwrites a newer one whatever order Stripe delivers events in. `to_record` / `from_record`
 give the row's lossless JSON form for the Postgres writer (columns + jsonb).
 """
@@ -23,8 +23,8 @@ __all__ = [
     "PurchaseRow",
     "RefundRow",
     "Row",
+    "Stamp",
     "SubscriptionRow",
-    "Version",
     "customer_of",
     "from_record",
     "rank_of",
@@ -56,16 +56,18 @@ def rank_of(event_type: str) -> int:
 
 
 @dataclass(frozen=True, order=True, slots=True)
-class Version:
-    """Where a snapshot sits in the object's history; a greater Version is newer.
+class Stamp:
+    """Where a snapshot sits in the object's history; a greater Stamp is newer.
 
-    Stripe's `created` second first; same-second ties: terminal beats update beats create;
-    then log order (partition, offset), which is arbitrary across partitions but the same on
-    every replay, so the fold stays deterministic.
+    Stripe's `created` second first; same-second ties: terminal beats update beats create
+    (`rank`), then the object's lifecycle (`stage`: an invoice that is paid came after the
+    one that was open); then log order (partition, offset), which is arbitrary across
+    partitions but the same on every replay, so the fold stays deterministic.
     """
 
     created: int
     rank: int
+    stage: int
     partition: int
     offset: int
 
@@ -73,13 +75,16 @@ class Version:
         return {
             "created": self.created,
             "rank": self.rank,
+            "stage": self.stage,
             "partition": self.partition,
             "offset": self.offset,
         }
 
     @classmethod
-    def from_record(cls, rec: Record) -> Version:
-        return cls(rec["created"], rec["rank"], rec["partition"], rec["offset"])
+    def from_record(cls, rec: Record) -> Stamp:
+        return cls(
+            rec["created"], rec["rank"], rec.get("stage", 0), rec["partition"], rec["offset"]
+        )
 
 
 def _meta_from(rec: dict[str, str]) -> Metadata:
@@ -87,7 +92,7 @@ def _meta_from(rec: dict[str, str]) -> Metadata:
 
 
 class _RowBase:
-    """Shared record conversion: every field as is, `version` nested, tuples as lists."""
+    """Shared record conversion: every field as is, `stamp` nested, tuples as lists."""
 
     __slots__ = ()
     table: ClassVar[str]
@@ -103,7 +108,7 @@ class _RowBase:
 
 
 def _encode(value: Any) -> Any:
-    if isinstance(value, Version):
+    if isinstance(value, Stamp):
         return value.to_record()
     if isinstance(value, ItemRow):
         return value.to_record()
@@ -120,7 +125,7 @@ class ProductRow(_RowBase):
     active: bool
     deleted: bool
     metadata: Metadata
-    version: Version
+    stamp: Stamp
     event_id: str
 
     @classmethod
@@ -131,7 +136,7 @@ class ProductRow(_RowBase):
             rec["active"],
             rec["deleted"],
             _meta_from(rec["metadata"]),
-            Version.from_record(rec["version"]),
+            Stamp.from_record(rec["stamp"]),
             rec["event_id"],
         )
 
@@ -143,7 +148,7 @@ class PriceRow(_RowBase):
     product: str | None
     active: bool
     deleted: bool
-    version: Version
+    stamp: Stamp
     event_id: str
 
     @classmethod
@@ -153,7 +158,7 @@ class PriceRow(_RowBase):
             rec["product"],
             rec["active"],
             rec["deleted"],
-            Version.from_record(rec["version"]),
+            Stamp.from_record(rec["stamp"]),
             rec["event_id"],
         )
 
@@ -165,7 +170,7 @@ class CustomerRow(_RowBase):
     email: str | None
     name: str | None
     deleted: bool
-    version: Version
+    stamp: Stamp
     event_id: str
 
     @classmethod
@@ -175,7 +180,7 @@ class CustomerRow(_RowBase):
             rec["email"],
             rec["name"],
             rec["deleted"],
-            Version.from_record(rec["version"]),
+            Stamp.from_record(rec["stamp"]),
             rec["event_id"],
         )
 
@@ -216,7 +221,7 @@ class SubscriptionRow(_RowBase):
     status: str
     cancel_at_period_end: bool
     items: tuple[ItemRow, ...]
-    version: Version
+    stamp: Stamp
     event_id: str
 
     @classmethod
@@ -227,7 +232,7 @@ class SubscriptionRow(_RowBase):
             rec["status"],
             rec["cancel_at_period_end"],
             tuple(ItemRow.from_record(i) for i in rec["items"]),
-            Version.from_record(rec["version"]),
+            Stamp.from_record(rec["stamp"]),
             rec["event_id"],
         )
 
@@ -243,7 +248,7 @@ class PurchaseRow(_RowBase):
     metadata: Metadata
     product_ids: tuple[str, ...]
     payment_intent: str | None
-    version: Version
+    stamp: Stamp
     event_id: str
 
     @classmethod
@@ -257,7 +262,7 @@ class PurchaseRow(_RowBase):
             _meta_from(rec["metadata"]),
             tuple(rec["product_ids"]),
             rec["payment_intent"],
-            Version.from_record(rec["version"]),
+            Stamp.from_record(rec["stamp"]),
             rec["event_id"],
         )
 
@@ -271,7 +276,7 @@ class ChargeRow(_RowBase):
     amount: int
     amount_refunded: int
     refunded: bool
-    version: Version
+    stamp: Stamp
     event_id: str
 
     @classmethod
@@ -283,7 +288,7 @@ class ChargeRow(_RowBase):
             rec["amount"],
             rec["amount_refunded"],
             rec["refunded"],
-            Version.from_record(rec["version"]),
+            Stamp.from_record(rec["stamp"]),
             rec["event_id"],
         )
 
@@ -296,7 +301,7 @@ class RefundRow(_RowBase):
     payment_intent: str | None
     amount: int
     status: str | None
-    version: Version
+    stamp: Stamp
     event_id: str
     # Stripe leaves it null on most refunds; find the customer through the payment intent.
     customer: str | None = None
@@ -309,7 +314,7 @@ class RefundRow(_RowBase):
             rec["payment_intent"],
             rec["amount"],
             rec["status"],
-            Version.from_record(rec["version"]),
+            Stamp.from_record(rec["stamp"]),
             rec["event_id"],
             rec.get("customer"),
         )

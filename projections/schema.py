@@ -22,7 +22,7 @@ LIVE = "live"
 
 # Mirrored Stripe objects: one generic shape, so one writer serves every table. `record` is
 # the row's lossless JSON form (rows.to_record()); `customer` and `refs` (product ids the row
-# points at) are the two lookups entitlement derivation needs; v_* is the row's Version.
+# points at) are the two lookups entitlement derivation needs; v_* is the row's Stamp.
 MIRROR_TABLES = (
     "products",
     "prices",
@@ -72,6 +72,7 @@ CREATE TABLE {schema}.{table} (
     record      jsonb NOT NULL,
     v_created   bigint NOT NULL,
     v_rank      smallint NOT NULL,
+    v_stage     bigint NOT NULL DEFAULT 0,
     v_partition integer NOT NULL,
     v_offset    bigint NOT NULL,
     event_id    text NOT NULL

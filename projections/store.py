@@ -35,8 +35,8 @@ from .rows import (
     PurchaseRow,
     RefundRow,
     Row,
+    Stamp,
     SubscriptionRow,
-    Version,
     customer_of,
     from_record,
     refs_of,
@@ -389,11 +389,14 @@ class ProjectionStore:
         """Upsert rows through COPY into a temporary table: one round trip per table,
         whatever the batch size."""
         tmp = await _staging(conn, schema, table)
-        cols = "id, customer, refs, record, v_created, v_rank, v_partition, v_offset, event_id"
+        cols = (
+            "id, customer, refs, record, v_created, v_rank, v_stage, v_partition, v_offset,"
+            " event_id"
+        )
         async with conn.cursor() as cur:
             async with cur.copy(sql.SQL("COPY {} (" + cols + ") FROM STDIN").format(tmp)) as cp:
                 for row in rows:
-                    v: Version = row.version
+                    v: Stamp = row.stamp
                     await cp.write_row(
                         (
                             row.id,
@@ -402,6 +405,7 @@ class ProjectionStore:
                             _jsonb(row.to_record()),
                             v.created,
                             v.rank,
+                            v.stage,
                             v.partition,
                             v.offset,
                             row.event_id,
@@ -567,7 +571,7 @@ class ProjectionStore:
                             list(ent.groups),
                             list(ent.movie_ids),
                             None if newest is None else newest.event_id,
-                            None if newest is None else newest.version.created,
+                            None if newest is None else newest.stamp.created,
                         )
                     )
             await cur.execute(
@@ -633,7 +637,7 @@ class ProjectionStore:
                 products[i.product] for s in subs_of[c] for i in s.items if i.product in products
             ]
             used += [products[p] for pu in purchases_of[c] for p in pu.product_ids if p in products]
-            out[c] = (ent, max(used, key=lambda r: r.version, default=None))
+            out[c] = (ent, max(used, key=lambda r: r.stamp, default=None))
         return out
 
 

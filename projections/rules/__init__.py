@@ -12,8 +12,8 @@ from projections.rules._registry import (
     RuleSpec,
     fold,
     rule_for,
+    stamp_of,
     supersedes,
-    version_of,
     view,
 )
 
@@ -26,8 +26,8 @@ __all__ = [
     "payments",
     "products",
     "rule_for",
+    "stamp_of",
     "subscriptions",
     "supersedes",
-    "version_of",
     "view",
 ]

@@ -13,7 +13,7 @@ from types import MappingProxyType
 from typing import Any, TypeVar
 
 from projections.events import ObjectView, StripeEvent
-from projections.rows import TABLES, Row, Version, rank_of
+from projections.rows import TABLES, Row, Stamp, rank_of
 
 __all__ = [
     "RULES",
@@ -21,8 +21,8 @@ __all__ = [
     "RuleSpec",
     "fold",
     "rule_for",
+    "stamp_of",
     "supersedes",
-    "version_of",
     "view",
 ]
 
@@ -34,21 +34,21 @@ _RULES: dict[str, RuleSpec] = {}
 RULES: Mapping[str, RuleSpec] = MappingProxyType(_RULES)
 
 
-def version_of(event: StripeEvent) -> Version:
-    return Version(event.created, rank_of(event.type), event.partition, event.offset)
+def stamp_of(event: StripeEvent) -> Stamp:
+    return Stamp(event.created, rank_of(event.type), 0, event.partition, event.offset)
 
 
-def _key(version: Version) -> tuple[bool, Version]:
+def _key(stamp: Stamp) -> tuple[bool, Stamp]:
     # Terminal snapshots (deleted, canceled, expired, voided) are tombstones: they beat any
     # non-terminal snapshot whatever its time, so an update delivered late (or stamped a
     # second later by a skewed clock) never resurrects the object. A total order, so the
     # result is the same in any delivery order.
-    return (version.rank == 2, version)
+    return (stamp.rank == 2, stamp)
 
 
 def supersedes(event: StripeEvent, current: Row | None) -> bool:
     """True when `event`'s snapshot should replace `current` (keep the newest snapshot)."""
-    return current is None or _key(version_of(event)) > _key(current.version)
+    return current is None or _key(stamp_of(event)) > _key(current.stamp)
 
 
 @dataclass(frozen=True, slots=True)

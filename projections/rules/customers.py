@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from projections.events import CustomerView, StripeEvent
 from projections.rows import CustomerRow
-from projections.rules._registry import fold, version_of, view
+from projections.rules._registry import fold, stamp_of, view
 
 
 @fold("customer.created", "customer.updated", "customer.deleted", table="customers")
@@ -15,6 +15,6 @@ def customer_snapshot(event: StripeEvent, current: CustomerRow | None) -> Custom
         email=c.email,
         name=c.name,
         deleted=c.deleted or event.type == "customer.deleted",
-        version=version_of(event),
+        stamp=stamp_of(event),
         event_id=event.id,
     )

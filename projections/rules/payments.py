@@ -15,7 +15,7 @@ from projections.events import (
     StripeEvent,
 )
 from projections.rows import ChargeRow, PurchaseRow, RefundRow
-from projections.rules._registry import fold, version_of, view
+from projections.rules._registry import fold, stamp_of, view
 
 
 @fold(
@@ -36,7 +36,7 @@ def checkout_session_snapshot(event: StripeEvent, current: PurchaseRow | None) -
         metadata=cs.metadata,
         product_ids=(),  # line items are not in the webhook; the movie is in the metadata
         payment_intent=cs.payment_intent,
-        version=version_of(event),
+        stamp=stamp_of(event),
         event_id=event.id,
     )
 
@@ -63,7 +63,7 @@ def payment_intent_snapshot(event: StripeEvent, current: PurchaseRow | None) -> 
         metadata=pi.metadata,
         product_ids=(),
         payment_intent=pi.id,
-        version=version_of(event),
+        stamp=stamp_of(event),
         event_id=event.id,
     )
 
@@ -90,7 +90,7 @@ def invoice_snapshot(event: StripeEvent, current: PurchaseRow | None) -> Purchas
         metadata=inv.metadata,
         product_ids=tuple(sorted({ln.product for ln in inv.lines if ln.product})),
         payment_intent=inv.payment_intent,
-        version=version_of(event),
+        stamp=stamp_of(event),
         event_id=event.id,
     )
 
@@ -112,7 +112,7 @@ def charge_snapshot(event: StripeEvent, current: ChargeRow | None) -> ChargeRow:
         amount=ch.amount,
         amount_refunded=ch.amount_refunded,
         refunded=ch.refunded,
-        version=version_of(event),
+        stamp=stamp_of(event),
         event_id=event.id,
     )
 
@@ -132,7 +132,7 @@ def refund_snapshot(event: StripeEvent, current: RefundRow | None) -> RefundRow:
         payment_intent=re.payment_intent,
         amount=re.amount,
         status=re.status,
-        version=version_of(event),
+        stamp=stamp_of(event),
         event_id=event.id,
         customer=re.customer,
     )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from projections.events import PriceView, ProductView, StripeEvent
 from projections.rows import PriceRow, ProductRow
-from projections.rules._registry import fold, version_of, view
+from projections.rules._registry import fold, stamp_of, view
 
 
 @fold("product.created", "product.updated", "product.deleted", table="products")
@@ -17,7 +17,7 @@ def product_snapshot(event: StripeEvent, current: ProductRow | None) -> ProductR
         # product.deleted carries the product as it was, without `deleted: true`
         deleted=p.deleted or event.type == "product.deleted",
         metadata=p.metadata,
-        version=version_of(event),
+        stamp=stamp_of(event),
         event_id=event.id,
     )
 
@@ -30,6 +30,6 @@ def price_snapshot(event: StripeEvent, current: PriceRow | None) -> PriceRow:
         product=p.product,
         active=p.active,
         deleted=p.deleted or event.type == "price.deleted",
-        version=version_of(event),
+        stamp=stamp_of(event),
         event_id=event.id,
     )

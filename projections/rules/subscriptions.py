@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from projections.events import StripeEvent, SubscriptionView
 from projections.rows import ItemRow, SubscriptionRow
-from projections.rules._registry import fold, version_of, view
+from projections.rules._registry import fold, stamp_of, view
 
 SUBSCRIPTION_TYPES = (
     "customer.subscription.created",
@@ -37,6 +37,6 @@ def subscription_snapshot(event: StripeEvent, current: SubscriptionRow | None) -
             ItemRow(i.id, i.price, i.product, i.current_period_start, i.current_period_end)
             for i in s.items
         ),
-        version=version_of(event),
+        stamp=stamp_of(event),
         event_id=event.id,
     )

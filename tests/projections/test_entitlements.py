@@ -13,11 +13,11 @@ from projections.rows import (
     PurchaseKind,
     PurchaseRow,
     RefundRow,
+    Stamp,
     SubscriptionRow,
-    Version,
 )
 
-V = Version(1, 1, 0, 0)
+V = Stamp(1, 1, 0, 0, 0)
 POLICY = Policy()
 
 

@@ -27,8 +27,8 @@ from projections.rows import (
     PurchaseRow,
     RefundRow,
     Row,
+    Stamp,
     SubscriptionRow,
-    Version,
     rank_of,
 )
 
@@ -303,7 +303,7 @@ def fold_all(chunks: Iterator[list[StripeEvent]]) -> dict[Key, Row]:
 
 def without_positions(tables: dict[Key, Row]) -> dict[Key, Row]:
     return {
-        k: dataclasses.replace(r, version=Version(r.version.created, r.version.rank, 0, 0))
+        k: dataclasses.replace(r, stamp=Stamp(r.stamp.created, r.stamp.rank, r.stamp.stage, 0, 0))
         for k, r in tables.items()
     }
 

@@ -14,15 +14,15 @@ from projections.rows import (
     PurchaseRow,
     RefundRow,
     Row,
+    Stamp,
     SubscriptionRow,
-    Version,
     customer_of,
     from_record,
     rank_of,
     refs_of,
 )
 
-V = Version(1700000000, 1, 2, 3)
+V = Stamp(1700000000, 1, 0, 2, 3)
 ROWS: list[Row] = [
     ProductRow(
         "prod_1",
@@ -61,7 +61,13 @@ def test_every_row_round_trips_through_json() -> None:
     for row in ROWS:
         rec = json.loads(json.dumps(row.to_record()))
         assert from_record(type(row).table, rec) == row
-        assert rec["version"] == {"created": 1700000000, "rank": 1, "partition": 2, "offset": 3}
+        assert rec["stamp"] == {
+            "created": 1700000000,
+            "rank": 1,
+            "stage": 0,
+            "partition": 2,
+            "offset": 3,
+        }
 
 
 def test_records_are_plain_json_with_metadata_as_object() -> None:
@@ -84,9 +90,9 @@ def test_rank_and_version_order() -> None:
     assert rank_of("product.deleted") == 2
     assert rank_of("invoice.paid") == 1
     # time first, then terminal > update > create, then log order
-    assert Version(2, 0, 0, 0) > Version(1, 2, 9, 9)
-    assert Version(1, 2, 0, 0) > Version(1, 1, 0, 5) > Version(1, 0, 7, 7)
-    assert Version(1, 1, 0, 6) > Version(1, 1, 0, 5)
+    assert Stamp(2, 0, 0, 0, 0) > Stamp(1, 2, 0, 9, 9)
+    assert Stamp(1, 2, 0, 0, 0) > Stamp(1, 1, 0, 0, 5) > Stamp(1, 0, 0, 7, 7)
+    assert Stamp(1, 1, 0, 0, 6) > Stamp(1, 1, 0, 0, 5)
 
 
 def test_customer_and_refs() -> None:

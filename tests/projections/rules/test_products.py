@@ -5,7 +5,7 @@ from __future__ import annotations
 from fold_helpers import ev
 
 from entitled import stripe_events as se
-from projections.rows import PriceRow, ProductRow, Version
+from projections.rows import PriceRow, ProductRow, Stamp
 from projections.rules.products import price_snapshot, product_snapshot
 
 
@@ -24,7 +24,7 @@ def test_product_snapshot_keeps_metadata_and_version() -> None:
         True,
         False,
         (("subscription_group", "action, animated"),),
-        Version(9, 1, 2, 7),
+        Stamp(9, 1, 0, 2, 7),
         e.id,
     )
 
@@ -37,7 +37,7 @@ def test_product_group_change_replaces_metadata() -> None:
 
 def test_product_deleted_with_either_payload() -> None:
     full = product_snapshot(ev("product.deleted", se.product("prod_1", groups="a")), None)
-    assert full.deleted and full.version.rank == 2
+    assert full.deleted and full.stamp.rank == 2
     bare = product_snapshot(
         ev("product.deleted", {"id": "prod_1", "object": "product", "deleted": True}), None
     )
@@ -47,6 +47,6 @@ def test_product_deleted_with_either_payload() -> None:
 def test_price_rules() -> None:
     row = price_snapshot(ev("price.created", se.price("price_1", product="prod_1")), None)
     assert isinstance(row, PriceRow)
-    assert (row.product, row.active, row.deleted, row.version.rank) == ("prod_1", True, False, 0)
+    assert (row.product, row.active, row.deleted, row.stamp.rank) == ("prod_1", True, False, 0)
     gone = price_snapshot(ev("price.deleted", se.price("price_1", product="prod_1")), row)
     assert gone.deleted

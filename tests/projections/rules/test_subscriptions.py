@@ -66,7 +66,7 @@ def test_items_added_and_removed() -> None:
 def test_deleted_is_canceled_and_terminal() -> None:
     sub = se.subscription("sub_1", customer="c", items=[("p", "prod")], status="active")
     row = subscription_snapshot(ev("customer.subscription.deleted", sub), None)
-    assert row.status == "canceled" and row.version.rank == 2
+    assert row.status == "canceled" and row.stamp.rank == 2
 
 
 def test_all_lifecycle_types_use_the_one_rule() -> None:
