@@ -29,6 +29,7 @@ import pytest
 # Fixtures defined in their own modules, offered to every test from here.
 from localstripe_fixture import localstripe  # noqa: F401
 from psycopg import sql
+from stripe_mock_fixture import stripe_mock  # noqa: F401
 
 from entitled import services as svc
 from entitled.services import Endpoints, ServicesError
