@@ -27,7 +27,7 @@ from typing import Any
 from entitled.settings import Settings
 
 RESULTS = Path(__file__).parent / "results"
-ENTITLED = [sys.executable, "-m", "entitled.cli"]
+ENTITLED = [sys.executable, "-m", "entitled.shell.cli"]
 _FILL_CHUNK = 2000  # events per message between the generator process and the producer
 
 
@@ -44,7 +44,7 @@ def bench_settings(name: str) -> Iterator[Settings]:
         temp_home = Path(tempfile.mkdtemp(prefix=f"entitled-bench-{name}-"))
         temp_home.chmod(0o755)  # the postgres user must traverse it
         settings = dataclasses.replace(settings, home=temp_home)
-        from entitled import services
+        from entitled.shell import services
 
         print(f"starting Kafka and Postgres in {temp_home} ...", flush=True)
         ep = services.endpoints(settings)
@@ -59,7 +59,7 @@ def bench_settings(name: str) -> Iterator[Settings]:
         yield settings
     finally:
         if temp_home is not None:
-            from entitled import services
+            from entitled.shell import services
 
             services.down(settings, wipe=True)
             shutil.rmtree(temp_home, ignore_errors=True)
@@ -94,8 +94,8 @@ async def migrate(database_url: str) -> str:
 
 def _generate(customers: int, limit: int, seed: int, queue: Any) -> None:
     """Generator process: encode the workload once, in chunks of (key, value, headers)."""
-    from entitled import stripe_events as se
-    from entitled.workload import Workload
+    from entitled.shell import stripe_events as se
+    from entitled.shell.workload import Workload
     from ingest.keys import event_headers, routing_key
 
     chunk: list[tuple[bytes, bytes, list[tuple[str, bytes]]]] = []
@@ -156,18 +156,10 @@ def fill_topic(settings: Settings, events: int, *, seed: int = 7) -> dict[str, A
     Generation and encoding run in a child process while this one produces, so the fill
     takes about as long as the slower of the two.
     """
-    from entitled import services
+    from entitled.topics import ensure_event_topic
 
     assert settings.kafka_bootstrap_servers
-    asyncio.run(
-        services.ensure_topic(
-            settings.kafka_bootstrap_servers,
-            settings.topic,
-            settings.partitions,
-            settings.replication_factor,
-            {"max.message.bytes": str(2 * 1024 * 1024)},
-        )
-    )
+    asyncio.run(ensure_event_topic(settings))
     ctx = mp.get_context("spawn")
     queue = ctx.Queue(maxsize=64)
     # ~4.5 events per customer: ask for a few more customers and stop at exactly `events`.
@@ -191,7 +183,7 @@ def fill_topic(settings: Settings, events: int, *, seed: int = 7) -> dict[str, A
 
 
 async def end_offsets(settings: Settings) -> dict[int, int]:
-    from processors.status import end_offsets as ends
+    from entitled.topics import end_offsets as ends
 
     assert settings.kafka_bootstrap_servers
     return await ends(settings.kafka_bootstrap_servers, settings.topic)

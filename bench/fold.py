@@ -176,7 +176,7 @@ def _free_port() -> int:
 def _signed_subscriptions(n: int, tag: str) -> list[tuple[str, bytes, str]]:
     """`n` (customer, body, signature) of `customer.subscription.created`, each for a new
     customer subscribing to the `action` package (its product comes from the workload)."""
-    from entitled import stripe_events as se
+    from entitled.shell import stripe_events as se
 
     now = int(time.time())
     out = []

@@ -82,7 +82,7 @@ class _Events:
     so the client spends its time sending, not deep-copying fixtures."""
 
     def __init__(self, prefix: bytes) -> None:
-        from entitled import stripe_events as se
+        from entitled.shell import stripe_events as se
 
         sub = se.subscription(
             "sub_BENCH", customer="cus_BENCHXXXXXX", items=[("price_a", "prod_a")]
@@ -273,8 +273,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="alternating bare/ingest rounds")
     args = vars(parser.parse_args())
 
-    from entitled import services
     from entitled.settings import Settings
+    from entitled.shell import services
+    from entitled.topics import ensure_event_topic
 
     settings = Settings.from_env()
     temp_home = None
@@ -290,7 +291,7 @@ def main() -> None:
         settings, topic=f"bench.{uuid.uuid4().hex[:8]}", webhook_secrets=(SECRET,)
     )
     try:
-        asyncio.run(services.ensure_topic(bootstrap, settings.topic, settings.partitions, 1))
+        asyncio.run(ensure_event_topic(settings))
         rounds: dict[str, list[dict[str, Any]]] = {"bare": [], "ingest": []}
         # Alternate the two servers: load from other work on the machine drifts, and pairs
         # run back to back see about the same machine.

@@ -49,8 +49,8 @@ import httpx
 import psycopg
 from psycopg import sql
 
-from entitled import services
 from entitled.settings import Settings
+from entitled.shell import services
 from projections import catalog, schema, search
 
 HERE = Path(__file__).resolve().parent

@@ -39,9 +39,9 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__)
 import httpx  # noqa: E402
 import psycopg  # noqa: E402
 
-from entitled import services as svc  # noqa: E402
-from entitled import stripe_events as se  # noqa: E402
 from entitled.settings import Settings  # noqa: E402
+from entitled.shell import services as svc  # noqa: E402
+from entitled.shell import stripe_events as se  # noqa: E402
 
 SECRET = "whsec_soak_secret"
 RESULTS = Path(__file__).parent / "results" / "soak.json"

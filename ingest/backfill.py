@@ -23,9 +23,8 @@ import orjson
 import stripe
 from tqdm import tqdm
 
-from entitled.services.kafka import ensure_topic
 from entitled.settings import Settings
-from ingest.cli import topic_configs
+from entitled.topics import ensure_event_topic
 from ingest.cursors import Cursor, CursorStore
 from ingest.keys import event_headers, routing_key
 from ingest.producer import EventProducer
@@ -96,13 +95,7 @@ async def backfill(
             api_version=api_version,
         )
     assert settings.kafka_bootstrap_servers, "kafka_bootstrap_servers is not set"
-    await ensure_topic(
-        settings.kafka_bootstrap_servers,
-        settings.topic,
-        settings.partitions,
-        settings.replication_factor,
-        topic_configs(settings),
-    )
+    await ensure_event_topic(settings)
     producer = EventProducer(settings)
     cursors = CursorStore(settings)
     result = BackfillResult()

@@ -1,9 +1,8 @@
-"""Commands `entitled backfill` and `entitled reconcile` (mapped in `entitled/cli.py`)."""
+"""Commands `entitled backfill` and `entitled reconcile` (mapped in `entitled/shell/cli.py`)."""
 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 
 import click
 
@@ -12,18 +11,9 @@ from ingest.snapshots import DEFAULT_LISTS, LISTS
 
 
 def _settings(rps: float | None) -> Settings:
-    from entitled import services
-    from entitled.services.errors import ServicesError
-
     settings = Settings.from_env(backfill_rps=rps)
     if not settings.stripe_api_key:
         raise click.UsageError("no Stripe key: set STRIPE_API_KEY (and STRIPE_API_BASE for a fake)")
-    if not settings.kafka_bootstrap_servers:
-        try:
-            bootstrap = services.endpoints(settings).bootstrap
-        except ServicesError as exc:
-            raise click.ClickException(str(exc)) from exc
-        settings = dataclasses.replace(settings, kafka_bootstrap_servers=bootstrap)
     return settings
 
 

@@ -6,22 +6,11 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 
 import click
 
 from entitled.settings import Settings
-
-# Room for key and headers above the largest body, so a body at the limit fits the topic.
-_TOPIC_RECORD_OVERHEAD = 64 * 1024
-
-
-def topic_configs(settings: Settings) -> dict[str, str]:
-    """Topic configs the ingest needs: keep forever, accept records as large as we accept."""
-    return {
-        "retention.ms": "-1",
-        "max.message.bytes": str(settings.max_body_bytes + _TOPIC_RECORD_OVERHEAD),
-    }
+from entitled.topics import TopicError, ensure_event_topic
 
 
 @click.command()
@@ -32,8 +21,6 @@ def ingest(host: str, port: int, log_level: str) -> None:
     """Receive Stripe webhooks and write them, verified and byte for byte, to the log."""
     import uvicorn
 
-    from entitled import services
-    from entitled.services.errors import ServicesError
     from ingest.app import create_app
 
     settings = Settings.from_env()
@@ -43,20 +30,8 @@ def ingest(host: str, port: int, log_level: str) -> None:
             "(whsec_...; several comma-separated during a rotation)"
         )
     try:
-        if not settings.kafka_bootstrap_servers:
-            bootstrap = services.endpoints(settings).bootstrap
-            settings = dataclasses.replace(settings, kafka_bootstrap_servers=bootstrap)
-        assert settings.kafka_bootstrap_servers is not None
-        asyncio.run(
-            services.ensure_topic(
-                settings.kafka_bootstrap_servers,
-                settings.topic,
-                settings.partitions,
-                settings.replication_factor,
-                topic_configs(settings),
-            )
-        )
-    except ServicesError as exc:
+        asyncio.run(ensure_event_topic(settings))
+    except TopicError as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(f"ingest: topic {settings.topic} on {settings.kafka_bootstrap_servers}")
     from entitled import logs

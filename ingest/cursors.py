@@ -14,8 +14,8 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from entitled.services.kafka import ensure_topic
 from entitled.settings import Settings
+from entitled.topics import ensure_topic
 
 
 @dataclass(frozen=True)

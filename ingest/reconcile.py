@@ -22,9 +22,8 @@ import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
-from entitled.services.kafka import ensure_topic
 from entitled.settings import Settings
-from ingest.cli import topic_configs
+from entitled.topics import ensure_event_topic
 from ingest.keys import event_headers, routing_key
 from ingest.producer import EventProducer
 from ingest.stripe_api import StripeApi
@@ -122,13 +121,7 @@ async def reconcile(
         api = StripeApi(
             settings.stripe_api_key, base=settings.stripe_api_base, rps=rps or settings.backfill_rps
         )
-    await ensure_topic(
-        settings.kafka_bootstrap_servers,
-        settings.topic,
-        settings.partitions,
-        settings.replication_factor,
-        topic_configs(settings),
-    )
+    await ensure_event_topic(settings)
     producer = EventProducer(settings)
     try:
         present = await logged_event_ids(settings, since_s - _MARGIN_S)

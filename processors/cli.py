@@ -9,32 +9,27 @@ import logging
 import os
 import sys
 import time
-from dataclasses import replace
 from typing import Any
 
 import click
 import psycopg
 from aiokafka.errors import KafkaError
 
-from entitled.services import endpoints, ensure_topic
-from entitled.services.errors import ServicesError
 from entitled.settings import Settings
+from entitled.topics import ensure_event_topic
 from projections import schema as db
 from projections.entitlements import Policy
 from projections.store import ProjectionStore
 
 
 def resolved_settings() -> Settings:
-    """Settings from the environment, with the local services' addresses filled in, and
-    the rule plugins it names imported (they register rules as they are imported)."""
+    """Settings from the environment (the `entitled` command has named the local services
+    there when nothing else was configured), with the rule plugins it names imported (they
+    register rules as they are imported)."""
     settings = Settings.from_env()
     for module in settings.rule_plugins:
         importlib.import_module(module)
-    try:
-        ep = endpoints(settings)
-    except ServicesError as exc:
-        raise click.ClickException(str(exc)) from exc
-    return replace(settings, kafka_bootstrap_servers=ep.bootstrap, database_url=ep.database_url)
+    return settings
 
 
 async def prepare(settings: Settings, *, patience_s: float = 120.0) -> str:
@@ -57,12 +52,7 @@ async def prepare(settings: Settings, *, patience_s: float = 120.0) -> str:
 
 async def _prepare_once(settings: Settings) -> str:
     assert settings.kafka_bootstrap_servers and settings.database_url
-    await ensure_topic(
-        settings.kafka_bootstrap_servers,
-        settings.topic,
-        settings.partitions,
-        settings.replication_factor,
-    )
+    await ensure_event_topic(settings)
     async with await psycopg.AsyncConnection.connect(settings.database_url) as conn:
         active = await db.migrate(conn)
         await conn.commit()
@@ -214,6 +204,7 @@ def replay(
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     settings = resolved_settings()
+    asyncio.run(ensure_event_topic(settings))  # an empty log is a log too: same topic
     run_replay_command(
         settings,
         dry_run=dry_run,

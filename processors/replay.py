@@ -32,12 +32,12 @@ from psycopg import sql
 from tqdm import tqdm
 
 from entitled.settings import Settings
+from entitled.topics import end_offsets
 from projections import schema as db
 from projections.entitlements import Policy
 from projections.store import Message, ProjectionStore
 
 from .folding import Folder, configure, make_pool
-from .status import end_offsets
 
 log = logging.getLogger(__name__)
 

@@ -5,32 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 import psycopg
-from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from entitled.settings import Settings
+from entitled.topics import end_offsets
 from projections import schema as db
 from projections.entitlements import Policy
 from projections.store import ProjectionStore
-
-
-async def end_offsets(bootstrap: str, topic: str) -> dict[int, int]:
-    """The log end offset of every partition of `topic`."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
-    await consumer.start()
-    try:
-        partitions = consumer.partitions_for_topic(topic) or set()
-        if not partitions:
-            partitions = await _partitions(consumer, topic)
-        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
-        ends = await consumer.end_offsets(tps)
-        return {tp.partition: off for tp, off in ends.items()}
-    finally:
-        await consumer.stop()
-
-
-async def _partitions(consumer: AIOKafkaConsumer, topic: str) -> set[int]:
-    await consumer._client.force_metadata_update()  # no public call forces a metadata fetch
-    return consumer.partitions_for_topic(topic) or set()
 
 
 async def collect(settings: Settings) -> dict[str, Any]:

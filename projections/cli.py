@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 from pathlib import Path
 
 import click
@@ -12,22 +11,11 @@ from entitled.settings import Settings
 
 
 def database_settings(settings: Settings) -> Settings:
-    """`settings` with a database URL: DATABASE_URL, else the local Postgres service."""
-    if settings.database_url:
-        return settings
-    from entitled import services
-    from entitled.services.errors import ServicesError
-
-    # These commands need Postgres only: a placeholder bootstrap keeps `endpoints` from
-    # starting a Kafka nobody here uses.
-    only_pg = dataclasses.replace(
-        settings, kafka_bootstrap_servers=settings.kafka_bootstrap_servers or "unused:0"
-    )
-    try:
-        url = services.endpoints(only_pg).database_url
-    except ServicesError as exc:
-        raise click.ClickException(str(exc)) from exc
-    return dataclasses.replace(settings, database_url=url)
+    """`settings`, which must name a database (the `entitled` command fills DATABASE_URL
+    with the local Postgres service when nothing else is configured)."""
+    if not settings.database_url:
+        raise click.UsageError("no database: set DATABASE_URL")
+    return settings
 
 
 async def _migrate(url: str) -> str:

@@ -31,10 +31,11 @@ from localstripe_fixture import localstripe  # noqa: F401
 from psycopg import sql
 from stripe_mock_fixture import stripe_mock  # noqa: F401
 
-from entitled import services as svc
-from entitled.services import Endpoints, ServicesError
-from entitled.services._process import run_async
 from entitled.settings import Settings
+from entitled.shell import services as svc
+from entitled.shell.services import Endpoints, ServicesError
+from entitled.shell.services._process import run_async
+from entitled.topics import ensure_event_topic
 from tests.processes import Procs
 
 WEBHOOK_SECRET = "whsec_test_secret"
@@ -85,10 +86,11 @@ def services(services_settings: Settings) -> Endpoints:
 
 @pytest.fixture
 def topic(services: Endpoints) -> str:
-    """A fresh topic `t.<uuid8>`: 8 partitions, kept forever."""
+    """A fresh event topic `t.<uuid8>`: 8 partitions, configured as every process does."""
     name = f"t.{uuid.uuid4().hex[:8]}"
+    topic = Settings(kafka_bootstrap_servers=services.bootstrap, topic=name, partitions=8)
     # A private loop in a thread: the test's own (session) loop is left alone.
-    run_async(lambda: svc.ensure_topic(services.bootstrap, name, 8))
+    run_async(lambda: ensure_event_topic(topic))
     return name
 
 

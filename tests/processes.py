@@ -14,7 +14,7 @@ from typing import Any
 from entitled.settings import Settings
 from tests.helpers import wait_for
 
-ENTITLED = [sys.executable, "-m", "entitled.cli"]
+ENTITLED = [sys.executable, "-m", "entitled.shell.cli"]
 
 
 def environment(settings: Settings, **extra: str) -> dict[str, str]:

@@ -25,11 +25,11 @@ import httpx
 import orjson
 import psycopg
 
-from entitled import stripe_events as se
-from entitled.services._process import run_async
 from entitled.settings import Settings
+from entitled.shell import stripe_events as se
+from entitled.shell.services._process import run_async
+from entitled.topics import end_offsets
 from processors.replay import read_log, replay
-from processors.status import end_offsets
 from projections.schema import MIRROR_TABLES
 from tests.helpers import free_port
 from tests.processes import Procs, wait_until

@@ -22,9 +22,9 @@ from typing import Any
 import httpx
 import pytest
 
-from entitled import stripe_events as se
-from entitled.services._process import free_port
 from entitled.settings import Settings
+from entitled.shell import stripe_events as se
+from entitled.shell.services._process import free_port
 from tests import processes
 
 ENTITLED = str(Path(sys.executable).with_name("entitled"))

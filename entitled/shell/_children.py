@@ -19,7 +19,7 @@ from pathlib import Path
 
 import click
 
-ENTITLED = [sys.executable, "-m", "entitled.cli"]
+ENTITLED = [sys.executable, "-m", "entitled.shell.cli"]
 
 
 class ChildDied(Exception):

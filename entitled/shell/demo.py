@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 import psycopg
 
-from entitled import stripe_events as se
+from entitled.shell import stripe_events as se
 
 __all__ = [
     "CUSTOMERS",

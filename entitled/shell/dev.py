@@ -26,11 +26,12 @@ import click
 import httpx
 import psycopg
 
-from entitled import demo
-from entitled import services as svc
-from entitled._children import Child, ChildDied, Children, Follower
-from entitled.services._process import free_port, port_is_free
 from entitled.settings import Settings
+from entitled.shell import demo
+from entitled.shell import services as svc
+from entitled.shell._children import Child, ChildDied, Children, Follower
+from entitled.shell.services._process import free_port, port_is_free
+from entitled.topics import ensure_event_topic
 
 SECRET_FILE = "dev-webhook-secret"
 PIDS_FILE = "dev.pids"
@@ -139,17 +140,10 @@ def _start_services(settings: Settings) -> Settings:
 
 async def _prepare(settings: Settings) -> tuple[str, int]:
     """Topic (with the ingest's topic configs), schema, demo catalogue; all idempotent."""
-    from ingest.cli import topic_configs
     from projections import schema
 
     assert settings.kafka_bootstrap_servers and settings.database_url
-    await svc.ensure_topic(
-        settings.kafka_bootstrap_servers,
-        settings.topic,
-        settings.partitions,
-        settings.replication_factor,
-        topic_configs(settings),
-    )
+    await ensure_event_topic(settings)
     async with await psycopg.AsyncConnection.connect(settings.database_url) as conn:
         active = await schema.migrate(conn)
         await conn.commit()

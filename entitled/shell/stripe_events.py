@@ -51,7 +51,7 @@ _ALPHABET = string.ascii_letters + string.digits
 
 @functools.cache
 def _resources() -> Mapping[str, Obj]:
-    text = resources.files("entitled").joinpath("stripe_fixtures/fixtures3.json").read_text()
+    text = resources.files("entitled.shell").joinpath("stripe_fixtures/fixtures3.json").read_text()
     loaded: Mapping[str, Obj] = json.loads(text)["resources"]
     return loaded
 

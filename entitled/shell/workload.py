@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from entitled import stripe_events as se
+from entitled.shell import stripe_events as se
 
 Event = dict[str, Any]
 

@@ -10,7 +10,7 @@ import pytest
 from playwright.sync_api import Browser, expect, sync_playwright
 from system import System, system  # noqa: F401 (the fixture)
 
-from entitled import stripe_events as se
+from entitled.shell import stripe_events as se
 from projections.catalog import read_file
 
 pytestmark = pytest.mark.browser

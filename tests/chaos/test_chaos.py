@@ -27,9 +27,9 @@ from typing import Any
 import httpx
 import pytest
 
-from entitled import services as svc
 from entitled.settings import Settings
-from entitled.workload import Workload
+from entitled.shell import services as svc
+from entitled.shell.workload import Workload
 from ingest.keys import routing_key
 from tests.processes import Procs, wait_until
 from tests.reliability_support import (

@@ -12,9 +12,9 @@ from __future__ import annotations
 import itertools
 import time
 
-from entitled import services as svc
 from entitled.settings import Settings
-from entitled.workload import Workload
+from entitled.shell import services as svc
+from entitled.shell.workload import Workload
 from tests.processes import Procs, wait_until
 from tests.reliability_support import Poster, log_records, start_system
 

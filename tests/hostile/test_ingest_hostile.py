@@ -24,11 +24,11 @@ from hypothesis import HealthCheck, given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
-from entitled import stripe_events as se
-from entitled.services._process import run_async
 from entitled.settings import Settings
+from entitled.shell import stripe_events as se
+from entitled.shell.services._process import run_async
+from entitled.topics import end_offsets
 from ingest.app import create_app
-from processors.status import end_offsets
 from tests.hostile.hostile_requests import MAX_BODY, SECRET, Hostile, hostile
 from tests.processes import Procs
 from tests.reliability_support import start_system
@@ -98,13 +98,9 @@ def small_settings(settings: Settings) -> Settings:
 
 @pytest.fixture
 def in_process(small_settings: Settings) -> Iterator[InProcess]:
-    from entitled.services import ensure_topic
-    from ingest.cli import topic_configs
+    from entitled.topics import ensure_event_topic
 
-    s = small_settings
-    run_async(
-        lambda: ensure_topic(s.kafka_bootstrap_servers or "", s.topic, 8, 1, topic_configs(s))
-    )
+    run_async(lambda: ensure_event_topic(small_settings))
     ip = InProcess(small_settings)
     yield ip
     ip.close()

@@ -12,8 +12,8 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from entitled import stripe_events as se
 from entitled.settings import Settings
+from entitled.shell import stripe_events as se
 from tests.helpers import free_port
 from tests.processes import Procs, wait_until
 from tests.reliability_support import ready

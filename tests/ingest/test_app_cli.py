@@ -11,10 +11,9 @@ from helpers import async_wait_for, free_port
 from ingest_helpers import read_topic
 from processes import Proc, environment
 
-from entitled import stripe_events as se
-from entitled.cli import main
 from entitled.settings import Settings
-from ingest.cli import topic_configs
+from entitled.shell import stripe_events as se
+from entitled.shell.cli import main
 
 
 def test_ingest_refuses_to_start_without_a_secret() -> None:
@@ -23,12 +22,6 @@ def test_ingest_refuses_to_start_without_a_secret() -> None:
     assert result.exit_code == 2
     assert "STRIPE_WEBHOOK_SECRET" in result.output
     assert "Traceback" not in result.output
-
-
-def test_topic_takes_the_largest_accepted_body() -> None:
-    configs = topic_configs(Settings(max_body_bytes=1024 * 1024))
-    assert configs["retention.ms"] == "-1"
-    assert int(configs["max.message.bytes"]) > 1024 * 1024
 
 
 async def test_ingest_command_serves_and_takes_a_body_at_the_limit(

@@ -8,7 +8,7 @@ from collections import Counter
 import httpx
 from ingest_helpers import Running, read_topic
 
-from entitled import stripe_events as se
+from entitled.shell import stripe_events as se
 
 N = 300
 

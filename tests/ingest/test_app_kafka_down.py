@@ -14,9 +14,9 @@ import httpx
 from helpers import async_wait_for
 from ingest_helpers import read_topic, running
 
-from entitled import services
-from entitled import stripe_events as se
 from entitled.settings import Settings
+from entitled.shell import services
+from entitled.shell import stripe_events as se
 
 SECRET = "whsec_test_secret"
 

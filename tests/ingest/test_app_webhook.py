@@ -12,8 +12,8 @@ import httpx
 import orjson
 from ingest_helpers import Running, end_offsets, read_topic, running
 
-from entitled import stripe_events as se
 from entitled.settings import Settings
+from entitled.shell import stripe_events as se
 from ingest.app import create_app
 
 SECRET = "whsec_test_secret"

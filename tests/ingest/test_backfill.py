@@ -130,7 +130,7 @@ async def test_restart_ignores_cursors_and_missing_lists_are_skipped(
 def test_cli_backfill_and_reconcile(stripe_settings: Settings) -> None:
     from click.testing import CliRunner
 
-    from entitled.cli import main
+    from entitled.shell.cli import main
 
     assert stripe_settings.stripe_api_base and stripe_settings.kafka_bootstrap_servers
     seed(stripe_settings.stripe_api_base, API_KEY, customers=1)

@@ -2,7 +2,7 @@ from typing import Any
 
 import pytest
 
-from entitled import stripe_events as se
+from entitled.shell import stripe_events as se
 from ingest.keys import event_headers, routing_key
 
 

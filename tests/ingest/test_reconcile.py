@@ -14,8 +14,8 @@ from localstripe_fixture import API_KEY
 from localstripe_fixture import localstripe as localstripe
 from stripe_seed import seed
 
-from entitled.services import ensure_topic
 from entitled.settings import Settings
+from entitled.topics import ensure_event_topic
 from ingest.keys import event_headers, routing_key
 from ingest.producer import EventProducer
 from ingest.reconcile import parse_since, reconcile
@@ -40,9 +40,7 @@ async def test_writes_missing_events_once(stripe_settings: Settings) -> None:
     assert len(events) > 10
 
     # Half of them arrived as webhooks already.
-    await ensure_topic(
-        stripe_settings.kafka_bootstrap_servers, stripe_settings.topic, stripe_settings.partitions
-    )
+    await ensure_event_topic(stripe_settings)
     producer = EventProducer(stripe_settings)
     await producer.start()
     try:

@@ -9,16 +9,16 @@ from typing import Any
 
 import psycopg
 
-from entitled.services._process import run_async
 from entitled.settings import Settings
+from entitled.shell.services._process import run_async
+from entitled.topics import end_offsets
 from ingest.keys import event_headers, routing_key
 from ingest.producer import EventProducer
-from processors.status import end_offsets
 
 
 def publish(settings: Settings, events: Iterable[Mapping[str, Any]]) -> list[tuple[int, int]]:
     """Write events to the topic as the ingest does (raw bytes, key, headers)."""
-    from entitled import stripe_events as se
+    from entitled.shell import stripe_events as se
 
     async def go() -> list[tuple[int, int]]:
         producer = EventProducer(settings)

@@ -9,8 +9,8 @@ from typing import Any
 
 import httpx
 
-from entitled import stripe_events as se
 from entitled.settings import Settings
+from entitled.shell import stripe_events as se
 from tests.helpers import free_port
 from tests.processes import Procs, wait_until
 from tests.processors.support import caught_up, entitlements, publish, query

@@ -5,8 +5,8 @@ from __future__ import annotations
 import itertools
 import json
 
-from entitled import stripe_events as se
 from entitled.settings import Settings
+from entitled.shell import stripe_events as se
 from tests.processes import Procs, wait_until
 from tests.processors.support import caught_up, entitlements, publish, query
 
@@ -89,8 +89,8 @@ def test_duplicates_and_out_of_order_change_nothing(settings: Settings, procs: P
 
 
 def test_sigkilled_worker_ends_equal_to_a_fresh_fold(settings: Settings, procs: Procs) -> None:
-    from entitled.services._process import run_async
-    from entitled.workload import Workload
+    from entitled.shell.services._process import run_async
+    from entitled.shell.workload import Workload
     from processors.replay import replay
 
     events = list(Workload(customers=600, seed=3).events())

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from entitled import services as svc
-from entitled.services._process import run_async
 from entitled.settings import Settings
-from entitled.workload import Workload
+from entitled.shell import services as svc
+from entitled.shell.services._process import run_async
+from entitled.shell.workload import Workload
 from processors.replay import replay
 from tests.processes import Procs, wait_until
 from tests.processors.support import caught_up, publish, query

@@ -15,8 +15,8 @@ import psycopg
 import uvicorn
 from psycopg.types.json import Jsonb
 
-from entitled.services._process import run_async
 from entitled.settings import Settings
+from entitled.shell.services._process import run_async
 from projections import catalog, schema
 from projections.api import create_app
 

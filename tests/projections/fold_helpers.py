@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 from typing import Any
 
-from entitled import stripe_events as se
+from entitled.shell import stripe_events as se
 from projections.events import StripeEvent, parse
 
 _offsets = itertools.count()

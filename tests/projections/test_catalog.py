@@ -9,7 +9,7 @@ import pytest
 from api_support import demo_catalog_path, migrate
 from click.testing import CliRunner
 
-from entitled.cli import main
+from entitled.shell.cli import main
 from projections import catalog
 from projections.catalog import InvalidMovie, Movie
 
@@ -90,7 +90,7 @@ def test_load_counts_inserts_and_updates(database_url: str) -> None:
     def movies() -> list[Movie]:
         return [Movie("1", "One", "", []), Movie("2", "Two", "", [])]
 
-    from entitled.services._process import run_async
+    from entitled.shell.services._process import run_async
 
     async def go() -> catalog.LoadResult:
         conn = await psycopg.AsyncConnection.connect(database_url)

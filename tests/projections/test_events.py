@@ -5,7 +5,7 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from entitled import stripe_events as se
+from entitled.shell import stripe_events as se
 from projections.errors import EventParseError
 from projections.events import (
     ChargeView,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from fold_helpers import ev
 
-from entitled import stripe_events as se
+from entitled.shell import stripe_events as se
 from projections.errors import FoldError
 from projections.fold import fold_batch, target
 from projections.rows import SubscriptionRow

@@ -17,7 +17,7 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from entitled import stripe_events as se
+from entitled.shell import stripe_events as se
 from projections.entitlements import Entitlement, Policy, derive
 from projections.events import StripeEvent, parse
 from projections.fold import Key, fold_batch

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 
-from entitled import stripe_events as se
+from entitled.shell import stripe_events as se
 from projections import normalise as n
 
 OLD, NEW = se.LEGACY_API_VERSION, se.CURRENT_API_VERSION

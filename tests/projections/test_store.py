@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import psycopg
 
-from entitled import stripe_events as se
 from entitled.settings import Settings
+from entitled.shell import stripe_events as se
 from ingest.keys import routing_key
 from projections import schema as db
 from projections.entitlements import Policy

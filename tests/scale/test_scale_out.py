@@ -21,11 +21,11 @@ from typing import Any
 
 import pytest
 
-from entitled import services as svc
-from entitled import stripe_events as se
-from entitled.services import _process as sproc
 from entitled.settings import Settings
-from entitled.workload import PACKAGES, Workload
+from entitled.shell import services as svc
+from entitled.shell import stripe_events as se
+from entitled.shell.services import _process as sproc
+from entitled.shell.workload import PACKAGES, Workload
 from tests.processes import Procs, wait_until
 from tests.reliability_support import (
     Poster,
@@ -173,11 +173,12 @@ def _stop_node(cluster: Settings, index: int) -> None:
 
 
 def test_three_brokers_lose_one_under_load(cluster3: Settings, tmp_path: Path) -> None:
-    from entitled.services._process import run_async
+    from entitled.shell.services._process import run_async
+    from entitled.topics import ensure_topic
 
     topic = "stripe.events.rf3"
     run_async(
-        lambda: svc.ensure_topic(
+        lambda: ensure_topic(
             cluster3.kafka_bootstrap_servers or "",
             topic,
             8,

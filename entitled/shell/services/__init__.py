@@ -7,22 +7,21 @@ Both are started by the project itself on 127.0.0.1 (free ports, remembered in
 from __future__ import annotations
 
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
-from entitled.services import _process as proc
-from entitled.services import kafka, postgres
-from entitled.services.errors import ServicesError
-from entitled.services.kafka import ensure_topic
 from entitled.settings import Settings
+from entitled.shell.services import _process as proc
+from entitled.shell.services import kafka, postgres
+from entitled.shell.services.errors import ServicesError
 
 __all__ = [
     "Endpoints",
     "ServicesError",
     "down",
     "endpoints",
-    "ensure_topic",
     "prepare",
+    "resolve",
     "start_kafka",
     "start_postgres",
     "status",
@@ -138,20 +137,32 @@ def prepare(settings: Settings) -> None:
 
 def endpoints(settings: Settings) -> Endpoints:
     """The configured services; whatever is not configured is started locally."""
-    want_kafka = not settings.kafka_bootstrap_servers
-    want_pg = not settings.database_url
-    if want_kafka or want_pg:
-        _up(
-            settings,
-            brokers=settings.replication_factor if settings.replication_factor > 1 else 1,
-            fast=False,
-            want_kafka=want_kafka,
-            want_pg=want_pg,
-        )
-        state = proc.load_state(settings.services_dir)
-    return Endpoints(
-        settings.kafka_bootstrap_servers or kafka.bootstrap(state["kafka"]),
-        settings.database_url or postgres.url(state["postgres"]),
+    resolved = resolve(settings, need_kafka=True, need_postgres=True)
+    assert resolved.kafka_bootstrap_servers and resolved.database_url
+    return Endpoints(resolved.kafka_bootstrap_servers, resolved.database_url)
+
+
+def resolve(settings: Settings, *, need_kafka: bool, need_postgres: bool) -> Settings:
+    """`settings` with the addresses of the services asked for filled in: the configured
+    ones as they are, the others started locally (idempotent)."""
+    want_kafka = need_kafka and not settings.kafka_bootstrap_servers
+    want_pg = need_postgres and not settings.database_url
+    if not (want_kafka or want_pg):
+        return settings
+    _up(
+        settings,
+        brokers=settings.replication_factor if settings.replication_factor > 1 else 1,
+        fast=False,
+        want_kafka=want_kafka,
+        want_pg=want_pg,
+    )
+    state = proc.load_state(settings.services_dir)
+    return replace(
+        settings,
+        kafka_bootstrap_servers=settings.kafka_bootstrap_servers
+        or (kafka.bootstrap(state["kafka"]) if want_kafka else None),
+        database_url=settings.database_url
+        or (postgres.url(state["postgres"]) if want_pg else None),
     )
 
 

@@ -21,7 +21,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
-from entitled.services.errors import ServicesError
+from entitled.shell.services.errors import ServicesError
 
 T = TypeVar("T")
 

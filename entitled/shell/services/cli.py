@@ -10,9 +10,9 @@ from typing import Any, TypeVar
 
 import click
 
-from entitled import services as svc
-from entitled.services.errors import ServicesError
 from entitled.settings import Settings
+from entitled.shell import services as svc
+from entitled.shell.services.errors import ServicesError
 
 F = TypeVar("F", bound=Callable[..., Any])
 

@@ -12,4 +12,4 @@ __all__ = ["ServicesError"]
 class ServicesError(Exception):
     """The local Kafka or PostgreSQL cannot be prepared, started, stopped or reached."""
 
-    __module__ = "entitled.services"
+    __module__ = "entitled.shell.services"

@@ -7,7 +7,6 @@ clients expect it.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import shutil
 import subprocess
@@ -17,19 +16,18 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
-from entitled.services import _process as proc
-from entitled.services.errors import ServicesError
 from entitled.settings import Settings
+from entitled.shell.services import _process as proc
+from entitled.shell.services.errors import ServicesError
 
 KAFKA_VERSION = "4.1.1"
 MAIN_CLASS = "kafka.Kafka"
 STORAGE_TOOL = "kafka.tools.StorageTool"
 # Two cores are shared by everything: keep the JVM small.
 JVM_OPTS = ("-Xms256m", "-Xmx512m", "-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20")
-_TOPIC_ALREADY_EXISTS = 36
 START_TIMEOUT_S = 90.0
 
 KafkaState = dict[str, Any]
@@ -81,7 +79,7 @@ def prepare(settings: Settings) -> Path:
         root = jar_dir(settings)
         root.mkdir(parents=True, exist_ok=True)
         pom = root / "pom.xml"
-        pom.write_bytes(resources.files("entitled.services").joinpath("kafka-pom.xml").read_bytes())
+        pom.write_bytes(resources.files("entitled.shell.services").joinpath("kafka-pom.xml").read_bytes())
         partial = root / "libs.partial"
         shutil.rmtree(partial, ignore_errors=True)
         cmd = [
@@ -347,38 +345,3 @@ def health(state: KafkaState) -> list[dict[str, Any]]:
         for n in state.get("nodes", [])
     ]
 
-
-async def ensure_topic(
-    bootstrap: str,
-    name: str,
-    partitions: int,
-    replication_factor: int = 1,
-    configs: dict[str, str] | None = None,
-) -> None:
-    """Create topic `name` kept forever (`retention.ms=-1`); an existing topic is fine.
-
-    Returns once every partition has a leader, so producers can write at once.
-    """
-    topic_configs = {"retention.ms": "-1", **(configs or {})}
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        response = await admin.create_topics(
-            [NewTopic(name, partitions, replication_factor, topic_configs=topic_configs)]
-        )
-        for entry in response.topic_errors:
-            code = entry[1]
-            if code not in (0, _TOPIC_ALREADY_EXISTS):
-                message = entry[2] if len(entry) > 2 else ""
-                raise ServicesError(f"Creating Kafka topic {name!r} failed: error {code} {message}")
-        deadline = time.monotonic() + 30.0
-        while True:
-            (meta,) = await admin.describe_topics([name])
-            parts = meta.get("partitions", [])
-            if meta["error_code"] == 0 and parts and all(p["leader"] >= 0 for p in parts):
-                return
-            if time.monotonic() > deadline:
-                raise ServicesError(f"Kafka topic {name!r} has no leader for every partition.")
-            await asyncio.sleep(0.05)
-    finally:
-        await admin.close()

@@ -17,9 +17,9 @@ from typing import Any
 
 import psycopg
 
-from entitled.services import _process as proc
-from entitled.services.errors import ServicesError
 from entitled.settings import Settings
+from entitled.shell.services import _process as proc
+from entitled.shell.services.errors import ServicesError
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 DATABASE = "entitled"

@@ -23,10 +23,10 @@ import httpx
 import psycopg
 import pytest
 
-from entitled import services as svc
-from entitled import stripe_events as se
-from entitled.services._process import pid_alive
 from entitled.settings import Settings
+from entitled.shell import services as svc
+from entitled.shell import stripe_events as se
+from entitled.shell.services._process import pid_alive
 
 START_TIMEOUT_S = 120.0
 STOP_TIMEOUT_S = 40.0
@@ -51,7 +51,7 @@ class Dev:
         self.home = Path(env["ENTITLED_HOME"])
         self.lines: list[str] = []
         self.popen = subprocess.Popen(
-            [sys.executable, "-m", "entitled.cli", "dev", *args],
+            [sys.executable, "-m", "entitled.shell.cli", "dev", *args],
             env=env,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
@@ -254,7 +254,7 @@ def test_dev_refuses_a_taken_port(services: svc.Endpoints, tmp_path: Path) -> No
             DATABASE_URL=services.database_url,
         )
         out = subprocess.run(
-            [sys.executable, "-m", "entitled.cli", "dev", "--ingest-port", str(port)],
+            [sys.executable, "-m", "entitled.shell.cli", "dev", "--ingest-port", str(port)],
             env=env,
             capture_output=True,
             text=True,

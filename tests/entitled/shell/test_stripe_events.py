@@ -8,7 +8,7 @@ import time
 import pytest
 import stripe
 
-from entitled import stripe_events as se
+from entitled.shell import stripe_events as se
 
 SECRET = "whsec_test_secret"
 

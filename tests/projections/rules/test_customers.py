@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fold_helpers import ev
 
-from entitled import stripe_events as se
+from entitled.shell import stripe_events as se
 from projections.rules.customers import customer_snapshot
 
 

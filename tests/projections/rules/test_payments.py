@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from fold_helpers import ev
 
-from entitled import stripe_events as se
+from entitled.shell import stripe_events as se
 from projections.rules.payments import (
     charge_snapshot,
     checkout_session_snapshot,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fold_helpers import ev
 
-from entitled import stripe_events as se
+from entitled.shell import stripe_events as se
 from projections.rows import PriceRow, ProductRow, Stamp
 from projections.rules.products import price_snapshot, product_snapshot
 

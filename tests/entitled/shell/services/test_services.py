@@ -16,14 +16,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from aiokafka.admin import AIOKafkaAdminClient
-from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from click.testing import CliRunner
 
-from entitled import services as svc
-from entitled.services import Endpoints, ServicesError, kafka, postgres
-from entitled.services.cli import services as services_cli
 from entitled.settings import Settings
+from entitled.shell import services as svc
+from entitled.shell.services import Endpoints, ServicesError, kafka, postgres
+from entitled.shell.services.cli import services as services_cli
 
 
 @dataclass(frozen=True)
@@ -100,24 +98,6 @@ def test_second_start_reuses_the_jar_cache(
     assert shutil.which("mvn") is None
     svc.prepare(started.settings)
     assert marker.stat().st_mtime_ns == mtime
-
-
-async def test_ensure_topic_is_idempotent_and_keeps_forever(started: Started) -> None:
-    bootstrap = started.endpoints.bootstrap
-    await svc.ensure_topic(bootstrap, "t.forever", 3, configs={"cleanup.policy": "delete"})
-    await svc.ensure_topic(bootstrap, "t.forever", 3)
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        (meta,) = await admin.describe_topics(["t.forever"])
-        (response,) = await admin.describe_configs(
-            [ConfigResource(ConfigResourceType.TOPIC, "t.forever", {"retention.ms": None})]
-        )
-    finally:
-        await admin.close()
-    assert len(meta["partitions"]) == 3
-    configs = {entry[0]: entry[1] for entry in response.resources[0][4]}
-    assert configs["retention.ms"] == "-1"
 
 
 def test_taken_port_is_a_clear_error(started: Started) -> None:
