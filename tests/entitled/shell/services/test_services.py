@@ -15,11 +15,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import click
+import psycopg
 import pytest
 from click.testing import CliRunner
 
 from entitled.settings import Settings
 from entitled.shell import services as svc
+from entitled.shell.cli import KAFKA, POSTGRES, main, with_services
 from entitled.shell.services import Endpoints, ServicesError, kafka, postgres
 from entitled.shell.services.cli import services as services_cli
 
@@ -134,6 +137,48 @@ def test_missing_binaries_say_how_to_fix(monkeypatch: pytest.MonkeyPatch, tmp_pa
     monkeypatch.setenv("PATH", str(tmp_path))
     with pytest.raises(ServicesError, match="`java` is not on PATH"):
         svc.prepare(Settings(home=tmp_path, cache=tmp_path / "cache"))
+
+
+def test_stage_commands_get_the_local_services(
+    started: Started, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stage command run through `entitled` without addresses sees the local services in
+    its environment, only those it needs; `--help` resolves nothing."""
+    monkeypatch.setenv("ENTITLED_HOME", str(started.settings.home))
+    for name in ("KAFKA_BOOTSTRAP_SERVERS", "DATABASE_URL"):
+        monkeypatch.setenv(name, "")  # restored after the test, whatever the shell sets
+
+    seen: list[tuple[str | None, str | None]] = []
+
+    @click.command()
+    def probe() -> None:
+        s = Settings.from_env()
+        seen.append((s.kafka_bootstrap_servers, s.database_url))
+
+    group = click.Group("stage", commands={"probe": probe})
+    runner = CliRunner()
+    helped = runner.invoke(with_services(group, frozenset({POSTGRES})), ["probe", "--help"])
+    assert helped.exit_code == 0 and seen == []
+    assert not os.environ["DATABASE_URL"]
+    result = runner.invoke(with_services(group, frozenset({POSTGRES})), ["probe"])
+    assert result.exit_code == 0, result.output
+    assert seen == [(None, started.endpoints.database_url)]
+    result = runner.invoke(with_services(probe, frozenset({KAFKA, POSTGRES})), [])
+    assert result.exit_code == 0, result.output
+    assert seen[-1] == (started.endpoints.bootstrap, started.endpoints.database_url)
+
+
+def test_entitled_migrate_finds_the_local_postgres(
+    started: Started, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in ("KAFKA_BOOTSTRAP_SERVERS", "DATABASE_URL"):
+        monkeypatch.setenv(name, "")
+    env = {"ENTITLED_HOME": str(started.settings.home)}
+    result = CliRunner().invoke(main, ["migrate"], env=env)
+    assert result.exit_code == 0, result.output
+    with psycopg.connect(started.endpoints.database_url) as conn:
+        row = conn.execute("SELECT to_regclass('entitled.versions') IS NOT NULL").fetchone()
+    assert row == (True,)
 
 
 def test_down_leaves_no_process(started: Started) -> None:
