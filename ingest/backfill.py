@@ -167,7 +167,9 @@ async def _walk(
             for obj in page.data:
                 if spec.name == "subscriptions":
                     await _complete_items(api, obj)
-                event = snapshot_event(spec, obj, api_version=page.api_version)
+                event = snapshot_event(
+                    spec, obj, api_version=page.api_version, read_at=page.read_at
+                )
                 if event is None:
                     outcome.skipped += 1
                 else:

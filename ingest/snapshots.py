@@ -20,9 +20,16 @@ the fold treats it like any webhook (DESIGN.md). The mapping, per list:
 
 The event id is `evt_backfill_` + a hash of the object's id and its whole JSON (sorted
 keys), so the same object state always gives the same id and a repeated backfill is
-deduplicated by the fold, while a changed object gives a new event. `created` is the
-object's own `created`, as the fold orders events by it. `request` is
-`{"id": null, "idempotency_key": null}`, the marker of an event that no API request caused.
+deduplicated by the fold, while a changed object gives a new event.
+
+`created` is the time the object was read from the API (`read_at`, Unix seconds), not the
+object's own `created`: the fold orders an object's snapshots by `created`, and the state we
+read is newer than every event Stripe created before we read it. So a backfill heals drift
+(a lost `customer.subscription.updated` to `unpaid` is overwritten by the snapshot), while a
+webhook created after the read still wins. An unchanged object listed again gets the same
+id (and is deduplicated by the fold) even though it was read at another time: the first
+read already stands in the log. `request` is `{"id": null, "idempotency_key": null}`, the
+marker of an event that no API request caused.
 """
 
 from __future__ import annotations
@@ -142,9 +149,10 @@ def snapshot_id(obj: Mapping[str, Any]) -> str:
 
 
 def snapshot_event(
-    spec: ListSpec, obj: Mapping[str, Any], *, api_version: str | None
+    spec: ListSpec, obj: Mapping[str, Any], *, api_version: str | None, read_at: int
 ) -> dict[str, Any] | None:
-    """The snapshot event for `obj`, or None when no event type describes its state."""
+    """The snapshot event for `obj` read at `read_at` (Unix seconds), or None when no event
+    type describes its state."""
     event_type = spec.type_of(obj)
     if event_type is None:
         return None
@@ -152,7 +160,7 @@ def snapshot_event(
         "id": snapshot_id(obj),
         "object": "event",
         "api_version": api_version,
-        "created": obj.get("created"),
+        "created": read_at,
         "data": {"object": obj},
         "livemode": bool(obj.get("livemode", False)),
         "pending_webhooks": 0,

@@ -57,11 +57,13 @@ class RateLimiter:
 
 @dataclass(frozen=True)
 class Page:
-    """One list response: its objects, whether more follow, and the API version it used."""
+    """One list response: its objects, whether more follow, the API version it used, and
+    when it was read (Unix seconds: the stamp of the snapshots made from it)."""
 
     data: list[dict[str, Any]]
     has_more: bool
     api_version: str | None
+    read_at: int
 
 
 @dataclass
@@ -132,11 +134,13 @@ class StripeApi:
         if starting_after is not None:
             query["starting_after"] = starting_after
         body, version = await self.get(path, query)
+        read_at = int(time.time())
         self.log.pages.append((path, starting_after))
         return Page(
             data=list(body.get("data") or []),
             has_more=bool(body.get("has_more")),
             api_version=version,
+            read_at=read_at,
         )
 
     async def pages(

@@ -31,11 +31,14 @@ def test_same_state_same_id_changed_state_new_id() -> None:
 
 def test_snapshot_event_shape() -> None:
     subscription = _fixture("subscription")
-    event = snapshot_event(LISTS["subscriptions"], subscription, api_version="2025-03-31.basil")
+    read_at = subscription["created"] + 86400
+    event = snapshot_event(
+        LISTS["subscriptions"], subscription, api_version="2025-03-31.basil", read_at=read_at
+    )
     assert event is not None
     assert event["object"] == "event"
     assert event["type"] == "customer.subscription.updated"
-    assert event["created"] == subscription["created"]
+    assert event["created"] == read_at
     assert event["data"]["object"] is subscription
     assert event["request"] == {"id": None, "idempotency_key": None}
     assert event["api_version"] == "2025-03-31.basil"
@@ -80,7 +83,7 @@ def test_snapshot_event_shape() -> None:
 )
 def test_event_type_by_state(list_name: str, fields: dict[str, Any], expected: str | None) -> None:
     obj = {"id": "x_1", "object": "thing", "created": 1, **fields}
-    event = snapshot_event(LISTS[list_name], obj, api_version=None)
+    event = snapshot_event(LISTS[list_name], obj, api_version=None, read_at=2)
     assert (event and event["type"]) == expected
 
 
@@ -88,3 +91,22 @@ def test_default_lists_exist_and_leave_out_plans() -> None:
     assert all(name in LISTS for name in DEFAULT_LISTS)
     assert "plans" not in DEFAULT_LISTS
     assert LISTS["subscriptions"].params == {"status": "all"}
+
+
+def test_stamped_with_read_time_and_id_from_state_only() -> None:
+    """A re-listed unchanged object dedups (same id) whatever the read time; its stamp is
+    the read time, so it is newer than the webhooks Stripe sent before the read."""
+    subscription = {**_fixture("subscription"), "status": "unpaid"}
+    early = snapshot_event(LISTS["subscriptions"], subscription, api_version=None, read_at=1_000)
+    late = snapshot_event(LISTS["subscriptions"], subscription, api_version=None, read_at=9_000)
+    assert early is not None and late is not None
+    assert early["created"] == 1_000 and late["created"] == 9_000
+    assert early["id"] == late["id"]
+    assert early["created"] != subscription["created"]
+    changed = snapshot_event(
+        LISTS["subscriptions"],
+        {**subscription, "status": "active"},
+        api_version=None,
+        read_at=1_000,
+    )
+    assert changed is not None and changed["id"] != early["id"]
