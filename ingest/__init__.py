@@ -1,9 +1,17 @@
-"""Ingest stage: verify Stripe webhooks and write them byte for byte to the event log."""
+"""Ingest stage: verify Stripe webhooks and write them byte for byte to the event log;
+read the Stripe API into the same log (backfill, reconcile).
 
-from ingest.app import create_app
-from ingest.errors import IngestError, LogUnavailable
-from ingest.keys import event_headers, routing_key
-from ingest.producer import EventProducer
+Modules: `app` (the webhook service), `verify` (signatures), `keys` (message key and
+headers), `producer` (the idempotent Kafka producer), `backfill`, `reconcile`, `snapshots`,
+`cursors`, `stripe_api`, `cli` and `backfill_cli` (the commands). It imports neither
+`processors` nor `projections`.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from entitled._exports import lazy_exports
 
 __all__ = [
     "EventProducer",
@@ -13,3 +21,23 @@ __all__ = [
     "event_headers",
     "routing_key",
 ]
+
+# Type checkers see real imports; at run time each name is imported on first use, so that
+# `ingest.keys` alone does not pull in Starlette and the stripe library.
+if TYPE_CHECKING:
+    from ingest.app import create_app
+    from ingest.errors import IngestError, LogUnavailable
+    from ingest.keys import event_headers, routing_key
+    from ingest.producer import EventProducer
+else:
+    __getattr__ = lazy_exports(
+        __name__,
+        {
+            "EventProducer": "ingest.producer",
+            "IngestError": "ingest.errors",
+            "LogUnavailable": "ingest.errors",
+            "create_app": "ingest.app",
+            "event_headers": "ingest.keys",
+            "routing_key": "ingest.keys",
+        },
+    )

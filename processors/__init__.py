@@ -1,0 +1,22 @@
+"""Processors stage: consume the event topic and fold it into the projections.
+
+Modules: `app` (the Faust worker: a thin agent over the batch runner), `replay` (rebuild
+a projection version from offset 0, then swap), `status` (lag, dead letters), `cli` (the
+`worker`, `replay`, `deadletters` and `status` commands). No SQL here: it lives in
+`projections`.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from entitled._exports import lazy_exports
+
+__all__ = ["create_app"]
+
+# Type checkers see real imports; at run time each name is imported on first use, so that
+# importing one module of the package does not start Faust.
+if TYPE_CHECKING:
+    from processors.app import create_app
+else:
+    __getattr__ = lazy_exports(__name__, {"create_app": "processors.app"})

@@ -1,0 +1,50 @@
+"""Projections stage: the Postgres schema and all SQL, the pure fold rules, entitlements,
+search and the read API. It never consumes Kafka.
+
+Modules: `schema` (versions, migrate), `events` (typed views of a Stripe event),
+`normalise` (older API shapes to the current one), `rules/` (one pure rule per event type),
+`fold` (a batch of events over the rows they touch), `entitlements` (who may watch what),
+the writer and its parts, `catalog`, `search`, `api` (the read API and the page), `cli`.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from entitled._exports import lazy_exports
+
+__all__ = [
+    "EventParseError",
+    "FoldError",
+    "Policy",
+    "ProjectionError",
+    "StripeEvent",
+    "active_schema",
+    "create_app",
+    "derive",
+    "migrate",
+]
+
+# Type checkers see real imports; at run time each name is imported on first use, so that
+# `from projections import schema` does not pull in Starlette.
+if TYPE_CHECKING:
+    from projections.api import create_app
+    from projections.entitlements import Policy, derive
+    from projections.errors import EventParseError, FoldError, ProjectionError
+    from projections.events import StripeEvent
+    from projections.schema import active_schema, migrate
+else:
+    __getattr__ = lazy_exports(
+        __name__,
+        {
+            "EventParseError": "projections.errors",
+            "FoldError": "projections.errors",
+            "Policy": "projections.entitlements",
+            "ProjectionError": "projections.errors",
+            "StripeEvent": "projections.events",
+            "active_schema": "projections.schema",
+            "create_app": "projections.api",
+            "derive": "projections.entitlements",
+            "migrate": "projections.schema",
+        },
+    )
