@@ -1,0 +1,174 @@
+"""Post a corpus of events through a real ingest into a real worker and collect every way
+the pipeline failed on it: refused posts, a worker that does not reach the log end,
+dead letters nobody expected, and customers whose next normal event no longer applies.
+
+The checks gather problems instead of stopping at the first, so that one run of a corpus
+test reports everything it found (event ids, types, files, errors from the dead-letter
+table and the worker's log).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+from entitled.settings import Settings
+from entitled.shell import stripe_events as se
+from ingest.keys import routing_key
+from tests.helpers import wait_for
+from tests.processes import Procs
+from tests.processors.corpus_events import Sample
+from tests.reliability_support import caught_up, sql_rows, start_system
+
+CATCH_UP_S = 45.0
+CHECK_GROUP = "corpus-check"
+
+
+@dataclass
+class Outcome:
+    problems: list[str] = field(default_factory=list)
+    posted: int = 0
+
+    def check(self) -> None:
+        assert not self.problems, "\n\n".join(self.problems)
+
+
+def post_all(url: str, secret: str, samples: Iterable[Sample]) -> list[tuple[Sample, int, str]]:
+    """POST each sample's exact bytes, signed as Stripe signs; the ones not answered 200."""
+    refused = []
+    with httpx.Client(timeout=30) as client:
+        for s in samples:
+            headers = {
+                "Stripe-Signature": se.sign_header(s.body, secret),
+                "Content-Type": "application/json",
+            }
+            r = client.post(f"{url}/webhooks/stripe", content=s.body, headers=headers)
+            if r.status_code != 200:
+                refused.append((s, r.status_code, r.text[:200]))
+    return refused
+
+
+def customers_of(samples: Iterable[Sample]) -> list[str]:
+    """Customers the corpus touches (by the ingest's routing key), except deleted ones: a
+    deleted customer rightly holds nothing afterwards."""
+    touched: set[str] = set()
+    deleted: set[str] = set()
+    for s in samples:
+        if not isinstance(s.event.get("data"), dict):
+            continue
+        key = routing_key(s.event)
+        if key.startswith("cus_"):
+            touched.add(key)
+            if s.type == "customer.deleted":
+                deleted.add(key)
+    return sorted(touched - deleted)
+
+
+def normal_events(customers: Sequence[str]) -> list[Mapping[str, Any]]:
+    """A product granting `CHECK_GROUP` and one active subscription to it per customer,
+    created now: newer than anything in a corpus."""
+    now = int(time.time())
+    product = se.product(groups=CHECK_GROUP, created=now)
+    events: list[Mapping[str, Any]] = [se.event("product.created", product, created=now)]
+    for customer in customers:
+        sub = se.subscription(
+            customer=customer, items=[(se.new_id("price"), product["id"])], created=now
+        )
+        events.append(se.event("customer.subscription.created", sub, created=now))
+    return events
+
+
+def _granted(settings: Settings) -> dict[str, list[str]]:
+    rows = sql_rows(settings, "SELECT customer, groups FROM live.customer_entitlements")
+    return {c: list(g) for c, g in rows}
+
+
+def _lag(settings: Settings) -> str:
+    from entitled.shell.services._process import run_async
+    from processors.status import end_offsets
+
+    ends = run_async(lambda: end_offsets(settings.kafka_bootstrap_servers or "", settings.topic))
+    cps = dict(
+        sql_rows(
+            settings,
+            "SELECT partition, next_offset FROM live.checkpoints WHERE topic = %s",
+            settings.topic,
+        )
+    )
+    return ", ".join(f"p{p}: checkpoint {cps.get(p, 0)} / end {e}" for p, e in sorted(ends.items()))
+
+
+def _errors_in_log(procs: Procs, lines: int = 25) -> str:
+    out = []
+    for p in procs.all:
+        if p.args and p.args[0] == "worker":
+            text = p.log.read_text(errors="replace").splitlines()
+            hits = [ln for ln in text if "Error" in ln or "error" in ln or "Traceback" in ln]
+            out.extend(hits[-lines:])
+    return "\n".join(out)
+
+
+def run_corpus(
+    procs: Procs,
+    settings: Settings,
+    samples: Sequence[Sample],
+    allowed_dead_letters: Mapping[str, str],
+    extra_customers: Sequence[str] = (),
+) -> Outcome:
+    """Start ingest and worker, post `samples` then one normal event per touched customer
+    (and `extra_customers`), and return every problem seen."""
+    outcome = Outcome()
+    system = start_system(procs, api=False)
+    url = system["ingest_urls"][0]
+    secret = settings.webhook_secrets[0]
+    by_id = {s.id: s for s in samples}
+
+    refused = post_all(url, secret, samples)
+    outcome.posted = len(samples) - len(refused)
+    if refused:
+        outcome.problems.append(
+            f"{len(refused)} of {len(samples)} posts not answered 200:\n"
+            + "\n".join(f"  {s.name} ({s.type}, {s.id}): {st} {body}" for s, st, body in refused)
+        )
+
+    customers = [*customers_of(samples), *extra_customers]
+    normal = normal_events(customers)
+    for event in normal:
+        body = se.encode(event)
+        refused_normal = post_all(url, secret, [Sample("normal", dict(event), body)])
+        if refused_normal:
+            outcome.problems.append(f"a normal event was refused: {refused_normal[0][1:]}")
+
+    try:
+        wait_for(lambda: caught_up(settings), CATCH_UP_S, "every partition's checkpoint")
+    except AssertionError:
+        outcome.problems.append(
+            f"the worker did not reach the log end within {CATCH_UP_S:.0f} s ({_lag(settings)});"
+            f" errors in its log:\n{_errors_in_log(procs)}"
+        )
+
+    letters = sql_rows(
+        settings,
+        "SELECT event_id, event_type, state, key, error FROM live.dead_letters ORDER BY id",
+    )
+    unexpected = [row for row in letters if row[0] not in allowed_dead_letters]
+    if unexpected:
+        lines = []
+        for event_id, event_type, state, key, error in unexpected:
+            source = by_id[event_id].name if event_id in by_id else "(a normal event)"
+            first = (error or "").strip().splitlines()[-1:] or [""]
+            lines.append(f"  {state} {event_type} {event_id} key={key} [{source}]: {first[0]}")
+        outcome.problems.append(f"{len(unexpected)} dead letters:\n" + "\n".join(lines))
+
+    granted = _granted(settings)
+    missing = [c for c in customers if CHECK_GROUP not in granted.get(c, [])]
+    if missing:
+        outcome.problems.append(
+            f"{len(missing)} of {len(customers)} customers did not get the group of their "
+            f"subscription created after the corpus: {missing}"
+        )
+    return outcome
