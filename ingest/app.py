@@ -1,7 +1,8 @@
 """The webhook service: `POST /webhooks/stripe` into the log, plus health and metrics.
 
 Order of checks: size (Content-Length, then the streamed body under a cap), UTF-8, the
-signature, then the event's outer shape. Only a fully verified event is published, and 200
+signature, then the event's outer shape (a snapshot event or a thin event notification,
+see `ingest.verify`). Only a fully verified event is published, and 200
 is answered only after the broker acknowledged it (DESIGN.md, "The log is the truth").
 """
 
@@ -105,7 +106,8 @@ def create_app(settings: Settings, producer: EventProducer | None = None) -> Sta
         verify_signature(payload, request.headers.get("stripe-signature"), secrets, tolerance)
         event = parse_event(payload)
         event_type = event["type"]
-        if not event_type.startswith(KNOWN_TYPE_PREFIXES):
+        # thin notifications name v1 resources' events with a `v1.` prefix
+        if not event_type.removeprefix("v1.").startswith(KNOWN_TYPE_PREFIXES):
             log.info("accepted event %s of unhandled type %s", event["id"], event_type)
         started = time.perf_counter()
         await producer.publish(

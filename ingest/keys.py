@@ -3,6 +3,10 @@
 The key decides the partition, so all events of one customer land in one partition in
 arrival order (DESIGN.md, "The log is the truth"). Headers let consumers filter and trace
 without parsing the body.
+
+Two shapes of event reach the log: snapshot events (`"object": "event"`, the object under
+`data.object`) and thin event notifications (`"object": "v2.core.event"`, only a
+`related_object` reference, unversioned, the Connect account under `context`).
 """
 
 from __future__ import annotations
@@ -10,7 +14,19 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-SOURCES = ("webhook", "backfill", "reconcile")
+SOURCES = ("webhook", "backfill", "reconcile", "hydrate", "refresh")
+NOTIFICATION = "v2.core.event"
+
+
+def is_notification(event: Mapping[str, Any]) -> bool:
+    """True for a thin event notification (no `data`, a `related_object` reference)."""
+    return event.get("object") == NOTIFICATION
+
+
+def related_object(event: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The `related_object` of a thin notification (empty when absent or malformed)."""
+    related = event.get("related_object")
+    return related if isinstance(related, Mapping) else {}
 
 
 def _object(event: Mapping[str, Any]) -> Mapping[str, Any]:
@@ -25,8 +41,15 @@ def routing_key(event: Mapping[str, Any]) -> str:
     `data.object.customer` may be a string id or an expanded customer object; a customer
     object is keyed by its own id. Events with no customer (product, price, feature) are
     keyed by their object id, and an event with no object id at all by its own id, so every
-    event has a stable key.
+    event has a stable key. A thin notification names no customer: it is keyed by its
+    related object's id (a customer's own id for a customer); the hydrator's snapshot of
+    that object is then keyed by the customer like any event.
     """
+    if is_notification(event):
+        related_id = related_object(event).get("id")
+        if isinstance(related_id, str) and related_id:
+            return related_id
+        return str(event.get("id") or "")
     obj = _object(event)
     customer = obj.get("customer")
     if isinstance(customer, Mapping):
@@ -44,8 +67,9 @@ def event_headers(
 ) -> list[tuple[str, bytes]]:
     """Headers for the log: event id, type, API version, Connect account, received-at, source.
 
-    `stripe-account` is only present for Connect events. `received-at` is Unix seconds with
-    millisecond precision, as text, so any consumer can read it without a schema.
+    `stripe-account` is only present for Connect events (`account`, or a thin notification's
+    `context`). `received-at` is Unix seconds with millisecond precision, as text, so any
+    consumer can read it without a schema. A thin notification has no API version.
     """
     if source not in SOURCES:
         raise ValueError(f"unknown source {source!r}; expected one of {SOURCES}")
@@ -54,7 +78,7 @@ def event_headers(
         ("stripe-event-type", _text(event.get("type"))),
         ("stripe-api-version", _text(event.get("api_version"))),
     ]
-    account = event.get("account")
+    account = event.get("context") if is_notification(event) else event.get("account")
     if isinstance(account, str) and account:
         headers.append(("stripe-account", account.encode()))
     headers.append(("received-at", f"{received_at:.3f}".encode()))

@@ -3,17 +3,31 @@
 Signature checking is the stripe library's own (`WebhookSignature.verify_header`: v1
 scheme, constant-time compare, timestamp tolerance); we only loop over the configured
 secrets so that a rotation has no gap. Nothing here echoes a secret.
+
+Both payloads Stripe's event destinations send are accepted, with the same signature
+scheme: snapshot events (`"object": "event"`, the object under `data.object`) and thin
+event notifications (`"object": "v2.core.event"`: a `related_object` reference, no `data`,
+an ISO `created`, `v1.`-prefixed types for v1 resources). A notification's shape is checked
+by the stripe library's own parser (`EventNotification.from_json`, which
+`StripeClient.parse_event_notification` runs after the same signature check), so we accept
+what the library can later read.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime
 from typing import Any
 
 import orjson
 import stripe
+from stripe.v2.core import EventNotification
 
 from ingest.errors import InvalidSignature, MalformedEvent
+from ingest.keys import NOTIFICATION
+
+# Parsing a notification needs a client but sends nothing: no key of ours is involved.
+_PARSER = stripe.StripeClient("sk_parse_only")
 
 
 def decode_body(raw: bytes) -> str:
@@ -62,7 +76,36 @@ def parse_event(payload: str) -> dict[str, Any]:
         value = event.get(name)
         if not isinstance(value, str) or not value:
             raise MalformedEvent(f"event has no string {name!r}")
+    if event.get("object") == NOTIFICATION:
+        _check_notification(event)
+        return event
     data = event.get("data")
     if not isinstance(data, dict) or not isinstance(data.get("object"), dict):
         raise MalformedEvent("event has no 'data.object' object")
     return event
+
+
+def _check_notification(event: dict[str, Any]) -> None:
+    """A thin notification the stripe library parses, with an ISO `created` and, when it
+    names one, a related object with string id, type and url."""
+    created = event.get("created")
+    if not isinstance(created, str):
+        raise MalformedEvent("event notification has no ISO 'created'")
+    try:
+        datetime.fromisoformat(created)
+    except ValueError:
+        raise MalformedEvent("event notification 'created' is not an ISO timestamp") from None
+    related = event.get("related_object")
+    if related is not None and not (
+        isinstance(related, dict)
+        and all(isinstance(related.get(k), str) and related[k] for k in ("id", "type", "url"))
+    ):
+        raise MalformedEvent("event notification 'related_object' needs string id, type, url")
+    try:
+        # what StripeClient.parse_event_notification runs after verifying the signature
+        EventNotification.from_json(event, _PARSER)
+    except (KeyError, TypeError, ValueError) as exc:
+        reason = f"{type(exc).__name__} {exc}"[:80]
+        raise MalformedEvent(
+            f"not an event notification the stripe library reads: {reason}"
+        ) from None

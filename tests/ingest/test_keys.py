@@ -63,3 +63,29 @@ def test_connect_account_header_only_when_present() -> None:
 def test_unknown_source_is_refused() -> None:
     with pytest.raises(ValueError):
         event_headers({"id": "e"}, source="api", received_at=0)
+
+
+def test_thin_notification_keyed_by_its_related_object() -> None:
+    thin = {
+        "id": "evt_t1",
+        "object": "v2.core.event",
+        "type": "v1.invoice.paid",
+        "related_object": {"id": "in_7", "type": "invoice", "url": "/v1/invoices/in_7"},
+    }
+    assert routing_key(thin) == "in_7"
+    customer = {**thin, "related_object": {"id": "cus_7", "type": "customer", "url": "/v1/c"}}
+    assert routing_key(customer) == "cus_7"
+    assert routing_key({**thin, "related_object": None}) == "evt_t1"
+
+
+def test_thin_notification_headers_take_the_account_from_context() -> None:
+    thin = {"id": "evt_t2", "object": "v2.core.event", "type": "v1.charge.refunded"}
+    headers = dict(event_headers({**thin, "context": "acct_9"}, source="webhook", received_at=0))
+    assert headers["stripe-account"] == b"acct_9"
+    assert headers["stripe-api-version"] == b""
+    assert "stripe-account" not in dict(event_headers(thin, source="webhook", received_at=0))
+    # `account` is a snapshot event's field: a notification's comes from `context` only
+    with_account = {**thin, "account": "acct_x"}
+    assert "stripe-account" not in dict(
+        event_headers(with_account, source="hydrate", received_at=0)
+    )

@@ -1,0 +1,94 @@
+"""Thin event notifications through the webhook endpoint (real uvicorn, real Kafka)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+import orjson
+from ingest_helpers import Running, end_offsets, read_topic
+from thin_events import notification
+
+from entitled.shell import stripe_events as se
+
+SECRET = "whsec_test_secret"
+
+
+def _signed(body: bytes, secret: str = SECRET) -> dict[str, str]:
+    return {"Stripe-Signature": se.sign_header(body, secret), "Content-Type": "application/json"}
+
+
+async def test_notification_is_logged_byte_for_byte(ingest_server: Running) -> None:
+    thin = notification(
+        "v1.customer.subscription.updated", "sub_thin1", "subscription", context="acct_c1"
+    )
+    # key order and spacing as Stripe chose them must survive
+    body = b'{"zz": 0,  ' + orjson.dumps(thin)[1:]
+    async with httpx.AsyncClient(base_url=ingest_server.url) as client:
+        r = await client.post("/webhooks/stripe", content=body, headers=_signed(body))
+    assert r.status_code == 200, r.text
+    assert r.json() == {"received": True, "id": thin["id"]}
+    (record,) = await read_topic(ingest_server.settings)
+    assert record.value == body
+    assert record.key == b"sub_thin1"
+    headers = dict(record.headers)
+    assert headers["stripe-event-id"] == thin["id"].encode()
+    assert headers["stripe-event-type"] == b"v1.customer.subscription.updated"
+    assert headers["stripe-api-version"] == b""
+    assert headers["stripe-account"] == b"acct_c1"
+    assert headers["source"] == b"webhook"
+
+
+async def test_customer_notification_keyed_by_the_customer(ingest_server: Running) -> None:
+    thin = notification("v1.customer.updated", "cus_thin2", "customer")
+    snapshot = se.event(
+        "customer.subscription.created",
+        se.subscription("sub_x", customer="cus_thin2", items=[("price_a", "prod_a")]),
+    )
+    async with httpx.AsyncClient(base_url=ingest_server.url) as client:
+        for event in (thin, snapshot):
+            body = orjson.dumps(event)
+            r = await client.post("/webhooks/stripe", content=body, headers=_signed(body))
+            assert r.status_code == 200, r.text
+    records = await read_topic(ingest_server.settings)
+    assert [r.key for r in records] == [b"cus_thin2", b"cus_thin2"]
+    assert len({r.partition for r in records}) == 1
+
+
+def _without(event: dict[str, Any], *path: str) -> dict[str, Any]:
+    out = orjson.loads(orjson.dumps(event))
+    target = out
+    for part in path[:-1]:
+        target = target[part]
+    del target[path[-1]]
+    return out
+
+
+async def test_bad_notifications_get_400_and_write_nothing(ingest_server: Running) -> None:
+    good = notification("v1.invoice.paid", "in_1", "invoice")
+    cases: list[tuple[str, dict[str, Any], str]] = [
+        ("v1 type without related_object", _without(good, "related_object"), "related_object"),
+        ("created as a number", {**good, "created": 1700000000}, "created"),
+        ("created not a date", {**good, "created": "yesterday"}, "created"),
+        ("related id not a string", {**good, "related_object": {"id": 5}}, "related_object"),
+        ("no related url", _without(good, "related_object", "url"), "related_object"),
+        ("no type", _without(good, "type"), "type"),
+    ]
+    wrong = []
+    async with httpx.AsyncClient(base_url=ingest_server.url) as client:
+        for case, event, words in cases:
+            body = orjson.dumps(event)
+            r = await client.post("/webhooks/stripe", content=body, headers=_signed(body))
+            if r.status_code != 400 or words not in r.json().get("error", ""):
+                wrong.append((case, r.status_code, r.text))
+        body = orjson.dumps(good)
+        forged = await client.post(
+            "/webhooks/stripe", content=body, headers=_signed(body, "whsec_other")
+        )
+        assert forged.status_code == 400
+        assert wrong == []
+        assert sum((await end_offsets(ingest_server.settings)).values()) == 0
+        # the same notification, signed: written (the check above could fail)
+        r = await client.post("/webhooks/stripe", content=body, headers=_signed(body))
+        assert r.status_code == 200, r.text
+    assert sum((await end_offsets(ingest_server.settings)).values()) == 1
