@@ -44,6 +44,7 @@ class Settings:
     batch_within_s: float = 0.05
     consumer_group: str = "entitled-worker"
     rule_plugins: tuple[str, ...] = ()  # modules imported at start that register/override rules
+    worker_metrics_port: int | None = None  # the worker's /metrics and /readyz; None: off
     # backfill
     backfill_rps: float = 20.0
 
@@ -73,6 +74,9 @@ class Settings:
             batch_size=int(e.get("ENTITLED_BATCH_SIZE") or base.batch_size),
             consumer_group=e.get("ENTITLED_CONSUMER_GROUP") or base.consumer_group,
             rule_plugins=_split(e.get("ENTITLED_RULE_PLUGINS")),
+            worker_metrics_port=int(e["ENTITLED_WORKER_METRICS_PORT"])
+            if e.get("ENTITLED_WORKER_METRICS_PORT")
+            else None,
             backfill_rps=float(e.get("ENTITLED_BACKFILL_RPS") or base.backfill_rps),
         )
         clean = {k: v for k, v in overrides.items() if v is not None}

@@ -13,9 +13,13 @@ import faust
 from faust.types import TP
 
 from entitled.settings import Settings
-from projections.store import Message
+from projections.types import Message
 
-from .folding import Folder, make_pool
+from . import http
+from .pool import make_pool
+from .runner import BatchRunner
+
+__all__ = ["create_app"]
 
 log = logging.getLogger(__name__)
 
@@ -48,8 +52,8 @@ def create_app(settings: Settings, bootstrap: str) -> faust.App:
     topic = app.topic(settings.topic, key_type=bytes, value_type=bytes)
     assert settings.database_url is not None
     pool = make_pool(settings.database_url)
-    folder = Folder(settings, pool)
-    app.folder = folder  # type: ignore[attr-defined]
+    runner = BatchRunner(settings, pool)
+    app.runner = runner  # type: ignore[attr-defined]
 
     async def seek(partition: int, offset: int) -> None:
         await app.consumer.seek(TP(settings.topic, partition), offset)
@@ -63,7 +67,7 @@ def create_app(settings: Settings, bootstrap: str) -> faust.App:
                 Message(e.message.partition, e.message.offset, _key(e.message.key), e.value)
                 for e in events
             ]
-            await folder.handle(batch, seek)
+            await runner.handle(batch, seek)
 
     @app.on_partitions_assigned.connect  # type: ignore[arg-type]
     async def resume_from_checkpoints(sender: Any, assigned: set[TP], **_: Any) -> None:
@@ -71,32 +75,33 @@ def create_app(settings: Settings, bootstrap: str) -> faust.App:
         if not mine:
             return
         try:
-            await resume(mine)
+            points = await runner.resume(mine, seek)
+            log.info("resumed %d partitions from Postgres checkpoints: %s", len(points), points)
         except Exception:  # Postgres down: the writer's gap check will catch up later
             log.exception("could not resume from the checkpoints on assignment")
-
-    async def resume(partitions: list[int]) -> None:
-        points = await folder.resume_points(partitions)
-        for partition, offset in points.items():
-            folder.expect(partition, offset)
-            await seek(partition, offset)
-        log.info("resumed %d partitions from Postgres checkpoints: %s", len(points), points)
 
     @app.timer(interval=1.0)  # type: ignore[untyped-decorator]
     async def follow_active_version(*_: Any) -> None:  # Faust passes the app
         try:
-            # A seek overtaken by Faust's own recovery (which seeks to Kafka's committed
-            # offsets) could leave a partition waiting for an offset that never comes.
-            await folder.reseek_stale(seek)
-            if not await folder.version_changed():
+            await runner.reseek_stale(seek)
+            if not await runner.version_changed():
                 return
             mine = sorted(
                 tp.partition for tp in app.consumer.assignment() if tp.topic == settings.topic
             )
-            log.info("active version changed to %s", folder.active)
-            await resume(mine)
+            log.info("active version changed to %s", runner.active)
+            await runner.resume(mine, seek)
         except Exception:  # never crash the worker over this; try again next tick
             log.exception("could not follow the active version")
+
+    if settings.worker_metrics_port is not None:
+        port = settings.worker_metrics_port
+
+        @app.task  # type: ignore[untyped-decorator]
+        async def serve_metrics() -> None:
+            await http.serve(runner, port)
+
+        del serve_metrics
 
     @app.on_before_shutdown.connect  # type: ignore[arg-type]
     async def close_pool(sender: Any, **_: Any) -> None:

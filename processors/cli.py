@@ -9,6 +9,7 @@ import logging
 import os
 import sys
 import time
+from dataclasses import replace
 from typing import Any
 
 import click
@@ -61,13 +62,22 @@ async def _prepare_once(settings: Settings) -> str:
 
 @click.command()
 @click.option("--loglevel", default="info", show_default=True)
-def worker(loglevel: str) -> None:
+@click.option(
+    "--metrics-port",
+    type=int,
+    default=None,
+    help="Serve /metrics, /healthz and /readyz on 127.0.0.1:PORT"
+    " (default: ENTITLED_WORKER_METRICS_PORT; off when neither is set).",
+)
+def worker(loglevel: str, metrics_port: int | None) -> None:
     """Fold the event topic into the active projection version (a Faust worker)."""
     from faust.worker import Worker
 
     from .app import create_app
 
     settings = resolved_settings()
+    if metrics_port is not None:
+        settings = replace(settings, worker_metrics_port=metrics_port)
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
     loop.run_until_complete(prepare(settings))

@@ -35,9 +35,11 @@ from entitled.settings import Settings
 from entitled.topics import end_offsets
 from projections import schema as db
 from projections.entitlements import Policy
-from projections.store import Message, ProjectionStore
+from projections.store import ProjectionStore
+from projections.types import Message
 
-from .folding import Folder, configure, make_pool
+from .pool import configure, make_pool
+from .runner import BatchRunner
 
 log = logging.getLogger(__name__)
 
@@ -211,11 +213,11 @@ async def _fold_range(
     assert settings.database_url and settings.kafka_bootstrap_servers
     pool = make_pool(settings.database_url, max_size=2, name="replay")
     store = ProjectionStore(settings.topic, Policy.from_settings(settings), schema=schema)
-    folder = Folder(settings, pool, store=store)
+    runner = BatchRunner(settings, pool, store=store)
     read = 0
     try:
         async for batch in read_log(settings.kafka_bootstrap_servers, settings.topic, start, stop):
-            result = await folder.apply_until_committed(batch, recompute=recompute)
+            result = await runner.commit(batch, recompute=recompute)
             if result.gaps:  # cannot happen with a plain reader; never skip if it does
                 raise RuntimeError(f"replay found a gap: {result.gaps}")
             read += len(batch)

@@ -9,7 +9,8 @@ from entitled.shell import stripe_events as se
 from ingest.keys import routing_key
 from projections import schema as db
 from projections.entitlements import Policy
-from projections.store import Message, ProjectionStore
+from projections.store import ProjectionStore
+from projections.types import Message
 
 
 async def test_a_nul_character_in_metadata_does_not_stall_the_partition(

@@ -1,0 +1,84 @@
+"""Prometheus metrics of one worker (or replay) process, in its own `CollectorRegistry`."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from projections.store import ApplyResult
+
+__all__ = ["CONTENT_TYPE", "WorkerMetrics"]
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+_TXN_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+_SIZE_BUCKETS = (1, 5, 10, 50, 100, 250, 500, 1000, 5000)
+
+
+class WorkerMetrics:
+    """What the fold did, what it could not do, and whether it is stuck."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.events = Counter(
+            "entitled_worker_events",
+            "Records by outcome: applied, duplicate, below_checkpoint, parked, poison, skipped,"
+            " unknown (no rule for the type).",
+            ["outcome"],
+            registry=r,
+        )
+        self.ignored = Counter(
+            "entitled_worker_ignored_events",
+            "Events that describe no stored state (previews, objects without id), by type.",
+            ["type"],
+            registry=r,
+        )
+        self.ties = Counter(
+            "entitled_worker_log_order_ties",
+            "Same-second snapshots of one object that only log order could order.",
+            registry=r,
+        )
+        self.retries = Counter(
+            "entitled_worker_retries",
+            "Batches retried after a transient failure, by error class.",
+            ["error"],
+            registry=r,
+        )
+        self.isolations = Counter(
+            "entitled_worker_isolations",
+            "Batches split to isolate an event that fails deterministically.",
+            registry=r,
+        )
+        self.stalled = Gauge(
+            "entitled_worker_stalled",
+            "1 while every event fails the same way (a writer bug): folding has stopped.",
+            registry=r,
+        )
+        self.batch_size = Histogram(
+            "entitled_worker_batch_size", "Records per batch.", buckets=_SIZE_BUCKETS, registry=r
+        )
+        self.txn_seconds = Histogram(
+            "entitled_worker_transaction_seconds",
+            "Time to commit one batch (all attempts).",
+            buckets=_TXN_BUCKETS,
+            registry=r,
+        )
+
+    def count(self, result: ApplyResult) -> None:
+        for outcome, n in (
+            ("applied", result.applied),
+            ("duplicate", result.duplicates),
+            ("below_checkpoint", result.below_checkpoint),
+            ("parked", result.parked),
+            ("poison", result.poison),
+            ("skipped", result.skipped),
+            ("unknown", result.unknown),
+        ):
+            if n:
+                self.events.labels(outcome).inc(n)
+        for event_type, n in result.ignored.items():
+            self.ignored.labels(event_type).inc(n)
+        if result.ties:
+            self.ties.inc(result.ties)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

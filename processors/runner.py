@@ -1,0 +1,235 @@
+"""Between the consumer and the writer: commits batches whatever fails, and seeks back.
+
+`BatchRunner.handle` is what an agent calls with each batch. It never raises: a Faust agent
+whose body raises has its message acknowledged and skipped, which would lose events.
+
+Failures are told apart by what retrying can do about them:
+- transient (Postgres down or restarting, a serialization failure or deadlock, a pool
+  timeout): the batch is retried with backoff until it commits; nothing is ever skipped;
+- deterministic (Postgres refuses a value, the writer raises on an event): retrying cannot
+  help, so the batch is split in halves until the failing event is alone; that event is
+  dead-lettered (its customer parked behind it) and the rest commits. One customer's bad
+  event never holds back another customer or partition;
+- every event failing the same way is a bug in the writer, not bad input: after a few
+  customers in a row, folding stops loudly (`entitled_worker_stalled`, /readyz 503, an error
+  line per retry) instead of dead-lettering the whole log, and retries the batch slowly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+
+import psycopg
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
+
+from entitled.settings import Settings
+from projections import schema as db
+from projections.entitlements import Policy
+from projections.offsets import Expected
+from projections.store import ApplyResult, ProjectionStore
+from projections.types import Message
+
+from .errors import WriterStalled
+from .metrics import WorkerMetrics
+
+__all__ = ["BatchRunner", "SeekFn", "is_transient"]
+
+log = logging.getLogger(__name__)
+
+SeekFn = Callable[[int, int], Awaitable[None]]  # (partition, offset)
+
+# SQLSTATE classes worth waiting out: connection exception, transaction rollback
+# (serialization failure, deadlock), insufficient resources, object not in prerequisite state
+# (lock not available), operator intervention (shutdown, query canceled), system error.
+_TRANSIENT_CLASSES = frozenset({"08", "40", "53", "55", "57", "58"})
+_TRANSIENT_STATES = frozenset({"25006"})  # read-only transaction: a failover in progress
+# Conflicts with a concurrent batch: retry soon.
+_CONFLICTS = (psycopg.errors.SerializationFailure, psycopg.errors.DeadlockDetected)
+
+
+def is_transient(exc: BaseException) -> bool:
+    """True when retrying the same batch later may succeed."""
+    if isinstance(exc, psycopg.Error) and exc.sqlstate:
+        return exc.sqlstate[:2] in _TRANSIENT_CLASSES or exc.sqlstate in _TRANSIENT_STATES
+    return isinstance(
+        exc, (PoolTimeout, psycopg.OperationalError, psycopg.InterfaceError, OSError, TimeoutError)
+    )
+
+
+class BatchRunner:
+    """Commits batches through a `ProjectionStore`: retries, isolates poison, tracks seeks."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        pool: AsyncConnectionPool,
+        *,
+        store: ProjectionStore | None = None,
+        metrics: WorkerMetrics | None = None,
+        max_backoff_s: float = 5.0,
+        stall_after_keys: int = 8,
+    ) -> None:
+        self.pool = pool
+        self.store = store or ProjectionStore(settings.topic, Policy.from_settings(settings))
+        self.metrics = metrics or WorkerMetrics()
+        self.max_backoff_s = max_backoff_s
+        self.stall_after_keys = stall_after_keys
+        self.expected = Expected()
+        self.active: str | None = None  # the active version's schema, as last seen
+        self.stalled: str | None = None  # why folding stopped, while it is stopped
+        # keys (customers) dead-lettered since the last event that applied, with the error type
+        self._failing: dict[str, str] = {}
+        self._opened = False
+
+    async def _open(self) -> None:
+        # Opened on first use, inside the running loop, without waiting for Postgres: the
+        # retry loop handles a database that is not there yet.
+        if not self._opened:
+            self._opened = True
+            await self.pool.open(wait=False)
+
+    async def handle(self, messages: Sequence[Message], seek: SeekFn) -> ApplyResult | None:
+        try:
+            batch = self.expected.admit(messages)
+            if not batch:
+                await self.reseek_stale(seek)
+                return None
+            self.metrics.batch_size.observe(len(batch))
+            with self.metrics.txn_seconds.time():
+                result = await self.commit(batch)
+            for partition, offset in result.gaps.items():
+                log.warning("gap in partition %s: seeking back to %s", partition, offset)
+                await self._seek(seek, partition, offset)
+            return result
+        except asyncio.CancelledError:
+            raise
+        except WriterStalled as exc:
+            log.error("folding stopped: %s; retrying in %.0fs", exc, self.max_backoff_s)
+            await self._read_again(messages, seek)
+            await asyncio.sleep(self.max_backoff_s)
+            return None
+        except Exception:  # never let an exception escape into Faust (it would skip)
+            log.exception("unexpected error folding a batch; it will be read again")
+            await self._read_again(messages, seek)
+            return None
+
+    async def _seek(self, seek: SeekFn, partition: int, offset: int) -> None:
+        self.expected.expect(partition, offset)
+        try:
+            await seek(partition, offset)
+        except Exception:
+            log.exception("seek failed; the next batch will detect the gap again")
+
+    async def _read_again(self, messages: Sequence[Message], seek: SeekFn) -> None:
+        for partition in {m.partition for m in messages}:
+            offset = min(m.offset for m in messages if m.partition == partition)
+            await self._seek(seek, partition, offset)
+
+    async def reseek_stale(self, seek: SeekFn) -> None:
+        """Seek again where a seek was overtaken by a rebalance (see `Expected.stale`)."""
+        for partition, offset in self.expected.stale().items():
+            try:
+                await seek(partition, offset)
+            except Exception:
+                log.exception("seek failed; it will be tried again")
+
+    async def commit(self, batch: Sequence[Message], *, recompute: bool = True) -> ApplyResult:
+        """Commit `batch`: transient failures retried, a deterministically failing event
+        isolated and dead-lettered. Raises `WriterStalled` when everything fails."""
+        try:
+            result = await self._attempt(batch, recompute)
+        except Exception as exc:
+            if is_transient(exc):
+                raise  # _attempt retries transient failures itself; this is a cancellation
+            if len(batch) == 1:
+                return await self._quarantine(batch[0], exc)
+            self.metrics.isolations.inc()
+            half = len(batch) // 2
+            result = await self.commit(batch[:half], recompute=recompute)
+            result.add(await self.commit(batch[half:], recompute=recompute))
+            return result
+        if result.applied or result.duplicates:
+            self._failing.clear()
+            self.stalled = None
+            self.metrics.stalled.set(0)
+        self.metrics.count(result)
+        return result
+
+    async def _attempt(self, batch: Sequence[Message], recompute: bool) -> ApplyResult:
+        """Apply `batch`, retrying transient failures with backoff until it commits."""
+        await self._open()
+        delay = 0.05
+        while True:
+            try:
+                async with self.pool.connection() as conn:
+                    return await self.store.apply(conn, batch, recompute=recompute)
+            except Exception as exc:
+                if not is_transient(exc):
+                    raise
+                self.metrics.retries.labels(type(exc).__name__).inc()
+                if isinstance(exc, _CONFLICTS):
+                    await asyncio.sleep(min(delay, 0.5))  # a concurrent batch: soon
+                else:
+                    log.warning("Postgres unavailable (%s); retrying in %.1fs", exc, delay)
+                    await asyncio.sleep(delay)
+            delay = min(delay * 2, self.max_backoff_s)
+
+    async def _quarantine(self, message: Message, error: Exception) -> ApplyResult:
+        key = message.key or ""
+        kind = type(error).__name__
+        failing = {**self._failing, key: kind}
+        if len(failing) >= self.stall_after_keys and len(set(failing.values())) == 1:
+            self.stalled = (
+                f"{len(failing)} customers in a row failed with {kind} ({error}); "
+                "a writer bug, not bad input"
+            )
+            self.metrics.stalled.set(1)
+            raise WriterStalled(self.stalled) from error
+        log.error(
+            "event at %s/%s (key %s) fails deterministically, dead-lettered: %r",
+            message.partition,
+            message.offset,
+            message.key,
+            error,
+        )
+        self._failing = failing
+        while True:  # writing a dead letter can meet a transient failure too
+            try:
+                async with self.pool.connection() as conn:
+                    result = await self.store.quarantine(conn, message, error)
+                    self.metrics.count(result)
+                    return result
+            except Exception as exc:
+                if not is_transient(exc):
+                    raise
+                await asyncio.sleep(self.max_backoff_s / 5)
+
+    async def version_changed(self) -> bool:
+        """True when the active version is not the one this worker last saw (a replay swap
+        or a rollback): the caller then re-seeks every partition to the new checkpoints,
+        even if no new record arrives to reveal the gap."""
+        await self._open()
+        async with self.pool.connection() as conn:
+            active = await db.active_schema(conn)
+        changed = active != self.active
+        self.active = active
+        return changed
+
+    async def resume_points(self, partitions: Sequence[int]) -> dict[int, int]:
+        """Where each partition resumes: its Postgres checkpoint (0 when it has none)."""
+        await self._open()
+        async with self.pool.connection() as conn:
+            self.active, checkpoints = await self.store.checkpoints(conn)
+        return {p: checkpoints.get(p, 0) for p in partitions}
+
+    async def resume(self, partitions: Sequence[int], seek: SeekFn) -> dict[int, int]:
+        """Seek `partitions` to their checkpoints and drop records until they arrive."""
+        points = await self.resume_points(partitions)
+        for partition, offset in points.items():
+            await self._seek(seek, partition, offset)
+        return points
+
+    def ready(self) -> bool:
+        return self.stalled is None

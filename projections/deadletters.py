@@ -1,0 +1,187 @@
+"""Dead letters: events the fold could not apply, and the customers parked behind them.
+
+A poison event (a rule raises on it, it is not a Stripe event, or Postgres refuses what it
+becomes) is kept here with its error, traceback and raw bytes; every later event of the same
+key (customer) is kept here too, as `parked`, so no customer is built from a partial history.
+`entitled deadletters retry|skip` releases them (`ProjectionStore.release`); a skipped event
+stays skipped: no writer folds an event whose position has a `skipped` dead letter, not even a
+replay or a one-customer rebuild.
+"""
+
+from __future__ import annotations
+
+import logging
+import traceback
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from psycopg import AsyncConnection, sql
+
+from projections import schema as db
+from projections.types import Message, Position
+from projections.upserts import clean_text
+
+__all__ = ["Held", "Letter", "held", "id_and_type", "record", "rows", "take_for_release"]
+
+log = logging.getLogger(__name__)
+
+# (message, event id, event type, error or None)
+Letter = tuple[Message, str | None, str | None, BaseException | None]
+
+
+@dataclass
+class Held:
+    """What the dead letters hold back of a batch."""
+
+    parked_from: dict[str, int] = field(default_factory=dict)  # key -> first parked offset
+    skipped: set[Position] = field(default_factory=set)
+
+    def park(self, key: str | None, offset: int) -> None:
+        k = key or ""
+        self.parked_from[k] = min(self.parked_from.get(k, offset), offset)
+
+    def is_parked(self, key: str | None, offset: int) -> bool:
+        start = self.parked_from.get(key or "")
+        return start is not None and offset >= start
+
+
+async def held(
+    conn: AsyncConnection[Any],
+    schema: str,
+    topic: str,
+    messages: Sequence[Message],
+    *,
+    from_first_letter: bool = False,
+) -> Held:
+    """The keys of `messages` that are parked, and which of them were skipped.
+
+    A parked key holds back all of its events in the live writer (they come after the poison);
+    `from_first_letter` holds them back only from its first poison/parked offset on, for a
+    rebuild that reads the key's history from the start.
+    """
+    out = Held()
+    if not messages:
+        return out
+    keys = sorted({m.key or "" for m in messages})
+    partitions = sorted({m.partition for m in messages})
+    cur = await conn.execute(
+        sql.SQL(
+            'SELECT key, state, partition, "offset" FROM {}'
+            " WHERE (key = ANY(%s) AND state IN ('poison', 'parked'))"
+            "    OR (topic = %s AND state = 'skipped' AND partition = ANY(%s)"
+            '        AND "offset" BETWEEN %s AND %s)'
+        ).format(db.qualified(schema, "dead_letters")),
+        (keys, topic, partitions, min(m.offset for m in messages), max(m.offset for m in messages)),
+    )
+    for key, state, partition, offset in await cur.fetchall():
+        if state == "skipped":
+            out.skipped.add((partition, offset))
+        else:
+            out.park(key, offset if from_first_letter else -1)
+    return out
+
+
+async def record(
+    conn: AsyncConnection[Any], schema: str, topic: str, letters: Sequence[Letter], state: str
+) -> None:
+    """Insert dead letters (a position already recorded keeps its state)."""
+    if not letters:
+        return
+    async with conn.cursor() as cur:
+        await cur.executemany(
+            sql.SQL(
+                'INSERT INTO {} (key, topic, partition, "offset", event_id, event_type,'
+                " state, error, traceback, raw) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+                ' ON CONFLICT (topic, partition, "offset") DO NOTHING'
+            ).format(db.qualified(schema, "dead_letters")),
+            [
+                (
+                    clean_text(m.key or ""),
+                    topic,
+                    m.partition,
+                    m.offset,
+                    None if event_id is None else clean_text(event_id),
+                    None if event_type is None else clean_text(event_type),
+                    state,
+                    None if exc is None else clean_text(f"{type(exc).__name__}: {exc}"),
+                    None if exc is None else clean_text("".join(traceback.format_exception(exc))),
+                    m.value,
+                )
+                for m, event_id, event_type, exc in letters
+            ],
+        )
+    if state == "poison":
+        for m, event_id, _t, exc in letters:
+            log.error(
+                "poison event %s at %s/%s (key %s) parked: %s",
+                event_id,
+                m.partition,
+                m.offset,
+                m.key,
+                exc,
+            )
+
+
+async def take_for_release(
+    conn: AsyncConnection[Any], schema: str, key: str, *, skip_poison: bool
+) -> list[Message]:
+    """Take `key`'s poison and parked events out of the dead letters, in log order, to fold
+    them again (what fails again is recorded anew); `skip_poison` marks the poison skipped."""
+    table = db.qualified(schema, "dead_letters")
+    if skip_poison:
+        await conn.execute(
+            sql.SQL(
+                "UPDATE {} SET state = 'skipped', resolved_at = now()"
+                " WHERE key = %s AND state = 'poison'"
+            ).format(table),
+            (key,),
+        )
+    cur = await conn.execute(
+        sql.SQL(
+            'SELECT partition, "offset", key, raw FROM {}'
+            " WHERE key = %s AND state IN ('poison', 'parked')"
+            ' ORDER BY partition, "offset" FOR UPDATE'
+        ).format(table),
+        (key,),
+    )
+    messages = [Message(p, o, k, bytes(raw)) for p, o, k, raw in await cur.fetchall()]
+    # Out of the dead-letter set first, so that the fold does not park them behind themselves.
+    await conn.execute(
+        sql.SQL("DELETE FROM {} WHERE key = %s AND state IN ('poison', 'parked')").format(table),
+        (key,),
+    )
+    return messages
+
+
+async def rows(
+    conn: AsyncConnection[Any], schema: str, *, include_resolved: bool = False
+) -> list[dict[str, Any]]:
+    """Dead letters, open ones only unless `include_resolved`."""
+    cur = await conn.execute(
+        sql.SQL(
+            'SELECT id, key, partition, "offset", event_id, event_type, state, error,'
+            " created_at FROM {} WHERE %s OR state IN ('poison', 'parked')"
+            ' ORDER BY key, partition, "offset"'
+        ).format(db.qualified(schema, "dead_letters")),
+        (include_resolved,),
+    )
+    names = [d.name for d in cur.description or ()]
+    return [dict(zip(names, r, strict=True)) for r in await cur.fetchall()]
+
+
+def id_and_type(raw: bytes) -> tuple[str | None, str | None]:
+    """Best effort: the id and type of a record that may not be a valid Stripe event."""
+    try:
+        doc = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None, None
+    if not isinstance(doc, dict):
+        return None, None
+    ident, kind = doc.get("id"), doc.get("type")
+    return (ident if isinstance(ident, str) else None, kind if isinstance(kind, str) else None)
+
+
+def letters_of(messages: Iterable[Message], state_error: BaseException | None) -> list[Letter]:
+    return [(m, *id_and_type(m.value), state_error) for m in messages]

@@ -1,0 +1,146 @@
+"""Offsets: where each partition of the topic continues, in Postgres and in the consumer.
+
+One concept, two sides. The checkpoint table of a projection version holds, per partition, the
+next offset to fold; it is written in the same transaction as the rows a batch changed, so it
+is the truth about what was applied. The consumer (Faust, replay's reader) only suggests what
+to read; `continuity` keeps what continues exactly from the checkpoint and reports a gap
+where the consumer skipped ahead (faust-streaming/faust#216, or a version swap to a version
+that is behind), and `Expected` tracks, on the consumer's side, the seeks made to close such
+gaps until the awaited offset arrives.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from psycopg import AsyncConnection, sql
+
+from projections import schema as db
+from projections.types import Message
+
+__all__ = ["Continuity", "Expected", "continuity", "lock", "read", "save"]
+
+
+@dataclass
+class Continuity:
+    """What of a batch continues from the checkpoints."""
+
+    fresh: list[Message] = field(default_factory=list)  # to fold, in log order per partition
+    below_checkpoint: int = 0  # already covered by the checkpoint (redelivered)
+    gaps: dict[int, int] = field(default_factory=dict)  # partition -> offset to seek back to
+    next_offsets: dict[int, int] = field(default_factory=dict)  # checkpoints to save
+
+
+def continuity(messages: Iterable[Message], checkpoint: Mapping[int, int]) -> Continuity:
+    """Drop what `checkpoint` already covers; stop each partition at its first gap. Pure."""
+    by_partition: dict[int, list[Message]] = defaultdict(list)
+    for m in messages:
+        by_partition[m.partition].append(m)
+    out = Continuity()
+    for partition, batch in by_partition.items():
+        expected = start = checkpoint.get(partition, 0)
+        for m in sorted(batch, key=lambda m: m.offset):
+            if m.offset < expected:
+                out.below_checkpoint += 1
+                continue
+            if m.offset > expected:
+                out.gaps[partition] = expected  # apply nothing past it: the consumer seeks back
+                break
+            out.fresh.append(m)
+            expected += 1
+        if expected != start:
+            out.next_offsets[partition] = expected
+    return out
+
+
+async def lock(
+    conn: AsyncConnection[Any], schema: str, topic: str, partitions: Iterable[int]
+) -> dict[int, int]:
+    """The checkpoints of `partitions`, locked for this transaction.
+
+    Two workers briefly owning one partition during a rebalance are serialised here, and the
+    second one sees the first one's offsets.
+    """
+    cur = await conn.execute(
+        sql.SQL(
+            "SELECT partition, next_offset FROM {} WHERE topic = %s AND partition = ANY(%s)"
+            " ORDER BY partition FOR UPDATE"
+        ).format(db.qualified(schema, "checkpoints")),
+        (topic, sorted(set(partitions))),
+    )
+    return {p: o for p, o in await cur.fetchall()}
+
+
+async def read(conn: AsyncConnection[Any], schema: str, topic: str) -> dict[int, int]:
+    """Every partition's next offset to fold in `schema` (absent: 0)."""
+    cur = await conn.execute(
+        sql.SQL("SELECT partition, next_offset FROM {} WHERE topic = %s").format(
+            db.qualified(schema, "checkpoints")
+        ),
+        (topic,),
+    )
+    return {p: o for p, o in await cur.fetchall()}
+
+
+async def save(
+    conn: AsyncConnection[Any], schema: str, topic: str, next_offsets: Mapping[int, int]
+) -> None:
+    if not next_offsets:
+        return
+    async with conn.cursor() as cur:
+        await cur.executemany(
+            sql.SQL(
+                "INSERT INTO {} (topic, partition, next_offset) VALUES (%s, %s, %s)"
+                " ON CONFLICT (topic, partition) DO UPDATE"
+                " SET next_offset = excluded.next_offset, updated_at = now()"
+            ).format(db.qualified(schema, "checkpoints")),
+            [(topic, p, o) for p, o in sorted(next_offsets.items())],
+        )
+
+
+class Expected:
+    """The consumer's side: partitions we asked to seek, and the offset each must resume at.
+
+    After a seek the stream still holds records read before it; they are dropped until the
+    awaited offset arrives. A seek overtaken by a rebalance (or by Faust's own recovery, which
+    seeks to Kafka's committed offsets) could leave a partition waiting for an offset that
+    never comes: `stale` names those to seek again.
+    """
+
+    def __init__(self, *, stale_after_s: float = 5.0) -> None:
+        self.stale_after_s = stale_after_s
+        self._awaiting: dict[int, tuple[int, float]] = {}
+
+    def expect(self, partition: int, offset: int) -> None:
+        """Drop records of `partition` until `offset` arrives (after a seek to it)."""
+        self._awaiting[partition] = (offset, time.monotonic())
+
+    def awaiting(self, partition: int) -> int | None:
+        entry = self._awaiting.get(partition)
+        return None if entry is None else entry[0]
+
+    def admit(self, messages: Sequence[Message]) -> list[Message]:
+        """The records that follow the seeks: from each awaited offset on."""
+        batch: list[Message] = []
+        for m in messages:
+            awaited = self._awaiting.get(m.partition)
+            if awaited is not None:
+                if m.offset != awaited[0]:
+                    continue
+                del self._awaiting[m.partition]
+            batch.append(m)
+        return batch
+
+    def stale(self) -> dict[int, int]:
+        """Seeks older than `stale_after_s` (re-armed now): partition -> offset to seek to."""
+        now = time.monotonic()
+        out = {}
+        for partition, (offset, since) in list(self._awaiting.items()):
+            if now - since > self.stale_after_s:
+                self._awaiting[partition] = (offset, now)
+                out[partition] = offset
+        return out

@@ -1,0 +1,31 @@
+"""Types shared by the projection modules and their callers.
+
+`Message` is what a consumer (the Faust agent, replay's reader, the dead-letter release) hands
+to the writer: one record of the event topic, nothing Kafka-specific.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, TypeAlias
+
+__all__ = ["JsonObject", "Message", "Metadata", "Position"]
+
+JsonObject: TypeAlias = dict[str, Any]
+# Metadata as sorted (key, value) pairs: hashable, so rows stay frozen and comparable.
+Metadata: TypeAlias = tuple[tuple[str, str], ...]
+Position: TypeAlias = tuple[int, int]  # (partition, offset)
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """One record read from the topic: all the writer needs of it."""
+
+    partition: int
+    offset: int
+    key: str | None
+    value: bytes
+
+    @property
+    def position(self) -> Position:
+        return (self.partition, self.offset)

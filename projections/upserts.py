@@ -1,0 +1,211 @@
+"""Bulk reads and writes of mirrored rows, dedup records and entitlements.
+
+Every write goes through COPY into a temporary staging table, then one INSERT ... ON CONFLICT
+into the real table: one round trip per table, whatever the batch size.
+
+Mirrored rows are version-guarded in SQL: an upsert never puts a snapshot over a newer one,
+whatever the isolation level and whichever writer (the live worker, replay's parallel jobs)
+gets there first. The fold already keeps the newest snapshot of what it loaded; the guard is
+what holds when two transactions race on one object (its events can sit in two partitions: a
+payment intent created before its customer was attached is keyed by its own id, its later
+events by the customer).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import orjson
+from psycopg import AsyncConnection, sql
+
+from projections import schema as db
+from projections.entitlements import Entitlement
+from projections.rows import Row, customer_of, from_record, refs_of
+
+__all__ = [
+    "clean_text",
+    "jsonb_text",
+    "load_rows",
+    "mark_processed",
+    "seen",
+    "write_entitlements",
+    "write_rows",
+]
+
+_MIRROR_COLS = (
+    "id, customer, refs, record, v_created, v_rank, v_stage, v_partition, v_offset, event_id"
+)
+# The coarse order of a snapshot, as the fold ranks it: a terminal snapshot first (a tombstone
+# beats any update whatever its second), then Stripe's `created`, the event's rank and the
+# object's lifecycle stage. Same-key ties (decided in the fold by previous_attributes or log
+# order) are let through: the fold, which saw the stored row, chose.
+_GUARD = (
+    " WHERE (t.v_rank = 2, t.v_created, t.v_rank, t.v_stage)"
+    " <= (excluded.v_rank = 2, excluded.v_created, excluded.v_rank, excluded.v_stage)"
+)
+
+
+def clean_text(value: str) -> str:
+    """`value` as Postgres can store it: no U+0000, no lone surrogate (not UTF-8)."""
+    value = value.replace("\x00", "")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        value = value.encode("utf-8", "replace").decode("utf-8")
+    return value
+
+
+def _clean(value: Any) -> Any:
+    if isinstance(value, str):
+        return clean_text(value)
+    if isinstance(value, dict):
+        return {clean_text(str(k)): _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    return value
+
+
+def jsonb_text(record: Mapping[str, Any]) -> str:
+    """`record` as jsonb text. Postgres cannot store U+0000 in jsonb (nor a lone surrogate,
+    which is not UTF-8), and text a customer types can carry either; the values are cleaned
+    before serialising, never the serialised text (where `\\u0000` may be six characters a
+    customer typed). The common case costs one serialisation."""
+    try:
+        text = orjson.dumps(record)
+    except orjson.JSONEncodeError:  # a lone surrogate; an int beyond 64 bits stays an error
+        text = orjson.dumps(_clean(record))
+    if b"\\u0000" in text:
+        text = orjson.dumps(_clean(record))
+    return text.decode()
+
+
+async def _staging(conn: AsyncConnection[Any], schema: str, table: str) -> sql.Identifier:
+    """A temporary table shaped like `schema.table`, emptied at commit: rows are COPYed into
+    it, then merged into the real table with one INSERT ... ON CONFLICT."""
+    tmp = sql.Identifier(f"_in_{table}")
+    await conn.execute(
+        sql.SQL(
+            "CREATE TEMP TABLE IF NOT EXISTS {} (LIKE {} INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
+        ).format(tmp, db.qualified(schema, table))
+    )
+    return tmp
+
+
+async def seen(conn: AsyncConnection[Any], schema: str, ids: Sequence[str]) -> set[str]:
+    """The event ids among `ids` already applied to `schema` (dedup)."""
+    if not ids:
+        return set()
+    cur = await conn.execute(
+        sql.SQL("SELECT event_id FROM {} WHERE event_id = ANY(%s)").format(
+            db.qualified(schema, "processed_events")
+        ),
+        (list(ids),),
+    )
+    return {r[0] for r in await cur.fetchall()}
+
+
+async def load_rows(
+    conn: AsyncConnection[Any], schema: str, table: str, where: str, arg: object
+) -> list[Row]:
+    """Rows of a mirrored table matching `where` (one `%s` placeholder, bound to `arg`)."""
+    cur = await conn.execute(
+        sql.SQL("SELECT record FROM {} WHERE " + where).format(db.qualified(schema, table)),
+        (arg,),
+    )
+    return [from_record(table, r[0]) for r in await cur.fetchall()]
+
+
+async def write_rows(
+    conn: AsyncConnection[Any], schema: str, changed: Mapping[tuple[str, str], Row]
+) -> None:
+    """Upsert the changed mirrored rows, table by table, guarded by their stamps."""
+    by_table: dict[str, list[Row]] = defaultdict(list)
+    for (table, _id), row in changed.items():
+        by_table[table].append(row)
+    for table, rows in by_table.items():
+        await _upsert_rows(conn, schema, table, rows)
+
+
+async def _upsert_rows(
+    conn: AsyncConnection[Any], schema: str, table: str, rows: Iterable[Row]
+) -> None:
+    tmp = await _staging(conn, schema, table)
+    async with conn.cursor() as cur:
+        async with cur.copy(sql.SQL("COPY {} (" + _MIRROR_COLS + ") FROM STDIN").format(tmp)) as cp:
+            for row in rows:
+                s = row.stamp
+                customer = customer_of(row)
+                await cp.write_row(
+                    (
+                        clean_text(row.id),
+                        None if customer is None else clean_text(customer),
+                        [clean_text(r) for r in refs_of(row)],
+                        jsonb_text(row.to_record()),
+                        s.created,
+                        s.rank,
+                        s.stage,
+                        s.partition,
+                        s.offset,
+                        clean_text(row.event_id),
+                    )
+                )
+        updates = ", ".join(f"{c} = excluded.{c}" for c in _MIRROR_COLS.split(", ")[1:])
+        await cur.execute(
+            sql.SQL(
+                "INSERT INTO {} AS t (" + _MIRROR_COLS + ") SELECT " + _MIRROR_COLS + " FROM {}"
+                " ON CONFLICT (id) DO UPDATE SET " + updates + _GUARD
+            ).format(db.qualified(schema, table), tmp)
+        )
+
+
+async def mark_processed(
+    conn: AsyncConnection[Any], schema: str, applied: Iterable[tuple[str, int, int]]
+) -> None:
+    """Record applied events (id, partition, offset) for dedup; ids must be unique."""
+    rows = list(applied)
+    if not rows:
+        return
+    async with (
+        conn.cursor() as cur,
+        cur.copy(
+            sql.SQL('COPY {} (event_id, partition, "offset") FROM STDIN').format(
+                db.qualified(schema, "processed_events")
+            )
+        ) as cp,
+    ):
+        for event_id, partition, offset in rows:
+            await cp.write_row((clean_text(event_id), partition, offset))
+
+
+async def write_entitlements(
+    conn: AsyncConnection[Any],
+    schema: str,
+    derived: Mapping[str, tuple[Entitlement, Row | None]],
+) -> None:
+    """Upsert customers' entitlements, each with the newest row it was derived from."""
+    tmp = await _staging(conn, schema, "customer_entitlements")
+    cols = "customer, groups, movie_ids, as_of_event, as_of_created"
+    async with conn.cursor() as cur:
+        async with cur.copy(sql.SQL("COPY {} (" + cols + ") FROM STDIN").format(tmp)) as cp:
+            for customer, (ent, newest) in derived.items():
+                await cp.write_row(
+                    (
+                        clean_text(customer),
+                        [clean_text(g) for g in ent.groups],
+                        [clean_text(m) for m in ent.movie_ids],
+                        None if newest is None else clean_text(newest.event_id),
+                        None if newest is None else newest.stamp.created,
+                    )
+                )
+        await cur.execute(
+            sql.SQL(
+                "INSERT INTO {} (" + cols + ") SELECT " + cols + " FROM {}"
+                " ON CONFLICT (customer) DO UPDATE SET groups = excluded.groups,"
+                " movie_ids = excluded.movie_ids, as_of_event = excluded.as_of_event,"
+                " as_of_created = excluded.as_of_created, updated_at = now()"
+            ).format(db.qualified(schema, "customer_entitlements"), tmp)
+        )
+        # recompute_all writes in chunks inside one transaction: empty the staging table now
+        await cur.execute(sql.SQL("TRUNCATE {}").format(tmp))
