@@ -22,6 +22,32 @@ import click
 ENTITLED = [sys.executable, "-m", "entitled.shell.cli"]
 
 
+def echo(text: str = "") -> None:
+    """`click.echo` that outlives its reader.
+
+    `entitled dev | tee dev.log`, then Ctrl-C: tee dies of the same signal, and every later
+    write fails (EPIPE; EIO once a terminal has hung up). A message must never be the reason
+    dev leaves Kafka and PostgreSQL running, so after the first failed write stdout goes to
+    /dev/null (the Python docs' advice for EPIPE) and dev carries on stopping.
+    """
+    try:
+        click.echo(text)
+    except OSError:
+        _silence_stdout()
+    except RuntimeError:  # "reentrant call": a signal handler's message during another write
+        pass
+
+
+def _silence_stdout() -> None:
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, sys.stdout.fileno())  # later writes and the flush at exit succeed
+    except (AttributeError, ValueError, OSError):  # not a real file (tests); nothing to do
+        pass
+    finally:
+        os.close(devnull)
+
+
 class ChildDied(Exception):
     """A child exited while `entitled dev` still needed it."""
 
@@ -114,7 +140,7 @@ class Children:
             try:
                 child.popen.wait(max(0.0, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
-                click.echo(f"dev: {child.name} did not stop in {timeout_s:.0f} s: killing it")
+                echo(f"dev: {child.name} did not stop in {timeout_s:.0f} s: killing it")
                 child.signal_group(signal.SIGKILL)
                 child.popen.wait()
             # Anything the child left behind in its group goes with it.
@@ -152,4 +178,4 @@ class Follower:
             self.offsets[log] = offset + complete
             prefix = f"{self.names[log]:>6} | "
             for line in data[:complete].decode(errors="replace").splitlines():
-                click.echo(prefix + line)
+                echo(prefix + line)

@@ -29,9 +29,9 @@ import psycopg
 from entitled.settings import Settings
 from entitled.shell import demo
 from entitled.shell import services as svc
-from entitled.shell._children import Child, ChildDied, Children, Follower
+from entitled.shell._children import Child, ChildDied, Children, Follower, echo
 from entitled.shell.services._process import free_port, port_is_free
-from entitled.topics import ensure_event_topic
+from entitled.topics import TopicError, ensure_event_topic
 
 SECRET_FILE = "dev-webhook-secret"
 PIDS_FILE = "dev.pids"
@@ -43,7 +43,7 @@ class DevError(Exception):
 
 
 def _say(message: str) -> None:
-    click.echo(f"dev: {message}")
+    echo(f"dev: {message}")
 
 
 # -- configuration ---------------------------------------------------------------------------
@@ -219,7 +219,7 @@ def _summary(settings: Settings, ingest_url: str, api_url: str, origin: str, sto
         "  then restart with STRIPE_WEBHOOK_SECRET set to the whsec_... it prints",
         f"Ctrl-C stops {stops}.",
     ]
-    click.echo("\n".join(lines))
+    echo("\n".join(lines))
 
 
 def _supervise(children: Children, follower: Follower) -> None:
@@ -232,7 +232,13 @@ def _supervise(children: Children, follower: Follower) -> None:
 # -- the command -----------------------------------------------------------------------------
 
 
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
 def _interrupt(signum: int, frame: FrameType | None) -> None:
+    # One interrupt only: a second Ctrl-C must not break off the shutdown the first began.
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, _still_stopping)
     raise KeyboardInterrupt
 
 
@@ -252,7 +258,7 @@ class Options:
 
 def run(settings: Settings, opts: Options) -> int:
     """Run until interrupted; 0 after Ctrl-C/SIGTERM, 1 when something failed."""
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+    for sig in STOP_SIGNALS:
         signal.signal(sig, _interrupt)
     started = time.monotonic()
     if opts.ingest_port and opts.ingest_port == opts.api_port:
@@ -314,31 +320,39 @@ def run(settings: Settings, opts: Options) -> int:
         _summary(settings, ingest_url, api_url, origin, stops)
         _supervise(children, follower)
     except KeyboardInterrupt:
-        click.echo()
+        echo()
         _say("stopping")
         code = 0
     except ChildDied as exc:
         _say(f"{exc}; the last lines of {exc.child.log}:\n{exc.child.tail()}")
-    except (DevError, svc.ServicesError, demo.DemoRefused) as exc:
+    except (DevError, svc.ServicesError, TopicError, demo.DemoRefused) as exc:
         _say(str(exc))
     except httpx.HTTPError as exc:
         _say(f"sending the demo events failed: {exc!r}")
     except psycopg.OperationalError as exc:
         _say(f"cannot reach PostgreSQL: {exc}")
     finally:
-        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        for sig in STOP_SIGNALS:
             signal.signal(sig, _still_stopping)
-        code = _shutdown(settings, children, ours, opts.keep_services, code)
-        pids.unlink(missing_ok=True)
+        try:
+            code = _shutdown(settings, children, ours, opts.keep_services, code)
+        finally:
+            pids.unlink(missing_ok=True)
     return code
 
 
 def _shutdown(settings: Settings, children: Children, ours: set[str], keep: bool, code: int) -> int:
-    children.stop(STOP_TIMEOUT_S)
-    if children.all:
-        _say("stopped ingest, worker and api")
-    if keep or not ours:
-        return code
+    try:
+        children.stop(STOP_TIMEOUT_S)
+        if children.all:
+            _say("stopped ingest, worker and api")
+    finally:  # whatever went wrong with the children, the services this run started stop
+        if not keep and ours:
+            code = _stop_services(settings, ours, code)
+    return code
+
+
+def _stop_services(settings: Settings, ours: set[str], code: int) -> int:
     report = svc.status(settings)  # a service that never got created has nothing to stop
     stop = {"kafka": svc.stop_kafka, "postgres": svc.stop_postgres}
     for name in sorted(ours):
@@ -346,7 +360,7 @@ def _shutdown(settings: Settings, children: Children, ours: set[str], keep: bool
             continue
         try:
             stop[name](settings)
-        except svc.ServicesError as exc:
+        except (svc.ServicesError, OSError) as exc:  # the other one is stopped all the same
             _say(f"stopping the local {name} failed: {exc}")
             code = 1
     _say(f"stopped the local {' and '.join(sorted(ours))} (data kept in {settings.services_dir})")

@@ -6,6 +6,7 @@ import contextlib
 import json
 import os
 import re
+import select
 import shutil
 import signal
 import socket
@@ -27,6 +28,7 @@ from entitled.settings import Settings
 from entitled.shell import services as svc
 from entitled.shell import stripe_events as se
 from entitled.shell.services._process import pid_alive
+from tests.helpers import wait_for
 
 START_TIMEOUT_S = 120.0
 STOP_TIMEOUT_S = 40.0
@@ -326,5 +328,92 @@ def test_first_run_starts_and_stops_its_own_services_and_a_restart_keeps_edits(
         assert "demo catalogue: kept" in run.text()
         assert can_watch(api, "cus_demo_alice", "bruce willis", "Die Hard (edited)", "subscription")
         assert run.interrupt() == 0, run.text()
+    left = processes_of(private_home)
+    assert not left, "\n".join(left)
+
+
+def _read_until(popen: subprocess.Popen[bytes], marker: bytes, timeout: float) -> bytes:
+    """Read `popen`'s stdout until `marker` shows up; fail with what it printed when it
+    exits first or the deadline passes."""
+    assert popen.stdout is not None
+    fd, out = popen.stdout.fileno(), b""
+    deadline = time.monotonic() + timeout
+    while marker not in out:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise AssertionError(f"no {marker!r} after {timeout:.0f} s:\n{out.decode()}")
+        readable, _, _ = select.select([fd], [], [], min(left, 1.0))
+        if readable:
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                raise AssertionError(f"entitled dev exited early:\n{out.decode()}")
+            out += chunk
+    return out
+
+
+def test_dev_stops_everything_when_its_stdout_is_gone(private_home: Path) -> None:
+    """`entitled dev | tee dev.log`, then Ctrl-C: tee dies first, so every later write of dev
+    fails (EPIPE). Dev must still stop its children and the services it started."""
+    env = dev_environment(private_home, Settings().cache)
+    popen = subprocess.Popen(
+        [sys.executable, "-m", "entitled.shell.cli", "dev", "--ingest-port", "0", "--api-port=0"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,  # `2>&1 | tee`: error messages have nowhere to go either
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        _read_until(popen, b"Ctrl-C stops", START_TIMEOUT_S)
+        children = json.loads((private_home / "dev.pids").read_text())["children"]
+        report = svc.status(Settings(home=private_home))
+        started = {
+            **children,
+            "postgres": report["postgres"]["pid"],
+            **{f"kafka{n['node_id']}": n["pid"] for n in report["kafka"]["nodes"]},
+        }
+        assert set(children) == {"ingest", "worker", "api"}
+        assert all(pid_alive(pid) for pid in started.values()), started
+
+        assert popen.stdout is not None
+        popen.stdout.close()  # the reader is gone: tee died of the same Ctrl-C
+        os.kill(popen.pid, signal.SIGINT)
+        try:
+            code = popen.wait(STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            raise AssertionError("entitled dev still runs after SIGINT") from None
+
+        def left() -> dict[str, int]:
+            return {name: pid for name, pid in started.items() if pid_alive(pid)}
+
+        try:
+            wait_for(lambda: not left(), 30, "everything dev started to stop")
+        except AssertionError:
+            raise AssertionError(f"left running after dev exited ({code}): {left()}") from None
+        assert code == 0
+        assert processes_of(private_home) == []
+        assert not (private_home / "dev.pids").exists()
+    finally:
+        if popen.poll() is None:
+            os.killpg(popen.pid, signal.SIGKILL)
+            popen.wait(10)
+
+
+def test_dev_stops_its_services_when_start_up_fails(private_home: Path) -> None:
+    # Kafka refuses the topic name once both services are up: the failure comes after
+    # dev started them, and they go with it.
+    env = dev_environment(private_home, Settings().cache, ENTITLED_TOPIC="no spaces allowed")
+    out = subprocess.run(
+        [sys.executable, "-m", "entitled.shell.cli", "dev", "--ingest-port", "0", "--api-port=0"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=START_TIMEOUT_S + STOP_TIMEOUT_S,
+    )
+    output = out.stdout + out.stderr
+    assert out.returncode == 1, output
+    assert "Creating Kafka topic 'no spaces allowed' failed" in output
+    assert "Traceback" not in output
+    assert "stopped the local kafka and postgres" in output
     left = processes_of(private_home)
     assert not left, "\n".join(left)
