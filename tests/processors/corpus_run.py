@@ -82,12 +82,13 @@ def normal_events(customers: Sequence[str]) -> list[Mapping[str, Any]]:
     return events
 
 
-def _granted(settings: Settings) -> dict[str, list[str]]:
-    rows = sql_rows(settings, "SELECT customer, groups FROM live.customer_entitlements")
-    return {c: list(g) for c, g in rows}
+def granted(settings: Settings) -> dict[str, tuple[list[str], list[str]]]:
+    """customer -> (groups, movie ids) from the live view."""
+    rows = sql_rows(settings, "SELECT customer, groups, movie_ids FROM live.customer_entitlements")
+    return {c: (list(g), list(m)) for c, g, m in rows}
 
 
-def _lag(settings: Settings) -> str:
+def lag_report(settings: Settings) -> str:
     from entitled.shell.services._process import run_async
     from processors.status import end_offsets
 
@@ -102,7 +103,7 @@ def _lag(settings: Settings) -> str:
     return ", ".join(f"p{p}: checkpoint {cps.get(p, 0)} / end {e}" for p, e in sorted(ends.items()))
 
 
-def _errors_in_log(procs: Procs, lines: int = 25) -> str:
+def worker_errors(procs: Procs, lines: int = 25) -> str:
     out = []
     for p in procs.all:
         if p.args and p.args[0] == "worker":
@@ -110,6 +111,36 @@ def _errors_in_log(procs: Procs, lines: int = 25) -> str:
             hits = [ln for ln in text if "Error" in ln or "error" in ln or "Traceback" in ln]
             out.extend(hits[-lines:])
     return "\n".join(out)
+
+
+def catch_up_report(procs: Procs, settings: Settings, timeout: float = CATCH_UP_S) -> str:
+    """ "" when every partition's checkpoint reaches the log end in time, else what lags."""
+    try:
+        wait_for(lambda: caught_up(settings), timeout, "every partition's checkpoint")
+    except AssertionError:
+        return (
+            f"the worker did not reach the log end within {timeout:.0f} s "
+            f"({lag_report(settings)}); errors in its log:\n{worker_errors(procs)}"
+        )
+    return ""
+
+
+def dead_letter_report(
+    settings: Settings, allowed: Mapping[str, str], names: Mapping[str, str]
+) -> str:
+    """The dead letters whose event is not in `allowed`, one line each ("" when none)."""
+    letters = sql_rows(
+        settings,
+        "SELECT event_id, event_type, state, key, error FROM live.dead_letters ORDER BY id",
+    )
+    lines = []
+    for event_id, event_type, state, key, error in letters:
+        if event_id in allowed:
+            continue
+        source = names.get(event_id, "(a normal event)")
+        text = " ".join((error or "").split())  # errors may carry a caret diagram
+        lines.append(f"  {state} {event_type} {event_id} key={key} [{source}]: {text[:400]}")
+    return f"{len(lines)} dead letters:\n" + "\n".join(lines) if lines else ""
 
 
 def run_corpus(
@@ -125,7 +156,6 @@ def run_corpus(
     system = start_system(procs, api=False)
     url = system["ingest_urls"][0]
     secret = settings.webhook_secrets[0]
-    by_id = {s.id: s for s in samples}
 
     refused = post_all(url, secret, samples)
     outcome.posted = len(samples) - len(refused)
@@ -143,29 +173,16 @@ def run_corpus(
         if refused_normal:
             outcome.problems.append(f"a normal event was refused: {refused_normal[0][1:]}")
 
-    try:
-        wait_for(lambda: caught_up(settings), CATCH_UP_S, "every partition's checkpoint")
-    except AssertionError:
-        outcome.problems.append(
-            f"the worker did not reach the log end within {CATCH_UP_S:.0f} s ({_lag(settings)});"
-            f" errors in its log:\n{_errors_in_log(procs)}"
-        )
+    stalled = catch_up_report(procs, settings)
+    if stalled:
+        outcome.problems.append(stalled)
 
-    letters = sql_rows(
-        settings,
-        "SELECT event_id, event_type, state, key, error FROM live.dead_letters ORDER BY id",
-    )
-    unexpected = [row for row in letters if row[0] not in allowed_dead_letters]
+    unexpected = dead_letter_report(settings, allowed_dead_letters, {s.id: s.name for s in samples})
     if unexpected:
-        lines = []
-        for event_id, event_type, state, key, error in unexpected:
-            source = by_id[event_id].name if event_id in by_id else "(a normal event)"
-            first = (error or "").strip().splitlines()[-1:] or [""]
-            lines.append(f"  {state} {event_type} {event_id} key={key} [{source}]: {first[0]}")
-        outcome.problems.append(f"{len(unexpected)} dead letters:\n" + "\n".join(lines))
+        outcome.problems.append(unexpected)
 
-    granted = _granted(settings)
-    missing = [c for c in customers if CHECK_GROUP not in granted.get(c, [])]
+    now = granted(settings)
+    missing = [c for c in customers if CHECK_GROUP not in now.get(c, ([], []))[0]]
     if missing:
         outcome.problems.append(
             f"{len(missing)} of {len(customers)} customers did not get the group of their "
