@@ -70,7 +70,9 @@ def corpus_dir() -> Path:
 
 def public_corpus(directory: Path) -> list[Sample]:
     """Every file named in `directory/PROVENANCE.json`; files that are only an event's
-    `data` or object (`wrap` set) get the envelope their provenance entry names."""
+    `data` or object (`wrap` set) get the envelope their provenance entry names (type,
+    api_version, and where the source repository gives them id, created, fields dropped,
+    previous_attributes)."""
     entries = json.loads((directory / "PROVENANCE.json").read_text())
     samples = []
     for entry in entries:
@@ -81,14 +83,18 @@ def public_corpus(directory: Path) -> list[Sample]:
             samples.append(Sample(entry["file"], doc, raw))
             continue
         obj = doc["object"] if wrap["data_is"] == "data" else doc
+        for name in wrap.get("drop", ()):  # e.g. the id of an upcoming invoice
+            del obj[name]
         stem = Path(entry["file"]).stem.replace(".", "_")
         directory_name = Path(entry["file"]).parent.name.replace("-", "_")
+        created = wrap.get("created", obj.get("created"))
         event = se.event(
             wrap["type"],
             obj,
-            id=f"evt_{directory_name}_{stem}",
-            created=obj.get("created") if isinstance(obj.get("created"), int) else 1_700_000_000,
+            id=wrap.get("id", f"evt_{directory_name}_{stem}"),
+            created=created if isinstance(created, int) else 1_700_000_000,
             api_version=wrap["api_version"],
+            previous_attributes=wrap.get("previous_attributes"),
         )
         samples.append(_sample(entry["file"], event))
     return samples
