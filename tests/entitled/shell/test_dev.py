@@ -157,16 +157,22 @@ def post_signed(url: str, event: dict[str, Any], secret: str) -> httpx.Response:
     return httpx.post(url, content=body, headers=headers, timeout=10)
 
 
-def test_dev_serves_demo_data_takes_webhooks_and_stops_on_ctrl_c(
-    settings: Settings, tmp_path: Path
-) -> None:
-    env = dev_environment(
+@pytest.fixture
+def given_env(settings: Settings, tmp_path: Path) -> dict[str, str]:
+    """`entitled dev` in a fresh home, with the test's Kafka, Postgres and topic given."""
+    return dev_environment(
         tmp_path / "home",
         settings.cache,
         KAFKA_BOOTSTRAP_SERVERS=settings.kafka_bootstrap_servers or "",
         DATABASE_URL=settings.database_url or "",
         ENTITLED_TOPIC=settings.topic,
     )
+
+
+def test_dev_serves_demo_data_takes_webhooks_and_stops_on_ctrl_c(
+    settings: Settings, tmp_path: Path, given_env: dict[str, str]
+) -> None:
+    env = given_env
     with running(env) as run:
         fields = run.wait_ready()
         api, webhook, secret = api_base(fields), fields["webhook"], fields["secret"]
@@ -217,15 +223,9 @@ def test_dev_serves_demo_data_takes_webhooks_and_stops_on_ctrl_c(
 
 
 def test_dev_stops_everything_and_fails_when_a_child_dies(
-    settings: Settings, tmp_path: Path
+    tmp_path: Path, given_env: dict[str, str]
 ) -> None:
-    env = dev_environment(
-        tmp_path / "home",
-        settings.cache,
-        KAFKA_BOOTSTRAP_SERVERS=settings.kafka_bootstrap_servers or "",
-        DATABASE_URL=settings.database_url or "",
-        ENTITLED_TOPIC=settings.topic,
-    )
+    env = given_env
     with running(env) as run:
         run.wait_ready()
         os.kill(run.child_pids["worker"], signal.SIGKILL)
