@@ -43,6 +43,7 @@ from projections import catalog, search
 from projections.api_errors import APIError, BadRequest, NotFound, ServiceUnavailable, Unauthorized
 from projections.api_metrics import CONTENT_TYPE, APIMetrics
 from projections.catalog import InvalidMovie
+from projections.metadata import groups_in, metadata_of, movies_in
 
 log = logging.getLogger(__name__)
 
@@ -233,24 +234,18 @@ async def index(request: Request) -> Response:
 # -- rendering -------------------------------------------------------------------------------
 
 
-def _split(value: object) -> list[str]:
-    if not isinstance(value, str):
-        return []
-    return [part.strip() for part in value.split(",") if part.strip()]
-
-
 def render_entitlements(customer: str, row: dict[str, Any], settings: Settings) -> dict[str, Any]:
     """The entitlements answer from one `search.entitlements` row (records as mirrored)."""
     products: dict[str, dict[str, Any]] = row["products"] or {}
 
     def product(pid: object) -> dict[str, Any]:
         record = products.get(pid) if isinstance(pid, str) else None
-        metadata = (record or {}).get("metadata") or {}
+        metadata = metadata_of((record or {}).get("metadata"))
         return {
             "id": pid,
             "name": (record or {}).get("name"),
-            "groups": _split(metadata.get(settings.group_metadata_key)),
-            "movie_ids": _split(metadata.get(settings.movie_metadata_key)),
+            "groups": list(groups_in(metadata, settings.group_metadata_key)),
+            "movie_ids": list(movies_in(metadata, settings.movie_metadata_key)),
         }
 
     subscriptions = []
@@ -269,8 +264,8 @@ def render_entitlements(customer: str, row: dict[str, Any], settings: Settings) 
     purchases = []
     for buy in row["purchases"]:
         bought = [product(pid) for pid in buy.get("product_ids") or []]
-        metadata = buy.get("metadata") or {}
-        movie_ids = _split(metadata.get(settings.movie_metadata_key))
+        metadata = metadata_of(buy.get("metadata"))
+        movie_ids = list(movies_in(metadata, settings.movie_metadata_key))
         movie_ids += [m for p in bought for m in p["movie_ids"] if m not in movie_ids]
         purchases.append(
             {

@@ -1,21 +1,47 @@
 """What a customer may watch, derived from their mirrored rows (the WebFlicks rules).
 
 Recomputed from the rows every time, never patched by increments, so it cannot drift.
+`derive` reads one typed input, `Facts`: everything the rules look at for one customer.
+`gather` builds the Facts of many customers from a pool of loaded rows: rows that name the
+customer, and the link rows (refunds, disputes, invoice payments; Stripe rarely names the
+customer on them) that point at the ids of that customer's rows (`link_keys`).
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from projections.rows import ChargeRow, ProductRow, PurchaseRow, RefundRow, SubscriptionRow
+from projections.metadata import groups_in, movies_in, split_groups
+from projections.rows import (
+    ChargeRow,
+    CustomerRow,
+    DisputeRow,
+    InvoicePaymentRow,
+    ProductRow,
+    PurchaseRow,
+    RefundRow,
+    Row,
+    SubscriptionRow,
+    customer_of,
+    refs_of,
+)
 
 if TYPE_CHECKING:
     from entitled.settings import Settings
 
-__all__ = ["Entitlement", "Policy", "derive", "split_groups"]
+__all__ = [
+    "Entitlement",
+    "Facts",
+    "Policy",
+    "derive",
+    "gather",
+    "link_keys",
+    "product_ids",
+    "split_groups",
+]
 
 
 @dataclass(frozen=True)
@@ -39,65 +65,160 @@ class Entitlement:
     movie_ids: tuple[str, ...]  # sorted, unique
 
 
-def split_groups(value: str | None) -> tuple[str, ...]:
-    """ "action, animated" -> ("action", "animated"): one or comma-separated, trimmed."""
-    return tuple(g.strip() for g in (value or "").split(",") if g.strip())
+@dataclass(frozen=True)
+class Facts:
+    """Everything the rules read about one customer. `products` may lack a product (it
+    arrives later): it then grants nothing yet."""
+
+    customer: CustomerRow | None = None
+    subscriptions: tuple[SubscriptionRow, ...] = ()
+    purchases: tuple[PurchaseRow, ...] = ()
+    charges: tuple[ChargeRow, ...] = ()
+    refunds: tuple[RefundRow, ...] = ()
+    disputes: tuple[DisputeRow, ...] = ()
+    invoice_payments: tuple[InvoicePaymentRow, ...] = ()
+    products: Mapping[str, ProductRow] = field(default_factory=dict)
+
+    def rows(self) -> Iterator[Row]:
+        """Every row the Facts hold, the products in use included (the newest of them is
+        the event the entitlements are current as of)."""
+        if self.customer is not None:
+            yield self.customer
+        yield from self.subscriptions
+        yield from self.purchases
+        yield from self.charges
+        yield from self.refunds
+        yield from self.disputes
+        yield from self.invoice_payments
+        used = product_ids([*self.subscriptions, *self.purchases])
+        yield from (self.products[p] for p in sorted(used) if p in self.products)
 
 
-def _fully_refunded(
-    purchases: list[PurchaseRow], charges: Iterable[ChargeRow], refunds: Iterable[RefundRow]
-) -> set[str]:
-    """Ids of purchases whose payment was fully refunded (a partial refund keeps it)."""
-    refunded_pis = {c.payment_intent for c in charges if c.refunded and c.payment_intent}
-    refunded_amount: dict[str, int] = defaultdict(int)
-    for r in refunds:
-        if r.status == "succeeded" and r.payment_intent:
-            refunded_amount[r.payment_intent] += r.amount
-    out = set()
-    for p in purchases:
-        pi = p.payment_intent
-        if pi is None:
-            continue
-        total = refunded_amount.get(pi, 0)
-        if pi in refunded_pis or (total > 0 and total >= p.amount):
-            out.add(p.id)
+def product_ids(rows: Iterable[Row]) -> set[str]:
+    """The products that subscriptions' items and purchases name (to load them)."""
+    out: set[str] = set()
+    for row in rows:
+        if isinstance(row, SubscriptionRow):
+            out.update(i.product for i in row.items if i.product)
+        elif isinstance(row, PurchaseRow):
+            out.update(row.product_ids)
     return out
 
 
-def derive(
-    subscriptions: Iterable[SubscriptionRow],
-    purchases: Iterable[PurchaseRow],
-    charges: Iterable[ChargeRow],
-    refunds: Iterable[RefundRow],
-    products: Mapping[str, ProductRow],
-    policy: Policy,
-) -> Entitlement:
-    """The groups and movie ids a customer holds now, from the rows that concern them.
+def link_keys(rows: Iterable[Row]) -> set[str]:
+    """The ids a customer's rows let link rows point at: their purchases (id and payment
+    intent), charges (id and payment intent) and invoice payments (payment intent)."""
+    out: set[str] = set()
+    for row in rows:
+        if isinstance(row, (PurchaseRow, ChargeRow)):
+            out.add(row.id)
+            if row.payment_intent:
+                out.add(row.payment_intent)
+        elif isinstance(row, InvoicePaymentRow) and row.payment_intent:
+            out.add(row.payment_intent)
+    return out
 
-    `products` may lack a product (it arrives later): it then grants nothing yet.
-    """
+
+def _reached(
+    keys: set[str], by_ref: Mapping[str, list[Row]], kinds: tuple[type[Row], ...]
+) -> list[Row]:
+    return [r for k in sorted(keys) for r in by_ref.get(k, ()) if isinstance(r, kinds)]
+
+
+def gather(
+    customers: Sequence[str], rows: Iterable[Row], products: Mapping[str, ProductRow]
+) -> dict[str, Facts]:
+    """The Facts of each of `customers` from a pool of rows (any tables, loaded by customer
+    and by `refs && link_keys(...)`): the rows that name the customer, then the invoice
+    payments of their invoices (which add payment intents), the charges of those payment
+    intents (which add charge ids), then the refunds and disputes of any of those ids."""
+    own: dict[str, list[Row]] = defaultdict(list)
+    by_ref: dict[str, list[Row]] = defaultdict(list)
+    for row in rows:
+        customer = customer_of(row)
+        if customer is not None:
+            own[customer].append(row)
+        for ref in refs_of(row):
+            by_ref[ref].append(row)
+    out: dict[str, Facts] = {}
+    for c in customers:
+        mine: dict[tuple[str, str], Row] = {(type(r).table, r.id): r for r in own.get(c, ())}
+        # invoice payments add payment intents, whose charges add charge ids: each step
+        # reaches with the keys of all the steps before it
+        for kinds in ((InvoicePaymentRow,), (ChargeRow,), (RefundRow, DisputeRow)):
+            for r in _reached(link_keys(mine.values()), by_ref, kinds):
+                mine.setdefault((type(r).table, r.id), r)
+        found = sorted(mine.values(), key=lambda r: (type(r).table, r.id))
+        customer_row = next((r for r in found if isinstance(r, CustomerRow)), None)
+        out[c] = Facts(
+            customer=customer_row,
+            subscriptions=tuple(r for r in found if isinstance(r, SubscriptionRow)),
+            purchases=tuple(r for r in found if isinstance(r, PurchaseRow)),
+            charges=tuple(r for r in found if isinstance(r, ChargeRow)),
+            refunds=tuple(r for r in found if isinstance(r, RefundRow)),
+            disputes=tuple(r for r in found if isinstance(r, DisputeRow)),
+            invoice_payments=tuple(r for r in found if isinstance(r, InvoicePaymentRow)),
+            products=products,
+        )
+    return out
+
+
+def _intents(p: PurchaseRow, invoice_payments: Iterable[InvoicePaymentRow]) -> set[str]:
+    """The payment intents that paid for a purchase: its own (a payment intent pays for
+    itself) and, for an invoice, those its invoice payments name."""
+    out = {p.payment_intent} if p.payment_intent else set()
+    if p.kind == "payment_intent":
+        out.add(p.id)
+    if p.kind == "invoice":
+        out.update(
+            ip.payment_intent for ip in invoice_payments if ip.invoice == p.id and ip.payment_intent
+        )
+    return out
+
+
+def _revoked(p: PurchaseRow, facts: Facts) -> bool:
+    """A purchase is taken back when its payment was fully refunded or a dispute of it was
+    lost (a partial refund keeps it, as does a won or warning_closed dispute)."""
+    intents = _intents(p, facts.invoice_payments)
+    charges = [c for c in facts.charges if c.payment_intent in intents]
+    charge_ids = {c.id for c in charges}
+    if any(c.refunded for c in charges):
+        return True
+    refunded = sum(
+        r.amount
+        for r in facts.refunds
+        if r.status == "succeeded" and (r.payment_intent in intents or r.charge in charge_ids)
+    )
+    if refunded > 0 and refunded >= p.amount:
+        return True
+    return any(
+        d.status == "lost" and (d.payment_intent in intents or d.charge in charge_ids)
+        for d in facts.disputes
+    )
+
+
+def derive(facts: Facts, policy: Policy) -> Entitlement:
+    """The groups and movie ids a customer holds now. A deleted customer holds nothing; a
+    subscription item of quantity 0 grants nothing."""
+    if facts.customer is not None and facts.customer.deleted:
+        return Entitlement((), ())
     groups: set[str] = set()
-    for sub in subscriptions:
+    for sub in facts.subscriptions:
         if sub.status not in policy.entitling_statuses:
             continue
         for item in sub.items:
-            product = products.get(item.product) if item.product else None
-            if product is None or product.deleted:
+            product = facts.products.get(item.product) if item.product else None
+            if product is None or product.deleted or item.quantity <= 0:
                 continue
-            groups.update(split_groups(dict(product.metadata).get(policy.group_key)))
+            groups.update(groups_in(product.metadata, policy.group_key))
 
-    paid = [p for p in purchases if p.paid]
-    refunded = _fully_refunded(paid, charges, refunds)
     movies: set[str] = set()
-    for p in paid:
-        if p.id in refunded:
+    for p in facts.purchases:
+        if not p.paid or _revoked(p, facts):
             continue
-        movie = dict(p.metadata).get(policy.movie_key)
-        if movie:
-            movies.add(movie)
+        movies.update(movies_in(p.metadata, policy.movie_key))
         for product_id in p.product_ids:
-            product = products.get(product_id)
-            movie = dict(product.metadata).get(policy.movie_key) if product else None
-            if movie:
-                movies.add(movie)
+            product = facts.products.get(product_id)
+            if product is not None:
+                movies.update(movies_in(product.metadata, policy.movie_key))
     return Entitlement(tuple(sorted(groups)), tuple(sorted(movies)))

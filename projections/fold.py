@@ -2,27 +2,40 @@
 
 Pure: the caller (a `processors` writer) loads `current` for every `target` of the batch,
 passes the ids already applied, and writes `FoldResult.changed` in the same transaction as
-the offsets. Unknown event types are an explicit, counted no-op.
+the offsets. Unknown event types and events that describe no stored state are explicit,
+counted no-ops; only a rule that raises makes an event poison.
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Mapping, Sequence, Set
 from dataclasses import dataclass, field
 
 from projections.errors import FoldError
 from projections.events import StripeEvent
-from projections.rows import RefundRow, Row, customer_of
-from projections.rules import rule_for
+from projections.rows import ChargeRow, DisputeRow, InvoicePaymentRow, RefundRow, Row, customer_of
+from projections.rows import refs_of as _refs_of
+from projections.rules import RuleSpec, rule_for
 
 __all__ = ["FoldResult", "Key", "fold_batch", "target"]
 
 Key = tuple[str, str]  # (table, object id)
 
+# Rows that rarely name a customer: they reach one through the ids they point at.
+_LINKS = (RefundRow, DisputeRow, InvoicePaymentRow)
+
+
+def _rule(event: StripeEvent) -> RuleSpec | None:
+    """The rule that folds `event`, or None when nothing will be written for it."""
+    if event.obj is None or event.object_id is None:
+        return None
+    return rule_for(event.type)
+
 
 def target(event: StripeEvent) -> Key | None:
     """The (table, object id) `event` writes, or None if no rule reads it."""
-    spec = rule_for(event.type)
+    spec = _rule(event)
     if spec is None or event.object_id is None:
         return None
     return (spec.table, event.object_id)
@@ -36,14 +49,24 @@ class FoldResult:
     customers: set[str] = field(default_factory=set)
     # products whose row changed: a group change affects every subscriber of the product
     products: set[str] = field(default_factory=set)
-    # payment intents of changed refunds: Stripe rarely puts the customer on a refund, so
-    # the writer finds it through the purchases / charges of these payment intents
-    payment_intents: set[str] = field(default_factory=set)
-    unknown: int = 0
+    # ids that other customers' rows may point at, from changed rows that name no customer
+    # (refunds, disputes, invoice payments, charges without one): payment intents, charges,
+    # invoices. The writer finds whose they are through the holders' ids and refs.
+    links: set[str] = field(default_factory=set)
+    unknown: int = 0  # events with a snapshot that no rule reads
+    # events that describe no stored state, by type: no `data.object`, an object without an
+    # id (previews such as invoice.upcoming), thin event notifications
+    ignored: Counter[str] = field(default_factory=Counter)
+    ties: int = 0  # same-key snapshots that only log order could order
     skipped_duplicates: int = 0
     stale: int = 0  # events older than the row they target (delivered late): no change
     applied: list[str] = field(default_factory=list)  # ids newly seen, in log order
-    last_event: dict[str, StripeEvent] = field(default_factory=dict)  # per customer
+
+
+def _links_of(row: Row) -> set[str]:
+    if isinstance(row, _LINKS) or (isinstance(row, ChargeRow) and row.customer is None):
+        return set(_refs_of(row))
+    return set()
 
 
 def fold_batch(
@@ -63,29 +86,35 @@ def fold_batch(
             continue
         batch_ids.add(event.id)
         result.applied.append(event.id)
+        if event.object_id is None:
+            result.ignored[event.type] += 1
+            continue
         spec = rule_for(event.type)
-        if spec is None or event.object_id is None:
+        if spec is None:
             result.unknown += 1
+            continue
+        if event.obj is None:  # a rule, but the object is not one it can read
+            result.ignored[event.type] += 1
             continue
         key = (spec.table, event.object_id)
         before = rows[key] if key in rows else current.get(key)
         try:
-            after = spec.apply(event, before)
+            settled = spec.resolve(event, before)
         except Exception as exc:  # any rule bug makes this one event poison, nothing more
             raise FoldError(event, f"{event.type} {event.id}: {exc!r}") from exc
+        after = settled.row
         if after is None:
             result.stale += 1
             continue
+        result.ties += settled.tie
         rows[key] = after
         result.changed[key] = after
         if spec.table == "products":
             result.products.add(after.id)
-        if isinstance(after, RefundRow) and after.payment_intent:
-            result.payment_intents.add(after.payment_intent)
-        for customer in {customer_of(after), event.customer} | (
-            {customer_of(before)} if before is not None else set()
-        ):
+        result.links |= _links_of(after)
+        if before is not None:
+            result.links |= _links_of(before)
+        for customer in (customer_of(after), event.customer, before and customer_of(before)):
             if customer:
                 result.customers.add(customer)
-                result.last_event[customer] = event
     return result

@@ -42,9 +42,10 @@ def is_older(api_version: str | None, than: str) -> bool:
 
 
 def _items(obj: Obj) -> list[Obj] | None:
+    """The items of a subscription: only the dicts (the views skip anything else too)."""
     items = obj.get("items")
     data = items.get("data") if isinstance(items, dict) else None
-    return data if isinstance(data, list) else None
+    return [i for i in data if isinstance(i, dict)] if isinstance(data, list) else None
 
 
 def _with_items(obj: Obj, data: list[Obj]) -> Obj:
@@ -113,7 +114,10 @@ def invoice_subscription_to_parent(obj: Obj, api_version: str | None) -> Obj:
         out["parent"] = {
             **parent,
             "type": "subscription_details",
-            "subscription_details": {**(details or {"metadata": None}), "subscription": sub},
+            "subscription_details": {
+                **(details if isinstance(details, dict) else {"metadata": None}),
+                "subscription": sub,
+            },
         }
     return out
 
@@ -171,7 +175,10 @@ def invoice_line_price_to_pricing(obj: Obj, api_version: str | None) -> Obj:
         return obj
     lines = obj.get("lines")
     data = lines.get("data") if isinstance(lines, dict) else None
-    if not isinstance(data, list) or not any("price" in ln or "plan" in ln for ln in data):
+    if not isinstance(data, list):
+        return obj
+    data = [ln for ln in data if isinstance(ln, dict)]
+    if not any("price" in ln or "plan" in ln for ln in data):
         return obj
     out = dict(obj)
     out["lines"] = {**obj["lines"], "data": [_line_pricing(ln) for ln in data]}

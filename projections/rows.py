@@ -2,19 +2,47 @@
 
 Each row remembers the `Stamp` of the event it came from, so that an older snapshot never
 overwrites a newer one whatever order Stripe delivers events in. `to_record` / `from_record`
-give the row's lossless JSON form for the Postgres writer (columns + jsonb).
+give the row's lossless JSON form for the Postgres writer (columns + jsonb); both are generated
+from the dataclass fields (`projections._records`), so adding a field to a row is one line here
+and one in its view (`projections.events`).
+
+The order between two snapshots of one object, newest wins:
+
+1. a terminal snapshot (`...deleted`, canceled, expired, voided) beats any other: a tombstone
+   is never resurrected by an update stamped later by a skewed clock;
+2. Stripe's `created` second;
+3. the event's rank: update beats create;
+4. the object's lifecycle stage (`projections.events.stage_of`): an invoice that is paid
+   came after the one that was open, whatever order the two events arrive in;
+
+   (1-4 are the *coarse key*, `coarse`; the writer's SQL upsert guard refuses a snapshot whose
+   coarse key is lower than the stored one, and lets equal keys through to this fold.)
+
+5. among snapshots with an equal coarse key, `data.previous_attributes`: each snapshot keeps
+   the values it changed (`previous`), so its prior state is known; B follows A when B's prior
+   state is A's state. The row keeps its same-key rivals, and `settle` chooses the end of the
+   chain over all of them, so the outcome is one for any delivery order of a chain;
+6. only when nothing above decides, log order (partition, offset): a `tie`, counted.
 """
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal, TypeAlias, cast
+from typing import Any, ClassVar, Literal, TypeAlias
+
+from projections._records import Changes, Record, decode, encode
+from projections.metadata import Metadata
 
 __all__ = [
     "TABLES",
     "TERMINAL_TYPES",
+    "Changes",
     "ChargeRow",
     "CustomerRow",
+    "DisputeRow",
+    "InvoicePaymentRow",
     "ItemRow",
     "Metadata",
     "PriceRow",
@@ -23,17 +51,20 @@ __all__ = [
     "PurchaseRow",
     "RefundRow",
     "Row",
+    "Settled",
     "Stamp",
     "SubscriptionRow",
+    "changes",
+    "coarse",
+    "content",
     "customer_of",
     "from_record",
     "rank_of",
     "refs_of",
+    "settle",
 ]
 
-Metadata = tuple[tuple[str, str], ...]
 PurchaseKind = Literal["checkout_session", "payment_intent", "invoice"]
-Record = dict[str, Any]
 
 # Events after which the object changes no more: at a same-second tie they beat an update.
 TERMINAL_TYPES = frozenset(
@@ -57,13 +88,10 @@ def rank_of(event_type: str) -> int:
 
 @dataclass(frozen=True, order=True, slots=True)
 class Stamp:
-    """Where a snapshot sits in the object's history; a greater Stamp is newer.
-
-    Stripe's `created` second first; same-second ties: terminal beats update beats create
-    (`rank`), then the object's lifecycle (`stage`: an invoice that is paid came after the
-    one that was open); then log order (partition, offset), which is arbitrary across
-    partitions but the same on every replay, so the fold stays deterministic.
-    """
+    """Where a snapshot sits in the object's history (see the module docstring for the order):
+    Stripe's `created` second, the event's `rank`, the object's lifecycle `stage`, then the
+    log position (partition, offset), arbitrary across partitions but the same on every
+    replay. Compare with `coarse` for the order the writer's guard enforces."""
 
     created: int
     rank: int
@@ -71,50 +99,20 @@ class Stamp:
     partition: int
     offset: int
 
-    def to_record(self) -> Record:
-        return {
-            "created": self.created,
-            "rank": self.rank,
-            "stage": self.stage,
-            "partition": self.partition,
-            "offset": self.offset,
-        }
 
-    @classmethod
-    def from_record(cls, rec: Record) -> Stamp:
-        return cls(
-            rec["created"], rec["rank"], rec.get("stage", 0), rec["partition"], rec["offset"]
-        )
-
-
-def _meta_from(rec: dict[str, str]) -> Metadata:
-    return tuple(sorted(rec.items()))
+def coarse(stamp: Stamp) -> tuple[bool, int, int, int]:
+    """The order a snapshot has by its own event alone: terminal, created, rank, stage."""
+    return (stamp.rank == 2, stamp.created, stamp.rank, stamp.stage)
 
 
 class _RowBase:
-    """Shared record conversion: every field as is, `stamp` nested, tuples as lists."""
+    """Record conversion generated from the dataclass fields."""
 
     __slots__ = ()
     table: ClassVar[str]
 
     def to_record(self) -> Record:
-        rec: Record = {}
-        names: tuple[str, ...] = getattr(self, "__slots__")  # noqa: B009 (the subclass's)
-        for name in names:
-            rec[name] = _encode(getattr(self, name))
-        if "metadata" in rec:
-            rec["metadata"] = dict(getattr(self, "metadata"))  # noqa: B009
-        return rec
-
-
-def _encode(value: Any) -> Any:
-    if isinstance(value, Stamp):
-        return value.to_record()
-    if isinstance(value, ItemRow):
-        return value.to_record()
-    if isinstance(value, tuple):
-        return [_encode(v) for v in value]
-    return value
+        return encode(self)
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,18 +125,8 @@ class ProductRow(_RowBase):
     metadata: Metadata
     stamp: Stamp
     event_id: str
-
-    @classmethod
-    def from_record(cls, rec: Record) -> ProductRow:
-        return cls(
-            rec["id"],
-            rec["name"],
-            rec["active"],
-            rec["deleted"],
-            _meta_from(rec["metadata"]),
-            Stamp.from_record(rec["stamp"]),
-            rec["event_id"],
-        )
+    previous: Changes = ()
+    rivals: tuple[ProductRow, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,17 +138,8 @@ class PriceRow(_RowBase):
     deleted: bool
     stamp: Stamp
     event_id: str
-
-    @classmethod
-    def from_record(cls, rec: Record) -> PriceRow:
-        return cls(
-            rec["id"],
-            rec["product"],
-            rec["active"],
-            rec["deleted"],
-            Stamp.from_record(rec["stamp"]),
-            rec["event_id"],
-        )
+    previous: Changes = ()
+    rivals: tuple[PriceRow, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,45 +151,23 @@ class CustomerRow(_RowBase):
     deleted: bool
     stamp: Stamp
     event_id: str
-
-    @classmethod
-    def from_record(cls, rec: Record) -> CustomerRow:
-        return cls(
-            rec["id"],
-            rec["email"],
-            rec["name"],
-            rec["deleted"],
-            Stamp.from_record(rec["stamp"]),
-            rec["event_id"],
-        )
+    previous: Changes = ()
+    rivals: tuple[CustomerRow, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
 class ItemRow:
-    id: str
-    price: str | None
-    product: str | None
-    current_period_start: int | None
-    current_period_end: int | None
+    """A subscription item (also the item of `SubscriptionView`: views and rows share it)."""
+
+    id: str = ""
+    price: str | None = None
+    product: str | None = None
+    current_period_start: int | None = None
+    current_period_end: int | None = None
+    quantity: int = 1  # Stripe omits it for metered prices: one
 
     def to_record(self) -> Record:
-        return {
-            "id": self.id,
-            "price": self.price,
-            "product": self.product,
-            "current_period_start": self.current_period_start,
-            "current_period_end": self.current_period_end,
-        }
-
-    @classmethod
-    def from_record(cls, rec: Record) -> ItemRow:
-        return cls(
-            rec["id"],
-            rec["price"],
-            rec["product"],
-            rec["current_period_start"],
-            rec["current_period_end"],
-        )
+        return encode(self)
 
 
 @dataclass(frozen=True, slots=True)
@@ -223,18 +180,8 @@ class SubscriptionRow(_RowBase):
     items: tuple[ItemRow, ...]
     stamp: Stamp
     event_id: str
-
-    @classmethod
-    def from_record(cls, rec: Record) -> SubscriptionRow:
-        return cls(
-            rec["id"],
-            rec["customer"],
-            rec["status"],
-            rec["cancel_at_period_end"],
-            tuple(ItemRow.from_record(i) for i in rec["items"]),
-            Stamp.from_record(rec["stamp"]),
-            rec["event_id"],
-        )
+    previous: Changes = ()
+    rivals: tuple[SubscriptionRow, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -250,21 +197,8 @@ class PurchaseRow(_RowBase):
     payment_intent: str | None
     stamp: Stamp
     event_id: str
-
-    @classmethod
-    def from_record(cls, rec: Record) -> PurchaseRow:
-        return cls(
-            rec["id"],
-            rec["customer"],
-            cast(PurchaseKind, rec["kind"]),
-            rec["paid"],
-            rec["amount"],
-            _meta_from(rec["metadata"]),
-            tuple(rec["product_ids"]),
-            rec["payment_intent"],
-            Stamp.from_record(rec["stamp"]),
-            rec["event_id"],
-        )
+    previous: Changes = ()
+    rivals: tuple[PurchaseRow, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -278,19 +212,8 @@ class ChargeRow(_RowBase):
     refunded: bool
     stamp: Stamp
     event_id: str
-
-    @classmethod
-    def from_record(cls, rec: Record) -> ChargeRow:
-        return cls(
-            rec["id"],
-            rec["customer"],
-            rec["payment_intent"],
-            rec["amount"],
-            rec["amount_refunded"],
-            rec["refunded"],
-            Stamp.from_record(rec["stamp"]),
-            rec["event_id"],
-        )
+    previous: Changes = ()
+    rivals: tuple[ChargeRow, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -305,23 +228,53 @@ class RefundRow(_RowBase):
     event_id: str
     # Stripe leaves it null on most refunds; find the customer through the payment intent.
     customer: str | None = None
+    previous: Changes = ()
+    rivals: tuple[RefundRow, ...] = ()
 
-    @classmethod
-    def from_record(cls, rec: Record) -> RefundRow:
-        return cls(
-            rec["id"],
-            rec["charge"],
-            rec["payment_intent"],
-            rec["amount"],
-            rec["status"],
-            Stamp.from_record(rec["stamp"]),
-            rec["event_id"],
-            rec.get("customer"),
-        )
+
+@dataclass(frozen=True, slots=True)
+class DisputeRow(_RowBase):
+    """A dispute of a charge (no customer on the object: found through the charge)."""
+
+    table: ClassVar[str] = "disputes"
+    id: str
+    charge: str | None
+    payment_intent: str | None
+    status: str | None
+    amount: int
+    stamp: Stamp
+    event_id: str
+    previous: Changes = ()
+    rivals: tuple[DisputeRow, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class InvoicePaymentRow(_RowBase):
+    """Which payment intent paid (part of) an invoice: since basil the invoice itself no
+    longer names it (`payments` only when expanded), this object does."""
+
+    table: ClassVar[str] = "invoice_payments"
+    id: str
+    invoice: str | None
+    payment_intent: str | None
+    status: str | None
+    stamp: Stamp
+    event_id: str
+    customer: str | None = None  # not on the object today; kept if Stripe adds it
+    previous: Changes = ()
+    rivals: tuple[InvoicePaymentRow, ...] = ()
 
 
 Row: TypeAlias = (
-    ProductRow | PriceRow | CustomerRow | SubscriptionRow | PurchaseRow | ChargeRow | RefundRow
+    ProductRow
+    | PriceRow
+    | CustomerRow
+    | SubscriptionRow
+    | PurchaseRow
+    | ChargeRow
+    | RefundRow
+    | DisputeRow
+    | InvoicePaymentRow
 )
 
 _BY_TABLE: dict[str, type[Row]] = {
@@ -334,6 +287,8 @@ _BY_TABLE: dict[str, type[Row]] = {
         PurchaseRow,
         ChargeRow,
         RefundRow,
+        DisputeRow,
+        InvoicePaymentRow,
     )
 }
 TABLES: tuple[str, ...] = tuple(_BY_TABLE)
@@ -341,22 +296,22 @@ TABLES: tuple[str, ...] = tuple(_BY_TABLE)
 
 def from_record(table: str, rec: Record) -> Row:
     """The row of `table` stored as `rec` (the inverse of `row.to_record()`)."""
-    return _BY_TABLE[table].from_record(rec)
+    return decode(_BY_TABLE[table], rec)
 
 
 def customer_of(row: Row) -> str | None:
-    """The customer a row concerns (None for products, prices and most refunds)."""
+    """The customer a row concerns (None for products, prices, disputes and most refunds)."""
     if isinstance(row, CustomerRow):
         return row.id
-    if isinstance(row, (ProductRow, PriceRow)):
+    if isinstance(row, (ProductRow, PriceRow, DisputeRow)):
         return None
     return row.customer
 
 
 def refs_of(row: Row) -> tuple[str, ...]:
-    """Ids of the other objects a row points at (products, payment intents, charges), for
-    the writer's lookup index: which subscriptions use this product, which refunds and
-    charges belong to this payment intent."""
+    """Ids of the other objects a row points at (products, payment intents, charges,
+    invoices), for the writer's lookup index: which subscriptions use this product, which
+    refunds, disputes and invoice payments belong to this payment intent, charge or invoice."""
     refs: list[str | None]
     if isinstance(row, SubscriptionRow):
         refs = [i.product for i in row.items]
@@ -366,8 +321,124 @@ def refs_of(row: Row) -> tuple[str, ...]:
         refs = [row.product]
     elif isinstance(row, ChargeRow):
         refs = [row.payment_intent]
-    elif isinstance(row, RefundRow):
+    elif isinstance(row, (RefundRow, DisputeRow)):
         refs = [row.payment_intent, row.charge]
+    elif isinstance(row, InvoicePaymentRow):
+        refs = [row.invoice, row.payment_intent]
     else:
         refs = []
     return tuple(sorted({r for r in refs if r}))
+
+
+# -- order within one coarse key ----------------------------------------------------------
+
+# Fields that place a snapshot rather than describe the object.
+_PLACING = frozenset({"stamp", "event_id", "previous", "rivals"})
+
+
+def _described(cls: type[Row]) -> tuple[str, ...]:
+    return tuple(f.name for f in dataclasses.fields(cls) if f.name not in _PLACING)
+
+
+_DESCRIBED: dict[type[Row], tuple[str, ...]] = {cls: _described(cls) for cls in _BY_TABLE.values()}
+
+
+def content(row: Row) -> tuple[Any, ...]:
+    """What a snapshot says about the object (every field but where it sits in the log)."""
+    return tuple(getattr(row, name) for name in _DESCRIBED[type(row)])
+
+
+def changes(before: Row, after: Row) -> Changes:
+    """The fields `after` changed from `before`, with their `before` values."""
+    return tuple(
+        (name, getattr(before, name))
+        for name in _DESCRIBED[type(after)]
+        if getattr(before, name) != getattr(after, name)
+    )
+
+
+def _prior(row: Row) -> tuple[Any, ...] | None:
+    """The object's state just before this snapshot (None: the event did not say)."""
+    if not row.previous:
+        return None
+    old = dict(row.previous)
+    return tuple(old.get(name, getattr(row, name)) for name in _DESCRIBED[type(row)])
+
+
+@dataclass(frozen=True, slots=True)
+class Settled:
+    """The row to keep (None: the incoming snapshot is older, nothing changes) and whether
+    log order had to decide between different snapshots (a tie)."""
+
+    row: Row | None
+    tie: bool = False
+
+
+# Up to this many same-key snapshots, every chain through them is tried.
+_EXHAUSTIVE = 6
+
+
+def _longest_paths(follows: list[list[bool]]) -> set[int]:
+    """The last nodes of the longest simple paths of the `follows` graph."""
+    n = len(follows)
+    best, ends = 0, set(range(n))
+
+    def walk(node: int, length: int, visited: int) -> None:
+        nonlocal best, ends
+        if length > best:
+            best, ends = length, {node}
+        elif length == best:
+            ends.add(node)
+        for nxt in range(n):
+            if follows[node][nxt] and not visited >> nxt & 1:
+                walk(nxt, length + 1, visited | 1 << nxt)
+
+    for start in range(n):
+        walk(start, 0, 1 << start)
+    return ends
+
+
+def _chain_end(pool: Sequence[Row]) -> tuple[Row, bool]:
+    """The newest of same-key snapshots, and whether log order chose it."""
+    states = [content(r) for r in pool]
+    if len(set(states)) == 1:  # the same state twice (invoice.paid + payment_succeeded)
+        return min(pool, key=lambda r: r.event_id), False
+    priors = [_prior(r) for r in pool]
+    n = len(pool)
+    # i -> j: snapshot j was taken right after snapshot i (its prior state is i's state)
+    follows = [
+        [priors[j] is not None and priors[j] == states[i] != states[j] for j in range(n)]
+        for i in range(n)
+    ]
+    if n <= _EXHAUSTIVE:
+        # The end of the longest chain the previous_attributes describe (a change undone,
+        # active -> past_due -> active, ends with the second "active", not the first).
+        ends = _longest_paths(follows)
+    else:
+        ends = {i for i in range(n) if not any(follows[i])}
+    if len({states[i] for i in ends}) == 1:
+        return pool[min(ends, key=lambda i: pool[i].event_id)], False
+    candidates = [pool[i] for i in ends] or list(pool)
+    return max(candidates, key=lambda r: r.stamp), True
+
+
+def settle(current: Row | None, incoming: Row) -> Settled:
+    """Keep the newest of `current` (with its rivals) and `incoming`, by the documented order.
+
+    A snapshot with a lower coarse key is never chosen over the stored one, so the writer's
+    SQL guard (which compares coarse keys only) never refuses what the fold decided.
+    """
+    if current is None:
+        return Settled(incoming)
+    mine, theirs = coarse(incoming.stamp), coarse(current.stamp)
+    if mine != theirs:
+        return Settled(incoming if mine > theirs else None)
+    alone: Any = current  # mypy cannot replace a field across a union of row classes
+    pool: list[Row] = [dataclasses.replace(alone, rivals=()), *current.rivals]
+    if any(r.event_id == incoming.event_id for r in pool):
+        return Settled(None)  # folded already
+    pool.append(incoming)
+    winner, tie = _chain_end(pool)
+    rivals = tuple(sorted((r for r in pool if r is not winner), key=lambda r: r.event_id))
+    chosen: Any = winner
+    return Settled(dataclasses.replace(chosen, rivals=rivals), tie)

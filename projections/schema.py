@@ -21,8 +21,9 @@ CONTROL = "entitled"
 LIVE = "live"
 
 # Mirrored Stripe objects: one generic shape, so one writer serves every table. `record` is
-# the row's lossless JSON form (rows.to_record()); `customer` and `refs` (product ids the row
-# points at) are the two lookups entitlement derivation needs; v_* is the row's Stamp.
+# the row's lossless JSON form (rows.to_record()); `customer` and `refs` (ids the row points
+# at: products, payment intents, charges, invoices) are the two lookups entitlement
+# derivation needs; v_* is the row's Stamp.
 MIRROR_TABLES = (
     "products",
     "prices",
@@ -31,6 +32,8 @@ MIRROR_TABLES = (
     "purchases",
     "charges",
     "refunds",
+    "disputes",
+    "invoice_payments",
 )
 
 _CONTROL_DDL = """

@@ -5,12 +5,13 @@ Importing this package registers every rule; `rule_for(type)` finds one.
 
 from __future__ import annotations
 
-from projections.rules import customers, payments, products, subscriptions
+from projections.rules import customers, disputes, payments, products, subscriptions
 from projections.rules._registry import (
     RULES,
     RuleFn,
     RuleSpec,
     fold,
+    row_of,
     rule_for,
     stamp_of,
     supersedes,
@@ -22,9 +23,11 @@ __all__ = [
     "RuleFn",
     "RuleSpec",
     "customers",
+    "disputes",
     "fold",
     "payments",
     "products",
+    "row_of",
     "rule_for",
     "stamp_of",
     "subscriptions",

@@ -1,25 +1,35 @@
 """The fold rule registry: one rule per Stripe event type, registered by name.
 
 A rule is a pure function `(event, current row or None) -> new row or None`. It builds the
-row from the event's snapshot; whether the snapshot is newer than the current row is decided
-once, here (`supersedes`), not in every rule.
+row from the event's snapshot; whether that snapshot is newer than the current row is decided
+once, here (`RuleSpec.resolve`, by the order documented in `projections.rows`), not in every
+rule:
+
+- `stamp_of(event)` places the snapshot: Stripe's `created`, the event's rank (terminal >
+  update > create), the object's lifecycle stage (`projections.events.stage_of`), the log
+  position;
+- the rule is run a second time on the object as it was before the event (when the event
+  carries `previous_attributes`), and the row keeps the values the event changed, so that
+  same-key snapshots chain (`projections.rows.settle`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, TypeVar
 
-from projections.events import ObjectView, StripeEvent
-from projections.rows import TABLES, Row, Stamp, rank_of
+from projections.events import ObjectView, StripeEvent, stage_of
+from projections.rows import TABLES, Row, Settled, Stamp, changes, coarse, rank_of, settle
 
 __all__ = [
     "RULES",
     "RuleFn",
     "RuleSpec",
     "fold",
+    "row_of",
     "rule_for",
     "stamp_of",
     "supersedes",
@@ -29,26 +39,23 @@ __all__ = [
 RuleFn = Callable[[StripeEvent, Any], Row | None]
 F = TypeVar("F", bound=Callable[..., Row | None])
 V = TypeVar("V", bound=ObjectView)
+R = TypeVar("R", bound=Row)
 
 _RULES: dict[str, RuleSpec] = {}
 RULES: Mapping[str, RuleSpec] = MappingProxyType(_RULES)
 
 
 def stamp_of(event: StripeEvent) -> Stamp:
-    return Stamp(event.created, rank_of(event.type), 0, event.partition, event.offset)
-
-
-def _key(stamp: Stamp) -> tuple[bool, Stamp]:
-    # Terminal snapshots (deleted, canceled, expired, voided) are tombstones: they beat any
-    # non-terminal snapshot whatever its time, so an update delivered late (or stamped a
-    # second later by a skewed clock) never resurrects the object. A total order, so the
-    # result is the same in any delivery order.
-    return (stamp.rank == 2, stamp)
+    """Where `event`'s snapshot sits in its object's history (see `projections.rows`)."""
+    return Stamp(
+        event.created, rank_of(event.type), stage_of(event.obj), event.partition, event.offset
+    )
 
 
 def supersedes(event: StripeEvent, current: Row | None) -> bool:
-    """True when `event`'s snapshot should replace `current` (keep the newest snapshot)."""
-    return current is None or _key(stamp_of(event)) > _key(current.stamp)
+    """True when `event`'s snapshot is newer than `current` by its coarse key alone (a
+    same-key snapshot may still be chosen by `RuleSpec.resolve`)."""
+    return current is None or coarse(stamp_of(event)) > coarse(current.stamp)
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,11 +64,25 @@ class RuleSpec:
     table: str
     fn: RuleFn
 
+    def resolve(self, event: StripeEvent, current: Row | None) -> Settled:
+        """The row to keep after `event` (None: the event is older than `current`)."""
+        if current is not None and coarse(stamp_of(event)) < coarse(current.stamp):
+            return Settled(None)  # stale: do not even build the row
+        row = self.fn(event, current)
+        if row is None:
+            return Settled(None)
+        if event.previous is not None:
+            try:
+                before = self.fn(dataclasses.replace(event, obj=event.previous), current)
+            except Exception:
+                before = None
+            if before is not None and type(before) is type(row):
+                row = dataclasses.replace(row, previous=changes(before, row))
+        return settle(current, row)
+
     def apply(self, event: StripeEvent, current: Row | None) -> Row | None:
         """The rule's new row, or None when the event is older than `current`."""
-        if not supersedes(event, current):
-            return None
-        return self.fn(event, current)
+        return self.resolve(event, current).row
 
 
 def fold(*types: str, table: str, override: bool = False) -> Callable[[F], F]:
@@ -94,3 +115,24 @@ def view(event: StripeEvent, cls: type[V]) -> V:
     if not isinstance(obj, cls):
         raise TypeError(f"{event.type} {event.id}: expected {cls.__name__}, got {obj!r}")
     return obj
+
+
+_SHARED: dict[tuple[type, type], tuple[str, ...]] = {}
+
+
+def _shared(row: type, view_cls: type) -> tuple[str, ...]:
+    """The fields a row and a view both have, by name (computed once per pair)."""
+    names = _SHARED.get((row, view_cls))
+    if names is None:
+        mine = {f.name for f in dataclasses.fields(view_cls)}
+        names = _SHARED[(row, view_cls)] = tuple(
+            f.name for f in dataclasses.fields(row) if f.name in mine
+        )
+    return names
+
+
+def row_of(cls: type[R], obj: ObjectView, event: StripeEvent, **fields: Any) -> R:
+    """A `cls` row of `event`: every field the view has by the same name, then `fields`."""
+    values = {name: getattr(obj, name) for name in _shared(cls, type(obj))}
+    values.update(fields)
+    return cls(**values, stamp=stamp_of(event), event_id=event.id)

@@ -4,17 +4,11 @@ from __future__ import annotations
 
 from projections.events import CustomerView, StripeEvent
 from projections.rows import CustomerRow
-from projections.rules._registry import fold, stamp_of, view
+from projections.rules._registry import fold, row_of, view
 
 
 @fold("customer.created", "customer.updated", "customer.deleted", table="customers")
 def customer_snapshot(event: StripeEvent, current: CustomerRow | None) -> CustomerRow:
     c = view(event, CustomerView)
-    return CustomerRow(
-        id=c.id,
-        email=c.email,
-        name=c.name,
-        deleted=c.deleted or event.type == "customer.deleted",
-        stamp=stamp_of(event),
-        event_id=event.id,
-    )
+    # customer.deleted may carry the customer as it was, without `deleted: true`
+    return row_of(CustomerRow, c, event, deleted=c.deleted or event.type == "customer.deleted")

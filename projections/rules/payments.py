@@ -1,4 +1,5 @@
-"""One-off payments: checkout sessions, payment intents, invoices (purchases), charges, refunds.
+"""One-off payments: checkout sessions, payment intents, invoices (purchases), the invoice
+payments that link an invoice to its payment intent, charges and refunds.
 
 Paid means: a checkout session in mode payment with payment_status "paid"; a payment intent
 with status "succeeded"; an invoice with status "paid".
@@ -9,13 +10,14 @@ from __future__ import annotations
 from projections.events import (
     ChargeView,
     CheckoutSessionView,
+    InvoicePaymentView,
     InvoiceView,
     PaymentIntentView,
     RefundView,
     StripeEvent,
 )
-from projections.rows import ChargeRow, PurchaseRow, RefundRow
-from projections.rules._registry import fold, stamp_of, view
+from projections.rows import ChargeRow, InvoicePaymentRow, PurchaseRow, RefundRow
+from projections.rules._registry import fold, row_of, view
 
 
 @fold(
@@ -27,17 +29,15 @@ from projections.rules._registry import fold, stamp_of, view
 )
 def checkout_session_snapshot(event: StripeEvent, current: PurchaseRow | None) -> PurchaseRow:
     cs = view(event, CheckoutSessionView)
-    return PurchaseRow(
-        id=cs.id,
-        customer=cs.customer,
+    # The webhook carries no line items (the movie is in the metadata); a hydrated snapshot
+    # does, and then its products name what was bought too.
+    return row_of(
+        PurchaseRow,
+        cs,
+        event,
         kind="checkout_session",
         paid=cs.mode == "payment" and cs.payment_status == "paid",
         amount=cs.amount_total,
-        metadata=cs.metadata,
-        product_ids=(),  # line items are not in the webhook; the movie is in the metadata
-        payment_intent=cs.payment_intent,
-        stamp=stamp_of(event),
-        event_id=event.id,
     )
 
 
@@ -54,17 +54,14 @@ def checkout_session_snapshot(event: StripeEvent, current: PurchaseRow | None) -
 )
 def payment_intent_snapshot(event: StripeEvent, current: PurchaseRow | None) -> PurchaseRow:
     pi = view(event, PaymentIntentView)
-    return PurchaseRow(
-        id=pi.id,
-        customer=pi.customer,
+    return row_of(
+        PurchaseRow,
+        pi,
+        event,
         kind="payment_intent",
         paid=pi.status == "succeeded",
-        amount=pi.amount,
-        metadata=pi.metadata,
         product_ids=(),
         payment_intent=pi.id,
-        stamp=stamp_of(event),
-        event_id=event.id,
     )
 
 
@@ -81,40 +78,36 @@ def payment_intent_snapshot(event: StripeEvent, current: PurchaseRow | None) -> 
 )
 def invoice_snapshot(event: StripeEvent, current: PurchaseRow | None) -> PurchaseRow:
     inv = view(event, InvoiceView)
-    return PurchaseRow(
-        id=inv.id,
-        customer=inv.customer,
+    return row_of(
+        PurchaseRow,
+        inv,
+        event,
         kind="invoice",
         paid=inv.status == "paid",
         amount=inv.amount_paid,
-        metadata=inv.metadata,
         product_ids=tuple(sorted({ln.product for ln in inv.lines if ln.product})),
-        payment_intent=inv.payment_intent,
-        stamp=stamp_of(event),
-        event_id=event.id,
     )
 
 
+@fold("invoice_payment.paid", table="invoice_payments")
+def invoice_payment_snapshot(
+    event: StripeEvent, current: InvoicePaymentRow | None
+) -> InvoicePaymentRow:
+    return row_of(InvoicePaymentRow, view(event, InvoicePaymentView), event)
+
+
 @fold(
+    "charge.pending",
     "charge.succeeded",
     "charge.captured",
     "charge.refunded",
     "charge.updated",
     "charge.failed",
+    "charge.expired",
     table="charges",
 )
 def charge_snapshot(event: StripeEvent, current: ChargeRow | None) -> ChargeRow:
-    ch = view(event, ChargeView)
-    return ChargeRow(
-        id=ch.id,
-        customer=ch.customer,
-        payment_intent=ch.payment_intent,
-        amount=ch.amount,
-        amount_refunded=ch.amount_refunded,
-        refunded=ch.refunded,
-        stamp=stamp_of(event),
-        event_id=event.id,
-    )
+    return row_of(ChargeRow, view(event, ChargeView), event)
 
 
 @fold(
@@ -125,14 +118,4 @@ def charge_snapshot(event: StripeEvent, current: ChargeRow | None) -> ChargeRow:
     table="refunds",
 )
 def refund_snapshot(event: StripeEvent, current: RefundRow | None) -> RefundRow:
-    re = view(event, RefundView)
-    return RefundRow(
-        id=re.id,
-        charge=re.charge,
-        payment_intent=re.payment_intent,
-        amount=re.amount,
-        status=re.status,
-        stamp=stamp_of(event),
-        event_id=event.id,
-        customer=re.customer,
-    )
+    return row_of(RefundRow, view(event, RefundView), event)

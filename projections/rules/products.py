@@ -4,32 +4,17 @@ from __future__ import annotations
 
 from projections.events import PriceView, ProductView, StripeEvent
 from projections.rows import PriceRow, ProductRow
-from projections.rules._registry import fold, stamp_of, view
+from projections.rules._registry import fold, row_of, view
 
 
 @fold("product.created", "product.updated", "product.deleted", table="products")
 def product_snapshot(event: StripeEvent, current: ProductRow | None) -> ProductRow:
     p = view(event, ProductView)
-    return ProductRow(
-        id=p.id,
-        name=p.name,
-        active=p.active,
-        # product.deleted carries the product as it was, without `deleted: true`
-        deleted=p.deleted or event.type == "product.deleted",
-        metadata=p.metadata,
-        stamp=stamp_of(event),
-        event_id=event.id,
-    )
+    # product.deleted carries the product as it was, without `deleted: true`
+    return row_of(ProductRow, p, event, deleted=p.deleted or event.type == "product.deleted")
 
 
 @fold("price.created", "price.updated", "price.deleted", table="prices")
 def price_snapshot(event: StripeEvent, current: PriceRow | None) -> PriceRow:
     p = view(event, PriceView)
-    return PriceRow(
-        id=p.id,
-        product=p.product,
-        active=p.active,
-        deleted=p.deleted or event.type == "price.deleted",
-        stamp=stamp_of(event),
-        event_id=event.id,
-    )
+    return row_of(PriceRow, p, event, deleted=p.deleted or event.type == "price.deleted")

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from projections.events import StripeEvent, SubscriptionView
-from projections.rows import ItemRow, SubscriptionRow
-from projections.rules._registry import fold, stamp_of, view
+from projections.rows import SubscriptionRow
+from projections.rules._registry import fold, row_of, view
 
 SUBSCRIPTION_TYPES = (
     "customer.subscription.created",
@@ -28,15 +28,4 @@ def subscription_snapshot(event: StripeEvent, current: SubscriptionRow | None) -
     ):
         # deleted means ended, whatever a stale status field says
         status = "canceled"
-    return SubscriptionRow(
-        id=s.id,
-        customer=s.customer,
-        status=status,
-        cancel_at_period_end=s.cancel_at_period_end,
-        items=tuple(
-            ItemRow(i.id, i.price, i.product, i.current_period_start, i.current_period_end)
-            for i in s.items
-        ),
-        stamp=stamp_of(event),
-        event_id=event.id,
-    )
+    return row_of(SubscriptionRow, s, event, status=status)

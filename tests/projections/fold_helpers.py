@@ -20,7 +20,17 @@ def ev(
     offset: int | None = None,
     api_version: str | None = se.CURRENT_API_VERSION,
     id: str | None = None,
+    previous_attributes: dict[str, Any] | None = None,
 ) -> StripeEvent:
     """The event `type` about `obj`, through encode + parse like a real log message."""
-    raw = se.encode(se.event(type, obj, created=created, api_version=api_version, id=id))
+    raw = se.encode(
+        se.event(
+            type,
+            obj,
+            created=created,
+            api_version=api_version,
+            id=id,
+            previous_attributes=previous_attributes,
+        )
+    )
     return parse(raw, partition=partition, offset=next(_offsets) if offset is None else offset)

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from collections import Counter
+
 import pytest
 from fold_helpers import ev
 
 from entitled.shell import stripe_events as se
 from projections.errors import FoldError
+from projections.events import parse
 from projections.fold import fold_batch, target
-from projections.rows import SubscriptionRow
+from projections.rows import CustomerRow, SubscriptionRow
 
 
 def test_target() -> None:
@@ -35,9 +38,8 @@ def test_batch_chains_rows_and_reports_customers_and_products() -> None:
     row = res.changed[("subscriptions", "sub_1")]
     assert isinstance(row, SubscriptionRow) and row.status == "active"
     assert res.customers == {"cus_1"} and res.products == {"prod_1"}
-    assert res.payment_intents == {"pi_9"}
+    assert res.links == {"ch", "pi_9"}
     assert res.unknown == 1 and res.skipped_duplicates == 0 and res.stale == 0
-    assert res.last_event["cus_1"] is events[1]
     assert res.applied == [e.id for e in events]
 
 
@@ -71,3 +73,95 @@ def test_customer_moved_reports_both() -> None:
     first = fold_batch([ev("charge.succeeded", a, created=1)], {}, set())
     res = fold_batch([ev("charge.updated", b, created=2)], first.changed, set())
     assert res.customers == {"cus_a", "cus_b"}
+
+
+def test_events_without_stored_state_are_ignored_and_counted_by_type() -> None:
+    preview = se.invoice("in_1", customer="cus_1", lines=[("p", "prod")], status="draft")
+    del preview["id"]
+    no_object = parse(
+        b'{"id": "evt_n", "type": "customer.updated", "created": 1, "data": {}}',
+        partition=0,
+        offset=1,
+    )
+    thin = parse(
+        b'{"id": "evt_t", "object": "v2.core.event", "type": "v1.customer.subscription.updated",'
+        b' "created": "2024-09-17T06:20:52.246Z", "related_object": {"id": "sub_1"}}',
+        partition=0,
+        offset=2,
+    )
+    events = [
+        ev("invoice.upcoming", preview),
+        ev("invoice.upcoming", preview),
+        ev("invoice.paid", preview),
+        no_object,
+        thin,
+        ev("coupon.created", {"id": "co_1", "object": "coupon"}),
+        ev("customer.subscription.updated", se.subscription("sub_1", customer="c", items=[])),
+    ]
+    res = fold_batch(events, {}, set())
+    assert res.ignored == Counter(
+        {
+            "invoice.upcoming": 2,
+            "invoice.paid": 1,
+            "customer.updated": 1,
+            "v1.customer.subscription.updated": 1,
+        }
+    )
+    assert res.unknown == 1 and list(res.changed) == [("subscriptions", "sub_1")]
+    assert all(target(e) is None for e in events[:-1])
+    assert len(res.applied) == len(events)
+
+
+def test_tolerant_views_are_not_poison_but_a_raising_rule_is() -> None:
+    odd = {"id": "sub_1", "object": "subscription", "status": 1, "items": "x", "customer": []}
+    res = fold_batch([ev("customer.subscription.updated", odd)], {}, set())
+    row = res.changed[("subscriptions", "sub_1")]
+    assert isinstance(row, SubscriptionRow) and (row.status, row.items, row.customer) == (
+        "",
+        (),
+        None,
+    )
+
+
+def test_links_of_rows_without_customer() -> None:
+    dispute = {"id": "dp_1", "object": "dispute", "charge": "ch_1", "payment_intent": "pi_1"}
+    payment = {
+        "id": "inpay_1",
+        "object": "invoice_payment",
+        "invoice": "in_1",
+        "payment": {"payment_intent": "pi_2"},
+    }
+    charge = se.charge("ch_2", customer="cus_1", payment_intent="pi_3")
+    guest = se.charge("ch_3", customer="cus_1", payment_intent="pi_4")
+    guest["customer"] = None
+    res = fold_batch(
+        [
+            ev("charge.dispute.created", dispute),
+            ev("invoice_payment.paid", payment),
+            ev("charge.succeeded", charge),
+            ev("charge.succeeded", guest),
+        ],
+        {},
+        set(),
+    )
+    assert res.links == {"ch_1", "pi_1", "in_1", "pi_2", "pi_4"}
+    assert res.customers == {"cus_1"}
+
+
+def test_same_second_ties_are_counted() -> None:
+    a = se.customer("cus_1", name="A")
+    b = se.customer("cus_1", name="B")
+    res = fold_batch(
+        [ev("customer.updated", a, created=5), ev("customer.updated", b, created=5)], {}, set()
+    )
+    assert res.ties == 1 and res.stale == 0
+    chained = fold_batch(
+        [
+            ev("customer.updated", b, created=5, previous_attributes={"name": "A"}),
+            ev("customer.updated", a, created=5, previous_attributes={"name": None}),
+        ],
+        {},
+        set(),
+    )
+    row = chained.changed[("customers", "cus_1")]
+    assert chained.ties == 0 and isinstance(row, CustomerRow) and row.name == "B"

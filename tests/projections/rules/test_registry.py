@@ -6,21 +6,14 @@ import pytest
 from fold_helpers import ev
 
 from entitled.shell import stripe_events as se
-from projections.rows import ProductRow
+from projections.rows import TABLES, ProductRow
 from projections.rules import RULES, fold, rule_for, supersedes
+from projections.schema import MIRROR_TABLES
 
 
 def test_families_are_registered_to_their_tables() -> None:
     tables = {spec.table for spec in RULES.values()}
-    assert tables == {
-        "products",
-        "prices",
-        "customers",
-        "subscriptions",
-        "purchases",
-        "charges",
-        "refunds",
-    }
+    assert tables == set(TABLES) == set(MIRROR_TABLES)
     expected = {
         "customer.subscription.updated": "subscriptions",
         "customer.subscription.deleted": "subscriptions",
@@ -33,6 +26,8 @@ def test_families_are_registered_to_their_tables() -> None:
         "charge.refunded": "charges",
         "charge.refund.updated": "refunds",
         "refund.created": "refunds",
+        "charge.dispute.closed": "disputes",
+        "invoice_payment.paid": "invoice_payments",
     }
     for event_type, table in expected.items():
         spec = rule_for(event_type)
