@@ -7,6 +7,7 @@ Both are started by the project itself on 127.0.0.1 (free ports, remembered in
 from __future__ import annotations
 
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -166,50 +167,36 @@ def resolve(settings: Settings, *, need_kafka: bool, need_postgres: bool) -> Set
     )
 
 
-def _existing(settings: Settings, state: proc.State, name: str) -> dict[str, Any]:
-    if name not in state:
-        raise ServicesError(
-            f"No local {name} in {settings.services_dir}; run `entitled services up` first."
-        )
-    current: dict[str, Any] = state[name]
-    return current
+def _on_existing(settings: Settings, name: str, action: Callable[[dict[str, Any]], object]) -> None:
+    """Run `action` on the recorded state of service `name` under the lock; save the state
+    (pids) whatever happens."""
+    with _lock(settings):
+        state = proc.load_state(settings.services_dir)
+        try:
+            if name not in state:
+                raise ServicesError(
+                    f"No local {name} in {settings.services_dir}; run `entitled services up` first."
+                )
+            action(state[name])
+        finally:
+            proc.save_state(settings.services_dir, state)
 
 
 def stop_kafka(settings: Settings, *, kill: bool = False) -> None:
     """Stop the local Kafka (for fault tests); `start_kafka` brings it back on the same ports."""
-    with _lock(settings):
-        state = proc.load_state(settings.services_dir)
-        try:
-            kafka.stop(_existing(settings, state, "kafka"), kill=kill)
-        finally:
-            proc.save_state(settings.services_dir, state)
+    _on_existing(settings, "kafka", lambda state: kafka.stop(state, kill=kill))
 
 
 def start_kafka(settings: Settings) -> None:
     """Start the local Kafka again on its remembered ports and wait until it answers."""
-    with _lock(settings):
-        state = proc.load_state(settings.services_dir)
-        try:
-            kafka.start(settings, _existing(settings, state, "kafka"))
-        finally:
-            proc.save_state(settings.services_dir, state)
+    _on_existing(settings, "kafka", lambda state: kafka.start(settings, state))
 
 
 def stop_postgres(settings: Settings, *, kill: bool = False) -> None:
     """Stop the local PostgreSQL (for fault tests); `start_postgres` restarts it."""
-    with _lock(settings):
-        state = proc.load_state(settings.services_dir)
-        try:
-            postgres.stop(_existing(settings, state, "postgres"), kill=kill)
-        finally:
-            proc.save_state(settings.services_dir, state)
+    _on_existing(settings, "postgres", lambda state: postgres.stop(state, kill=kill))
 
 
 def start_postgres(settings: Settings) -> None:
     """Start the local PostgreSQL again on its remembered port."""
-    with _lock(settings):
-        state = proc.load_state(settings.services_dir)
-        try:
-            postgres.start(settings, _existing(settings, state, "postgres"))
-        finally:
-            proc.save_state(settings.services_dir, state)
+    _on_existing(settings, "postgres", lambda state: postgres.start(settings, state))
