@@ -206,6 +206,10 @@ def customer_id(kind: Kind) -> str:
     return f"cus_hostile_{kind.name}"
 
 
+def product_id(kind: Kind) -> str:
+    return f"prod_hostile_{kind.name}"
+
+
 def group(kind: Kind) -> str:
     return f"hostile-{kind.name}"
 
@@ -217,7 +221,7 @@ def movie(kind: Kind) -> str:
 def events(kind: Kind, created: int) -> list[Obj]:
     """The kind's events, all for `customer_id(kind)` (products and prices keyed by id)."""
     cus = customer_id(kind)
-    prod_id, price_id = f"prod_hostile_{kind.name}", f"price_hostile_{kind.name}"
+    prod_id, price_id = product_id(kind), f"price_hostile_{kind.name}"
     pi_id, ch_id = f"pi_hostile_{kind.name}", f"ch_hostile_{kind.name}"
     product = se.product(prod_id, groups=group(kind), created=created)
     product = harden(product, kind)

@@ -11,7 +11,16 @@ import time
 
 from entitled.settings import Settings
 from entitled.shell import stripe_events as se
-from tests.hostile.hostile_text import KINDS, Kind, customer_id, encode, events, group, movie
+from tests.hostile.hostile_text import (
+    KINDS,
+    Kind,
+    customer_id,
+    encode,
+    events,
+    group,
+    movie,
+    product_id,
+)
 from tests.processes import Procs
 from tests.processors.corpus_events import Sample
 from tests.processors.corpus_run import (
@@ -20,7 +29,7 @@ from tests.processors.corpus_run import (
     granted,
     post_all,
 )
-from tests.reliability_support import start_system
+from tests.reliability_support import sql_rows, start_system
 
 NORMAL_GROUP = "normal"
 BYSTANDERS = 16  # two per partition on average: every partition has normal traffic too
@@ -83,6 +92,21 @@ def test_hostile_text_in_every_field_stalls_nothing_and_parks_nobody(
                 f"{customer_id(kind)} ({kind.name}) holds groups {groups} movies {movies}; "
                 f"expected at least {sorted(want_groups)} and {sorted(want_movies)}"
             )
+    # text is stored as typed, U+0000 removed (Postgres text cannot hold it) and nothing else:
+    # the six characters \u0000 and every escape-looking sequence stay as they are
+    for kind in KINDS:
+        if kind.may_be_refused:
+            continue
+        want = kind.text.replace("\x00", "")
+        for table, row_id in (("customers", customer_id(kind)), ("products", product_id(kind))):
+            rows = sql_rows(
+                settings, f"SELECT record->>'name' FROM live.{table} WHERE id = %s", row_id
+            )
+            if rows != [(want,)]:
+                shown = [r[0][:80] if r[0] else r[0] for r in rows]
+                problems.append(
+                    f"{table} {row_id} ({kind.name}) name is {shown!r}, not {want[:80]!r}"
+                )
     left_out = [c for c in bystanders if NORMAL_GROUP not in now_granted.get(c, ([], []))[0]]
     if left_out:
         problems.append(f"bystanders that did not fold: {left_out}")
