@@ -1,0 +1,140 @@
+"""BatchRunner as a pure unit: a fake store and a fake seek (the real writer has its own
+contract tests). What it must do: retry transient failures, isolate a deterministic one to
+the one event that causes it, stop loudly when everything fails, follow its seeks."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+import psycopg
+import pytest
+
+from entitled.settings import Settings
+from processors.errors import WriterStalled
+from processors.runner import BatchRunner, is_transient
+from projections.offsets import Expected, continuity
+from projections.store import ApplyResult
+from projections.types import Message
+
+
+class FakePool:
+    async def open(self, wait: bool = True) -> None:
+        pass
+
+    @asynccontextmanager
+    async def connection(self) -> AsyncIterator[None]:
+        yield None
+
+
+class FakeStore:
+    """Applies batches unless they hold a bad offset; fails transiently `flaky` times."""
+
+    def __init__(self, bad: set[int], *, flaky: int = 0, error: type[Exception] = ValueError):
+        self.bad, self.flaky, self.error = bad, flaky, error
+        self.applied: list[int] = []
+        self.quarantined: list[int] = []
+        self.attempts = 0
+
+    async def apply(self, conn: Any, batch: Sequence[Message], *, recompute: bool) -> ApplyResult:
+        self.attempts += 1
+        if self.flaky:
+            self.flaky -= 1
+            raise psycopg.errors.SerializationFailure("conflict")
+        if any(m.offset in self.bad for m in batch):
+            raise self.error("refused")
+        self.applied += [m.offset for m in batch]
+        return ApplyResult(applied=len(batch))
+
+    async def quarantine(self, conn: Any, m: Message, error: BaseException) -> ApplyResult:
+        self.quarantined.append(m.offset)
+        return ApplyResult(poison=1)
+
+
+def runner(store: FakeStore, **kw: Any) -> BatchRunner:
+    return BatchRunner(Settings(), FakePool(), store=store, max_backoff_s=0.01, **kw)  # type: ignore[arg-type]
+
+
+def batch(n: int, keys: int = 1) -> list[Message]:
+    return [Message(0, i, f"cus_{i % keys}", b"{}") for i in range(n)]
+
+
+async def test_a_deterministic_failure_is_isolated_to_its_event() -> None:
+    store = FakeStore(bad={37})
+    result = await runner(store).commit(batch(100, keys=100))
+    assert store.quarantined == [37]
+    assert sorted(store.applied) == [i for i in range(100) if i != 37]
+    assert (result.applied, result.poison) == (99, 1)
+
+
+async def test_transient_failures_are_retried_never_isolated() -> None:
+    store = FakeStore(bad=set(), flaky=3)
+    result = await runner(store).commit(batch(10))
+    assert store.attempts == 4 and store.quarantined == [] and result.applied == 10
+
+
+async def test_every_event_failing_the_same_way_stalls_instead_of_dead_lettering() -> None:
+    store = FakeStore(bad=set(range(50)))
+    r = runner(store, stall_after_keys=4)
+    with pytest.raises(WriterStalled):
+        await r.commit(batch(50, keys=50))
+    assert len(store.quarantined) == 3 and not r.ready()
+    store.bad = set()  # fixed (a deploy): the next success clears the stall
+    await r.commit(batch(50, keys=50)[3:])
+    assert r.ready()
+
+
+async def test_one_customers_poison_does_not_stall() -> None:
+    store = FakeStore(bad={0, 1, 2, 3, 4, 5})  # one key: the rest of it is parked, not poison
+    r = runner(store, stall_after_keys=2)
+    await r.commit(batch(6, keys=1))
+    assert r.ready() and len(store.quarantined) == 6
+
+
+async def test_handle_seeks_back_and_drops_records_until_the_awaited_offset() -> None:
+    seeks: list[tuple[int, int]] = []
+
+    async def seek(partition: int, offset: int) -> None:
+        seeks.append((partition, offset))
+
+    class Gappy(FakeStore):
+        async def apply(self, conn: Any, b: Sequence[Message], *, recompute: bool) -> ApplyResult:
+            return ApplyResult(gaps={0: 2})
+
+    r = runner(Gappy(set()))
+    await r.handle([Message(0, 5, "k", b"{}")], seek)
+    assert seeks == [(0, 2)] and r.expected.awaiting(0) == 2
+    assert r.expected.admit([Message(0, 6, "k", b"")]) == []  # read before the seek
+    assert [m.offset for m in r.expected.admit([Message(0, 2, "k", b"")])] == [2]
+    assert r.expected.awaiting(0) is None
+
+
+def test_stale_seeks_are_reissued() -> None:
+    e = Expected(stale_after_s=0.0)
+    e.expect(3, 10)
+    assert e.stale() == {3: 10}
+
+
+def test_continuity_keeps_what_follows_the_checkpoint() -> None:
+    ms = [Message(0, o, None, b"") for o in (3, 4, 5, 7)] + [Message(1, 0, None, b"")]
+    c = continuity(ms, {0: 4})
+    assert [(m.partition, m.offset) for m in c.fresh] == [(0, 4), (0, 5), (1, 0)]
+    assert (c.below_checkpoint, c.gaps, c.next_offsets) == (1, {0: 6}, {0: 6, 1: 1})
+
+
+@pytest.mark.parametrize(
+    ("error", "transient"),
+    [
+        (psycopg.errors.SerializationFailure(), True),
+        (psycopg.errors.AdminShutdown(), True),
+        (psycopg.OperationalError("connection lost"), True),
+        (psycopg.errors.ProgramLimitExceeded(), False),  # an index row too large: bad input
+        (psycopg.errors.NumericValueOutOfRange(), False),
+        (psycopg.errors.UntranslatableCharacter(), False),
+        (psycopg.errors.UniqueViolation(), False),
+        (ValueError("writer bug"), False),
+    ],
+)
+def test_errors_are_classified_by_what_retrying_can_do(error: Exception, transient: bool) -> None:
+    assert is_transient(error) is transient
