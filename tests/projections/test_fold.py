@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 from collections import Counter
+from typing import Any
 
+import orjson
 import pytest
 from fold_helpers import ev
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from entitled.shell import stripe_events as se
 from projections.errors import FoldError
 from projections.events import parse
 from projections.fold import fold_batch, target
 from projections.rows import CustomerRow, SubscriptionRow
+from projections.rules import rule_for
 
 
 def test_target() -> None:
@@ -165,3 +170,68 @@ def test_same_second_ties_are_counted() -> None:
     )
     row = chained.changed[("customers", "cus_1")]
     assert chained.ties == 0 and isinstance(row, CustomerRow) and row.name == "B"
+
+
+# What each event family carries in `data.object.object`.
+_KINDS = {
+    "product.updated": "product",
+    "price.updated": "price",
+    "customer.updated": "customer",
+    "customer.subscription.updated": "subscription",
+    "checkout.session.completed": "checkout.session",
+    "payment_intent.succeeded": "payment_intent",
+    "invoice.paid": "invoice",
+    "charge.refunded": "charge",
+    "refund.updated": "refund",
+    "charge.dispute.closed": "dispute",
+    "invoice_payment.paid": "invoice_payment",
+}
+_FIELDS = (
+    "customer", "status", "items", "metadata", "lines", "payments", "payment", "line_items",
+    "amount", "amount_paid", "amount_total", "amount_refunded", "refunded", "captured", "deleted",
+    "active", "name", "email", "product", "price", "charge", "payment_intent", "invoice", "mode",
+    "payment_status", "cancel_at_period_end", "parent", "subscription", "plan", "quantity",
+    "current_period_start", "current_period_end", "data", "pricing",
+)  # fmt: skip
+_json = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**63), 2**63 - 1)
+    | st.floats(allow_nan=False)
+    | st.text(max_size=5),
+    lambda inner: (
+        st.lists(inner, max_size=3)
+        | st.dictionaries(st.sampled_from(_FIELDS) | st.text(max_size=3), inner, max_size=4)
+    ),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    event_type=st.sampled_from(sorted(_KINDS)),
+    fields=st.dictionaries(st.sampled_from(_FIELDS), _json, max_size=8),
+    previous=st.none() | st.dictionaries(st.sampled_from(_FIELDS), _json, max_size=3),
+    api_version=st.sampled_from([se.CURRENT_API_VERSION, se.LEGACY_API_VERSION, None]),
+)
+def test_no_object_shape_makes_an_event_poison(
+    event_type: str,
+    fields: dict[str, Any],
+    previous: dict[str, Any] | None,
+    api_version: str | None,
+) -> None:
+    """Any value of any field a view reads, in either API shape, folds without error."""
+    obj = {**fields, "id": "obj_1", "object": _KINDS[event_type]}
+    data: dict[str, Any] = {"object": obj}
+    if previous is not None:
+        data["previous_attributes"] = previous
+    doc = {
+        "id": "evt_1",
+        "type": event_type,
+        "created": 1,
+        "api_version": api_version,
+        "data": data,
+    }
+    event = parse(orjson.dumps(doc), partition=0, offset=0)
+    res = fold_batch([event], {}, set())
+    assert list(res.changed) == [(rule_for(event_type).table, "obj_1")]  # type: ignore[union-attr]
