@@ -4,11 +4,14 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: dev test lint clean-data venv
+.PHONY: dev test lint clean-data venv FORCE
 
-$(STAMP): pyproject.toml scripts/bootstrap
+# A venv without the stripe-mock binary (built by bootstrap) is not ready, whatever its stamp.
+$(STAMP): pyproject.toml scripts/bootstrap $(if $(wildcard $(VENV)/bin/stripe-mock),,FORCE)
 	bash scripts/bootstrap $(VENV)
 	touch $(STAMP)
+
+FORCE:
 
 venv: $(STAMP)
 
