@@ -125,3 +125,26 @@ def test_normalise_chains_to_current_shape_for_old_and_mixed_events() -> None:
             assert i["lines"]["data"][0]["pricing"]["price_details"]["product"] == "prod"
             assert "subscription" not in i and "payment_intent" not in i
     assert n.normalise(sub, NEW) is not sub
+
+
+def test_odd_shapes_are_left_for_the_views_to_default() -> None:
+    sub = {
+        "object": "subscription",
+        "current_period_end": 4,
+        "items": {"data": ["x", 3, {"plan": "p"}]},
+    }
+    out = n.normalise(sub, OLD)
+    assert out["items"]["data"] == [
+        {"price": "p", "current_period_start": None, "current_period_end": 4}
+    ]
+    inv = {
+        "object": "invoice",
+        "subscription": "s",
+        "parent": {"subscription_details": "x"},
+        "lines": {"data": ["x", {"price": "pr"}]},
+    }
+    out = n.normalise(inv, OLD)
+    assert out["parent"]["subscription_details"]["subscription"] == "s"
+    assert out["lines"]["data"] == [
+        {"pricing": {"type": "price_details", "price_details": {"price": "pr", "product": None}}}
+    ]

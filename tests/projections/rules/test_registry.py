@@ -7,7 +7,7 @@ from fold_helpers import ev
 
 from entitled.shell import stripe_events as se
 from projections.rows import TABLES, ProductRow
-from projections.rules import RULES, fold, rule_for, supersedes
+from projections.rules import RULES, fold, rule_for, stamp_of, supersedes
 from projections.schema import MIRROR_TABLES
 
 
@@ -90,3 +90,69 @@ def test_a_mismatched_object_is_poison() -> None:
     assert spec is not None
     with pytest.raises(TypeError):
         spec.apply(ev("product.updated", se.customer("cus_1")), None)
+
+
+@pytest.mark.parametrize(
+    ("obj", "lower", "higher"),
+    [
+        ("invoice", {"status": "draft"}, {"status": "open"}),
+        ("invoice", {"status": "open"}, {"status": "uncollectible"}),
+        ("invoice", {"status": "uncollectible"}, {"status": "paid"}),
+        ("invoice", {"status": "open"}, {"status": "void"}),
+        ("payment_intent", {"status": "requires_action"}, {"status": "processing"}),
+        ("payment_intent", {"status": "processing"}, {"status": "requires_capture"}),
+        ("payment_intent", {"status": "requires_capture"}, {"status": "succeeded"}),
+        ("payment_intent", {"status": "requires_payment_method"}, {"status": "canceled"}),
+        ("checkout.session", {"status": "open"}, {"status": "complete"}),
+        ("checkout.session", {"status": "open"}, {"status": "expired"}),
+        (
+            "checkout.session",
+            {"status": "complete", "payment_status": "unpaid"},
+            {"status": "complete", "payment_status": "paid"},
+        ),
+        ("refund", {"status": "pending"}, {"status": "succeeded"}),
+        ("refund", {"status": "requires_action"}, {"status": "failed"}),
+        ("refund", {"status": "pending"}, {"status": "canceled"}),
+        ("dispute", {"status": "needs_response"}, {"status": "under_review"}),
+        ("dispute", {"status": "warning_under_review"}, {"status": "warning_closed"}),
+        ("invoice_payment", {"status": "open"}, {"status": "paid"}),
+        ("charge", {"status": "pending"}, {"status": "succeeded"}),
+        ("charge", {"captured": False}, {"captured": True}),
+        ("charge", {"amount_refunded": 100, "refunded": True}, {"amount_refunded": 200}),
+        (
+            "charge",
+            {"amount_refunded": 400, "captured": True},
+            {"amount_refunded": 400, "captured": True, "refunded": True},
+        ),
+    ],
+)
+def test_stage_follows_the_lifecycle(
+    obj: str, lower: dict[str, object], higher: dict[str, object]
+) -> None:
+    def stage(fields: dict[str, object]) -> int:
+        return stamp_of(ev("x.updated", {"id": "x_1", "object": obj, **fields})).stage
+
+    assert stage(lower) < stage(higher)
+
+
+def test_objects_without_a_lifecycle_are_stage_zero() -> None:
+    for obj in (
+        se.customer("cus_1"),
+        se.product("prod_1"),
+        se.subscription("s", customer="c", items=[]),
+    ):
+        assert stamp_of(ev("x.updated", obj)).stage == 0
+
+
+def test_a_row_keeps_what_its_event_changed() -> None:
+    spec = rule_for("customer.subscription.updated")
+    assert spec is not None
+    sub = se.subscription("sub_1", customer="c", items=[("p", "prod")], status="active")
+    e = ev(
+        "customer.subscription.updated",
+        sub,
+        previous_attributes={"status": "trialing", "latest_invoice": "in_0"},
+    )
+    row = spec.apply(e, None)
+    assert row is not None and row.previous == (("status", "trialing"),)
+    assert spec.apply(ev("customer.subscription.updated", sub), None).previous == ()  # type: ignore[union-attr]

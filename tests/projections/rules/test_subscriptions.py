@@ -73,3 +73,19 @@ def test_all_lifecycle_types_use_the_one_rule() -> None:
     for t in SUBSCRIPTION_TYPES:
         spec = rule_for(t)
         assert spec is not None and spec.fn is subscription_snapshot
+
+
+@pytest.mark.parametrize("legacy", [False, True])
+def test_item_quantity_is_kept_one_when_absent(legacy: bool) -> None:
+    sub = se.subscription(
+        "sub_1",
+        customer="c",
+        items=[("pa", "a"), ("pb", "b")],
+        item_ids=["si_a", "si_b"],
+        legacy=legacy,
+    )
+    sub["items"]["data"][0]["quantity"] = 0
+    del sub["items"]["data"][1]["quantity"]
+    version = se.LEGACY_API_VERSION if legacy else se.CURRENT_API_VERSION
+    row = subscription_snapshot(ev("customer.subscription.updated", sub, api_version=version), None)
+    assert [(i.id, i.quantity) for i in row.items] == [("si_a", 0), ("si_b", 1)]
