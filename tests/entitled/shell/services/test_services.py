@@ -107,6 +107,9 @@ def test_taken_port_is_a_clear_error(started: Started) -> None:
     port = int(started.endpoints.database_url.rsplit(":", 1)[1].split("/")[0])
     svc.stop_postgres(started.settings)
     squatter = socket.socket()
+    # Connections the health checks made may linger in TIME_WAIT on that port; a listener
+    # (Postgres too) may bind over those, and it is the listener that takes the port.
+    squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         squatter.bind(("127.0.0.1", port))
         squatter.listen()
