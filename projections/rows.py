@@ -20,8 +20,9 @@ The order between two snapshots of one object, newest wins:
 
 5. among snapshots with an equal coarse key, `data.previous_attributes`: each snapshot keeps
    the values it changed (`previous`), so its prior state is known; B follows A when B's prior
-   state is A's state. The row keeps its same-key rivals, and `settle` chooses the end of the
-   chain over all of them, so the outcome is one for any delivery order of a chain;
+   state is A's state. The row keeps its same-key rivals (up to 16 snapshots), and `settle`
+   chooses the end of the longest chain over all of them, so the outcome is one for any
+   delivery order; the same state twice (invoice.paid + invoice.payment_succeeded) is no tie;
 6. only when nothing above decides, log order (partition, offset): a `tie`, counted.
 """
 
@@ -376,6 +377,8 @@ class Settled:
 
 # Up to this many same-key snapshots, every chain through them is tried.
 _EXHAUSTIVE = 6
+# A row keeps at most this many same-key snapshots (itself and its rivals).
+_MOST_RIVALS = 16
 
 
 def _longest_paths(follows: list[list[bool]]) -> set[int]:
@@ -438,6 +441,10 @@ def settle(current: Row | None, incoming: Row) -> Settled:
     if any(r.event_id == incoming.event_id for r in pool):
         return Settled(None)  # folded already
     pool.append(incoming)
+    if len(pool) > _MOST_RIVALS:
+        # A script updating one object many times a second: keep the latest in log order
+        # (beyond this many, the answer may depend on delivery order).
+        pool = sorted(pool, key=lambda r: r.stamp)[-_MOST_RIVALS:]
     winner, tie = _chain_end(pool)
     rivals = tuple(sorted((r for r in pool if r is not winner), key=lambda r: r.event_id))
     chosen: Any = winner

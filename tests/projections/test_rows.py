@@ -225,3 +225,10 @@ def test_only_log_order_left_is_a_tie() -> None:
     got, ties = _fold_rows([y, x])
     assert got is not None and got.event_id == "e_y" and ties == 1  # the later log position
     assert settle(got, x).row is None  # a rival folded again changes nothing
+
+
+def test_rivals_are_bounded() -> None:
+    rows = [_sub(f"e_{n:03d}", f"s{n}", None, n) for n in range(40)]
+    got, ties = _fold_rows(rows)
+    assert got is not None and len(got.rivals) == 15 and got.event_id == "e_039"
+    assert ties == 39
