@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: dev test lint clean-data venv FORCE
+.PHONY: dev test corpus lint clean-data venv FORCE
 
 # A venv without the stripe-mock binary (built by bootstrap) is not ready, whatever its stamp.
 $(STAMP): pyproject.toml scripts/bootstrap $(if $(wildcard $(VENV)/bin/stripe-mock),,FORCE)
@@ -21,6 +21,11 @@ dev: $(STAMP)
 test: $(STAMP)
 	$(VENV)/bin/entitled services prepare
 	$(PY) -m pytest -p no:cacheprovider $(PYTEST_ARGS)
+
+# Real payloads of public projects (kept in ../shared/stripe/corpus, not in this repository).
+corpus: $(STAMP)
+	$(VENV)/bin/entitled services prepare
+	$(PY) -m pytest -p no:cacheprovider --public-corpus tests/public_corpus $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -144,3 +144,19 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         parts = Path(str(item.fspath)).relative_to(here).parts
         if parts and parts[0] in _HEAVY:
             item.add_marker(pytest.mark.heavy)
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--public-corpus",
+        action="store_true",
+        help="also run tests/public_corpus (needs the corpus in ../shared/stripe/corpus)",
+    )
+
+
+def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
+    """tests/public_corpus runs only when asked for (`make corpus`): its data lives outside
+    this repository."""
+    if collection_path.name == "public_corpus" and not config.getoption("--public-corpus"):
+        return True
+    return None

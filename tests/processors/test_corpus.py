@@ -7,41 +7,19 @@ from __future__ import annotations
 
 import time
 
-import pytest
 from stripe_mock_fixture import API_KEY
 
 from entitled.settings import Settings
 from tests.processes import Procs
 from tests.processors.corpus_events import (
-    CORPUS_ENV,
-    corpus_dir,
     distinct_ids,
     fixtures3_corpus,
-    public_corpus,
     stripe_mock_corpus,
 )
 from tests.processors.corpus_run import run_corpus
 
 # event id -> why its fold rule genuinely fails on it. Empty: no real payload may poison.
 ALLOWED_DEAD_LETTERS: dict[str, str] = {}
-
-
-def test_public_corpus_folds_without_stalls_or_dead_letters(
-    settings: Settings, procs: Procs
-) -> None:
-    directory = corpus_dir()
-    if not (directory / "PROVENANCE.json").exists():
-        pytest.fail(
-            f"the public Stripe event corpus is not at {directory}: it is fetched third-party "
-            f"data, kept in the steering repository's shared/stripe/corpus/ (or point "
-            f"{CORPUS_ENV} at a copy)",
-            pytrace=False,
-        )
-    samples = distinct_ids(public_corpus(directory))
-    assert len(samples) >= 150 and len({s.type for s in samples}) >= 80
-    outcome = run_corpus(procs, settings, samples, ALLOWED_DEAD_LETTERS, ["cus_corpus_fresh"])
-    assert outcome.posted > 0
-    outcome.check()
 
 
 def test_stripe_shapes_fold_without_stalls_or_dead_letters(
