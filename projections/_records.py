@@ -71,8 +71,13 @@ def _decoder(tp: Any, owner: type) -> Codec:
     if tp == Metadata:
         return metadata_of
     if tp == Changes:
+        # a field dropped from the class since the record was written is dropped here too
         return lambda v: tuple(
-            sorted(((name, _field_decoder(owner, name)(x)) for name, x in v.items()))
+            sorted(
+                (name, _field_decoder(owner, name)(x))
+                for name, x in v.items()
+                if name in _hints(owner)
+            )
         )
     if (inner := _optional_of(tp)) is not None:
         return _optional(_decoder(inner, owner))

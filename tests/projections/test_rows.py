@@ -120,6 +120,9 @@ def test_records_written_before_a_field_existed_still_load() -> None:
         from_record("subscriptions", rec)  # stage has no default: a Stamp always has one
     rec["stamp"]["stage"] = 0
     assert from_record("subscriptions", rec) == ROWS[4]
+    rec = ROWS[13].to_record()
+    rec["previous"]["plan"] = "a field since removed"
+    assert from_record("subscriptions", rec) == ROWS[13]
 
 
 def test_rank_and_version_order() -> None:
