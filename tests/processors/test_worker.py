@@ -129,8 +129,9 @@ def _applied(settings: Settings) -> int:
 
 def test_poison_event_parks_its_customer_only(settings: Settings, procs: Procs) -> None:
     good = se.subscription("sub_p", customer="cus_p", items=[("price_1", "prod_act")])
-    poison = se.event("customer.subscription.updated", good, created=301)
-    poison["data"]["object"]["items"] = "not a list"  # a rule cannot read this
+    # A well-formed event its rule raises on (tests.processors.poison_rules): malformed
+    # fields are not poison any more, they take defined defaults.
+    poison = se.event("customer.subscription.updated", good, id="evt_poison_1", created=301)
     later = se.event("customer.subscription.deleted", dict(good, status="canceled"), created=302)
     publish(
         settings,
@@ -146,22 +147,23 @@ def test_poison_event_parks_its_customer_only(settings: Settings, procs: Procs) 
             ),
         ],
     )
-    procs.spawn("worker")
+    plugin = {"ENTITLED_RULE_PLUGINS": "tests.processors.poison_rules"}
+    procs.spawn("worker", **plugin)
     wait_until(lambda: caught_up(settings), 60, "worker to reach the log end", procs)
     # cus_p stays as of its last good event; the deletion is parked behind the poison
     assert entitlements(settings) == {"cus_p": (["action"], []), "cus_q": (["action"], [])}
     letters = query(settings, "SELECT key, state, event_id FROM live.dead_letters ORDER BY id")
     assert letters == [("cus_p", "poison", poison["id"]), ("cus_p", "parked", later["id"])]
-    listing = procs.spawn("deadletters", "list", "--json", name="list")
+    listing = procs.spawn("deadletters", "list", "--json", name="list", **plugin)
     assert listing.popen is not None and listing.popen.wait(60) == 0, listing.tail()
     listed = json.loads(listing.log.read_text())
     assert [(d["state"], d["event_type"]) for d in listed] == [
         ("poison", "customer.subscription.updated"),
         ("parked", "customer.subscription.deleted"),
     ]
-    assert "AttributeError" in listed[0]["error"]
+    assert "RuntimeError: the test's poison" in listed[0]["error"]
     # the operator gives up on the poison event: the parked deletion is applied
-    skip = procs.spawn("deadletters", "skip", "cus_p", name="skip")
+    skip = procs.spawn("deadletters", "skip", "cus_p", name="skip", **plugin)
     skip.popen.wait(60)  # type: ignore[union-attr]
     assert skip.popen.returncode == 0, skip.tail()  # type: ignore[union-attr]
     assert entitlements(settings) == {"cus_p": ([], []), "cus_q": (["action"], [])}
