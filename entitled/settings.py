@@ -47,6 +47,9 @@ class Settings:
     worker_metrics_port: int | None = None  # the worker's /metrics and /readyz; None: off
     # backfill
     backfill_rps: float = 20.0
+    # replay: the largest share of the live version's entitled customers a new version may
+    # take something away from before the swap is refused (without --force)
+    replay_max_loss: float = 0.01
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> Settings:
@@ -78,6 +81,7 @@ class Settings:
             if e.get("ENTITLED_WORKER_METRICS_PORT")
             else None,
             backfill_rps=float(e.get("ENTITLED_BACKFILL_RPS") or base.backfill_rps),
+            replay_max_loss=float(e.get("ENTITLED_REPLAY_MAX_LOSS") or base.replay_max_loss),
         )
         clean = {k: v for k, v in overrides.items() if v is not None}
         return replace(s, **clean) if clean else s  # type: ignore[arg-type]

@@ -1,8 +1,9 @@
 """Processors stage: consume the event topic and fold it into the projections.
 
 Modules: `app` (the Faust worker: a thin agent over the batch runner), `replay` (rebuild
-a projection version from offset 0, then swap), `status` (lag, dead letters), `cli` (the
-`worker`, `replay`, `deadletters` and `status` commands). No SQL here: it lives in
+a projection version from offset 0, then swap), `rebuild` (one customer in place),
+`swap_gate` (when a rebuilt version must not be swapped in), `status` (lag, dead letters),
+`cli` (the `worker`, `replay`, `deadletters` and `status` commands). No SQL here: it lives in
 `projections`.
 """
 

@@ -10,7 +10,7 @@ import os
 import sys
 import time
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 import psycopg
@@ -21,6 +21,9 @@ from entitled.topics import ensure_event_topic
 from projections import schema as db
 from projections.entitlements import Policy
 from projections.store import ProjectionStore
+
+if TYPE_CHECKING:
+    from .replay import ReplayReport
 
 
 def resolved_settings() -> Settings:
@@ -186,12 +189,34 @@ def status(as_json: bool) -> None:
     click.echo(f"dead letters: {info['dead_letters']}")
 
 
+def _confirm(question: str, yes: bool) -> None:
+    if yes:
+        return
+    if not sys.stdin.isatty():
+        raise click.ClickException(
+            "refusing to go on without confirmation: no terminal to ask; pass --yes"
+        )
+    if not click.confirm(question, default=False):
+        raise click.Abort()
+
+
 @click.command()
 @click.option("--dry-run", is_flag=True, help="Build, then report differences; do not swap.")
 @click.option("--customer", default=None, help="Rebuild one customer's rows in place.")
 @click.option("--rollback", is_flag=True, help="Make the previous version active again.")
 @click.option("--list", "list_versions", is_flag=True, help="List the versions.")
-@click.option("--drop", type=int, default=None, help="Drop a retired version.")
+@click.option("--drop", type=int, default=None, help="Drop a retired or ready version.")
+@click.option(
+    "--swap", "swap", type=int, default=None, help="Swap in a ready version (a dry run's)."
+)
+@click.option("--force", is_flag=True, help="Swap even when the swap gate refuses.")
+@click.option(
+    "--max-loss",
+    type=click.FloatRange(0, 1),
+    default=None,
+    help="Largest share of entitled customers that may lose something before the swap is"
+    " refused (default: ENTITLED_REPLAY_MAX_LOSS, 0.01).",
+)
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 @click.option(
     "--jobs",
@@ -206,22 +231,120 @@ def replay(
     rollback: bool,
     list_versions: bool,
     drop: int | None,
+    swap: int | None,
+    force: bool,
+    max_loss: float | None,
     yes: bool,
     jobs: int,
 ) -> None:
     """Rebuild the projections from the log into a new version, then swap atomically."""
-    from .replay import run_replay_command
+    from projections.errors import VersionError
+
+    from .errors import ReplayError, SwapRefused
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     settings = resolved_settings()
+    if max_loss is not None:
+        settings = replace(settings, replay_max_loss=max_loss)
     asyncio.run(ensure_event_topic(settings))  # an empty log is a log too: same topic
-    run_replay_command(
-        settings,
-        dry_run=dry_run,
-        customer=customer,
-        rollback=rollback,
-        list_versions=list_versions,
-        drop=drop,
-        yes=yes,
-        jobs=jobs,
+    try:
+        if list_versions:
+            _replay_list(settings)
+        elif drop is not None:
+            _replay_drop(settings, drop, yes)
+        elif rollback:
+            _replay_rollback(settings, yes)
+        elif customer:
+            _replay_customer(settings, customer, yes)
+        elif swap is not None:
+            _replay_swap(settings, swap, force=force, yes=yes)
+        else:
+            _replay_build(settings, dry_run=dry_run, force=force, yes=yes, jobs=jobs)
+    except SwapRefused as exc:
+        _echo_differences(exc.report)
+        v = exc.report.version
+        raise click.ClickException(
+            f"swap refused: {exc}. v{v} stays built as a ready version, not active: inspect"
+            f" it (schema {exc.report.schema}), swap it in anyway with `entitled replay --swap"
+            f" {v} --force`, or drop it with `entitled replay --drop {v}`"
+        ) from exc
+    except (ReplayError, VersionError) as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+def _replay_list(settings: Settings) -> None:
+    from .replay import list_versions
+
+    for v in asyncio.run(list_versions(settings)):
+        mark = "*" if v.state == "active" else " "
+        click.echo(
+            f"{mark} v{v.version:<4} {v.state:<8} {v.bytes / 1e6:>9.1f} MB"
+            f"  created {v.created_at:%Y-%m-%d %H:%M:%S}"
+        )
+
+
+def _replay_drop(settings: Settings, version: int, yes: bool) -> None:
+    from .replay import drop_version
+
+    _confirm(f"Drop version {version} for good?", yes)
+    asyncio.run(drop_version(settings, version))
+    click.echo(f"dropped v{version}")
+
+
+def _replay_rollback(settings: Settings, yes: bool) -> None:
+    from .replay import roll_back
+
+    _confirm("Make the previous version active again?", yes)
+    click.echo(f"active version is now v{asyncio.run(roll_back(settings))}")
+
+
+def _replay_customer(settings: Settings, customer: str, yes: bool) -> None:
+    from .rebuild import rebuild_customer
+
+    _confirm(f"Rebuild {customer}'s rows in place from the log?", yes)
+    click.echo(asyncio.run(rebuild_customer(settings, customer)))
+
+
+def _replay_swap(settings: Settings, version: int, *, force: bool, yes: bool) -> None:
+    from .replay import swap_ready
+
+    _confirm(f"Catch version {version} up with the log and make it active?", yes)
+    report = asyncio.run(swap_ready(settings, version, force=force))
+    _echo_swapped(report)
+
+
+def _replay_build(settings: Settings, *, dry_run: bool, force: bool, yes: bool, jobs: int) -> None:
+    from .replay import replay as run
+
+    if not dry_run:
+        _confirm("Rebuild every projection from the log and swap when done?", yes)
+    report = asyncio.run(run(settings, dry_run=dry_run, progress=True, jobs=jobs, force=force))
+    click.echo(
+        f"v{report.version}: {report.events} events in {report.seconds:.1f}s"
+        f" ({report.rate:,.0f} events/s)"
     )
+    if dry_run:
+        _echo_differences(report)
+        if report.refusal is not None:
+            click.echo(f"a swap would be refused: {report.refusal}")
+        click.echo("nothing swapped")
+    else:
+        _echo_swapped(report)
+
+
+def _echo_differences(report: ReplayReport) -> None:
+    """The dry-run report: every customer whose entitlements differ from the live version."""
+    if not report.differences:
+        click.echo("no differences against the live version")
+    for d in report.differences:
+        click.echo(
+            f"{d['customer']}: groups +{d['groups_gained']} -{d['groups_lost']}"
+            f" movies +{d['movies_gained']} -{d['movies_lost']}"
+        )
+    click.echo(f"{len(report.differences)} customers differ")
+
+
+def _echo_swapped(report: ReplayReport) -> None:
+    if report.refusal is not None:
+        click.echo(f"swapped although the swap gate refuses (--force): {report.refusal}")
+    click.echo(f"swapped: v{report.version} is active")

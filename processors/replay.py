@@ -3,13 +3,16 @@
 The rebuild runs the same fold rules and the same writer (`ProjectionStore`) as the live
 worker; only the source (a plain aiokafka reader instead of the Faust agent) and the target
 schema change. The live version keeps serving and the live worker keeps folding meanwhile.
+The statements on versions (create, swap, compare, drop) are in `projections.versions`.
 
-The swap redefines the `live` views and the active version in one transaction, after taking
-the active row FOR UPDATE (which waits for the batch the live worker may have in flight).
-Each version has its own checkpoints, so after the swap the live worker's next batch finds
-the new version's checkpoint: if the replay stopped short of what the worker had read, the
-worker sees a gap and seeks back; if it went further, the worker skips what is covered. No
-event is lost or applied twice across the swap.
+Before the swap the swap gate (`swap_gate`) compares the new version with the live one at
+one log position: the active row is locked (the live worker waits between two batches), the
+build catches up to the log end, and an empty log or too many customers losing entitlements
+refuse the swap unless forced. The swap then redefines the `live` views and the active
+version in the same transaction. Each version has its own checkpoints, so after the swap the
+live worker's next batch finds the new version's checkpoint: if the replay stopped short of
+what the worker had read, the worker sees a gap and seeks back; if it went further, the
+worker skips what is covered. No event is lost or applied twice across the swap.
 """
 
 from __future__ import annotations
@@ -18,28 +21,37 @@ import asyncio
 import importlib
 import logging
 import multiprocessing
-import sys
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
-import click
 import psycopg
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.partitioner import DefaultPartitioner
-from psycopg import sql
 from tqdm import tqdm
 
 from entitled.settings import Settings
 from entitled.topics import end_offsets
 from projections import schema as db
+from projections import versions
 from projections.entitlements import Policy
 from projections.store import ProjectionStore
 from projections.types import Message
 
+from . import swap_gate
+from .errors import ReplayError, SwapRefused
 from .pool import configure, make_pool
 from .runner import BatchRunner
+
+__all__ = [
+    "ReplayReport",
+    "build",
+    "list_versions",
+    "read_log",
+    "replay",
+    "roll_back",
+    "swap_ready",
+]
 
 log = logging.getLogger(__name__)
 
@@ -54,10 +66,17 @@ class ReplayReport:
     seconds: float = 0.0
     swapped: bool = False
     differences: list[dict[str, Any]] = field(default_factory=list)
+    refusal: str | None = None  # why the swap gate refuses this version (None: it may swap)
 
     @property
     def rate(self) -> float:
         return self.events / self.seconds if self.seconds else 0.0
+
+
+def _connect(settings: Settings) -> Any:
+    """An autocommit connection (an awaitable async context manager)."""
+    assert settings.database_url
+    return psycopg.AsyncConnection.connect(settings.database_url, autocommit=True)
 
 
 async def read_log(
@@ -107,97 +126,6 @@ async def read_log(
                 yield out
     finally:
         await consumer.stop()
-
-
-async def _list_versions(conn: psycopg.AsyncConnection[Any]) -> list[dict[str, Any]]:
-    cur = await conn.execute(
-        """
-        SELECT v.version, v.schema_name, v.state, v.created_at, v.activated_at,
-               (SELECT coalesce(sum(pg_total_relation_size(c.oid)), 0)
-                  FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-                 WHERE n.nspname = v.schema_name AND c.relkind = 'r')::bigint AS bytes
-          FROM entitled.versions v ORDER BY v.version
-        """
-    )
-    names = [d.name for d in cur.description or ()]
-    return [dict(zip(names, r, strict=True)) for r in await cur.fetchall()]
-
-
-async def create_version(conn: psycopg.AsyncConnection[Any], note: str) -> tuple[int, str]:
-    async with conn.transaction():
-        await conn.execute("LOCK TABLE entitled.versions IN EXCLUSIVE MODE")
-        cur = await conn.execute("SELECT coalesce(max(version), 0) + 1 FROM entitled.versions")
-        row = await cur.fetchone()
-        assert row is not None
-        version = int(row[0])
-        # Secondary indexes are built after the bulk load: much faster than maintaining them.
-        schema = await db.create_version_schema(conn, version, indexes=False)
-        await conn.execute(
-            "INSERT INTO entitled.versions (version, schema_name, state, note)"
-            " VALUES (%s, %s, 'building', %s)",
-            (version, schema, note),
-        )
-    return version, schema
-
-
-async def swap(conn: psycopg.AsyncConnection[Any], version: int) -> None:
-    """Make `version` the active one, atomically for readers and the live worker."""
-    async with conn.transaction():
-        cur = await conn.execute("SELECT version FROM entitled.active FOR UPDATE")
-        row = await cur.fetchone()
-        previous = None if row is None else row[0]
-        cur = await conn.execute(
-            "SELECT schema_name FROM entitled.versions WHERE version = %s", (version,)
-        )
-        target = await cur.fetchone()
-        if target is None:
-            raise click.ClickException(f"no version {version}")
-        await conn.execute(
-            "UPDATE entitled.versions SET state = 'retired' WHERE version = %s", (previous,)
-        )
-        await conn.execute(
-            "UPDATE entitled.versions SET state = 'active', activated_at = now()"
-            " WHERE version = %s",
-            (version,),
-        )
-        await conn.execute("UPDATE entitled.active SET version = %s", (version,))
-        await db.point_live_views(conn, target[0])
-
-
-async def differences(
-    conn: psycopg.AsyncConnection[Any], live: str, new: str
-) -> list[dict[str, Any]]:
-    """Customers whose entitlements differ between two versions: groups and movies gained
-    or lost in `new` relative to `live`."""
-    cur = await conn.execute(
-        sql.SQL(
-            """
-            SELECT coalesce(a.customer, b.customer),
-                   coalesce(a.groups, '{{}}'), coalesce(b.groups, '{{}}'),
-                   coalesce(a.movie_ids, '{{}}'), coalesce(b.movie_ids, '{{}}')
-              FROM {} a FULL JOIN {} b ON a.customer = b.customer
-             WHERE a.groups IS DISTINCT FROM b.groups
-                OR a.movie_ids IS DISTINCT FROM b.movie_ids
-             ORDER BY 1
-            """
-        ).format(
-            db.qualified(live, "customer_entitlements"), db.qualified(new, "customer_entitlements")
-        ),
-    )
-    out = []
-    for customer, g_old, g_new, m_old, m_new in await cur.fetchall():
-        if not (g_old or m_old) and not (g_new or m_new):
-            continue  # a row with nothing on one side only: no difference in rights
-        out.append(
-            {
-                "customer": customer,
-                "groups_gained": sorted(set(g_new) - set(g_old)),
-                "groups_lost": sorted(set(g_old) - set(g_new)),
-                "movies_gained": sorted(set(m_new) - set(m_old)),
-                "movies_lost": sorted(set(m_old) - set(m_new)),
-            }
-        )
-    return out
 
 
 async def _fold_range(
@@ -334,49 +262,38 @@ async def build(
 
 async def _finish_bulk(settings: Settings, schema: str) -> None:
     """Build the secondary indexes, then recompute every customer's entitlements once."""
-    assert settings.database_url
     store = ProjectionStore(settings.topic, Policy.from_settings(settings), schema=schema)
-    async with await psycopg.AsyncConnection.connect(
-        settings.database_url, autocommit=True
-    ) as conn:
+    async with await _connect(settings) as conn:
         await configure(conn)
-        cur = await conn.execute(
-            "SELECT count(*) FROM pg_indexes WHERE schemaname = %s AND indexdef LIKE '%%gin%%'",
-            (schema,),
-        )
-        row = await cur.fetchone()
-        if not row or not row[0]:
+        if not await versions.has_secondary_indexes(conn, schema):
             await db.create_secondary_indexes(conn, schema)
         await store.recompute_all(conn, schema)
 
 
-async def _resumable(conn: psycopg.AsyncConnection[Any]) -> tuple[int, str] | None:
-    """The newest version whose build was interrupted, to continue rather than restart."""
-    cur = await conn.execute(
-        "SELECT version, schema_name FROM entitled.versions WHERE state = 'building'"
-        " ORDER BY version DESC LIMIT 1"
-    )
-    row = await cur.fetchone()
-    return None if row is None else (int(row[0]), str(row[1]))
-
-
 async def replay(
-    settings: Settings, *, dry_run: bool = False, progress: bool = True, jobs: int = 1
+    settings: Settings,
+    *,
+    dry_run: bool = False,
+    progress: bool = True,
+    jobs: int = 1,
+    force: bool = False,
 ) -> ReplayReport:
     """Build a new version from the log (or continue an interrupted build), then swap to
-    it, or, with `dry_run`, report how it differs from the live version."""
-    assert settings.database_url
-    async with await psycopg.AsyncConnection.connect(
-        settings.database_url, autocommit=True
-    ) as conn:
+    it, or, with `dry_run`, report how it differs from the live version.
+
+    Raises `SwapRefused` when the swap gate refuses the build (unless `force`); the build
+    then stays as a `ready` version.
+    """
+    async with await _connect(settings) as conn:
         await db.migrate(conn)
         live = await db.active_schema(conn)
-        resumed = await _resumable(conn)
+        resumed = await versions.resumable(conn)
         if resumed is not None:
             version, schema = resumed
             log.info("continuing the interrupted build of v%s", version)
         else:
-            version, schema = await create_version(conn, "dry run" if dry_run else "replay")
+            note = "dry run" if dry_run else "replay"
+            version, schema = await versions.create(conn, note, carry_from=live)
     report = ReplayReport(version, schema)
     before, _ = await _positions(settings, schema)
     t0 = time.perf_counter()
@@ -384,190 +301,80 @@ async def replay(
     report.seconds = time.perf_counter() - t0
     after, _ = await _positions(settings, schema)
     report.events = sum(after.values()) - sum(before.values())
-    async with await psycopg.AsyncConnection.connect(
-        settings.database_url, autocommit=True
-    ) as conn:
-        await conn.execute(
-            "UPDATE entitled.versions SET state = 'ready' WHERE version = %s", (version,)
-        )
+    async with await _connect(settings) as conn:
+        await versions.mark_ready(conn, version)
         if dry_run:
-            # Compare at one log position: finish the build right to the end first.
-            await build(settings, schema, progress=False, catch_up_within=0, bulk=False)
-            report.differences = await differences(conn, live, schema)
-        else:
-            await swap(conn, version)
-            report.swapped = True
+            await _judge(settings, conn, report)
+            return report
+    await _swap_if_allowed(settings, report, force=force)
     return report
 
 
+async def _judge(
+    settings: Settings, conn: psycopg.AsyncConnection[Any], report: ReplayReport
+) -> None:
+    """Catch the build up to the log end, then fill in its differences from the live version
+    and the swap gate's verdict."""
+    await build(settings, report.schema, progress=False, catch_up_within=0, bulk=False)
+    live = await db.active_schema(conn)
+    report.differences = await versions.differences(conn, live, report.schema)
+    assert settings.kafka_bootstrap_servers
+    ends = await end_offsets(settings.kafka_bootstrap_servers, settings.topic)
+    report.refusal = swap_gate.refusal(
+        report.differences,
+        entitled=await versions.entitled_customers(conn, live),
+        log_events=sum(ends.values()),
+        max_loss=settings.replay_max_loss,
+        topic=settings.topic,
+    )
+
+
+async def _swap_if_allowed(settings: Settings, report: ReplayReport, *, force: bool) -> None:
+    """Judge and swap in one transaction holding the active row: the live worker waits
+    between two batches meanwhile, so both versions are compared at one log position."""
+    async with await _connect(settings) as conn, conn.transaction():
+        await versions.lock_active(conn)
+        await _judge(settings, conn, report)
+        if report.refusal is not None and not force:
+            raise SwapRefused(report)  # the transaction rolls back: nothing changes
+        await versions.swap(conn, report.version)
+        report.swapped = True
+
+
+async def swap_ready(settings: Settings, version: int, *, force: bool = False) -> ReplayReport:
+    """Swap in a `ready` version (a dry run, or a build the gate refused): catch it up with
+    the log, then judge and swap as `replay` does."""
+    async with await _connect(settings) as conn:
+        schema, state = await versions.state_of(conn, version)
+    if state != "ready":
+        raise ReplayError(f"v{version} is {state}: only a ready build can be swapped in")
+    report = ReplayReport(version, schema)
+    await build(settings, schema, progress=False, bulk=False)
+    await _swap_if_allowed(settings, report, force=force)
+    return report
+
+
+async def list_versions(settings: Settings) -> list[versions.VersionInfo]:
+    async with await _connect(settings) as conn:
+        return await versions.list_versions(conn)
+
+
 async def roll_back(settings: Settings) -> int:
-    assert settings.database_url
-    async with await psycopg.AsyncConnection.connect(
-        settings.database_url, autocommit=True
-    ) as conn:
-        versions = await _list_versions(conn)
-        active = next((v["version"] for v in versions if v["state"] == "active"), None)
+    """Make the newest retired version older than the active one active again."""
+    async with await _connect(settings) as conn:
+        listed = await versions.list_versions(conn)
+        active = next((v.version for v in listed if v.state == "active"), None)
         previous = [
-            v["version"]
-            for v in versions
-            if v["state"] == "retired" and (active is None or v["version"] < active)
+            v.version
+            for v in listed
+            if v.state == "retired" and (active is None or v.version < active)
         ]
         if not previous:
-            raise click.ClickException("no previous version to roll back to")
-        await swap(conn, previous[-1])
-        return int(previous[-1])
+            raise ReplayError("no previous version to roll back to")
+        await versions.swap(conn, previous[-1])
+        return previous[-1]
 
 
 async def drop_version(settings: Settings, version: int) -> None:
-    assert settings.database_url
-    async with (
-        await psycopg.AsyncConnection.connect(settings.database_url, autocommit=True) as conn,
-        conn.transaction(),
-    ):
-        cur = await conn.execute(
-            "SELECT schema_name, state FROM entitled.versions WHERE version = %s FOR UPDATE",
-            (version,),
-        )
-        row = await cur.fetchone()
-        if row is None:
-            raise click.ClickException(f"no version {version}")
-        if row[1] == "active":
-            raise click.ClickException("the active version cannot be dropped")
-        await conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(row[0])))
-        await conn.execute("DELETE FROM entitled.versions WHERE version = %s", (version,))
-
-
-def partition_of(key: str, partitions: int) -> int:
-    """The partition the producer's default partitioner (murmur2, as Java's) picks."""
-    return int(DefaultPartitioner()(key.encode(), list(range(partitions)), list(range(partitions))))
-
-
-async def rebuild_customer(settings: Settings, customer: str) -> dict[str, Any]:
-    """Rebuild one customer's rows in place from that customer's events only.
-
-    The customer's events all sit in one partition (keyed by customer id). We lock that
-    partition's checkpoint (the live worker waits), read the partition up to it, and in the
-    same transaction drop the customer's mirrored rows, dedup records and entitlements and
-    fold their events again: atomically, touching no other customer.
-    """
-    assert settings.database_url and settings.kafka_bootstrap_servers
-    # The topic's real partition count, which the producer's partitioner used.
-    partition = partition_of(
-        customer, len(await end_offsets(settings.kafka_bootstrap_servers, settings.topic))
-    )
-    store = ProjectionStore(settings.topic, Policy.from_settings(settings))
-    conn = await psycopg.AsyncConnection.connect(settings.database_url)
-    async with conn, conn.transaction():
-        schema = await db.active_schema(conn, lock=True)
-        cur = await conn.execute(
-            sql.SQL(
-                "SELECT next_offset FROM {} WHERE topic = %s AND partition = %s FOR UPDATE"
-            ).format(db.qualified(schema, "checkpoints")),
-            (settings.topic, partition),
-        )
-        row = await cur.fetchone()
-        upto = 0 if row is None else int(row[0])
-        messages: list[Message] = []
-        async for batch in read_log(
-            settings.kafka_bootstrap_servers,
-            settings.topic,
-            {partition: 0},
-            {partition: upto},
-            only_key=customer,
-        ):
-            messages.extend(batch)
-        for table in db.MIRROR_TABLES:
-            await conn.execute(
-                sql.SQL("DELETE FROM {} WHERE customer = %s").format(db.qualified(schema, table)),
-                (customer,),
-            )
-        await conn.execute(
-            sql.SQL('DELETE FROM {} WHERE partition = %s AND "offset" = ANY(%s)').format(
-                db.qualified(schema, "processed_events")
-            ),
-            (partition, [m.offset for m in messages]),
-        )
-        await conn.execute(
-            sql.SQL("DELETE FROM {} WHERE customer = %s").format(
-                db.qualified(schema, "customer_entitlements")
-            ),
-            (customer,),
-        )
-        result = await store.rebuild(conn, schema, messages)
-    return {
-        "customer": customer,
-        "partition": partition,
-        "events": len(messages),
-        "poison": result.poison,
-    }
-
-
-def _confirm(question: str, yes: bool) -> None:
-    if yes:
-        return
-    if not sys.stdin.isatty():
-        raise click.ClickException(
-            "refusing to go on without confirmation: no terminal to ask; pass --yes"
-        )
-    if not click.confirm(question, default=False):
-        raise click.Abort()
-
-
-def run_replay_command(
-    settings: Settings,
-    *,
-    dry_run: bool,
-    customer: str | None,
-    rollback: bool,
-    list_versions: bool,
-    drop: int | None,
-    yes: bool,
-    jobs: int = 1,
-) -> None:
-    if list_versions:
-
-        async def show() -> list[dict[str, Any]]:
-            assert settings.database_url
-            async with await psycopg.AsyncConnection.connect(
-                settings.database_url, autocommit=True
-            ) as conn:
-                return await _list_versions(conn)
-
-        for v in asyncio.run(show()):
-            mark = "*" if v["state"] == "active" else " "
-            click.echo(
-                f"{mark} v{v['version']:<4} {v['state']:<8} {v['bytes'] / 1e6:>9.1f} MB"
-                f"  created {v['created_at']:%Y-%m-%d %H:%M:%S}"
-            )
-        return
-    if drop is not None:
-        _confirm(f"Drop version {drop} for good?", yes)
-        asyncio.run(drop_version(settings, drop))
-        click.echo(f"dropped v{drop}")
-        return
-    if rollback:
-        _confirm("Make the previous version active again?", yes)
-        click.echo(f"active version is now v{asyncio.run(roll_back(settings))}")
-        return
-    if customer:
-        _confirm(f"Rebuild {customer}'s rows in place from the log?", yes)
-        click.echo(asyncio.run(rebuild_customer(settings, customer)))
-        return
-    if not dry_run:
-        _confirm("Rebuild every projection from the log and swap when done?", yes)
-    report = asyncio.run(replay(settings, dry_run=dry_run, progress=True, jobs=jobs))
-    click.echo(
-        f"v{report.version}: {report.events} events in {report.seconds:.1f}s"
-        f" ({report.rate:,.0f} events/s)"
-    )
-    if dry_run:
-        if not report.differences:
-            click.echo("no differences against the live version")
-        for d in report.differences:
-            click.echo(
-                f"{d['customer']}: groups +{d['groups_gained']} -{d['groups_lost']}"
-                f" movies +{d['movies_gained']} -{d['movies_lost']}"
-            )
-        click.echo(f"{len(report.differences)} customers differ; nothing swapped")
-    else:
-        click.echo(f"swapped: v{report.version} is active")
+    async with await _connect(settings) as conn:
+        await versions.drop(conn, version)

@@ -1,10 +1,11 @@
 """Projections stage: the Postgres schema and all SQL, the pure fold rules, entitlements,
 search and the read API. It never consumes Kafka.
 
-Modules: `schema` (versions, migrate), `events` (typed views of a Stripe event),
-`normalise` (older API shapes to the current one), `rules/` (one pure rule per event type),
-`fold` (a batch of events over the rows they touch), `entitlements` (who may watch what),
-the writer and its parts, `catalog`, `search`, `api` (the read API and the page), `cli`.
+Modules: `schema` (version schemas, migrate), `versions` (create, swap, compare, drop),
+`events` (typed views of a Stripe event), `normalise` (older API shapes to the current one),
+`rules/` (one pure rule per event type), `fold` (a batch of events over the rows they touch),
+`entitlements` (who may watch what), the writer and its parts, `catalog`, `search`, `api`
+(the read API and the page), `cli`.
 """
 
 from __future__ import annotations

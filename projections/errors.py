@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from projections.events import StripeEvent
 
-__all__ = ["EventParseError", "FoldError", "ProjectionError"]
+__all__ = ["EventParseError", "FoldError", "ProjectionError", "VersionError"]
 
 
 class ProjectionError(Exception):
@@ -27,3 +27,7 @@ class FoldError(ProjectionError):
     def __init__(self, event: StripeEvent, message: str | None = None) -> None:
         self.event = event
         super().__init__(message or f"fold rule for {event.type} failed on {event.id}")
+
+
+class VersionError(ProjectionError):
+    """A projection version cannot be used as asked (none such, or the active one dropped)."""

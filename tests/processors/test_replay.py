@@ -108,7 +108,8 @@ def test_replay_fixes_a_wrong_rule_with_zero_downtime(settings: Settings, procs:
 
     publisher = threading.Thread(target=keep_publishing, daemon=True)
     publisher.start()
-    replay = procs.spawn("replay", "--yes", name="replay")
+    # the fix takes access away from cus_a and cus_b: the operator saw it in the dry run
+    replay = procs.spawn("replay", "--yes", "--force", name="replay")
     assert replay.popen is not None
     replay.popen.wait(120)
     assert replay.popen.returncode == 0, replay.tail()

@@ -28,7 +28,7 @@ from entitled.settings import Settings
 from entitled.shell import stripe_events as se
 from entitled.shell.services._process import run_async
 from ingest.keys import event_headers, routing_key
-from processors.replay import partition_of
+from processors.rebuild import partition_of
 from tests.processes import Procs
 from tests.processors.support import query
 
