@@ -334,11 +334,13 @@ async def _swap_if_allowed(settings: Settings, report: ReplayReport, *, force: b
     between two batches meanwhile, so both versions are compared at one log position."""
     async with await _connect(settings) as conn, conn.transaction():
         await versions.lock_active(conn)
+        held = time.perf_counter()
         await _judge(settings, conn, report)
         if report.refusal is not None and not force:
             raise SwapRefused(report)  # the transaction rolls back: nothing changes
         await versions.swap(conn, report.version)
         report.swapped = True
+        log.info("swap gate and swap: the live worker waited %.2fs", time.perf_counter() - held)
 
 
 async def swap_ready(settings: Settings, version: int, *, force: bool = False) -> ReplayReport:
