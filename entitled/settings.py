@@ -45,6 +45,7 @@ class Settings:
     consumer_group: str = "entitled-worker"
     rule_plugins: tuple[str, ...] = ()  # modules imported at start that register/override rules
     worker_metrics_port: int | None = None  # the worker's /metrics and /readyz; None: off
+    changes_topic: str = "entitlements.changes"  # the relay publishes the change feed here
     # backfill
     backfill_rps: float = 20.0
     # replay: the largest share of the live version's entitled customers a new version may
@@ -81,6 +82,7 @@ class Settings:
             if e.get("ENTITLED_WORKER_METRICS_PORT")
             else None,
             backfill_rps=float(e.get("ENTITLED_BACKFILL_RPS") or base.backfill_rps),
+            changes_topic=e.get("ENTITLED_CHANGES_TOPIC") or base.changes_topic,
             replay_max_loss=float(e.get("ENTITLED_REPLAY_MAX_LOSS") or base.replay_max_loss),
         )
         clean = {k: v for k, v in overrides.items() if v is not None}

@@ -18,6 +18,7 @@ from entitled.settings import Settings
 __all__ = [
     "TopicError",
     "end_offsets",
+    "ensure_changes_topic",
     "ensure_event_topic",
     "ensure_topic",
     "event_topic_configs",
@@ -51,6 +52,20 @@ async def ensure_event_topic(settings: Settings) -> None:
         settings.partitions,
         settings.replication_factor,
         event_topic_configs(settings),
+    )
+
+
+async def ensure_changes_topic(settings: Settings) -> None:
+    """Create the topic the relay publishes the change feed to (kept 7 days: consumers
+    catch up from it or from `GET /v1/changes`; the table keeps every change)."""
+    if not settings.kafka_bootstrap_servers:
+        raise TopicError("no Kafka: set KAFKA_BOOTSTRAP_SERVERS (or run through `entitled`)")
+    await ensure_topic(
+        settings.kafka_bootstrap_servers,
+        settings.changes_topic,
+        settings.partitions,
+        settings.replication_factor,
+        {"retention.ms": str(7 * 24 * 3600 * 1000)},
     )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib
 import json
 import logging
@@ -87,6 +88,33 @@ def worker(loglevel: str, metrics_port: int | None) -> None:
     assert settings.kafka_bootstrap_servers
     app = create_app(settings, settings.kafka_bootstrap_servers)
     Worker(app, loglevel=loglevel, loop=loop, quiet=True).execute_from_commandline()
+
+
+@click.command()
+@click.option(
+    "--metrics-port",
+    type=int,
+    default=None,
+    help="Serve /metrics, /healthz and /readyz on 127.0.0.1:PORT (default: off).",
+)
+def relay(metrics_port: int | None) -> None:
+    """Publish the change feed to the Kafka topic of changes (ENTITLED_CHANGES_TOPIC)."""
+    from . import http
+    from .relay import Relay
+
+    settings = resolved_settings()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+
+    async def run() -> None:
+        await prepare(settings)
+        r = Relay(settings)
+        parts = [r.run()]
+        if metrics_port is not None:
+            parts.append(http.serve(r, metrics_port))
+        await asyncio.gather(*parts)
+
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(run())
 
 
 @click.group()

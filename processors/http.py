@@ -1,13 +1,15 @@
 """The worker's own small HTTP endpoint: `/metrics`, `/healthz` and `/readyz`.
 
 Served by uvicorn inside the worker's event loop (a Faust task), on 127.0.0.1 and the port of
-`ENTITLED_WORKER_METRICS_PORT` / `entitled worker --metrics-port`.
+`ENTITLED_WORKER_METRICS_PORT` / `entitled worker --metrics-port` (`entitled relay
+--metrics-port` for the relay).
 """
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from typing import Protocol
 
 import uvicorn
 from starlette.applications import Starlette
@@ -16,14 +18,23 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from .metrics import CONTENT_TYPE
-from .runner import BatchRunner
 
-__all__ = ["create_app", "serve"]
+__all__ = ["Observed", "create_app", "serve"]
 
 
-def create_app(runner: BatchRunner) -> Starlette:
+class Observed(Protocol):
+    """A process part that reports metrics and whether it is doing its job."""
+
+    stalled: str | None
+
+    def ready(self) -> bool: ...
+
+    def render_metrics(self) -> bytes: ...
+
+
+def create_app(runner: Observed) -> Starlette:
     async def metrics(request: Request) -> Response:
-        return Response(runner.metrics.render(), media_type=CONTENT_TYPE)
+        return Response(runner.render_metrics(), media_type=CONTENT_TYPE)
 
     async def healthz(request: Request) -> Response:
         return JSONResponse({"ok": True})
@@ -42,7 +53,7 @@ def create_app(runner: BatchRunner) -> Starlette:
     )
 
 
-async def serve(runner: BatchRunner, port: int) -> None:
+async def serve(runner: Observed, port: int) -> None:
     """Serve until cancelled (the worker stopping)."""
     config = uvicorn.Config(
         create_app(runner), host="127.0.0.1", port=port, lifespan="off", log_level="warning"

@@ -233,3 +233,6 @@ class BatchRunner:
 
     def ready(self) -> bool:
         return self.stalled is None
+
+    def render_metrics(self) -> bytes:
+        return self.metrics.render()

@@ -14,9 +14,11 @@ from typing import Any
 
 from psycopg import AsyncConnection, sql
 
+from projections import changes
 from projections import schema as db
 from projections.entitlements import Entitlement, Policy, derive, gather, link_keys, product_ids
 from projections.fold import FoldResult
+from projections.metadata import groups_in, movies_in
 from projections.rows import ProductRow, Row
 from projections.upserts import load_rows, write_entitlements
 
@@ -26,9 +28,10 @@ Derived = dict[str, tuple[Entitlement, Row | None]]
 # Tables whose rows may name a customer (everything but the catalogue).
 _HOLDER_TABLES = tuple(t for t in db.MIRROR_TABLES if t not in ("products", "prices"))
 # Rows that link to a customer's purchases without naming the customer, in the order they
-# reach further: invoice payments and charges add payment intents; refunds and disputes
-# point at those.
-_LINK_STEPS = (("invoice_payments", "charges"), ("refunds", "disputes"))
+# reach further: invoice payments add payment intents, charges of those add charge ids;
+# refunds and disputes point at any of them.
+_LINK_STEPS = (("invoice_payments",), ("charges",), ("refunds", "disputes"))
+_MAX_HOPS = 3  # a dispute -> its charge (no customer) -> its payment intent -> the purchase
 
 
 async def recompute(
@@ -37,8 +40,14 @@ async def recompute(
     policy: Policy,
     folded: FoldResult,
     before: Mapping[tuple[str, str], Row],
+    *,
+    cause: str | None = "event",
 ) -> int:
-    """Recompute the entitlements of every customer `folded` may have changed; their count."""
+    """Recompute the entitlements of every customer `folded` may have changed; their count.
+
+    With a `cause`, every customer whose entitlements change gets a change row (the feed);
+    None writes none (replay's build emits nothing: its swap does).
+    """
     customers = {c for c in folded.customers if c}
     # A product reaches its subscribers only when what it grants changed: a price or
     # description edit must not recompute thousands of customers.
@@ -48,28 +57,61 @@ async def recompute(
         if _grants(policy, before.get(("products", p)))
         != _grants(policy, folded.changed.get(("products", p)))
     }
-    links = sorted(products | folded.links)
-    if links:
-        q = sql.SQL(" UNION ").join(
+    customers |= await _reached(conn, schema, products | folded.links)
+    if not customers:
+        return 0
+    ordered = sorted(customers)
+    held = await changes.current(conn, schema, ordered) if cause else {}
+    derived = await derive_many(conn, schema, policy, ordered)
+    await write_entitlements(conn, schema, derived)
+    if cause:
+        nothing = Entitlement((), ())
+        feed = [
+            changes.Change(
+                c,
+                held.get(c, nothing),
+                ent,
+                None if newest is None else newest.event_id,
+                None if newest is None else newest.stamp.created,
+            )
+            for c, (ent, newest) in derived.items()
+        ]
+        await changes.record(conn, schema, feed, cause)
+    return len(customers)
+
+
+async def _reached(conn: AsyncConnection[Any], schema: str, links: set[str]) -> set[str]:
+    """The customers whose rows point at `links`, following rows that name no customer (a
+    charge without one, an invoice payment) through their own refs, a few hops at most."""
+    customers: set[str] = set()
+    seen: set[str] = set()
+    for _ in range(_MAX_HOPS):
+        todo = sorted(links - seen)
+        if not todo:
+            break
+        seen |= links
+        q = sql.SQL(" UNION ALL ").join(
             sql.SQL(
-                "SELECT customer FROM {} WHERE refs && %(links)s OR id = ANY(%(links)s)"
+                "SELECT customer, refs FROM {} WHERE refs && %(links)s OR id = ANY(%(links)s)"
             ).format(db.qualified(schema, t))
             for t in _HOLDER_TABLES
         )
-        cur = await conn.execute(q, {"links": links})
-        customers.update(r[0] for r in await cur.fetchall() if r[0])
-    if customers:
-        derived = await derive_many(conn, schema, policy, sorted(customers))
-        await write_entitlements(conn, schema, derived)
-    return len(customers)
+        cur = await conn.execute(q, {"links": todo})
+        links = set()
+        for customer, refs in await cur.fetchall():
+            if customer:
+                customers.add(customer)
+            else:
+                links.update(refs)
+    return customers
 
 
 def _grants(policy: Policy, row: Row | None) -> tuple[object, ...] | None:
     """What a product row contributes to entitlements (None: no such product)."""
     if not isinstance(row, ProductRow):
         return None
-    meta = dict(row.metadata)
-    return (row.deleted, meta.get(policy.group_key), meta.get(policy.movie_key))
+    meta = row.metadata
+    return (row.deleted, groups_in(meta, policy.group_key), movies_in(meta, policy.movie_key))
 
 
 async def recompute_all(

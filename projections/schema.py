@@ -65,6 +65,24 @@ CREATE TABLE IF NOT EXISTS entitled.movies (
 CREATE INDEX IF NOT EXISTS movies_search_idx ON entitled.movies USING gin (search);
 CREATE INDEX IF NOT EXISTS movies_groups_idx ON entitled.movies USING gin (groups);
 CREATE INDEX IF NOT EXISTS movies_title_idx ON entitled.movies (title, movie_id);
+CREATE SEQUENCE IF NOT EXISTS entitled.change_ids;
+CREATE TABLE IF NOT EXISTS entitled.changes (
+    id            bigint PRIMARY KEY,
+    customer      text NOT NULL,
+    groups_before text[] NOT NULL,
+    groups_after  text[] NOT NULL,
+    movies_before text[] NOT NULL,
+    movies_after  text[] NOT NULL,
+    cause         text NOT NULL,
+    event_id      text,
+    event_created bigint,
+    version       integer NOT NULL,
+    created_at    timestamptz NOT NULL DEFAULT now(),
+    published_at  timestamptz
+);
+CREATE INDEX IF NOT EXISTS changes_unpublished_idx ON entitled.changes (id)
+    WHERE published_at IS NULL;
+CREATE INDEX IF NOT EXISTS changes_customer_idx ON entitled.changes (customer, id);
 """
 
 _MIRROR_DDL = """

@@ -84,10 +84,14 @@ class ProjectionStore:
     so that a replay's swap and a batch never interleave); replay passes its new schema.
     """
 
-    def __init__(self, topic: str, policy: Policy, *, schema: str | None = None) -> None:
+    def __init__(
+        self, topic: str, policy: Policy, *, schema: str | None = None, feed: bool | None = None
+    ) -> None:
         self.topic = topic
         self.policy = policy
         self.schema = schema
+        # The change feed follows the active version; a replay's build emits nothing.
+        self.feed = schema is None if feed is None else feed
 
     async def _begin(self, conn: AsyncConnection[Any], isolation: IsolationLevel) -> None:
         await conn.set_isolation_level(isolation)
@@ -148,6 +152,7 @@ class ProjectionStore:
         held: Held,
         result: ApplyResult,
         recompute_entitlements: bool = True,
+        cause: str = "event",
     ) -> None:
         poison: list[Letter] = []
         events: list[StripeEvent] = []
@@ -221,7 +226,7 @@ class ProjectionStore:
         stays parked from its first dead letter on."""
         result = ApplyResult()
         held = await deadletters.held(conn, schema, self.topic, messages, from_first_letter=True)
-        await self._fold_and_write(conn, schema, messages, held, result)
+        await self._fold_and_write(conn, schema, messages, held, result, cause="rebuild")
         return result
 
     async def release(
@@ -275,5 +280,5 @@ def _count(
     result.parked = len(parked)
     result.poison = len(poison)
     result.unknown = folded.unknown
-    result.ignored.update(getattr(folded, "ignored", {}))
-    result.ties = getattr(folded, "ties", 0)
+    result.ignored.update(folded.ignored)
+    result.ties = folded.ties

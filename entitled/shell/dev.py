@@ -298,6 +298,7 @@ def run(settings: Settings, opts: Options) -> int:
         for name, args in (
             ("ingest", ["ingest", "--port", str(ingest_port)]),
             ("worker", ["worker"]),
+            ("relay", ["relay"]),
             ("api", ["api", "--port", str(api_port)]),
         ):
             child = Child(name, args, logs / f"{name}.log")

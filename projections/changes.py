@@ -1,0 +1,160 @@
+"""The change feed: one row per customer whose entitlements changed, in the same transaction.
+
+A batch (or a replay swap, a rollback, a one-customer rebuild) that changes what a customer
+holds writes one `entitled.changes` row for them: groups and movies before and after, the
+cause, the event behind it. The row commits with the change itself or not at all, so the feed
+can neither miss a change nor announce one that did not happen. A relay publishes the rows to
+Kafka afterwards (`processors.relay`); the read API serves them over HTTP.
+
+Ids are assigned in commit order: a transaction takes a lock on the feed just before it
+inserts its rows and keeps it until it commits, so a reader that has seen id N never later
+finds a new id below N (a plain sequence would not promise that under concurrent commits).
+The lock is taken last and held for one INSERT and the commit: writers otherwise run in
+parallel.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from psycopg import AsyncConnection, sql
+
+from projections import schema as db
+from projections.entitlements import Entitlement
+from projections.upserts import clean_text
+
+__all__ = [
+    "CHANGES_CHANNEL",
+    "FOLDED_CHANNEL",
+    "Change",
+    "current",
+    "diff_versions",
+    "mark_published",
+    "pending",
+    "record",
+    "unpublished",
+    "version_number",
+]
+
+CHANGES_CHANNEL = "entitled_changes"  # NOTIFY payload: the greatest new change id
+FOLDED_CHANNEL = "entitled_folded"  # NOTIFY after a batch that applied events commits
+_LOCK = "entitled.changes"
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    customer: str
+    before: Entitlement
+    after: Entitlement
+    event_id: str | None = None
+    event_created: int | None = None
+
+
+def version_number(schema: str) -> int:
+    """`entitled_v7` -> 7."""
+    return int(schema.rsplit("_v", 1)[1])
+
+
+async def current(
+    conn: AsyncConnection[Any], schema: str, customers: Sequence[str]
+) -> dict[str, Entitlement]:
+    """What `customers` hold now in `schema` (absent: nothing)."""
+    cur = await conn.execute(
+        sql.SQL("SELECT customer, groups, movie_ids FROM {} WHERE customer = ANY(%s)").format(
+            db.qualified(schema, "customer_entitlements")
+        ),
+        (list(customers),),
+    )
+    return {c: Entitlement(tuple(g), tuple(m)) for c, g, m in await cur.fetchall()}
+
+
+async def record(
+    conn: AsyncConnection[Any], schema: str, changes: Sequence[Change], cause: str
+) -> int | None:
+    """Insert change rows (ids in commit order) and notify; the greatest id, or None."""
+    real = [c for c in changes if c.before != c.after]
+    if not real:
+        return None
+    await conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (_LOCK,))
+    version = version_number(schema)
+    async with conn.cursor() as cur:
+        await cur.executemany(
+            "INSERT INTO entitled.changes (id, customer, groups_before, groups_after,"
+            " movies_before, movies_after, cause, event_id, event_created, version)"
+            " VALUES (nextval('entitled.change_ids'), %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+            [
+                (
+                    clean_text(c.customer),
+                    list(c.before.groups),
+                    list(c.after.groups),
+                    list(c.before.movie_ids),
+                    list(c.after.movie_ids),
+                    cause,
+                    None if c.event_id is None else clean_text(c.event_id),
+                    c.event_created,
+                    version,
+                )
+                for c in sorted(real, key=lambda c: c.customer)
+            ],
+        )
+    cur = await conn.execute("SELECT currval('entitled.change_ids')")
+    row = await cur.fetchone()
+    last = int(row[0]) if row else 0
+    await conn.execute("SELECT pg_notify(%s, %s)", (CHANGES_CHANNEL, str(last)))
+    return last
+
+
+async def diff_versions(conn: AsyncConnection[Any], old: str, new: str) -> list[Change]:
+    """The customers whose entitlements differ between two versions (for a swap)."""
+    cur = await conn.execute(
+        sql.SQL(
+            """
+            SELECT coalesce(a.customer, b.customer),
+                   coalesce(a.groups, '{{}}'), coalesce(b.groups, '{{}}'),
+                   coalesce(a.movie_ids, '{{}}'), coalesce(b.movie_ids, '{{}}'),
+                   b.as_of_event, b.as_of_created
+              FROM {} a FULL JOIN {} b ON a.customer = b.customer
+             WHERE a.groups IS DISTINCT FROM b.groups
+                OR a.movie_ids IS DISTINCT FROM b.movie_ids
+            """
+        ).format(
+            db.qualified(old, "customer_entitlements"), db.qualified(new, "customer_entitlements")
+        )
+    )
+    out = []
+    for customer, g_old, g_new, m_old, m_new, event_id, created in await cur.fetchall():
+        before = Entitlement(tuple(sorted(g_old)), tuple(sorted(m_old)))
+        after = Entitlement(tuple(sorted(g_new)), tuple(sorted(m_new)))
+        if before != after:
+            out.append(Change(customer, before, after, event_id, created))
+    return out
+
+
+async def unpublished(conn: AsyncConnection[Any], *, limit: int = 500) -> list[dict[str, Any]]:
+    """The oldest change rows the relay has not published yet, in id order."""
+    cur = await conn.execute(
+        "SELECT id, customer, groups_before, groups_after, movies_before, movies_after,"
+        " cause, event_id, event_created, version, created_at FROM entitled.changes"
+        " WHERE published_at IS NULL ORDER BY id LIMIT %s",
+        (limit,),
+    )
+    names = [d.name for d in cur.description or ()]
+    return [dict(zip(names, r, strict=True)) for r in await cur.fetchall()]
+
+
+async def mark_published(conn: AsyncConnection[Any], ids: Sequence[int]) -> None:
+    await conn.execute(
+        "UPDATE entitled.changes SET published_at = now() WHERE id = ANY(%s)", (list(ids),)
+    )
+
+
+async def pending(conn: AsyncConnection[Any]) -> tuple[int, float]:
+    """(changes not yet published, age in seconds of the oldest of them)."""
+    cur = await conn.execute(
+        "SELECT count(*), coalesce(extract(epoch FROM now() - min(created_at)), 0)"
+        " FROM entitled.changes WHERE published_at IS NULL"
+    )
+    row = await cur.fetchone()
+    return (int(row[0]), float(row[1])) if row else (0, 0.0)
