@@ -1,9 +1,13 @@
-"""The read API: search with availability, entitlements, customers, the catalogue, the page.
+"""The read API: search with availability, entitlements, customers, the catalogue, the
+change feed, the page.
 
-`create_app(settings)` builds one Starlette app holding one psycopg pool (opened in the
-lifespan) and its own Prometheus registry. Routes only parse, call `projections.search` /
-`projections.catalog` (all SQL lives there) and render; every failure is an exception mapped
-to a status and an `{"error": "..."}` body by the one handler `_on_error`.
+`create_app(settings)` builds one Starlette app holding one psycopg pool and one change
+watcher (both opened in the lifespan) and its own Prometheus registry. Routes only parse
+(`projections.api_params`), call `projections.search` / `projections.catalog` /
+`projections.feed` (all SQL lives there) and render; every failure is an exception mapped
+to a status and an `{"error": "..."}` body by the one handler `_on_error`. The change feed's
+routes are in `projections.api_feed`, read-your-own-writes (`min_event`) in
+`projections.api_min_event`.
 
 Interface additions to DESIGN.md:
 - `GET /v1/customers?limit=50` lists customers known to the projection (id, name, email),
@@ -13,6 +17,7 @@ Interface additions to DESIGN.md:
 - When `ENTITLED_API_TOKEN` is set every `/v1/...` call needs `Authorization: Bearer <token>`;
   `/`, `/static/*`, `/healthz`, `/readyz`, `/metrics`, `/openapi.json` stay open. The page
   takes the token from `?token=` (then keeps it in localStorage) or asks for it on a 401.
+  `/v1/changes/stream` also accepts `?token=`: an `EventSource` cannot send headers.
 """
 
 from __future__ import annotations
@@ -20,16 +25,15 @@ from __future__ import annotations
 import hmac
 import logging
 import time
-import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-import orjson
 import psycopg
 import psycopg.errors
-from psycopg_pool import AsyncConnectionPool, PoolTimeout
+from psycopg import AsyncConnection
+from psycopg_pool import PoolTimeout
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -39,11 +43,15 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from entitled.settings import Settings
-from projections import catalog, search
+from projections import api_feed, api_params, catalog, search
 from projections.api_errors import APIError, BadRequest, NotFound, ServiceUnavailable, Unauthorized
+from projections.api_http import POOL_TIMEOUT_S, json_response, pool
 from projections.api_metrics import CONTENT_TYPE, APIMetrics
+from projections.api_min_event import read_after_event, respond
+from projections.api_pool import create_pool, read_url
 from projections.catalog import InvalidMovie
 from projections.metadata import groups_in, metadata_of, movies_in
+from projections.watcher import Watcher
 
 log = logging.getLogger(__name__)
 
@@ -51,88 +59,22 @@ HERE = Path(__file__).parent
 STATIC = HERE / "static"
 OPENAPI = HERE / "openapi.json"
 
-MAX_Q = 200
-MAX_CUSTOMER = 255
-MAX_BODY = 64 * 1024
-POOL_TIMEOUT_S = 5.0
-
 Endpoint = Callable[[Request], Awaitable[Response]]
-
-
-def _json(body: object, status: int = 200) -> Response:
-    return Response(orjson.dumps(body), status, media_type="application/json")
-
-
-def _pool(request: Request) -> AsyncConnectionPool[Any]:
-    pool: AsyncConnectionPool[Any] = request.app.state.pool
-    return pool
-
-
-# -- parameters ------------------------------------------------------------------------------
-
-
-def _customer_id(value: str | None) -> str:
-    if not value:
-        raise BadRequest("customer is required")
-    if len(value) > MAX_CUSTOMER:
-        raise BadRequest(f"customer is longer than {MAX_CUSTOMER} characters")
-    if "\x00" in value:
-        raise BadRequest("customer contains a NUL character")
-    return value
-
-
-def _limit(value: str | None, default: int, maximum: int) -> int:
-    if value is None:
-        return default
-    try:
-        limit = int(value)
-    except ValueError:
-        raise BadRequest("limit must be an integer") from None
-    if not 1 <= limit <= maximum:
-        raise BadRequest(f"limit must be between 1 and {maximum}")
-    return limit
-
-
-def _query(value: str | None) -> str:
-    q = value or ""
-    if len(q) > MAX_Q:
-        raise BadRequest(f"q is longer than {MAX_Q} characters")
-    # Postgres text cannot hold NUL; to a text search it is just a separator.
-    return q.replace("\x00", " ")
-
-
-async def _json_body(request: Request) -> object:
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > MAX_BODY:
-        raise BadRequest(f"body is larger than {MAX_BODY} bytes")
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > MAX_BODY:
-            raise BadRequest(f"body is larger than {MAX_BODY} bytes")
-    try:
-        return orjson.loads(body)
-    except orjson.JSONDecodeError:
-        raise BadRequest("body is not valid JSON") from None
-
-
-def _path_movie_id(request: Request) -> str:
-    try:
-        return catalog.check_movie_id(request.path_params["movie_id"])
-    except InvalidMovie as exc:
-        raise BadRequest(str(exc)) from None
 
 
 # -- routes ----------------------------------------------------------------------------------
 
 
-def _authorized(endpoint: Endpoint) -> Endpoint:
-    """Require the bearer token on a `/v1` endpoint when the app has one configured."""
+def _authorized(endpoint: Endpoint, *, query_token: bool = False) -> Endpoint:
+    """Require the bearer token on a `/v1` endpoint when the app has one configured;
+    `query_token` also accepts it as `?token=` (for EventSource, which sends no headers)."""
 
     async def guarded(request: Request) -> Response:
         token: str | None = request.app.state.settings.api_token
         if token is not None:
             scheme, _, given = request.headers.get("authorization", "").partition(" ")
+            if scheme.lower() != "bearer" and query_token and "token" in request.query_params:
+                scheme, given = "bearer", request.query_params["token"]
             if scheme.lower() != "bearer" or not hmac.compare_digest(
                 given.strip().encode(), token.encode()
             ):
@@ -145,45 +87,56 @@ def _authorized(endpoint: Endpoint) -> Endpoint:
 
 async def search_movies(request: Request) -> Response:
     params = request.query_params
-    customer = _customer_id(params.get("customer"))
-    q = _query(params.get("q"))
-    limit = _limit(params.get("limit"), 20, 100)
-    async with _pool(request).connection(timeout=POOL_TIMEOUT_S) as conn:
-        hits = await search.search(conn, customer, q, limit)
-    return _json({"customer": customer, "query": q, "results": [hit.to_json() for hit in hits]})
+    customer = api_params.customer_id(params.get("customer"))
+    q = api_params.query(params.get("q"))
+    limit = api_params.limit(params.get("limit"), 20, 100)
+
+    async def read(conn: AsyncConnection[Any]) -> list[search.Hit]:
+        return await search.search(conn, customer, q, limit)
+
+    hits, outcome = await read_after_event(request, read)
+    body = {"customer": customer, "query": q, "results": [hit.to_json() for hit in hits]}
+    return respond(body, outcome)
 
 
 async def customer_entitlements(request: Request) -> Response:
-    customer = _customer_id(request.path_params["customer"])
-    async with _pool(request).connection(timeout=POOL_TIMEOUT_S) as conn:
-        row = await search.entitlements(conn, customer)
-    if row is None:
+    customer = api_params.customer_id(request.path_params["customer"])
+
+    async def read(conn: AsyncConnection[Any]) -> dict[str, Any] | None:
+        return await search.entitlements(conn, customer)
+
+    row, outcome = await read_after_event(request, read)
+    if row is None and not outcome.stale:
         raise NotFound(f"no customer {customer} in the projection")
-    return _json(render_entitlements(customer, row, request.app.state.settings))
+    settings = request.app.state.settings
+    body = {"customer": customer} if row is None else render_entitlements(customer, row, settings)
+    return respond(body, outcome)
 
 
 async def list_customers(request: Request) -> Response:
-    limit = _limit(request.query_params.get("limit"), 50, 500)
-    async with _pool(request).connection(timeout=POOL_TIMEOUT_S) as conn:
+    limit = api_params.limit(request.query_params.get("limit"), 50, 500)
+    async with pool(request).connection(timeout=POOL_TIMEOUT_S) as conn:
         found = await search.customers(conn, limit)
-    return _json({"customers": [{"id": c.id, "name": c.name, "email": c.email} for c in found]})
+    return json_response(
+        {"customers": [{"id": c.id, "name": c.name, "email": c.email} for c in found]}
+    )
 
 
 async def put_movie(request: Request) -> Response:
-    movie_id = _path_movie_id(request)
-    body = await _json_body(request)
+    movie_id = api_params.path_movie_id(request)
+    body = await api_params.json_body(request)
     try:
         movie = catalog.movie_from_json(movie_id, body)
     except InvalidMovie as exc:
         raise BadRequest(str(exc)) from None
-    async with _pool(request).connection(timeout=POOL_TIMEOUT_S) as conn:
+    async with pool(request).connection(timeout=POOL_TIMEOUT_S) as conn:
         created = await catalog.put_movie(conn, movie)
-    return _json(movie.to_json(), 201 if created else 200)
+    return json_response(movie.to_json(), 201 if created else 200)
 
 
 async def delete_movie(request: Request) -> Response:
-    movie_id = _path_movie_id(request)
-    async with _pool(request).connection(timeout=POOL_TIMEOUT_S) as conn:
+    movie_id = api_params.path_movie_id(request)
+    async with pool(request).connection(timeout=POOL_TIMEOUT_S) as conn:
         deleted = await catalog.delete_movie(conn, movie_id)
     if not deleted:
         raise NotFound(f"no movie {movie_id}")
@@ -191,32 +144,32 @@ async def delete_movie(request: Request) -> Response:
 
 
 async def movie_group(request: Request) -> Response:
-    movie_id = _path_movie_id(request)
+    movie_id = api_params.path_movie_id(request)
     try:
         group = catalog.check_group(request.path_params["group"])
     except InvalidMovie as exc:
         raise BadRequest(str(exc)) from None
     change = catalog.add_group if request.method == "PUT" else catalog.remove_group
-    async with _pool(request).connection(timeout=POOL_TIMEOUT_S) as conn:
+    async with pool(request).connection(timeout=POOL_TIMEOUT_S) as conn:
         movie = await change(conn, movie_id, group)
     if movie is None:
         raise NotFound(f"no movie {movie_id}")
-    return _json(movie.to_json())
+    return json_response(movie.to_json())
 
 
 async def healthz(request: Request) -> Response:
-    return _json({"status": "ok"})
+    return json_response({"status": "ok"})
 
 
 async def readyz(request: Request) -> Response:
     try:
-        async with _pool(request).connection(timeout=2.0) as conn:
+        async with pool(request).connection(timeout=2.0) as conn:
             ready = await search.is_ready(conn)
     except (psycopg.Error, PoolTimeout) as exc:
         raise ServiceUnavailable(f"postgres unavailable: {type(exc).__name__}") from None
     if not ready:
         raise ServiceUnavailable("schema not migrated: run `entitled migrate`")
-    return _json({"status": "ready"})
+    return json_response({"status": "ready"})
 
 
 async def metrics(request: Request) -> Response:
@@ -289,46 +242,20 @@ def render_entitlements(customer: str, row: dict[str, Any], settings: Settings) 
     }
 
 
-# -- pool ----------------------------------------------------------------------------------
-
-CHECK_IDLE_S = 1.0
-
-
-class _IdleCheck:
-    """The pool's `check`, only for connections idle longer than `CHECK_IDLE_S`.
-
-    `AsyncConnectionPool.check_connection` on every `getconn` costs a round trip per search:
-    a third of the work of a hot request. A connection handed back less than a second ago
-    is almost surely fine; one idle longer (Postgres may have restarted meanwhile) is
-    checked as before, and a broken one is replaced before any request sees it.
-    """
-
-    def __init__(self) -> None:
-        self.returned: weakref.WeakKeyDictionary[Any, float] = weakref.WeakKeyDictionary()
-
-    async def check(self, conn: Any) -> None:
-        returned = self.returned.get(conn)
-        if returned is None or time.monotonic() - returned > CHECK_IDLE_S:
-            await AsyncConnectionPool.check_connection(conn)
-
-    async def reset(self, conn: Any) -> None:
-        self.returned[conn] = time.monotonic()
-
-
 # -- errors, metrics, app --------------------------------------------------------------------
 
 
 async def _on_error(request: Request, exc: Exception) -> Response:
     """The one place where an exception becomes an HTTP status and an error body."""
     if isinstance(exc, APIError):
-        return _json({"error": exc.message}, exc.status)
+        return json_response({"error": exc.message}, exc.status)
     if isinstance(exc, HTTPException):
-        return _json({"error": exc.detail}, exc.status_code)
+        return json_response({"error": exc.detail}, exc.status_code)
     if isinstance(exc, (psycopg.errors.UndefinedTable, psycopg.errors.InvalidSchemaName)):
-        return _json({"error": "schema not migrated: run `entitled migrate`"}, 503)
+        return json_response({"error": "schema not migrated: run `entitled migrate`"}, 503)
     if isinstance(exc, (psycopg.OperationalError, PoolTimeout)):
         log.warning("database unavailable: %s", exc)
-        return _json({"error": "database unavailable, retry later"}, 503)
+        return json_response({"error": "database unavailable, retry later"}, 503)
     raise exc
 
 
@@ -362,29 +289,21 @@ class _Timing:
 
 def create_app(settings: Settings) -> Starlette:
     """The read API for `settings.database_url` (which must be resolved by the caller)."""
-    if not settings.database_url:
-        raise ValueError("settings.database_url is required by the read API")
-    idle = _IdleCheck()
-    pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
-        settings.database_url,
-        min_size=2,
-        max_size=10,
-        open=False,
-        check=idle.check,
-        reset=idle.reset,
-        kwargs={"autocommit": True},  # every statement stands alone: no BEGIN/COMMIT trips
-        name="entitled-api",
-    )
-    api_metrics = APIMetrics(pool)
+    url = read_url(settings)
+    db_pool = create_pool(url)
+    watch = Watcher(url)
+    api_metrics = APIMetrics(db_pool)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        await pool.open(wait=False)
+        await db_pool.open(wait=False)
+        watch.start()
         try:
-            await pool.wait(timeout=30.0)
+            await db_pool.wait(timeout=30.0)
             yield
         finally:
-            await pool.close()
+            await watch.stop()
+            await db_pool.close()
 
     v1 = _authorized
     routes = [
@@ -396,6 +315,8 @@ def create_app(settings: Settings) -> Starlette:
         Route("/v1/search", v1(search_movies)),
         Route("/v1/customers", v1(list_customers)),
         Route("/v1/customers/{customer}/entitlements", v1(customer_entitlements)),
+        Route("/v1/changes", v1(api_feed.changes)),
+        Route("/v1/changes/stream", _authorized(api_feed.stream, query_token=True)),
         Route("/v1/movies/{movie_id}", v1(put_movie), methods=["PUT"]),
         Route("/v1/movies/{movie_id}", v1(delete_movie), methods=["DELETE"]),
         Route("/v1/movies/{movie_id}/groups/{group}", v1(movie_group), methods=["PUT", "DELETE"]),
@@ -414,7 +335,8 @@ def create_app(settings: Settings) -> Starlette:
     }
     app = Starlette(routes=routes, lifespan=lifespan, exception_handlers=handlers)
     app.state.settings = settings
-    app.state.pool = pool
+    app.state.pool = db_pool
+    app.state.watcher = watch
     app.state.metrics = api_metrics
     app.add_middleware(_Timing, metrics=api_metrics)
     return app

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from psycopg_pool import AsyncConnectionPool
@@ -35,7 +35,8 @@ class _PoolCollector(Collector):
 
 
 class APIMetrics:
-    """Request latency by method, route template and status; connection pool statistics."""
+    """Request latency by method, route template and status; connection pool statistics;
+    open change streams; `min_event` reads by outcome."""
 
     def __init__(self, pool: AsyncConnectionPool[Any]) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
@@ -47,6 +48,26 @@ class APIMetrics:
             registry=self.registry,
         )
         self.registry.register(_PoolCollector(pool))
+        self.streams = Gauge(
+            "entitled_api_change_streams",
+            "Open Server-Sent Events streams of the change feed (/v1/changes/stream).",
+            registry=self.registry,
+        )
+        self.waiting = Gauge(
+            "entitled_api_waiting_requests",
+            "Requests waiting for news: long-polls of /v1/changes, reads with min_event.",
+            ["kind"],
+            registry=self.registry,
+        )
+        self.min_events = Counter(
+            "entitled_api_min_event_reads",
+            "Reads with min_event, by outcome (folded, not_yet_folded, parked).",
+            ["outcome"],
+            registry=self.registry,
+        )
+
+    def min_event(self, outcome: str) -> None:
+        self.min_events.labels(outcome).inc()
 
     def observe(self, method: str, route: str, status: int, seconds: float) -> None:
         self.latency.labels(method, route, str(status)).observe(seconds)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from types import FrameType
 
 import click
 
@@ -58,7 +59,19 @@ def api(host: str, port: int, log_level: str) -> None:
     from entitled import logs
 
     logs.configure(log_level)
-    uvicorn.run(create_app(settings), host=host, port=port, log_level=log_level)
+    app = create_app(settings)
+    server = uvicorn.Server(
+        uvicorn.Config(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=5)
+    )
+    exit_server = server.handle_exit
+
+    def handle_exit(sig: int, frame: FrameType | None) -> None:
+        # Open event streams never end by themselves: end them, or shutdown waits for them.
+        app.state.watcher.end_waits()
+        exit_server(sig, frame)
+
+    server.handle_exit = handle_exit  # type: ignore[method-assign]
+    server.run()
 
 
 @click.group()

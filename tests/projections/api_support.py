@@ -16,9 +16,14 @@ import uvicorn
 from psycopg.types.json import Jsonb
 
 from entitled.settings import Settings
+from entitled.shell import stripe_events as se
 from entitled.shell.services._process import run_async
+from ingest.keys import routing_key
 from projections import catalog, schema
 from projections.api import create_app
+from projections.entitlements import Policy
+from projections.store import ProjectionStore
+from projections.types import Message
 
 ACTIVE = "entitled_v1"  # the version `schema.migrate` creates and activates on a fresh database
 
@@ -85,12 +90,66 @@ def mirror(
         )
 
 
+def add_change(
+    database_url: str,
+    customer: str,
+    groups: tuple[Sequence[str], Sequence[str]] = ((), ()),
+    movies: tuple[Sequence[str], Sequence[str]] = ((), ()),
+    *,
+    event_id: str | None = "evt_test",
+    notify: bool = True,
+) -> int:
+    """Write one change row as the writer does (id from its sequence, in commit order) and,
+    unless `notify=False`, NOTIFY the API; its id."""
+    with psycopg.connect(database_url, autocommit=True) as conn, conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(hashtext('entitled.changes'))")
+        row = conn.execute(
+            "INSERT INTO entitled.changes (id, customer, groups_before, groups_after,"
+            " movies_before, movies_after, cause, event_id, event_created, version)"
+            " VALUES (nextval('entitled.change_ids'), %s, %s, %s, %s, %s, 'event', %s,"
+            " 1700000000, 1) RETURNING id",
+            (
+                customer,
+                list(groups[0]),
+                list(groups[1]),
+                list(movies[0]),
+                list(movies[1]),
+                event_id,
+            ),
+        ).fetchone()
+        assert row is not None
+        if notify:
+            conn.execute("SELECT pg_notify('entitled_changes', %s)", (str(row[0]),))
+    return int(row[0])
+
+
+def fold(database_url: str, events: Sequence[dict[str, Any]], *, start: int = 0) -> None:
+    """Apply events (offsets from `start` on partition 0) with the real writer."""
+
+    async def go() -> None:
+        conn = await psycopg.AsyncConnection.connect(database_url, autocommit=True)
+        async with conn:
+            messages = [
+                Message(0, start + i, routing_key(e), se.encode(e)) for i, e in enumerate(events)
+            ]
+            await ProjectionStore(Settings().topic, Policy()).apply(conn, messages)
+
+    run_async(go)
+
+
 @contextlib.contextmanager
 def running_api(settings: Settings, timeout: float = 30.0) -> Iterator[str]:
     """Serve `create_app(settings)` with uvicorn on 127.0.0.1:<free port>; yield its URL."""
     app = create_app(settings)
+    # A graceful shutdown ends open event streams after 1 s (they never end by themselves).
     config = uvicorn.Config(
-        app, host="127.0.0.1", port=0, lifespan="on", ws="none", log_level="warning"
+        app,
+        host="127.0.0.1",
+        port=0,
+        lifespan="on",
+        ws="none",
+        log_level="warning",
+        timeout_graceful_shutdown=1,
     )
     server = uvicorn.Server(config)
     server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
@@ -118,5 +177,6 @@ def running_api(settings: Settings, timeout: float = 30.0) -> Iterator[str]:
     try:
         yield f"http://127.0.0.1:{port}"
     finally:
+        app.state.watcher.end_waits()
         server.should_exit = True
         thread.join(timeout)

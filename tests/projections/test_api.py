@@ -268,20 +268,20 @@ def test_readyz_unmigrated_is_503(settings: Settings) -> None:
 
 
 async def test_pool_checks_only_idle_connections(monkeypatch: pytest.MonkeyPatch) -> None:
-    from projections import api as api_module
+    from projections import api_pool
 
     pinged: list[object] = []
 
     async def ping(conn: object) -> None:
         pinged.append(conn)
 
-    monkeypatch.setattr(api_module.AsyncConnectionPool, "check_connection", ping)
-    idle = api_module._IdleCheck()
+    monkeypatch.setattr(api_pool.AsyncConnectionPool, "check_connection", ping)
+    idle = api_pool.IdleCheck()
     conn = type("FakeConnection", (), {})()
     await idle.check(conn)  # never returned: checked
     await idle.reset(conn)
     await idle.check(conn)  # just returned: not checked
     assert pinged == [conn]
-    idle.returned[conn] -= api_module.CHECK_IDLE_S + 1
+    idle.returned[conn] -= api_pool.CHECK_IDLE_S + 1
     await idle.check(conn)  # idle too long: checked again
     assert pinged == [conn, conn]

@@ -53,3 +53,38 @@ def test_hit_schema_accepts_real_hits_only() -> None:
     good = {"movie_id": "1", "title": "T", "groups": [], "available": False, "reason": None}
     assert validator.is_valid(good)
     assert not validator.is_valid({**good, "reason": "gift"})
+
+
+def _nullable_to_type_lists(schema: object) -> object:
+    """OpenAPI 3.0's `nullable` spelled as JSON Schema type lists (to validate with it)."""
+    if isinstance(schema, dict):
+        out = {k: _nullable_to_type_lists(v) for k, v in schema.items() if k != "nullable"}
+        if schema.get("nullable") is True:
+            out["type"] = [schema["type"], "null"]
+        return out
+    if isinstance(schema, list):
+        return [_nullable_to_type_lists(v) for v in schema]
+    return schema
+
+
+def test_change_page_schema_accepts_real_pages_only() -> None:
+    from datetime import UTC, datetime
+
+    from projections.feed import Change, Page
+
+    components = _doc()["components"]
+    assert isinstance(components, dict)
+    schemas = _nullable_to_type_lists(components["schemas"])
+    assert isinstance(schemas, dict)
+    page_schema = {**schemas["ChangePage"], "definitions": schemas}
+    text = json.dumps(page_schema).replace("#/components/schemas/", "#/definitions/")
+    validator = jsonschema_rs.Draft4Validator(json.loads(text))
+    change = Change(7, "cus_a", ["a"], ["a", "b"], [], [], "event", "evt_1", 1, 1,
+                    datetime.now(UTC))  # fmt: skip
+    replay = Change(8, "cus_b", [], [], ["9"], [], "replay", None, None, 2, datetime.now(UTC))
+    good = Page([change, replay], 8).to_json()
+    assert validator.is_valid(good)
+    assert not validator.is_valid({**good, "next": "8"})
+    assert not validator.is_valid({"changes": [{**good["changes"][0], "cause": "whim"}], "next": 8})
+    no_diff = {**good["changes"][0], "groups": {"before": [], "after": []}}
+    assert not validator.is_valid({"changes": [no_diff], "next": 8})
