@@ -59,7 +59,7 @@ async def rebuild_customer(settings: Settings, customer: str) -> dict[str, Any]:
         ]
         await versions.delete_customer(conn, schema, customer)
         await versions.forget_applied(conn, schema, partition, [m.offset for m in messages])
-        result = await store.rebuild(conn, schema, messages)
+        result = await store.rebuild(conn, schema, messages, customer=customer)
     return {
         "customer": customer,
         "partition": partition,

@@ -373,7 +373,7 @@ async def roll_back(settings: Settings) -> int:
         ]
         if not previous:
             raise ReplayError("no previous version to roll back to")
-        await versions.swap(conn, previous[-1])
+        await versions.swap(conn, previous[-1], cause="rollback")
         return previous[-1]
 
 

@@ -27,7 +27,7 @@ from typing import Any
 
 from psycopg import AsyncConnection, IsolationLevel
 
-from projections import deadletters, offsets, recompute, upserts
+from projections import changes, deadletters, offsets, recompute, upserts
 from projections import schema as db
 from projections.deadletters import Held, Letter
 from projections.entitlements import Policy
@@ -153,6 +153,7 @@ class ProjectionStore:
         result: ApplyResult,
         recompute_entitlements: bool = True,
         cause: str = "event",
+        also: str | None = None,
     ) -> None:
         poison: list[Letter] = []
         events: list[StripeEvent] = []
@@ -198,9 +199,15 @@ class ProjectionStore:
         await upserts.mark_processed(
             conn, schema, ((e.id, e.partition, e.offset) for e in first.values())
         )
+        if also:
+            folded.customers.add(also)
         if recompute_entitlements:
-            result.customers = await recompute.recompute(conn, schema, self.policy, folded, current)
+            result.customers = await recompute.recompute(
+                conn, schema, self.policy, folded, current, cause=cause if self.feed else None
+            )
         _count(result, folded, live, poison, parked)
+        if self.feed and result.applied:  # read-your-writes waiters look again
+            await conn.execute("SELECT pg_notify(%s, '')", (changes.FOLDED_CHANNEL,))
 
     async def _load_targets(
         self, conn: AsyncConnection[Any], schema: str, events: Sequence[StripeEvent]
@@ -218,15 +225,23 @@ class ProjectionStore:
         return rows
 
     async def rebuild(
-        self, conn: AsyncConnection[Any], schema: str, messages: Sequence[Message]
+        self,
+        conn: AsyncConnection[Any],
+        schema: str,
+        messages: Sequence[Message],
+        *,
+        customer: str | None = None,
     ) -> ApplyResult:
         """Fold a key's whole history `messages` into `schema` inside the caller's transaction,
         without touching checkpoints (a one-customer rebuild of events the checkpoint already
-        covers). Dead-letter decisions stand: skipped events stay skipped, and a parked key
-        stays parked from its first dead letter on."""
+        covers); `customer`'s entitlements are recomputed even if no event applies. Dead-letter
+        decisions stand: skipped events stay skipped, and a parked key stays parked from its
+        first dead letter on."""
         result = ApplyResult()
         held = await deadletters.held(conn, schema, self.topic, messages, from_first_letter=True)
-        await self._fold_and_write(conn, schema, messages, held, result, cause="rebuild")
+        await self._fold_and_write(
+            conn, schema, messages, held, result, cause="rebuild", also=customer
+        )
         return result
 
     async def release(

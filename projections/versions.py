@@ -17,6 +17,7 @@ from typing import Any
 
 from psycopg import AsyncConnection, sql
 
+from projections import changes
 from projections import schema as db
 from projections.errors import VersionError
 
@@ -137,12 +138,19 @@ async def lock_active(conn: AsyncConnection[Any]) -> int | None:
     return None if row is None else int(row[0])
 
 
-async def swap(conn: AsyncConnection[Any], version: int) -> None:
+async def swap(conn: AsyncConnection[Any], version: int, *, cause: str = "replay") -> None:
     """Make `version` the active one, atomically for readers and the live worker; the
-    previous active version is retired (kept for rollback)."""
+    previous active version is retired (kept for rollback). Every customer whose rights
+    differ between the two gets one change row (`cause`: replay or rollback), in the same
+    transaction."""
     async with conn.transaction():  # a savepoint when the caller holds a transaction
         previous = await lock_active(conn)
         target, _state = await state_of(conn, version)
+        differ = (
+            []
+            if previous is None
+            else await changes.diff_versions(conn, (await state_of(conn, previous))[0], target)
+        )
         await conn.execute(
             "UPDATE entitled.versions SET state = 'retired' WHERE version = %s", (previous,)
         )
@@ -153,6 +161,7 @@ async def swap(conn: AsyncConnection[Any], version: int) -> None:
         )
         await conn.execute("UPDATE entitled.active SET version = %s", (version,))
         await db.point_live_views(conn, target)
+        await changes.record(conn, target, differ, cause)
 
 
 async def drop(conn: AsyncConnection[Any], version: int) -> None:
@@ -241,10 +250,11 @@ async def forget_applied(
 
 
 async def delete_customer(conn: AsyncConnection[Any], schema: str, customer: str) -> None:
-    """Delete `customer`'s mirrored rows and entitlements (for a rebuild in the same
-    transaction). Dead letters stay: the operator's decisions (skip) and the parking of a
-    customer outlive a rebuild."""
-    for table in (*db.MIRROR_TABLES, "customer_entitlements"):
+    """Delete `customer`'s mirrored rows (for a rebuild in the same transaction, which then
+    recomputes their entitlements: the row stays until then, so the change feed compares the
+    rebuilt rights with the ones held before). Dead letters stay: the operator's decisions
+    (skip) and the parking of a customer outlive a rebuild."""
+    for table in db.MIRROR_TABLES:
         await conn.execute(
             sql.SQL("DELETE FROM {} WHERE customer = %s").format(db.qualified(schema, table)),
             (customer,),

@@ -9,6 +9,7 @@ from collections import defaultdict
 from typing import Any
 
 import orjson
+import psycopg
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from entitled.settings import Settings
@@ -52,11 +53,14 @@ def _consume(settings: Settings, topic: str) -> list[dict[str, Any]]:
 
 
 def _table(settings: Settings) -> dict[int, tuple[Any, ...]]:
-    rows = query(
-        settings,
-        "SELECT id, customer, groups_after, movies_after, published_at IS NOT NULL"
-        " FROM entitled.changes ORDER BY id",
-    )
+    try:
+        rows = query(
+            settings,
+            "SELECT id, customer, groups_after, movies_after, published_at IS NOT NULL"
+            " FROM entitled.changes ORDER BY id",
+        )
+    except psycopg.errors.UndefinedTable:  # the worker has not migrated yet
+        return {}
     return {r[0]: r[1:] for r in rows}
 
 

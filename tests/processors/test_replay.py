@@ -63,6 +63,18 @@ class SearchLoop(threading.Thread):
                     self.answers[cus].append(r.json()["results"][0]["available"])
 
 
+def _changes(settings: Settings, cause: str) -> list[tuple[str, list[str], list[str]]]:
+    return [
+        (c, b, a)
+        for c, b, a in query(
+            settings,
+            "SELECT customer, groups_before, groups_after FROM entitled.changes"
+            " WHERE cause = %s ORDER BY customer, id",
+            cause,
+        )
+    ]
+
+
 def test_replay_fixes_a_wrong_rule_with_zero_downtime(settings: Settings, procs: Procs) -> None:
     wrong = ["cus_a", "cus_b"]
     publish(
@@ -113,6 +125,15 @@ def test_replay_fixes_a_wrong_rule_with_zero_downtime(settings: Settings, procs:
     assert replay.popen is not None
     replay.popen.wait(120)
     assert replay.popen.returncode == 0, replay.tail()
+    # the swap announces exactly the customers whose rights differ (the build itself
+    # nothing): the two the fix corrects, and newcomers the build had folded before the
+    # live worker did (readers see them gain access at the swap)
+    replayed = _changes(settings, "replay")
+    assert [c for c in replayed if not c[0].startswith("cus_n")] == [
+        ("cus_a", ["action"], []),
+        ("cus_b", ["action"], []),
+    ]
+    assert all((b, a) == ([], ["action"]) for c, b, a in replayed if c.startswith("cus_n"))
     n = len(newcomers)
     wait_until(lambda: len(newcomers) > n + 3, 30, "events after the swap", procs)
     done.set()
@@ -151,6 +172,8 @@ def test_replay_fixes_a_wrong_rule_with_zero_downtime(settings: Settings, procs:
     wait_until(lambda: caught_up(settings), 60, "the worker on the old version", procs)
     ent = entitlements(settings)
     assert ent["cus_a"] == (["action"], []) and ent["cus_e"] == (["action"], [])
+    rolled = {c: (b, a) for c, b, a in _changes(settings, "rollback")}
+    assert rolled["cus_a"] == rolled["cus_b"] == ([], ["action"])
 
     # per-customer rebuild with the fixed rules touches that customer only
     before = query(
@@ -168,6 +191,7 @@ def test_replay_fixes_a_wrong_rule_with_zero_downtime(settings: Settings, procs:
         " WHERE customer <> 'cus_a' ORDER BY customer",
     )
     assert after == before
+    assert _changes(settings, "rebuild") == [("cus_a", ["action"], [])]
 
     listing = _run(procs, "replay", "--list")
     assert "v1" in listing and "active" in listing
