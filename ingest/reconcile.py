@@ -19,12 +19,11 @@ from datetime import UTC, date, datetime
 from typing import Any
 
 import orjson
-from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
 
 from entitled.settings import Settings
 from entitled.topics import ensure_event_topic
 from ingest.keys import event_headers, routing_key
+from ingest.log_scan import header_values
 from ingest.producer import EventProducer
 from ingest.stripe_api import StripeApi
 
@@ -58,51 +57,7 @@ def parse_since(text: str) -> int:
 
 async def logged_event_ids(settings: Settings, since: float) -> set[str]:
     """The `stripe-event-id` headers of every record written at or after `since`."""
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.kafka_bootstrap_servers,
-        enable_auto_commit=False,
-        group_id=None,
-    )
-    await consumer.start()
-    try:
-        tps = [TopicPartition(settings.topic, p) for p in await _partitions(settings)]
-        if not tps:
-            return set()
-        consumer.assign(tps)
-        end = await consumer.end_offsets(tps)
-        starts = await consumer.offsets_for_times({tp: int(since * 1000) for tp in tps})
-        pending = set()
-        for tp in tps:
-            found = starts.get(tp)
-            start = found.offset if found is not None else end[tp]
-            if start < end[tp]:
-                consumer.seek(tp, start)
-                pending.add(tp)
-        ids: set[str] = set()
-        while pending:
-            batches = await consumer.getmany(*pending, timeout_ms=1000)
-            for records in batches.values():
-                for record in records:
-                    for name, value in record.headers:
-                        if name == "stripe-event-id":
-                            ids.add(value.decode())
-            for tp in list(pending):
-                if await consumer.position(tp) >= end[tp]:
-                    pending.discard(tp)
-        return ids
-    finally:
-        await consumer.stop()
-
-
-async def _partitions(settings: Settings) -> list[int]:
-    # The consumer's own metadata only covers topics it subscribed to; ask the cluster.
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers)
-    await admin.start()
-    try:
-        (meta,) = await admin.describe_topics([settings.topic])
-        return sorted(int(p["partition"]) for p in meta.get("partitions", []))
-    finally:
-        await admin.close()
+    return await header_values(settings, since, "stripe-event-id")
 
 
 async def reconcile(

@@ -141,11 +141,61 @@ DEFAULT_LISTS = (
 )
 
 
-def snapshot_id(obj: Mapping[str, Any]) -> str:
+def _dispute(obj: Mapping[str, Any]) -> str:
+    closed = obj.get("status") in ("won", "lost", "warning_closed")
+    return "charge.dispute.closed" if closed else "charge.dispute.updated"
+
+
+def _invoice_payment(obj: Mapping[str, Any]) -> str:
+    return "invoice_payment.paid" if obj.get("status") == "paid" else "invoice_payment.updated"
+
+
+# Event type by the object's own `object` field, for objects read one at a time (hydrate,
+# refresh): the list's rule where a list exists.
+_TYPE_OF_OBJECT: dict[str, TypeOf] = {
+    "product": LISTS["products"].type_of,
+    "price": LISTS["prices"].type_of,
+    "plan": LISTS["plans"].type_of,
+    "customer": LISTS["customers"].type_of,
+    "subscription": LISTS["subscriptions"].type_of,
+    "checkout.session": LISTS["checkout_sessions"].type_of,
+    "payment_intent": LISTS["payment_intents"].type_of,
+    "charge": LISTS["charges"].type_of,
+    "refund": LISTS["refunds"].type_of,
+    "invoice": LISTS["invoices"].type_of,
+    "dispute": _dispute,
+    "invoice_payment": _invoice_payment,
+}
+# The event family of an object type where it differs from the type itself.
+_FAMILY = {"subscription": "customer.subscription", "dispute": "charge.dispute"}
+OBJECT_TYPES = frozenset(_TYPE_OF_OBJECT)
+
+
+def event_type_of(obj: Mapping[str, Any]) -> str | None:
+    """The event type that describes `obj`'s current state, or None (an open checkout
+    session, an object type we do not read). A deleted object (`"deleted": true`, what the
+    API answers for a deleted customer or product) gives `<family>.deleted`."""
+    object_type = obj.get("object")
+    type_of = _TYPE_OF_OBJECT.get(object_type) if isinstance(object_type, str) else None
+    if type_of is None:
+        return None
+    if obj.get("deleted") is True:
+        return f"{_FAMILY.get(str(object_type), str(object_type))}.deleted"
+    return type_of(obj)
+
+
+def snapshot_id(obj: Mapping[str, Any], *, prefix: str = "evt_backfill_") -> str:
     """`evt_backfill_<hash>` of the object's id and full state: same state, same id."""
     state = orjson.dumps(obj, option=orjson.OPT_SORT_KEYS)
     digest = hashlib.sha256(str(obj.get("id")).encode() + b"\0" + state).hexdigest()
-    return f"evt_backfill_{digest[:32]}"
+    return f"{prefix}{digest[:32]}"
+
+
+def hydrate_id(source_event_id: str, object_id: str) -> str:
+    """`evt_hydrate_<hash>` of the source event's id and the object completed from it: one
+    source event gives one id, however often it is delivered, replayed or re-fetched."""
+    digest = hashlib.sha256(f"{source_event_id}\0{object_id}".encode()).hexdigest()
+    return f"evt_hydrate_{digest[:32]}"
 
 
 def snapshot_event(
@@ -156,8 +206,35 @@ def snapshot_event(
     event_type = spec.type_of(obj)
     if event_type is None:
         return None
+    return _envelope(snapshot_id(obj), event_type, obj, api_version, read_at)
+
+
+def read_event(
+    obj: Mapping[str, Any],
+    *,
+    event_id: str,
+    api_version: str | None,
+    read_at: int,
+    fallback_type: str | None = None,
+) -> dict[str, Any] | None:
+    """The snapshot event for one object read by id (hydrate, refresh), or None when no
+    event type describes its state (see `event_type_of`) and no `fallback_type` is given
+    (the hydrator gives the type of the event it completes)."""
+    event_type = event_type_of(obj) or fallback_type
+    if event_type is None:
+        return None
+    return _envelope(event_id, event_type, obj, api_version, read_at)
+
+
+def _envelope(
+    event_id: str,
+    event_type: str,
+    obj: Mapping[str, Any],
+    api_version: str | None,
+    read_at: int,
+) -> dict[str, Any]:
     return {
-        "id": snapshot_id(obj),
+        "id": event_id,
         "object": "event",
         "api_version": api_version,
         "created": read_at,

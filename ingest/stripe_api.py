@@ -1,12 +1,15 @@
-"""Reading the Stripe API for backfill and reconcile: one client, one rate limit, raw pages.
+"""Reading the Stripe API for backfill, reconcile, hydrate and refresh: one client, one rate
+limit, raw JSON.
 
-Pages are returned as parsed JSON exactly as the API sent them (key order kept), never as
-`StripeObject`s, because backfill and reconcile write Stripe's own JSON into the log.
+Pages and objects are returned as parsed JSON exactly as the API sent them (key order kept),
+never as `StripeObject`s, because what we read goes into the log as Stripe's own JSON.
 
-Why our own 429 handling: stripe-python's `max_network_retries` retries connection errors,
-409 and 5xx, but a 429 only when Stripe adds `Stripe-Should-Retry: true`, and it never reads
-`Retry-After`. So `StripeApi` retries 429 itself, waiting `Retry-After` (or an exponential
-backoff), and leaves the other retries to the library.
+Why our own retries: stripe-python's `max_network_retries` retries connection errors, 409
+and 5xx, but a 429 only when Stripe adds `Stripe-Should-Retry: true`; it never reads
+`Retry-After`, and its retries bypass our rate limiter. So `StripeApi` retries 429, 5xx and
+connection errors itself: each attempt takes a slot of the limiter and waits `Retry-After`
+when the answer names one (else an exponential backoff). The library's own retries are off
+by default.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from ingest.errors import ConfigurationError
 Clock = Callable[[], float]
 Sleep = Callable[[float], Awaitable[None]]
 
-_MAX_429_RETRIES = 8
+_MAX_RETRIES = 8
 _MAX_BACKOFF_S = 30.0
 
 
@@ -68,10 +71,29 @@ class Page:
 
 @dataclass
 class RequestLog:
-    """What a `StripeApi` asked for: (path, starting_after) per page fetched, and 429s seen."""
+    """What a `StripeApi` asked for: (path, starting_after) per page fetched, objects
+    retrieved, and the answers retried (429, 5xx or a connection error)."""
 
     pages: list[tuple[str, str | None]] = field(default_factory=list)
+    retrieved: list[str] = field(default_factory=list)
     rate_limited: int = 0
+    server_errors: int = 0
+    connection_errors: int = 0
+
+
+@dataclass(frozen=True)
+class Retrieved:
+    """One object as the API sent it, the API version it is rendered in, when it was read."""
+
+    obj: dict[str, Any]
+    api_version: str | None
+    read_at: int
+
+
+def _retryable(exc: stripe.StripeError) -> bool:
+    if isinstance(exc, stripe.RateLimitError | stripe.APIConnectionError):
+        return True
+    return exc.http_status is not None and exc.http_status >= 500
 
 
 class StripeApi:
@@ -89,7 +111,7 @@ class StripeApi:
         base: str | None = None,
         rps: float = 20.0,
         api_version: str | None = None,
-        max_network_retries: int = 3,
+        max_network_retries: int = 0,
         limiter: RateLimiter | None = None,
     ) -> None:
         if not api_key:
@@ -116,15 +138,31 @@ class StripeApi:
             await self.limiter.acquire()
             try:
                 resp = await self._client.raw_request_async("get", path, **params)
-            except stripe.RateLimitError as exc:
+            except stripe.StripeError as exc:
+                if not _retryable(exc):
+                    raise
                 attempt += 1
-                self.log.rate_limited += 1
-                if attempt > _MAX_429_RETRIES:
+                if isinstance(exc, stripe.RateLimitError):
+                    self.log.rate_limited += 1
+                elif isinstance(exc, stripe.APIConnectionError):
+                    self.log.connection_errors += 1
+                else:
+                    self.log.server_errors += 1
+                if attempt > _MAX_RETRIES:
                     raise
                 await asyncio.sleep(_retry_after(exc.headers, attempt))
                 continue
             version = resp.headers.get("stripe-version") if resp.headers else None
             return orjson.loads(resp.body), version or self.api_version
+
+    async def retrieve(self, path: str, params: Mapping[str, Any] | None = None) -> Retrieved:
+        """GET one object (`/v1/subscriptions/sub_...`, with `expand` in `params` if needed)."""
+        body, version = await self.get(path, params or {})
+        read_at = int(time.time())
+        self.log.retrieved.append(path)
+        if not isinstance(body, dict):
+            raise stripe.APIError(f"{path} answered a JSON {type(body).__name__}, not an object")
+        return Retrieved(body, version, read_at)
 
     async def page(
         self, path: str, params: Mapping[str, Any], starting_after: str | None, limit: int

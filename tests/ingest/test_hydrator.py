@@ -1,0 +1,228 @@
+"""The hydrator as a real process: real Kafka, stripe-mock (Stripe's own stand-in) behind a
+real HTTP proxy that counts requests and injects 429 and 500 answers."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from typing import Any
+
+import httpx
+import orjson
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from ingest_helpers import end_offsets, read_topic
+from stripe_mock_fixture import API_KEY
+from stripe_proxy import stripe_proxy
+from thin_events import notification
+
+from entitled.settings import Settings
+from entitled.shell import stripe_events as se
+from entitled.shell.services._process import run_async
+from ingest.hydrator import group_of
+from ingest.snapshots import hydrate_id
+from tests.helpers import free_port
+from tests.processes import Procs, environment, wait_until
+from tests.processors.support import publish
+
+
+def _log(settings: Settings) -> list[tuple[dict[str, str], dict[str, Any], bytes]]:
+    """(headers, event, key) of every record in the topic."""
+    records = run_async(lambda: read_topic(settings))
+    return [({k: v.decode() for k, v in r.headers}, orjson.loads(r.value), r.key) for r in records]
+
+
+def _hydrated(settings: Settings) -> list[tuple[dict[str, str], dict[str, Any], bytes]]:
+    return [r for r in _log(settings) if r[0]["source"] == "hydrate"]
+
+
+def _hydrator(procs: Procs, base: str, *args: str, rps: str = "50", key: str = API_KEY) -> Any:
+    env = {"STRIPE_API_BASE": base, "ENTITLED_BACKFILL_RPS": rps}
+    if key:
+        env["STRIPE_API_KEY"] = key
+    return procs.spawn("hydrate", *args, name="hydrate", **env)
+
+
+def _subscription_notifications(prefix: str, n: int) -> list[dict[str, Any]]:
+    return [
+        notification("v1.customer.subscription.updated", f"{prefix}{i:04d}", "subscription")
+        for i in range(n)
+    ]
+
+
+def test_thin_notification_becomes_a_snapshot_keyed_by_customer(
+    settings: Settings, procs: Procs, stripe_mock: str
+) -> None:
+    thin = notification("v1.customer.subscription.updated", "sub_thin42", "subscription")
+    other = notification("v2.core.account.updated", "acct_x", "customer")  # v2: not fetched
+    other["related_object"]["type"] = "v2.core.account"
+    publish(settings, [thin, other])
+    before = int(time.time())
+    _hydrator(procs, stripe_mock)
+    found = wait_until(lambda: _hydrated(settings), 60, "a hydrated snapshot", procs)
+    headers, event, key = found[0]
+    assert len(found) == 1
+    assert headers["hydrated-from"] == thin["id"]
+    assert event["id"] == hydrate_id(thin["id"], "sub_thin42") == headers["stripe-event-id"]
+    assert event["type"] == "customer.subscription.updated"
+    obj = event["data"]["object"]
+    assert obj["id"] == "sub_thin42" and obj["object"] == "subscription"
+    assert key.decode() == obj["customer"]  # keyed like any event of that customer
+    assert before <= event["created"] <= time.time() + 1  # stamped with the read time
+    assert obj["created"] < before
+
+
+def test_checkout_and_invoice_completed_with_line_items_and_payments(
+    settings: Settings, procs: Procs, stripe_mock: str
+) -> None:
+    session = se.checkout_session("cs_test_movie", customer="cus_buyer")  # no movie metadata
+    assert "line_items" not in session
+    complete_session = se.event("checkout.session.completed", session)
+    invoice = se.invoice("in_test_movie", customer="cus_buyer", lines=[("price_m", "prod_m")])
+    invoice.pop("payments", None)
+    invoice.pop("payment_intent", None)
+    paid_invoice = se.event("invoice.paid", invoice)
+    whole = se.event(
+        "checkout.session.completed",
+        {**se.checkout_session("cs_test_whole", customer="cus_buyer"), "line_items": {"data": []}},
+    )
+    publish(settings, [complete_session, paid_invoice, whole])
+    _hydrator(procs, stripe_mock)
+    wait_until(lambda: len(_hydrated(settings)) >= 2, 60, "2 hydrated snapshots", procs)
+    wait_until(lambda: _group_lag(settings) == 0, 60, "the hydrator at the log end", procs)
+    found = _hydrated(settings)
+    by_source = {h["hydrated-from"]: e for h, e, _ in found}
+    assert set(by_source) == {complete_session["id"], paid_invoice["id"]}  # not `whole`
+    cs = by_source[complete_session["id"]]["data"]["object"]
+    assert cs["id"] == "cs_test_movie"
+    assert cs["line_items"]["data"][0]["price"]["product"]
+    inv = by_source[paid_invoice["id"]]["data"]["object"]
+    assert inv["id"] == "in_test_movie"
+    assert inv["payments"]["data"][0]["object"] == "invoice_payment"
+
+
+def test_rate_limit_holds_and_429_500_are_retried(
+    settings: Settings, procs: Procs, stripe_mock: str
+) -> None:
+    n = 240
+    thins = _subscription_notifications("sub_rl", n)
+    publish(settings, thins)
+    with stripe_proxy(stripe_mock, fault_every=7) as (base, proxy):
+        started = time.monotonic()
+        _hydrator(procs, base, rps="40")
+        wait_until(lambda: len(_hydrated(settings)) >= n, 120, f"{n} snapshots", procs)
+        elapsed = time.monotonic() - started
+        assert proxy.answered.get(429, 0) > 0 and proxy.answered.get(500, 0) > 0
+        assert proxy.max_in_window(1.0) <= 40 + 1  # an even pace: no burst above the rate
+        requests = len(proxy.times)
+    sources = Counter(h["hydrated-from"] for h, _, _ in _hydrated(settings))
+    assert set(sources) == {t["id"] for t in thins}  # nothing lost to the faults
+    assert set(sources.values()) == {1}
+    # every request, the retried ones too, took a slot: at least requests/rate seconds
+    assert requests > n and elapsed >= (requests - 1) / 40
+
+
+def test_sigkill_and_restart_leave_one_snapshot_per_event(
+    settings: Settings, procs: Procs, stripe_mock: str
+) -> None:
+    n = 300
+    thins = _subscription_notifications("sub_k", n)
+    publish(settings, thins)
+    first = _hydrator(procs, stripe_mock, rps="60")
+    wait_until(lambda: len(_hydrated(settings)) >= 80, 60, "80 snapshots", procs)
+    first.kill()
+    halfway = len(_hydrated(settings))
+    assert halfway < n  # killed mid-way (the check after the restart could then fail)
+    # replayed source events too: a Stripe redelivery of the first ten, after the kill
+    publish(settings, thins[:10])
+    _hydrator(procs, stripe_mock, rps="60")
+    wait_until(lambda: len(_hydrated(settings)) >= n, 90, f"{n} snapshots", procs)
+    # the restarted hydrator reaches the log end (the redeliveries) and writes nothing more
+    wait_until(lambda: _group_lag(settings) == 0, 60, "the hydrator at the log end", procs)
+    found = _hydrated(settings)
+    sources = Counter(h["hydrated-from"] for h, _, _ in found)
+    assert set(sources) == {t["id"] for t in thins}
+    assert [s for s, c in sources.items() if c > 1] == []
+    assert len({e["id"] for _, e, _ in found}) == n
+
+
+def _group_lag(settings: Settings) -> int:
+    """Records of the topic after the hydrator group's committed offsets."""
+
+    async def lag() -> int:
+        ends = await end_offsets(settings)
+        # a consumer of the group that never joins it: reads the commits, moves nothing
+        reader = AIOKafkaConsumer(
+            bootstrap_servers=settings.kafka_bootstrap_servers,
+            group_id=group_of(Settings.from_env(environment(settings))),  # the process's
+            enable_auto_commit=False,
+        )
+        await reader.start()
+        try:
+            total = 0
+            for p, end in ends.items():
+                committed = await reader.committed(TopicPartition(settings.topic, p))
+                total += end - (committed or 0)
+            return total
+        finally:
+            await reader.stop()
+
+    return run_async(lag)
+
+
+def test_without_a_key_counted_unhydrated_then_pending_completes(
+    settings: Settings, procs: Procs, stripe_mock: str
+) -> None:
+    thins = [notification("v1.invoice.paid", f"in_nokey{i}", "invoice") for i in range(5)]
+    publish(settings, thins)
+    port = free_port()
+    idle = _hydrator(procs, stripe_mock, "--metrics-port", str(port), key="")
+
+    def unhydrated() -> float:
+        try:
+            text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=2).text
+        except httpx.TransportError:
+            return 0
+        for line in text.splitlines():
+            if line.startswith('entitled_hydrator_events_total{outcome="unhydrated"}'):
+                return float(line.split()[-1])
+        return 0
+
+    wait_until(lambda: unhydrated() == 5, 60, "5 unhydrated in /metrics", procs)
+    assert "STRIPE_API_KEY is not set" in idle.log.read_text()
+    assert _hydrated(settings) == []
+    idle.stop()
+    pending = _hydrator(procs, stripe_mock, "--pending")
+    assert pending.popen is not None
+    assert pending.popen.wait(90) == 0, pending.tail()
+    assert "hydrated 5" in pending.log.read_text()
+    sources = {h["hydrated-from"] for h, _, _ in _hydrated(settings)}
+    assert sources == {t["id"] for t in thins}
+
+
+def test_refresh_logs_snapshots_and_prints_their_ids(
+    settings: Settings, procs: Procs, stripe_mock: str
+) -> None:
+    ids = ["sub_refresh1", "cs_test_refresh1", "in_refresh1", "cus_refresh1"]
+    proc = procs.spawn(
+        "refresh",
+        *ids,
+        "nonsense_1",
+        name="refresh",
+        STRIPE_API_KEY=API_KEY,
+        STRIPE_API_BASE=stripe_mock,
+    )
+    assert proc.popen is not None
+    assert proc.popen.wait(60) == 1, proc.tail()  # one id named nothing we read
+    lines = [line.split("\t") for line in proc.log.read_text().splitlines() if "\t" in line]
+    printed = {parts[0]: parts[1] for parts in lines}
+    outcomes = {parts[0]: parts[2] for parts in lines}
+    assert outcomes["nonsense_1"] == "unknown_id" and printed["nonsense_1"] == "-"
+    # stripe-mock's sessions are open: no event describes that state, nothing is written
+    assert outcomes["cs_test_refresh1"] == "no_state"
+    logged = {e["data"]["object"]["id"]: (h, e) for h, e, _ in _log(settings)}
+    assert set(logged) == {"sub_refresh1", "in_refresh1", "cus_refresh1"}
+    for object_id in logged:
+        headers, event = logged[object_id]
+        assert headers["source"] == "refresh"
+        assert event["id"] == printed[object_id] and event["id"].startswith("evt_refresh_")
+    assert "payments" in logged["in_refresh1"][1]["data"]["object"]
