@@ -22,7 +22,7 @@ from ingest.hydrator import group_of
 from ingest.snapshots import hydrate_id
 from tests.helpers import free_port
 from tests.processes import Procs, environment, wait_until
-from tests.processors.support import publish
+from tests.processors.support import caught_up, entitlements, publish, query
 
 
 def _log(settings: Settings) -> list[tuple[dict[str, str], dict[str, Any], bytes]]:
@@ -226,3 +226,33 @@ def test_refresh_logs_snapshots_and_prints_their_ids(
         assert headers["source"] == "refresh"
         assert event["id"] == printed[object_id] and event["id"].startswith("evt_refresh_")
     assert "payments" in logged["in_refresh1"][1]["data"]["object"]
+
+
+def test_thin_notification_grants_through_the_worker(
+    settings: Settings, procs: Procs, stripe_mock: str
+) -> None:
+    """Webhook product + thin subscription notification -> hydrated snapshot -> access."""
+    sub = run_async(lambda: _mock_object(stripe_mock, "/v1/subscriptions/sub_e2e1"))
+    product = sub["items"]["data"][0]["price"]["product"]
+    publish(
+        settings,
+        [
+            se.event("product.created", se.product(product, groups="action")),
+            notification("v1.customer.subscription.created", "sub_e2e1", "subscription"),
+        ],
+    )
+    procs.spawn("worker")
+    want = {sub["customer"]: (["action"], [])}
+    wait_until(lambda: caught_up(settings), 60, "the worker at the log end", procs)
+    assert sub["customer"] not in entitlements(settings)  # the notification alone grants nothing
+    _hydrator(procs, stripe_mock)
+    wait_until(lambda: entitlements(settings) == want, 90, f"entitlements {want}", procs)
+    wait_until(lambda: caught_up(settings), 60, "the worker at the log end", procs)
+    # the notification itself is logged and ignored by the fold, not parked
+    assert query(settings, "SELECT count(*) FROM live.dead_letters") == [(0,)]
+
+
+async def _mock_object(base: str, path: str) -> dict[str, Any]:
+    async with httpx.AsyncClient(base_url=base, auth=(API_KEY, "")) as client:
+        found: dict[str, Any] = (await client.get(path)).json()
+        return found
