@@ -1,8 +1,10 @@
 // The WebFlicks demo page: search, a customer picker, Watch now / Buy now.
-// No build step. Availability is polled every 1.5 s so a webhook shows without a reload.
+// No build step, no polling: the page follows the shown customer's entitlement changes over
+// Server-Sent Events (/v1/changes/stream) and re-reads only when one arrives, with
+// min_event=<the change's event> so that the read reflects it (read your own writes).
 "use strict";
 
-const POLL_MS = 1500;
+const RECONNECT_MS = 3000;
 const params = new URLSearchParams(location.search);
 if (params.get("token")) localStorage.setItem("entitled.token", params.get("token"));
 
@@ -79,13 +81,19 @@ function card(hit, before) {
   return el;
 }
 
-async function refresh() {
+// `minEvent`: the event behind a change the stream announced; the API answers once it is
+// folded (409 with the current answer if not within `wait`: shown all the same).
+function consistent(minEvent) {
+  return minEvent ? `&min_event=${encodeURIComponent(minEvent)}&wait=5` : "";
+}
+
+async function refresh(minEvent) {
   if (!state.customer) {
     $("summary").textContent = "Pick a customer to see what they can watch.";
   }
   const customer = state.customer || "anonymous";
   const url = `/v1/search?customer=${encodeURIComponent(customer)}` +
-    `&q=${encodeURIComponent(state.q)}&limit=48`;
+    `&q=${encodeURIComponent(state.q)}&limit=48` + consistent(minEvent);
   let response;
   try {
     response = await api(url);
@@ -93,10 +101,9 @@ async function refresh() {
     $("live").classList.add("stale");
     return;
   }
-  $("live").classList.remove("stale");
-  if (state.customer) await summary();
+  if (state.customer) await summary(minEvent);
   const text = await response.text();
-  if (!response.ok) {
+  if (!response.ok && response.status !== 409) {
     $("error").hidden = false;
     $("error").textContent = JSON.parse(text).error || `Error ${response.status}`;
     return;
@@ -113,17 +120,19 @@ async function refresh() {
   $("empty").hidden = data.results.length > 0;
 }
 
-async function summary() {
-  const response = await api(`/v1/customers/${encodeURIComponent(state.customer)}/entitlements`);
+async function summary(minEvent) {
+  const query = minEvent ? `?${consistent(minEvent).slice(1)}` : "";
+  const response = await api(
+    `/v1/customers/${encodeURIComponent(state.customer)}/entitlements${query}`);
   const el = $("summary");
-  if (response.status === 404) {
+  if (!response.ok && response.status !== 404 && response.status !== 409) return;
+  const e = response.status === 404 ? {} : await response.json();
+  if (!e.groups) { // unknown to the projection (404, or a 409 without an answer yet)
     state.groups = [];
     el.innerHTML = "";
     el.append(bold(state.customer), " has no subscriptions or purchases yet.");
     return;
   }
-  if (!response.ok) return;
-  const e = await response.json();
   state.groups = e.groups;
   el.innerHTML = "";
   el.append(bold(e.name || e.email || e.customer));
@@ -165,11 +174,51 @@ async function loadCustomers() {
   }
 }
 
+// The change stream of the shown customer. A new stream starts at the feed's current end;
+// its first `ready` event re-reads once (closing the gap between the first read and the
+// stream's start). An EventSource reconnects by itself with Last-Event-ID and loses nothing;
+// after an error status it gives up, so the page opens a new one from the last id it saw.
+let stream = null;
+let reconnect = null;
+function follow(after) {
+  if (stream) stream.close();
+  clearTimeout(reconnect);
+  const query = new URLSearchParams();
+  if (state.customer) query.set("customer", state.customer);
+  if (after) query.set("after", after);
+  const token = localStorage.getItem("entitled.token");
+  if (token) query.set("token", token); // an EventSource cannot send an Authorization header
+  const source = new EventSource(`/v1/changes/stream?${query}`);
+  let first = !after;
+  stream = source;
+  source.addEventListener("ready", async () => {
+    $("live").classList.remove("stale");
+    if (first) { first = false; await refresh(); }
+    document.body.dataset.stream = "ready"; // following (the tests wait for this)
+  });
+  source.addEventListener("change", (ev) => {
+    const change = JSON.parse(ev.data);
+    if (change.customer === state.customer) {
+      state.last = "";
+      refresh(change.event_id);
+    }
+  });
+  source.onerror = () => {
+    $("live").classList.add("stale");
+    document.body.dataset.stream = "reconnecting";
+    if (source.readyState === EventSource.CLOSED && stream === source) {
+      reconnect = setTimeout(() => follow(source.lastEventId || after), RECONNECT_MS);
+    }
+  };
+}
+
 let timer = null;
+let followed = null;
 function schedule() {
   clearTimeout(timer);
   state.last = "";
-  timer = setTimeout(refresh, 150);
+  timer = setTimeout(() => refresh(), 150);
+  if (state.customer !== followed) { followed = state.customer; follow(); }
   const url = new URL(location);
   url.searchParams.set("q", state.q);
   url.searchParams.set("customer", state.customer);
@@ -185,7 +234,8 @@ $("customer").addEventListener("change", () => {
   state.customer = $("customer").value.trim();
   schedule();
 });
+$("customer").addEventListener("focus", loadCustomers); // the picker's list, fresh when used
 refresh();
 loadCustomers();
-setInterval(refresh, POLL_MS);
-setInterval(loadCustomers, 10 * POLL_MS);
+followed = state.customer;
+follow();

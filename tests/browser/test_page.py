@@ -1,13 +1,15 @@
 """The WebFlicks page in Debian's chromium: Buy now turns into Watch now without a reload
-when a subscription arrives through the real ingest, worker and API."""
+when a subscription arrives through the real ingest, worker and API, announced over the
+change feed's Server-Sent Events stream (the page does not poll)."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
-from playwright.sync_api import Browser, expect, sync_playwright
+from playwright.sync_api import Browser, Route, expect, sync_playwright
 from system import System, system  # noqa: F401 (the fixture)
 
 from entitled.shell import stripe_events as se
@@ -51,19 +53,45 @@ def test_subscription_turns_buy_into_watch(
     assert system.post_event(se.event("customer.created", customer)).status_code == 200
 
     page = browser.new_page(viewport={"width": 1280, "height": 860})
+    streams: list[str] = []
+    page.on("request", lambda r: streams.append(r.url) if "/v1/changes/stream" in r.url else None)
     page.goto(f"{system.api_url}/?customer={customer['id']}&q=harrison+ford")
     star_wars = page.locator('[data-movie-id="29"] .cta')  # scifi + action
     expect(star_wars).to_have_text("Buy now", timeout=15_000)
+    # Following the stream, its first re-read done: from here on, reads come only from it.
+    expect(page.locator("body")).to_have_attribute("data-stream", "ready", timeout=15_000)
+    assert any(f"customer={customer['id']}" in url for url in streams), streams
     page.screenshot(path=str(tmp_path / "before.png"))
 
+    # From here on, a read of the customer's availability gets through only when it names,
+    # as min_event, one of the events posted below: an id the page can only have learnt from
+    # the stream's change event. Any other read (a poll) is refused and recorded, so the flip
+    # can only come over the stream.
+    ids: set[str] = set()
+    passed: list[str] = []
+    refused: list[str] = []
+
+    def gate(route: Route) -> None:
+        query = parse_qs(urlsplit(route.request.url).query)
+        if query.get("min_event", [""])[0] in ids:
+            passed.append(route.request.url)
+            route.continue_()
+        else:
+            refused.append(route.request.url)
+            route.abort()
+
+    page.route("**/v1/search?*", gate)
+    page.route("**/v1/customers**", gate)
     product = se.product(groups="action", name="Action package")
     price = se.price(product=product["id"])
     sub = se.subscription(customer=customer["id"], items=[(price["id"], product["id"])])
-    for evt in (
+    posted = [
         se.event("product.created", product),
         se.event("price.created", price),
         se.event("customer.subscription.created", sub),
-    ):
+    ]
+    ids.update(evt["id"] for evt in posted)
+    for evt in posted:
         response = system.post_event(evt)
         assert response.status_code == 200, response.text
 
@@ -71,3 +99,6 @@ def test_subscription_turns_buy_into_watch(
     expect(page.locator('[data-movie-id="25"] .cta')).to_have_text("Buy now")  # drama
     expect(page.locator("#summary")).to_contain_text("action", timeout=10_000)
     page.screenshot(path=str(tmp_path / "after.png"))
+
+    assert refused == [], refused
+    assert any(urlsplit(url).path == "/v1/search" for url in passed), passed
