@@ -295,10 +295,20 @@ def run(settings: Settings, opts: Options) -> int:
         env = child_environment(settings)
         logs = settings.home / "logs"
         _say(f"logs of the children in {logs}")
+        _say(
+            "hydrator: "
+            + (
+                f"reads the Stripe API at {settings.stripe_api_base or 'api.stripe.com'}"
+                if settings.stripe_api_key
+                else "idle, no STRIPE_API_KEY (events needing completion are counted)"
+            )
+        )
         for name, args in (
             ("ingest", ["ingest", "--port", str(ingest_port)]),
             ("worker", ["worker"]),
             ("relay", ["relay"]),
+            # idle without STRIPE_API_KEY: it counts what it would fetch and says so
+            ("hydrate", ["hydrate"]),
             ("api", ["api", "--port", str(api_port)]),
         ):
             child = Child(name, args, logs / f"{name}.log")
