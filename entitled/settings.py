@@ -23,6 +23,8 @@ class Settings:
 
     kafka_bootstrap_servers: str | None = None  # None: the local service of `entitled services`
     database_url: str | None = None  # None: the local service of `entitled services`
+    # Streaming replicas the read API reads from (round robin); empty: reads on the primary
+    read_database_urls: tuple[str, ...] = ()
     topic: str = "stripe.events"
     partitions: int = 8
     replication_factor: int = 1
@@ -60,6 +62,7 @@ class Settings:
         s = cls(
             kafka_bootstrap_servers=e.get("KAFKA_BOOTSTRAP_SERVERS") or None,
             database_url=e.get("DATABASE_URL") or None,
+            read_database_urls=_split(e.get("ENTITLED_READ_DATABASE_URL")),
             topic=e.get("ENTITLED_TOPIC") or base.topic,
             partitions=int(e.get("ENTITLED_PARTITIONS") or base.partitions),
             replication_factor=int(e.get("ENTITLED_REPLICATION_FACTOR") or 1),
