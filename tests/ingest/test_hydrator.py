@@ -9,10 +9,14 @@ from typing import Any
 
 import httpx
 import orjson
+import stripe
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from ingest_helpers import end_offsets, read_topic
+from localstripe_fixture import API_KEY as LOCALSTRIPE_KEY
 from stripe_mock_fixture import API_KEY
 from stripe_proxy import stripe_proxy
+from stripe_seed import CARD
+from tests.processes import Procs, environment, wait_until
 from thin_events import notification
 
 from entitled.settings import Settings
@@ -21,7 +25,6 @@ from entitled.shell.services._process import run_async
 from ingest.hydrator import group_of
 from ingest.snapshots import hydrate_id
 from tests.helpers import free_port
-from tests.processes import Procs, environment, wait_until
 from tests.processors.support import caught_up, entitlements, publish, query
 
 
@@ -256,3 +259,39 @@ async def _mock_object(base: str, path: str) -> dict[str, Any]:
     async with httpx.AsyncClient(base_url=base, auth=(API_KEY, "")) as client:
         found: dict[str, Any] = (await client.get(path)).json()
         return found
+
+
+def test_thin_notification_against_localstripe_older_shape(
+    settings: Settings, procs: Procs, localstripe: str
+) -> None:
+    """The stateful stand-in (pre-2025 shapes: `plan` on items): the hydrated snapshot is the
+    object as it is now, and the worker grants from it."""
+    client = stripe.StripeClient(LOCALSTRIPE_KEY, base_addresses={"api": localstripe})
+    product = client.v1.products.create(
+        params={"name": "Animated", "metadata": {"subscription_group": "animated"}}
+    )
+    plan = client.v1.plans.create(
+        params={"amount": 999, "currency": "usd", "interval": "month", "product": product.id}
+    )
+    card = client.v1.payment_methods.create(params={"type": "card", "card": CARD})
+    customer = client.v1.customers.create(
+        params={"payment_method": card.id, "invoice_settings": {"default_payment_method": card.id}}
+    )
+    sub = client.v1.subscriptions.create(
+        params={"customer": customer.id, "items": [{"plan": plan.id}]}
+    )
+    product_json = orjson.loads(client.raw_request("get", f"/v1/products/{product.id}").body)
+    publish(
+        settings,
+        [
+            se.event("product.created", product_json, created=product_json["created"]),
+            notification("v1.customer.subscription.created", sub.id, "subscription"),
+        ],
+    )
+    procs.spawn("worker")
+    _hydrator(procs, localstripe, key=LOCALSTRIPE_KEY)
+    want = {customer.id: (["animated"], [])}
+    wait_until(lambda: entitlements(settings) == want, 90, f"entitlements {want}", procs)
+    (_, event, key) = _hydrated(settings)[0]
+    assert key.decode() == customer.id
+    assert event["data"]["object"]["items"]["data"][0]["plan"]["id"] == plan.id
