@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+import re
 from pathlib import Path
 from types import FrameType
 
@@ -44,6 +46,20 @@ def migrate() -> None:
     click.echo(f"migrated: active projection schema {active}")
 
 
+class _HideQueryToken(logging.Filter):
+    """The access log shows each request's query string; `?token=` (the page, the event
+    stream: an EventSource cannot send headers) must not reach the log."""
+
+    _TOKEN = re.compile(r"([?&]token=)[^&\s]*")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple):
+            record.args = tuple(
+                self._TOKEN.sub(r"\1***", a) if isinstance(a, str) else a for a in record.args
+            )
+        return True
+
+
 @click.command()
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option("--port", default=8001, show_default=True, type=int, help="Port to listen on.")
@@ -63,6 +79,7 @@ def api(host: str, port: int, log_level: str) -> None:
     server = uvicorn.Server(
         uvicorn.Config(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=5)
     )
+    logging.getLogger("uvicorn.access").addFilter(_HideQueryToken())  # after uvicorn's config
     exit_server = server.handle_exit
 
     def handle_exit(sig: int, frame: FrameType | None) -> None:
