@@ -13,7 +13,7 @@ from typing import Any
 
 from entitled.settings import Settings
 from entitled.shell.services import _process as proc
-from entitled.shell.services import kafka, postgres
+from entitled.shell.services import kafka, postgres, replicas
 from entitled.shell.services.errors import ServicesError
 
 __all__ = [
@@ -22,13 +22,17 @@ __all__ = [
     "down",
     "endpoints",
     "prepare",
+    "replica_urls",
     "resolve",
     "start_kafka",
     "start_postgres",
+    "start_replica",
     "status",
     "stop_kafka",
     "stop_postgres",
+    "stop_replica",
     "up",
+    "up_replicas",
 ]
 
 
@@ -81,14 +85,45 @@ def _up(settings: Settings, *, brokers: int, fast: bool, want_kafka: bool, want_
             proc.save_state(settings.services_dir, state)
 
 
-def up(settings: Settings, *, brokers: int = 1, fast: bool = False) -> Endpoints:
-    """Start the local Kafka (`brokers` KRaft nodes) and PostgreSQL; idempotent.
+def up(settings: Settings, *, brokers: int = 1, fast: bool = False, replicas: int = 0) -> Endpoints:
+    """Start the local Kafka (`brokers` KRaft nodes) and PostgreSQL, and `replicas` streaming
+    replicas of it; idempotent.
 
     `fast` turns off fsync and friends: for throw-away test clusters only.
     """
     _up(settings, brokers=brokers, fast=fast, want_kafka=True, want_pg=True)
+    if replicas:
+        up_replicas(settings, replicas)
     state = proc.load_state(settings.services_dir)
     return Endpoints(kafka.bootstrap(state["kafka"]), postgres.url(state["postgres"]))
+
+
+def up_replicas(settings: Settings, count: int) -> tuple[str, ...]:
+    """Replicas 1..`count` of the local PostgreSQL running (the ones already there are
+    reused); their database URLs, for `ENTITLED_READ_DATABASE_URL`."""
+    with _lock(settings):
+        state = proc.load_state(settings.services_dir)
+        if "postgres" not in state or not postgres.running(state["postgres"]):
+            raise ServicesError(
+                "Replicas copy the local PostgreSQL, which is not running: "
+                "run `entitled services up` first."
+            )
+        current = state.get("postgres_replicas", [])
+        try:
+            state["postgres_replicas"] = replicas.ensure(
+                settings.services_dir, state["postgres"], current, count
+            )
+        finally:
+            if "postgres_replicas" not in state:
+                state["postgres_replicas"] = current
+            proc.save_state(settings.services_dir, state)
+        return tuple(replicas.url(r) for r in state["postgres_replicas"][:count])
+
+
+def replica_urls(settings: Settings) -> tuple[str, ...]:
+    """The database URLs of the recorded replicas (running or not)."""
+    state = proc.load_state(settings.services_dir)
+    return tuple(replicas.url(r) for r in state.get("postgres_replicas", []))
 
 
 def down(settings: Settings, *, wipe: bool = False) -> None:
@@ -98,6 +133,8 @@ def down(settings: Settings, *, wipe: bool = False) -> None:
         try:
             if "kafka" in state:
                 kafka.stop(state["kafka"], kill=wipe)
+            for replica in state.get("postgres_replicas", []):
+                replicas.stop(replica, kill=wipe)
             if "postgres" in state:
                 postgres.stop(state["postgres"], kill=wipe)
         finally:
@@ -116,6 +153,7 @@ def status(settings: Settings) -> dict[str, Any]:
         "jars_ready": kafka.jars_ready(settings),
         "kafka": None,
         "postgres": None,
+        "replicas": replicas.health(state.get("postgres"), state.get("postgres_replicas", [])),
     }
     if "kafka" in state:
         nodes = kafka.health(state["kafka"])
@@ -200,3 +238,37 @@ def stop_postgres(settings: Settings, *, kill: bool = False) -> None:
 def start_postgres(settings: Settings) -> None:
     """Start the local PostgreSQL again on its remembered port."""
     _on_existing(settings, "postgres", lambda state: postgres.start(settings, state))
+
+
+def _replica(state: dict[str, Any], index: int) -> dict[str, Any]:
+    for replica in state.get("postgres_replicas", []):
+        if replica["index"] == index:
+            return replica  # type: ignore[no-any-return]
+    raise ServicesError(f"No replica {index}; run `entitled services up --replicas {index}`.")
+
+
+def stop_replica(settings: Settings, index: int, *, kill: bool = False) -> None:
+    """Stop replica `index` (for fault tests); `start_replica` restarts it."""
+
+    def stop(state: dict[str, Any]) -> None:
+        replicas.stop(_replica(state, index), kill=kill)
+
+    _on_state(settings, stop)
+
+
+def start_replica(settings: Settings, index: int) -> None:
+    """Start replica `index` again on its remembered port; it resumes streaming."""
+
+    def start(state: dict[str, Any]) -> None:
+        replicas.start(state["postgres"], _replica(state, index))
+
+    _on_state(settings, start)
+
+
+def _on_state(settings: Settings, action: Callable[[dict[str, Any]], object]) -> None:
+    with _lock(settings):
+        state = proc.load_state(settings.services_dir)
+        try:
+            action(state)
+        finally:
+            proc.save_state(settings.services_dir, state)

@@ -38,14 +38,23 @@ def services() -> None:
 @services.command()
 @click.option("--brokers", default=1, show_default=True, help="KRaft nodes (1 or 3).")
 @click.option("--fast", is_flag=True, help="PostgreSQL without fsync: throw-away data only.")
+@click.option(
+    "--replicas",
+    default=0,
+    show_default=True,
+    type=click.IntRange(0, 8),
+    help="Streaming replicas (hot standbys) of PostgreSQL for the read API.",
+)
 @_friendly
-def up(brokers: int, fast: bool) -> None:
+def up(brokers: int, fast: bool, replicas: int) -> None:
     """Start Kafka and PostgreSQL (idempotent) and print where they answer."""
     settings = Settings.from_env()
     started = time.monotonic()
     endpoints = svc.up(settings, brokers=brokers, fast=fast)
     click.echo(f"KAFKA_BOOTSTRAP_SERVERS={endpoints.bootstrap}")
     click.echo(f"DATABASE_URL={endpoints.database_url}")
+    if replicas:
+        click.echo(f"ENTITLED_READ_DATABASE_URL={','.join(svc.up_replicas(settings, replicas))}")
     _print_status(svc.status(settings))
     click.echo(f"ready in {time.monotonic() - started:.1f} s")
 
@@ -54,7 +63,7 @@ def up(brokers: int, fast: bool) -> None:
 @click.option("--wipe", is_flag=True, help="Also delete the data, logs and state.")
 @_friendly
 def down(wipe: bool) -> None:
-    """Stop both services (by pid); with --wipe delete their data too."""
+    """Stop the services and replicas (by pid); with --wipe delete their data too."""
     settings = Settings.from_env()
     svc.down(settings, wipe=wipe)
     click.echo(f"stopped{' and wiped' if wipe else ''}: {settings.services_dir}")
@@ -110,3 +119,16 @@ def _print_status(report: dict[str, Any]) -> None:
             f"{' (fast, not durable)' if pg['fast'] else ''}\n"
             f"    data {pg['data_dir']}\n    log  {pg['log_file']}"
         )
+    for r in report["replicas"]:
+        click.echo(
+            f"  replica {r['index']}: {r['database_url']} pid {r['pid'] or '-'} "
+            f"{_health(r['healthy'])} streaming {r['streaming'] or '-'} "
+            f"lag {_figure(r['lag_bytes'], ' B')} {_figure(r['lag_seconds'], ' s')}\n"
+            f"    data {r['data_dir']}\n    log  {r['log_file']}"
+        )
+
+
+def _figure(value: float | None, unit: str) -> str:
+    if value is None:
+        return "?" + unit
+    return f"{value:.3f}{unit}" if isinstance(value, float) else f"{value}{unit}"

@@ -146,6 +146,11 @@ def _write_conf(state: PostgresState) -> None:
         "unix_socket_directories": f"'{state['socket_dir']}'",
         "max_connections": str(MAX_CONNECTIONS),
         "shared_buffers": "'128MB'",
+        # Streaming replicas (`entitled services up --replicas N`): these are PostgreSQL 15's
+        # defaults but for wal_keep_size, spelled out because the replicas depend on them.
+        "wal_level": "replica",
+        "max_wal_senders": "10",
+        "wal_keep_size": "'256MB'",
     }
     if state["fast"]:
         settings.update(FAST_SETTINGS)
