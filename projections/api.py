@@ -45,12 +45,13 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from entitled.settings import Settings
 from projections import api_feed, api_params, catalog, search
 from projections.api_errors import APIError, BadRequest, NotFound, ServiceUnavailable, Unauthorized
-from projections.api_http import POOL_TIMEOUT_S, json_response, pool
+from projections.api_http import POOL_TIMEOUT_S, json_response, pool, readers
 from projections.api_metrics import CONTENT_TYPE, APIMetrics
 from projections.api_min_event import read_after_event, respond
-from projections.api_pool import create_pool, read_url
+from projections.api_pool import create_pool, create_readers, read_url
 from projections.catalog import InvalidMovie
 from projections.metadata import groups_in, metadata_of, movies_in
+from projections.readers import Target
 from projections.watcher import Watcher
 
 log = logging.getLogger(__name__)
@@ -115,8 +116,12 @@ async def customer_entitlements(request: Request) -> Response:
 
 async def list_customers(request: Request) -> Response:
     limit = api_params.limit(request.query_params.get("limit"), 50, 500)
-    async with pool(request).connection(timeout=POOL_TIMEOUT_S) as conn:
-        found = await search.customers(conn, limit)
+
+    async def read(target: Target) -> list[search.Customer]:
+        async with target.connection() as conn:
+            return await search.customers(conn, limit)
+
+    found = await readers(request).run(read)
     return json_response(
         {"customers": [{"id": c.id, "name": c.name, "email": c.email} for c in found]}
     )
@@ -162,9 +167,13 @@ async def healthz(request: Request) -> Response:
 
 
 async def readyz(request: Request) -> Response:
+    # Ready when reads can be served: with replicas, also while the primary is down.
+    async def read(target: Target) -> bool:
+        async with target.pool.connection(timeout=2.0) as conn:
+            return await search.is_ready(conn)
+
     try:
-        async with pool(request).connection(timeout=2.0) as conn:
-            ready = await search.is_ready(conn)
+        ready = await readers(request).run(read)
     except (psycopg.Error, PoolTimeout) as exc:
         raise ServiceUnavailable(f"postgres unavailable: {type(exc).__name__}") from None
     if not ready:
@@ -292,7 +301,9 @@ def create_app(settings: Settings) -> Starlette:
     url = read_url(settings)
     db_pool = create_pool(url)
     watch = Watcher(url)
+    reads = create_readers(settings, db_pool, watch)
     api_metrics = APIMetrics(db_pool)
+    api_metrics.watch_readers(reads)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -300,8 +311,10 @@ def create_app(settings: Settings) -> Starlette:
         watch.start()
         try:
             await db_pool.wait(timeout=30.0)
+            await reads.open()
             yield
         finally:
+            await reads.close()
             await watch.stop()
             await db_pool.close()
 
@@ -337,6 +350,7 @@ def create_app(settings: Settings) -> Starlette:
     app.state.settings = settings
     app.state.pool = db_pool
     app.state.watcher = watch
+    app.state.readers = reads
     app.state.metrics = api_metrics
     app.add_middleware(_Timing, metrics=api_metrics)
     return app

@@ -14,9 +14,18 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from projections.api_metrics import APIMetrics
+from projections.readers import Readers, Target
 from projections.watcher import Signal, Watcher, wait
 
-__all__ = ["POOL_TIMEOUT_S", "json_response", "metrics", "pool", "wait_for_news", "watcher"]
+__all__ = [
+    "POOL_TIMEOUT_S",
+    "json_response",
+    "metrics",
+    "pool",
+    "readers",
+    "wait_for_news",
+    "watcher",
+]
 
 T = TypeVar("T")
 
@@ -37,6 +46,12 @@ def watcher(request: Request) -> Watcher:
     return w
 
 
+def readers(request: Request) -> Readers:
+    """Where reads go: the replicas in turn, or the primary (`projections.readers`)."""
+    r: Readers = request.app.state.readers
+    return r
+
+
 def metrics(request: Request) -> APIMetrics:
     m: APIMetrics = request.app.state.metrics
     return m
@@ -48,26 +63,27 @@ async def wait_for_news(
     kind: str,
     wait_s: float,
     check: Callable[[AsyncConnection[Any], bool], Awaitable[T | None]],
+    target: Target | None = None,
 ) -> T:
     """`check(conn, last)` until it returns something: at once, then each time `signal`
     fires (or the watcher's fallback interval passes). `last` is True on the final call
     (`wait_s` ran out, the server is shutting down, the client went): it must answer then.
 
     A pooled connection is held only for each `check`, never across the wait; `kind` labels
-    the request in the `entitled_api_waiting_requests` gauge.
+    the request in the `entitled_api_waiting_requests` gauge. With a `target` (a replica
+    the read goes to) its pool and watcher serve the checks, not the primary's.
     """
+    db = target.pool if target is not None else pool(request)
+    timeout = target.pool_timeout if target is not None else POOL_TIMEOUT_S
+    watch = target.watcher if target is not None else watcher(request)
     deadline = time.monotonic() + wait_s
     last = False
     with metrics(request).waiting.labels(kind).track_inprogress():
         while True:
             armed = signal.armed()
-            async with pool(request).connection(timeout=POOL_TIMEOUT_S) as conn:
+            async with db.connection(timeout=timeout) as conn:
                 found = await check(conn, last)
             if found is not None:
                 return found
-            await wait(armed, min(deadline - time.monotonic(), watcher(request).fallback_s))
-            last = (
-                time.monotonic() >= deadline
-                or watcher(request).ending
-                or await request.is_disconnected()
-            )
+            await wait(armed, min(deadline - time.monotonic(), watch.fallback_s))
+            last = time.monotonic() >= deadline or watch.ending or await request.is_disconnected()

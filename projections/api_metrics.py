@@ -10,9 +10,11 @@ from collections.abc import Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from psycopg_pool import AsyncConnectionPool
+
+from projections.readers import Readers
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -32,6 +34,54 @@ class _PoolCollector(Collector):
         for name, value in sorted(stats.items()):
             gauge.add_metric([name], float(value))
         yield gauge
+
+
+class _ReadersCollector(Collector):
+    """Reads by target, and each replica's health and replay lag (`projections.readers`)."""
+
+    def __init__(self, readers: Readers) -> None:
+        self.readers = readers
+
+    def collect(self) -> Iterator[Metric]:
+        reads = CounterMetricFamily(
+            "entitled_api_reads",
+            "Reads (search, entitlements, customers) served, by target (primary, replica-N).",
+            labels=["target"],
+        )
+        failovers = CounterMetricFamily(
+            "entitled_api_read_failovers",
+            "Reads that failed on a replica and went on to the next target.",
+            labels=["target"],
+        )
+        for t in self.readers.targets:
+            reads.add_metric([t.name], float(t.reads))
+            failovers.add_metric([t.name], float(t.failovers))
+        yield reads
+        yield failovers
+        labels = ["replica", "address"]
+        healthy = GaugeMetricFamily(
+            "entitled_api_replica_healthy", "1 while the replica passes its check.", labels=labels
+        )
+        seconds = GaugeMetricFamily(
+            "entitled_api_replica_lag_seconds",
+            "Replay lag of the replica in seconds (0 when it replayed all it received).",
+            labels=labels,
+        )
+        size = GaugeMetricFamily(
+            "entitled_api_replica_lag_bytes",
+            "WAL bytes the replica has not replayed (from the primary's current position).",
+            labels=labels,
+        )
+        for t in self.readers.replicas:
+            key = [t.name, t.address]
+            healthy.add_metric(key, 1.0 if t.healthy else 0.0)
+            if t.lag_seconds is not None:
+                seconds.add_metric(key, t.lag_seconds)
+            if t.lag_bytes is not None:
+                size.add_metric(key, float(t.lag_bytes))
+        yield healthy
+        yield seconds
+        yield size
 
 
 class APIMetrics:
@@ -65,6 +115,10 @@ class APIMetrics:
             ["outcome"],
             registry=self.registry,
         )
+
+    def watch_readers(self, readers: Readers) -> None:
+        """Report reads by target and the replicas' lag at scrape time."""
+        self.registry.register(_ReadersCollector(readers))
 
     def min_event(self, outcome: str) -> None:
         self.min_events.labels(outcome).inc()

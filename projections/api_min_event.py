@@ -10,10 +10,15 @@ waiting longer will not help, so that answer comes at once).
 Waiting is cheap: a pooled connection is held for one check (and the read) at a time, never
 across the wait; between checks the request sleeps on the process's `folded` signal
 (`projections.watcher`), which LISTEN and one shared poll fire.
+
+With replicas (`projections.readers`) the read and its wait run on one replica, with that
+replica's watcher: the event must be visible where the answer is read, not on the primary.
+A replica that fails meanwhile hands the rest of the same `wait` to the next target.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -23,6 +28,7 @@ from starlette.responses import Response
 
 from projections import api_http, api_params, feed
 from projections.feed import EventState
+from projections.readers import Target
 
 __all__ = ["DEFAULT_WAIT_S", "MAX_WAIT_S", "Outcome", "read_after_event", "respond"]
 
@@ -65,9 +71,15 @@ async def read_after_event(request: Request, read: Read[T]) -> tuple[T, Outcome]
     params = request.query_params
     event = api_params.event_id(params.get("min_event"))
     wait_s = api_params.seconds(params.get("wait"), "wait", DEFAULT_WAIT_S, MAX_WAIT_S)
+    readers = api_http.readers(request)
     if event is None:
-        async with api_http.pool(request).connection(timeout=api_http.POOL_TIMEOUT_S) as conn:
-            return await read(conn), Outcome(None, None)
+
+        async def plain(target: Target) -> tuple[T, Outcome]:
+            async with target.connection() as conn:
+                return await read(conn), Outcome(None, None)
+
+        return await readers.run(plain)
+    deadline = time.monotonic() + wait_s
 
     async def check(conn: AsyncConnection[Any], last: bool) -> tuple[T, EventState] | None:
         state = await feed.event_state(conn, event)
@@ -75,9 +87,12 @@ async def read_after_event(request: Request, read: Read[T]) -> tuple[T, Outcome]
             return None
         return await read(conn), state
 
-    answer, state = await api_http.wait_for_news(
-        request, api_http.watcher(request).folded, "min_event", wait_s, check
-    )
+    async def waited(target: Target) -> tuple[T, EventState]:
+        left = max(0.0, deadline - time.monotonic())
+        signal = target.watcher.folded
+        return await api_http.wait_for_news(request, signal, "min_event", left, check, target)
+
+    answer, state = await readers.run(waited)
     api_http.metrics(request).min_event(state.value)
     return answer, Outcome(event, state)
 

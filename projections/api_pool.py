@@ -1,7 +1,8 @@
-"""The read API's database: which URL it reads from, its one pool, and the pool's check.
+"""The read API's databases: the primary's URL, the pools, and the pools' check.
 
-`read_url` is the one place that decides where reads go; the pool and the change watcher
-(`projections.watcher`) both take it from here, so pointing reads at a replica is one edit.
+`read_url` is the primary (the catalogue, the change feed and refresh use it);
+`create_readers` adds one pool and one watcher per streaming replica of
+`ENTITLED_READ_DATABASE_URL`, which `projections.readers` serves the reads from.
 Reads never write: the read path works against a hot standby.
 """
 
@@ -14,8 +15,14 @@ from typing import Any
 from psycopg_pool import AsyncConnectionPool
 
 from entitled.settings import Settings
+from projections.readers import Readers, Target
+from projections.watcher import Watcher
 
-__all__ = ["CHECK_IDLE_S", "IdleCheck", "create_pool", "read_url"]
+__all__ = ["CHECK_IDLE_S", "IdleCheck", "create_pool", "create_readers", "read_url"]
+
+# A `min_event` read on a replica waits for its watcher's poll (NOTIFY does not reach
+# standbys): a tenth of a second bounds what the poll adds to read-your-writes.
+REPLICA_POLL_S = 0.1
 
 CHECK_IDLE_S = 1.0
 
@@ -48,7 +55,7 @@ class IdleCheck:
         self.returned[conn] = time.monotonic()
 
 
-def create_pool(url: str) -> AsyncConnectionPool[Any]:
+def create_pool(url: str, name: str = "entitled-api") -> AsyncConnectionPool[Any]:
     """The API's pool (not opened: the app's lifespan opens and closes it)."""
     idle = IdleCheck()
     return AsyncConnectionPool(
@@ -59,5 +66,24 @@ def create_pool(url: str) -> AsyncConnectionPool[Any]:
         check=idle.check,
         reset=idle.reset,
         kwargs={"autocommit": True},  # every statement stands alone: no BEGIN/COMMIT trips
-        name="entitled-api",
+        name=name,
     )
+
+
+def create_readers(
+    settings: Settings, primary_pool: AsyncConnectionPool[Any], primary_watcher: Watcher
+) -> Readers:
+    """The targets of the reads: the primary (the app's own pool and watcher) and one pool
+    and watcher per replica of `settings.read_database_urls` (opened by `Readers.open`)."""
+    primary = Target("primary", read_url(settings), primary_pool, primary_watcher, primary=True)
+    replicas = [
+        Target(
+            f"replica-{i}",
+            url,
+            create_pool(url, name=f"entitled-api-replica-{i}"),
+            Watcher(url, standby_poll_s=REPLICA_POLL_S),
+            primary=False,
+        )
+        for i, url in enumerate(settings.read_database_urls, 1)
+    ]
+    return Readers(primary, replicas)
