@@ -10,12 +10,15 @@ import logging
 from typing import Any
 
 import faust
+from faust.exceptions import ConsumerNotStarted
 from faust.types import TP
 
 from entitled.settings import Settings
 from projections.types import Message
 
 from . import http
+from .gauges import FoldGauges
+from .lag import HeadReader, received_at
 from .pool import make_pool
 from .runner import BatchRunner
 
@@ -64,7 +67,13 @@ def create_app(settings: Settings, bootstrap: str) -> faust.App:
         take = stream.take_events  # type: ignore[attr-defined]
         async for events in take(settings.batch_size, within=settings.batch_within_s):
             batch = [
-                Message(e.message.partition, e.message.offset, _key(e.message.key), e.value)
+                Message(
+                    e.message.partition,
+                    e.message.offset,
+                    _key(e.message.key),
+                    e.value,
+                    received_at(e.message.headers),
+                )
                 for e in events
             ]
             await runner.handle(batch, seek)
@@ -101,7 +110,32 @@ def create_app(settings: Settings, bootstrap: str) -> faust.App:
         async def serve_metrics() -> None:
             await http.serve(runner, port)
 
-        del serve_metrics
+        gauges = FoldGauges(
+            settings.topic,
+            pool,
+            runner.metrics,
+            runner.heads,
+            HeadReader(bootstrap, settings.topic),
+        )
+
+        @app.timer(interval=1.0)  # type: ignore[untyped-decorator]
+        async def refresh_gauges(*_: Any) -> None:
+            try:
+                try:
+                    assigned = app.consumer.assignment()
+                except ConsumerNotStarted:  # the first ticks of a starting worker
+                    return
+                tps = [tp for tp in assigned if tp.topic == settings.topic]
+                ends = await app.consumer.highwaters(*tps) if tps else {}
+                await gauges.refresh({tp.partition: end for tp, end in ends.items()})
+            except Exception:  # a gauge is not worth a crash; next tick tries again
+                log.warning("could not refresh the lag and dead-letter gauges", exc_info=True)
+
+        @app.on_before_shutdown.connect  # type: ignore[arg-type]
+        async def close_reader(sender: Any, **_: Any) -> None:
+            await gauges.reader.close()
+
+        del serve_metrics, refresh_gauges, close_reader
 
     @app.on_before_shutdown.connect  # type: ignore[arg-type]
     async def close_pool(sender: Any, **_: Any) -> None:

@@ -200,7 +200,7 @@ def _release(keys: tuple[str, ...], every: bool, *, skip: bool) -> None:
 @click.command()
 @click.option("--json", "as_json", is_flag=True)
 def status(as_json: bool) -> None:
-    """Active version, lag per partition, dead letters."""
+    """Active version, lag per partition (events, seconds), dead letters."""
     from .status import collect
 
     settings = resolved_settings()
@@ -210,10 +210,13 @@ def status(as_json: bool) -> None:
         return
     click.echo(f"active version: {info['active']}")
     click.echo(f"topic: {info['topic']}")
-    click.echo("partition  checkpoint  end  lag")
+    click.echo("partition  checkpoint  end  lag  lag_seconds")
     for p in info["partitions"]:
-        click.echo(f"{p['partition']:>9}  {p['checkpoint']:>10}  {p['end']:>3}  {p['lag']}")
-    click.echo(f"total lag: {info['lag']}")
+        click.echo(
+            f"{p['partition']:>9}  {p['checkpoint']:>10}  {p['end']:>3}  {p['lag']:>3}"
+            f"  {p['lag_seconds']:.1f}"
+        )
+    click.echo(f"total lag: {info['lag']} events, oldest unfolded {info['lag_seconds']:.1f} s")
     click.echo(f"dead letters: {info['dead_letters']}")
 
 

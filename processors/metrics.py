@@ -63,6 +63,46 @@ class WorkerMetrics:
             registry=r,
         )
 
+        self.lag_events = Gauge(
+            "entitled_worker_lag_events",
+            "Records of each partition this worker owns not folded yet (log end - checkpoint).",
+            ["partition"],
+            registry=r,
+        )
+        self.lag_seconds = Gauge(
+            "entitled_worker_lag_seconds",
+            "Age of the oldest record not folded yet, from its received-at header (0: caught"
+            " up), per partition this worker owns.",
+            ["partition"],
+            registry=r,
+        )
+        self.dead_letters = Gauge(
+            "entitled_worker_dead_letters",
+            "Open dead letters of the active version by state: poison events and the events"
+            " parked behind them.",
+            ["state"],
+            registry=r,
+        )
+        self.parked_customers = Gauge(
+            "entitled_worker_parked_customers",
+            "Customers held back by a poison event (their later events are parked).",
+            registry=r,
+        )
+        for state in ("poison", "parked"):
+            self.dead_letters.labels(state).set(0)
+        self._partitions: set[int] = set()
+
+    def set_lag(self, lag: dict[int, tuple[int, float]]) -> None:
+        """Lag per owned partition: (events, seconds); partitions no longer owned vanish (the
+        worker that owns them now reports them)."""
+        for p in self._partitions - lag.keys():
+            self.lag_events.remove(str(p))
+            self.lag_seconds.remove(str(p))
+        for p, (events, seconds) in lag.items():
+            self.lag_events.labels(str(p)).set(events)
+            self.lag_seconds.labels(str(p)).set(seconds)
+        self._partitions = set(lag)
+
     def count(self, result: ApplyResult) -> None:
         for outcome, n in (
             ("applied", result.applied),

@@ -32,6 +32,7 @@ from projections.store import ApplyResult, ProjectionStore
 from projections.types import Message
 
 from .errors import WriterStalled
+from .lag import HeadCache
 from .metrics import WorkerMetrics
 
 __all__ = ["BatchRunner", "SeekFn", "is_transient"]
@@ -79,6 +80,7 @@ class BatchRunner:
         self.expected = Expected()
         self.active: str | None = None  # the active version's schema, as last seen
         self.stalled: str | None = None  # why folding stopped, while it is stopped
+        self.heads = HeadCache()  # received-at of each batch's first records, for the lag
         # keys (customers) dead-lettered since the last event that applied, with the error type
         self._failing: dict[str, str] = {}
         self._opened = False
@@ -96,6 +98,7 @@ class BatchRunner:
             if not batch:
                 await self.reseek_stale(seek)
                 return None
+            self.heads.note(batch)
             self.metrics.batch_size.observe(len(batch))
             with self.metrics.txn_seconds.time():
                 result = await self.commit(batch)

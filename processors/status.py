@@ -1,7 +1,12 @@
-"""`entitled status`: the active version, lag per partition, dead letters."""
+"""`entitled status`: the active version, lag per partition (events and seconds), dead letters.
+
+Lag in seconds is the age of the oldest event not folded yet: the `received-at` header of the
+record at each partition's checkpoint, read from Kafka (`processors.lag`); 0 when caught up.
+"""
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import psycopg
@@ -11,6 +16,8 @@ from entitled.topics import end_offsets
 from projections import schema as db
 from projections.entitlements import Policy
 from projections.store import ProjectionStore
+
+from .lag import HeadReader, seconds_behind
 
 
 async def collect(settings: Settings) -> dict[str, Any]:
@@ -23,12 +30,22 @@ async def collect(settings: Settings) -> dict[str, Any]:
         _, checkpoints = await store.checkpoints(conn)
         letters = await store.dead_letters(conn)
     ends = await end_offsets(settings.kafka_bootstrap_servers, settings.topic)
+    behind = {p: checkpoints.get(p, 0) for p, end in ends.items() if end > checkpoints.get(p, 0)}
+    reader = HeadReader(settings.kafka_bootstrap_servers, settings.topic)
+    try:
+        heads = await reader.read(behind)
+    finally:
+        await reader.close()
+    now = time.time()
     partitions = [
         {
             "partition": p,
             "checkpoint": checkpoints.get(p, 0),
             "end": end,
             "lag": max(0, end - checkpoints.get(p, 0)),
+            "lag_seconds": round(
+                seconds_behind(heads.get(p), caught_up=p not in behind, now=now), 3
+            ),
         }
         for p, end in sorted(ends.items())
     ]
@@ -37,6 +54,7 @@ async def collect(settings: Settings) -> dict[str, Any]:
         "topic": settings.topic,
         "partitions": partitions,
         "lag": sum(p["lag"] for p in partitions),
+        "lag_seconds": max((p["lag_seconds"] for p in partitions), default=0.0),
         "dead_letters": len(letters),
         "parked_customers": sorted({r["key"] for r in letters}),
     }

@@ -25,6 +25,9 @@ class Message:
     offset: int
     key: str | None
     value: bytes
+    # Unix seconds of the record's `received-at` header, when the consumer read it: only the
+    # worker's lag gauge uses it; the writer never does.
+    received_at: float | None = None
 
     @property
     def position(self) -> Position:
