@@ -94,6 +94,8 @@ def child_environment(settings: Settings) -> dict[str, str]:
     )
     if settings.api_token:
         env["ENTITLED_API_TOKEN"] = settings.api_token
+    if settings.read_database_urls:
+        env["ENTITLED_READ_DATABASE_URL"] = ",".join(settings.read_database_urls)
     return env
 
 
@@ -136,6 +138,18 @@ def _start_services(settings: Settings) -> Settings:
     return dataclasses.replace(
         settings, kafka_bootstrap_servers=ep.bootstrap, database_url=ep.database_url
     )
+
+
+def _start_replicas(settings: Settings, count: int, local: bool) -> Settings:
+    """`count` streaming replicas of the local PostgreSQL, for the read API."""
+    if settings.read_database_urls:
+        raise DevError("--replicas and ENTITLED_READ_DATABASE_URL exclude each other")
+    if not local:
+        raise DevError("--replicas copies the local PostgreSQL: unset DATABASE_URL")
+    _say(f"starting {count} streaming replica(s) of the local PostgreSQL")
+    urls = svc.up_replicas(settings, count)
+    _say(f"the read API reads from {', '.join(urls)}")
+    return dataclasses.replace(settings, read_database_urls=urls)
 
 
 async def _prepare(settings: Settings) -> tuple[str, int]:
@@ -254,6 +268,7 @@ class Options:
     keep_services: bool
     wipe: bool
     timeout_s: float
+    replicas: int = 0
 
 
 def run(settings: Settings, opts: Options) -> int:
@@ -287,6 +302,8 @@ def run(settings: Settings, opts: Options) -> int:
     code = 1
     try:
         settings = _start_services(settings)
+        if opts.replicas:
+            settings = _start_replicas(settings, opts.replicas, "postgres" in wanted)
         active, loaded = asyncio.run(_prepare(settings))
         _say(
             f"topic {settings.topic}; schema {active}; demo catalogue: "
@@ -366,6 +383,10 @@ def _shutdown(settings: Settings, children: Children, ours: set[str], keep: bool
 def _stop_services(settings: Settings, ours: set[str], code: int) -> int:
     report = svc.status(settings)  # a service that never got created has nothing to stop
     stop = {"kafka": svc.stop_kafka, "postgres": svc.stop_postgres}
+    if "postgres" in ours:  # its replicas go with it (they are started by `--replicas` only)
+        for replica in report["replicas"]:
+            with contextlib.suppress(svc.ServicesError, OSError):
+                svc.stop_replica(settings, replica["index"])
     for name in sorted(ours):
         if report[name] is None:
             continue
@@ -387,6 +408,13 @@ def _stop_services(settings: Settings, ours: set[str], code: int) -> int:
 @click.option(
     "--timeout", "timeout_s", default=120.0, show_default=True, help="Seconds to wait for startup."
 )
+@click.option(
+    "--replicas",
+    default=0,
+    show_default=True,
+    type=click.IntRange(0, 8),
+    help="Streaming replicas of the local PostgreSQL that the read API reads from.",
+)
 def dev(
     ingest_port: int,
     api_port: int,
@@ -394,10 +422,11 @@ def dev(
     keep_services: bool,
     wipe: bool,
     timeout_s: float,
+    replicas: int,
 ) -> None:
     """Run ingest, worker and api locally with demo data, until Ctrl-C."""
     settings = Settings.from_env()
-    opts = Options(ingest_port, api_port, follow, keep_services, wipe, timeout_s)
+    opts = Options(ingest_port, api_port, follow, keep_services, wipe, timeout_s, replicas)
     try:
         with _single_instance(settings.home):
             code = run(settings, opts)
