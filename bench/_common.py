@@ -194,17 +194,7 @@ async def end_offsets(settings: Settings) -> dict[int, int]:
 
 def environment(settings: Settings, **extra: str) -> dict[str, str]:
     """The environment an `entitled` command needs to use the bench's services."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("ENTITLED_", "STRIPE_"))}
-    env.update(
-        KAFKA_BOOTSTRAP_SERVERS=settings.kafka_bootstrap_servers or "",
-        DATABASE_URL=settings.database_url or "",
-        ENTITLED_TOPIC=settings.topic,
-        ENTITLED_PARTITIONS=str(settings.partitions),
-        ENTITLED_HOME=str(settings.home),
-        ENTITLED_CONSUMER_GROUP=settings.consumer_group,
-        STRIPE_WEBHOOK_SECRET=",".join(settings.webhook_secrets),
-        PYTHONUNBUFFERED="1",
-    )
+    env = settings.child_env(os.environ)
     env.update(extra)
     return env
 

@@ -91,6 +91,23 @@ class Settings:
         clean = {k: v for k, v in overrides.items() if v is not None}
         return replace(s, **clean) if clean else s  # type: ignore[arg-type]
 
+    def child_env(self, base: Mapping[str, str]) -> dict[str, str]:
+        """The environment of an `entitled` child process that is to use these settings'
+        services, topic, home, consumer group and secrets: `base` without its own
+        `ENTITLED_*` / `STRIPE_*` variables (they would win over these), plus those."""
+        env = {k: v for k, v in base.items() if not k.startswith(("ENTITLED_", "STRIPE_"))}
+        env.update(
+            KAFKA_BOOTSTRAP_SERVERS=self.kafka_bootstrap_servers or "",
+            DATABASE_URL=self.database_url or "",
+            ENTITLED_TOPIC=self.topic,
+            ENTITLED_PARTITIONS=str(self.partitions),
+            ENTITLED_HOME=str(self.home),
+            ENTITLED_CONSUMER_GROUP=self.consumer_group,
+            STRIPE_WEBHOOK_SECRET=",".join(self.webhook_secrets),
+            PYTHONUNBUFFERED="1",
+        )
+        return env
+
     @property
     def services_dir(self) -> Path:
         """Data directories, logs and pid files of the local Kafka and Postgres."""

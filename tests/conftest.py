@@ -11,32 +11,29 @@ from __future__ import annotations
 import os
 import shutil
 import stat
-import sys
 import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
-# pytest puts this directory on sys.path, where `tests/entitled/` (no __init__.py) would be
-# taken for a namespace package `entitled` and hide the real one, which the editable install
-# only offers after every sys.path entry. The repository root first keeps the real one.
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 import psycopg
 import pytest
-
-# Fixtures defined in their own modules, offered to every test from here.
-from localstripe_fixture import localstripe  # noqa: F401
 from psycopg import sql
-from stripe_mock_fixture import stripe_mock  # noqa: F401
 
 from entitled.settings import Settings
 from entitled.shell import services as svc
 from entitled.shell.services import Endpoints, ServicesError
 from entitled.shell.services._process import run_async
 from entitled.topics import ensure_event_topic
-from tests.processes import Procs
+
+# Fixtures defined in their own modules, offered to every test from here. The repository
+# root is on sys.path (pytest's `pythonpath = ["."]`), so `tests.support` is importable by
+# that name; the real `entitled` package there also wins over `tests/entitled/`, which,
+# having no __init__.py, is only a namespace portion.
+from tests.support.localstripe import localstripe  # noqa: F401
+from tests.support.processes import Procs
+from tests.support.stripe_mock import stripe_mock  # noqa: F401
 
 WEBHOOK_SECRET = "whsec_test_secret"
 

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-import stripe_mock_fixture
+
+import tests.support.stripe_mock as stripe_mock_fixture
 
 
 def test_stripe_mock_answers_current_shape_objects(stripe_mock: str) -> None:

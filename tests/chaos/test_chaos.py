@@ -31,15 +31,12 @@ from entitled.settings import Settings
 from entitled.shell import services as svc
 from entitled.shell.workload import Workload
 from ingest.keys import routing_key
-from tests.processes import Procs, wait_until
-from tests.reliability_support import (
-    Poster,
-    SearchLoop,
-    audit,
-    caught_up,
-    sql_rows,
-    start_system,
-)
+from tests.support.audit import audit
+from tests.support.db import caught_up, query
+from tests.support.load import Poster, SearchLoop
+from tests.support.polling import wait_until
+from tests.support.processes import Procs
+from tests.support.system import start_system
 
 SECRET = "whsec_test_secret"
 DOWN_S = 3.0  # how long a stopped service stays down
@@ -75,9 +72,7 @@ def _schedule(rng: random.Random, span_s: float) -> list[Fault]:
 def _last_commit(settings: Settings) -> float:
     """Seconds since the epoch of the latest checkpoint write (0 if unreadable)."""
     try:
-        rows = sql_rows(
-            settings, "SELECT extract(epoch FROM max(updated_at)) FROM live.checkpoints"
-        )
+        rows = query(settings, "SELECT extract(epoch FROM max(updated_at)) FROM live.checkpoints")
         return float(rows[0][0] or 0)
     except Exception:
         return 0.0
@@ -114,13 +109,13 @@ def test_chaos(settings: Settings, services_settings: Settings, procs: Procs) ->
     events = list(itertools.islice(Workload(customers=n_events // 3 + 10).events(), n_events))
     customers = sorted({routing_key(e) for e in events if routing_key(e).startswith("cus_")})
     system = start_system(procs, ENTITLED_BATCH_SIZE="200")
-    worker = system["workers"][0]
-    api_url = system["api_url"]
+    worker = system.workers[0]
+    api_url = system.api_url
     faults = _schedule(rng, 0.85 * n_events / rate)
     worker_exits: list[str] = []
     api_exits = 0
 
-    poster = Poster(system["ingest_urls"], events, SECRET, rate).start()
+    poster = Poster(system.ingest_urls, events, SECRET, rate).start()
     searches = SearchLoop(api_url, customers[:500], rate=10).start()
     t0 = time.monotonic()
     try:
@@ -129,12 +124,12 @@ def test_chaos(settings: Settings, services_settings: Settings, procs: Procs) ->
                 time.sleep(0.05)
             if not worker.alive:  # it died by itself since the last fault: a finding
                 worker_exits.append(f"before {fault.kind} at {fault.at_s}s:\n{worker.tail(30)}")
-                worker = procs.spawn("worker", **system["env"])
+                worker = system.add_worker()
             fault.began = time.monotonic()
             wall = time.time()
             if fault.kind == "worker_kill":
                 worker.kill()
-                worker = procs.spawn("worker", **system["env"])
+                worker = system.add_worker()
                 fault.ended = time.monotonic()
                 fault.recovery_s["worker"] = _time_until(
                     lambda w=wall: _worker_back(settings, w), 90
@@ -146,7 +141,7 @@ def test_chaos(settings: Settings, services_settings: Settings, procs: Procs) ->
                 finally:
                     svc.start_kafka(services_settings)
                 fault.ended = time.monotonic()
-                ingest = system["ingest_urls"][0]
+                ingest = system.ingest_urls[0]
                 fault.recovery_s["ingest_ready"] = _time_until(
                     lambda u=ingest: httpx.get(f"{u}/readyz", timeout=3).status_code == 200, 90
                 )
@@ -169,7 +164,7 @@ def test_chaos(settings: Settings, services_settings: Settings, procs: Procs) ->
                 fault.recovery_s["worker"] = _time_until(
                     lambda w=wall + DOWN_S: _worker_back(settings, w), 120
                 )
-            if not system["api"].alive:
+            if not system.api.alive:
                 api_exits += 1
     finally:
         # Whatever happened, the session services must be up for the next tests.
@@ -179,7 +174,7 @@ def test_chaos(settings: Settings, services_settings: Settings, procs: Procs) ->
     poster.join(timeout=max(600.0, 3 * n_events / rate))
     if not worker.alive:
         worker_exits.append(f"after the faults:\n{worker.tail(30)}")
-        worker = procs.spawn("worker", **system["env"])
+        worker = system.add_worker()
     wait_until(lambda: caught_up(settings), 300, "the worker to reach the log end", procs)
     # The API must have recovered by itself: a few more searches after everything.
     wait_until(lambda: _search_ok(api_url), 30, "the api to answer searches again", procs)

@@ -15,8 +15,11 @@ import time
 from entitled.settings import Settings
 from entitled.shell import services as svc
 from entitled.shell.workload import Workload
-from tests.processes import Procs, wait_until
-from tests.reliability_support import Poster, log_records, start_system
+from tests.support.kafka import log_records
+from tests.support.load import Poster
+from tests.support.polling import wait_until
+from tests.support.processes import Procs
+from tests.support.system import start_system
 
 SECRET = "whsec_test_secret"
 
@@ -26,7 +29,7 @@ def test_ingest_answers_200_again_after_a_kafka_restart(
 ) -> None:
     events = list(itertools.islice(Workload(customers=600, seed=11).events(), 2000))
     system = start_system(procs, workers=0, api=False)
-    poster = Poster(system["ingest_urls"], events, SECRET, rate=100, overall_s=90).start()
+    poster = Poster(system.ingest_urls, events, SECRET, rate=100, overall_s=90).start()
     wait_until(lambda: len(poster.acked) > 300, 60, "the first 300 acks", procs)
     svc.stop_kafka(services_settings)
     try:
@@ -48,9 +51,9 @@ def test_ingest_answers_200_again_after_a_kafka_restart(
     assert poster.statuses.get("503", 0) > 0, "the fault did not happen under load"
     assert first_after is not None and first_after - back < 30, (
         f"no 200 within 30 s of the broker's return; statuses {dict(poster.statuses)}\n"
-        f"{system['ingest'][0].tail(20)}"
+        f"{system.ingests[0].tail(20)}"
     )
     assert not poster.gave_up, (
         f"{len(poster.gave_up)} of {len(events)} events never got a 200 after the restart; "
-        f"statuses {dict(poster.statuses)}\n{system['ingest'][0].tail(20)}"
+        f"statuses {dict(poster.statuses)}\n{system.ingests[0].tail(20)}"
     )

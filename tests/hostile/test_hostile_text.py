@@ -21,7 +21,6 @@ from tests.hostile.hostile_text import (
     movie,
     product_id,
 )
-from tests.processes import Procs
 from tests.processors.corpus_events import Sample
 from tests.processors.corpus_run import (
     catch_up_report,
@@ -29,7 +28,9 @@ from tests.processors.corpus_run import (
     granted,
     post_all,
 )
-from tests.reliability_support import sql_rows, start_system
+from tests.support.db import query
+from tests.support.processes import Procs
+from tests.support.system import start_system
 
 NORMAL_GROUP = "normal"
 BYSTANDERS = 16  # two per partition on average: every partition has normal traffic too
@@ -38,7 +39,7 @@ BYSTANDERS = 16  # two per partition on average: every partition has normal traf
 def test_hostile_text_in_every_field_stalls_nothing_and_parks_nobody(
     settings: Settings, procs: Procs
 ) -> None:
-    url = start_system(procs, api=False)["ingest_urls"][0]
+    url = start_system(procs, api=False).ingest_url
     secret = settings.webhook_secrets[0]
     created = int(time.time()) - 600
     kinds_of: dict[str, Kind] = {}
@@ -99,7 +100,7 @@ def test_hostile_text_in_every_field_stalls_nothing_and_parks_nobody(
             continue
         want = kind.text.replace("\x00", "")
         for table, row_id in (("customers", customer_id(kind)), ("products", product_id(kind))):
-            rows = sql_rows(
+            rows = query(
                 settings, f"SELECT record->>'name' FROM live.{table} WHERE id = %s", row_id
             )
             if rows != [(want,)]:

@@ -30,8 +30,8 @@ from entitled.shell.services._process import run_async
 from entitled.topics import end_offsets
 from ingest.app import create_app
 from tests.hostile.hostile_requests import MAX_BODY, SECRET, Hostile, hostile
-from tests.processes import Procs
-from tests.reliability_support import start_system
+from tests.support.processes import Procs
+from tests.support.system import start_system
 
 T = TypeVar("T")
 PER_EXAMPLE = 10
@@ -198,7 +198,7 @@ RAW_ABUSE = [
 
 def test_hostile_sample_over_real_http(settings: Settings, procs: Procs, tmp_path: Path) -> None:
     system = start_system(procs, workers=0, api=False, ENTITLED_MAX_BODY_BYTES=str(MAX_BODY))
-    url = system["ingest_urls"][0]
+    url = system.ingest_urls[0]
     port = int(url.rsplit(":", 1)[1])
     before = _ends(settings)
     seen: Counter[int] = Counter()
@@ -240,7 +240,7 @@ def test_hostile_sample_over_real_http(settings: Settings, procs: Procs, tmp_pat
             _raw(port, payload, close_early=True)
         assert client.get("/healthz").status_code == 200
     assert sum(seen.values()) >= 250, seen
-    assert system["ingest"][0].alive
+    assert system.ingests[0].alive
     assert _ends(settings) == before
-    log = system["ingest"][0].log.read_text(errors="replace")
+    log = system.ingests[0].log.read_text(errors="replace")
     assert SECRET not in log

@@ -14,9 +14,10 @@ import pytest
 
 from entitled.settings import Settings
 from entitled.shell import stripe_events as se
-from tests.helpers import free_port
-from tests.processes import Procs, wait_until
-from tests.reliability_support import ready
+from tests.support.polling import wait_until
+from tests.support.ports import free_port
+from tests.support.processes import Procs
+from tests.support.system import ready
 
 WEBHOOK_SECRET = "whsec_test_secret"
 API_TOKEN = "tok_never_show_me_4c1d"

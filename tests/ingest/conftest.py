@@ -6,9 +6,9 @@ from collections.abc import AsyncIterator
 from dataclasses import replace
 
 import pytest
-from ingest_helpers import Running, running
 
 from entitled.settings import Settings
+from tests.support.serve import Running, running
 
 
 @pytest.fixture

@@ -7,13 +7,14 @@ from pathlib import Path
 
 import httpx
 from click.testing import CliRunner
-from helpers import async_wait_for, free_port
-from ingest_helpers import read_topic
-from processes import Proc, environment
 
 from entitled.settings import Settings
 from entitled.shell import stripe_events as se
 from entitled.shell.cli import main
+from tests.support.kafka import read_topic
+from tests.support.polling import async_wait_until
+from tests.support.ports import free_port
+from tests.support.processes import Proc, environment
 
 
 def test_ingest_refuses_to_start_without_a_secret() -> None:
@@ -42,7 +43,7 @@ async def test_ingest_command_serves_and_takes_a_body_at_the_limit(
                 except httpx.TransportError:
                     return False
 
-            await async_wait_for(ready, 60, "entitled ingest to be ready")
+            await async_wait_until(ready, 60, "entitled ingest to be ready")
             product = se.product(metadata={"pad": ""})
             evt = se.event("product.updated", product)
             padding = own.max_body_bytes - len(se.encode(evt))

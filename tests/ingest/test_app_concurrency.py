@@ -6,9 +6,10 @@ import asyncio
 from collections import Counter
 
 import httpx
-from ingest_helpers import Running, read_topic
 
 from entitled.shell import stripe_events as se
+from tests.support.kafka import read_topic
+from tests.support.serve import Running
 
 N = 300
 

@@ -11,12 +11,13 @@ import time
 from dataclasses import replace
 
 import httpx
-from helpers import async_wait_for
-from ingest_helpers import read_topic, running
 
 from entitled.settings import Settings
 from entitled.shell import services
 from entitled.shell import stripe_events as se
+from tests.support.kafka import read_topic
+from tests.support.polling import async_wait_until
+from tests.support.serve import running
 
 SECRET = "whsec_test_secret"
 
@@ -88,7 +89,7 @@ async def test_broker_down_gives_503_then_recovers(
                 for line in text.splitlines()
             )
 
-        await async_wait_for(late_outcome_known, 30, "the late outcome of the 503 write")
+        await async_wait_until(late_outcome_known, 30, "the late outcome of the 503 write")
 
     records = await read_topic(settings)
     logged = {dict(r.headers)["stripe-event-id"].decode() for r in records}

@@ -6,10 +6,11 @@ from typing import Any
 
 import httpx
 import orjson
-from ingest_helpers import Running, end_offsets, read_topic
-from thin_events import notification
 
 from entitled.shell import stripe_events as se
+from tests.ingest.thin_events import notification
+from tests.support.kafka import end_offsets, read_topic
+from tests.support.serve import Running
 
 SECRET = "whsec_test_secret"
 

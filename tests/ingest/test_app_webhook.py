@@ -10,11 +10,12 @@ from typing import Any
 
 import httpx
 import orjson
-from ingest_helpers import Running, end_offsets, read_topic, running
 
 from entitled.settings import Settings
 from entitled.shell import stripe_events as se
 from ingest.app import create_app
+from tests.support.kafka import end_offsets, read_topic
+from tests.support.serve import Running, running
 
 SECRET = "whsec_test_secret"
 

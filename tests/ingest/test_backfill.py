@@ -9,15 +9,15 @@ from dataclasses import replace
 
 import orjson
 import pytest
-from ingest_helpers import read_topic
-from localstripe_fixture import API_KEY
-from localstripe_fixture import localstripe as localstripe
-from stripe_seed import LOCALSTRIPE_LISTS, Seeded, seed
 
 from entitled.settings import Settings
 from ingest.backfill import backfill
 from ingest.cursors import CursorStore
 from ingest.stripe_api import StripeApi
+from tests.ingest.stripe_seed import LOCALSTRIPE_LISTS, Seeded, seed
+from tests.support.kafka import read_topic
+from tests.support.localstripe import API_KEY
+from tests.support.localstripe import localstripe as localstripe
 
 
 @pytest.fixture

@@ -13,12 +13,14 @@ from typing import Any
 
 import orjson
 import stripe
-from localstripe_fixture import API_KEY
 
 from entitled.settings import Settings
 from entitled.shell import stripe_events as se
-from tests.processes import Procs, wait_until
-from tests.processors.support import caught_up, entitlements, publish
+from tests.support.db import caught_up, entitlements
+from tests.support.kafka import publish
+from tests.support.localstripe import API_KEY
+from tests.support.polling import wait_until
+from tests.support.processes import Procs
 
 _GOOD_CARD: dict[str, Any] = {
     "number": "4242424242424242",

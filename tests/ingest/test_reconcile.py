@@ -9,16 +9,16 @@ from dataclasses import replace
 import httpx
 import orjson
 import pytest
-from ingest_helpers import read_topic
-from localstripe_fixture import API_KEY
-from localstripe_fixture import localstripe as localstripe
-from stripe_seed import seed
 
 from entitled.settings import Settings
 from entitled.topics import ensure_event_topic
 from ingest.keys import event_headers, routing_key
 from ingest.producer import EventProducer
 from ingest.reconcile import parse_since, reconcile
+from tests.ingest.stripe_seed import seed
+from tests.support.kafka import read_topic
+from tests.support.localstripe import API_KEY
+from tests.support.localstripe import localstripe as localstripe
 
 
 @pytest.fixture

@@ -19,10 +19,11 @@ import httpx
 from entitled.settings import Settings
 from entitled.shell import stripe_events as se
 from ingest.keys import routing_key
-from tests.helpers import wait_for
-from tests.processes import Procs
 from tests.processors.corpus_events import Sample
-from tests.reliability_support import caught_up, sql_rows, start_system
+from tests.support.db import caught_up, query
+from tests.support.polling import wait_until
+from tests.support.processes import Procs
+from tests.support.system import start_system
 
 CATCH_UP_S = 45.0
 CHECK_GROUP = "corpus-check"
@@ -84,7 +85,7 @@ def normal_events(customers: Sequence[str]) -> list[Mapping[str, Any]]:
 
 def granted(settings: Settings) -> dict[str, tuple[list[str], list[str]]]:
     """customer -> (groups, movie ids) from the live view."""
-    rows = sql_rows(settings, "SELECT customer, groups, movie_ids FROM live.customer_entitlements")
+    rows = query(settings, "SELECT customer, groups, movie_ids FROM live.customer_entitlements")
     return {c: (list(g), list(m)) for c, g, m in rows}
 
 
@@ -94,7 +95,7 @@ def lag_report(settings: Settings) -> str:
 
     ends = run_async(lambda: end_offsets(settings.kafka_bootstrap_servers or "", settings.topic))
     cps = dict(
-        sql_rows(
+        query(
             settings,
             "SELECT partition, next_offset FROM live.checkpoints WHERE topic = %s",
             settings.topic,
@@ -116,7 +117,7 @@ def worker_errors(procs: Procs, lines: int = 25) -> str:
 def catch_up_report(procs: Procs, settings: Settings, timeout: float = CATCH_UP_S) -> str:
     """ "" when every partition's checkpoint reaches the log end in time, else what lags."""
     try:
-        wait_for(lambda: caught_up(settings), timeout, "every partition's checkpoint")
+        wait_until(lambda: caught_up(settings), timeout, "every partition's checkpoint")
     except AssertionError:
         return (
             f"the worker did not reach the log end within {timeout:.0f} s "
@@ -129,7 +130,7 @@ def dead_letter_report(
     settings: Settings, allowed: Mapping[str, str], names: Mapping[str, str]
 ) -> str:
     """The dead letters whose event is not in `allowed`, one line each ("" when none)."""
-    letters = sql_rows(
+    letters = query(
         settings,
         "SELECT event_id, event_type, state, key, error FROM live.dead_letters ORDER BY id",
     )
@@ -154,7 +155,7 @@ def run_corpus(
     (and `extra_customers`), and return every problem seen."""
     outcome = Outcome()
     system = start_system(procs, api=False)
-    url = system["ingest_urls"][0]
+    url = system.ingest_url
     secret = settings.webhook_secrets[0]
 
     refused = post_all(url, secret, samples)

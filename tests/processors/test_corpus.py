@@ -7,16 +7,15 @@ from __future__ import annotations
 
 import time
 
-from stripe_mock_fixture import API_KEY
-
 from entitled.settings import Settings
-from tests.processes import Procs
 from tests.processors.corpus_events import (
     distinct_ids,
     fixtures3_corpus,
     stripe_mock_corpus,
 )
 from tests.processors.corpus_run import run_corpus
+from tests.support.processes import Procs
+from tests.support.stripe_mock import API_KEY
 
 # event id -> why its fold rule genuinely fails on it. Empty: no real payload may poison.
 ALLOWED_DEAD_LETTERS: dict[str, str] = {}

@@ -15,8 +15,10 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from entitled.settings import Settings
 from entitled.shell.services._process import run_async
 from entitled.shell.workload import Workload
-from tests.processes import Procs, wait_until
-from tests.processors.support import caught_up, publish, query
+from tests.support.db import caught_up, query
+from tests.support.kafka import publish
+from tests.support.polling import wait_until
+from tests.support.processes import Procs
 
 
 def _consume(settings: Settings, topic: str) -> list[dict[str, Any]]:

@@ -11,9 +11,11 @@ import httpx
 
 from entitled.settings import Settings
 from entitled.shell import stripe_events as se
-from tests.helpers import free_port
-from tests.processes import Procs, wait_until
-from tests.processors.support import caught_up, entitlements, publish, query
+from tests.support.db import caught_up, entitlements, query
+from tests.support.kafka import publish
+from tests.support.polling import wait_until
+from tests.support.ports import free_port
+from tests.support.processes import Procs
 
 BUGGY = {"ENTITLED_RULE_PLUGINS": "tests.processors.buggy_rules"}
 

@@ -13,8 +13,10 @@ from typing import Any
 
 from entitled.settings import Settings
 from entitled.shell import stripe_events as se
-from tests.processes import Procs, wait_until
-from tests.processors.support import caught_up, entitlements, publish, query
+from tests.support.db import caught_up, entitlements, query
+from tests.support.kafka import publish
+from tests.support.polling import wait_until
+from tests.support.processes import Procs
 
 POISON = {"ENTITLED_RULE_PLUGINS": "tests.processors.poison_rules"}
 MIRRORED = ("products", "prices", "customers", "subscriptions", "purchases", "charges", "refunds")

@@ -29,8 +29,8 @@ from entitled.shell import stripe_events as se
 from entitled.shell.services._process import run_async
 from ingest.keys import event_headers, routing_key
 from processors.rebuild import partition_of
-from tests.processes import Procs
-from tests.processors.support import query
+from tests.support.db import query
+from tests.support.processes import Procs
 
 OBJECTS = 40_000
 PARTITIONS = 8  # the `topic` fixture's

@@ -7,8 +7,10 @@ import json
 
 from entitled.settings import Settings
 from entitled.shell import stripe_events as se
-from tests.processes import Procs, wait_until
-from tests.processors.support import caught_up, entitlements, publish, query
+from tests.support.db import caught_up, entitlements, query
+from tests.support.kafka import publish
+from tests.support.polling import wait_until
+from tests.support.processes import Procs
 
 
 def test_events_fold_into_entitlements_in_both_api_shapes(settings: Settings, procs: Procs) -> None:

@@ -7,8 +7,10 @@ from entitled.shell import services as svc
 from entitled.shell.services._process import run_async
 from entitled.shell.workload import Workload
 from processors.replay import replay
-from tests.processes import Procs, wait_until
-from tests.processors.support import caught_up, publish, query
+from tests.support.db import caught_up, query
+from tests.support.kafka import publish
+from tests.support.polling import wait_until
+from tests.support.processes import Procs
 
 
 def _applied(settings: Settings) -> int:

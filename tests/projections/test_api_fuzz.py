@@ -7,11 +7,11 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
-from api_support import entitle, load_catalog, migrate, running_api
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from entitled.settings import Settings
+from tests.projections.api_support import entitle, load_catalog, migrate, running_api
 
 TSQUERY_BITS = [
     "&",

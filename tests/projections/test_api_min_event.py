@@ -12,11 +12,11 @@ from typing import Any
 import httpx
 import psycopg
 import pytest
-from api_support import ACTIVE, fold, load_catalog, migrate, running_api
-from helpers import wait_for
 
 from entitled.settings import Settings
 from entitled.shell import stripe_events as se
+from tests.projections.api_support import ACTIVE, fold, load_catalog, migrate, running_api
+from tests.support.polling import wait_until
 
 STAR_WARS = "29"  # scifi + action in the demo catalogue
 
@@ -74,7 +74,7 @@ def test_read_waits_for_an_event_folded_after_it_asked(api: httpx.Client, db: st
         min_event=events[-1]["id"],
         wait=10,
     )
-    wait_for(lambda: _waiting(api) == 1, 15, "the read to wait for its event")
+    wait_until(lambda: _waiting(api) == 1, 15, "the read to wait for its event")
     assert not pending.done()
     folded_at = time.monotonic()
     fold(db, events)

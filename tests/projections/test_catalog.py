@@ -6,12 +6,12 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from api_support import demo_catalog_path, migrate
 from click.testing import CliRunner
 
 from entitled.shell.cli import main
 from projections import catalog
 from projections.catalog import InvalidMovie, Movie
+from tests.projections.api_support import demo_catalog_path, migrate
 
 
 def test_movie_from_json_validates_and_dedups_groups() -> None:

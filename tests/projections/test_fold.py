@@ -7,7 +7,6 @@ from typing import Any
 
 import orjson
 import pytest
-from fold_helpers import ev
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -17,6 +16,7 @@ from projections.events import parse
 from projections.fold import fold_batch, target
 from projections.rows import CustomerRow, SubscriptionRow
 from projections.rules import rule_for
+from tests.support.parsed import ev
 
 
 def test_target() -> None:

@@ -15,7 +15,6 @@ import random
 from collections.abc import Iterator
 from typing import Any
 
-from fold_helpers import ev
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -25,6 +24,7 @@ from projections.events import StripeEvent, parse
 from projections.fold import Key, fold_batch
 from projections.rows import ProductRow, Row, Stamp, SubscriptionRow, rank_of
 from projections.rules import stamp_of
+from tests.support.parsed import ev
 
 GROUPS = ("action", "animated", "drama")
 STATUSES = ("active", "trialing", "past_due", "unpaid", "incomplete", "paused", "canceled")

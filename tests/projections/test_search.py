@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import psycopg
-from api_support import entitle, load_catalog, migrate
 
 from projections import search
 from projections.catalog import Movie
+from tests.projections.api_support import entitle, load_catalog, migrate
 
 
 async def _search(url: str, customer: str, q: str, limit: int = 20) -> list[search.Hit]:

@@ -10,10 +10,10 @@ from __future__ import annotations
 import pytest
 
 from entitled.settings import Settings
-from tests.processes import Procs
 from tests.processors.corpus_events import CORPUS_ENV, corpus_dir, distinct_ids, public_corpus
 from tests.processors.corpus_run import run_corpus
 from tests.processors.test_corpus import ALLOWED_DEAD_LETTERS
+from tests.support.processes import Procs
 
 
 def test_public_corpus_folds_without_stalls_or_dead_letters(

@@ -16,7 +16,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,22 +28,10 @@ from entitled.settings import Settings
 from entitled.shell import services as svc
 from entitled.shell import stripe_events as se
 from entitled.shell.services._process import pid_alive
-from tests.helpers import wait_for
+from tests.support.polling import wait_until
 
 START_TIMEOUT_S = 120.0
 STOP_TIMEOUT_S = 40.0
-
-
-def poll(predicate: Callable[[], Any], timeout: float, what: str, run: Dev | None = None) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            extra = f"\n--- entitled dev output ---\n{run.text()}" if run else ""
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}{extra}")
-        time.sleep(0.1)
 
 
 class Dev:
@@ -70,6 +58,10 @@ class Dev:
         for line in self.popen.stdout:
             self.lines.append(line.rstrip("\n"))
 
+    def report(self) -> str:
+        """What a timeout shows: the output so far."""
+        return f"--- entitled dev output ---\n{self.text()}"
+
     def text(self) -> str:
         return "\n".join(self.lines)
 
@@ -82,7 +74,7 @@ class Dev:
                 raise AssertionError(f"entitled dev exited early:\n{self.text()}")
             return any(line.startswith("Ctrl-C stops") for line in self.lines)
 
-        poll(ready, START_TIMEOUT_S, "entitled dev to print its URLs", self)
+        wait_until(ready, START_TIMEOUT_S, "entitled dev to print its URLs", self)
         fields = {}
         for line in self.lines:
             m = re.match(r"^  (page|search|webhook|secret|logs)\s+(\S+)", line)
@@ -186,7 +178,7 @@ def test_dev_serves_demo_data_takes_webhooks_and_stops_on_ctrl_c(
         assert page.status_code == 200 and "<title>WebFlicks</title>" in page.text
 
         # The demo events went through the log and the worker.
-        poll(
+        wait_until(
             lambda: can_watch(
                 api, "cus_demo_alice", "harrison ford", "Air Force One", "subscription"
             ),
@@ -206,7 +198,7 @@ def test_dev_serves_demo_data_takes_webhooks_and_stops_on_ctrl_c(
         assert post_signed(webhook, event, "whsec_wrong").status_code == 400
         r = post_signed(webhook, event, secret)
         assert r.status_code == 200 and r.json()["id"] == event["id"], r.text
-        poll(
+        wait_until(
             lambda: can_watch(api, "cus_demo_carol", "toy story", "Toy Story", "subscription"),
             30,
             "carol's new animated subscription",
@@ -304,7 +296,7 @@ def test_first_run_starts_and_stops_its_own_services_and_a_restart_keeps_edits(
         api = api_base(fields)
         assert "and the local kafka and postgres" in run.text()
         assert processes_of(private_home / "services"), "no local services are running"
-        poll(
+        wait_until(
             lambda: can_watch(api, "cus_demo_alice", "die hard", "Die Hard", "subscription"),
             30,
             "alice's demo subscription",
@@ -387,7 +379,7 @@ def test_dev_stops_everything_when_its_stdout_is_gone(private_home: Path) -> Non
             return {name: pid for name, pid in started.items() if pid_alive(pid)}
 
         try:
-            wait_for(lambda: not left(), 30, "everything dev started to stop")
+            wait_until(lambda: not left(), 30, "everything dev started to stop")
         except AssertionError:
             raise AssertionError(f"left running after dev exited ({code}): {left()}") from None
         assert code == 0

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from fold_helpers import ev
-
 from entitled.shell import stripe_events as se
 from projections.rules.customers import customer_snapshot
+from tests.support.parsed import ev
 
 
 def test_customer_lifecycle() -> None:

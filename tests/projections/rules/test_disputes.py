@@ -5,11 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from fold_helpers import ev
 
 from projections.rows import DisputeRow
 from projections.rules import rule_for
 from projections.rules.disputes import dispute_snapshot
+from tests.support.parsed import ev
 
 TYPES = (
     "charge.dispute.created",

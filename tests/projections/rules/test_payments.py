@@ -7,7 +7,6 @@ import itertools
 from collections.abc import Callable
 
 import pytest
-from fold_helpers import ev
 
 from entitled.shell import stripe_events as se
 from projections.events import StripeEvent
@@ -21,6 +20,7 @@ from projections.rules.payments import (
     payment_intent_snapshot,
     refund_snapshot,
 )
+from tests.support.parsed import ev
 
 
 @pytest.mark.parametrize(

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from fold_helpers import ev
-
 from entitled.shell import stripe_events as se
 from projections.rows import PriceRow, ProductRow, Stamp
 from projections.rules.products import price_snapshot, product_snapshot
+from tests.support.parsed import ev
 
 
 def test_product_snapshot_keeps_metadata_and_version() -> None:

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import pytest
-from fold_helpers import ev
 
 from entitled.shell import stripe_events as se
 from projections.rows import TABLES, ProductRow
 from projections.rules import RULES, fold, rule_for, stamp_of, supersedes
 from projections.schema import MIRROR_TABLES
+from tests.support.parsed import ev
 
 
 def test_families_are_registered_to_their_tables() -> None:

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import pytest
-from fold_helpers import ev
 
 from entitled.shell import stripe_events as se
 from projections.rows import ItemRow
 from projections.rules import rule_for
 from projections.rules.subscriptions import SUBSCRIPTION_TYPES, subscription_snapshot
+from tests.support.parsed import ev
 
 STATUSES = [
     "active",

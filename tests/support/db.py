@@ -1,0 +1,64 @@
+"""Reading the test database: one `query`, the live entitlements and checkpoints."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg
+
+from entitled.settings import Settings
+from entitled.shell.services._process import run_async
+from entitled.topics import end_offsets
+
+
+def query(settings: Settings, q: str, *args: Any) -> list[tuple[Any, ...]]:
+    """The rows of one statement on the test's database (autocommit, `%s` placeholders)."""
+    assert settings.database_url
+    with psycopg.connect(settings.database_url, autocommit=True, connect_timeout=5) as conn:
+        return conn.execute(q, args or None).fetchall()
+
+
+def entitlements(settings: Settings) -> dict[str, tuple[list[str], list[str]]]:
+    """customer -> (groups, movie ids) of the live version ({} before the schema exists)."""
+    try:
+        rows = query(settings, "SELECT customer, groups, movie_ids FROM live.customer_entitlements")
+    except psycopg.errors.UndefinedTable:
+        return {}
+    return {c: (g, m) for c, g, m in rows}
+
+
+def active_schema(settings: Settings) -> str:
+    """The schema (`entitled_vN`) of the active projection version."""
+    rows = query(
+        settings,
+        "SELECT v.schema_name FROM entitled.active a JOIN entitled.versions v USING (version)",
+    )
+    return str(rows[0][0])
+
+
+def processed_count(settings: Settings) -> int:
+    """Events applied to the active version so far (0 while Postgres is unreachable)."""
+    try:
+        schema = active_schema(settings)
+        return int(query(settings, f"SELECT count(*) FROM {schema}.processed_events")[0][0])
+    except (psycopg.Error, IndexError):
+        return 0
+
+
+def caught_up(settings: Settings) -> bool:
+    """Every partition's live checkpoint has reached the log end (False before the schema
+    exists and while a service is down)."""
+    try:
+        ends = run_async(
+            lambda: end_offsets(settings.kafka_bootstrap_servers or "", settings.topic)
+        )
+        cps = dict(
+            query(
+                settings,
+                "SELECT partition, next_offset FROM live.checkpoints WHERE topic = %s",
+                settings.topic,
+            )
+        )
+    except Exception:  # either service briefly unreachable, or no schema yet: not caught up
+        return False
+    return all(cps.get(p, 0) >= e for p, e in ends.items())

@@ -1,0 +1,113 @@
+"""The test topic: publish events as the ingest does, read records back."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Iterable, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+
+from entitled.settings import Settings
+from entitled.shell import stripe_events as se
+from entitled.shell.services._process import run_async
+from entitled.topics import end_offsets as _end_offsets
+from ingest.keys import event_headers, routing_key
+from ingest.producer import EventProducer
+from processors.replay import read_log
+
+
+def publish(settings: Settings, events: Iterable[Mapping[str, Any]]) -> list[tuple[int, int]]:
+    """Write events to the topic as the ingest does (raw bytes, key, headers); return their
+    (partition, offset)."""
+
+    async def go() -> list[tuple[int, int]]:
+        producer = EventProducer(settings)
+        await producer.start()
+        try:
+            return [
+                await producer.publish(
+                    se.encode(e),
+                    key=routing_key(e),
+                    headers=event_headers(e, source="webhook", received_at=time.time()),
+                )
+                for e in events
+            ]
+        finally:
+            await producer.stop()
+
+    return run_async(go)
+
+
+async def end_offsets(settings: Settings) -> dict[int, int]:
+    """End offset per partition of `settings.topic`."""
+    assert settings.kafka_bootstrap_servers
+    return await _end_offsets(settings.kafka_bootstrap_servers, settings.topic)
+
+
+@asynccontextmanager
+async def _consumer(settings: Settings) -> AsyncIterator[AIOKafkaConsumer]:
+    assert settings.kafka_bootstrap_servers
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=settings.kafka_bootstrap_servers, enable_auto_commit=False
+    )
+    await consumer.start()
+    try:
+        yield consumer
+    finally:
+        await consumer.stop()
+
+
+async def read_topic(
+    settings: Settings, timeout: float = 30.0
+) -> list[ConsumerRecord[bytes, bytes]]:
+    """Every record of `settings.topic` from offset 0 to the end offsets as of now."""
+    async with _consumer(settings) as consumer:
+        parts = [TopicPartition(settings.topic, p) for p in range(settings.partitions)]
+        consumer.assign(parts)
+        await consumer.seek_to_beginning(*parts)
+        ends = await consumer.end_offsets(parts)
+        records: list[ConsumerRecord[bytes, bytes]] = []
+        async with asyncio.timeout(timeout):
+            while not await _read_to(consumer, ends):
+                batch = await consumer.getmany(timeout_ms=500)
+                for tp, tp_records in batch.items():
+                    records.extend(r for r in tp_records if r.offset < ends[tp])
+        return records
+
+
+async def _read_to(consumer: AIOKafkaConsumer, ends: dict[TopicPartition, int]) -> bool:
+    for tp, end in ends.items():
+        if await consumer.position(tp) < end:
+            return False
+    return True
+
+
+@dataclass(frozen=True)
+class Record:
+    partition: int
+    offset: int
+    event_id: str | None
+
+
+def log_records(settings: Settings) -> list[Record]:
+    """Position and event id of every record of the settings' topic, up to the current end."""
+    bootstrap = settings.kafka_bootstrap_servers or ""
+
+    async def go() -> list[Record]:
+        ends = await _end_offsets(bootstrap, settings.topic)
+        out: list[Record] = []
+        async for batch in read_log(bootstrap, settings.topic, {}, ends):
+            for m in batch:
+                try:
+                    event_id = orjson.loads(m.value).get("id")
+                except (orjson.JSONDecodeError, AttributeError):
+                    event_id = None
+                out.append(Record(m.partition, m.offset, event_id))
+        return out
+
+    return run_async(go)

@@ -1,0 +1,128 @@
+"""The whole system as real processes, configured like production: the one launcher.
+
+`start_system(procs)` runs `entitled migrate` (and loads the demo catalogue), then starts
+`entitled ingest` (one or more), `entitled worker` (zero or more) and `entitled api` with
+the test's settings as their environment, and waits until the HTTP ones answer /readyz.
+The fixture `system` does that for one ingest, one worker and the api. Every process
+belongs to the test's `procs`: all stopped at its end, their log tails shown on failure.
+"""
+
+from __future__ import annotations
+
+import functools
+import subprocess
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import pytest
+
+from entitled.settings import Settings
+from entitled.shell import stripe_events as se
+from tests.support.polling import wait_until
+from tests.support.ports import free_port
+from tests.support.processes import ENTITLED, REPO, Proc, Procs, environment
+
+DEMO_CATALOG = REPO / "projections" / "demo_catalog.jsonl"
+
+
+def signed(event: Mapping[str, Any], secret: str) -> tuple[bytes, dict[str, str]]:
+    """The body of `event` and the headers Stripe would send with it."""
+    body = se.encode(event)
+    return body, {
+        "Stripe-Signature": se.sign_header(body, secret),
+        "Content-Type": "application/json",
+    }
+
+
+def ready(url: str) -> bool:
+    """`url` answers 200 on /readyz."""
+    try:
+        return httpx.get(f"{url}/readyz", timeout=3).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+@dataclass
+class System:
+    """The running processes of one test and where they answer."""
+
+    procs: Procs
+    env: dict[str, str]  # what each process got on top of the test's environment
+    ingests: list[Proc] = field(default_factory=list)
+    ingest_urls: list[str] = field(default_factory=list)
+    workers: list[Proc] = field(default_factory=list)
+    api: Proc | None = None
+    api_url: str = ""
+
+    @property
+    def settings(self) -> Settings:
+        return self.procs.settings
+
+    @property
+    def ingest_url(self) -> str:
+        return self.ingest_urls[0]
+
+    @property
+    def secret(self) -> str:
+        return self.settings.webhook_secrets[0]
+
+    def post_event(self, event: Mapping[str, Any]) -> httpx.Response:
+        """POST `event` to the (first) ingest, signed as Stripe would sign it."""
+        body, headers = signed(event, self.secret)
+        return httpx.post(f"{self.ingest_url}/webhooks/stripe", content=body, headers=headers)
+
+    def add_worker(self) -> Proc:
+        """Start one more `entitled worker` (after a SIGKILL, say)."""
+        worker = self.procs.spawn("worker", **self.env)
+        self.workers.append(worker)
+        return worker
+
+    def run(self, *args: str) -> subprocess.CompletedProcess[str]:
+        """Run `entitled ARGS...` to its end with the system's environment."""
+        return subprocess.run(
+            [*ENTITLED, *args],
+            env=environment(self.settings, **self.env),
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+
+
+def start_system(
+    procs: Procs,
+    *,
+    ingests: int = 1,
+    workers: int = 1,
+    api: bool = True,
+    catalog: bool = True,
+    **env: str,
+) -> System:
+    """Migrate (and load the demo catalogue unless `catalog=False`), then start the
+    processes (each with `env` added); return once the HTTP ones are ready."""
+    procs.run("migrate")
+    if catalog:
+        procs.run("catalog", "load", str(DEMO_CATALOG), name="catalog")
+    system = System(procs, dict(env))
+    for _ in range(ingests):
+        port = free_port()
+        system.ingests.append(
+            procs.spawn("ingest", "--port", str(port), "--log-level", "warning", **env)
+        )
+        system.ingest_urls.append(f"http://127.0.0.1:{port}")
+    for _ in range(workers):
+        system.add_worker()
+    if api:
+        port = free_port()
+        system.api = procs.spawn("api", "--port", str(port), "--log-level", "warning", **env)
+        system.api_url = f"http://127.0.0.1:{port}"
+    for url in [*system.ingest_urls, *([system.api_url] if api else [])]:
+        wait_until(functools.partial(ready, url), 90, f"{url}/readyz", procs)
+    return system
+
+
+@pytest.fixture
+def system(procs: Procs) -> Iterator[System]:
+    """One ingest, one worker and the api on the test's fresh topic and database."""
+    yield start_system(procs, catalog=False)
