@@ -5,11 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from thin_events import notification
 
 from entitled.shell import stripe_events as se
 from ingest.completion import fetch_for_id, needed
 from ingest.snapshots import event_type_of, hydrate_id, read_event
+from tests.ingest.thin_events import notification
 
 
 def test_thin_notification_of_a_v1_resource_fetches_the_related_object() -> None:

@@ -11,21 +11,22 @@ import httpx
 import orjson
 import stripe
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from ingest_helpers import end_offsets, read_topic
-from localstripe_fixture import API_KEY as LOCALSTRIPE_KEY
-from stripe_mock_fixture import API_KEY
-from stripe_proxy import stripe_proxy
-from stripe_seed import CARD
-from tests.processes import Procs, environment, wait_until
-from thin_events import notification
 
 from entitled.settings import Settings
 from entitled.shell import stripe_events as se
 from entitled.shell.services._process import run_async
 from ingest.hydrator import group_of
 from ingest.snapshots import hydrate_id
-from tests.helpers import free_port
-from tests.processors.support import caught_up, entitlements, publish, query
+from tests.ingest.stripe_proxy import stripe_proxy
+from tests.ingest.stripe_seed import CARD
+from tests.ingest.thin_events import notification
+from tests.support.db import caught_up, entitlements, query
+from tests.support.kafka import end_offsets, publish, read_topic
+from tests.support.localstripe import API_KEY as LOCALSTRIPE_KEY
+from tests.support.polling import wait_until
+from tests.support.ports import free_port
+from tests.support.processes import Procs, environment
+from tests.support.stripe_mock import API_KEY
 
 
 def _log(settings: Settings) -> list[tuple[dict[str, str], dict[str, Any], bytes]]:

@@ -8,12 +8,13 @@ from dataclasses import replace
 
 import httpx
 import orjson
-from ingest_helpers import read_topic, serve
 from starlette.applications import Starlette
-from stripe_mock_fixture import API_KEY
 
 from entitled.settings import Settings
 from ingest.refresh_app import RefreshEndpoint
+from tests.support.kafka import read_topic
+from tests.support.serve import serve
+from tests.support.stripe_mock import API_KEY
 
 
 def _host(endpoint: RefreshEndpoint) -> Starlette:
