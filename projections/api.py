@@ -50,6 +50,7 @@ from projections.api_metrics import CONTENT_TYPE, APIMetrics
 from projections.api_min_event import read_after_event, respond
 from projections.api_pool import create_pool, create_readers, read_url
 from projections.catalog import InvalidMovie
+from projections.fanout import Fanout
 from projections.metadata import groups_in, metadata_of, movies_in
 from projections.readers import Target
 from projections.watcher import Watcher
@@ -301,6 +302,7 @@ def create_app(settings: Settings) -> Starlette:
     url = read_url(settings)
     db_pool = create_pool(url)
     watch = Watcher(url)
+    fanout = Fanout(watch.changes)
     reads = create_readers(settings, db_pool, watch)
     api_metrics = APIMetrics(db_pool)
     api_metrics.watch_readers(reads)
@@ -350,6 +352,7 @@ def create_app(settings: Settings) -> Starlette:
     app.state.settings = settings
     app.state.pool = db_pool
     app.state.watcher = watch
+    app.state.fanout = fanout
     app.state.readers = reads
     app.state.metrics = api_metrics
     app.add_middleware(_Timing, metrics=api_metrics)

@@ -3,7 +3,8 @@
 
 Both read `projections.feed` pages after a cursor (a change id) and, when there is nothing
 new, sleep on the process's `changes` signal (`projections.watcher`): no request holds a
-pooled connection longer than one query, however long it waits.
+pooled connection longer than one query, however long it waits. Streams read new changes
+from `projections.fanout` (one fetch per wake-up for all of them) once they have caught up.
 
 The stream:
 - starts after `Last-Event-ID` (what a reconnecting `EventSource` sends), else `?after=`,
@@ -23,6 +24,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 import orjson
@@ -41,6 +43,7 @@ from projections.api_http import (
     wait_for_news,
     watcher,
 )
+from projections.fanout import Fanout
 from projections.watcher import wait
 
 __all__ = ["HEARTBEAT_S", "changes", "stream"]
@@ -100,17 +103,23 @@ def _message(event: str, id_: int, data: dict[str, Any]) -> bytes:
 
 async def _events(request: Request, cursor: int, customer: str | None) -> AsyncIterator[bytes]:
     gauge = metrics(request).streams
-    signal = watcher(request).changes
+    watch = watcher(request)
+    fanout: Fanout = request.app.state.fanout
     gauge.inc()
+
+    def connection() -> AbstractAsyncContextManager[AsyncConnection[Any]]:
+        return pool(request).connection(timeout=POOL_TIMEOUT_S)
+
     try:
         yield b"retry: %d\n" % RETRY_MS + _message("ready", cursor, {"next": cursor})
         beat_at = time.monotonic() + HEARTBEAT_S
         while True:
-            armed = signal.armed()
-            page: feed.Page | None = None
+            armed = watch.changes.armed()
+            page: feed.Page | None = fanout.after(cursor, customer, STREAM_BATCH)
             try:
-                async with pool(request).connection(timeout=POOL_TIMEOUT_S) as conn:
-                    page = await feed.page_after(conn, cursor, STREAM_BATCH, customer)
+                if page is None:  # older than the shared memory: from the database
+                    async with connection() as conn:
+                        page = await feed.page_after(conn, cursor, STREAM_BATCH, customer)
             except (psycopg.OperationalError, PoolTimeout) as exc:
                 log.warning("change stream: database unavailable (%s); retrying", exc)
             if page is not None:
@@ -120,12 +129,17 @@ async def _events(request: Request, cursor: int, customer: str | None) -> AsyncI
                 cursor = page.next
                 if len(page.changes) == STREAM_BATCH:
                     continue  # more is waiting: no sleep
-            trust = watcher(request).fallback_s if page is not None else 1.0
-            await wait(armed, min(beat_at - time.monotonic(), trust))
-            if watcher(request).ending:
+            trust = watch.fallback_s if page is not None else 1.0
+            woke = await wait(armed, min(beat_at - time.monotonic(), trust))
+            if watch.ending:
                 return  # the server is shutting down: the client reconnects elsewhere/later
             if time.monotonic() >= beat_at:
                 yield b": keepalive\n\n"
                 beat_at = time.monotonic() + HEARTBEAT_S
+            try:  # one fetch per wake-up for all streams; a timeout fetches if unwatched
+                start = cursor if page is not None else None  # caught up to `cursor`
+                await fanout.refresh(connection, start=start, force=not woke and not watch.healthy)
+            except (psycopg.OperationalError, PoolTimeout) as exc:
+                log.warning("change stream: database unavailable (%s); retrying", exc)
     finally:
         gauge.dec()

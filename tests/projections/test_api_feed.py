@@ -297,7 +297,8 @@ def test_stream_token_in_query_only_for_the_stream(settings: Settings) -> None:
 def test_stream_of_many_clients_holds_no_connections(
     sse: httpx.Client, api: httpx.Client, settings: Settings
 ) -> None:
-    """Idle streams wait on the shared watcher: the pool does not grow with them."""
+    """Idle streams wait on the shared watcher: the pool does not grow with them, and a
+    change reaches them all through one fetch."""
     db = settings.database_url
     assert db
     clients = 25
@@ -325,9 +326,12 @@ def test_stream_of_many_clients_holds_no_connections(
 
     wait_for(settled, 15, "the streams to go idle")
     assert _pool_stats(api)["pool_size"] <= 10
+    queries_before = _pool_stats(api)["requests_num"]
     change = add_change(db, "cus_fan")
     wait_for(lambda: len(received) == clients, 20, "every stream to get the change")
     assert set(received) == {change}
+    # One fetch served every stream (shared memory of recent changes), not one per stream.
+    assert _pool_stats(api)["requests_num"] - queries_before <= 5
     done.set()
     for t in threads:
         t.join(30)
