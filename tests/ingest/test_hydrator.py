@@ -254,6 +254,19 @@ def test_thin_notification_grants_through_the_worker(
     wait_until(lambda: caught_up(settings), 60, "the worker at the log end", procs)
     # the notification itself is logged and ignored by the fold, not parked
     assert query(settings, "SELECT count(*) FROM live.dead_letters") == [(0,)]
+    # a replay reads the hydrated snapshot from the log: Stripe unreachable, same tables
+    unreachable = f"http://127.0.0.1:{free_port()}"
+    replay = procs.spawn(
+        "replay",
+        "--dry-run",
+        "--yes",
+        name="replay",
+        STRIPE_API_KEY=API_KEY,
+        STRIPE_API_BASE=unreachable,
+    )
+    assert replay.popen is not None
+    assert replay.popen.wait(120) == 0, replay.tail()
+    assert "no differences against the live version" in replay.tail(50), replay.tail(50)
 
 
 async def _mock_object(base: str, path: str) -> dict[str, Any]:
