@@ -225,17 +225,41 @@ def stop(proc: subprocess.Popen[bytes], timeout: float = 20.0) -> None:
         proc.wait(10)
 
 
+def wait_http(
+    url: str,
+    proc: subprocess.Popen[Any] | None,
+    what: str,
+    timeout: float = 60,
+    auth: tuple[str, str] | None = None,
+) -> None:
+    """Poll `url` until it answers 200; fail when `proc` exits first or after `timeout` s."""
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while True:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"{what} exited with {proc.returncode}")
+        try:
+            if httpx.get(url, timeout=2, auth=auth).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{what} did not answer in time")
+        time.sleep(0.1)
+
+
 # -- figures -----------------------------------------------------------------------------
 
 
-def percentiles(seconds: list[float]) -> dict[str, float]:
+def percentiles(seconds: list[float], digits: int = 1) -> dict[str, float]:
     if len(seconds) < 2:
         return {"p50_ms": float("nan"), "p99_ms": float("nan"), "max_ms": float("nan")}
     q = statistics.quantiles(seconds, n=100, method="inclusive")
     return {
-        "p50_ms": round(q[49] * 1000, 1),
-        "p99_ms": round(q[98] * 1000, 1),
-        "max_ms": round(max(seconds) * 1000, 1),
+        "p50_ms": round(q[49] * 1000, digits),
+        "p99_ms": round(q[98] * 1000, digits),
+        "max_ms": round(max(seconds) * 1000, digits),
     }
 
 

@@ -277,7 +277,6 @@ async def _latency(
 
 def latency_run(settings: Settings, log_dir: Path, rate: float, seconds: float) -> dict[str, Any]:
     """Webhook to visible through `entitled ingest` and the running worker."""
-    import httpx
 
     assert settings.database_url
     port = _free_port()
@@ -291,18 +290,8 @@ def latency_run(settings: Settings, log_dir: Path, rate: float, seconds: float) 
         log=log_dir / "ingest.log",
     )
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            if ingest.poll() is not None:
-                raise RuntimeError(f"ingest exited; see {log_dir / 'ingest.log'}")
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                raise TimeoutError("ingest did not come up")
-            time.sleep(0.1)
+        url = f"http://127.0.0.1:{port}/healthz"
+        common.wait_http(url, ingest, f"ingest (see {log_dir / 'ingest.log'})")
         return asyncio.run(
             _latency(
                 f"http://127.0.0.1:{port}/webhooks/stripe",

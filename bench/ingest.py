@@ -34,6 +34,9 @@ from typing import Any
 # Run as `python bench/ingest.py`, this file's folder comes first on sys.path and its name
 # would shadow the `ingest` package it measures.
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).parent.resolve()]
+sys.path.insert(0, str(Path(__file__).parent.parent.resolve()))
+
+from bench import _common as common  # noqa: E402
 
 SECRET = "whsec_bench_secret"
 RESULTS = Path(__file__).parent / "results" / "ingest.json"
@@ -100,17 +103,6 @@ class _Events:
         return body, headers
 
 
-def _percentiles(latencies: list[float]) -> dict[str, float]:
-    if len(latencies) < 2:
-        return {"p50_ms": float("nan"), "p99_ms": float("nan"), "max_ms": float("nan")}
-    q = statistics.quantiles(latencies, n=100, method="inclusive")
-    return {
-        "p50_ms": round(q[49] * 1000, 2),
-        "p99_ms": round(q[98] * 1000, 2),
-        "max_ms": round(max(latencies) * 1000, 2),
-    }
-
-
 async def _closed_loop(url: str, seconds: float, connections: int) -> dict[str, Any]:
     import aiohttp
 
@@ -148,7 +140,7 @@ async def _closed_loop(url: str, seconds: float, connections: int) -> dict[str, 
         "ok": len(latencies),
         "statuses": {str(k): v for k, v in statuses.items()},
         "events_per_s": round(len(latencies) / elapsed, 1),
-        **_percentiles(latencies),
+        **common.percentiles(latencies, digits=2),
         "ok_including_warmup": total_ok,
         "requests_including_warmup": next_index,
     }
@@ -190,7 +182,7 @@ async def _fixed_rate(url: str, rate: float, seconds: float, warmup: float = 2.0
         "ok": len(latencies),
         "ok_including_warmup": total_ok,
         "statuses": {str(k): v for k, v in statuses.items()},
-        **_percentiles(latencies),
+        **common.percentiles(latencies, digits=2),
     }
 
 

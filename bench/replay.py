@@ -268,40 +268,46 @@ class _Timers:
 
 @contextlib.contextmanager
 def _instrumented(timers: _Timers) -> Iterator[None]:
-    """Wrap the writer's steps in timers for the duration (restored after)."""
-    import projections.store as store_mod
+    """Wrap the writer's steps in timers for the duration (restored after).
+
+    The steps are module functions of the writer's modules (`offsets`, `deadletters`,
+    `upserts`, `recompute`) and two methods of `ProjectionStore`; a function another module
+    imported by name (`recompute.load_rows`, `recompute.derive`) is wrapped there too."""
+    from projections import deadletters, offsets, recompute, store, upserts
     from projections.store import ProjectionStore
 
-    saved_mod = {n: getattr(store_mod, n) for n in ("parse", "fold_batch", "derive")}
-    saved_cls = dict(vars(ProjectionStore))
-    timers.wrap_sync(store_mod, "parse", "parse (events.parse)")
-    timers.wrap_sync(store_mod, "fold_batch", "fold (fold_batch)")
-    timers.wrap_sync(store_mod, "derive", "derive (entitlement rules, python)")
-    steps = {
-        "apply": "apply: whole transaction incl. BEGIN/COMMIT",
-        "_apply": "  _apply: inside the transaction",
-        "_continuous": "    checkpoints read (FOR UPDATE) + gap check",
-        "_parked_keys": "    dead-letter keys lookup",
-        "_fold_and_write": "    _fold_and_write",
-        "_seen": "      processed_events lookup (dedup)",
-        "_load_targets": "      load current rows of targets",
-        "_dead_letter": "      dead letters insert",
-        "_write_rows": "      upsert mirrored rows (COPY + INSERT..ON CONFLICT)",
-        "_mark_processed": "      processed_events COPY",
-        "_recompute": "      recompute entitlements (total)",
-        "derive_many": "        derive_many (SELECTs + derive)",
-        "_rows": "          _rows: SELECT record + from_record (all callers)",
-        "_save_checkpoints": "    checkpoints upsert",
-    }
-    for name, label in steps.items():
-        timers.wrap_async(ProjectionStore, name, label)
+    plain = [
+        (store, "parse", "parse (events.parse)"),
+        (store, "fold_batch", "fold (fold_batch)"),
+        (recompute, "derive", "derive (entitlement rules, python)"),
+    ]
+    rows = "          load_rows: SELECT record + from_record (all callers)"
+    steps = [
+        (ProjectionStore, "apply", "apply: whole transaction incl. BEGIN/COMMIT"),
+        (offsets, "lock", "    checkpoints read (FOR UPDATE)"),
+        (deadletters, "held", "    dead-letter keys lookup"),
+        (ProjectionStore, "_fold_and_write", "    _fold_and_write"),
+        (upserts, "seen", "      processed_events lookup (dedup)"),
+        (ProjectionStore, "_load_targets", "      load current rows of targets"),
+        (deadletters, "record", "      dead letters insert"),
+        (upserts, "write_rows", "      upsert mirrored rows (COPY + INSERT..ON CONFLICT)"),
+        (upserts, "mark_processed", "      processed_events COPY"),
+        (recompute, "recompute", "      recompute entitlements (total)"),
+        (recompute, "derive_many", "        derive_many (SELECTs + derive)"),
+        (upserts, "load_rows", rows),
+        (recompute, "load_rows", rows),
+        (offsets, "save", "    checkpoints upsert"),
+    ]
+    saved = [(owner, name, getattr(owner, name)) for owner, name, _ in plain + steps]
+    for owner, name, label in plain:
+        timers.wrap_sync(owner, name, label)
+    for owner, name, label in steps:
+        timers.wrap_async(owner, name, label)
     try:
         yield
     finally:
-        for n, f in saved_mod.items():
-            setattr(store_mod, n, f)
-        for name in steps:
-            setattr(ProjectionStore, name, saved_cls[name])
+        for owner, name, fn in saved:
+            setattr(owner, name, fn)
 
 
 def profile_replay(settings: Settings, events: int, out_dir: Path) -> dict[str, Any]:

@@ -45,13 +45,18 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
-import httpx
-import psycopg
-from psycopg import sql
+# Run as `python bench/search.py`, this folder comes first on sys.path: replace it by the repo.
+_HERE = Path(__file__).parent.resolve()
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
+sys.path.insert(0, str(_HERE.parent))
 
-from entitled.settings import Settings
-from entitled.shell import services
-from projections import catalog, schema, search
+import psycopg  # noqa: E402
+from psycopg import sql  # noqa: E402
+
+from bench import _common as common  # noqa: E402
+from entitled.settings import Settings  # noqa: E402
+from entitled.shell import services  # noqa: E402
+from projections import catalog, schema, search  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 ENTITLED = str(Path(sys.executable).with_name("entitled"))
@@ -328,21 +333,6 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_http(url: str, proc: subprocess.Popen[Any], what: str, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{what} exited with {proc.returncode}")
-        try:
-            if httpx.get(url, timeout=2, auth=("sk_test_bench", "")).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"{what} did not answer in time")
-        time.sleep(0.1)
-
-
 @contextlib.contextmanager
 def process(
     cmd: list[str], env: dict[str, str] | None, log: Path
@@ -404,7 +394,7 @@ def run_method1(
     try:
         assert proc.stdout is not None
         base = f"http://127.0.0.1:{proc.stdout.readline().strip()}"
-        wait_http(f"{base}/v1/customers", proc, "localstripe")
+        common.wait_http(f"{base}/v1/customers", proc, "localstripe", auth=("sk_test_bench", ""))
         client = stripe.StripeClient("sk_test_bench", base_addresses={"api": base})
         plans = {}
         for group in GROUPS:
@@ -556,7 +546,7 @@ def main() -> None:
                 "/v1/search?" + urlencode({"customer": c, "q": q, "limit": 20}) for c, q in queries
             ]
             with process(cmd, env, workdir / "api.log") as api:
-                wait_http(f"http://127.0.0.1:{port}/readyz", api, "entitled api")
+                common.wait_http(f"http://127.0.0.1:{port}/readyz", api, "entitled api")
                 asyncio.run(run_raw(url, queries[:2000], args.concurrency, 1.0))  # warm caches
                 asyncio.run(run_http(port, paths[:2000], args.concurrency, 1.0))
                 # Alternate short slices of raw and api, so that both see the same background

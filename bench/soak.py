@@ -35,10 +35,11 @@ from typing import Any
 
 # Run as `python bench/soak.py`, this folder would shadow the `ingest` package.
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).parent.resolve()]
+sys.path.insert(0, str(Path(__file__).parent.parent.resolve()))
 
-import httpx  # noqa: E402
 import psycopg  # noqa: E402
 
+from bench import _common as common  # noqa: E402
 from entitled.settings import Settings  # noqa: E402
 from entitled.shell import services as svc  # noqa: E402
 from entitled.shell import stripe_events as se  # noqa: E402
@@ -129,17 +130,9 @@ class System:
                     stderr=subprocess.STDOUT,
                     start_new_session=True,
                 )
-        deadline = time.monotonic() + 120
         for port in (self.ingest_port, self.api_port):
-            while True:
-                try:
-                    if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                if time.monotonic() > deadline:
-                    raise SystemExit(f"not ready in time; logs in {self.logs}")
-                time.sleep(0.2)
+            url = f"http://127.0.0.1:{port}/readyz"
+            common.wait_http(url, None, f"{url} (logs in {self.logs})", 120)
 
     def rss(self) -> dict[str, float]:
         return {name: _rss_mib(p.pid) for name, p in self.procs.items()}

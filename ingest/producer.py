@@ -48,7 +48,6 @@ class EventProducer:
         self._needs_reset = False
         self._reset_lock = asyncio.Lock()
         self._retired: set[asyncio.Task[None]] = set()
-        self.resets = 0
 
     async def start(self) -> None:
         """Connect to the cluster and fetch metadata for the topic."""
@@ -90,7 +89,6 @@ class EventProducer:
                 raise LogUnavailable("Kafka did not answer in time") from exc
             old, self._producer = self._producer, fresh
             self._needs_reset = False
-            self.resets += 1
             log.warning("replaced the Kafka producer after a failed write")
             if old is not None:
                 # Its pending sends fail or land (and are counted) in the background.

@@ -18,6 +18,8 @@ from typing import Any
 from psycopg import AsyncConnection
 from psycopg.rows import class_row
 
+from projections.schema import CONTROL
+
 MAX_ID = 128
 MAX_TITLE = 500
 MAX_KEYWORDS = 5000
@@ -99,8 +101,8 @@ def movie_from_json(movie_id: str, body: object) -> Movie:
     )
 
 
-_UPSERT_SQL = """
-INSERT INTO entitled.movies AS m (movie_id, title, keywords, groups)
+_UPSERT_SQL = f"""
+INSERT INTO {CONTROL}.movies AS m (movie_id, title, keywords, groups)
 VALUES (%(movie_id)s, %(title)s, %(keywords)s, %(groups)s)
 ON CONFLICT (movie_id) DO UPDATE
    SET title = excluded.title, keywords = excluded.keywords, groups = excluded.groups,
@@ -116,17 +118,8 @@ async def put_movie(conn: AsyncConnection[Any], movie: Movie) -> bool:
     return bool(row and row[0])
 
 
-async def get_movie(conn: AsyncConnection[Any], movie_id: str) -> Movie | None:
-    async with conn.cursor(row_factory=class_row(Movie)) as cur:
-        await cur.execute(
-            "SELECT movie_id, title, keywords, groups FROM entitled.movies WHERE movie_id = %s",
-            (movie_id,),
-        )
-        return await cur.fetchone()
-
-
 async def delete_movie(conn: AsyncConnection[Any], movie_id: str) -> bool:
-    cur = await conn.execute("DELETE FROM entitled.movies WHERE movie_id = %s", (movie_id,))
+    cur = await conn.execute(f"DELETE FROM {CONTROL}.movies WHERE movie_id = %s", (movie_id,))
     return cur.rowcount > 0
 
 
@@ -149,7 +142,7 @@ async def _regroup(
     conn: AsyncConnection[Any], expression: str, movie_id: str, group: str
 ) -> Movie | None:
     query = (
-        f"UPDATE entitled.movies SET groups = {expression}, updated_at = now()"
+        f"UPDATE {CONTROL}.movies SET groups = {expression}, updated_at = now()"
         " WHERE movie_id = %(movie_id)s RETURNING movie_id, title, keywords, groups"
     )
     async with conn.cursor(row_factory=class_row(Movie)) as cur:
@@ -220,8 +213,8 @@ async def load_movies(conn: AsyncConnection[Any], movies: Iterable[Movie]) -> Lo
             for m in movies:
                 await copy.write_row((m.movie_id, m.title, m.keywords, m.groups))
         await cur.execute(
-            """
-            INSERT INTO entitled.movies AS m (movie_id, title, keywords, groups)
+            f"""
+            INSERT INTO {CONTROL}.movies AS m (movie_id, title, keywords, groups)
             SELECT DISTINCT ON (movie_id) movie_id, title, keywords, groups
               FROM _movies_in ORDER BY movie_id, n DESC
             ON CONFLICT (movie_id) DO UPDATE

@@ -40,7 +40,7 @@ __all__ = [
 
 CHANGES_CHANNEL = "entitled_changes"  # NOTIFY payload: the greatest new change id
 FOLDED_CHANNEL = "entitled_folded"  # NOTIFY after a batch that applied events commits
-_LOCK = "entitled.changes"
+_LOCK = f"{db.CONTROL}.changes"
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,9 +81,9 @@ async def record(
     version = version_number(schema)
     async with conn.cursor() as cur:
         await cur.executemany(
-            "INSERT INTO entitled.changes (id, customer, groups_before, groups_after,"
+            f"INSERT INTO {db.CONTROL}.changes (id, customer, groups_before, groups_after,"
             " movies_before, movies_after, cause, event_id, event_created, version)"
-            " VALUES (nextval('entitled.change_ids'), %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+            f" VALUES (nextval('{db.CONTROL}.change_ids'), %s, %s, %s, %s, %s, %s, %s, %s, %s)",
             [
                 (
                     clean_text(c.customer),
@@ -99,7 +99,7 @@ async def record(
                 for c in sorted(real, key=lambda c: c.customer)
             ],
         )
-    cur = await conn.execute("SELECT currval('entitled.change_ids')")
+    cur = await conn.execute(f"SELECT currval('{db.CONTROL}.change_ids')")
     row = await cur.fetchone()
     last = int(row[0]) if row else 0
     await conn.execute("SELECT pg_notify(%s, %s)", (CHANGES_CHANNEL, str(last)))
@@ -136,7 +136,7 @@ async def unpublished(conn: AsyncConnection[Any], *, limit: int = 500) -> list[d
     """The oldest change rows the relay has not published yet, in id order."""
     cur = await conn.execute(
         "SELECT id, customer, groups_before, groups_after, movies_before, movies_after,"
-        " cause, event_id, event_created, version, created_at FROM entitled.changes"
+        f" cause, event_id, event_created, version, created_at FROM {db.CONTROL}.changes"
         " WHERE published_at IS NULL ORDER BY id LIMIT %s",
         (limit,),
     )
@@ -146,7 +146,7 @@ async def unpublished(conn: AsyncConnection[Any], *, limit: int = 500) -> list[d
 
 async def mark_published(conn: AsyncConnection[Any], ids: Sequence[int]) -> None:
     await conn.execute(
-        "UPDATE entitled.changes SET published_at = now() WHERE id = ANY(%s)", (list(ids),)
+        f"UPDATE {db.CONTROL}.changes SET published_at = now() WHERE id = ANY(%s)", (list(ids),)
     )
 
 
@@ -154,7 +154,7 @@ async def pending(conn: AsyncConnection[Any]) -> tuple[int, float]:
     """(changes not yet published, age in seconds of the oldest of them)."""
     cur = await conn.execute(
         "SELECT count(*), coalesce(extract(epoch FROM now() - min(created_at)), 0)"
-        " FROM entitled.changes WHERE published_at IS NULL"
+        f" FROM {db.CONTROL}.changes WHERE published_at IS NULL"
     )
     row = await cur.fetchone()
     return (int(row[0]), float(row[1])) if row else (0, 0.0)

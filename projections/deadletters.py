@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import traceback
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -181,7 +181,3 @@ def id_and_type(raw: bytes) -> tuple[str | None, str | None]:
         return None, None
     ident, kind = doc.get("id"), doc.get("type")
     return (ident if isinstance(ident, str) else None, kind if isinstance(kind, str) else None)
-
-
-def letters_of(messages: Iterable[Message], state_error: BaseException | None) -> list[Letter]:
-    return [(m, *id_and_type(m.value), state_error) for m in messages]

@@ -19,6 +19,8 @@ from typing import Any
 from psycopg import AsyncConnection
 from psycopg.rows import dict_row
 
+from projections.schema import CONTROL, LIVE
+
 __all__ = ["Change", "EventState", "Page", "event_state", "head", "page_after"]
 
 _COLUMNS = """c.id, c.customer, c.groups_before, c.groups_after, c.movies_before,
@@ -28,9 +30,9 @@ _COLUMNS = """c.id, c.customer, c.groups_before, c.groups_after, c.movies_before
 # LEFT JOIN LATERAL keeps the head row when the page is empty.
 _PAGE_SQL = f"""
 SELECT h.head, {_COLUMNS}
-FROM (SELECT coalesce(max(id), 0) AS head FROM entitled.changes) h
+FROM (SELECT coalesce(max(id), 0) AS head FROM {CONTROL}.changes) h
 LEFT JOIN LATERAL (
-    SELECT * FROM entitled.changes
+    SELECT * FROM {CONTROL}.changes
     WHERE id > %(after)s
     ORDER BY id LIMIT %(limit)s
 ) c ON true
@@ -40,22 +42,22 @@ ORDER BY c.id
 # The (customer, id) index serves one customer's changes in id order.
 _CUSTOMER_PAGE_SQL = f"""
 SELECT h.head, {_COLUMNS}
-FROM (SELECT coalesce(max(id), 0) AS head FROM entitled.changes) h
+FROM (SELECT coalesce(max(id), 0) AS head FROM {CONTROL}.changes) h
 LEFT JOIN LATERAL (
-    SELECT * FROM entitled.changes
+    SELECT * FROM {CONTROL}.changes
     WHERE customer = %(customer)s AND id > %(after)s
     ORDER BY id LIMIT %(limit)s
 ) c ON true
 ORDER BY c.id
 """
 
-_HEAD_SQL = "SELECT coalesce(max(id), 0) FROM entitled.changes"
+_HEAD_SQL = f"SELECT coalesce(max(id), 0) FROM {CONTROL}.changes"
 
 # `processed_events` holds the id of every event applied to the version (a duplicate's id is
 # there since its first copy's); the dead letters hold the ones parked behind a poison.
-_EVENT_STATE_SQL = """
-SELECT EXISTS (SELECT 1 FROM live.processed_events WHERE event_id = %(event)s),
-       EXISTS (SELECT 1 FROM live.dead_letters
+_EVENT_STATE_SQL = f"""
+SELECT EXISTS (SELECT 1 FROM {LIVE}.processed_events WHERE event_id = %(event)s),
+       EXISTS (SELECT 1 FROM {LIVE}.dead_letters
                WHERE event_id = %(event)s AND state IN ('poison', 'parked'))
 """
 

@@ -12,8 +12,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-
 import psycopg
 from psycopg import AsyncConnection, sql
 
@@ -36,10 +34,10 @@ MIRROR_TABLES = (
     "invoice_payments",
 )
 
-_CONTROL_DDL = """
-CREATE SCHEMA IF NOT EXISTS entitled;
-CREATE SCHEMA IF NOT EXISTS live;
-CREATE TABLE IF NOT EXISTS entitled.versions (
+_CONTROL_DDL = f"""
+CREATE SCHEMA IF NOT EXISTS {CONTROL};
+CREATE SCHEMA IF NOT EXISTS {LIVE};
+CREATE TABLE IF NOT EXISTS {CONTROL}.versions (
     version     integer PRIMARY KEY,
     schema_name text NOT NULL UNIQUE,
     state       text NOT NULL CHECK (state IN ('building', 'ready', 'active', 'retired')),
@@ -47,26 +45,26 @@ CREATE TABLE IF NOT EXISTS entitled.versions (
     activated_at timestamptz,
     note        text
 );
-CREATE TABLE IF NOT EXISTS entitled.active (
+CREATE TABLE IF NOT EXISTS {CONTROL}.active (
     singleton boolean PRIMARY KEY DEFAULT true CHECK (singleton),
-    version   integer NOT NULL REFERENCES entitled.versions (version)
+    version   integer NOT NULL REFERENCES {CONTROL}.versions (version)
 );
-CREATE TABLE IF NOT EXISTS entitled.movies (
+CREATE TABLE IF NOT EXISTS {CONTROL}.movies (
     movie_id   text PRIMARY KEY,
     title      text NOT NULL,
     keywords   text NOT NULL DEFAULT '',
-    groups     text[] NOT NULL DEFAULT '{}',
+    groups     text[] NOT NULL DEFAULT '{{}}',
     search     tsvector GENERATED ALWAYS AS (
         setweight(to_tsvector('english', title), 'A')
         || setweight(to_tsvector('english', keywords), 'B')
     ) STORED,
     updated_at timestamptz NOT NULL DEFAULT now()
 );
-CREATE INDEX IF NOT EXISTS movies_search_idx ON entitled.movies USING gin (search);
-CREATE INDEX IF NOT EXISTS movies_groups_idx ON entitled.movies USING gin (groups);
-CREATE INDEX IF NOT EXISTS movies_title_idx ON entitled.movies (title, movie_id);
-CREATE SEQUENCE IF NOT EXISTS entitled.change_ids;
-CREATE TABLE IF NOT EXISTS entitled.changes (
+CREATE INDEX IF NOT EXISTS movies_search_idx ON {CONTROL}.movies USING gin (search);
+CREATE INDEX IF NOT EXISTS movies_groups_idx ON {CONTROL}.movies USING gin (groups);
+CREATE INDEX IF NOT EXISTS movies_title_idx ON {CONTROL}.movies (title, movie_id);
+CREATE SEQUENCE IF NOT EXISTS {CONTROL}.change_ids;
+CREATE TABLE IF NOT EXISTS {CONTROL}.changes (
     id            bigint PRIMARY KEY,
     customer      text NOT NULL,
     groups_before text[] NOT NULL,
@@ -80,9 +78,9 @@ CREATE TABLE IF NOT EXISTS entitled.changes (
     created_at    timestamptz NOT NULL DEFAULT now(),
     published_at  timestamptz
 );
-CREATE INDEX IF NOT EXISTS changes_unpublished_idx ON entitled.changes (id)
+CREATE INDEX IF NOT EXISTS changes_unpublished_idx ON {CONTROL}.changes (id)
     WHERE published_at IS NULL;
-CREATE INDEX IF NOT EXISTS changes_customer_idx ON entitled.changes (customer, id);
+CREATE INDEX IF NOT EXISTS changes_customer_idx ON {CONTROL}.changes (customer, id);
 """
 
 _MIRROR_DDL = """
@@ -217,7 +215,7 @@ async def migrate(conn: AsyncConnection[object]) -> str:
         if stmt.strip():
             await conn.execute(stmt)
     cur = await conn.execute(
-        "SELECT v.schema_name FROM entitled.active a JOIN entitled.versions v USING (version)"
+        f"SELECT v.schema_name FROM {CONTROL}.active a JOIN {CONTROL}.versions v USING (version)"
     )
     row = await cur.fetchone()
     if row is not None:
@@ -226,11 +224,11 @@ async def migrate(conn: AsyncConnection[object]) -> str:
         return str(row[0])  # type: ignore[index]
     schema = await create_version_schema(conn, 1)
     await conn.execute(
-        "INSERT INTO entitled.versions (version, schema_name, state, activated_at)"
+        f"INSERT INTO {CONTROL}.versions (version, schema_name, state, activated_at)"
         " VALUES (1, %s, 'active', now())",
         (schema,),
     )
-    await conn.execute("INSERT INTO entitled.active (version) VALUES (1)")
+    await conn.execute(f"INSERT INTO {CONTROL}.active (version) VALUES (1)")
     await point_live_views(conn, schema)
     return schema
 
@@ -239,7 +237,7 @@ async def active_schema(conn: AsyncConnection[object], *, lock: bool = False) ->
     """The active version's schema. `lock=True` takes a share lock on the active row, so a
     concurrent swap waits until this transaction ends (and vice versa)."""
     query = (
-        "SELECT v.schema_name FROM entitled.active a JOIN entitled.versions v USING (version)"
+        f"SELECT v.schema_name FROM {CONTROL}.active a JOIN {CONTROL}.versions v USING (version)"
         + (" FOR SHARE OF a" if lock else "")
     )
     cur = await conn.execute(query)
@@ -251,8 +249,3 @@ async def active_schema(conn: AsyncConnection[object], *, lock: bool = False) ->
 
 def qualified(schema: str, table: str) -> sql.Identifier:
     return sql.Identifier(schema, table)
-
-
-def all_tables(schema: str) -> Iterable[sql.Identifier]:
-    for table in (*MIRROR_TABLES, "customer_entitlements", "checkpoints", "processed_events"):
-        yield qualified(schema, table)

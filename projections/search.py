@@ -13,6 +13,8 @@ from typing import Any
 from psycopg import AsyncConnection
 from psycopg.rows import class_row, dict_row
 
+from projections.schema import CONTROL, LIVE
+
 # Both queries LEFT JOIN the customer's one entitlements row (an unknown customer gives NULLs,
 # hence nothing available). A subscription reason wins over a purchase: it is the broader
 # right, and a subscriber who also bought the movie keeps it if the subscription ends.
@@ -26,9 +28,9 @@ _REASON = """
 # raising, unlike to_tsquery; the GIN index on `search` serves the @@.
 MATCH_SQL = f"""
 SELECT m.movie_id, m.title, m.groups, {_REASON}
-FROM entitled.movies m
+FROM {CONTROL}.movies m
 CROSS JOIN websearch_to_tsquery('english', %(q)s) AS query
-LEFT JOIN live.customer_entitlements e ON e.customer = %(customer)s
+LEFT JOIN {LIVE}.customer_entitlements e ON e.customer = %(customer)s
 WHERE m.search @@ query
 ORDER BY ts_rank(m.search, query) DESC, m.title, m.movie_id
 LIMIT %(limit)s
@@ -37,48 +39,48 @@ LIMIT %(limit)s
 # An empty query lists the catalogue (the page's first screen).
 LIST_SQL = f"""
 SELECT m.movie_id, m.title, m.groups, {_REASON}
-FROM entitled.movies m
-LEFT JOIN live.customer_entitlements e ON e.customer = %(customer)s
+FROM {CONTROL}.movies m
+LEFT JOIN {LIVE}.customer_entitlements e ON e.customer = %(customer)s
 ORDER BY m.title, m.movie_id
 LIMIT %(limit)s
 """
 
-_ENTITLEMENTS_SQL = """
+_ENTITLEMENTS_SQL = f"""
 SELECT
     e.groups,
     e.movie_ids,
     e.as_of_event,
     e.as_of_created,
-    (SELECT cu.record FROM live.customers cu WHERE cu.id = c.id) AS customer_record,
+    (SELECT cu.record FROM {LIVE}.customers cu WHERE cu.id = c.id) AS customer_record,
     (SELECT coalesce(jsonb_agg(s.record ORDER BY s.v_created DESC, s.id), '[]'::jsonb)
-       FROM live.subscriptions s WHERE s.customer = c.id) AS subscriptions,
+       FROM {LIVE}.subscriptions s WHERE s.customer = c.id) AS subscriptions,
     (SELECT coalesce(jsonb_agg(p.record ORDER BY p.v_created DESC, p.id), '[]'::jsonb)
-       FROM live.purchases p WHERE p.customer = c.id) AS purchases,
-    (SELECT coalesce(jsonb_object_agg(pr.id, pr.record), '{}'::jsonb)
-       FROM live.products pr
-      WHERE pr.id IN (SELECT unnest(s.refs) FROM live.subscriptions s WHERE s.customer = c.id
+       FROM {LIVE}.purchases p WHERE p.customer = c.id) AS purchases,
+    (SELECT coalesce(jsonb_object_agg(pr.id, pr.record), '{{}}'::jsonb)
+       FROM {LIVE}.products pr
+      WHERE pr.id IN (SELECT unnest(s.refs) FROM {LIVE}.subscriptions s WHERE s.customer = c.id
                       UNION
-                      SELECT unnest(p.refs) FROM live.purchases p WHERE p.customer = c.id)
+                      SELECT unnest(p.refs) FROM {LIVE}.purchases p WHERE p.customer = c.id)
     ) AS products
 FROM (SELECT %(customer)s::text AS id) AS c
-LEFT JOIN live.customer_entitlements e ON e.customer = c.id
+LEFT JOIN {LIVE}.customer_entitlements e ON e.customer = c.id
 """
 
-_CUSTOMERS_SQL = """
+_CUSTOMERS_SQL = f"""
 SELECT k.id, cu.record ->> 'name' AS name, cu.record ->> 'email' AS email
-FROM (SELECT id FROM live.customers
+FROM (SELECT id FROM {LIVE}.customers
       WHERE coalesce(record ->> 'deleted', 'false') <> 'true'
       UNION
-      SELECT customer FROM live.customer_entitlements) AS k
-LEFT JOIN live.customers cu ON cu.id = k.id
+      SELECT customer FROM {LIVE}.customer_entitlements) AS k
+LEFT JOIN {LIVE}.customers cu ON cu.id = k.id
 ORDER BY k.id
 LIMIT %(limit)s
 """
 
-_READY_SQL = """
-SELECT to_regclass('entitled.movies') IS NOT NULL
-   AND to_regclass('live.customer_entitlements') IS NOT NULL
-   AND EXISTS (SELECT 1 FROM pg_tables WHERE schemaname = 'entitled' AND tablename = 'active')
+_READY_SQL = f"""
+SELECT to_regclass('{CONTROL}.movies') IS NOT NULL
+   AND to_regclass('{LIVE}.customer_entitlements') IS NOT NULL
+   AND EXISTS (SELECT 1 FROM pg_tables WHERE schemaname = '{CONTROL}' AND tablename = 'active')
 """
 
 

@@ -51,12 +51,12 @@ class VersionInfo:
 
 async def list_versions(conn: AsyncConnection[Any]) -> list[VersionInfo]:
     cur = await conn.execute(
-        """
+        f"""
         SELECT v.version, v.schema_name, v.state, v.created_at, v.activated_at,
                (SELECT coalesce(sum(pg_total_relation_size(c.oid)), 0)
                   FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
                  WHERE n.nspname = v.schema_name AND c.relkind = 'r')::bigint AS bytes
-          FROM entitled.versions v ORDER BY v.version
+          FROM {db.CONTROL}.versions v ORDER BY v.version
         """
     )
     return [VersionInfo(*row) for row in await cur.fetchall()]
@@ -74,14 +74,14 @@ async def create(
     found again by the rebuild itself.
     """
     async with conn.transaction():
-        await conn.execute("LOCK TABLE entitled.versions IN EXCLUSIVE MODE")
-        cur = await conn.execute("SELECT coalesce(max(version), 0) + 1 FROM entitled.versions")
+        await conn.execute(f"LOCK TABLE {db.CONTROL}.versions IN EXCLUSIVE MODE")
+        cur = await conn.execute(f"SELECT coalesce(max(version), 0) + 1 FROM {db.CONTROL}.versions")
         row = await cur.fetchone()
         assert row is not None
         version = int(row[0])
         schema = await db.create_version_schema(conn, version, indexes=False)
         await conn.execute(
-            "INSERT INTO entitled.versions (version, schema_name, state, note)"
+            f"INSERT INTO {db.CONTROL}.versions (version, schema_name, state, note)"
             " VALUES (%s, %s, 'building', %s)",
             (version, schema, note),
         )
@@ -105,7 +105,7 @@ async def _copy_skipped(conn: AsyncConnection[Any], source: str, target: str) ->
 async def resumable(conn: AsyncConnection[Any]) -> tuple[int, str] | None:
     """The newest version whose build was interrupted, to continue rather than restart."""
     cur = await conn.execute(
-        "SELECT version, schema_name FROM entitled.versions WHERE state = 'building'"
+        f"SELECT version, schema_name FROM {db.CONTROL}.versions WHERE state = 'building'"
         " ORDER BY version DESC LIMIT 1"
     )
     row = await cur.fetchone()
@@ -115,7 +115,7 @@ async def resumable(conn: AsyncConnection[Any]) -> tuple[int, str] | None:
 async def state_of(conn: AsyncConnection[Any], version: int) -> tuple[str, str]:
     """(schema, state) of `version`; `VersionError` when there is none."""
     cur = await conn.execute(
-        "SELECT schema_name, state FROM entitled.versions WHERE version = %s", (version,)
+        f"SELECT schema_name, state FROM {db.CONTROL}.versions WHERE version = %s", (version,)
     )
     row = await cur.fetchone()
     if row is None:
@@ -126,14 +126,14 @@ async def state_of(conn: AsyncConnection[Any], version: int) -> tuple[str, str]:
 async def mark_ready(conn: AsyncConnection[Any], version: int) -> None:
     """The build of `version` is complete (it may still be behind the log end)."""
     await conn.execute(
-        "UPDATE entitled.versions SET state = 'ready' WHERE version = %s", (version,)
+        f"UPDATE {db.CONTROL}.versions SET state = 'ready' WHERE version = %s", (version,)
     )
 
 
 async def lock_active(conn: AsyncConnection[Any]) -> int | None:
     """Take the active row FOR UPDATE (in the caller's transaction): the live worker waits
     before its next batch until the transaction ends. Returns the active version."""
-    cur = await conn.execute("SELECT version FROM entitled.active FOR UPDATE")
+    cur = await conn.execute(f"SELECT version FROM {db.CONTROL}.active FOR UPDATE")
     row = await cur.fetchone()
     return None if row is None else int(row[0])
 
@@ -152,14 +152,14 @@ async def swap(conn: AsyncConnection[Any], version: int, *, cause: str = "replay
             else await changes.diff_versions(conn, (await state_of(conn, previous))[0], target)
         )
         await conn.execute(
-            "UPDATE entitled.versions SET state = 'retired' WHERE version = %s", (previous,)
+            f"UPDATE {db.CONTROL}.versions SET state = 'retired' WHERE version = %s", (previous,)
         )
         await conn.execute(
-            "UPDATE entitled.versions SET state = 'active', activated_at = now()"
+            f"UPDATE {db.CONTROL}.versions SET state = 'active', activated_at = now()"
             " WHERE version = %s",
             (version,),
         )
-        await conn.execute("UPDATE entitled.active SET version = %s", (version,))
+        await conn.execute(f"UPDATE {db.CONTROL}.active SET version = %s", (version,))
         await db.point_live_views(conn, target)
         await changes.record(conn, target, differ, cause)
 
@@ -168,7 +168,7 @@ async def drop(conn: AsyncConnection[Any], version: int) -> None:
     """Drop a version that is not active, its schema and its row."""
     async with conn.transaction():
         cur = await conn.execute(
-            "SELECT schema_name, state FROM entitled.versions WHERE version = %s FOR UPDATE",
+            f"SELECT schema_name, state FROM {db.CONTROL}.versions WHERE version = %s FOR UPDATE",
             (version,),
         )
         row = await cur.fetchone()
@@ -177,7 +177,7 @@ async def drop(conn: AsyncConnection[Any], version: int) -> None:
         if row[1] == "active":
             raise VersionError("the active version cannot be dropped")
         await conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(row[0])))
-        await conn.execute("DELETE FROM entitled.versions WHERE version = %s", (version,))
+        await conn.execute(f"DELETE FROM {db.CONTROL}.versions WHERE version = %s", (version,))
 
 
 async def differences(conn: AsyncConnection[Any], live: str, new: str) -> list[dict[str, Any]]:

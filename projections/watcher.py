@@ -29,16 +29,17 @@ from psycopg import AsyncConnection
 from psycopg.rows import TupleRow
 
 from projections.changes import CHANGES_CHANNEL, FOLDED_CHANNEL
+from projections.schema import CONTROL, LIVE
 
 __all__ = ["Signal", "Watcher", "wait"]
 
 log = logging.getLogger(__name__)
 
 # The feed's head, and a figure that moves with every committed batch or version swap.
-_POLL_SQL = """
-SELECT (SELECT coalesce(max(id), 0) FROM entitled.changes),
-       (SELECT coalesce(sum(next_offset), 0) FROM live.checkpoints),
-       (SELECT version FROM entitled.active)
+_POLL_SQL = f"""
+SELECT (SELECT coalesce(max(id), 0) FROM {CONTROL}.changes),
+       (SELECT coalesce(sum(next_offset), 0) FROM {LIVE}.checkpoints),
+       (SELECT version FROM {CONTROL}.active)
 """
 
 
@@ -47,7 +48,7 @@ class Signal:
 
     def __init__(self) -> None:
         self._event = asyncio.Event()
-        self.fired = 0
+        self.fired = 0  # how many times it fired (`projections.fanout` fetches once per firing)
 
     def armed(self) -> asyncio.Event:
         """The event the next `fire` sets: take it before checking, wait on it after."""

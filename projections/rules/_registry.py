@@ -10,7 +10,7 @@ rule:
   position;
 - the rule is run a second time on the object as it was before the event (when the event
   carries `previous_attributes`), and the row keeps the values the event changed, so that
-  same-key snapshots chain (`projections.rows.settle`).
+  same-key snapshots chain (`projections.settle.settle`).
 """
 
 from __future__ import annotations
@@ -22,7 +22,8 @@ from types import MappingProxyType
 from typing import Any, TypeVar
 
 from projections.events import ObjectView, StripeEvent, stage_of
-from projections.rows import TABLES, Row, Settled, Stamp, changes, coarse, rank_of, settle
+from projections.rows import TABLES, Row, Stamp, coarse, rank_of
+from projections.settle import Settled, changes, settle
 
 __all__ = [
     "RULES",

@@ -27,8 +27,8 @@ from projections.rows import (
     from_record,
     rank_of,
     refs_of,
-    settle,
 )
+from projections.settle import settle
 
 V = Stamp(1700000000, 1, 0, 2, 3)
 ROWS: list[Row] = [
