@@ -135,6 +135,7 @@ class Hydrator:
         self._listener = _Assignments()
         # partitions holding an event left unhydrated (no key): never committed past it
         self._blocked: set[TopicPartition] = set()
+        self._last_read_ms = 0
         self.result = HydrateResult()
 
     async def run(self, *, pending_only: bool = False, stop: asyncio.Event | None = None) -> None:
@@ -158,12 +159,32 @@ class Hydrator:
                 if self._listener.changed:
                     self._listener.changed = False
                     await self._recall(consumer)
+                await self._measure_lag(consumer, batch, in_flight=True)
                 await self._handle(consumer, batch)
+                await self._measure_lag(consumer, batch, in_flight=False)
                 if ends is not None and await self._reached(consumer, ends):
                     return
         finally:
             await consumer.stop()
             await self._producer.stop()
+
+    async def _measure_lag(
+        self, consumer: AIOKafkaConsumer, batch: Mapping[TopicPartition, Any], *, in_flight: bool
+    ) -> None:
+        """Records not completed yet (unread, plus the batch while it is in flight) and the
+        age of the oldest of them as far as it is known (the batch's, else the last read)."""
+        waiting = sum(len(records) for records in batch.values()) if in_flight else 0
+        for tp in consumer.assignment():
+            high = consumer.highwater(tp)
+            if high is not None:
+                waiting += max(high - await consumer.position(tp), 0)
+        self.metrics.lag_events.set(waiting)
+        firsts = [records[0].timestamp for records in batch.values() if records]
+        known = min(firsts) if in_flight and firsts else self._last_read_ms
+        oldest_ms = known if waiting else 0
+        if not in_flight and firsts:
+            self._last_read_ms = max(records[-1].timestamp for records in batch.values() if records)
+        self.metrics.lag_seconds.set(max(time.time() - oldest_ms / 1000, 0.0) if oldest_ms else 0.0)
 
     async def _log_end(self, consumer: AIOKafkaConsumer) -> dict[TopicPartition, int]:
         parts = consumer.partitions_for_topic(self.settings.topic) or set()

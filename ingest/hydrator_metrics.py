@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from prometheus_client import CollectorRegistry, Counter, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -21,6 +21,16 @@ class HydratorMetrics:
             "Events needing completion by outcome (hydrated, gone, failed, no_state, "
             "duplicate, unhydrated: no STRIPE_API_KEY).",
             ["outcome"],
+            registry=self.registry,
+        )
+        self.lag_events = Gauge(
+            "entitled_hydrator_lag_events",
+            "Records of the assigned partitions the hydrator has not read yet.",
+            registry=self.registry,
+        )
+        self.lag_seconds = Gauge(
+            "entitled_hydrator_lag_seconds",
+            "Age of the last record read while records wait (0 when caught up).",
             registry=self.registry,
         )
         for outcome in ("hydrated", "unhydrated"):

@@ -181,17 +181,10 @@ def test_without_a_key_counted_unhydrated_then_pending_completes(
     port = free_port()
     idle = _hydrator(procs, stripe_mock, "--metrics-port", str(port), key="")
 
-    def unhydrated() -> float:
-        try:
-            text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=2).text
-        except httpx.TransportError:
-            return 0
-        for line in text.splitlines():
-            if line.startswith('entitled_hydrator_events_total{outcome="unhydrated"}'):
-                return float(line.split()[-1])
-        return 0
+    def unhydrated() -> bool:
+        return _metric(port, 'entitled_hydrator_events_total{outcome="unhydrated"}') == 5
 
-    wait_until(lambda: unhydrated() == 5, 60, "5 unhydrated in /metrics", procs)
+    wait_until(unhydrated, 60, "5 unhydrated in /metrics", procs)
     assert "STRIPE_API_KEY is not set" in idle.log.read_text()
     assert _hydrated(settings) == []
     idle.stop()
@@ -309,3 +302,38 @@ def test_thin_notification_against_localstripe_older_shape(
     (_, event, key) = _hydrated(settings)[0]
     assert key.decode() == customer.id
     assert event["data"]["object"]["items"]["data"][0]["plan"]["id"] == plan.id
+
+
+def _metric(port: int, name: str) -> float | None:
+    """The value of the sample `name` (with its labels) on 127.0.0.1:`port`/metrics."""
+    try:
+        text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=2).text
+    except httpx.TransportError:
+        return None
+    for line in text.splitlines():
+        if line.rpartition(" ")[0] == name:
+            return float(line.split()[-1])
+    return None
+
+
+def test_lag_gauges_rise_while_fetches_wait_and_fall_to_zero(
+    settings: Settings, procs: Procs, stripe_mock: str
+) -> None:
+    n = 40
+    publish(settings, _subscription_notifications("sub_lag", n))
+    port = free_port()
+    _hydrator(procs, stripe_mock, "--metrics-port", str(port), rps="5")  # 8 s of fetching
+
+    def waiting() -> bool:
+        events = _metric(port, "entitled_hydrator_lag_events") or 0
+        seconds = _metric(port, "entitled_hydrator_lag_seconds") or 0
+        return events > 0 and seconds > 0
+
+    wait_until(waiting, 30, "lag in events and seconds while fetches wait", procs)
+    wait_until(lambda: len(_hydrated(settings)) >= n, 60, f"{n} snapshots", procs)
+
+    def caught_up_gauges() -> bool:
+        events = _metric(port, "entitled_hydrator_lag_events")
+        return events == 0 and _metric(port, "entitled_hydrator_lag_seconds") == 0
+
+    wait_until(caught_up_gauges, 30, "both lag gauges at 0", procs)
