@@ -5,17 +5,15 @@ Rules never handle raw dicts: `parse` normalises the object to the current API s
 of a replay, so it extracts, it does not validate beyond what the fold needs.
 
 Views are tolerant: every field has a defined default, taken when the field is absent or of
-the wrong type (a view is built from the field's declared type, `_build`). `parse` refuses
-only what is not a Stripe event envelope at all; an event that describes no stored state (no
-`data.object`, an object without an id such as the `invoice.upcoming` preview, a thin event
-notification) parses with `obj=None`, and the fold ignores it and counts it.
+the wrong type (a view is built from its fields' declared types, `projections._fields`).
+`parse` refuses only what is not a Stripe event envelope at all; an event that describes no
+stored state (no `data.object`, an object without an id such as the `invoice.upcoming`
+preview, a thin event notification) parses with `obj=None`, and the fold ignores it and
+counts it.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import functools
-import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -23,8 +21,9 @@ from typing import Any, TypeVar
 
 import orjson
 
+from projections._fields import Obj, as_dict, as_int, as_list, build, ref
 from projections.errors import EventParseError
-from projections.metadata import Metadata, metadata_of
+from projections.metadata import Metadata
 from projections.normalise import normalise
 from projections.rows import ItemRow
 
@@ -46,11 +45,9 @@ __all__ = [
     "StripeEvent",
     "SubscriptionView",
     "parse",
-    "stage_of",
     "view_of",
 ]
 
-Obj = dict[str, Any]
 V = TypeVar("V")
 
 # A subscription item reads exactly what the row stores: one class for both.
@@ -211,123 +208,59 @@ class StripeEvent:
     previous: ObjectView | None = None
 
 
-# -- tolerant field readers -----------------------------------------------------------------
-
-
-def _ref(value: Any) -> str | None:
-    """An id field that may be expanded into an object."""
-    if isinstance(value, dict):
-        value = value.get("id")
-    return value if isinstance(value, str) else None
-
-
-def _int(value: Any) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
-
-
-def _dict(value: Any) -> Obj:
-    return value if isinstance(value, dict) else {}
-
-
-def _list(value: Any) -> list[Obj]:
-    """The dicts of a Stripe list object (`{"data": [...]}`) or of a plain list."""
-    if isinstance(value, dict):
-        value = value.get("data")
-    return [v for v in value if isinstance(v, dict)] if isinstance(value, list) else []
-
-
-def _reader(tp: Any, default: Any) -> Callable[[Any], Any]:
-    """How to read a field of type `tp` from a payload value, `default` when unusable."""
-    if tp == Metadata:
-        return metadata_of
-    if tp is bool:
-        return lambda v: v if isinstance(v, bool) else default
-    if tp is int:
-        return lambda v: v if isinstance(v, int) and not isinstance(v, bool) else default
-    if tp is str:
-        return lambda v: v if isinstance(v, str) else default
-    if tp == str | None:
-        return _ref
-    if tp == int | None:
-        return _int
-    raise TypeError(f"no reader for {tp}: build the field explicitly")
-
-
-@functools.cache
-def _readers(cls: type) -> tuple[tuple[str, Callable[[Any], Any] | None], ...]:
-    hints = typing.get_type_hints(cls)
-    out: list[tuple[str, Callable[[Any], Any] | None]] = []
-    for f in dataclasses.fields(cls):
-        default = None if f.default is dataclasses.MISSING else f.default
-        try:
-            out.append((f.name, _reader(hints[f.name], default)))
-        except TypeError:
-            out.append((f.name, None))  # a nested field: the builder passes it
-    return tuple(out)
-
-
-def _build(cls: Callable[..., V], o: Obj, **given: Any) -> V:
-    """`cls` from payload `o`: each field read by its declared type, `given` ones as given."""
-    values = dict(given)
-    for name, read in _readers(cls):
-        if name not in values and read is not None:
-            values[name] = read(o.get(name))
-    return cls(**values)
-
-
 # -- views ------------------------------------------------------------------------------------
 
 
 def _item(i: Obj) -> ItemView:
     price = i.get("price")
-    product = _ref(price.get("product")) if isinstance(price, dict) else None
-    quantity = _int(i.get("quantity"))
-    return _build(
+    product = ref(price.get("product")) if isinstance(price, dict) else None
+    quantity = as_int(i.get("quantity"))
+    return build(
         ItemView,
         i,
-        price=_ref(price),
+        price=ref(price),
         product=product,
         quantity=1 if quantity is None else quantity,
     )
 
 
 def _subscription(o: Obj) -> SubscriptionView:
-    return _build(SubscriptionView, o, items=tuple(_item(i) for i in _list(o.get("items"))))
+    return build(SubscriptionView, o, items=tuple(_item(i) for i in as_list(o.get("items"))))
 
 
 def _checkout_session(o: Obj) -> CheckoutSessionView:
-    products = {_ref(_dict(li.get("price")).get("product")) for li in _list(o.get("line_items"))}
-    return _build(CheckoutSessionView, o, product_ids=tuple(sorted(p for p in products if p)))
+    products = {ref(as_dict(li.get("price")).get("product")) for li in as_list(o.get("line_items"))}
+    return build(CheckoutSessionView, o, product_ids=tuple(sorted(p for p in products if p)))
 
 
 def _line(ln: Obj) -> LineView:
-    details = _dict(_dict(ln.get("pricing")).get("price_details"))
-    return LineView(_ref(details.get("price")), _ref(details.get("product")))
+    details = as_dict(as_dict(ln.get("pricing")).get("price_details"))
+    return LineView(ref(details.get("price")), ref(details.get("product")))
 
 
 def _invoice(o: Obj) -> InvoiceView:
-    details = _dict(_dict(o.get("parent")).get("subscription_details"))
+    details = as_dict(as_dict(o.get("parent")).get("subscription_details"))
     pi = None
-    for payment in _list(o.get("payments")):
-        pi = _ref(_dict(payment.get("payment")).get("payment_intent")) or pi
+    for payment in as_list(o.get("payments")):
+        pi = ref(as_dict(payment.get("payment")).get("payment_intent")) or pi
         if payment.get("is_default") is True:
             break
-    return _build(
+    return build(
         InvoiceView,
         o,
-        subscription=_ref(details.get("subscription")),
+        subscription=ref(details.get("subscription")),
         payment_intent=pi,
-        lines=tuple(_line(ln) for ln in _list(o.get("lines"))),
+        lines=tuple(_line(ln) for ln in as_list(o.get("lines"))),
     )
 
 
 def _invoice_payment(o: Obj) -> InvoicePaymentView:
-    payment = _dict(o.get("payment"))
-    return _build(InvoicePaymentView, o, payment_intent=_ref(payment.get("payment_intent")))
+    payment = as_dict(o.get("payment"))
+    return build(InvoicePaymentView, o, payment_intent=ref(payment.get("payment_intent")))
 
 
 def _plain(cls: Callable[..., V]) -> Callable[[Obj], V]:
-    return lambda o: _build(cls, o)
+    return lambda o: build(cls, o)
 
 
 # data.object.object -> view builder; object types no rule reads have no view.
@@ -352,60 +285,13 @@ def view_of(obj: Obj, api_version: str | None) -> ObjectView | None:
     """The typed view of a `data.object` of any API version; None for types no rule reads
     and for objects without an id (previews such as the upcoming invoice)."""
     kind = obj.get("object")
-    build = _VIEWS.get(kind) if isinstance(kind, str) else None
+    make = _VIEWS.get(kind) if isinstance(kind, str) else None
     ident = obj.get("id")
-    if build is None or not isinstance(ident, str) or not ident:
+    if make is None or not isinstance(ident, str) or not ident:
         return None
     if kind in _NORMALISED:
         obj = normalise(obj, api_version)
-    return build(obj)
-
-
-# -- lifecycle stages ---------------------------------------------------------------------------
-
-_INVOICE = {"draft": 0, "open": 1, "uncollectible": 2, "paid": 3, "void": 3}
-_PAYMENT_INTENT = {"processing": 1, "requires_capture": 2, "succeeded": 3, "canceled": 3}
-_SESSION = {"open": 0, "complete": 1, "expired": 1}
-_REFUND = {"succeeded": 1, "failed": 1, "canceled": 1}
-_DISPUTE = {
-    "warning_needs_response": 0,
-    "needs_response": 0,
-    "warning_under_review": 1,
-    "under_review": 1,
-    "won": 2,
-    "lost": 2,
-    "warning_closed": 2,
-    "prevented": 2,
-}
-_INVOICE_PAYMENT = {"open": 0, "paid": 1, "canceled": 1}
-
-
-def stage_of(obj: ObjectView | None) -> int:
-    """Where the object is in its lifecycle, a number that never goes down as the object
-    lives: an invoice draft < open < uncollectible < paid | void; a payment intent
-    requires_* < processing < requires_capture < succeeded | canceled; a checkout session
-    open < complete | expired, then unpaid < paid; a refund pending (or requires_action) <
-    succeeded | failed | canceled; a dispute needs_response < under_review < closed; an
-    invoice payment open < paid | canceled; a charge by its refunded amount, then captured,
-    refunded, then pending < final. 0 for objects without a monotonic lifecycle."""
-    if isinstance(obj, InvoiceView):
-        return _INVOICE.get(obj.status or "", 0)
-    if isinstance(obj, PaymentIntentView):
-        return _PAYMENT_INTENT.get(obj.status or "", 0)  # requires_*: 0
-    if isinstance(obj, CheckoutSessionView):
-        paid = obj.payment_status in ("paid", "no_payment_required")
-        return _SESSION.get(obj.status or "", 0) * 2 + paid
-    if isinstance(obj, RefundView):
-        return _REFUND.get(obj.status or "", 0)
-    if isinstance(obj, DisputeView):
-        return _DISPUTE.get(obj.status or "", 0)
-    if isinstance(obj, InvoicePaymentView):
-        return _INVOICE_PAYMENT.get(obj.status or "", 0)
-    if isinstance(obj, ChargeView):
-        refunded = max(obj.amount_refunded, 0)
-        final = obj.status not in (None, "pending")
-        return ((refunded * 2 + obj.captured) * 2 + obj.refunded) * 2 + final
-    return 0
+    return make(obj)
 
 
 # -- the envelope -------------------------------------------------------------------------------
@@ -458,7 +344,7 @@ def parse(raw: bytes, *, partition: int, offset: int, key: str | None = None) ->
     if kind not in ("event", "v2.core.event"):
         raise EventParseError(f"not an event at {partition}/{offset}: object={kind!r}")
     api_version = _text(doc.get("api_version"))
-    data = _dict(doc.get("data"))
+    data = as_dict(doc.get("data"))
     # A thin event (v2.core.event) has no data: it names a related object that the hydrator
     # fetches and logs as a snapshot of its own. Here it is a counted no-op.
     obj = data.get("object")
@@ -480,7 +366,7 @@ def parse(raw: bytes, *, partition: int, offset: int, key: str | None = None) ->
         key=key,
         object_type=object_type,
         object_id=object_id,
-        customer=object_id if object_type == "customer" else _ref(obj.get("customer")),
+        customer=object_id if object_type == "customer" else ref(obj.get("customer")),
         obj=view,
         previous=previous,
     )

@@ -12,7 +12,7 @@ The order between two snapshots of one object, newest wins:
    is never resurrected by an update stamped later by a skewed clock;
 2. Stripe's `created` second;
 3. the event's rank: update beats create;
-4. the object's lifecycle stage (`projections.events.stage_of`): an invoice that is paid
+4. the object's lifecycle stage (`projections.lifecycle.stage_of`): an invoice that is paid
    came after the one that was open, whatever order the two events arrive in;
 
    (1-4 are the *coarse key*, `coarse`; the writer's SQL upsert guard refuses a snapshot whose

@@ -6,7 +6,7 @@ once, here (`RuleSpec.resolve`, by the order documented in `projections.rows`), 
 rule:
 
 - `stamp_of(event)` places the snapshot: Stripe's `created`, the event's rank (terminal >
-  update > create), the object's lifecycle stage (`projections.events.stage_of`), the log
+  update > create), the object's lifecycle stage (`projections.lifecycle.stage_of`), the log
   position;
 - the rule is run a second time on the object as it was before the event (when the event
   carries `previous_attributes`), and the row keeps the values the event changed, so that
@@ -21,7 +21,8 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, TypeVar
 
-from projections.events import ObjectView, StripeEvent, stage_of
+from projections.events import ObjectView, StripeEvent
+from projections.lifecycle import stage_of
 from projections.rows import TABLES, Row, Stamp, coarse, rank_of
 from projections.settle import Settled, changes, settle
 
