@@ -15,6 +15,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from entitled.settings import Settings
 from entitled.shell import stripe_events as se
 from entitled.shell.services._process import run_async
+from ingest.hydrate_status import unhydrated
 from ingest.hydrator import group_of
 from ingest.snapshots import hydrate_id
 from tests.ingest.stripe_proxy import stripe_proxy
@@ -181,17 +182,20 @@ def test_without_a_key_counted_unhydrated_then_pending_completes(
     port = free_port()
     idle = _hydrator(procs, stripe_mock, "--metrics-port", str(port), key="")
 
-    def unhydrated() -> bool:
+    def counted() -> bool:
         return _metric(port, 'entitled_hydrator_events_total{outcome="unhydrated"}') == 5
 
-    wait_until(unhydrated, 60, "5 unhydrated in /metrics", procs)
+    wait_until(counted, 60, "5 unhydrated in /metrics", procs)
     assert "STRIPE_API_KEY is not set" in idle.log.read_text()
     assert _hydrated(settings) == []
+    as_process = Settings.from_env(environment(settings))  # its consumer group
+    assert run_async(lambda: unhydrated(as_process)) == 5
     idle.stop()
     pending = _hydrator(procs, stripe_mock, "--pending")
     assert pending.popen is not None
     assert pending.popen.wait(90) == 0, pending.tail()
     assert "hydrated 5" in pending.log.read_text()
+    assert run_async(lambda: unhydrated(as_process)) == 0
     sources = {h["hydrated-from"] for h, _, _ in _hydrated(settings)}
     assert sources == {t["id"] for t in thins}
 
