@@ -31,6 +31,7 @@ from typing import Any
 import httpx
 
 from entitled.shell import stripe_events as se
+from entitled.shell._stripe_objects import fixture_objects
 
 CORPUS_ENV = "ENTITLED_STRIPE_CORPUS"
 # The version stripe-mock v0.203.0's OpenAPI spec describes (its `info.version`).
@@ -188,7 +189,7 @@ FIXTURE_TYPES: Mapping[str, str] = {
 
 def fixtures3_corpus(created: int) -> list[Sample]:
     """One event per `FIXTURE_TYPES` entry (current API shape), a preview, a thin event."""
-    resources = se._resources()
+    resources = fixture_objects()
     samples = [
         _sample(
             f"fixtures3:{event_type}",
