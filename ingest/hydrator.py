@@ -31,10 +31,11 @@ hydrator restarted with a key) completes them later.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -160,13 +161,32 @@ class Hydrator:
                     self._listener.changed = False
                     await self._recall(consumer)
                 await self._measure_lag(consumer, batch, in_flight=True)
-                await self._handle(consumer, batch)
+                if not await self._until_stopped(self._handle(consumer, batch), stop):
+                    return  # stopped mid-batch: nothing committed, the restart recalls
                 await self._measure_lag(consumer, batch, in_flight=False)
                 if ends is not None and await self._reached(consumer, ends):
                     return
         finally:
             await consumer.stop()
             await self._producer.stop()
+
+    @staticmethod
+    async def _until_stopped(work: Coroutine[Any, Any, None], stop: asyncio.Event) -> bool:
+        """Run `work`; cancel it when `stop` is set first (a batch of slow fetches must not
+        hold up a shutdown). True when `work` finished."""
+        task = asyncio.ensure_future(work)
+        stopping = asyncio.ensure_future(stop.wait())
+        try:
+            await asyncio.wait({task, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopping.cancel()
+        if task.done():
+            task.result()  # raises what the batch raised
+            return True
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        return False
 
     async def _measure_lag(
         self, consumer: AIOKafkaConsumer, batch: Mapping[TopicPartition, Any], *, in_flight: bool

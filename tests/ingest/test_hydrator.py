@@ -341,3 +341,24 @@ def test_lag_gauges_rise_while_fetches_wait_and_fall_to_zero(
         return events == 0 and _metric(port, "entitled_hydrator_lag_seconds") == 0
 
     wait_until(caught_up_gauges, 30, "both lag gauges at 0", procs)
+
+
+def test_sigterm_mid_batch_stops_at_once_and_a_restart_completes(
+    settings: Settings, procs: Procs, stripe_mock: str
+) -> None:
+    n = 100
+    thins = _subscription_notifications("sub_term", n)
+    publish(settings, thins)
+    first = _hydrator(procs, stripe_mock, rps="10")  # one batch of 10 s
+    wait_until(lambda: len(_hydrated(settings)) >= 10, 60, "10 snapshots", procs)
+    assert first.popen is not None
+    started = time.monotonic()
+    first.stop(timeout=30)
+    assert first.popen.returncode == 0, first.tail()
+    assert time.monotonic() - started < 5  # not held up by the rest of the batch
+    assert len(_hydrated(settings)) < n
+    _hydrator(procs, stripe_mock, rps="100")
+    wait_until(lambda: len(_hydrated(settings)) >= n, 60, f"{n} snapshots", procs)
+    wait_until(lambda: _group_lag(settings) == 0, 60, "the hydrator at the log end", procs)
+    sources = Counter(h["hydrated-from"] for h, _, _ in _hydrated(settings))
+    assert set(sources) == {t["id"] for t in thins} and set(sources.values()) == {1}
