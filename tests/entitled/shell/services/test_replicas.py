@@ -6,7 +6,7 @@ from __future__ import annotations
 import shutil
 import stat
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,7 +17,7 @@ from click.testing import CliRunner
 from entitled.settings import Settings
 from entitled.shell import services as svc
 from entitled.shell.services.cli import services as services_cli
-from tests.helpers import wait_for
+from tests.support.polling import wait_until
 
 
 @dataclass(frozen=True)
@@ -51,6 +51,10 @@ def _count(url: str) -> int | None:
     return int(row[0]) if row else None
 
 
+def _replayed(url: str, expected: int | None) -> Callable[[], bool]:
+    return lambda: _count(url) == expected
+
+
 def _write(url: str, rows: int) -> None:
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute("CREATE TABLE IF NOT EXISTS rep_probe (n int)")
@@ -62,7 +66,7 @@ def test_replicas_stream_the_primary_and_refuse_writes(cluster: Cluster) -> None
     _write(cluster.primary, 10)
     expected = _count(cluster.primary)
     for url in cluster.replicas:
-        wait_for(lambda u=url: _count(u) == expected, 30, f"replica {url} to replay")
+        wait_until(_replayed(url, expected), 30, f"replica {url} to replay")
         with psycopg.connect(url) as conn:
             row = conn.execute("SELECT pg_is_in_recovery()").fetchone()
             assert row == (True,)
@@ -75,7 +79,7 @@ def test_status_shows_each_replica_with_its_lag(cluster: Cluster) -> None:
         report = svc.status(cluster.settings)["replicas"]
         return len(report) == 2 and all(r["streaming"] == "streaming" for r in report)
 
-    wait_for(streaming, 30, "both replicas streaming")
+    wait_until(streaming, 30, "both replicas streaming")
     report = svc.status(cluster.settings)["replicas"]
     assert [r["index"] for r in report] == [1, 2]
     for r in report:
@@ -104,9 +108,9 @@ def test_a_stopped_replica_catches_up_when_restarted(cluster: Cluster) -> None:
     assert _count(cluster.replicas[1]) is None
     _write(cluster.primary, 500)
     expected = _count(cluster.primary)
-    wait_for(lambda: _count(cluster.replicas[0]) == expected, 30, "replica 1 to replay")
+    wait_until(lambda: _count(cluster.replicas[0]) == expected, 30, "replica 1 to replay")
     svc.start_replica(cluster.settings, 2)
-    wait_for(lambda: _count(cluster.replicas[1]) == expected, 30, "replica 2 to catch up")
+    wait_until(lambda: _count(cluster.replicas[1]) == expected, 30, "replica 2 to catch up")
 
 
 def test_down_stops_the_replicas_and_up_restarts_them(cluster: Cluster) -> None:
@@ -119,4 +123,4 @@ def test_down_stops_the_replicas_and_up_restarts_them(cluster: Cluster) -> None:
     expected = _count(cluster.primary)
     assert expected
     for url in cluster.replicas:
-        wait_for(lambda u=url: _count(u) == expected, 30, f"replica {url} back")
+        wait_until(_replayed(url, expected), 30, f"replica {url} back")
