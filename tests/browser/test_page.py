@@ -10,10 +10,10 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 from playwright.sync_api import Browser, Route, expect, sync_playwright
-from system import System, system  # noqa: F401 (the fixture)
 
 from entitled.shell import stripe_events as se
 from projections.catalog import read_file
+from tests.support.system import System
 
 pytestmark = pytest.mark.browser
 
@@ -41,7 +41,7 @@ def browser() -> Iterator[Browser]:
 
 
 def test_subscription_turns_buy_into_watch(
-    system: System,  # noqa: F811 (the imported fixture)
+    system: System,
     browser: Browser,
     tmp_path: Path,
 ) -> None:

@@ -2,7 +2,7 @@
 worker is SIGKILLed and Kafka and Postgres restart at seeded random moments.
 
 Afterwards every invariant of DESIGN.md is checked on the whole log (see
-`tests.reliability_support.audit`) and the figures are printed. Sizes come from the
+`tests.support.audit.audit`) and the figures are printed. Sizes come from the
 environment, so that the same test is the long version (`bench/chaos_long.py`):
 
     CHAOS_EVENTS (10000)  CHAOS_RATE (events/s, 150)  CHAOS_SEED (7)

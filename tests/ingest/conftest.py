@@ -1,4 +1,4 @@
-"""Fixtures of the ingest tests; the helpers live in `ingest_helpers`."""
+"""Fixtures of the ingest tests; the helpers live in `tests.support` (`serve`, `kafka`)."""
 
 from __future__ import annotations
 

@@ -14,11 +14,11 @@ from typing import Any
 import httpx
 import pytest
 from api_support import add_change, fold, migrate, running_api
-from helpers import wait_for
 
 from entitled.settings import Settings
 from entitled.shell import stripe_events as se
 from projections import api_feed
+from tests.support.polling import wait_until
 
 
 @pytest.fixture
@@ -125,7 +125,7 @@ def test_long_poll_answers_when_a_folded_change_arrives(
 ) -> None:
     assert settings.database_url
     pending = _long_poll(api, after=0, wait=40, customer="cus_fold")
-    wait_for(lambda: _metric(api, WAITING_CHANGES) == 1, 15, "the long-poll to wait")
+    wait_until(lambda: _metric(api, WAITING_CHANGES) == 1, 15, "the long-poll to wait")
     assert not pending.done()
 
     folded_at = time.monotonic()
@@ -146,7 +146,7 @@ def test_long_poll_wakes_without_notify(api: httpx.Client, settings: Settings) -
     notification, a replica) is found by the shared poll."""
     assert settings.database_url
     pending = _long_poll(api, after=0, wait=40)
-    wait_for(lambda: _metric(api, WAITING_CHANGES) == 1, 15, "the long-poll to wait")
+    wait_until(lambda: _metric(api, WAITING_CHANGES) == 1, 15, "the long-poll to wait")
     quiet = add_change(settings.database_url, "cus_quiet", groups=([], ["kids"]), notify=False)
     started = time.monotonic()
     response = pending.result(timeout=45)
@@ -240,7 +240,7 @@ def test_stream_resumes_with_last_event_id_without_loss_or_duplicates(
         live = add_change(db, "cus_live", movies=([], ["7"]))
         assert int(stream.change().id or 0) == live
         last_seen = live
-    wait_for(lambda: _metric(api, "entitled_api_change_streams") == 0, 15, "the stream to end")
+    wait_until(lambda: _metric(api, "entitled_api_change_streams") == 0, 15, "the stream to end")
 
     # Disconnected: these happen meanwhile.
     missed = [add_change(db, f"cus_m{i}", groups=(["g"], [])) for i in range(4)]
@@ -253,7 +253,7 @@ def test_stream_resumes_with_last_event_id_without_loss_or_duplicates(
         after = add_change(db, "cus_after")
         assert int(stream.change().id or 0) == after  # nothing twice, nothing lost
         assert _metric(api, "entitled_api_change_streams") == 1
-    wait_for(lambda: _metric(api, "entitled_api_change_streams") == 0, 15, "the stream to end")
+    wait_until(lambda: _metric(api, "entitled_api_change_streams") == 0, 15, "the stream to end")
 
 
 def test_stream_without_cursor_starts_at_the_head_and_keeps_alive(
@@ -318,21 +318,21 @@ def test_stream_of_many_clients_holds_no_connections(
     for t in threads:
         t.start()
     opened.wait(30)
-    wait_for(lambda: _metric(api, "entitled_api_change_streams") == clients, 15, "streams")
+    wait_until(lambda: _metric(api, "entitled_api_change_streams") == clients, 15, "streams")
 
     def settled() -> bool:  # every stream idle: the pool holds nothing for them
         stats = _pool_stats(api)
         return stats["requests_waiting"] == 0 and stats["pool_available"] == stats["pool_size"]
 
-    wait_for(settled, 15, "the streams to go idle")
+    wait_until(settled, 15, "the streams to go idle")
     assert _pool_stats(api)["pool_size"] <= 10
     queries_before = _pool_stats(api)["requests_num"]
     change = add_change(db, "cus_fan")
-    wait_for(lambda: len(received) == clients, 20, "every stream to get the change")
+    wait_until(lambda: len(received) == clients, 20, "every stream to get the change")
     assert set(received) == {change}
     # One fetch served every stream (shared memory of recent changes), not one per stream.
     assert _pool_stats(api)["requests_num"] - queries_before <= 5
     done.set()
     for t in threads:
         t.join(30)
-    wait_for(lambda: _metric(api, "entitled_api_change_streams") == 0, 15, "streams to end")
+    wait_until(lambda: _metric(api, "entitled_api_change_streams") == 0, 15, "streams to end")

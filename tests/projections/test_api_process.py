@@ -9,11 +9,12 @@ import signal
 import time
 
 import httpx
-from helpers import free_port
 
 from entitled.settings import Settings
-from tests.processes import Procs, wait_until
-from tests.reliability_support import ready
+from tests.support.polling import wait_until
+from tests.support.ports import free_port
+from tests.support.processes import Procs
+from tests.support.system import ready
 
 TOKEN = "tok_stream_never_logged_51e0"
 

@@ -26,15 +26,13 @@ from entitled.shell import services as svc
 from entitled.shell import stripe_events as se
 from entitled.shell.services import _process as sproc
 from entitled.shell.workload import PACKAGES, Workload
-from tests.processes import Procs, wait_until
-from tests.reliability_support import (
-    Poster,
-    audit,
-    caught_up,
-    log_records,
-    processed_count,
-    start_system,
-)
+from tests.support.audit import audit
+from tests.support.db import caught_up, processed_count
+from tests.support.kafka import log_records
+from tests.support.load import Poster
+from tests.support.polling import wait_until
+from tests.support.processes import Procs
+from tests.support.system import start_system
 
 SECRET = "whsec_test_secret"
 
@@ -73,17 +71,17 @@ def test_killed_worker_partitions_move_and_tables_equal_a_fresh_fold(
 ) -> None:
     events = _with_group_changes(list(Workload(customers=700, seed=21).events()), every=150)
     system = start_system(procs, workers=3, api=False, ENTITLED_BATCH_SIZE="50")
-    poster = Poster(system["ingest_urls"], events, SECRET, rate=250).start()
+    poster = Poster(system.ingest_urls, events, SECRET, rate=250).start()
     # kill one worker in the middle of the load, once the group has folded a good part
     wait_until(lambda: processed_count(settings) > len(events) // 3, 120, "progress", procs)
-    victim = system["workers"][1]
+    victim = system.workers[1]
     victim.kill()
     killed_at = processed_count(settings)
     poster.join(120)
     assert not poster.gave_up and not poster.rejected, dict(poster.statuses)
     wait_until(lambda: caught_up(settings), 120, "the other workers to reach the log end", procs)
     assert killed_at < len(events), "the kill came after the end: it proved nothing"
-    assert all(w.alive for w in system["workers"] if w is not victim)
+    assert all(w.alive for w in system.workers if w is not victim)
     # the survivors took the dead worker's partitions: every checkpoint reached the end
     _assert_audit(settings, poster.acked, procs)
 
@@ -121,11 +119,11 @@ def test_group_change_racing_subscriptions_across_workers(settings: Settings, pr
     racing = list(itertools.chain.from_iterable(zip(subs[::40], changes, strict=False)))
     rest = [s for i, s in enumerate(subs) if i % 40]
     system = start_system(procs, workers=2, api=False, ENTITLED_BATCH_SIZE="20")
-    poster = Poster(system["ingest_urls"], catalogue, SECRET, rate=500).start()
+    poster = Poster(system.ingest_urls, catalogue, SECRET, rate=500).start()
     poster.join(60)
     wait_until(lambda: caught_up(settings), 60, "the catalogue folded", procs)
     # then everything at once, as fast as the ingest takes it
-    poster2 = Poster(system["ingest_urls"], racing + rest, SECRET, rate=1000, concurrency=64)
+    poster2 = Poster(system.ingest_urls, racing + rest, SECRET, rate=1000, concurrency=64)
     poster2.start().join(120)
     assert not poster2.gave_up and not poster2.rejected, dict(poster2.statuses)
     wait_until(lambda: caught_up(settings), 120, "the workers to reach the log end", procs)
@@ -137,7 +135,7 @@ def test_group_change_racing_subscriptions_across_workers(settings: Settings, pr
 def test_two_ingest_processes_on_one_topic(settings: Settings, procs: Procs) -> None:
     events = list(itertools.islice(Workload(customers=400, seed=5).events(), 1500))
     system = start_system(procs, ingests=2, workers=1, api=False)
-    poster = Poster(system["ingest_urls"], events, SECRET, rate=300).start()
+    poster = Poster(system.ingest_urls, events, SECRET, rate=300).start()
     poster.join(120)
     assert not poster.gave_up and not poster.rejected, dict(poster.statuses)
     assert len(poster.acked_by_url) == 2 and min(poster.acked_by_url.values()) > 500
@@ -191,7 +189,7 @@ def test_three_brokers_lose_one_under_load(cluster3: Settings, tmp_path: Path) -
     try:
         events = list(itertools.islice(Workload(customers=500, seed=9).events(), 2000))
         system = start_system(procs, workers=1, api=False, ENTITLED_REPLICATION_FACTOR="3")
-        poster = Poster(system["ingest_urls"], events, SECRET, rate=200).start()
+        poster = Poster(system.ingest_urls, events, SECRET, rate=200).start()
         wait_until(lambda: len(poster.acked) > 400, 60, "the first acks", procs)
         _stop_node(cluster3, 1)
         stopped_at = time.monotonic()
