@@ -1,6 +1,7 @@
 """Search benchmark: our `/v1/search` vs the same SQL through raw psycopg vs "Method 1".
 
     .venv/bin/python bench/search.py [--movies 100000] [--customers 100000] [--seconds 10]
+    .venv/bin/python bench/search.py --replicas 2   # primary alone vs primary + 2 replicas
 
 One run, side by side, on a generated catalogue and generated entitlements (loaded with
 COPY into a fresh database, rows in the active projection version):
@@ -486,21 +487,29 @@ def _with_database(url: str, name: str) -> str:
 
 
 @contextlib.contextmanager
-def database() -> Iterator[str]:
-    """A fresh database: in DATABASE_URL's server, else in a private local Postgres."""
+def database(replicas: int = 0) -> Iterator[tuple[str, tuple[str, ...]]]:
+    """A fresh database: in DATABASE_URL's server, else in a private local Postgres (with
+    `replicas` streaming replicas); its URL and its URLs on the replicas."""
     admin = os.environ.get("DATABASE_URL")
+    if admin and replicas:
+        raise SystemExit(
+            "--replicas starts replicas of a private local Postgres: unset DATABASE_URL"
+        )
     home: Path | None = None
     settings = None
+    replica_urls: tuple[str, ...] = ()
     if not admin:
         home = Path(tempfile.mkdtemp(prefix="ent-bench-"))
         home.chmod(home.stat().st_mode | stat.S_IXOTH)  # the postgres user must get through
         settings = Settings(home=home, kafka_bootstrap_servers="unused:0")  # Postgres only
         admin = services.endpoints(settings).database_url
+        if replicas:
+            replica_urls = services.up_replicas(settings, replicas)
     name = f"bench_{uuid.uuid4().hex[:8]}"
     with psycopg.connect(admin, autocommit=True) as conn:
         conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
     try:
-        yield _with_database(admin, name)
+        yield _with_database(admin, name), tuple(_with_database(r, name) for r in replica_urls)
     finally:
         with psycopg.connect(admin, autocommit=True) as conn:
             conn.execute(
@@ -519,13 +528,21 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=5, help="alternating raw/api slices")
     parser.add_argument("--method1-searches", type=int, default=50)
-    parser.add_argument("--out", type=Path, default=HERE / "results" / "search.json")
+    parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument(
+        "--replicas",
+        type=int,
+        default=0,
+        help="compare the API on the primary alone with the API on N streaming replicas",
+    )
     args = parser.parse_args()
+    name = "search_replicas.json" if args.replicas else "search.json"
+    args.out = args.out or HERE / "results" / name
 
     rng = random.Random(42)
     workdir = Path(tempfile.mkdtemp(prefix="bench-search-"))
     try:
-        with database() as url:
+        with database(args.replicas) as (url, replica_urls):
             t = time.perf_counter()
             cast = generate_cast(rng)
             movies = generate_movies(args.movies, rng, cast)
@@ -538,13 +555,23 @@ def main() -> None:
             )
             queries = generate_queries(200_000, args.customers, rng, cast)
 
+            paths = [
+                "/v1/search?" + urlencode({"customer": c, "q": q, "limit": 20}) for c, q in queries
+            ]
+            if args.replicas:
+                from bench import search_replicas
+
+                compared = search_replicas.compare(url, replica_urls, queries, paths, args, workdir)
+                compared["params"] = {**vars(args), "out": str(args.out)}
+                args.out.parent.mkdir(parents=True, exist_ok=True)
+                args.out.write_text(json.dumps(compared, indent=2) + "\n")
+                print(json.dumps({k: v for k, v in compared.items() if k != "runs"}, indent=2))
+                print(f"wrote {args.out}")
+                return
             port = free_port()
             env = {k: v for k, v in os.environ.items() if k != "ENTITLED_API_TOKEN"}
             env["DATABASE_URL"] = url
             cmd = [ENTITLED, "api", "--port", str(port), "--log-level", "warning"]
-            paths = [
-                "/v1/search?" + urlencode({"customer": c, "q": q, "limit": 20}) for c, q in queries
-            ]
             with process(cmd, env, workdir / "api.log") as api:
                 common.wait_http(f"http://127.0.0.1:{port}/readyz", api, "entitled api")
                 asyncio.run(run_raw(url, queries[:2000], args.concurrency, 1.0))  # warm caches

@@ -17,7 +17,6 @@ import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 import pytest
@@ -25,30 +24,21 @@ import pytest
 from entitled.settings import Settings
 from entitled.shell import services as svc
 from entitled.shell import stripe_events as se
-from entitled.shell.services import Endpoints
+from tests.support import replicas as replica_support
 from tests.support.load import SearchLoop
 from tests.support.polling import wait_until
 from tests.support.processes import Procs
 from tests.support.system import System, start_system
 
+replicas = replica_support.replicas  # the fixture: two replicas of the session's PostgreSQL
+
 STAR_WARS = "29"  # action + scifi in the demo catalogue
 ACTION = ("3", "29")  # Die Hard, Star Wars: action movies of the demo catalogue
 
 
-@pytest.fixture(scope="module")
-def replicas(services: Endpoints, services_settings: Settings) -> tuple[str, ...]:
-    """Two streaming replicas of the session's PostgreSQL (stopped with the session)."""
-    return svc.up_replicas(services_settings, 2)
-
-
-def _same_database(replica: str, database_url: str) -> str:
-    path = urlsplit(database_url).path
-    return urlunsplit(urlsplit(replica)._replace(path=path))
-
-
 @pytest.fixture
 def system(procs: Procs, settings: Settings, replicas: tuple[str, ...]) -> Iterator[System]:
-    urls = ",".join(_same_database(r, settings.database_url or "") for r in replicas)
+    urls = ",".join(replica_support.on_replicas(replicas, settings.database_url or ""))
     system = start_system(procs, ENTITLED_READ_DATABASE_URL=urls)
     wait_until(
         lambda: _healthy(system.api_url) == {"replica-1", "replica-2"}, 30, "replicas", procs
