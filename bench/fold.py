@@ -62,10 +62,16 @@ async def parse_all(settings: Settings, ends: dict[int, int]) -> dict[str, Any]:
 
 
 async def apply_all(
-    settings: Settings, ends: dict[int, int], *, batch: int, sample: int | None = None
+    settings: Settings,
+    ends: dict[int, int],
+    *,
+    batch: int,
+    sample: int | None = None,
+    feed: bool = True,
 ) -> dict[str, Any]:
     """Read the topic (or the first `sample` events, evenly from each partition) and apply
-    it with `ProjectionStore.apply` in batches of `batch` on one connection."""
+    it with `ProjectionStore.apply` in batches of `batch` on one connection; `feed=False`
+    writes no change rows (bench/changes.py compares the two)."""
     import psycopg
 
     from processors.replay import read_log
@@ -77,7 +83,7 @@ async def apply_all(
     if sample is not None:
         per = -(-sample // len(ends))
         ends = {p: min(e, per) for p, e in ends.items()}
-    store = ProjectionStore(settings.topic, Policy.from_settings(settings))
+    store = ProjectionStore(settings.topic, Policy.from_settings(settings), feed=feed)
     totals = ApplyResult()
     n = transactions = 0
     read_s = 0.0
