@@ -34,6 +34,7 @@ from entitled.topics import ensure_event_topic
 from tests.support.localstripe import localstripe  # noqa: F401
 from tests.support.processes import Procs
 from tests.support.stripe_mock import stripe_mock  # noqa: F401
+from tests.support.system import system  # noqa: F401
 
 WEBHOOK_SECRET = "whsec_test_secret"
 

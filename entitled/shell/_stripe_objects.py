@@ -38,6 +38,13 @@ def copy_json(obj: Obj) -> Obj:
     return copied
 
 
+def fresh(kind: str, id: str, created: int | None, /, **fields: Any) -> Obj:
+    """Stripe's example object `kind` with `id`, `created` (now when None) and `fields` set."""
+    obj = template(kind)
+    obj.update(id=id, created=now() if created is None else created, **fields)
+    return obj
+
+
 def new_id(prefix: str) -> str:
     """A fresh Stripe-looking id such as `cus_Qx1...` (24 random characters)."""
     raw = int.from_bytes(secrets.token_bytes(18), "big")
@@ -94,12 +101,12 @@ def price(
     created: int | None = None,
     active: bool = True,
 ) -> Obj:
-    obj = template("price")
-    obj.update(
-        id=id or new_id("price"),
+    obj = fresh(
+        "price",
+        id or new_id("price"),
+        created,
         product=product,
         active=active,
-        created=now() if created is None else created,
         unit_amount=unit_amount,
         unit_amount_decimal=str(unit_amount),
         transform_quantity=None,

@@ -23,6 +23,7 @@ import orjson
 from entitled.shell._stripe_objects import (
     Obj,
     copy_json,
+    fresh,
     new_id,
     now,
     plan_object,
@@ -68,15 +69,7 @@ def customer(
     name: str | None = None,
     created: int | None = None,
 ) -> Obj:
-    obj = template("customer")
-    obj.update(
-        id=id or new_id("cus"),
-        email=email,
-        name=name,
-        created=now() if created is None else created,
-        discount=None,
-    )
-    return obj
+    return fresh("customer", id or new_id("cus"), created, email=email, name=name, discount=None)
 
 
 def subscription(

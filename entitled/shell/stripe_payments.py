@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from entitled.shell._stripe_objects import (
     Obj,
     copy_json,
+    fresh,
     new_id,
     now,
     plan_object,
@@ -65,16 +66,16 @@ def payment_intent(
     created: int | None = None,
     latest_charge: str | None = None,
 ) -> Obj:
-    obj = template("payment_intent")
     pi_id = id or new_id("pi")
-    obj.update(
-        id=pi_id,
+    return fresh(
+        "payment_intent",
+        pi_id,
+        created,
         customer=customer,
         metadata={"movie_id": movie_id} if movie_id is not None else {},
         status=status,
         amount=amount,
         amount_received=amount if status == "succeeded" else 0,
-        created=now() if created is None else created,
         canceled_at=None,
         client_secret=f"{pi_id}_secret_{secrets.token_hex(8)}",
         last_payment_error=None,
@@ -83,7 +84,6 @@ def payment_intent(
         latest_charge=latest_charge,
         transfer_data=None,
     )
-    return obj
 
 
 def invoice(
@@ -213,10 +213,11 @@ def charge(
     refunded: bool = False,
     created: int | None = None,
 ) -> Obj:
-    obj = template("charge")
     ch_id = id or new_id("ch")
-    obj.update(
-        id=ch_id,
+    obj = fresh(
+        "charge",
+        ch_id,
+        created,
         customer=customer,
         payment_intent=payment_intent,
         amount=amount,
@@ -224,7 +225,6 @@ def charge(
         captured=True,
         amount_refunded=amount_refunded,
         refunded=refunded,
-        created=now() if created is None else created,
         source=None,
         transfer_data=None,
         receipt_url=None,
@@ -244,14 +244,14 @@ def refund(
     customer: str | None = None,
 ) -> Obj:
     """A refund; Stripe leaves `customer` null on most refunds, so it is optional here too."""
-    obj = template("refund")
-    obj.update(
-        id=id or new_id("re"),
+    obj = fresh(
+        "refund",
+        id or new_id("re"),
+        created,
         charge=charge,
         payment_intent=payment_intent,
         amount=amount,
         status=status,
-        created=now() if created is None else created,
         customer=customer,
     )
     return obj
