@@ -78,30 +78,35 @@ def create_app(settings: Settings, bootstrap: str) -> faust.App:
             ]
             await runner.handle(batch, seek)
 
+    # Partitions assigned but not yet moved to their Postgres checkpoints. The seek is made
+    # by the timer below, not in the assignment callback: seeking there races Faust's
+    # fetcher, which has been seen to crash the worker (KeyError on a partition it does not
+    # hold yet). Records that arrive before are safe: the writer applies only what continues
+    # from the checkpoint and asks for a seek back on a gap.
+    pending: set[int] = set()
+
     @app.on_partitions_assigned.connect  # type: ignore[arg-type]
     async def resume_from_checkpoints(sender: Any, assigned: set[TP], **_: Any) -> None:
-        mine = sorted(tp.partition for tp in assigned if tp.topic == settings.topic)
-        if not mine:
-            return
-        try:
-            points = await runner.resume(mine, seek)
-            log.info("resumed %d partitions from Postgres checkpoints: %s", len(points), points)
-        except Exception:  # Postgres down: the writer's gap check will catch up later
-            log.exception("could not resume from the checkpoints on assignment")
+        pending.clear()  # a rebalance replaces the whole assignment
+        pending.update(tp.partition for tp in assigned if tp.topic == settings.topic)
 
-    @app.timer(interval=1.0)  # type: ignore[untyped-decorator]
-    async def follow_active_version(*_: Any) -> None:  # Faust passes the app
+    @app.timer(interval=0.5)  # type: ignore[untyped-decorator]
+    async def follow_checkpoints(*_: Any) -> None:  # Faust passes the app
+        todo: list[int] = []
         try:
             await runner.reseek_stale(seek)
-            if not await runner.version_changed():
-                return
-            mine = sorted(
-                tp.partition for tp in app.consumer.assignment() if tp.topic == settings.topic
-            )
-            log.info("active version changed to %s", runner.active)
-            await runner.resume(mine, seek)
-        except Exception:  # never crash the worker over this; try again next tick
-            log.exception("could not follow the active version")
+            mine = {tp.partition for tp in app.consumer.assignment() if tp.topic == settings.topic}
+            if await runner.version_changed():
+                log.info("active version changed to %s", runner.active)
+                pending.update(mine)
+            todo = sorted(pending & mine)  # the rest: not in the consumer's assignment yet
+            pending.difference_update(todo)
+            if todo:
+                points = await runner.resume(todo, seek)
+                log.info("resumed %d partitions from Postgres checkpoints: %s", len(points), points)
+        except Exception:  # Postgres down, say: never crash the worker; try again next tick
+            pending.update(todo)
+            log.exception("could not resume from the checkpoints")
 
     if settings.worker_metrics_port is not None:
         port = settings.worker_metrics_port
@@ -141,5 +146,5 @@ def create_app(settings: Settings, bootstrap: str) -> faust.App:
     async def close_pool(sender: Any, **_: Any) -> None:
         await pool.close()
 
-    del fold, resume_from_checkpoints, follow_active_version, close_pool
+    del fold, resume_from_checkpoints, follow_checkpoints, close_pool
     return app
