@@ -107,8 +107,8 @@ def price(
         created,
         product=product,
         active=active,
-        unit_amount=unit_amount,
         unit_amount_decimal=str(unit_amount),
+        unit_amount=unit_amount,
         transform_quantity=None,
         custom_unit_amount=None,
     )

@@ -244,7 +244,7 @@ def refund(
     customer: str | None = None,
 ) -> Obj:
     """A refund; Stripe leaves `customer` null on most refunds, so it is optional here too."""
-    obj = fresh(
+    return fresh(
         "refund",
         id or new_id("re"),
         created,
@@ -254,4 +254,3 @@ def refund(
         status=status,
         customer=customer,
     )
-    return obj
