@@ -44,28 +44,24 @@ def event_topic_configs(settings: Settings) -> dict[str, str]:
 
 async def ensure_event_topic(settings: Settings) -> None:
     """Create the event topic as `settings` describe it; an existing topic is fine."""
-    if not settings.kafka_bootstrap_servers:
-        raise TopicError("no Kafka: set KAFKA_BOOTSTRAP_SERVERS (or run through `entitled`)")
-    await ensure_topic(
-        settings.kafka_bootstrap_servers,
-        settings.topic,
-        settings.partitions,
-        settings.replication_factor,
-        event_topic_configs(settings),
-    )
+    await _ensure(settings, settings.topic, event_topic_configs(settings))
 
 
 async def ensure_changes_topic(settings: Settings) -> None:
     """Create the topic the relay publishes the change feed to (kept 7 days: consumers
     catch up from it or from `GET /v1/changes`; the table keeps every change)."""
+    await _ensure(settings, settings.changes_topic, {"retention.ms": str(7 * 24 * 3600 * 1000)})
+
+
+async def _ensure(settings: Settings, name: str, configs: dict[str, str]) -> None:
     if not settings.kafka_bootstrap_servers:
         raise TopicError("no Kafka: set KAFKA_BOOTSTRAP_SERVERS (or run through `entitled`)")
     await ensure_topic(
         settings.kafka_bootstrap_servers,
-        settings.changes_topic,
+        name,
         settings.partitions,
         settings.replication_factor,
-        {"retention.ms": str(7 * 24 * 3600 * 1000)},
+        configs,
     )
 
 

@@ -32,33 +32,45 @@ def _equal_to_a_fresh_fold(settings: Settings, events: list[dict[str, object]]) 
         assert live == fresh, table
 
 
-def test_postgres_restart_under_load_loses_nothing(
-    settings: Settings, services_settings: Settings, procs: Procs
-) -> None:
-    events = list(Workload(customers=500, seed=11).events())
+def _under_load(settings: Settings, procs: Procs, seed: int) -> list[dict[str, object]]:
+    """Events published and a worker well into folding them."""
+    events: list[dict[str, object]] = list(Workload(customers=500, seed=seed).events())
     publish(settings, events)
     procs.spawn("worker", ENTITLED_BATCH_SIZE="50")
     wait_until(lambda: _applied(settings) > 200, 60, "the worker to make progress", procs)
+    return events
+
+
+def _more(seed: int) -> list[dict[str, object]]:
+    return list(Workload(customers=100, seed=seed, start=1_800_000_000).events())
+
+
+def _caught_up_as_a_fresh_fold(
+    settings: Settings, procs: Procs, events: list[dict[str, object]]
+) -> None:
+    wait_until(lambda: caught_up(settings), 120, "the worker to catch up after the restart", procs)
+    _equal_to_a_fresh_fold(settings, events)
+
+
+def test_postgres_restart_under_load_loses_nothing(
+    settings: Settings, services_settings: Settings, procs: Procs
+) -> None:
+    events = _under_load(settings, procs, seed=11)
     svc.stop_postgres(services_settings)
     try:
-        more = list(Workload(customers=100, seed=12, start=1_800_000_000).events())
+        more = _more(seed=12)
         publish(settings, more)  # the log keeps taking events while Postgres is down
     finally:
         svc.start_postgres(services_settings)
-    wait_until(lambda: caught_up(settings), 120, "the worker to catch up after the restart", procs)
-    _equal_to_a_fresh_fold(settings, events + more)
+    _caught_up_as_a_fresh_fold(settings, procs, events + more)
 
 
 def test_kafka_restart_under_load_loses_nothing(
     settings: Settings, services_settings: Settings, procs: Procs
 ) -> None:
-    events = list(Workload(customers=500, seed=13).events())
-    publish(settings, events)
-    procs.spawn("worker", ENTITLED_BATCH_SIZE="50")
-    wait_until(lambda: _applied(settings) > 200, 60, "the worker to make progress", procs)
+    events = _under_load(settings, procs, seed=13)
     svc.stop_kafka(services_settings)
     svc.start_kafka(services_settings)
-    more = list(Workload(customers=100, seed=14, start=1_800_000_000).events())
+    more = _more(seed=14)
     publish(settings, more)
-    wait_until(lambda: caught_up(settings), 120, "the worker to catch up after the restart", procs)
-    _equal_to_a_fresh_fold(settings, events + more)
+    _caught_up_as_a_fresh_fold(settings, procs, events + more)

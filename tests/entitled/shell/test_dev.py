@@ -32,6 +32,8 @@ from tests.support.polling import wait_until
 
 START_TIMEOUT_S = 120.0
 STOP_TIMEOUT_S = 40.0
+# what `entitled dev` starts besides the services
+DEV_CHILDREN = {"ingest", "worker", "relay", "hydrate", "api"}
 
 
 class Dev:
@@ -171,7 +173,7 @@ def test_dev_serves_demo_data_takes_webhooks_and_stops_on_ctrl_c(
         assert webhook.endswith("/webhooks/stripe")
         assert secret.startswith("whsec_")
         assert (tmp_path / "home" / "dev-webhook-secret").read_text().strip() == secret
-        assert set(run.child_pids) == {"ingest", "worker", "api"}
+        assert set(run.child_pids) == DEV_CHILDREN
         assert all(pid_alive(pid) for pid in run.child_pids.values())
 
         page = httpx.get(fields["page"], timeout=5)
@@ -364,7 +366,7 @@ def test_dev_stops_everything_when_its_stdout_is_gone(private_home: Path) -> Non
             "postgres": report["postgres"]["pid"],
             **{f"kafka{n['node_id']}": n["pid"] for n in report["kafka"]["nodes"]},
         }
-        assert set(children) == {"ingest", "worker", "api"}
+        assert set(children) == DEV_CHILDREN
         assert all(pid_alive(pid) for pid in started.values()), started
 
         assert popen.stdout is not None
