@@ -30,6 +30,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -185,6 +186,31 @@ class _Events:
         }
 
 
+async def _ticks(rate: float, stop_at: float) -> AsyncIterator[tuple[int, float]]:
+    """Tick `i` at start + i / rate (open loop) until `stop_at`, with how late it came."""
+    begun = time.monotonic()
+    i = 0
+    while time.monotonic() < stop_at:
+        due = begun + i / rate
+        now = time.monotonic()
+        if due > now:
+            await asyncio.sleep(due - now)
+        yield i, max(0.0, now - due)
+        i += 1
+
+
+async def _status(request: Any) -> str:
+    """The status of one aiohttp request (entered here), or the name of its error."""
+    import aiohttp
+
+    try:
+        async with request as r:
+            await r.read()
+            return str(r.status)
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        return type(exc).__name__
+
+
 async def soak(system: System, minutes: float, rate: float, searches: float) -> dict[str, Any]:
     import aiohttp
 
@@ -215,12 +241,7 @@ async def soak(system: System, minutes: float, rate: float, searches: float) -> 
             body, headers = events[i]
             cus = events.customer(i)
             started = time.monotonic()
-            try:
-                async with client.post(ingest, data=body, headers=headers) as r:
-                    await r.read()
-                    code = str(r.status)
-            except (aiohttp.ClientError, TimeoutError) as exc:
-                code = type(exc).__name__
+            code = await _status(client.post(ingest, data=body, headers=headers))
             statuses[code] = statuses.get(code, 0) + 1
             if code == "200":
                 ingest_lat.append(time.monotonic() - started)
@@ -228,19 +249,11 @@ async def soak(system: System, minutes: float, rate: float, searches: float) -> 
 
         async def load() -> None:
             tasks: set[asyncio.Task[None]] = set()
-            begun = time.monotonic()
-            i = 0
-            while time.monotonic() < stop_at:
-                due = begun + i / rate
-                now = time.monotonic()
-                if due > now:
-                    await asyncio.sleep(due - now)
-                else:
-                    lag["max_s"] = max(lag["max_s"], now - due)
+            async for i, late in _ticks(rate, stop_at):
+                lag["max_s"] = max(lag["max_s"], late)
                 t = asyncio.create_task(post(i))
                 tasks.add(t)
                 t.add_done_callback(tasks.discard)
-                i += 1
             await asyncio.gather(*tasks)
 
         async def watch() -> None:
@@ -265,23 +278,11 @@ async def soak(system: System, minutes: float, rate: float, searches: float) -> 
 
         async def search() -> None:
             rng = random.Random(1)
-            begun = time.monotonic()
-            i = 0
-            while time.monotonic() < stop_at:
-                due = begun + i / searches
-                now = time.monotonic()
-                if due > now:
-                    await asyncio.sleep(due - now)
-                i += 1
+            async for _ in _ticks(searches, stop_at):
                 cus = rng.choice(customers) if customers else "cus_nobody"
                 params = {"customer": cus, "q": rng.choice(WORDS)}
                 started = time.monotonic()
-                try:
-                    async with client.get(f"{api}/v1/search", params=params) as r:
-                        await r.read()
-                        code = str(r.status)
-                except (aiohttp.ClientError, TimeoutError) as exc:
-                    code = type(exc).__name__
+                code = await _status(client.get(f"{api}/v1/search", params=params))
                 search_statuses[code] = search_statuses.get(code, 0) + 1
                 if code == "200":
                     search_lat.append(time.monotonic() - started)
