@@ -11,6 +11,16 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 DEFAULT_ENTITLING_STATUSES = ("active", "trialing", "past_due")
+DEFAULT_GRANTS = ("metadata", "features", "summary")
+
+
+def _grants(value: str | None) -> tuple[str, ...]:
+    """ENTITLED_GRANTS: a comma-separated subset of DEFAULT_GRANTS (empty: all of them)."""
+    chosen = _split(value)
+    unknown = sorted(set(chosen) - set(DEFAULT_GRANTS))
+    if unknown:
+        raise ValueError(f"ENTITLED_GRANTS: unknown source(s) {unknown}; use {DEFAULT_GRANTS}")
+    return tuple(g for g in DEFAULT_GRANTS if g in chosen) or DEFAULT_GRANTS
 
 
 def _split(value: str | None) -> tuple[str, ...]:
@@ -42,6 +52,12 @@ class Settings:
     group_metadata_key: str = "subscription_group"
     movie_metadata_key: str = "movie_id"
     entitling_statuses: tuple[str, ...] = DEFAULT_ENTITLING_STATUSES
+    # what grants access: a subset of metadata, features, summary (ENTITLED_GRANTS)
+    grants: tuple[str, ...] = DEFAULT_GRANTS
+    feature_group_prefix: str = "group:"  # a feature `group:action` grants the action group
+    feature_movie_prefix: str = "movie:"  # a feature `movie:42` grants movie 42
+    # how long Stripe's summary and our derivation may disagree before it is drift
+    drift_grace_s: float = 300.0
     batch_size: int = 500
     batch_within_s: float = 0.05
     consumer_group: str = "entitled-worker"
@@ -78,6 +94,12 @@ class Settings:
             movie_metadata_key=e.get("ENTITLED_MOVIE_KEY") or base.movie_metadata_key,
             entitling_statuses=_split(e.get("ENTITLED_ENTITLING_STATUSES"))
             or base.entitling_statuses,
+            grants=_grants(e.get("ENTITLED_GRANTS")),
+            feature_group_prefix=e.get("ENTITLED_FEATURE_GROUP_PREFIX")
+            or base.feature_group_prefix,
+            feature_movie_prefix=e.get("ENTITLED_FEATURE_MOVIE_PREFIX")
+            or base.feature_movie_prefix,
+            drift_grace_s=float(e.get("ENTITLED_DRIFT_GRACE_S") or base.drift_grace_s),
             batch_size=int(e.get("ENTITLED_BATCH_SIZE") or base.batch_size),
             consumer_group=e.get("ENTITLED_CONSUMER_GROUP") or base.consumer_group,
             rule_plugins=_split(e.get("ENTITLED_RULE_PLUGINS")),

@@ -35,7 +35,7 @@ marker of an event that no API request caused.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -182,6 +182,42 @@ def event_type_of(obj: Mapping[str, Any]) -> str | None:
     if obj.get("deleted") is True:
         return f"{_FAMILY.get(str(object_type), str(object_type))}.deleted"
     return type_of(obj)
+
+
+# Stripe sends no event when a product's features change (nor for `entitlements.feature`):
+# backfill and `reconcile --features` list `/v1/products/{id}/features` and log the whole list
+# as one snapshot of this type, the product's id as the object id, so the fold can take it
+# as the product's features at the time it was read.
+PRODUCT_FEATURES_TYPE = "product.features.snapshot"
+PRODUCT_FEATURES_OBJECT = "product_features"
+
+
+def product_features_object(product_id: str, listed: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """The snapshot object of a product's features: every `product_feature` listed (each
+    with its `entitlement_feature`, whose `lookup_key` and `active` the fold reads)."""
+    return {
+        "id": product_id,
+        "object": PRODUCT_FEATURES_OBJECT,
+        "product": product_id,
+        "data": [dict(f) for f in listed],
+        "has_more": False,
+    }
+
+
+def product_features_event(
+    product_id: str,
+    listed: Sequence[Mapping[str, Any]],
+    *,
+    api_version: str | None,
+    read_at: int,
+) -> dict[str, Any]:
+    """The `product.features.snapshot` event of a product's full feature list; its id is a
+    hash of the list, so an unchanged list gives the same id (deduplicated by the fold)."""
+    obj = product_features_object(product_id, listed)
+    # the order Stripe lists features in is not a change
+    key = sorted(listed, key=lambda f: str(f.get("id")))
+    ident = snapshot_id({"id": product_id, "data": key}, prefix="evt_features_")
+    return _envelope(ident, PRODUCT_FEATURES_TYPE, obj, api_version, read_at)
 
 
 def snapshot_id(obj: Mapping[str, Any], *, prefix: str = "evt_backfill_") -> str:

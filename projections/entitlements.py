@@ -19,7 +19,9 @@ from projections.rows import (
     ChargeRow,
     CustomerRow,
     DisputeRow,
+    EntitlementSummaryRow,
     InvoicePaymentRow,
+    ProductFeaturesRow,
     ProductRow,
     PurchaseRow,
     RefundRow,
@@ -33,15 +35,24 @@ if TYPE_CHECKING:
     from entitled.settings import Settings
 
 __all__ = [
+    "GRANT_SOURCES",
     "Entitlement",
     "Facts",
     "Policy",
     "derive",
+    "feature_keys",
     "gather",
+    "grants_of_keys",
     "link_keys",
     "product_ids",
     "split_groups",
 ]
+
+
+# What may grant access (ENTITLED_GRANTS): product metadata (the WebFlicks rule), Stripe
+# Entitlements features of the products a customer subscribes to (our derivation), Stripe's
+# active entitlement summary (as folded).
+GRANT_SOURCES = ("metadata", "features", "summary")
 
 
 @dataclass(frozen=True)
@@ -49,6 +60,10 @@ class Policy:
     group_key: str = "subscription_group"
     movie_key: str = "movie_id"
     entitling_statuses: tuple[str, ...] = ("active", "trialing", "past_due")
+    grants: tuple[str, ...] = GRANT_SOURCES
+    # a feature's lookup key names what it sells: `group:action`, `movie:42`
+    group_prefix: str = "group:"
+    movie_prefix: str = "movie:"
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Policy:
@@ -56,6 +71,9 @@ class Policy:
             settings.group_metadata_key,
             settings.movie_metadata_key,
             tuple(settings.entitling_statuses),
+            tuple(settings.grants),
+            settings.feature_group_prefix,
+            settings.feature_movie_prefix,
         )
 
 
@@ -78,6 +96,9 @@ class Facts:
     disputes: tuple[DisputeRow, ...] = ()
     invoice_payments: tuple[InvoicePaymentRow, ...] = ()
     products: Mapping[str, ProductRow] = field(default_factory=dict)
+    # product id -> its Stripe Entitlements features; a product absent has none (yet)
+    features: Mapping[str, ProductFeaturesRow] = field(default_factory=dict)
+    summary: EntitlementSummaryRow | None = None  # Stripe's active entitlement summary
 
     def rows(self) -> Iterator[Row]:
         """Every row the Facts hold, the products in use included (the newest of them is
@@ -90,8 +111,11 @@ class Facts:
         yield from self.refunds
         yield from self.disputes
         yield from self.invoice_payments
+        if self.summary is not None:
+            yield self.summary
         used = product_ids([*self.subscriptions, *self.purchases])
         yield from (self.products[p] for p in sorted(used) if p in self.products)
+        yield from (self.features[p] for p in sorted(used) if p in self.features)
 
 
 def product_ids(rows: Iterable[Row]) -> set[str]:
@@ -126,7 +150,10 @@ def _reached(
 
 
 def gather(
-    customers: Sequence[str], rows: Iterable[Row], products: Mapping[str, ProductRow]
+    customers: Sequence[str],
+    rows: Iterable[Row],
+    products: Mapping[str, ProductRow],
+    features: Mapping[str, ProductFeaturesRow] | None = None,
 ) -> dict[str, Facts]:
     """The Facts of each of `customers` from a pool of rows (any tables, loaded by customer
     and by `refs && link_keys(...)`): the rows that name the customer, then the invoice
@@ -159,6 +186,8 @@ def gather(
             disputes=tuple(r for r in found if isinstance(r, DisputeRow)),
             invoice_payments=tuple(r for r in found if isinstance(r, InvoicePaymentRow)),
             products=products,
+            features=features or {},
+            summary=next((r for r in found if isinstance(r, EntitlementSummaryRow)), None),
         )
     return out
 
@@ -197,11 +226,41 @@ def _revoked(p: PurchaseRow, facts: Facts) -> bool:
     )
 
 
-def derive(facts: Facts, policy: Policy) -> Entitlement:
-    """The groups and movie ids a customer holds now. A deleted customer holds nothing; a
-    subscription item of quantity 0 grants nothing."""
-    if facts.customer is not None and facts.customer.deleted:
-        return Entitlement((), ())
+def feature_keys(facts: Facts, policy: Policy) -> dict[str, list[tuple[str, str]]]:
+    """Our derivation: the lookup keys a customer holds, each with where it comes from
+    (subscription, product): an item of quantity > 0, of a subscription in an entitling
+    status, whose (not deleted) product carries the feature."""
+    out: dict[str, list[tuple[str, str]]] = defaultdict(list)
+    for sub in facts.subscriptions:
+        if sub.status not in policy.entitling_statuses:
+            continue
+        for item in sub.items:
+            if not item.product or item.quantity <= 0:
+                continue
+            product = facts.products.get(item.product)
+            attached = facts.features.get(item.product)
+            if attached is None or (product is not None and product.deleted):
+                continue
+            for key in attached.lookup_keys:
+                out[key].append((sub.id, item.product))
+    return dict(sorted(out.items()))
+
+
+def grants_of_keys(keys: Iterable[str], policy: Policy) -> tuple[set[str], set[str]]:
+    """The (groups, movie ids) that feature lookup keys name; other keys name nothing we sell."""
+    groups: set[str] = set()
+    movies: set[str] = set()
+    for key in keys:
+        if policy.group_prefix and key.startswith(policy.group_prefix):
+            groups.update(g for g in [key[len(policy.group_prefix) :].strip()] if g)
+        elif policy.movie_prefix and key.startswith(policy.movie_prefix):
+            movies.update(m for m in [key[len(policy.movie_prefix) :].strip()] if m)
+    return groups, movies
+
+
+def _by_metadata(facts: Facts, policy: Policy) -> tuple[set[str], set[str]]:
+    """Today's WebFlicks rule: product metadata of entitling subscriptions' items, and
+    movies bought once and not taken back."""
     groups: set[str] = set()
     for sub in facts.subscriptions:
         if sub.status not in policy.entitling_statuses:
@@ -221,4 +280,27 @@ def derive(facts: Facts, policy: Policy) -> Entitlement:
             product = facts.products.get(product_id)
             if product is not None:
                 movies.update(movies_in(product.metadata, policy.movie_key))
+    return groups, movies
+
+
+def derive(facts: Facts, policy: Policy) -> Entitlement:
+    """The groups and movie ids a customer holds now: the union of the enabled grant sources
+    (`policy.grants`). A deleted customer holds nothing; a subscription item of quantity 0
+    grants nothing."""
+    if facts.customer is not None and facts.customer.deleted:
+        return Entitlement((), ())
+    groups: set[str] = set()
+    movies: set[str] = set()
+    if "metadata" in policy.grants:
+        g, m = _by_metadata(facts, policy)
+        groups |= g
+        movies |= m
+    if "features" in policy.grants:
+        g, m = grants_of_keys(feature_keys(facts, policy), policy)
+        groups |= g
+        movies |= m
+    if "summary" in policy.grants and facts.summary is not None:
+        g, m = grants_of_keys(facts.summary.lookup_keys, policy)
+        groups |= g
+        movies |= m
     return Entitlement(tuple(sorted(groups)), tuple(sorted(movies)))

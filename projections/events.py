@@ -32,6 +32,7 @@ __all__ = [
     "CheckoutSessionView",
     "CustomerView",
     "DisputeView",
+    "EntitlementSummaryView",
     "InvoicePaymentView",
     "InvoiceView",
     "ItemView",
@@ -40,6 +41,7 @@ __all__ = [
     "ObjectView",
     "PaymentIntentView",
     "PriceView",
+    "ProductFeaturesView",
     "ProductView",
     "RefundView",
     "StripeEvent",
@@ -169,6 +171,24 @@ class InvoicePaymentView:
     customer: str | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class ProductFeaturesView:
+    """A `product.features.snapshot`: a product's features as listed (id = the product)."""
+
+    id: str
+    lookup_keys: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class EntitlementSummaryView:
+    """Stripe's `entitlements.active_entitlement_summary` (it has no id: the customer is)."""
+
+    id: str
+    customer: str | None = None
+    lookup_keys: tuple[str, ...] = ()
+    has_more: bool = False
+
+
 ObjectView = (
     ProductView
     | PriceView
@@ -181,6 +201,8 @@ ObjectView = (
     | RefundView
     | DisputeView
     | InvoicePaymentView
+    | ProductFeaturesView
+    | EntitlementSummaryView
 )
 
 
@@ -207,6 +229,10 @@ class StripeEvent:
     obj: ObjectView | None
     previous: ObjectView | None = None
 
+
+# Our snapshot of a product's features (Stripe has no such object: `ingest.snapshots` logs it)
+PRODUCT_FEATURES = "product_features"
+SUMMARY = "entitlements.active_entitlement_summary"
 
 # -- views ------------------------------------------------------------------------------------
 
@@ -259,6 +285,28 @@ def _invoice_payment(o: Obj) -> InvoicePaymentView:
     return build(InvoicePaymentView, o, payment_intent=ref(payment.get("payment_intent")))
 
 
+def _keys(values: list[Obj]) -> tuple[str, ...]:
+    return tuple(sorted({k for v in values if isinstance(k := v.get("lookup_key"), str) and k}))
+
+
+def _product_features(o: Obj) -> ProductFeaturesView:
+    # an archived feature (active: false) grants nothing, even while still attached
+    features = [as_dict(pf.get("entitlement_feature")) for pf in as_list(o)]
+    return build(
+        ProductFeaturesView, o, lookup_keys=_keys([f for f in features if f.get("active", True)])
+    )
+
+
+def _summary(o: Obj) -> EntitlementSummaryView:
+    listed = as_dict(o.get("entitlements"))
+    return build(
+        EntitlementSummaryView,
+        o,
+        lookup_keys=_keys(as_list(listed)),
+        has_more=listed.get("has_more") is True,
+    )
+
+
 def _plain(cls: Callable[..., V]) -> Callable[[Obj], V]:
     return lambda o: build(cls, o)
 
@@ -276,7 +324,11 @@ _VIEWS: dict[str, Callable[[Obj], ObjectView]] = {
     "refund": _plain(RefundView),
     "dispute": _plain(DisputeView),
     "invoice_payment": _invoice_payment,
+    PRODUCT_FEATURES: _product_features,
+    SUMMARY: _summary,
 }
+# Objects that have no id of their own, and the field that identifies them.
+_IDENTITY = {SUMMARY: "customer"}
 # Only these shapes changed between API versions; skip the normaliser for the rest.
 _NORMALISED = frozenset({"subscription", "invoice"})
 
@@ -349,6 +401,9 @@ def parse(raw: bytes, *, partition: int, offset: int, key: str | None = None) ->
     # fetches and logs as a snapshot of its own. Here it is a counted no-op.
     obj = data.get("object")
     obj = obj if isinstance(obj, dict) and kind == "event" else {}
+    who = _IDENTITY.get(_text(obj.get("object")) or "")
+    if who is not None and "id" not in obj:
+        obj = {**obj, "id": ref(obj.get(who))}
     object_type, object_id = _text(obj.get("object")), _text(obj.get("id")) or None
     view = view_of(obj, api_version) if object_id else None
     previous = None

@@ -14,7 +14,15 @@ from dataclasses import dataclass, field
 
 from projections.errors import FoldError
 from projections.events import StripeEvent
-from projections.rows import ChargeRow, DisputeRow, InvoicePaymentRow, RefundRow, Row, customer_of
+from projections.rows import (
+    ChargeRow,
+    DisputeRow,
+    InvoicePaymentRow,
+    ProductFeaturesRow,
+    RefundRow,
+    Row,
+    customer_of,
+)
 from projections.rows import refs_of as _refs_of
 from projections.rules import RuleSpec, rule_for
 
@@ -69,6 +77,11 @@ def _links_of(row: Row) -> set[str]:
     return set()
 
 
+def _features_changed(before: Row | None, after: ProductFeaturesRow) -> bool:
+    """A product's features changed: every subscriber of it must be recomputed."""
+    return not isinstance(before, ProductFeaturesRow) or before.lookup_keys != after.lookup_keys
+
+
 def fold_batch(
     events: Sequence[StripeEvent], current: Mapping[Key, Row], seen: Set[str]
 ) -> FoldResult:
@@ -111,6 +124,9 @@ def fold_batch(
         result.changed[key] = after
         if spec.table == "products":
             result.products.add(after.id)
+        if isinstance(after, ProductFeaturesRow) and _features_changed(before, after):
+            # the product's id reaches its subscribers (their items' refs) in recompute
+            result.links.add(after.id)
         result.links |= _links_of(after)
         if before is not None:
             result.links |= _links_of(before)

@@ -19,14 +19,16 @@ from projections import schema as db
 from projections.entitlements import Entitlement, Policy, derive, gather, link_keys, product_ids
 from projections.fold import FoldResult
 from projections.metadata import groups_in, movies_in
-from projections.rows import ProductRow, Row
+from projections.rows import ProductFeaturesRow, ProductRow, Row
 from projections.upserts import load_rows, write_entitlements
 
 __all__ = ["derive_many", "recompute", "recompute_all"]
 
 Derived = dict[str, tuple[Entitlement, Row | None]]
 # Tables whose rows may name a customer (everything but the catalogue).
-_HOLDER_TABLES = tuple(t for t in db.MIRROR_TABLES if t not in ("products", "prices"))
+_HOLDER_TABLES = tuple(
+    t for t in db.MIRROR_TABLES if t not in ("products", "prices", "product_features")
+)
 # Rows that link to a customer's purchases without naming the customer, in the order they
 # reach further: invoice payments add payment intents, charges of those add charge ids;
 # refunds and disputes point at any of them.
@@ -158,8 +160,13 @@ async def derive_many(
         for p in await load_rows(conn, schema, "products", "id = ANY(%s)", wanted)
         if isinstance(p, ProductRow)
     }
+    features = {
+        f.id: f
+        for f in await load_rows(conn, schema, "product_features", "id = ANY(%s)", wanted)
+        if isinstance(f, ProductFeaturesRow)
+    }
     out: Derived = {}
-    for customer, facts in gather(ids, rows.values(), products).items():
+    for customer, facts in gather(ids, rows.values(), products, features).items():
         newest = max(facts.rows(), key=lambda r: r.stamp, default=None)
         out[customer] = (derive(facts, policy), newest)
     return out

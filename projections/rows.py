@@ -41,10 +41,12 @@ __all__ = [
     "ChargeRow",
     "CustomerRow",
     "DisputeRow",
+    "EntitlementSummaryRow",
     "InvoicePaymentRow",
     "ItemRow",
     "Metadata",
     "PriceRow",
+    "ProductFeaturesRow",
     "ProductRow",
     "PurchaseKind",
     "PurchaseRow",
@@ -260,6 +262,38 @@ class InvoicePaymentRow(_RowBase):
     rivals: tuple[InvoicePaymentRow, ...] = ()
 
 
+@dataclass(frozen=True, slots=True)
+class ProductFeaturesRow(_RowBase):
+    """The Stripe Entitlements features attached to a product (`/v1/products/{id}/features`),
+    as a snapshot read by backfill or reconcile: Stripe sends no webhook for them. id = the
+    product."""
+
+    table: ClassVar[str] = "product_features"
+    id: str
+    lookup_keys: tuple[str, ...]  # sorted, unique; archived features excluded
+    stamp: Stamp
+    event_id: str
+    previous: Changes = ()
+    rivals: tuple[ProductFeaturesRow, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class EntitlementSummaryRow(_RowBase):
+    """Stripe's active entitlement summary of a customer: the lookup keys of the features
+    Stripe says they hold. id = the customer. `has_more`: Stripe's list was cut (at 10) and
+    the keys are only its first page until a complete snapshot arrives."""
+
+    table: ClassVar[str] = "entitlement_summaries"
+    id: str
+    customer: str | None
+    lookup_keys: tuple[str, ...]  # sorted, unique
+    has_more: bool
+    stamp: Stamp
+    event_id: str
+    previous: Changes = ()
+    rivals: tuple[EntitlementSummaryRow, ...] = ()
+
+
 Row: TypeAlias = (
     ProductRow
     | PriceRow
@@ -270,6 +304,8 @@ Row: TypeAlias = (
     | RefundRow
     | DisputeRow
     | InvoicePaymentRow
+    | ProductFeaturesRow
+    | EntitlementSummaryRow
 )
 
 _BY_TABLE: dict[str, type[Row]] = {
@@ -284,6 +320,8 @@ _BY_TABLE: dict[str, type[Row]] = {
         RefundRow,
         DisputeRow,
         InvoicePaymentRow,
+        ProductFeaturesRow,
+        EntitlementSummaryRow,
     )
 }
 TABLES: tuple[str, ...] = tuple(_BY_TABLE)
@@ -298,7 +336,7 @@ def customer_of(row: Row) -> str | None:
     """The customer a row concerns (None for products, prices, disputes and most refunds)."""
     if isinstance(row, CustomerRow):
         return row.id
-    if isinstance(row, (ProductRow, PriceRow, DisputeRow)):
+    if isinstance(row, (ProductRow, PriceRow, DisputeRow, ProductFeaturesRow)):
         return None
     return row.customer
 

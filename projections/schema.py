@@ -32,6 +32,8 @@ MIRROR_TABLES = (
     "refunds",
     "disputes",
     "invoice_payments",
+    "product_features",
+    "entitlement_summaries",
 )
 
 _CONTROL_DDL = f"""

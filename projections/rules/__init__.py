@@ -5,7 +5,7 @@ Importing this package registers every rule; `rule_for(type)` finds one.
 
 from __future__ import annotations
 
-from projections.rules import customers, disputes, payments, products, subscriptions
+from projections.rules import customers, disputes, features, payments, products, subscriptions
 from projections.rules._registry import (
     RULES,
     RuleFn,
@@ -24,6 +24,7 @@ __all__ = [
     "RuleSpec",
     "customers",
     "disputes",
+    "features",
     "fold",
     "payments",
     "products",

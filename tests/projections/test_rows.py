@@ -13,9 +13,11 @@ from projections.rows import (
     ChargeRow,
     CustomerRow,
     DisputeRow,
+    EntitlementSummaryRow,
     InvoicePaymentRow,
     ItemRow,
     PriceRow,
+    ProductFeaturesRow,
     ProductRow,
     PurchaseRow,
     RefundRow,
@@ -78,6 +80,8 @@ ROWS: list[Row] = [
         ),
         rivals=(SubscriptionRow("sub_3", "cus_1", "trialing", False, (), V, "evt_1"),),
     ),
+    ProductFeaturesRow("prod_1", ("group:action", "movie:7"), V, "evt_1"),
+    EntitlementSummaryRow("cus_1", "cus_1", ("group:action",), True, V, "evt_1"),
     ProductRow("prod_3", None, True, False, (), V, "e", previous=(("metadata", (("a", "b"),)),)),
 ]
 
