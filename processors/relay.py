@@ -123,7 +123,7 @@ class Relay:
         s = self.settings
         assert s.database_url
         async with await psycopg.AsyncConnection.connect(s.database_url, autocommit=True) as conn:
-            while not await _try_lock(conn):
+            while not await changes.try_lock(conn, _LEADER_LOCK):
                 self.stalled = None
                 self.metrics.leader.set(0)
                 await asyncio.sleep(self.poll_s * 2)  # another relay publishes; stand by
@@ -176,12 +176,6 @@ class Relay:
         async with await psycopg.AsyncConnection.connect(
             self.settings.database_url, autocommit=True
         ) as conn:
-            await conn.execute(f"LISTEN {changes.CHANGES_CHANNEL}")
+            await changes.listen(conn)
             async for _ in conn.notifies():
                 self._wake.set()
-
-
-async def _try_lock(conn: psycopg.AsyncConnection[Any]) -> bool:
-    cur = await conn.execute("SELECT pg_try_advisory_lock(hashtext(%s))", (_LEADER_LOCK,))
-    row = await cur.fetchone()
-    return bool(row and row[0])

@@ -31,9 +31,11 @@ __all__ = [
     "Change",
     "current",
     "diff_versions",
+    "listen",
     "mark_published",
     "pending",
     "record",
+    "try_lock",
     "unpublished",
     "version_number",
 ]
@@ -158,3 +160,16 @@ async def pending(conn: AsyncConnection[Any]) -> tuple[int, float]:
     )
     row = await cur.fetchone()
     return (int(row[0]), float(row[1])) if row else (0, 0.0)
+
+
+async def listen(conn: AsyncConnection[Any]) -> None:
+    """Have `conn` (autocommit) notified of every batch of new change rows."""
+    await conn.execute(f"LISTEN {CHANGES_CHANNEL}")
+
+
+async def try_lock(conn: AsyncConnection[Any], name: str) -> bool:
+    """Take the session-level advisory lock `name` if nobody holds it (the relay's
+    leadership: it is released when the session ends)."""
+    cur = await conn.execute("SELECT pg_try_advisory_lock(hashtext(%s))", (name,))
+    row = await cur.fetchone()
+    return bool(row and row[0])
