@@ -35,6 +35,8 @@ def hydrate(
     from ingest.stripe_api import StripeApi
 
     logs.configure(log_level)
+    # the stripe library logs every request at INFO: three lines per fetch
+    logging.getLogger("stripe").setLevel(max(logging.WARNING, logging.getLogger().level))
     settings = Settings.from_env(backfill_rps=rps)
     if pending and not settings.stripe_api_key:
         raise click.UsageError("--pending needs STRIPE_API_KEY (and STRIPE_API_BASE for a fake)")

@@ -35,8 +35,9 @@ _MAX_BACKOFF_S = 30.0
 class RateLimiter:
     """Spaces calls at least `1/rps` seconds apart (shared by every list of one run).
 
-    A call that comes late does not earn credit for a burst later: the limiter keeps an
-    even pace, which is what Stripe's per-second limits reward.
+    A call that comes late does not earn credit for a burst later, nor does a wake-up that
+    comes late: the limiter keeps an even pace, which is what Stripe's per-second limits
+    reward.
     """
 
     def __init__(self, rps: float, *, clock: Clock = time.monotonic, sleep: Sleep = asyncio.sleep):
@@ -54,7 +55,9 @@ class RateLimiter:
             now = self._clock()
             if self._next is not None and self._next > now:
                 await self._sleep(self._next - now)
-                now = self._next
+                # from when we really woke: a late wake-up (a busy event loop) must not let
+                # the callers queued behind us go in a burst to catch up with the schedule
+                now = max(self._next, self._clock())
             self._next = now + self.interval
 
 

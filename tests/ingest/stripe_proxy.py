@@ -60,11 +60,12 @@ def stripe_proxy(
                 status=status,
                 headers={"Retry-After": retry_after},
             )
-        async with httpx.AsyncClient() as client:
-            upstream = await client.get(
-                f"{target}{request.path_qs}",
-                headers={k: v for k, v in request.headers.items() if k.lower() != "host"},
-            )
+        client = state["client"]
+        assert isinstance(client, httpx.AsyncClient)
+        upstream = await client.get(
+            f"{target}{request.path_qs}",
+            headers={k: v for k, v in request.headers.items() if k.lower() != "host"},
+        )
         headers = {
             k: v
             for k, v in upstream.headers.items()
@@ -74,6 +75,7 @@ def stripe_proxy(
 
     def serve() -> None:
         loop = asyncio.new_event_loop()
+        state["client"] = httpx.AsyncClient(limits=httpx.Limits(max_connections=64))
         app = web.Application()
         app.router.add_route("GET", "/{tail:.*}", handle)
         runner = web.AppRunner(app, access_log=None)
@@ -87,6 +89,9 @@ def stripe_proxy(
         ready.set()
         loop.run_forever()
         loop.run_until_complete(runner.cleanup())
+        client = state["client"]
+        assert isinstance(client, httpx.AsyncClient)
+        loop.run_until_complete(client.aclose())
         loop.close()
 
     thread = threading.Thread(target=serve, daemon=True)

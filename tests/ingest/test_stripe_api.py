@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 
 import pytest
 
@@ -118,3 +119,23 @@ async def test_429_is_retried_after_retry_after() -> None:
     assert page.api_version == "2025-03-31.basil"
     assert len(paths) == 3
     assert all(b"starting_after=prod_0" in p and b"limit=10" in p for p in paths)
+
+
+async def test_a_late_wake_up_does_not_let_the_queue_burst() -> None:
+    """The event loop wakes a sleeper 0.3 s late: the calls behind it keep the pace from
+    then on instead of going at once to catch up with the schedule."""
+    clock = FakeClock()
+    late = [0.3]
+
+    async def sleep(seconds: float) -> None:
+        clock.sleeps.append(seconds)
+        clock.now += seconds + (late.pop() if late else 0.0)
+
+    limiter = RateLimiter(10.0, clock=clock, sleep=sleep)
+    stamps = []
+    for _ in range(5):
+        await limiter.acquire()
+        stamps.append(clock.now)
+    gaps = [round(b - a, 3) for a, b in itertools.pairwise(stamps)]
+    assert gaps[0] == 0.4  # the late wake-up itself
+    assert gaps[1:] == [0.1, 0.1, 0.1]
