@@ -199,11 +199,18 @@ def _release(keys: tuple[str, ...], every: bool, *, skip: bool) -> None:
 
 @click.command()
 @click.option("--json", "as_json", is_flag=True)
-def status(as_json: bool) -> None:
-    """Active version, lag per partition (events, seconds), dead letters."""
-    from .status import collect
+@click.option(
+    "--drift", is_flag=True, help="List customers whose Stripe summary and features disagree."
+)
+def status(as_json: bool, drift: bool) -> None:
+    """Active version, lag per partition (events, seconds), dead letters; or `--drift`."""
+    from .status import collect, collect_drift, render_drift
 
     settings = resolved_settings()
+    if drift:
+        found = asyncio.run(collect_drift(settings))
+        click.echo(json.dumps(found, indent=2) if as_json else render_drift(found))
+        return
     info = asyncio.run(collect(settings))
     if as_json:
         click.echo(json.dumps(info, default=str, indent=2))

@@ -13,6 +13,7 @@ import psycopg
 
 from entitled.settings import Settings
 from entitled.topics import end_offsets
+from projections import drift
 from projections import schema as db
 from projections.entitlements import Policy
 from projections.store import ProjectionStore
@@ -58,3 +59,27 @@ async def collect(settings: Settings) -> dict[str, Any]:
         "dead_letters": len(letters),
         "parked_customers": sorted({r["key"] for r in letters}),
     }
+
+
+async def collect_drift(settings: Settings) -> dict[str, Any]:
+    """Customers whose Stripe summary and our feature derivation disagree past the grace."""
+    assert settings.database_url
+    async with await psycopg.AsyncConnection.connect(
+        settings.database_url, autocommit=True
+    ) as conn:
+        found = await drift.drifting(
+            conn,
+            statuses=tuple(settings.entitling_statuses),
+            grace_s=settings.drift_grace_s,
+        )
+    return {"grace_s": settings.drift_grace_s, "drift": [d.as_json() for d in found]}
+
+
+def render_drift(info: dict[str, Any]) -> str:
+    """One line per drifting customer: which side has which lookup keys."""
+    lines = [f"drift (disagreeing for over {info['grace_s']:g} s): {len(info['drift'])}"]
+    for d in info["drift"]:
+        ours = ", ".join(d["only_ours"]) or "-"
+        theirs = ", ".join(d["only_stripe"]) or "-"
+        lines.append(f"{d['customer']}: only ours: {ours}; only Stripe's summary: {theirs}")
+    return "\n".join(lines)

@@ -43,7 +43,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from entitled.settings import Settings
-from projections import api_feed, api_params, catalog, search
+from projections import api_drift, api_feed, api_params, catalog, search
 from projections.api_errors import APIError, BadRequest, NotFound, ServiceUnavailable, Unauthorized
 from projections.api_http import POOL_TIMEOUT_S, json_response, pool, readers
 from projections.api_metrics import CONTENT_TYPE, APIMetrics
@@ -331,6 +331,7 @@ def create_app(settings: Settings) -> Starlette:
         Route("/v1/customers", v1(list_customers)),
         Route("/v1/customers/{customer}/entitlements", v1(customer_entitlements)),
         Route("/v1/changes", v1(api_feed.changes)),
+        Route("/v1/drift", v1(api_drift.drifting)),
         Route("/v1/changes/stream", _authorized(api_feed.stream, query_token=True)),
         Route("/v1/movies/{movie_id}", v1(put_movie), methods=["PUT"]),
         Route("/v1/movies/{movie_id}", v1(delete_movie), methods=["DELETE"]),
