@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+from typing import Any
 
 from entitled.settings import Settings
 from entitled.shell import stripe_events as se
@@ -11,6 +12,20 @@ from tests.support.db import caught_up, entitlements, query
 from tests.support.kafka import publish
 from tests.support.polling import wait_until
 from tests.support.processes import Procs
+
+
+def _subscribed(
+    sub_id: str, customer: str, item: tuple[str, str], created: int, **fields: Any
+) -> dict[str, Any]:
+    """`customer.subscription.created` of a one-item subscription (`fields`: status, legacy:
+    the pre-2025 shape, sent with the API version of its time)."""
+    api_version = se.LEGACY_API_VERSION if fields.get("legacy") else se.CURRENT_API_VERSION
+    return se.event(
+        "customer.subscription.created",
+        se.subscription(sub_id, customer=customer, items=[item], **fields),
+        created=created,
+        api_version=api_version,
+    )
 
 
 def test_events_fold_into_entitlements_in_both_api_shapes(settings: Settings, procs: Procs) -> None:
@@ -24,20 +39,9 @@ def test_events_fold_into_entitlements_in_both_api_shapes(settings: Settings, pr
             ),
             se.event("product.created", se.product("prod_m7", movie_id="7"), created=100),
             # current shape
-            se.event(
-                "customer.subscription.created",
-                se.subscription("sub_a", customer="cus_a", items=[("price_1", "prod_act")]),
-                created=101,
-            ),
+            _subscribed("sub_a", "cus_a", ("price_1", "prod_act"), 101),
             # pre-2025 shape
-            se.event(
-                "customer.subscription.created",
-                se.subscription(
-                    "sub_b", customer="cus_b", items=[("price_2", "prod_ani")], legacy=True
-                ),
-                created=101,
-                api_version=se.LEGACY_API_VERSION,
-            ),
+            _subscribed("sub_b", "cus_b", ("price_2", "prod_ani"), 101, legacy=True),
             se.event(
                 "payment_intent.succeeded",
                 se.payment_intent("pi_c", customer="cus_c", movie_id="42"),
@@ -48,13 +52,7 @@ def test_events_fold_into_entitlements_in_both_api_shapes(settings: Settings, pr
                 se.invoice("in_d", customer="cus_d", lines=[("price_m7", "prod_m7")]),
                 created=103,
             ),
-            se.event(
-                "customer.subscription.created",
-                se.subscription(
-                    "sub_e", customer="cus_e", items=[("price_1", "prod_act")], status="incomplete"
-                ),
-                created=104,
-            ),
+            _subscribed("sub_e", "cus_e", ("price_1", "prod_act"), 104, status="incomplete"),
         ],
     )
     want = {
@@ -142,11 +140,7 @@ def test_poison_event_parks_its_customer_only(settings: Settings, procs: Procs) 
             se.event("customer.subscription.created", good, created=300),
             poison,
             later,
-            se.event(
-                "customer.subscription.created",
-                se.subscription("sub_q", customer="cus_q", items=[("price_1", "prod_act")]),
-                created=303,
-            ),
+            _subscribed("sub_q", "cus_q", ("price_1", "prod_act"), 303),
         ],
     )
     plugin = {"ENTITLED_RULE_PLUGINS": "tests.processors.poison_rules"}
@@ -177,12 +171,7 @@ def test_a_gap_after_the_checkpoint_is_read_again_not_skipped(
     """The consumer's position running ahead of the Postgres checkpoint (as Faust has been
     seen to do around a rebalance, faust-streaming/faust#216) makes the worker seek back."""
     events = [
-        se.event(
-            "customer.subscription.created",
-            se.subscription(f"sub_g{i}", customer="cus_gap", items=[("price_1", "prod_act")]),
-            created=500 + i,
-        )
-        for i in range(5)
+        _subscribed(f"sub_g{i}", "cus_gap", ("price_1", "prod_act"), 500 + i) for i in range(5)
     ]
     placed = publish(settings, events)
     partition = placed[0][0]
@@ -199,11 +188,7 @@ def test_a_gap_after_the_checkpoint_is_read_again_not_skipped(
         lost,
         partition,
     )
-    later = se.event(
-        "customer.subscription.created",
-        se.subscription("sub_g9", customer="cus_gap", items=[("price_1", "prod_act")]),
-        created=600,
-    )
+    later = _subscribed("sub_g9", "cus_gap", ("price_1", "prod_act"), 600)
     publish(settings, [later])
     wait_until(lambda: caught_up(settings), 60, "the worker to read the gap again", procs)
     got = query(

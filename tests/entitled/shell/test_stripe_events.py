@@ -79,28 +79,23 @@ def test_subscription_legacy_shape() -> None:
     assert "price" not in item and "current_period_start" not in item
 
 
+_INVOICE = {
+    "customer": "cus_1",
+    "lines": [("price_a", "prod_a")],
+    "subscription": "sub_1",
+    "payment_intent": "pi_1",
+}
+
+
 def test_invoice_shapes() -> None:
-    cur = se.invoice(
-        "in_1",
-        customer="cus_1",
-        lines=[("price_a", "prod_a")],
-        subscription="sub_1",
-        payment_intent="pi_1",
-    )
+    cur = se.invoice("in_1", **_INVOICE)
     assert cur["parent"]["subscription_details"]["subscription"] == "sub_1"
     assert "subscription" not in cur and "payment_intent" not in cur
     line = cur["lines"]["data"][0]
     assert line["pricing"]["price_details"] == {"price": "price_a", "product": "prod_a"}
     assert cur["payments"]["data"][0]["payment"]["payment_intent"] == "pi_1"
     assert cur["amount_paid"] == 999 and cur["status"] == "paid"
-    old = se.invoice(
-        "in_2",
-        customer="cus_1",
-        lines=[("price_a", "prod_a")],
-        subscription="sub_1",
-        payment_intent="pi_1",
-        legacy=True,
-    )
+    old = se.invoice("in_2", **_INVOICE, legacy=True)
     assert old["subscription"] == "sub_1" and old["payment_intent"] == "pi_1"
     assert "parent" not in old
     line = old["lines"]["data"][0]
