@@ -26,6 +26,7 @@ from tqdm import tqdm
 from entitled.settings import Settings
 from entitled.topics import ensure_event_topic
 from ingest.cursors import Cursor, CursorStore
+from ingest.features import FeaturesResult, mirror_features
 from ingest.keys import event_headers, routing_key
 from ingest.producer import EventProducer
 from ingest.snapshots import DEFAULT_LISTS, LISTS, ListSpec, snapshot_event
@@ -51,6 +52,7 @@ class ListResult:
 class BackfillResult:
     lists: dict[str, ListResult] = field(default_factory=dict)
     interrupted: bool = False
+    features: FeaturesResult | None = None  # products' features (with features=True)
 
 
 class _PageBudget:
@@ -79,11 +81,13 @@ async def backfill(
     max_pages: int | None = None,
     progress: bool = True,
     api: StripeApi | None = None,
+    features: bool = False,
 ) -> BackfillResult:
     """Walk `lists` and write their objects as snapshot events; see the module docstring.
 
     `max_pages` stops the run after that many pages in all (an interruption, for tests);
-    `api` may be passed to observe its request log.
+    `api` may be passed to observe its request log. `features` then lists every product's
+    Stripe Entitlements features (`ingest.features`; the CLI's default).
     """
     specs = [LISTS[name] for name in lists]
     own_api = api is None
@@ -124,6 +128,8 @@ async def backfill(
         if not result.interrupted:
             for spec in specs:
                 await cursors.clear(spec.name)
+            if features:
+                result.features = await mirror_features(settings, api, producer, source="backfill")
     finally:
         await cursors.stop()
         await producer.stop()

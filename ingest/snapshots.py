@@ -210,14 +210,33 @@ def product_features_event(
     *,
     api_version: str | None,
     read_at: int,
+    previous: str | None = None,
 ) -> dict[str, Any]:
-    """The `product.features.snapshot` event of a product's full feature list; its id is a
-    hash of the list, so an unchanged list gives the same id (deduplicated by the fold)."""
+    """The `product.features.snapshot` event of a product's full feature list.
+
+    Its id is `evt_features_` + a digest of the list (`features_digest`) + a digest of the
+    `previous` snapshot's id: an unchanged list listed again is recognised by its digest (and
+    not logged), while a list that changes back (A, B, A) gets a new id, which the fold's
+    dedup would otherwise drop.
+    """
     obj = product_features_object(product_id, listed)
     # the order Stripe lists features in is not a change
-    key = sorted(listed, key=lambda f: str(f.get("id")))
-    ident = snapshot_id({"id": product_id, "data": key}, prefix="evt_features_")
-    return _envelope(ident, PRODUCT_FEATURES_TYPE, obj, api_version, read_at)
+    state = sorted(listed, key=lambda f: str(f.get("id")))
+    digest = snapshot_id({"id": product_id, "data": state}, prefix="")[:24]
+    chain = hashlib.sha256((previous or "").encode()).hexdigest()[:8]
+    return _envelope(
+        f"{_FEATURES_PREFIX}{digest}{chain}", PRODUCT_FEATURES_TYPE, obj, api_version, read_at
+    )
+
+
+_FEATURES_PREFIX = "evt_features_"
+
+
+def features_digest(event_id: str | None) -> str | None:
+    """The feature-list digest in a `product.features.snapshot` id (None: not one)."""
+    if not event_id or not event_id.startswith(_FEATURES_PREFIX):
+        return None
+    return event_id[len(_FEATURES_PREFIX) : len(_FEATURES_PREFIX) + 24]
 
 
 def snapshot_id(obj: Mapping[str, Any], *, prefix: str = "evt_backfill_") -> str:
