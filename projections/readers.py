@@ -31,7 +31,7 @@ from psycopg import AsyncConnection
 from psycopg.rows import TupleRow
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
-from projections import replication
+from projections import replication, search
 from projections.watcher import Watcher
 
 __all__ = ["FAILOVER_ERRORS", "Readers", "Target"]
@@ -41,11 +41,18 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 # Errors that say "this server cannot answer now", not "this read is wrong": worth the
-# next target. 40001 is also what a replica raises for a read cancelled by replay.
+# next target. 40001 is also what a replica raises for a read cancelled by replay. A replica
+# that has not replayed a migration yet lacks a table, schema or column the primary has: on a
+# replica (only) that is lag too.
 FAILOVER_ERRORS: tuple[type[Exception], ...] = (
     psycopg.OperationalError,
     psycopg.errors.SerializationFailure,
     PoolTimeout,
+)
+REPLICA_BEHIND_ERRORS: tuple[type[Exception], ...] = (
+    psycopg.errors.UndefinedTable,
+    psycopg.errors.InvalidSchemaName,
+    psycopg.errors.UndefinedColumn,
 )
 
 REPLICA_POOL_TIMEOUT_S = 1.0  # a replica that gives no connection in 1 s: try the next
@@ -126,7 +133,7 @@ class Readers:
         for target in self._order():
             try:
                 result = await read(target)
-            except FAILOVER_ERRORS as exc:
+            except (*FAILOVER_ERRORS, *REPLICA_BEHIND_ERRORS) as exc:
                 if target.primary:
                     raise
                 log.warning("replica %s failed a read (%s): next target", target.name, exc)
@@ -193,6 +200,8 @@ class Readers:
                 )
                 self._checks[target.name] = conn
             lag = await asyncio.wait_for(replication.replica_lag(conn), CONNECT_TIMEOUT_S)
+            # A replica of a database migrated a moment ago may not have replayed it yet.
+            ready = await asyncio.wait_for(search.is_ready(conn), CONNECT_TIMEOUT_S)
         except (psycopg.Error, TimeoutError, OSError) as exc:
             if target.healthy:
                 log.warning("replica %s failed its health check: %s", target.name, exc)
@@ -201,13 +210,18 @@ class Readers:
             if stale is not None:
                 await stale.close()
             return
-        if not target.healthy:
-            took_ms = 1000 * (time.monotonic() - started)
-            log.info("replica %s passes its health check (%.0f ms)", target.name, took_ms)
-        target.healthy = True
         target.lag_seconds = lag.seconds
         target.replay_lsn = lag.replay_lsn
         if head is not None and lag.replay_lsn is not None:
             target.lag_bytes = max(0, head - replication.lsn_position(lag.replay_lsn))
         else:
             target.lag_bytes = lag.unreplayed_bytes
+        if not ready:
+            if target.healthy:
+                log.warning("replica %s has no migrated schema (yet): skipped", target.name)
+            target.healthy = False
+            return
+        if not target.healthy:
+            took_ms = 1000 * (time.monotonic() - started)
+            log.info("replica %s passes its health check (%.0f ms)", target.name, took_ms)
+        target.healthy = True

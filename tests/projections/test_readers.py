@@ -44,6 +44,19 @@ async def test_an_unhealthy_replica_is_skipped_and_the_primary_serves_when_none_
     assert await readers.run(_name) == "r2"
 
 
+async def test_a_replica_behind_a_migration_hands_the_read_on() -> None:
+    r1 = _target("r1")
+    readers = _readers(r1)
+
+    async def read(target: Target) -> str:
+        if not target.primary:
+            raise psycopg.errors.UndefinedTable("relation does not exist")
+        return target.name
+
+    assert await readers.run(read) == "primary"
+    assert not r1.healthy
+
+
 async def test_no_replicas_means_the_primary() -> None:
     assert await _readers().run(_name) == "primary"
 
@@ -70,9 +83,9 @@ async def test_a_failing_primary_and_other_errors_propagate() -> None:
     readers = _readers(_target("r1"))
 
     async def wrong(target: Target) -> str:
-        raise psycopg.errors.UndefinedTable("no such table")
+        raise psycopg.errors.InvalidTextRepresentation("invalid input syntax")
 
-    with pytest.raises(psycopg.errors.UndefinedTable):
+    with pytest.raises(psycopg.errors.InvalidTextRepresentation):
         await readers.run(wrong)
     assert readers.replicas[0].healthy  # a wrong read says nothing about the server
 
