@@ -24,7 +24,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from entitled.settings import Settings
-from ingest.errors import LogUnavailable
+from ingest.errors import ConfigurationError, LogUnavailable
 from ingest.producer import EventProducer
 from ingest.refresh import refresh
 from ingest.stripe_api import StripeApi
@@ -95,6 +95,8 @@ class RefreshEndpoint:
             results = await refresh(self.settings, ids, api=api, producer=producer)
         except LogUnavailable as exc:
             return _json({"error": exc.message}, 503)
+        except ConfigurationError as exc:  # no Kafka named for this process
+            return _json({"error": str(exc)}, 503)
         except stripe.StripeError as exc:
             return _json({"error": f"Stripe answered {exc.http_status}"}, 502)
         events = [

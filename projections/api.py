@@ -25,7 +25,7 @@ from __future__ import annotations
 import hmac
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -38,7 +38,7 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import FileResponse, Response
-from starlette.routing import Mount, Route
+from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -297,8 +297,17 @@ class _Timing:
             self.metrics.observe(scope["method"], path, status, time.perf_counter() - start)
 
 
-def create_app(settings: Settings) -> Starlette:
-    """The read API for `settings.database_url` (which must be resolved by the caller)."""
+def create_app(
+    settings: Settings,
+    *,
+    extra_routes: Sequence[BaseRoute] = (),
+    on_close: Sequence[Callable[[], Awaitable[None]]] = (),
+) -> Starlette:
+    """The read API for `settings.database_url` (which must be resolved by the caller).
+
+    `extra_routes` (with their `on_close` clean-ups) are mounted by whoever composes the
+    process: the shell adds `POST /v1/refresh` from `ingest`, which `projections` must not
+    import."""
     url = read_url(settings)
     db_pool = create_pool(url)
     watch = Watcher(url)
@@ -316,6 +325,8 @@ def create_app(settings: Settings) -> Starlette:
             await reads.open()
             yield
         finally:
+            for close in on_close:
+                await close()
             await reads.close()
             await watch.stop()
             await db_pool.close()
@@ -336,6 +347,7 @@ def create_app(settings: Settings) -> Starlette:
         Route("/v1/movies/{movie_id}", v1(put_movie), methods=["PUT"]),
         Route("/v1/movies/{movie_id}", v1(delete_movie), methods=["DELETE"]),
         Route("/v1/movies/{movie_id}/groups/{group}", v1(movie_group), methods=["PUT", "DELETE"]),
+        *extra_routes,
         Mount("/static", StaticFiles(directory=STATIC), name="static"),
     ]
     handlers: dict[Any, Any] = {

@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from types import FrameType
 
 import click
+from starlette.routing import BaseRoute
 
 from entitled.settings import Settings
 
@@ -60,12 +62,26 @@ class _HideQueryToken(logging.Filter):
         return True
 
 
-@click.command()
-@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
-@click.option("--port", default=8001, show_default=True, type=int, help="Port to listen on.")
-@click.option("--log-level", default="info", show_default=True)
-def api(host: str, port: int, log_level: str) -> None:
-    """Serve the search and read API and the WebFlicks page."""
+def api_options(fn: Callable[..., None]) -> Callable[..., None]:
+    """The options of `entitled api` (shared with the shell's composition of it)."""
+    fn = click.option("--log-level", default="info", show_default=True)(fn)
+    fn = click.option(
+        "--port", default=8001, show_default=True, type=int, help="Port to listen on."
+    )(fn)
+    return click.option(
+        "--host", default="127.0.0.1", show_default=True, help="Address to listen on."
+    )(fn)
+
+
+def run_api(
+    host: str,
+    port: int,
+    log_level: str,
+    *,
+    extra_routes: Sequence[BaseRoute] = (),
+    on_close: Sequence[Callable[[], Awaitable[None]]] = (),
+) -> None:
+    """Serve the read API until SIGTERM/SIGINT (`extra_routes`: see `create_app`)."""
     import uvicorn
 
     from projections.api import create_app
@@ -75,7 +91,7 @@ def api(host: str, port: int, log_level: str) -> None:
     from entitled import logs
 
     logs.configure(log_level)
-    app = create_app(settings)
+    app = create_app(settings, extra_routes=extra_routes, on_close=on_close)
     server = uvicorn.Server(
         uvicorn.Config(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=5)
     )
@@ -89,6 +105,13 @@ def api(host: str, port: int, log_level: str) -> None:
 
     server.handle_exit = handle_exit  # type: ignore[method-assign]
     server.run()
+
+
+@click.command()
+@api_options
+def api(host: str, port: int, log_level: str) -> None:
+    """Serve the search and read API and the WebFlicks page."""
+    run_api(host, port, log_level)
 
 
 @click.group()

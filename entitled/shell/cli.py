@@ -38,7 +38,7 @@ _COMMANDS: dict[str, tuple[str, frozenset[str]]] = {
     "deadletters": ("processors.cli:deadletters", frozenset({POSTGRES})),
     "status": ("processors.cli:status", frozenset({KAFKA, POSTGRES})),
     "migrate": ("projections.cli:migrate", frozenset({POSTGRES})),
-    "api": ("projections.cli:api", frozenset({POSTGRES})),
+    "api": ("entitled.shell.api:api", frozenset({POSTGRES})),
     "catalog": ("projections.cli:catalog", frozenset({POSTGRES})),
 }
 
