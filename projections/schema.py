@@ -186,6 +186,18 @@ async def create_secondary_indexes(conn: AsyncConnection[object], schema: str) -
             await conn.execute(stmt)
 
 
+async def _add_missing_mirror_tables(conn: AsyncConnection[object], schema: str) -> None:
+    """Create the mirrored tables a release added that `schema` (built by an older release)
+    lacks, empty: that version's log never reached them, and its views must exist."""
+    for table in MIRROR_TABLES:
+        cur = await conn.execute("SELECT to_regclass(%s)", (f'"{schema}"."{table}"',))
+        row = await cur.fetchone()
+        if row is not None and row[0] is None:  # type: ignore[index]
+            for template in (_MIRROR_DDL, _MIRROR_INDEXES):
+                for stmt in _statements(template, schema=schema, table=table):
+                    await conn.execute(stmt)
+
+
 async def point_live_views(conn: AsyncConnection[object], schema: str) -> None:
     """Redefine every `live` view to read `schema`. Call inside the swapping transaction.
 
@@ -193,6 +205,7 @@ async def point_live_views(conn: AsyncConnection[object], schema: str) -> None:
     swap's lock reads the new version afterwards instead of failing on a dropped view. Only
     when the columns changed (a version from another release) is a view dropped and made anew.
     """
+    await _add_missing_mirror_tables(conn, schema)
     for view in LIVE_VIEWS:
         target = sql.Identifier(LIVE, view)
         source = sql.Identifier(schema, view)
