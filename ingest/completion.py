@@ -12,6 +12,8 @@ use the same reads, so an object is expanded the same way whoever fetches it:
 - `checkout.session.completed` and `.async_payment_succeeded` whose session has no
   `line_items` (Stripe never sends them in an event; they name the product bought): the
   session with `expand[]=line_items`.
+- `entitlements.active_entitlement_summary.updated` whose list says `has_more` (Stripe lists 10
+  at most): the customer's active entitlements listed to the end (`ingest.summary`).
 - `invoice.paid` and `.payment_succeeded` of a paid amount whose invoice has neither
   `payments` (only present when expanded) nor the pre-2025 `payment_intent`: the invoice
   with `expand[]=payments`, which links it to the payment a refund or dispute names.
@@ -24,8 +26,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from ingest import summary
 from ingest.keys import is_notification, related_object
 from ingest.snapshots import OBJECT_TYPES
+from ingest.summary import summary_customer
 
 
 @dataclass(frozen=True)
@@ -90,6 +94,9 @@ def needed(event: Mapping[str, Any]) -> Fetch | None:
     """The read that completes `event`, or None when it carries all the projection needs."""
     if is_notification(event):
         return _for_notification(event)
+    customer = summary_customer(event)
+    if customer is not None:
+        return Fetch(summary.PATH, customer, summary.REASON, {"customer": customer})
     event_type = event.get("type")
     obj = _object(event)
     obj_id = obj.get("id")

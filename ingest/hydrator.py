@@ -44,6 +44,7 @@ import stripe
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 
 from entitled.settings import Settings
+from ingest import summary
 from ingest.completion import Fetch, needed
 from ingest.errors import LogUnavailable
 from ingest.hydrator_metrics import HydratorMetrics
@@ -309,7 +310,10 @@ class Hydrator:
             params["stripe_account"] = job.account
         while True:
             try:
-                got = await self.api.retrieve(job.fetch.path, params)
+                if job.fetch.reason == summary.REASON:  # a list read to the end
+                    got = await summary.complete(self.api, job.fetch.object_id, params)
+                else:
+                    got = await self.api.retrieve(job.fetch.path, params)
                 break
             except (stripe.AuthenticationError, stripe.PermissionError):
                 raise  # a wrong key fails every read: stop loudly, commit nothing
