@@ -183,6 +183,7 @@ async def readyz(request: Request) -> Response:
 
 
 async def metrics(request: Request) -> Response:
+    await api_drift.measure(request)
     return Response(request.app.state.metrics.render(), media_type=CONTENT_TYPE)
 
 

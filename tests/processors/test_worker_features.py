@@ -100,6 +100,7 @@ def test_a_feature_added_to_a_product_reaches_subscribers_and_drift_is_reported(
     assert httpx.get(f"{url}/v1/drift").status_code == 401
     answer = httpx.get(f"{url}/v1/drift", headers={"Authorization": "Bearer t0k"})
     assert answer.status_code == 200 and answer.json() == {"grace_s": 300.0, "drift": want}
+    assert "entitled_drift_customers 1.0" in httpx.get(f"{url}/metrics").text
     asked = httpx.get(f"{url}/v1/drift?grace=0&limit=5", headers={"Authorization": "Bearer t0k"})
     assert asked.json() == {"grace_s": 0.0, "drift": want}
     # a disagreement younger than the grace period is not drift yet
@@ -109,3 +110,9 @@ def test_a_feature_added_to_a_product_reaches_subscribers_and_drift_is_reported(
     # they agree: the drift clears
     publish(settings, [sf.summary_event("cus_f", ["group:action", "group:family"], created=400)])
     wait_until(lambda: _drift(procs) == [], 60, "the drift to clear", procs)
+    wait_until(
+        lambda: "entitled_drift_customers 0.0" in httpx.get(f"{url}/metrics").text,
+        60,
+        "the drift gauge to clear",
+        procs,
+    )
