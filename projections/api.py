@@ -45,11 +45,13 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from entitled.settings import Settings
 from projections import api_drift, api_feed, api_params, catalog, search
 from projections.api_errors import APIError, BadRequest, NotFound, ServiceUnavailable, Unauthorized
+from projections.api_features import features_of
 from projections.api_http import POOL_TIMEOUT_S, json_response, pool, readers
 from projections.api_metrics import CONTENT_TYPE, APIMetrics
 from projections.api_min_event import read_after_event, respond
 from projections.api_pool import create_pool, create_readers, read_url
 from projections.catalog import InvalidMovie
+from projections.entitlements import Policy
 from projections.fanout import Fanout
 from projections.metadata import groups_in, metadata_of, movies_in
 from projections.readers import Target
@@ -249,6 +251,7 @@ def render_entitlements(customer: str, row: dict[str, Any], settings: Settings) 
         "movie_ids": row["movie_ids"] or [],
         "subscriptions": subscriptions,
         "purchases": purchases,
+        "features": features_of(row, Policy.from_settings(settings)),
         "as_of": {"event_id": row["as_of_event"], "created": row["as_of_created"]},
     }
 

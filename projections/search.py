@@ -61,7 +61,12 @@ SELECT
       WHERE pr.id IN (SELECT unnest(s.refs) FROM {LIVE}.subscriptions s WHERE s.customer = c.id
                       UNION
                       SELECT unnest(p.refs) FROM {LIVE}.purchases p WHERE p.customer = c.id)
-    ) AS products
+    ) AS products,
+    (SELECT coalesce(jsonb_object_agg(pf.id, pf.record), '{{}}'::jsonb)
+       FROM {LIVE}.product_features pf
+      WHERE pf.id IN (SELECT unnest(s.refs) FROM {LIVE}.subscriptions s WHERE s.customer = c.id)
+    ) AS product_features,
+    (SELECT es.record FROM {LIVE}.entitlement_summaries es WHERE es.id = c.id) AS summary_record
 FROM (SELECT %(customer)s::text AS id) AS c
 LEFT JOIN {LIVE}.customer_entitlements e ON e.customer = c.id
 """

@@ -101,6 +101,28 @@ def test_a_feature_added_to_a_product_reaches_subscribers_and_drift_is_reported(
     answer = httpx.get(f"{url}/v1/drift", headers={"Authorization": "Bearer t0k"})
     assert answer.status_code == 200 and answer.json() == {"grace_s": 300.0, "drift": want}
     assert "entitled_drift_customers 1.0" in httpx.get(f"{url}/metrics").text
+    held = httpx.get(
+        f"{url}/v1/customers/cus_f/entitlements", headers={"Authorization": "Bearer t0k"}
+    )
+    assert held.status_code == 200
+    assert held.json()["features"] == [
+        {"lookup_key": "beta-ui", "groups": [], "movie_ids": [], "from": [{"source": "summary"}]},
+        {
+            "lookup_key": "group:action",
+            "groups": ["action"],
+            "movie_ids": [],
+            "from": [
+                {"source": "features", "subscription": "sub_f", "product": "prod_feat"},
+                {"source": "summary"},
+            ],
+        },
+        {
+            "lookup_key": "group:family",
+            "groups": ["family"],
+            "movie_ids": [],
+            "from": [{"source": "features", "subscription": "sub_f", "product": "prod_feat"}],
+        },
+    ]
     asked = httpx.get(f"{url}/v1/drift?grace=0&limit=5", headers={"Authorization": "Bearer t0k"})
     assert asked.json() == {"grace_s": 0.0, "drift": want}
     # a disagreement younger than the grace period is not drift yet
