@@ -51,7 +51,7 @@ from projections.api_metrics import CONTENT_TYPE, APIMetrics
 from projections.api_min_event import read_after_event, respond
 from projections.api_pool import create_pool, create_readers, read_url
 from projections.catalog import InvalidMovie
-from projections.entitlements import Policy
+from projections.entitlements import Policy, grants_of_keys
 from projections.fanout import Fanout
 from projections.metadata import groups_in, metadata_of, movies_in
 from projections.readers import Target
@@ -94,12 +94,18 @@ async def search_movies(request: Request) -> Response:
     customer = api_params.customer_id(params.get("customer"))
     q = api_params.query(params.get("q"))
     limit = api_params.limit(params.get("limit"), 20, 100)
+    feature = params.get("feature")
+    policy = Policy.from_settings(request.app.state.settings)
+    within = None if feature is None else grants_of_keys([api_params.query(feature)], policy)
 
     async def read(conn: AsyncConnection[Any]) -> list[search.Hit]:
-        return await search.search(conn, customer, q, limit)
+        return await search.search(conn, customer, q, limit, within=within)
 
     hits, outcome = await read_after_event(request, read)
-    body = {"customer": customer, "query": q, "results": [hit.to_json() for hit in hits]}
+    body: dict[str, Any] = {"customer": customer, "query": q}
+    if feature is not None:
+        body["feature"] = feature
+    body["results"] = [hit.to_json() for hit in hits]
     return respond(body, outcome)
 
 

@@ -7,6 +7,7 @@ one snapshot.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,6 +25,12 @@ _REASON = """
     END AS reason
 """
 
+# `feature=` on a search: only the movies a feature's lookup key grants (its group or its
+# movie); `all` true when no feature is asked.
+_WITHIN = """
+    (%(all)s OR m.groups && %(groups)s::text[] OR m.movie_id = ANY (%(movies)s::text[]))
+"""
+
 # websearch_to_tsquery accepts any text (operators, quotes, unbalanced parentheses) without
 # raising, unlike to_tsquery; the GIN index on `search` serves the @@.
 MATCH_SQL = f"""
@@ -31,7 +38,7 @@ SELECT m.movie_id, m.title, m.groups, {_REASON}
 FROM {CONTROL}.movies m
 CROSS JOIN websearch_to_tsquery('english', %(q)s) AS query
 LEFT JOIN {LIVE}.customer_entitlements e ON e.customer = %(customer)s
-WHERE m.search @@ query
+WHERE m.search @@ query AND {_WITHIN}
 ORDER BY ts_rank(m.search, query) DESC, m.title, m.movie_id
 LIMIT %(limit)s
 """
@@ -41,6 +48,7 @@ LIST_SQL = f"""
 SELECT m.movie_id, m.title, m.groups, {_REASON}
 FROM {CONTROL}.movies m
 LEFT JOIN {LIVE}.customer_entitlements e ON e.customer = %(customer)s
+WHERE {_WITHIN}
 ORDER BY m.title, m.movie_id
 LIMIT %(limit)s
 """
@@ -122,10 +130,27 @@ def search_sql(q: str) -> str:
     return LIST_SQL if not q.strip() else MATCH_SQL
 
 
-async def search(conn: AsyncConnection[Any], customer: str, q: str, limit: int = 20) -> list[Hit]:
-    """Movies matching `q`, best first, each marked available for `customer` or not."""
+async def search(
+    conn: AsyncConnection[Any],
+    customer: str,
+    q: str,
+    limit: int = 20,
+    *,
+    within: tuple[Collection[str], Collection[str]] | None = None,
+) -> list[Hit]:
+    """Movies matching `q`, best first, each marked available for `customer` or not;
+    `within` (groups, movie ids) keeps only the movies in one of those groups or named."""
+    groups, movies = within or ((), ())
+    params = {
+        "q": q,
+        "customer": customer,
+        "limit": limit,
+        "all": within is None,
+        "groups": sorted(groups),
+        "movies": sorted(movies),
+    }
     async with conn.cursor(row_factory=class_row(Hit)) as cur:
-        await cur.execute(search_sql(q), {"q": q, "customer": customer, "limit": limit})
+        await cur.execute(search_sql(q), params)
         return await cur.fetchall()
 
 

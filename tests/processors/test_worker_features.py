@@ -101,6 +101,15 @@ def test_a_feature_added_to_a_product_reaches_subscribers_and_drift_is_reported(
     answer = httpx.get(f"{url}/v1/drift", headers={"Authorization": "Bearer t0k"})
     assert answer.status_code == 200 and answer.json() == {"grace_s": 300.0, "drift": want}
     assert "entitled_drift_customers 1.0" in httpx.get(f"{url}/metrics").text
+    auth = {"Authorization": "Bearer t0k"}
+    for movie_id, group in (("1", "family"), ("2", "drama")):
+        body = {"title": f"Movie {movie_id}", "keywords": "", "groups": [group]}
+        assert httpx.put(f"{url}/v1/movies/{movie_id}", json=body, headers=auth).status_code < 300
+    found = httpx.get(
+        f"{url}/v1/search", params={"customer": "cus_f", "feature": "group:family"}, headers=auth
+    ).json()
+    assert found["feature"] == "group:family"
+    assert [(r["movie_id"], r["reason"]) for r in found["results"]] == [("1", "subscription")]
     held = httpx.get(
         f"{url}/v1/customers/cus_f/entitlements", headers={"Authorization": "Bearer t0k"}
     )
