@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 from psycopg import AsyncConnection, sql
 
 from projections import schema as db
@@ -29,7 +30,6 @@ __all__ = [
     "CHANGES_CHANNEL",
     "FOLDED_CHANNEL",
     "Change",
-    "current",
     "diff_versions",
     "listen",
     "mark_published",
@@ -59,53 +59,54 @@ def version_number(schema: str) -> int:
     return int(schema.rsplit("_v", 1)[1])
 
 
-async def current(
-    conn: AsyncConnection[Any], schema: str, customers: Sequence[str]
-) -> dict[str, Entitlement]:
-    """What `customers` hold now in `schema` (absent: nothing)."""
-    cur = await conn.execute(
-        sql.SQL("SELECT customer, groups, movie_ids FROM {} WHERE customer = ANY(%s)").format(
-            db.qualified(schema, "customer_entitlements")
-        ),
-        (list(customers),),
-    )
-    return {c: Entitlement(tuple(g), tuple(m)) for c, g, m in await cur.fetchall()}
-
-
 async def record(
     conn: AsyncConnection[Any], schema: str, changes: Sequence[Change], cause: str
 ) -> int | None:
-    """Insert change rows (ids in commit order) and notify; the greatest id, or None."""
-    real = [c for c in changes if c.before != c.after]
+    """Insert change rows (ids in commit order) and notify, in one round trip; the greatest
+    id, or None when nothing changed."""
+    real = sorted((c for c in changes if c.before != c.after), key=lambda c: c.customer)
     if not real:
         return None
-    await conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (_LOCK,))
-    version = version_number(schema)
-    async with conn.cursor() as cur:
-        await cur.executemany(
-            f"INSERT INTO {db.CONTROL}.changes (id, customer, groups_before, groups_after,"
-            " movies_before, movies_after, cause, event_id, event_created, version)"
-            f" VALUES (nextval('{db.CONTROL}.change_ids'), %s, %s, %s, %s, %s, %s, %s, %s, %s)",
-            [
-                (
-                    clean_text(c.customer),
-                    list(c.before.groups),
-                    list(c.after.groups),
-                    list(c.before.movie_ids),
-                    list(c.after.movie_ids),
-                    cause,
-                    None if c.event_id is None else clean_text(c.event_id),
-                    c.event_created,
-                    version,
-                )
-                for c in sorted(real, key=lambda c: c.customer)
-            ],
+    rows = [
+        {
+            "customer": clean_text(c.customer),
+            "groups_before": list(c.before.groups),
+            "groups_after": list(c.after.groups),
+            "movies_before": list(c.before.movie_ids),
+            "movies_after": list(c.after.movie_ids),
+            "event_id": None if c.event_id is None else clean_text(c.event_id),
+            "event_created": c.event_created,
+        }
+        for c in real
+    ]
+    # The lock row is read before any id is drawn: ids follow the order of commits.
+    cur = await conn.execute(
+        f"""
+        WITH feed_lock AS (SELECT pg_advisory_xact_lock(hashtext(%(lock)s))),
+        ins AS (
+            INSERT INTO {db.CONTROL}.changes (id, customer, groups_before, groups_after,
+                movies_before, movies_after, cause, event_id, event_created, version)
+            SELECT nextval('{db.CONTROL}.change_ids'), r.customer, r.groups_before,
+                   r.groups_after, r.movies_before, r.movies_after, %(cause)s, r.event_id,
+                   r.event_created, %(version)s
+              FROM feed_lock, jsonb_to_recordset(%(rows)s::jsonb) AS r(
+                   customer text, groups_before text[], groups_after text[],
+                   movies_before text[], movies_after text[], event_id text,
+                   event_created bigint)
+            RETURNING id
         )
-    cur = await conn.execute(f"SELECT currval('{db.CONTROL}.change_ids')")
+        SELECT max(id), pg_notify(%(channel)s, max(id)::text) FROM ins
+        """,
+        {
+            "lock": _LOCK,
+            "cause": cause,
+            "version": version_number(schema),
+            "rows": orjson.dumps(rows).decode(),
+            "channel": CHANGES_CHANNEL,
+        },
+    )
     row = await cur.fetchone()
-    last = int(row[0]) if row else 0
-    await conn.execute("SELECT pg_notify(%s, %s)", (CHANGES_CHANNEL, str(last)))
-    return last
+    return int(row[0]) if row and row[0] is not None else None
 
 
 async def diff_versions(conn: AsyncConnection[Any], old: str, new: str) -> list[Change]:

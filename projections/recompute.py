@@ -20,7 +20,7 @@ from projections.entitlements import Entitlement, Policy, derive, gather, link_k
 from projections.fold import FoldResult
 from projections.metadata import groups_in, movies_in
 from projections.rows import ProductFeaturesRow, ProductRow, Row
-from projections.upserts import load_rows, write_entitlements
+from projections.upserts import empty_staging, load_rows, write_entitlements
 
 __all__ = ["derive_many", "recompute", "recompute_all"]
 
@@ -63,9 +63,8 @@ async def recompute(
     if not customers:
         return 0
     ordered = sorted(customers)
-    held = await changes.current(conn, schema, ordered) if cause else {}
     derived = await derive_many(conn, schema, policy, ordered)
-    await write_entitlements(conn, schema, derived)
+    held = await write_entitlements(conn, schema, derived)
     if cause:
         nothing = Entitlement((), ())
         feed = [
@@ -132,8 +131,10 @@ async def recompute_all(
     customers = sorted(r[0] for r in await cur.fetchall())
     for i in range(0, len(customers), chunk):
         part = customers[i : i + chunk]
-        async with conn.transaction():  # the staging table lives for a transaction
+        async with conn.transaction():
             await write_entitlements(conn, schema, await derive_many(conn, schema, policy, part))
+            # the staging table empties at commit; this may be a savepoint of the caller's
+            await empty_staging(conn, "customer_entitlements")
     return len(customers)
 
 

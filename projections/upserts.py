@@ -26,6 +26,7 @@ from projections.rows import Row, customer_of, from_record, refs_of
 
 __all__ = [
     "clean_text",
+    "empty_staging",
     "jsonb_text",
     "load_rows",
     "mark_processed",
@@ -183,9 +184,11 @@ async def write_entitlements(
     conn: AsyncConnection[Any],
     schema: str,
     derived: Mapping[str, tuple[Entitlement, Row | None]],
-) -> None:
-    """Upsert customers' entitlements, each with the newest row it was derived from."""
+) -> dict[str, Entitlement]:
+    """Upsert customers' entitlements, each with the newest row it was derived from; what
+    they held before (customers new to the table are absent), read by the same statement."""
     tmp = await _staging(conn, schema, "customer_entitlements")
+    table = db.qualified(schema, "customer_entitlements")
     cols = "customer, groups, movie_ids, as_of_event, as_of_created"
     async with conn.cursor() as cur:
         async with cur.copy(sql.SQL("COPY {} (" + cols + ") FROM STDIN").format(tmp)) as cp:
@@ -199,13 +202,21 @@ async def write_entitlements(
                         None if newest is None else newest.stamp.created,
                     )
                 )
+        # `old` reads the table as it was before this statement (one snapshot for all of it)
         await cur.execute(
             sql.SQL(
-                "INSERT INTO {} (" + cols + ") SELECT " + cols + " FROM {}"
+                "WITH old AS (SELECT e.customer, e.groups, e.movie_ids FROM {table} e"
+                " JOIN {tmp} USING (customer)),"
+                " up AS (INSERT INTO {table} (" + cols + ") SELECT " + cols + " FROM {tmp}"
                 " ON CONFLICT (customer) DO UPDATE SET groups = excluded.groups,"
                 " movie_ids = excluded.movie_ids, as_of_event = excluded.as_of_event,"
-                " as_of_created = excluded.as_of_created, updated_at = now()"
-            ).format(db.qualified(schema, "customer_entitlements"), tmp)
+                " as_of_created = excluded.as_of_created, updated_at = now() RETURNING 1)"
+                " SELECT customer, groups, movie_ids FROM old"
+            ).format(table=table, tmp=tmp)
         )
-        # recompute_all writes in chunks inside one transaction: empty the staging table now
-        await cur.execute(sql.SQL("TRUNCATE {}").format(tmp))
+        return {c: Entitlement(tuple(g), tuple(m)) for c, g, m in await cur.fetchall()}
+
+
+async def empty_staging(conn: AsyncConnection[Any], table: str) -> None:
+    """Empty a staging table before its transaction ends (for several writes in one)."""
+    await conn.execute(sql.SQL("TRUNCATE {}").format(sql.Identifier(f"_in_{table}")))
