@@ -7,6 +7,8 @@ the fold skips event ids it has already applied.
     alice (cus_demo_alice)  subscribes to the "action" package
     bob   (cus_demo_bob)    bought one movie (40, "Indiana Jones and the Last Crusade")
     carol (cus_demo_carol)  has nothing yet
+    dave  (cus_demo_dave)   subscribes to the "scifi" package, sold through a Stripe
+                            Entitlements feature (`group:scifi`) instead of product metadata
 """
 
 from __future__ import annotations
@@ -20,9 +22,11 @@ import httpx
 import psycopg
 
 from entitled.shell import stripe_events as se
+from entitled.shell import stripe_features as sf
 
 __all__ = [
     "CUSTOMERS",
+    "FEATURE_PRODUCTS",
     "PRICES",
     "PRODUCTS",
     "DemoRefused",
@@ -42,8 +46,13 @@ PRODUCTS: dict[str, tuple[str, str | None, str | None]] = {
     "prod_demo_animated": ("WebFlicks Animated package", "animated", None),
     "prod_demo_movie_40": ("Indiana Jones and the Last Crusade (to own)", None, "40"),
 }
+# packages sold through Stripe Entitlements features: product id -> (name, lookup keys)
+FEATURE_PRODUCTS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "prod_demo_scifi": ("WebFlicks Sci-Fi package (a Stripe feature)", ("group:scifi",)),
+}
 # price id -> (product id, recurring, amount in cents)
 PRICES: dict[str, tuple[str, bool, int]] = {
+    "price_demo_scifi": ("prod_demo_scifi", True, 699),
     "price_demo_action": ("prod_demo_action", True, 799),
     "price_demo_animated": ("prod_demo_animated", True, 599),
     "price_demo_movie_40": ("prod_demo_movie_40", False, 399),
@@ -53,6 +62,7 @@ CUSTOMERS: dict[str, tuple[str, str]] = {
     "cus_demo_alice": ("Alice Action (subscribes to action)", "alice@example.com"),
     "cus_demo_bob": ("Bob Buyer (bought movie 40)", "bob@example.com"),
     "cus_demo_carol": ("Carol Curious (nothing yet)", "carol@example.com"),
+    "cus_demo_dave": ("Dave Features (scifi through a Stripe feature)", "dave@example.com"),
 }
 
 
@@ -65,6 +75,11 @@ def events() -> Iterator[dict[str, Any]]:
     for pid, (name, groups, movie_id) in PRODUCTS.items():
         obj = se.product(pid, name=name, groups=groups, movie_id=movie_id, created=CREATED)
         yield _event("product.created", obj, f"evt_demo_{pid}")
+    for pid, (name, keys) in FEATURE_PRODUCTS.items():
+        obj = se.product(pid, name=name, created=CREATED)
+        yield _event("product.created", obj, f"evt_demo_{pid}")
+        # what backfill / reconcile --features would log for it (Stripe sends no webhook)
+        yield sf.product_features_snapshot(pid, keys, created=CREATED)
     for price_id, (pid, recurring, amount) in PRICES.items():
         obj = se.price(
             price_id, product=pid, recurring=recurring, unit_amount=amount, created=CREATED
@@ -82,6 +97,15 @@ def events() -> Iterator[dict[str, Any]]:
         period_end=PERIOD_END,
     )
     yield _event("customer.subscription.created", sub, "evt_demo_sub_alice")
+    sub = se.subscription(
+        "sub_demo_dave_scifi",
+        customer="cus_demo_dave",
+        items=[("price_demo_scifi", "prod_demo_scifi")],
+        item_ids=["si_demo_dave_scifi"],
+        created=CREATED,
+        period_end=PERIOD_END,
+    )
+    yield _event("customer.subscription.created", sub, "evt_demo_sub_dave")
     session = se.checkout_session(
         "cs_test_demo_bob_movie_40",
         customer="cus_demo_bob",

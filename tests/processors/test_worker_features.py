@@ -12,6 +12,7 @@ import httpx
 import pytest
 
 from entitled.settings import Settings
+from entitled.shell import demo
 from entitled.shell import stripe_events as se
 from entitled.shell import stripe_features as sf
 from tests.support.db import caught_up, entitlements
@@ -147,3 +148,15 @@ def test_a_feature_added_to_a_product_reaches_subscribers_and_drift_is_reported(
         "the drift gauge to clear",
         procs,
     )
+
+
+def test_the_demo_sells_a_package_through_a_feature(settings: Settings, procs: Procs) -> None:
+    procs.spawn("worker")  # ENTITLED_GRANTS unset: every source
+    publish(settings, demo.events())
+    wait_until(
+        lambda: entitlements(settings).get("cus_demo_dave") == (["scifi"], []),
+        60,
+        "dave to hold scifi through the feature",
+        procs,
+    )
+    assert entitlements(settings)["cus_demo_alice"] == (["action"], [])
