@@ -88,24 +88,16 @@ def events() -> Iterator[dict[str, Any]]:
     for cid, (name, email) in CUSTOMERS.items():
         obj = se.customer(cid, name=name, email=email, created=CREATED)
         yield _event("customer.created", obj, f"evt_demo_{cid}")
-    sub = se.subscription(
-        "sub_demo_alice_action",
-        customer="cus_demo_alice",
-        items=[("price_demo_action", "prod_demo_action")],
-        item_ids=["si_demo_alice_action"],
-        created=CREATED,
-        period_end=PERIOD_END,
-    )
-    yield _event("customer.subscription.created", sub, "evt_demo_sub_alice")
-    sub = se.subscription(
-        "sub_demo_dave_scifi",
-        customer="cus_demo_dave",
-        items=[("price_demo_scifi", "prod_demo_scifi")],
-        item_ids=["si_demo_dave_scifi"],
-        created=CREATED,
-        period_end=PERIOD_END,
-    )
-    yield _event("customer.subscription.created", sub, "evt_demo_sub_dave")
+    for who, package in (("alice", "action"), ("dave", "scifi")):
+        sub = se.subscription(
+            f"sub_demo_{who}_{package}",
+            customer=f"cus_demo_{who}",
+            items=[(f"price_demo_{package}", f"prod_demo_{package}")],
+            item_ids=[f"si_demo_{who}_{package}"],
+            created=CREATED,
+            period_end=PERIOD_END,
+        )
+        yield _event("customer.subscription.created", sub, f"evt_demo_sub_{who}")
     session = se.checkout_session(
         "cs_test_demo_bob_movie_40",
         customer="cus_demo_bob",
