@@ -58,6 +58,8 @@ class Settings:
     feature_movie_prefix: str = "movie:"  # a feature `movie:42` grants movie 42
     # how long Stripe's summary and our derivation may disagree before it is drift
     drift_grace_s: float = 300.0
+    # the hydrator re-lists products' features this often (Stripe sends no webhook); 0: off
+    features_every_s: float = 600.0
     batch_size: int = 500
     batch_within_s: float = 0.05
     consumer_group: str = "entitled-worker"
@@ -100,6 +102,7 @@ class Settings:
             feature_movie_prefix=e.get("ENTITLED_FEATURE_MOVIE_PREFIX")
             or base.feature_movie_prefix,
             drift_grace_s=float(e.get("ENTITLED_DRIFT_GRACE_S") or base.drift_grace_s),
+            features_every_s=float(e.get("ENTITLED_FEATURES_EVERY_S") or base.features_every_s),
             batch_size=int(e.get("ENTITLED_BATCH_SIZE") or base.batch_size),
             consumer_group=e.get("ENTITLED_CONSUMER_GROUP") or base.consumer_group,
             rule_plugins=_split(e.get("ENTITLED_RULE_PLUGINS")),

@@ -47,6 +47,7 @@ from entitled.settings import Settings
 from ingest import summary
 from ingest.completion import Fetch, needed
 from ingest.errors import LogUnavailable
+from ingest.features import mirror_features
 from ingest.hydrator_metrics import HydratorMetrics
 from ingest.keys import event_headers, routing_key
 from ingest.log_scan import header_values, write_times
@@ -154,6 +155,9 @@ class Hydrator:
         consumer.subscribe([self.settings.topic], listener=self._listener)
         await self._producer.start()
         await consumer.start()
+        timer = None
+        if not pending_only and self.api is not None and self.settings.features_every_s > 0:
+            timer = asyncio.create_task(self._features_timer(stop))
         try:
             ends = await self._log_end(consumer) if pending_only else None
             while not stop.is_set():
@@ -168,8 +172,28 @@ class Hydrator:
                 if ends is not None and await self._reached(consumer, ends):
                     return
         finally:
+            if timer is not None:
+                timer.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await timer
             await consumer.stop()
             await self._producer.stop()
+
+    async def _features_timer(self, stop: asyncio.Event) -> None:
+        """Every `features_every_s`, re-list products' features and log those that changed
+        (`ingest.features`): Stripe sends no webhook for them. A failed round is logged and
+        tried again at the next tick."""
+        assert self.api is not None
+        while not stop.is_set():
+            try:
+                done = await mirror_features(
+                    self.settings, self.api, self._producer, source="reconcile"
+                )
+                log.info("features: %d products, %d written", done.products, done.written)
+            except (stripe.StripeError, LogUnavailable) as exc:
+                log.warning("features: %s; again in %.0f s", exc, self.settings.features_every_s)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), self.settings.features_every_s)
 
     @staticmethod
     async def _until_stopped(work: Coroutine[Any, Any, None], stop: asyncio.Event) -> bool:

@@ -14,6 +14,8 @@ from ingest.features import logged_features, reconcile_features
 from ingest.snapshots import features_digest, product_features_event
 from projections.events import ProductFeaturesView, parse
 from tests.support.kafka import publish, read_topic
+from tests.support.polling import wait_until
+from tests.support.processes import Procs
 from tests.support.stripe_mock import API_KEY
 
 
@@ -63,3 +65,34 @@ def test_backfill_lists_products_then_their_features(settings: Settings, stripe_
     ) == (1, 1)
     types = [dict(r.headers)["stripe-event-type"] for r in run_async(lambda: read_topic(s))]
     assert sorted(types) == [b"product.features.snapshot", b"product.updated"]
+
+
+def test_the_hydrator_relists_features_on_a_timer(
+    settings: Settings, procs: Procs, stripe_mock: str
+) -> None:
+    hydrator = procs.spawn(
+        "hydrate",
+        name="hydrate",
+        STRIPE_API_BASE=stripe_mock,
+        STRIPE_API_KEY=API_KEY,
+        ENTITLED_FEATURES_EVERY_S="0.5",
+    )
+
+    def snapshots() -> list[dict[str, bytes]]:
+        records = run_async(lambda: read_topic(settings))
+        return [
+            h
+            for h in (dict(r.headers) for r in records)
+            if h["stripe-event-type"] == b"product.features.snapshot"
+        ]
+
+    wait_until(snapshots, 60, "a features snapshot from the hydrator's timer", procs)
+    # later rounds find the list unchanged and log nothing more
+    wait_until(
+        lambda: "features: 1 products, 0 written" in hydrator.log.read_text(),
+        60,
+        "a round that found nothing changed",
+        procs,
+    )
+    (only,) = snapshots()
+    assert only["source"] == b"reconcile"
