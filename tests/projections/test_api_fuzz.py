@@ -117,7 +117,11 @@ def test_any_change_feed_params_never_5xx(
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 @given(
-    last_event_id=st.one_of(st.none(), ascii_header, cursor_texts.filter(str.isascii)),
+    # only what HTTP allows in a header value: a control character is refused by uvicorn's
+    # parser (400 without a body) before the app sees the request
+    last_event_id=st.one_of(
+        st.none(), ascii_header, cursor_texts.filter(lambda t: t.isascii() and t.isprintable())
+    ),
     after=st.one_of(st.none(), cursor_texts),
     customer=st.one_of(st.none(), st.text(max_size=300)),
 )

@@ -79,7 +79,9 @@ def prepare(settings: Settings) -> Path:
         root = jar_dir(settings)
         root.mkdir(parents=True, exist_ok=True)
         pom = root / "pom.xml"
-        pom.write_bytes(resources.files("entitled.shell.services").joinpath("kafka-pom.xml").read_bytes())
+        pom.write_bytes(
+            resources.files("entitled.shell.services").joinpath("kafka-pom.xml").read_bytes()
+        )
         partial = root / "libs.partial"
         shutil.rmtree(partial, ignore_errors=True)
         cmd = [
@@ -344,4 +346,3 @@ def health(state: KafkaState) -> list[dict[str, Any]]:
         }
         for n in state.get("nodes", [])
     ]
-
