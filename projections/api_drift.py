@@ -76,6 +76,7 @@ async def measure(request: Request) -> None:
             return len(found)
 
     try:
-        gauge.set(await readers(request).run(read))
+        # on the primary, uncounted: a scrape is not a read a client made
+        gauge.set(await read(readers(request).primary))
     except (psycopg.Error, PoolTimeout) as exc:
         log.warning("drift gauge not refreshed: %s", exc)
