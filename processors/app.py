@@ -12,6 +12,7 @@ from typing import Any
 import faust
 from faust.exceptions import ConsumerNotStarted
 from faust.types import TP
+from psycopg_pool import AsyncConnectionPool
 
 from entitled.settings import Settings
 from projections.types import Message
@@ -31,8 +32,8 @@ def _key(raw: bytes | None) -> str | None:
     return raw.decode("utf-8", "replace") if raw is not None else None
 
 
-def create_app(settings: Settings, bootstrap: str) -> faust.App:
-    app = faust.App(
+def _faust_app(settings: Settings, bootstrap: str) -> faust.App:
+    return faust.App(
         settings.consumer_group,
         broker=[f"kafka://{hp}" for hp in bootstrap.split(",")],
         web_enabled=False,
@@ -52,6 +53,10 @@ def create_app(settings: Settings, bootstrap: str) -> faust.App:
         broker_session_timeout=10.0,
         broker_heartbeat_interval=1.0,
     )
+
+
+def create_app(settings: Settings, bootstrap: str) -> faust.App:
+    app = _faust_app(settings, bootstrap)
     topic = app.topic(settings.topic, key_type=bytes, value_type=bytes)
     assert settings.database_url is not None
     pool = make_pool(settings.database_url)
@@ -109,38 +114,7 @@ def create_app(settings: Settings, bootstrap: str) -> faust.App:
             log.exception("could not resume from the checkpoints")
 
     if settings.worker_metrics_port is not None:
-        port = settings.worker_metrics_port
-
-        @app.task  # type: ignore[untyped-decorator]
-        async def serve_metrics() -> None:
-            await http.serve(runner, port)
-
-        gauges = FoldGauges(
-            settings.topic,
-            pool,
-            runner.metrics,
-            runner.heads,
-            HeadReader(bootstrap, settings.topic),
-        )
-
-        @app.timer(interval=1.0)  # type: ignore[untyped-decorator]
-        async def refresh_gauges(*_: Any) -> None:
-            try:
-                try:
-                    assigned = app.consumer.assignment()
-                except ConsumerNotStarted:  # the first ticks of a starting worker
-                    return
-                tps = [tp for tp in assigned if tp.topic == settings.topic]
-                ends = await app.consumer.highwaters(*tps) if tps else {}
-                await gauges.refresh({tp.partition: end for tp, end in ends.items()})
-            except Exception:  # a gauge is not worth a crash; next tick tries again
-                log.warning("could not refresh the lag and dead-letter gauges", exc_info=True)
-
-        @app.on_before_shutdown.connect  # type: ignore[arg-type]
-        async def close_reader(sender: Any, **_: Any) -> None:
-            await gauges.reader.close()
-
-        del serve_metrics, refresh_gauges, close_reader
+        _serve_metrics(app, settings, bootstrap, runner, pool, settings.worker_metrics_port)
 
     @app.on_before_shutdown.connect  # type: ignore[arg-type]
     async def close_pool(sender: Any, **_: Any) -> None:
@@ -148,3 +122,45 @@ def create_app(settings: Settings, bootstrap: str) -> faust.App:
 
     del fold, resume_from_checkpoints, follow_checkpoints, close_pool
     return app
+
+
+def _serve_metrics(
+    app: faust.App,
+    settings: Settings,
+    bootstrap: str,
+    runner: BatchRunner,
+    pool: AsyncConnectionPool,
+    port: int,
+) -> None:
+    """The worker's /metrics, /healthz, /readyz, and the gauges read every second."""
+
+    @app.task  # type: ignore[untyped-decorator]
+    async def serve_metrics() -> None:
+        await http.serve(runner, port)
+
+    gauges = FoldGauges(
+        settings.topic,
+        pool,
+        runner.metrics,
+        runner.heads,
+        HeadReader(bootstrap, settings.topic),
+    )
+
+    @app.timer(interval=1.0)  # type: ignore[untyped-decorator]
+    async def refresh_gauges(*_: Any) -> None:
+        try:
+            try:
+                assigned = app.consumer.assignment()
+            except ConsumerNotStarted:  # the first ticks of a starting worker
+                return
+            tps = [tp for tp in assigned if tp.topic == settings.topic]
+            ends = await app.consumer.highwaters(*tps) if tps else {}
+            await gauges.refresh({tp.partition: end for tp, end in ends.items()})
+        except Exception:  # a gauge is not worth a crash; next tick tries again
+            log.warning("could not refresh the lag and dead-letter gauges", exc_info=True)
+
+    @app.on_before_shutdown.connect  # type: ignore[arg-type]
+    async def close_reader(sender: Any, **_: Any) -> None:
+        await gauges.reader.close()
+
+    del serve_metrics, refresh_gauges, close_reader
