@@ -313,9 +313,13 @@ async def replay(
 async def _judge(
     settings: Settings, conn: psycopg.AsyncConnection[Any], report: ReplayReport
 ) -> None:
-    """Catch the build up to the log end, then fill in its differences from the live version
-    and the swap gate's verdict."""
-    await build(settings, report.schema, progress=False, catch_up_within=0, bulk=False)
+    """Catch the build up to the log end as of now (one pass: under steady traffic a loop
+    "until nothing is left" would chase the log for ever while the live worker waits on the
+    lock; what arrives later the live worker folds into the new version after the swap), then
+    fill in its differences from the live version and the swap gate's verdict."""
+    start, stop = await _positions(settings, report.schema)
+    if any(end > start.get(p, 0) for p, end in stop.items()):
+        await _fold_range(settings, report.schema, start, stop, recompute=True)
     live = await db.active_schema(conn)
     report.differences = await versions.differences(conn, live, report.schema)
     assert settings.kafka_bootstrap_servers

@@ -122,24 +122,26 @@ def test_replay_fixes_a_wrong_rule_with_zero_downtime(settings: Settings, procs:
 
     publisher = threading.Thread(target=keep_publishing, daemon=True)
     publisher.start()
-    # the fix takes access away from cus_a and cus_b: the operator saw it in the dry run
-    replay = procs.spawn("replay", "--yes", "--force", name="replay")
-    assert replay.popen is not None
-    replay.popen.wait(120)
-    assert replay.popen.returncode == 0, replay.tail()
-    # the swap announces exactly the customers whose rights differ (the build itself
-    # nothing): the two the fix corrects, and newcomers the build had folded before the
-    # live worker did (readers see them gain access at the swap)
-    replayed = _changes(settings, "replay")
-    assert [c for c in replayed if not c[0].startswith("cus_n")] == [
-        ("cus_a", ["action"], []),
-        ("cus_b", ["action"], []),
-    ]
-    assert all((b, a) == ([], ["action"]) for c, b, a in replayed if c.startswith("cus_n"))
-    n = len(newcomers)
-    wait_until(lambda: len(newcomers) > n + 3, 30, "events after the swap", procs)
-    done.set()
-    publisher.join(30)
+    try:
+        # the fix takes access away from cus_a and cus_b: the operator saw it in the dry run
+        replay = procs.spawn("replay", "--yes", "--force", name="replay")
+        assert replay.popen is not None
+        replay.popen.wait(120)
+        assert replay.popen.returncode == 0, replay.tail()
+        # the swap announces exactly the customers whose rights differ (the build itself
+        # nothing): the two the fix corrects, and newcomers the build had folded before the
+        # live worker did (readers see them gain access at the swap)
+        replayed = _changes(settings, "replay")
+        assert [c for c in replayed if not c[0].startswith("cus_n")] == [
+            ("cus_a", ["action"], []),
+            ("cus_b", ["action"], []),
+        ]
+        assert all((b, a) == ([], ["action"]) for c, b, a in replayed if c.startswith("cus_n"))
+        n = len(newcomers)
+        wait_until(lambda: len(newcomers) > n + 3, 30, "events after the swap", procs)
+    finally:  # a failing assertion must not leave the publisher running into later tests
+        done.set()
+        publisher.join(30)
     wait_until(lambda: caught_up(settings), 60, "the worker on the new version", procs)
     wait_until(lambda: entitlements(settings).get("cus_e") == (["action"], []), 30, "cus_e", procs)
     n = len(loop.answers["cus_a"])
