@@ -227,3 +227,16 @@ async def load_movies(conn: AsyncConnection[Any], movies: Iterable[Movie]) -> Lo
     await conn.execute("DROP TABLE IF EXISTS _movies_in")
     inserted = sum(flags)
     return LoadResult(inserted=inserted, updated=len(flags) - inserted)
+
+
+async def load_if_empty(conn: AsyncConnection[Any], movies: Iterable[Movie]) -> LoadResult | None:
+    """Load `movies` only when the catalogue is empty (None: it had movies, the user's to
+    keep). The lock makes two concurrent starts load them once, not twice; call it inside a
+    transaction."""
+    await conn.execute(f"LOCK TABLE {CONTROL}.movies IN SHARE ROW EXCLUSIVE MODE")
+    cur = await conn.execute(f"SELECT EXISTS (SELECT 1 FROM {CONTROL}.movies)")
+    row = await cur.fetchone()
+    if row and row[0]:
+        return None
+    return await load_movies(conn, movies)
+

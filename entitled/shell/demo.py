@@ -150,12 +150,8 @@ async def load_catalogue_if_empty(database_url: str) -> int:
 
     source = resources.files("projections").joinpath("demo_catalog.jsonl")
     async with await psycopg.AsyncConnection.connect(database_url) as conn, conn.transaction():
-        # The lock makes two concurrent starts load the file once, not twice.
-        await conn.execute("LOCK TABLE entitled.movies IN SHARE ROW EXCLUSIVE MODE")
-        cur = await conn.execute("SELECT EXISTS (SELECT 1 FROM entitled.movies)")
-        row = await cur.fetchone()
-        if row and row[0]:
-            return 0
         with resources.as_file(source) as path:
-            result = await catalog.load_movies(conn, catalog.read_file(path))
+            result = await catalog.load_if_empty(conn, catalog.read_file(path))
+    if result is None:
+        return 0
     return result.inserted + result.updated

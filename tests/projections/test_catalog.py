@@ -99,3 +99,19 @@ def test_load_counts_inserts_and_updates(database_url: str) -> None:
 
     assert run_async(go) == catalog.LoadResult(inserted=2, updated=0)
     assert run_async(go) == catalog.LoadResult(inserted=0, updated=2)
+
+
+def test_demo_catalogue_loads_into_an_empty_catalogue_only(database_url: str) -> None:
+    migrate(database_url)
+    from entitled.shell.services._process import run_async
+
+    async def go(movies: list[Movie]) -> catalog.LoadResult | None:
+        conn = await psycopg.AsyncConnection.connect(database_url)
+        async with conn, conn.transaction():
+            return await catalog.load_if_empty(conn, movies)
+
+    assert run_async(lambda: go([Movie("1", "One", "", [])])) == catalog.LoadResult(1, 0)
+    # the user's catalogue is kept: a second start loads nothing
+    assert run_async(lambda: go([Movie("2", "Two", "", [])])) is None
+    with psycopg.connect(database_url) as conn:
+        assert conn.execute("SELECT movie_id FROM entitled.movies").fetchall() == [("1",)]
