@@ -110,7 +110,8 @@ async def record(
 
 
 async def diff_versions(conn: AsyncConnection[Any], old: str, new: str) -> list[Change]:
-    """The customers whose entitlements differ between two versions (for a swap)."""
+    """The customers whose entitlements differ between two versions, by customer (for a
+    swap's change rows and replay's report)."""
     cur = await conn.execute(
         sql.SQL(
             """
@@ -121,6 +122,7 @@ async def diff_versions(conn: AsyncConnection[Any], old: str, new: str) -> list[
               FROM {} a FULL JOIN {} b ON a.customer = b.customer
              WHERE a.groups IS DISTINCT FROM b.groups
                 OR a.movie_ids IS DISTINCT FROM b.movie_ids
+             ORDER BY 1
             """
         ).format(
             db.qualified(old, "customer_entitlements"), db.qualified(new, "customer_entitlements")

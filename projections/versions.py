@@ -183,35 +183,16 @@ async def drop(conn: AsyncConnection[Any], version: int) -> None:
 async def differences(conn: AsyncConnection[Any], live: str, new: str) -> list[dict[str, Any]]:
     """Customers whose entitlements differ between two versions: groups and movies gained
     or lost in `new` relative to `live`, by customer."""
-    cur = await conn.execute(
-        sql.SQL(
-            """
-            SELECT coalesce(a.customer, b.customer),
-                   coalesce(a.groups, '{{}}'), coalesce(b.groups, '{{}}'),
-                   coalesce(a.movie_ids, '{{}}'), coalesce(b.movie_ids, '{{}}')
-              FROM {} a FULL JOIN {} b ON a.customer = b.customer
-             WHERE a.groups IS DISTINCT FROM b.groups
-                OR a.movie_ids IS DISTINCT FROM b.movie_ids
-             ORDER BY 1
-            """
-        ).format(
-            db.qualified(live, "customer_entitlements"), db.qualified(new, "customer_entitlements")
-        ),
-    )
-    out = []
-    for customer, g_old, g_new, m_old, m_new in await cur.fetchall():
-        if not (g_old or m_old) and not (g_new or m_new):
-            continue  # a row with nothing on one side only: no difference in rights
-        out.append(
-            {
-                "customer": customer,
-                "groups_gained": sorted(set(g_new) - set(g_old)),
-                "groups_lost": sorted(set(g_old) - set(g_new)),
-                "movies_gained": sorted(set(m_new) - set(m_old)),
-                "movies_lost": sorted(set(m_old) - set(m_new)),
-            }
-        )
-    return out
+    return [
+        {
+            "customer": c.customer,
+            "groups_gained": sorted(set(c.after.groups) - set(c.before.groups)),
+            "groups_lost": sorted(set(c.before.groups) - set(c.after.groups)),
+            "movies_gained": sorted(set(c.after.movie_ids) - set(c.before.movie_ids)),
+            "movies_lost": sorted(set(c.before.movie_ids) - set(c.after.movie_ids)),
+        }
+        for c in await changes.diff_versions(conn, live, new)
+    ]
 
 
 async def entitled_customers(conn: AsyncConnection[Any], schema: str) -> int:

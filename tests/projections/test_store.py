@@ -18,7 +18,7 @@ from projections.entitlements import Policy
 from projections.events import StripeEvent
 from projections.rows import ProductRow, Stamp
 from projections.rules import _registry, fold
-from projections.store import ProjectionStore
+from projections.store import ApplyResult, ProjectionStore
 from projections.types import Message
 
 Conn = psycopg.AsyncConnection[Any]
@@ -63,6 +63,22 @@ async def one(conn: Conn, q: str, *args: Any) -> Any:
     cur = await conn.execute(q, args or None)
     row = await cur.fetchone()
     return None if row is None else row[0]
+
+
+async def group_of(conn: Conn, product: str) -> Any:
+    return await one(
+        conn,
+        "SELECT record->'metadata'->>'subscription_group' FROM live.products WHERE id = %s",
+        product,
+    )
+
+
+async def rebuild_from_scratch(settings: Settings, conn: Conn, batch: list[Message]) -> ApplyResult:
+    """Forget the products and dedup records, then rebuild from `batch` (one transaction)."""
+    async with conn.transaction():
+        await conn.execute("DELETE FROM live.products")
+        await conn.execute("DELETE FROM live.processed_events")
+        return await store(settings).rebuild(conn, "entitled_v1", batch)
 
 
 def subscribed(customer: str, created: int, product: str = "prod_a") -> dict[str, Any]:
@@ -118,14 +134,7 @@ async def test_poison_parks_its_customer_and_release_folds_again(
     # skip the poison: the parked event folds; the audit trail remains
     released = await store(settings).release(conn, "prod_b", skip_poison=True)
     assert (released.applied, released.poison) == (1, 0)
-    assert (
-        await one(
-            conn,
-            "SELECT record->'metadata'->>'subscription_group' FROM live.products"
-            " WHERE id = 'prod_b'",
-        )
-        == "y"
-    )
+    assert await group_of(conn, "prod_b") == "y"
     assert (
         await one(
             conn, "SELECT count(*) FROM live.dead_letters WHERE state IN ('poison', 'parked')"
@@ -143,20 +152,10 @@ async def test_a_skipped_event_stays_skipped_in_a_rebuild(
     await store(settings).apply(conn, batch)
     await store(settings).release(conn, "prod_b", skip_poison=True)
     _registry._RULES["product.updated"] = _registry._RULES["product.created"]  # rule "fixed"
-    async with conn.transaction():
-        await conn.execute("DELETE FROM live.products")
-        await conn.execute("DELETE FROM live.processed_events")
-        result = await store(settings).rebuild(conn, "entitled_v1", batch)
+    result = await rebuild_from_scratch(settings, conn, batch)
     # the fixed rule would now apply the skipped event; the operator's decision stands
     assert (result.skipped, result.applied) == (1, 1)
-    assert (
-        await one(
-            conn,
-            "SELECT record->'metadata'->>'subscription_group' FROM live.products"
-            " WHERE id = 'prod_b'",
-        )
-        == "y"
-    )
+    assert await group_of(conn, "prod_b") == "y"
 
 
 async def test_a_parked_key_stays_parked_from_its_first_letter_in_a_rebuild(
@@ -168,19 +167,9 @@ async def test_a_parked_key_stays_parked_from_its_first_letter_in_a_rebuild(
     later["data"]["object"]["id"] = "prod_b"
     batch = messages([first, bad, later], partition=1)
     await store(settings).apply(conn, batch)
-    async with conn.transaction():
-        await conn.execute("DELETE FROM live.products")
-        await conn.execute("DELETE FROM live.processed_events")
-        result = await store(settings).rebuild(conn, "entitled_v1", batch)
+    result = await rebuild_from_scratch(settings, conn, batch)
     assert (result.applied, result.parked + result.poison) == (1, 2)
-    assert (
-        await one(
-            conn,
-            "SELECT record->'metadata'->>'subscription_group' FROM live.products"
-            " WHERE id = 'prod_b'",
-        )
-        == "x"
-    )
+    assert await group_of(conn, "prod_b") == "x"
 
 
 async def test_quarantine_dead_letters_one_record_and_moves_the_checkpoint(
