@@ -27,7 +27,7 @@ from typing import Any
 from entitled.settings import Settings
 
 RESULTS = Path(__file__).parent / "results"
-ENTITLED = [sys.executable, "-m", "entitled.shell.cli"]
+ENTITLED = [sys.executable, "-m", "launcher.cli"]
 _FILL_CHUNK = 2000  # events per message between the generator process and the producer
 
 
@@ -44,7 +44,7 @@ def bench_settings(name: str) -> Iterator[Settings]:
         temp_home = Path(tempfile.mkdtemp(prefix=f"entitled-bench-{name}-"))
         temp_home.chmod(0o755)  # the postgres user must traverse it
         settings = dataclasses.replace(settings, home=temp_home)
-        from entitled.shell import services
+        from launcher import services
 
         print(f"starting Kafka and Postgres in {temp_home} ...", flush=True)
         ep = services.endpoints(settings)
@@ -59,7 +59,7 @@ def bench_settings(name: str) -> Iterator[Settings]:
         yield settings
     finally:
         if temp_home is not None:
-            from entitled.shell import services
+            from launcher import services
 
             services.down(settings, wipe=True)
             shutil.rmtree(temp_home, ignore_errors=True)
@@ -94,9 +94,9 @@ async def migrate(database_url: str) -> str:
 
 def _generate(customers: int, limit: int, seed: int, queue: Any) -> None:
     """Generator process: encode the workload once, in chunks of (key, value, headers)."""
-    from entitled.shell import stripe_events as se
-    from entitled.shell.workload import Workload
     from ingest.keys import event_headers, routing_key
+    from launcher.stripe import events as se
+    from launcher.workload import Workload
 
     chunk: list[tuple[bytes, bytes, list[tuple[str, bytes]]]] = []
     for n, event in enumerate(Workload(customers=customers, seed=seed).events(), start=1):

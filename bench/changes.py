@@ -96,13 +96,13 @@ def fold_feed(base: Settings, events: int, batch: int, rounds: int) -> dict[str,
 
 
 def _signed(events: list[dict[str, Any]]) -> list[tuple[bytes, str]]:
-    from entitled.shell import stripe_events as se
+    from launcher.stripe import events as se
 
     return [(b := se.encode(e), se.sign_header(b, SECRET)) for e in events]
 
 
 def _subscriptions(n: int, tag: str) -> list[tuple[str, dict[str, Any]]]:
-    from entitled.shell import stripe_events as se
+    from launcher.stripe import events as se
 
     now = int(time.time())
     out = []
@@ -167,8 +167,8 @@ async def _consume(settings: Settings, arrivals: dict[str, float], stop: asyncio
 async def _latency(
     settings: Settings, ingest_url: str, api_url: str, rate: float, seconds: float, warmup: float
 ) -> dict[str, Any]:
-    from entitled.shell.workload import Workload
     from entitled.topics import ensure_changes_topic
+    from launcher.workload import Workload
 
     await ensure_changes_topic(settings)
     topic_at: dict[str, float] = {}

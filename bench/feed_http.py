@@ -87,7 +87,7 @@ async def _run(
     import psycopg
 
     from projections import changes as feed_rows
-    from projections.entitlements import Entitlement
+    from projections.model.entitlements import Entitlement
 
     sse: dict[int, list[float]] = {}
     polled: dict[int, float] = {}

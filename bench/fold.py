@@ -1,7 +1,7 @@
 """Benchmark the fold (issue 4): events/s from a filled topic to committed projections.
 
 Side by side, in one run, on the same topic (each writer into its own fresh database):
-  * `parse`    - aiokafka reads of the whole topic + `projections.events.parse`, no database
+  * `parse`    - aiokafka reads of the whole topic + `projections.model.events.parse`, no database
                  (the ceiling of anything that folds);
   * `naive`    - one transaction per event: `ProjectionStore.apply` with one message, on a
                  sample (the first `--naive-sample` events, taken evenly from the partitions);
@@ -48,7 +48,7 @@ GOALS = {"ratio_to_naive": 10.0, "events_per_s": 5000, "p99_ms_visible_at_200_pe
 
 async def parse_all(settings: Settings, ends: dict[int, int]) -> dict[str, Any]:
     from processors.replay import read_log
-    from projections.events import parse
+    from projections.model.events import parse
 
     assert settings.kafka_bootstrap_servers
     n = 0
@@ -75,7 +75,7 @@ async def apply_all(
     import psycopg
 
     from processors.replay import read_log
-    from projections.entitlements import Policy
+    from projections.model.entitlements import Policy
     from projections.store import ApplyResult, ProjectionStore
 
     assert settings.kafka_bootstrap_servers and settings.database_url
@@ -182,7 +182,7 @@ def _free_port() -> int:
 def _signed_subscriptions(n: int, tag: str) -> list[tuple[str, bytes, str]]:
     """`n` (customer, body, signature) of `customer.subscription.created`, each for a new
     customer subscribing to the `action` package (its product comes from the workload)."""
-    from entitled.shell import stripe_events as se
+    from launcher.stripe import events as se
 
     now = int(time.time())
     out = []

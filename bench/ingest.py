@@ -85,7 +85,7 @@ class _Events:
     so the client spends its time sending, not deep-copying fixtures."""
 
     def __init__(self, prefix: bytes) -> None:
-        from entitled.shell import stripe_events as se
+        from launcher.stripe import events as se
 
         sub = se.subscription(
             "sub_BENCH", customer="cus_BENCHXXXXXX", items=[("price_a", "prod_a")]
@@ -266,8 +266,8 @@ def main() -> None:
     args = vars(parser.parse_args())
 
     from entitled.settings import Settings
-    from entitled.shell import services
     from entitled.topics import ensure_event_topic
+    from launcher import services
 
     settings = Settings.from_env()
     temp_home = None

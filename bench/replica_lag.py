@@ -32,8 +32,8 @@ import httpx  # noqa: E402
 import psycopg  # noqa: E402
 
 from bench import _common as common  # noqa: E402
-from entitled.shell import services  # noqa: E402
-from entitled.shell import stripe_events as se  # noqa: E402
+from launcher import services  # noqa: E402
+from launcher.stripe import events as se  # noqa: E402
 from projections import replication  # noqa: E402
 
 SECRET = "whsec_bench_replica_lag"

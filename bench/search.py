@@ -56,7 +56,7 @@ from psycopg import sql  # noqa: E402
 
 from bench import _common as common  # noqa: E402
 from entitled.settings import Settings  # noqa: E402
-from entitled.shell import services  # noqa: E402
+from launcher import services  # noqa: E402
 from projections import catalog, schema, search  # noqa: E402
 
 HERE = Path(__file__).resolve().parent

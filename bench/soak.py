@@ -42,8 +42,8 @@ import psycopg  # noqa: E402
 
 from bench import _common as common  # noqa: E402
 from entitled.settings import Settings  # noqa: E402
-from entitled.shell import services as svc  # noqa: E402
-from entitled.shell import stripe_events as se  # noqa: E402
+from launcher import services as svc  # noqa: E402
+from launcher.stripe import events as se  # noqa: E402
 
 SECRET = "whsec_soak_secret"
 RESULTS = Path(__file__).parent / "results" / "soak.json"

@@ -3,7 +3,7 @@
 Modules: `settings` (one frozen `Settings` from the environment), `logs` (process logging),
 `topics` (Kafka administration: `ensure_event_topic` creates the event topic, one way for
 every process). The `entitled` command, `entitled dev` and the local service launcher live
-on top of the stages, in `entitled.shell`, which no stage imports.
+on top of the stages, in `launcher`, which no stage imports.
 """
 
 from __future__ import annotations

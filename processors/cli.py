@@ -20,7 +20,7 @@ from aiokafka.errors import KafkaError
 from entitled.settings import Settings
 from entitled.topics import ensure_event_topic
 from projections import schema as db
-from projections.entitlements import Policy
+from projections.model.entitlements import Policy
 from projections.store import ProjectionStore
 
 if TYPE_CHECKING:

@@ -13,7 +13,7 @@ from entitled.settings import Settings
 from entitled.topics import end_offsets
 from projections import offsets, versions
 from projections import schema as db
-from projections.entitlements import Policy
+from projections.model.entitlements import Policy
 from projections.store import ProjectionStore
 
 from .replay import read_log

@@ -34,7 +34,7 @@ from entitled.settings import Settings
 from entitled.topics import end_offsets
 from projections import schema as db
 from projections import versions
-from projections.entitlements import Policy
+from projections.model.entitlements import Policy
 from projections.store import ProjectionStore
 from projections.types import Message
 

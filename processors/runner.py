@@ -26,7 +26,7 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from entitled.settings import Settings
 from projections import schema as db
-from projections.entitlements import Policy
+from projections.model.entitlements import Policy
 from projections.offsets import Expected
 from projections.store import ApplyResult, ProjectionStore
 from projections.types import Message

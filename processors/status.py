@@ -15,7 +15,7 @@ from entitled.settings import Settings
 from entitled.topics import end_offsets
 from projections import drift
 from projections import schema as db
-from projections.entitlements import Policy
+from projections.model.entitlements import Policy
 from projections.store import ProjectionStore
 
 from .lag import HeadReader, seconds_behind

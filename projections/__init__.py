@@ -1,11 +1,11 @@
-"""Projections stage: the Postgres schema and all SQL, the pure fold rules, entitlements,
-search and the read API. It never consumes Kafka.
+"""Projections stage: the Postgres schema and all SQL, the pure model (`model/`: events, rules,
+fold, entitlements), the writer, search and the read queries. It never consumes Kafka; the
+read HTTP service over it is the `api` package.
 
 Modules: `schema` (version schemas, migrate), `versions` (create, swap, compare, drop),
 `events` (typed views of a Stripe event), `normalise` (older API shapes to the current one),
 `rules/` (one pure rule per event type), `fold` (a batch of events over the rows they touch),
-`entitlements` (who may watch what), the writer and its parts, `catalog`, `search`, `api`
-(the read API and the page), `cli`.
+`entitlements` (who may watch what), the writer and its parts, `catalog`, `search`, `cli`.
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ __all__ = [
     "ProjectionError",
     "StripeEvent",
     "active_schema",
-    "create_app",
     "derive",
     "migrate",
 ]
@@ -29,10 +28,9 @@ __all__ = [
 # Type checkers see real imports; at run time each name is imported on first use, so that
 # `from projections import schema` does not pull in Starlette.
 if TYPE_CHECKING:
-    from projections.api import create_app
-    from projections.entitlements import Policy, derive
     from projections.errors import EventParseError, FoldError, ProjectionError
-    from projections.events import StripeEvent
+    from projections.model.entitlements import Policy, derive
+    from projections.model.events import StripeEvent
     from projections.schema import active_schema, migrate
 else:
     __getattr__ = lazy_exports(
@@ -40,12 +38,11 @@ else:
         {
             "EventParseError": "projections.errors",
             "FoldError": "projections.errors",
-            "Policy": "projections.entitlements",
+            "Policy": "projections.model.entitlements",
             "ProjectionError": "projections.errors",
-            "StripeEvent": "projections.events",
+            "StripeEvent": "projections.model.events",
             "active_schema": "projections.schema",
-            "create_app": "projections.api",
-            "derive": "projections.entitlements",
+            "derive": "projections.model.entitlements",
             "migrate": "projections.schema",
         },
     )

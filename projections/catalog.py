@@ -239,4 +239,3 @@ async def load_if_empty(conn: AsyncConnection[Any], movies: Iterable[Movie]) -> 
     if row and row[0]:
         return None
     return await load_movies(conn, movies)
-

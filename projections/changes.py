@@ -23,7 +23,7 @@ import orjson
 from psycopg import AsyncConnection, sql
 
 from projections import schema as db
-from projections.entitlements import Entitlement
+from projections.model.entitlements import Entitlement
 from projections.upserts import clean_text
 
 __all__ = [

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from projections.events import StripeEvent
+    from projections.model.events import StripeEvent
 
 __all__ = ["EventParseError", "FoldError", "ProjectionError", "VersionError"]
 

@@ -16,10 +16,17 @@ from psycopg import AsyncConnection, sql
 
 from projections import changes
 from projections import schema as db
-from projections.entitlements import Entitlement, Policy, derive, gather, link_keys, product_ids
-from projections.fold import FoldResult
-from projections.metadata import groups_in, movies_in
-from projections.rows import ProductFeaturesRow, ProductRow, Row
+from projections.model.entitlements import (
+    Entitlement,
+    Policy,
+    derive,
+    gather,
+    link_keys,
+    product_ids,
+)
+from projections.model.fold import FoldResult
+from projections.model.metadata import groups_in, movies_in
+from projections.model.rows import ProductFeaturesRow, ProductRow, Row
 from projections.upserts import empty_staging, load_rows, write_entitlements
 
 __all__ = ["derive_many", "recompute", "recompute_all"]

@@ -30,11 +30,11 @@ from psycopg import AsyncConnection, IsolationLevel
 from projections import changes, deadletters, offsets, recompute, upserts
 from projections import schema as db
 from projections.deadletters import Held, Letter
-from projections.entitlements import Policy
 from projections.errors import EventParseError, FoldError
-from projections.events import StripeEvent, parse
-from projections.fold import FoldResult, fold_batch, target
-from projections.rows import Row
+from projections.model.entitlements import Policy
+from projections.model.events import StripeEvent, parse
+from projections.model.fold import FoldResult, fold_batch, target
+from projections.model.rows import Row
 from projections.types import Message
 
 __all__ = ["ApplyResult", "ProjectionStore"]

@@ -21,8 +21,8 @@ import orjson
 from psycopg import AsyncConnection, sql
 
 from projections import schema as db
-from projections.entitlements import Entitlement
-from projections.rows import Row, customer_of, from_record, refs_of
+from projections.model.entitlements import Entitlement
+from projections.model.rows import Row, customer_of, from_record, refs_of
 
 __all__ = [
     "clean_text",

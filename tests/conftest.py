@@ -22,10 +22,10 @@ import pytest
 from psycopg import sql
 
 from entitled.settings import Settings
-from entitled.shell import services as svc
-from entitled.shell.services import Endpoints, ServicesError
-from entitled.shell.services._process import run_async
 from entitled.topics import ensure_event_topic
+from launcher import services as svc
+from launcher.services import Endpoints, ServicesError
+from launcher.services._process import run_async
 
 # Fixtures defined in their own modules, offered to every test from here. The repository
 # root is on sys.path (pytest's `pythonpath = ["."]`), so `tests.support` is importable by

@@ -11,7 +11,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 from playwright.sync_api import Browser, Route, expect, sync_playwright
 
-from entitled.shell import stripe_events as se
+from launcher.stripe import events as se
 from projections.catalog import read_file
 from tests.support.system import System
 

@@ -28,9 +28,9 @@ import httpx
 import pytest
 
 from entitled.settings import Settings
-from entitled.shell import services as svc
-from entitled.shell.workload import Workload
 from ingest.keys import routing_key
+from launcher import services as svc
+from launcher.workload import Workload
 from tests.support.audit import audit
 from tests.support.db import caught_up, query
 from tests.support.load import Poster, SearchLoop

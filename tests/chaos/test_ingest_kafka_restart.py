@@ -13,8 +13,8 @@ import itertools
 import time
 
 from entitled.settings import Settings
-from entitled.shell import services as svc
-from entitled.shell.workload import Workload
+from launcher import services as svc
+from launcher.workload import Workload
 from tests.support.kafka import log_records
 from tests.support.load import Poster
 from tests.support.polling import wait_until

@@ -9,8 +9,8 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
 from entitled.settings import Settings
-from entitled.shell.services import Endpoints
 from entitled.topics import end_offsets, ensure_event_topic, ensure_topic, event_topic_configs
+from launcher.services import Endpoints
 
 
 async def _describe(bootstrap: str, name: str, keys: tuple[str, ...]) -> tuple[int, dict[str, str]]:

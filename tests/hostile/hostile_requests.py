@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import orjson
 from hypothesis import strategies as st
 
-from entitled.shell import stripe_events as se
+from launcher.stripe import events as se
 
 SECRET = "whsec_test_secret"
 MAX_BODY = 64 * 1024  # the ingest under test runs with this limit

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from entitled.shell import stripe_events as se
+from launcher.stripe import events as se
 
 Obj = dict[str, Any]
 

@@ -22,9 +22,9 @@ from schemathesis.generation import GenerationMode
 from schemathesis.python.asgi import ASGIClient, shutdown_lifespans
 from starlette.applications import Starlette
 
+from api.app import create_app
 from entitled.settings import Settings
-from projections.api import create_app
-from tests.projections.api_support import entitle, load_catalog, migrate
+from tests.api.api_support import entitle, load_catalog, migrate
 
 TOKEN = "tok_hostile_9f8e7d6c5b4a"
 STREAM = "/v1/changes/stream"

@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 
 from entitled.settings import Settings
-from entitled.shell import stripe_events as se
+from launcher.stripe import events as se
 from tests.hostile.hostile_text import (
     KINDS,
     Kind,

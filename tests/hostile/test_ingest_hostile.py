@@ -25,10 +25,10 @@ from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
 from entitled.settings import Settings
-from entitled.shell import stripe_events as se
-from entitled.shell.services._process import run_async
 from entitled.topics import end_offsets
 from ingest.app import create_app
+from launcher.services._process import run_async
+from launcher.stripe import events as se
 from tests.hostile.hostile_requests import MAX_BODY, SECRET, Hostile, hostile
 from tests.support.processes import Procs
 from tests.support.system import start_system

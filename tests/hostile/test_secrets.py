@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from entitled.settings import Settings
-from entitled.shell import stripe_events as se
+from launcher.stripe import events as se
 from tests.support.polling import wait_until
 from tests.support.ports import free_port
 from tests.support.processes import Procs

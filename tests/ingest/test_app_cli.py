@@ -9,8 +9,8 @@ import httpx
 from click.testing import CliRunner
 
 from entitled.settings import Settings
-from entitled.shell import stripe_events as se
-from entitled.shell.cli import main
+from launcher.cli import main
+from launcher.stripe import events as se
 from tests.support.kafka import read_topic
 from tests.support.polling import async_wait_until
 from tests.support.ports import free_port

@@ -7,7 +7,7 @@ from collections import Counter
 
 import httpx
 
-from entitled.shell import stripe_events as se
+from launcher.stripe import events as se
 from tests.support.kafka import read_topic
 from tests.support.serve import Running
 

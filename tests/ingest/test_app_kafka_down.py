@@ -13,8 +13,8 @@ from dataclasses import replace
 import httpx
 
 from entitled.settings import Settings
-from entitled.shell import services
-from entitled.shell import stripe_events as se
+from launcher import services
+from launcher.stripe import events as se
 from tests.support.kafka import read_topic
 from tests.support.polling import async_wait_until
 from tests.support.serve import running

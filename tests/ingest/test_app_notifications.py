@@ -7,7 +7,7 @@ from typing import Any
 import httpx
 import orjson
 
-from entitled.shell import stripe_events as se
+from launcher.stripe import events as se
 from tests.ingest.thin_events import notification
 from tests.support.kafka import end_offsets, read_topic
 from tests.support.serve import Running

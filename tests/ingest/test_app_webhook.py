@@ -12,8 +12,8 @@ import httpx
 import orjson
 
 from entitled.settings import Settings
-from entitled.shell import stripe_events as se
 from ingest.app import create_app
+from launcher.stripe import events as se
 from tests.support.kafka import end_offsets, read_topic
 from tests.support.serve import Running, running
 

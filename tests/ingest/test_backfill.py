@@ -11,7 +11,7 @@ import orjson
 import pytest
 
 from entitled.settings import Settings
-from ingest.backfill import backfill
+from ingest.backfill.listing import backfill
 from ingest.cursors import CursorStore
 from ingest.stripe_api import StripeApi
 from tests.ingest.stripe_seed import LOCALSTRIPE_LISTS, Seeded, seed
@@ -134,7 +134,7 @@ async def test_restart_ignores_cursors_and_missing_lists_are_skipped(
 def test_cli_backfill_and_reconcile(stripe_settings: Settings) -> None:
     from click.testing import CliRunner
 
-    from entitled.shell.cli import main
+    from launcher.cli import main
 
     assert stripe_settings.stripe_api_base and stripe_settings.kafka_bootstrap_servers
     seed(stripe_settings.stripe_api_base, API_KEY, customers=1)

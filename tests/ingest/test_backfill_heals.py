@@ -15,7 +15,7 @@ import orjson
 import stripe
 
 from entitled.settings import Settings
-from entitled.shell import stripe_events as se
+from launcher.stripe import events as se
 from tests.support.db import caught_up, entitlements
 from tests.support.kafka import publish
 from tests.support.localstripe import API_KEY

@@ -6,9 +6,9 @@ from typing import Any
 
 import pytest
 
-from entitled.shell import stripe_events as se
 from ingest.completion import fetch_for_id, needed
 from ingest.snapshots import event_type_of, hydrate_id, read_event
+from launcher.stripe import events as se
 from tests.ingest.thin_events import notification
 
 

@@ -8,11 +8,11 @@ import dataclasses
 import orjson
 
 from entitled.settings import Settings
-from entitled.shell.services._process import run_async
-from ingest.backfill import backfill
+from ingest.backfill.listing import backfill
 from ingest.features import logged_features, reconcile_features
 from ingest.snapshots import features_digest, product_features_event
-from projections.events import ProductFeaturesView, parse
+from launcher.services._process import run_async
+from projections.model.events import ProductFeaturesView, parse
 from tests.support.kafka import publish, read_topic
 from tests.support.polling import wait_until
 from tests.support.processes import Procs

@@ -13,11 +13,11 @@ import stripe
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from entitled.settings import Settings
-from entitled.shell import stripe_events as se
-from entitled.shell.services._process import run_async
-from ingest.hydrate_status import unhydrated
-from ingest.hydrator import group_of
+from ingest.hydrate.hydrator import group_of
+from ingest.hydrate.status import unhydrated
 from ingest.snapshots import hydrate_id
+from launcher.services._process import run_async
+from launcher.stripe import events as se
 from tests.ingest.stripe_proxy import stripe_proxy
 from tests.ingest.stripe_seed import CARD
 from tests.ingest.thin_events import notification

@@ -2,8 +2,8 @@ from typing import Any
 
 import pytest
 
-from entitled.shell import stripe_events as se
 from ingest.keys import event_headers, routing_key
+from launcher.stripe import events as se
 
 
 def _event(obj: dict[str, Any]) -> dict[str, Any]:

@@ -11,7 +11,7 @@ import orjson
 from starlette.applications import Starlette
 
 from entitled.settings import Settings
-from ingest.refresh_app import RefreshEndpoint
+from ingest.refresh.app import RefreshEndpoint
 from tests.support.kafka import read_topic
 from tests.support.serve import serve
 from tests.support.stripe_mock import API_KEY

@@ -14,7 +14,7 @@ from ingest.snapshots import DEFAULT_LISTS, LISTS, snapshot_event, snapshot_id
 
 
 def _fixture(name: str) -> dict[str, Any]:
-    text = resources.files("entitled.shell").joinpath("stripe_fixtures/fixtures3.json").read_text()
+    text = resources.files("launcher").joinpath("stripe_fixtures/fixtures3.json").read_text()
     found: dict[str, Any] = json.loads(text)["resources"][name]
     return copy.deepcopy(found)
 

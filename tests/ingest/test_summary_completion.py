@@ -10,11 +10,11 @@ from typing import Any
 import orjson
 
 from entitled.settings import Settings
-from entitled.shell import stripe_features as sf
-from entitled.shell.services._process import run_async
 from ingest.completion import needed
 from ingest.snapshots import hydrate_id
-from projections.events import EntitlementSummaryView, parse
+from launcher.services._process import run_async
+from launcher.stripe import features as sf
+from projections.model.events import EntitlementSummaryView, parse
 from tests.support.kafka import publish, read_topic
 from tests.support.polling import wait_until
 from tests.support.processes import Procs

@@ -3,9 +3,9 @@ tests: it ignores subscription deletions, so cancelled customers keep their pack
 
 from __future__ import annotations
 
-from projections.events import StripeEvent
-from projections.rows import SubscriptionRow
-from projections.rules import fold
+from projections.model.events import StripeEvent
+from projections.model.rows import SubscriptionRow
+from projections.model.rules import fold
 
 
 @fold("customer.subscription.deleted", table="subscriptions", override=True)

@@ -30,8 +30,8 @@ from typing import Any
 
 import httpx
 
-from entitled.shell import stripe_events as se
-from entitled.shell._stripe_objects import fixture_objects
+from launcher.stripe import events as se
+from launcher.stripe._objects import fixture_objects
 
 CORPUS_ENV = "ENTITLED_STRIPE_CORPUS"
 # The version stripe-mock v0.203.0's OpenAPI spec describes (its `info.version`).

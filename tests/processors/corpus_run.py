@@ -17,8 +17,8 @@ from typing import Any
 import httpx
 
 from entitled.settings import Settings
-from entitled.shell import stripe_events as se
 from ingest.keys import routing_key
+from launcher.stripe import events as se
 from tests.processors.corpus_events import Sample
 from tests.support.db import caught_up, query
 from tests.support.polling import wait_until
@@ -90,7 +90,7 @@ def granted(settings: Settings) -> dict[str, tuple[list[str], list[str]]]:
 
 
 def lag_report(settings: Settings) -> str:
-    from entitled.shell.services._process import run_async
+    from launcher.services._process import run_async
     from processors.status import end_offsets
 
     ends = run_async(lambda: end_offsets(settings.kafka_bootstrap_servers or "", settings.topic))

@@ -5,10 +5,10 @@ shipped."""
 
 from __future__ import annotations
 
-from projections.events import StripeEvent
-from projections.rows import SubscriptionRow
-from projections.rules import fold
-from projections.rules.subscriptions import subscription_snapshot
+from projections.model.events import StripeEvent
+from projections.model.rows import SubscriptionRow
+from projections.model.rules import fold
+from projections.model.rules.subscriptions import subscription_snapshot
 
 
 @fold("customer.subscription.updated", table="subscriptions", override=True)

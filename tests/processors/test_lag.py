@@ -10,8 +10,8 @@ import httpx
 import psycopg
 
 from entitled.settings import Settings
-from entitled.shell import stripe_events as se
-from entitled.shell.services._process import run_async
+from launcher.services._process import run_async
+from launcher.stripe import events as se
 from processors.lag import HeadCache, received_at, seconds_behind
 from processors.metrics import WorkerMetrics
 from processors.status import collect

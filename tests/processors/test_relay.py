@@ -13,8 +13,8 @@ import psycopg
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from entitled.settings import Settings
-from entitled.shell.services._process import run_async
-from entitled.shell.workload import Workload
+from launcher.services._process import run_async
+from launcher.workload import Workload
 from tests.support.db import caught_up, query
 from tests.support.kafka import publish
 from tests.support.polling import wait_until

@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 
 from entitled.settings import Settings
-from entitled.shell import stripe_events as se
+from launcher.stripe import events as se
 from tests.support.db import caught_up, entitlements, query
 from tests.support.kafka import publish
 from tests.support.polling import wait_until

@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from entitled.settings import Settings
-from entitled.shell import stripe_events as se
+from launcher.stripe import events as se
 from tests.support.db import caught_up, entitlements, query
 from tests.support.kafka import publish
 from tests.support.polling import wait_until

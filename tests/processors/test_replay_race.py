@@ -25,9 +25,9 @@ from typing import Any
 from aiokafka import AIOKafkaProducer
 
 from entitled.settings import Settings
-from entitled.shell import stripe_events as se
-from entitled.shell.services._process import run_async
 from ingest.keys import event_headers, routing_key
+from launcher.services._process import run_async
+from launcher.stripe import events as se
 from processors.rebuild import partition_of
 from tests.support.db import query
 from tests.support.processes import Procs

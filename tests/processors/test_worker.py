@@ -7,7 +7,7 @@ import json
 from typing import Any
 
 from entitled.settings import Settings
-from entitled.shell import stripe_events as se
+from launcher.stripe import events as se
 from tests.support.db import caught_up, entitlements, query
 from tests.support.kafka import publish
 from tests.support.polling import wait_until
@@ -89,8 +89,8 @@ def test_duplicates_and_out_of_order_change_nothing(settings: Settings, procs: P
 
 
 def test_sigkilled_worker_ends_equal_to_a_fresh_fold(settings: Settings, procs: Procs) -> None:
-    from entitled.shell.services._process import run_async
-    from entitled.shell.workload import Workload
+    from launcher.services._process import run_async
+    from launcher.workload import Workload
     from processors.replay import replay
 
     events = list(Workload(customers=600, seed=3).events())

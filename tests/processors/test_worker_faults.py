@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from entitled.settings import Settings
-from entitled.shell import services as svc
-from entitled.shell.services._process import run_async
-from entitled.shell.workload import Workload
+from launcher import services as svc
+from launcher.services._process import run_async
+from launcher.workload import Workload
 from processors.replay import replay
 from tests.support.db import caught_up, query
 from tests.support.kafka import publish

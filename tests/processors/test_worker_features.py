@@ -12,9 +12,9 @@ import httpx
 import pytest
 
 from entitled.settings import Settings
-from entitled.shell import demo
-from entitled.shell import stripe_events as se
-from entitled.shell import stripe_features as sf
+from launcher import demo
+from launcher.stripe import events as se
+from launcher.stripe import features as sf
 from tests.support.db import caught_up, entitlements
 from tests.support.kafka import publish
 from tests.support.polling import wait_until

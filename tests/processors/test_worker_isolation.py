@@ -8,7 +8,7 @@ import urllib.error
 import urllib.request
 
 from entitled.settings import Settings
-from entitled.shell import stripe_events as se
+from launcher.stripe import events as se
 from tests.support.db import caught_up, entitlements, query
 from tests.support.kafka import publish
 from tests.support.polling import wait_until

@@ -8,10 +8,10 @@ import psycopg
 import pytest
 from click.testing import CliRunner
 
-from entitled.shell.cli import main
+from launcher.cli import main
 from projections import catalog
 from projections.catalog import InvalidMovie, Movie
-from tests.projections.api_support import demo_catalog_path, migrate
+from tests.api.api_support import demo_catalog_path, migrate
 
 
 def test_movie_from_json_validates_and_dedups_groups() -> None:
@@ -90,7 +90,7 @@ def test_load_counts_inserts_and_updates(database_url: str) -> None:
     def movies() -> list[Movie]:
         return [Movie("1", "One", "", []), Movie("2", "Two", "", [])]
 
-    from entitled.shell.services._process import run_async
+    from launcher.services._process import run_async
 
     async def go() -> catalog.LoadResult:
         conn = await psycopg.AsyncConnection.connect(database_url)
@@ -103,7 +103,7 @@ def test_load_counts_inserts_and_updates(database_url: str) -> None:
 
 def test_demo_catalogue_loads_into_an_empty_catalogue_only(database_url: str) -> None:
     migrate(database_url)
-    from entitled.shell.services._process import run_async
+    from launcher.services._process import run_async
 
     async def go(movies: list[Movie]) -> catalog.LoadResult | None:
         conn = await psycopg.AsyncConnection.connect(database_url)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import psycopg
 
-from entitled.shell.services._process import run_async
+from launcher.services._process import run_async
 from projections import schema as db
 
 

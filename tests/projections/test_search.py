@@ -6,7 +6,7 @@ import psycopg
 
 from projections import search
 from projections.catalog import Movie
-from tests.projections.api_support import entitle, load_catalog, migrate
+from tests.api.api_support import entitle, load_catalog, migrate
 
 
 async def _search(url: str, customer: str, q: str, limit: int = 20) -> list[search.Hit]:

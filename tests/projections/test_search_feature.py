@@ -7,7 +7,7 @@ import psycopg
 
 from projections import search
 from projections.catalog import Movie
-from tests.projections.api_support import entitle, load_catalog, migrate
+from tests.api.api_support import entitle, load_catalog, migrate
 
 MOVIES = [
     Movie("1", "Raiders", "harrison ford", ["action"]),

@@ -10,14 +10,14 @@ import psycopg
 import pytest
 
 from entitled.settings import Settings
-from entitled.shell import stripe_events as se
 from ingest.keys import routing_key
+from launcher.stripe import events as se
 from projections import schema as db
 from projections import upserts
-from projections.entitlements import Policy
-from projections.events import StripeEvent
-from projections.rows import ProductRow, Stamp
-from projections.rules import _registry, fold
+from projections.model.entitlements import Policy
+from projections.model.events import StripeEvent
+from projections.model.rows import ProductRow, Stamp
+from projections.model.rules import _registry, fold
 from projections.store import ApplyResult, ProjectionStore
 from projections.types import Message
 

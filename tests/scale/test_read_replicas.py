@@ -22,8 +22,8 @@ import httpx
 import pytest
 
 from entitled.settings import Settings
-from entitled.shell import services as svc
-from entitled.shell import stripe_events as se
+from launcher import services as svc
+from launcher.stripe import events as se
 from tests.support import replicas as replica_support
 from tests.support.load import SearchLoop
 from tests.support.polling import wait_until

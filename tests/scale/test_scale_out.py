@@ -22,10 +22,10 @@ from typing import Any
 import pytest
 
 from entitled.settings import Settings
-from entitled.shell import services as svc
-from entitled.shell import stripe_events as se
-from entitled.shell.services import _process as sproc
-from entitled.shell.workload import PACKAGES, Workload
+from launcher import services as svc
+from launcher.services import _process as sproc
+from launcher.stripe import events as se
+from launcher.workload import PACKAGES, Workload
 from tests.support.audit import audit
 from tests.support.db import caught_up, processed_count
 from tests.support.kafka import log_records
@@ -171,8 +171,8 @@ def _stop_node(cluster: Settings, index: int) -> None:
 
 
 def test_three_brokers_lose_one_under_load(cluster3: Settings, tmp_path: Path) -> None:
-    from entitled.shell.services._process import run_async
     from entitled.topics import ensure_topic
+    from launcher.services._process import run_async
 
     topic = "stripe.events.rf3"
     run_async(

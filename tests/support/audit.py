@@ -8,8 +8,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from entitled.settings import Settings
-from entitled.shell.services._process import run_async
 from entitled.topics import end_offsets
+from launcher.services._process import run_async
 from processors.replay import replay
 from projections.schema import MIRROR_TABLES
 from tests.support.db import active_schema, query

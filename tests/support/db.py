@@ -7,8 +7,8 @@ from typing import Any
 import psycopg
 
 from entitled.settings import Settings
-from entitled.shell.services._process import run_async
 from entitled.topics import end_offsets
+from launcher.services._process import run_async
 
 
 def query(settings: Settings, q: str, *args: Any) -> list[tuple[Any, ...]]:

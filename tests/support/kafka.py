@@ -13,11 +13,11 @@ import orjson
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 
 from entitled.settings import Settings
-from entitled.shell import stripe_events as se
-from entitled.shell.services._process import run_async
 from entitled.topics import end_offsets as _end_offsets
 from ingest.keys import event_headers, routing_key
 from ingest.producer import EventProducer
+from launcher.services._process import run_async
+from launcher.stripe import events as se
 from processors.replay import read_log
 
 

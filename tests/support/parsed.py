@@ -5,8 +5,8 @@ from __future__ import annotations
 import itertools
 from typing import Any
 
-from entitled.shell import stripe_events as se
-from projections.events import StripeEvent, parse
+from launcher.stripe import events as se
+from projections.model.events import StripeEvent, parse
 
 _offsets = itertools.count()
 

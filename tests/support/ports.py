@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from entitled.shell.services._process import free_port
+from launcher.services._process import free_port
 
 __all__ = ["free_port"]

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from entitled.settings import Settings
 
-ENTITLED = [sys.executable, "-m", "entitled.shell.cli"]
+ENTITLED = [sys.executable, "-m", "launcher.cli"]
 REPO = Path(__file__).resolve().parents[2]
 
 

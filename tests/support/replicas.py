@@ -8,8 +8,8 @@ from urllib.parse import urlsplit, urlunsplit
 import pytest
 
 from entitled.settings import Settings
-from entitled.shell import services as svc
-from entitled.shell.services import Endpoints
+from launcher import services as svc
+from launcher.services import Endpoints
 
 
 @pytest.fixture(scope="module")

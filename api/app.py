@@ -1,0 +1,385 @@
+"""The read API: search with availability, entitlements, customers, the catalogue, the
+change feed, the page.
+
+`create_app(settings)` builds one Starlette app holding one psycopg pool and one change
+watcher (both opened in the lifespan) and its own Prometheus registry. Routes only parse
+(`api.params`), call `projections.search` / `projections.catalog` /
+`projections.feed` (all SQL lives there) and render; every failure is an exception mapped
+to a status and an `{"error": "..."}` body by the one handler `_on_error`. The change feed's
+routes are in `api.feed`, read-your-own-writes (`min_event`) in
+`api.min_event`.
+
+Interface additions to DESIGN.md:
+- `GET /v1/customers?limit=50` lists customers known to the projection (id, name, email),
+  for the page's picker.
+- `GET /v1/customers/{id}/entitlements` answers 404 for a customer the projection knows
+  nothing of (no customer object, entitlements row, subscription or purchase).
+- When `ENTITLED_API_TOKEN` is set every `/v1/...` call needs `Authorization: Bearer <token>`;
+  `/`, `/static/*`, `/healthz`, `/readyz`, `/metrics`, `/openapi.json` stay open. The page
+  takes the token from `?token=` (then keeps it in localStorage) or asks for it on a 401.
+  `/v1/changes/stream` also accepts `?token=`: an `EventSource` cannot send headers.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import psycopg.errors
+from psycopg import AsyncConnection
+from psycopg_pool import PoolTimeout
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import FileResponse, Response
+from starlette.routing import BaseRoute, Mount, Route
+from starlette.staticfiles import StaticFiles
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from api import drift as api_drift
+from api import feed as api_feed
+from api import params as api_params
+from api.errors import APIError, BadRequest, NotFound, ServiceUnavailable, Unauthorized
+from api.fanout import Fanout
+from api.features import features_of
+from api.http import POOL_TIMEOUT_S, json_response, pool, readers
+from api.metrics import CONTENT_TYPE, APIMetrics
+from api.min_event import read_after_event, respond
+from api.pool import create_pool, create_readers, read_url
+from api.readers import Target
+from api.watcher import Watcher
+from entitled.settings import Settings
+from projections import catalog, search
+from projections.catalog import InvalidMovie
+from projections.model.entitlements import Policy, grants_of_keys
+from projections.model.metadata import groups_in, metadata_of, movies_in
+
+log = logging.getLogger(__name__)
+
+HERE = Path(__file__).parent
+STATIC = HERE / "static"
+OPENAPI = HERE / "openapi.json"
+
+Endpoint = Callable[[Request], Awaitable[Response]]
+
+
+# -- routes ----------------------------------------------------------------------------------
+
+
+def _authorized(endpoint: Endpoint, *, query_token: bool = False) -> Endpoint:
+    """Require the bearer token on a `/v1` endpoint when the app has one configured;
+    `query_token` also accepts it as `?token=` (for EventSource, which sends no headers)."""
+
+    async def guarded(request: Request) -> Response:
+        token: str | None = request.app.state.settings.api_token
+        if token is not None:
+            scheme, _, given = request.headers.get("authorization", "").partition(" ")
+            if scheme.lower() != "bearer" and query_token and "token" in request.query_params:
+                scheme, given = "bearer", request.query_params["token"]
+            if scheme.lower() != "bearer" or not hmac.compare_digest(
+                given.strip().encode(), token.encode()
+            ):
+                raise Unauthorized("a valid bearer token is required")
+        return await endpoint(request)
+
+    guarded.__name__ = endpoint.__name__
+    return guarded
+
+
+async def search_movies(request: Request) -> Response:
+    params = request.query_params
+    customer = api_params.customer_id(params.get("customer"))
+    q = api_params.query(params.get("q"))
+    limit = api_params.limit(params.get("limit"), 20, 100)
+    feature = params.get("feature")
+    policy = Policy.from_settings(request.app.state.settings)
+    within = None if feature is None else grants_of_keys([api_params.query(feature)], policy)
+
+    async def read(conn: AsyncConnection[Any]) -> list[search.Hit]:
+        return await search.search(conn, customer, q, limit, within=within)
+
+    hits, outcome = await read_after_event(request, read)
+    body: dict[str, Any] = {"customer": customer, "query": q}
+    if feature is not None:
+        body["feature"] = feature
+    body["results"] = [hit.to_json() for hit in hits]
+    return respond(body, outcome)
+
+
+async def customer_entitlements(request: Request) -> Response:
+    customer = api_params.customer_id(request.path_params["customer"])
+
+    async def read(conn: AsyncConnection[Any]) -> dict[str, Any] | None:
+        return await search.entitlements(conn, customer)
+
+    row, outcome = await read_after_event(request, read)
+    if row is None and not outcome.stale:
+        raise NotFound(f"no customer {customer} in the projection")
+    settings = request.app.state.settings
+    body = {"customer": customer} if row is None else render_entitlements(customer, row, settings)
+    return respond(body, outcome)
+
+
+async def list_customers(request: Request) -> Response:
+    limit = api_params.limit(request.query_params.get("limit"), 50, 500)
+
+    async def read(target: Target) -> list[search.Customer]:
+        async with target.connection() as conn:
+            return await search.customers(conn, limit)
+
+    found = await readers(request).run(read)
+    return json_response(
+        {"customers": [{"id": c.id, "name": c.name, "email": c.email} for c in found]}
+    )
+
+
+async def put_movie(request: Request) -> Response:
+    movie_id = api_params.path_movie_id(request)
+    body = await api_params.json_body(request)
+    try:
+        movie = catalog.movie_from_json(movie_id, body)
+    except InvalidMovie as exc:
+        raise BadRequest(str(exc)) from None
+    async with pool(request).connection(timeout=POOL_TIMEOUT_S) as conn:
+        created = await catalog.put_movie(conn, movie)
+    return json_response(movie.to_json(), 201 if created else 200)
+
+
+async def delete_movie(request: Request) -> Response:
+    movie_id = api_params.path_movie_id(request)
+    async with pool(request).connection(timeout=POOL_TIMEOUT_S) as conn:
+        deleted = await catalog.delete_movie(conn, movie_id)
+    if not deleted:
+        raise NotFound(f"no movie {movie_id}")
+    return Response(status_code=204)
+
+
+async def movie_group(request: Request) -> Response:
+    movie_id = api_params.path_movie_id(request)
+    try:
+        group = catalog.check_group(request.path_params["group"])
+    except InvalidMovie as exc:
+        raise BadRequest(str(exc)) from None
+    change = catalog.add_group if request.method == "PUT" else catalog.remove_group
+    async with pool(request).connection(timeout=POOL_TIMEOUT_S) as conn:
+        movie = await change(conn, movie_id, group)
+    if movie is None:
+        raise NotFound(f"no movie {movie_id}")
+    return json_response(movie.to_json())
+
+
+async def healthz(request: Request) -> Response:
+    return json_response({"status": "ok"})
+
+
+async def readyz(request: Request) -> Response:
+    # Ready when reads can be served: with replicas, also while the primary is down.
+    async def read(target: Target) -> bool:
+        async with target.pool.connection(timeout=2.0) as conn:
+            return await search.is_ready(conn)
+
+    try:
+        ready = await readers(request).run(read)
+    except (psycopg.Error, PoolTimeout) as exc:
+        raise ServiceUnavailable(f"postgres unavailable: {type(exc).__name__}") from None
+    if not ready:
+        raise ServiceUnavailable("schema not migrated: run `entitled migrate`")
+    return json_response({"status": "ready"})
+
+
+async def metrics(request: Request) -> Response:
+    await api_drift.measure(request)
+    return Response(request.app.state.metrics.render(), media_type=CONTENT_TYPE)
+
+
+async def openapi(request: Request) -> Response:
+    return FileResponse(OPENAPI, media_type="application/json")
+
+
+async def index(request: Request) -> Response:
+    return FileResponse(STATIC / "index.html", media_type="text/html")
+
+
+# -- rendering -------------------------------------------------------------------------------
+
+
+def render_entitlements(customer: str, row: dict[str, Any], settings: Settings) -> dict[str, Any]:
+    """The entitlements answer from one `search.entitlements` row (records as mirrored)."""
+    products: dict[str, dict[str, Any]] = row["products"] or {}
+
+    def product(pid: object) -> dict[str, Any]:
+        record = products.get(pid) if isinstance(pid, str) else None
+        metadata = metadata_of((record or {}).get("metadata"))
+        return {
+            "id": pid,
+            "name": (record or {}).get("name"),
+            "groups": list(groups_in(metadata, settings.group_metadata_key)),
+            "movie_ids": list(movies_in(metadata, settings.movie_metadata_key)),
+        }
+
+    subscriptions = []
+    for sub in row["subscriptions"]:
+        items = sub.get("items") or []
+        ends = [i.get("current_period_end") for i in items if i.get("current_period_end")]
+        subscriptions.append(
+            {
+                "id": sub.get("id"),
+                "status": sub.get("status"),
+                "cancel_at_period_end": bool(sub.get("cancel_at_period_end")),
+                "current_period_end": max(ends) if ends else None,
+                "products": [product(i.get("product")) for i in items],
+            }
+        )
+    purchases = []
+    for buy in row["purchases"]:
+        bought = [product(pid) for pid in buy.get("product_ids") or []]
+        metadata = metadata_of(buy.get("metadata"))
+        movie_ids = list(movies_in(metadata, settings.movie_metadata_key))
+        movie_ids += [m for p in bought for m in p["movie_ids"] if m not in movie_ids]
+        purchases.append(
+            {
+                "id": buy.get("id"),
+                "kind": buy.get("kind"),
+                "paid": bool(buy.get("paid")),
+                "amount": buy.get("amount"),
+                "movie_ids": movie_ids,
+            }
+        )
+    record = row["customer_record"] or {}
+    return {
+        "customer": customer,
+        "name": record.get("name"),
+        "email": record.get("email"),
+        "groups": row["groups"] or [],
+        "movie_ids": row["movie_ids"] or [],
+        "subscriptions": subscriptions,
+        "purchases": purchases,
+        "features": features_of(row, Policy.from_settings(settings)),
+        "as_of": {"event_id": row["as_of_event"], "created": row["as_of_created"]},
+    }
+
+
+# -- errors, metrics, app --------------------------------------------------------------------
+
+
+async def _on_error(request: Request, exc: Exception) -> Response:
+    """The one place where an exception becomes an HTTP status and an error body."""
+    if isinstance(exc, APIError):
+        return json_response({"error": exc.message}, exc.status)
+    if isinstance(exc, HTTPException):
+        return json_response({"error": exc.detail}, exc.status_code)
+    if isinstance(exc, (psycopg.errors.UndefinedTable, psycopg.errors.InvalidSchemaName)):
+        return json_response({"error": "schema not migrated: run `entitled migrate`"}, 503)
+    if isinstance(exc, (psycopg.OperationalError, PoolTimeout)):
+        log.warning("database unavailable: %s", exc)
+        return json_response({"error": "database unavailable, retry later"}, 503)
+    raise exc
+
+
+class _Timing:
+    """Observe each HTTP request's latency under its route template (not the raw path)."""
+
+    def __init__(self, app: ASGIApp, metrics: APIMetrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        status = 500
+
+        async def send_status(message: dict[str, Any]) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_status)  # type: ignore[arg-type]
+        finally:
+            route = scope.get("route")
+            path = getattr(route, "path", "unmatched")
+            self.metrics.observe(scope["method"], path, status, time.perf_counter() - start)
+
+
+def create_app(
+    settings: Settings,
+    *,
+    extra_routes: Sequence[BaseRoute] = (),
+    on_close: Sequence[Callable[[], Awaitable[None]]] = (),
+) -> Starlette:
+    """The read API for `settings.database_url` (which must be resolved by the caller).
+
+    `extra_routes` (with their `on_close` clean-ups) are mounted by whoever composes the
+    process: the shell adds `POST /v1/refresh` from `ingest`, which `projections` must not
+    import."""
+    url = read_url(settings)
+    db_pool = create_pool(url)
+    watch = Watcher(url)
+    fanout = Fanout(watch.changes)
+    reads = create_readers(settings, db_pool, watch)
+    api_metrics = APIMetrics(db_pool)
+    api_metrics.watch_readers(reads)
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await db_pool.open(wait=False)
+        watch.start()
+        try:
+            await db_pool.wait(timeout=30.0)
+            await reads.open()
+            yield
+        finally:
+            for close in on_close:
+                await close()
+            await reads.close()
+            await watch.stop()
+            await db_pool.close()
+
+    v1 = _authorized
+    routes = [
+        Route("/", index),
+        Route("/healthz", healthz),
+        Route("/readyz", readyz),
+        Route("/metrics", metrics),
+        Route("/openapi.json", openapi),
+        Route("/v1/search", v1(search_movies)),
+        Route("/v1/customers", v1(list_customers)),
+        Route("/v1/customers/{customer}/entitlements", v1(customer_entitlements)),
+        Route("/v1/changes", v1(api_feed.changes)),
+        Route("/v1/drift", v1(api_drift.drifting)),
+        Route("/v1/changes/stream", _authorized(api_feed.stream, query_token=True)),
+        Route("/v1/movies/{movie_id}", v1(put_movie), methods=["PUT"]),
+        Route("/v1/movies/{movie_id}", v1(delete_movie), methods=["DELETE"]),
+        Route("/v1/movies/{movie_id}/groups/{group}", v1(movie_group), methods=["PUT", "DELETE"]),
+        *extra_routes,
+        Mount("/static", StaticFiles(directory=STATIC), name="static"),
+    ]
+    handlers: dict[Any, Any] = {
+        exc: _on_error
+        for exc in (
+            APIError,
+            HTTPException,
+            psycopg.OperationalError,
+            PoolTimeout,
+            psycopg.errors.UndefinedTable,
+            psycopg.errors.InvalidSchemaName,
+        )
+    }
+    app = Starlette(routes=routes, lifespan=lifespan, exception_handlers=handlers)
+    app.state.settings = settings
+    app.state.pool = db_pool
+    app.state.watcher = watch
+    app.state.fanout = fanout
+    app.state.readers = reads
+    app.state.metrics = api_metrics
+    app.add_middleware(_Timing, metrics=api_metrics)
+    return app

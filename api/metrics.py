@@ -1,0 +1,130 @@
+"""Prometheus metrics of one read API app, in its own `CollectorRegistry`.
+
+A per-app registry lets several apps live in one process (as in the tests) without
+"duplicated timeseries" errors. Pool figures are read from `pool.get_stats()` at scrape time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+from psycopg_pool import AsyncConnectionPool
+
+from api.readers import Readers
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+# A search is a few milliseconds; the tail buckets catch pool waits and slow scans.
+_LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0)
+
+
+class _PoolCollector(Collector):
+    def __init__(self, pool: AsyncConnectionPool[Any]) -> None:
+        self.pool = pool
+
+    def collect(self) -> Iterator[Metric]:
+        stats = self.pool.get_stats()
+        gauge = GaugeMetricFamily(
+            "entitled_api_pool", "psycopg pool statistics (pool.get_stats()).", labels=["stat"]
+        )
+        for name, value in sorted(stats.items()):
+            gauge.add_metric([name], float(value))
+        yield gauge
+
+
+class _ReadersCollector(Collector):
+    """Reads by target, and each replica's health and replay lag (`api.readers`)."""
+
+    def __init__(self, readers: Readers) -> None:
+        self.readers = readers
+
+    def collect(self) -> Iterator[Metric]:
+        reads = CounterMetricFamily(
+            "entitled_api_reads",
+            "Reads (search, entitlements, customers) served, by target (primary, replica-N).",
+            labels=["target"],
+        )
+        failovers = CounterMetricFamily(
+            "entitled_api_read_failovers",
+            "Reads that failed on a replica and went on to the next target.",
+            labels=["target"],
+        )
+        for t in self.readers.targets:
+            reads.add_metric([t.name], float(t.reads))
+            failovers.add_metric([t.name], float(t.failovers))
+        yield reads
+        yield failovers
+        labels = ["replica", "address"]
+        healthy = GaugeMetricFamily(
+            "entitled_api_replica_healthy", "1 while the replica passes its check.", labels=labels
+        )
+        seconds = GaugeMetricFamily(
+            "entitled_api_replica_lag_seconds",
+            "Replay lag of the replica in seconds (0 when it replayed all it received).",
+            labels=labels,
+        )
+        size = GaugeMetricFamily(
+            "entitled_api_replica_lag_bytes",
+            "WAL bytes the replica has not replayed (from the primary's current position).",
+            labels=labels,
+        )
+        for t in self.readers.replicas:
+            key = [t.name, t.address]
+            healthy.add_metric(key, 1.0 if t.healthy else 0.0)
+            if t.lag_seconds is not None:
+                seconds.add_metric(key, t.lag_seconds)
+            if t.lag_bytes is not None:
+                size.add_metric(key, float(t.lag_bytes))
+        yield healthy
+        yield seconds
+        yield size
+
+
+class APIMetrics:
+    """Request latency by method, route template and status; connection pool statistics;
+    open change streams; `min_event` reads by outcome."""
+
+    def __init__(self, pool: AsyncConnectionPool[Any]) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.latency = Histogram(
+            "entitled_api_request_seconds",
+            "Read API request latency by route template.",
+            ["method", "route", "status"],
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.registry.register(_PoolCollector(pool))
+        self.streams = Gauge(
+            "entitled_api_change_streams",
+            "Open Server-Sent Events streams of the change feed (/v1/changes/stream).",
+            registry=self.registry,
+        )
+        self.waiting = Gauge(
+            "entitled_api_waiting_requests",
+            "Requests waiting for news: long-polls of /v1/changes, reads with min_event.",
+            ["kind"],
+            registry=self.registry,
+        )
+        self.min_events = Counter(
+            "entitled_api_min_event_reads",
+            "Reads with min_event, by outcome (folded, not_yet_folded, parked).",
+            ["outcome"],
+            registry=self.registry,
+        )
+
+    def watch_readers(self, readers: Readers) -> None:
+        """Report reads by target and the replicas' lag at scrape time."""
+        self.registry.register(_ReadersCollector(readers))
+
+    def min_event(self, outcome: str) -> None:
+        self.min_events.labels(outcome).inc()
+
+    def observe(self, method: str, route: str, status: int, seconds: float) -> None:
+        self.latency.labels(method, route, str(status)).observe(seconds)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,191 @@
+"""One shared watch on the database per API process: wakes whoever waits for news.
+
+Long-polls, event streams and `min_event` reads wait for "a change was written" or "a batch
+was folded". Rather than each holding a connection (or polling on its own), they wait on a
+`Signal` of the process's one `Watcher`, which
+
+- LISTENs on `entitled_changes` and `entitled_folded` on one dedicated connection (not from
+  the pool) and fires the matching signal on each notification: the fast path;
+- polls the feed's head and the live checkpoints every `poll_s` on that same connection and
+  fires a signal when they moved: NOTIFY is not delivered to streaming replicas (LISTEN is
+  refused there, and the watcher then polls every `standby_poll_s`) and is lost while the
+  connection is down, so the poll is what makes waiting correct, LISTEN only makes it fast;
+- reconnects with backoff when the connection fails; meanwhile `fallback_s` is short, so
+  waiters check for themselves every second instead of trusting a silent watcher.
+
+A waiter arms before it checks (`event = signal.armed()`, query, `await wait(event, t)`), so a
+signal fired between its check and its wait is never missed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+import psycopg
+import psycopg.errors
+from psycopg import AsyncConnection
+from psycopg.rows import TupleRow
+
+from projections.changes import CHANGES_CHANNEL, FOLDED_CHANNEL
+from projections.schema import CONTROL, LIVE
+
+__all__ = ["Signal", "Watcher", "wait"]
+
+log = logging.getLogger(__name__)
+
+# The feed's head, and a figure that moves with every committed batch or version swap.
+_POLL_SQL = f"""
+SELECT (SELECT coalesce(max(id), 0) FROM {CONTROL}.changes),
+       (SELECT coalesce(sum(next_offset), 0) FROM {LIVE}.checkpoints),
+       (SELECT version FROM {CONTROL}.active)
+"""
+
+
+class Signal:
+    """A wake-up shared by any number of waiters; firing it wakes every armed waiter."""
+
+    def __init__(self) -> None:
+        self._event = asyncio.Event()
+        self.fired = 0  # how many times it fired (`api.fanout` fetches once per firing)
+
+    def armed(self) -> asyncio.Event:
+        """The event the next `fire` sets: take it before checking, wait on it after."""
+        return self._event
+
+    def fire(self) -> None:
+        self.fired += 1
+        self._event.set()
+        self._event = asyncio.Event()
+
+
+async def wait(event: asyncio.Event, timeout: float) -> bool:
+    """Wait for an armed event at most `timeout` s; True if it was set."""
+    if event.is_set():
+        return True
+    if timeout <= 0:
+        return False
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(event.wait(), timeout)
+    return event.is_set()
+
+
+class Watcher:
+    """The process's one watch on `url`: `changes` and `folded` signals, see the module doc."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        poll_s: float = 1.0,
+        standby_poll_s: float = 0.2,
+        healthy_fallback_s: float = 10.0,
+        unhealthy_fallback_s: float = 1.0,
+    ) -> None:
+        self.url = url
+        self.poll_s = poll_s
+        self.standby_poll_s = standby_poll_s
+        self.healthy_fallback_s = healthy_fallback_s
+        self.unhealthy_fallback_s = unhealthy_fallback_s
+        self.changes = Signal()
+        self.folded = Signal()
+        self.healthy = False  # connected and polling
+        self.listening = False  # and LISTEN is in place (not on a replica)
+        self.notifications = 0
+        self.ending = False  # the server is shutting down: waiters answer now, streams end
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._marks: tuple[object, ...] | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def fallback_s(self) -> float:
+        """How long a waiter may trust the watcher before it checks for itself."""
+        return self.healthy_fallback_s if self.healthy else self.unhealthy_fallback_s
+
+    def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._task = asyncio.create_task(self._run(), name="entitled-api-watcher")
+
+    def end_waits(self) -> None:
+        """Wake every waiter for good: streams end, long-polls and `min_event` reads answer.
+
+        For a server shutdown (an event stream never ends by itself, and the server waits
+        for open responses). Safe from a signal handler or another thread.
+        """
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(self._end)
+
+    def _end(self) -> None:
+        self.ending = True
+        self.changes.fire()
+        self.folded.fire()
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def _run(self) -> None:
+        backoff = 0.2
+        while True:
+            try:
+                conn = await psycopg.AsyncConnection.connect(
+                    self.url, autocommit=True, application_name="entitled-api-watcher"
+                )
+                async with conn:
+                    await self._listen(conn)
+                    backoff = 0.2
+                    await self._serve(conn)
+            except psycopg.Error as exc:
+                log.warning("change watcher: %s: %s (reconnecting)", type(exc).__name__, exc)
+            finally:
+                was_healthy = self.healthy
+                self.healthy = self.listening = False
+                self._marks = None
+                if was_healthy:  # waiters now check for themselves: wake them to learn so
+                    self.changes.fire()
+                    self.folded.fire()
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 5.0)
+
+    async def _listen(self, conn: AsyncConnection[TupleRow]) -> None:
+        try:
+            await conn.execute(f"LISTEN {CHANGES_CHANNEL}")
+            await conn.execute(f"LISTEN {FOLDED_CHANNEL}")
+            self.listening = True
+        except (psycopg.errors.ReadOnlySqlTransaction, psycopg.errors.FeatureNotSupported):
+            # A hot standby: "cannot execute LISTEN during recovery".
+            log.info(
+                "change watcher: LISTEN refused (a replica?): polling every %ss",
+                self.standby_poll_s,
+            )
+            self.listening = False
+
+    async def _serve(self, conn: AsyncConnection[TupleRow]) -> None:
+        while True:
+            await self._poll(conn)
+            self.healthy = True
+            interval = self.poll_s if self.listening else self.standby_poll_s
+            async for note in conn.notifies(timeout=interval):
+                self.notifications += 1
+                if note.channel == CHANGES_CHANNEL:
+                    self.changes.fire()
+                elif note.channel == FOLDED_CHANNEL:
+                    self.folded.fire()
+
+    async def _poll(self, conn: AsyncConnection[TupleRow]) -> None:
+        try:
+            cur = await conn.execute(_POLL_SQL)
+            row = await cur.fetchone()
+        except (psycopg.errors.UndefinedTable, psycopg.errors.InvalidSchemaName):
+            return  # not migrated yet: nobody can be waiting on anything
+        marks = tuple(row) if row else ()
+        # After a (re)connect every waiter checks again: news may have come meanwhile.
+        if self._marks is None or marks[:1] != self._marks[:1]:
+            self.changes.fire()
+        if self._marks is None or marks[1:] != self._marks[1:]:
+            self.folded.fire()
+        self._marks = marks

@@ -1,0 +1,1 @@
+"""`entitled backfill` and `entitled reconcile`: list the Stripe API into the log."""

@@ -1,0 +1,2 @@
+"""`entitled hydrate`: complete logged events that lack what the fold needs, with its metrics
+and status."""

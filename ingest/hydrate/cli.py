@@ -1,0 +1,94 @@
+"""Commands `entitled hydrate` and `entitled refresh` (mapped in `entitled/shell/cli.py`)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+
+import click
+
+from entitled.settings import Settings
+
+log = logging.getLogger(__name__)
+
+NO_KEY_WARNING = (
+    "STRIPE_API_KEY is not set: the hydrator fetches nothing. Events that need completing "
+    "are logged as they are and counted as unhydrated (entitled_hydrator_events"
+    '{outcome="unhydrated"}); run `entitled hydrate --pending` with a key to complete them.'
+)
+
+
+@click.command()
+@click.option("--pending", is_flag=True, help="Complete what is pending up to the log end, exit.")
+@click.option("--rps", type=float, help="Stripe requests per second [default: 20].")
+@click.option("--concurrency", type=click.IntRange(1, 256), default=16, show_default=True)
+@click.option("--metrics-port", type=int, help="Serve /metrics on 127.0.0.1:PORT.")
+@click.option("--log-level", default="info", show_default=True)
+def hydrate(
+    pending: bool, rps: float | None, concurrency: int, metrics_port: int | None, log_level: str
+) -> None:
+    """Complete logged events that lack what the projection needs, from the Stripe API."""
+    from entitled import logs
+    from ingest.hydrate.hydrator import Hydrator, group_of
+    from ingest.hydrate.metrics import HydratorMetrics
+    from ingest.stripe_api import StripeApi
+
+    logs.configure(log_level)
+    # the stripe library logs every request at INFO: three lines per fetch
+    logging.getLogger("stripe").setLevel(max(logging.WARNING, logging.getLogger().level))
+    settings = Settings.from_env(backfill_rps=rps)
+    if pending and not settings.stripe_api_key:
+        raise click.UsageError("--pending needs STRIPE_API_KEY (and STRIPE_API_BASE for a fake)")
+
+    async def run() -> None:
+        api = None
+        if settings.stripe_api_key:
+            api = StripeApi(
+                settings.stripe_api_key, base=settings.stripe_api_base, rps=settings.backfill_rps
+            )
+        else:
+            log.warning(NO_KEY_WARNING)
+        metrics = HydratorMetrics(api)
+        if metrics_port is not None:
+            from prometheus_client import start_http_server
+
+            start_http_server(metrics_port, addr="127.0.0.1", registry=metrics.registry)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        hydrator = Hydrator(settings, api=api, metrics=metrics, concurrency=concurrency)
+        log.info(
+            "hydrator: topic %s, group %s, %s",
+            settings.topic,
+            group_of(settings),
+            f"{settings.backfill_rps:g} requests/s" if api else "idle (no key)",
+        )
+        try:
+            await hydrator.run(pending_only=pending, stop=stop)
+        finally:
+            if api is not None:
+                await api.close()
+        outcomes = ", ".join(f"{k} {v}" for k, v in sorted(hydrator.result.outcomes.items()))
+        click.echo(f"hydrate: {outcomes or 'nothing to do'}")
+
+    asyncio.run(run())
+
+
+@click.command()
+@click.argument("ids", nargs=-1, required=True)
+def refresh(ids: tuple[str, ...]) -> None:
+    """Read objects (cus_..., sub_..., cs_..., in_..., pi_...) from Stripe now and log them;
+    print the event id written for each."""
+    from ingest.refresh.fetch import refresh as run
+
+    settings = Settings.from_env()
+    if not settings.stripe_api_key:
+        raise click.UsageError("no Stripe key: set STRIPE_API_KEY (and STRIPE_API_BASE for a fake)")
+    results = asyncio.run(run(settings, ids))
+    for item in results:
+        click.echo(f"{item.object_id}\t{item.event_id or '-'}\t{item.outcome}")
+    # an object whose state no event describes (an open checkout session) is not an error
+    if any(item.outcome in ("unknown_id", "not_found") for item in results):
+        raise SystemExit(1)

@@ -1,0 +1,386 @@
+"""`entitled hydrate`: complete the logged events that lack what the projection needs.
+
+A consumer of the event topic in its own group (`<ENTITLED_CONSUMER_GROUP>.hydrate`). For
+each event Stripe sent (source `webhook` or `reconcile`) that `ingest.completion.needed`
+picks (thin notifications, checkout sessions without line items, invoices without
+payments), it reads the object from the Stripe API and writes it into the same topic as a
+snapshot event: source `hydrate`, id `evt_hydrate_<hash of source event id and object id>`,
+`created` the time it was read, keyed like any event of the object's customer, with a
+`hydrated-from` header naming the source event. The fold never calls Stripe; a replay reads
+these snapshots from the log.
+
+Idempotent: the consumer offsets of a batch are committed only after Kafka acknowledged
+every snapshot of the batch. A source event whose snapshot is in the log is never fetched
+again: on every partition assignment the hydrator reads the `hydrated-from` headers of its
+own records written since the oldest uncommitted source record of the assigned partitions
+(minus a margin for clock skew), and it remembers what it wrote since. So a SIGKILL between
+the ack and the commit, a redelivered webhook or a reset of the group's offsets does not put
+a second, different snapshot of one source event into the log. Should two hydrators ever
+race on one event (a zombie after a rebalance), both snapshots carry the same id and the
+fold keeps the first.
+
+Every read takes a slot of the rate limiter backfill uses (`ENTITLED_BACKFILL_RPS`); 429,
+5xx and connection errors are retried honouring `Retry-After` (`ingest.stripe_api`), and
+retried again after a pause when that gives up: nothing is skipped for a transient error.
+A 404 (the object was deleted) and other 4xx answers are counted and the event is passed.
+Without `STRIPE_API_KEY` nothing is fetched: such events are counted as `unhydrated` and
+the offsets of their partitions are not committed, so `entitled hydrate --pending` (or the
+hydrator restarted with a key) completes them later.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Coroutine, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+import stripe
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+
+from entitled.settings import Settings
+from ingest import summary
+from ingest.completion import Fetch, needed
+from ingest.errors import LogUnavailable
+from ingest.features import mirror_features
+from ingest.hydrate.metrics import HydratorMetrics
+from ingest.keys import event_headers, routing_key
+from ingest.log_scan import header_values, write_times
+from ingest.producer import EventProducer
+from ingest.snapshots import hydrate_id, read_event
+from ingest.stripe_api import StripeApi
+
+log = logging.getLogger(__name__)
+
+HYDRATED_FROM = "hydrated-from"
+SOURCES_TO_COMPLETE = (b"webhook", b"reconcile")  # what Stripe sent; our own reads are whole
+CLOCK_MARGIN_S = 60.0  # producer clocks of two hydrator hosts may disagree this much
+_REMEMBERED = 200_000  # source ids kept in memory; older redeliveries are rescanned/deduped
+_PAUSE_S = 5.0  # between rounds of a read that keeps failing transiently
+
+
+def group_of(settings: Settings) -> str:
+    """The hydrator's consumer group, beside the workers' own."""
+    return f"{settings.consumer_group}.hydrate"
+
+
+@dataclass
+class HydrateResult:
+    """Events by outcome: hydrated, gone (404), failed (other 4xx), no_state (nothing to
+    write, e.g. an open session), duplicate (already hydrated), unhydrated (no key)."""
+
+    outcomes: dict[str, int] = field(default_factory=dict)
+    written: list[str] = field(default_factory=list)
+
+    def count(self, outcome: str) -> None:
+        self.outcomes[outcome] = self.outcomes.get(outcome, 0) + 1
+
+
+@dataclass(frozen=True)
+class _Job:
+    source_id: str
+    source_type: str  # without the `v1.` of a thin notification
+    fetch: Fetch
+    account: str | None
+
+
+class _Recent:
+    """A bounded set of the source event ids hydrated lately."""
+
+    def __init__(self, size: int) -> None:
+        self._ids: OrderedDict[str, None] = OrderedDict()
+        self._size = size
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._ids
+
+    def add(self, key: str) -> None:
+        self._ids[key] = None
+        self._ids.move_to_end(key)
+        while len(self._ids) > self._size:
+            self._ids.popitem(last=False)
+
+
+class _Assignments(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self) -> None:
+        self.changed = False
+
+    async def on_partitions_revoked(self, revoked: Any) -> None:
+        pass  # every batch is committed before the next is fetched
+
+    async def on_partitions_assigned(self, assigned: Any) -> None:
+        self.changed = True
+
+
+class Hydrator:
+    """The hydrator of one process; `api` None means no key: count, fetch nothing."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        api: StripeApi | None,
+        metrics: HydratorMetrics | None = None,
+        concurrency: int = 16,
+    ) -> None:
+        self.settings = settings
+        self.api = api
+        self.metrics = metrics or HydratorMetrics(api)
+        self.group = group_of(settings)
+        self._gate = asyncio.Semaphore(concurrency)
+        self._done = _Recent(_REMEMBERED)
+        self._producer = EventProducer(settings)
+        self._listener = _Assignments()
+        # partitions holding an event left unhydrated (no key): never committed past it
+        self._blocked: set[TopicPartition] = set()
+        self._last_read_ms = 0
+        self.result = HydrateResult()
+
+    async def run(self, *, pending_only: bool = False, stop: asyncio.Event | None = None) -> None:
+        """Hydrate until `stop` is set, or (`pending_only`) until the log end of the start."""
+        stop = stop or asyncio.Event()
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.settings.kafka_bootstrap_servers,
+            group_id=self.group,
+            client_id="entitled-hydrator",
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            max_poll_records=500,
+        )
+        consumer.subscribe([self.settings.topic], listener=self._listener)
+        await self._producer.start()
+        await consumer.start()
+        timer = None
+        if not pending_only and self.api is not None and self.settings.features_every_s > 0:
+            timer = asyncio.create_task(self._features_timer(stop))
+        try:
+            ends = await self._log_end(consumer) if pending_only else None
+            while not stop.is_set():
+                batch = await consumer.getmany(timeout_ms=500)
+                if self._listener.changed:
+                    self._listener.changed = False
+                    await self._recall(consumer)
+                await self._measure_lag(consumer, batch, in_flight=True)
+                if not await self._until_stopped(self._handle(consumer, batch), stop):
+                    return  # stopped mid-batch: nothing committed, the restart recalls
+                await self._measure_lag(consumer, batch, in_flight=False)
+                if ends is not None and await self._reached(consumer, ends):
+                    return
+        finally:
+            if timer is not None:
+                timer.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await timer
+            await consumer.stop()
+            await self._producer.stop()
+
+    async def _features_timer(self, stop: asyncio.Event) -> None:
+        """Every `features_every_s`, re-list products' features and log those that changed
+        (`ingest.features`): Stripe sends no webhook for them. A failed round is logged and
+        tried again at the next tick."""
+        assert self.api is not None
+        while not stop.is_set():
+            try:
+                done = await mirror_features(
+                    self.settings, self.api, self._producer, source="reconcile"
+                )
+                log.info("features: %d products, %d written", done.products, done.written)
+            except (stripe.StripeError, LogUnavailable) as exc:
+                log.warning("features: %s; again in %.0f s", exc, self.settings.features_every_s)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), self.settings.features_every_s)
+
+    @staticmethod
+    async def _until_stopped(work: Coroutine[Any, Any, None], stop: asyncio.Event) -> bool:
+        """Run `work`; cancel it when `stop` is set first (a batch of slow fetches must not
+        hold up a shutdown). True when `work` finished."""
+        task = asyncio.ensure_future(work)
+        stopping = asyncio.ensure_future(stop.wait())
+        try:
+            await asyncio.wait({task, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopping.cancel()
+        if task.done():
+            task.result()  # raises what the batch raised
+            return True
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        return False
+
+    async def _measure_lag(
+        self, consumer: AIOKafkaConsumer, batch: Mapping[TopicPartition, Any], *, in_flight: bool
+    ) -> None:
+        """Records not completed yet (unread, plus the batch while it is in flight) and the
+        age of the oldest of them as far as it is known (the batch's, else the last read)."""
+        waiting = sum(len(records) for records in batch.values()) if in_flight else 0
+        for tp in consumer.assignment():
+            high = consumer.highwater(tp)
+            if high is not None:
+                waiting += max(high - await consumer.position(tp), 0)
+        self.metrics.lag_events.set(waiting)
+        firsts = [records[0].timestamp for records in batch.values() if records]
+        known = min(firsts) if in_flight and firsts else self._last_read_ms
+        oldest_ms = known if waiting else 0
+        if not in_flight and firsts:
+            self._last_read_ms = max(records[-1].timestamp for records in batch.values() if records)
+        self.metrics.lag_seconds.set(max(time.time() - oldest_ms / 1000, 0.0) if oldest_ms else 0.0)
+
+    async def _log_end(self, consumer: AIOKafkaConsumer) -> dict[TopicPartition, int]:
+        parts = consumer.partitions_for_topic(self.settings.topic) or set()
+        if not parts:
+            await consumer.getmany(timeout_ms=0)  # fetch metadata
+            parts = consumer.partitions_for_topic(self.settings.topic) or set()
+        tps = [TopicPartition(self.settings.topic, p) for p in parts]
+        return dict(await consumer.end_offsets(tps)) if tps else {}
+
+    async def _reached(self, consumer: AIOKafkaConsumer, ends: dict[TopicPartition, int]) -> bool:
+        mine = consumer.assignment()
+        if not mine:
+            return False
+        for tp in mine:
+            if await consumer.position(tp) < ends.get(tp, 0):
+                return False
+        return True
+
+    async def _recall(self, consumer: AIOKafkaConsumer) -> None:
+        """Remember the source events already hydrated that the new assignment may meet."""
+        since = await self._oldest_pending(consumer)
+        if since is None:
+            return
+        found = await header_values(self.settings, since, HYDRATED_FROM, source="hydrate")
+        for source_id in found:
+            self._done.add(source_id)
+        log.info("hydrator: %d source events already hydrated since %.0f", len(found), since)
+
+    async def _oldest_pending(self, consumer: AIOKafkaConsumer) -> float | None:
+        """Unix seconds to read our own records from: the write time of the oldest source
+        record not yet committed (its snapshot, if any, was written after it), less a
+        margin; None when nothing is pending."""
+        mine = list(consumer.assignment())
+        if not mine:
+            return None
+        ends = await consumer.end_offsets(mine)
+        firsts: dict[TopicPartition, int] = {}
+        for tp in mine:
+            committed = await consumer.committed(tp)
+            first = committed if committed is not None and committed >= 0 else 0
+            if first < ends[tp]:
+                firsts[tp] = first
+        times = await write_times(self.settings, firsts)
+        return max(min(times) - CLOCK_MARGIN_S, 0.0) if times else None
+
+    async def _handle(
+        self, consumer: AIOKafkaConsumer, batch: Mapping[TopicPartition, Any]
+    ) -> None:
+        jobs: dict[str, _Job] = {}
+        blocked = self._blocked
+        for tp, records in batch.items():
+            for record in records:
+                job = self._job_of(record)
+                if job is None:
+                    continue
+                if job.source_id in self._done or job.source_id in jobs:
+                    self._outcome("duplicate")
+                elif self.api is None:
+                    self._outcome("unhydrated")
+                    blocked.add(tp)
+                else:
+                    jobs[job.source_id] = job
+        await asyncio.gather(*(self._hydrate(job) for job in jobs.values()))
+        offsets = {
+            tp: records[-1].offset + 1
+            for tp, records in batch.items()
+            if records and tp not in blocked
+        }
+        if offsets:
+            await consumer.commit(offsets)
+
+    def _job_of(self, record: Any) -> _Job | None:
+        headers = dict(record.headers)
+        if headers.get("source") not in SOURCES_TO_COMPLETE:
+            return None
+        try:
+            event = orjson.loads(record.value)
+        except orjson.JSONDecodeError:
+            return None  # not ours to judge: the worker parks it
+        if not isinstance(event, dict) or not isinstance(event.get("id"), str):
+            return None
+        fetch = needed(event)
+        if fetch is None:
+            return None
+        account = event.get("context") or event.get("account")
+        return _Job(
+            event["id"],
+            str(event.get("type")).removeprefix("v1."),
+            fetch,
+            account if isinstance(account, str) else None,
+        )
+
+    async def _hydrate(self, job: _Job) -> None:
+        async with self._gate:
+            outcome = await self._fetch_and_write(job)
+        self._outcome(outcome)
+
+    async def _fetch_and_write(self, job: _Job) -> str:
+        assert self.api is not None
+        params = dict(job.fetch.params)
+        if job.account:
+            params["stripe_account"] = job.account
+        while True:
+            try:
+                if job.fetch.reason == summary.REASON:  # a list read to the end
+                    got = await summary.complete(self.api, job.fetch.object_id, params)
+                else:
+                    got = await self.api.retrieve(job.fetch.path, params)
+                break
+            except (stripe.AuthenticationError, stripe.PermissionError):
+                raise  # a wrong key fails every read: stop loudly, commit nothing
+            except stripe.StripeError as exc:
+                status = exc.http_status
+                if status == 404:
+                    log.info("hydrate %s: %s is gone (404)", job.source_id, job.fetch.path)
+                    return "gone"
+                if status is not None and 400 <= status < 500 and status != 429:
+                    log.warning("hydrate %s: %s answered %d", job.source_id, job.fetch.path, status)
+                    return "failed"
+                log.warning("hydrate %s: %s, again in %.0f s", job.source_id, exc, _PAUSE_S)
+                await asyncio.sleep(_PAUSE_S)
+        event_id = hydrate_id(job.source_id, job.fetch.object_id)
+        event = read_event(
+            got.obj,
+            event_id=event_id,
+            api_version=got.api_version,
+            read_at=got.read_at,
+            fallback_type=job.source_type,
+        )
+        if event is None:
+            self._done.add(job.source_id)
+            return "no_state"
+        if job.account:
+            event["account"] = job.account
+        await self._publish(event, job.source_id)
+        self._done.add(job.source_id)
+        self.result.written.append(event_id)
+        return "hydrated"
+
+    async def _publish(self, event: dict[str, Any], source_id: str) -> None:
+        headers = event_headers(event, source="hydrate", received_at=time.time())
+        headers.append((HYDRATED_FROM, source_id.encode()))
+        raw = orjson.dumps(event)
+        while True:
+            try:
+                await self._producer.publish(raw, key=routing_key(event), headers=headers)
+                return
+            except LogUnavailable as exc:  # same id on every attempt: a duplicate is harmless
+                log.warning("hydrate %s: %s, again in %.0f s", source_id, exc.message, _PAUSE_S)
+                await asyncio.sleep(_PAUSE_S)
+
+    def _outcome(self, outcome: str) -> None:
+        self.result.count(outcome)
+        self.metrics.events.labels(outcome).inc()

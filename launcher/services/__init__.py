@@ -1,0 +1,274 @@
+"""The local Kafka and PostgreSQL that `entitled dev` and the tests run against.
+
+Both are started by the project itself on 127.0.0.1 (free ports, remembered in
+`services_dir/state.json`), detached from the starting process and stopped by pid.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Any
+
+from entitled.settings import Settings
+from launcher.services import _process as proc
+from launcher.services import kafka, postgres, replicas
+from launcher.services.errors import ServicesError
+
+__all__ = [
+    "Endpoints",
+    "ServicesError",
+    "down",
+    "endpoints",
+    "prepare",
+    "replica_urls",
+    "resolve",
+    "start_kafka",
+    "start_postgres",
+    "start_replica",
+    "status",
+    "stop_kafka",
+    "stop_postgres",
+    "stop_replica",
+    "up",
+    "up_replicas",
+]
+
+
+@dataclass(frozen=True)
+class Endpoints:
+    """Where the services answer."""
+
+    bootstrap: str  # "127.0.0.1:PORT[,...]"
+    database_url: str  # "postgresql://postgres@127.0.0.1:PORT/entitled"
+
+
+def _lock(settings: Settings) -> Any:
+    return proc.locked(settings.services_dir / ".lock")
+
+
+def _kafka_state(settings: Settings, state: proc.State, brokers: int) -> dict[str, Any]:
+    current = state.get("kafka")
+    if current is None:
+        current = kafka.plan(settings, brokers)
+    elif len(current["nodes"]) != brokers:
+        raise ServicesError(
+            f"The local Kafka in {settings.services_dir} was created with "
+            f"{len(current['nodes'])} broker(s), not {brokers}. Run "
+            "`entitled services down --wipe` first to recreate it."
+        )
+    state["kafka"] = current
+    return current
+
+
+def _postgres_state(settings: Settings, state: proc.State, fast: bool) -> dict[str, Any]:
+    current = state.get("postgres") or postgres.plan(settings, fast=fast)
+    if not postgres.running(current):
+        current["fast"] = fast  # durability settings apply from this start on
+    state["postgres"] = current
+    return current
+
+
+def _up(settings: Settings, *, brokers: int, fast: bool, want_kafka: bool, want_pg: bool) -> None:
+    with _lock(settings):
+        state = proc.load_state(settings.services_dir)
+        try:
+            if want_kafka:
+                # Spawn the JVM first: PostgreSQL starts while Kafka boots.
+                kafka.launch(settings, _kafka_state(settings, state, brokers))
+            if want_pg:
+                postgres.start(settings, _postgres_state(settings, state, fast))
+            if want_kafka:
+                kafka.wait_ready(state["kafka"])
+        finally:
+            proc.save_state(settings.services_dir, state)
+
+
+def up(settings: Settings, *, brokers: int = 1, fast: bool = False, replicas: int = 0) -> Endpoints:
+    """Start the local Kafka (`brokers` KRaft nodes) and PostgreSQL, and `replicas` streaming
+    replicas of it; idempotent.
+
+    `fast` turns off fsync and friends: for throw-away test clusters only.
+    """
+    _up(settings, brokers=brokers, fast=fast, want_kafka=True, want_pg=True)
+    if replicas:
+        up_replicas(settings, replicas)
+    state = proc.load_state(settings.services_dir)
+    return Endpoints(kafka.bootstrap(state["kafka"]), postgres.url(state["postgres"]))
+
+
+def up_replicas(settings: Settings, count: int) -> tuple[str, ...]:
+    """Replicas 1..`count` of the local PostgreSQL running (the ones already there are
+    reused); their database URLs, for `ENTITLED_READ_DATABASE_URL`."""
+    with _lock(settings):
+        state = proc.load_state(settings.services_dir)
+        if "postgres" not in state or not postgres.running(state["postgres"]):
+            raise ServicesError(
+                "Replicas copy the local PostgreSQL, which is not running: "
+                "run `entitled services up` first."
+            )
+        current = state.get("postgres_replicas", [])
+        try:
+            state["postgres_replicas"] = replicas.ensure(
+                settings.services_dir, state["postgres"], current, count
+            )
+        finally:
+            if "postgres_replicas" not in state:
+                state["postgres_replicas"] = current
+            proc.save_state(settings.services_dir, state)
+        return tuple(replicas.url(r) for r in state["postgres_replicas"][:count])
+
+
+def replica_urls(settings: Settings) -> tuple[str, ...]:
+    """The database URLs of the recorded replicas (running or not)."""
+    state = proc.load_state(settings.services_dir)
+    return tuple(replicas.url(r) for r in state.get("postgres_replicas", []))
+
+
+def down(settings: Settings, *, wipe: bool = False) -> None:
+    """Stop both services by pid; with `wipe`, delete their data, logs and state too."""
+    with _lock(settings):
+        state = proc.load_state(settings.services_dir)
+        try:
+            if "kafka" in state:
+                kafka.stop(state["kafka"], kill=wipe)
+            for replica in state.get("postgres_replicas", []):
+                replicas.stop(replica, kill=wipe)
+            if "postgres" in state:
+                postgres.stop(state["postgres"], kill=wipe)
+        finally:
+            if not wipe and state:
+                proc.save_state(settings.services_dir, state)
+        if wipe:
+            shutil.rmtree(settings.services_dir, ignore_errors=True)
+
+
+def status(settings: Settings) -> dict[str, Any]:
+    """Ports, pids, data directories, log files and health of the local services."""
+    state = proc.load_state(settings.services_dir)
+    result: dict[str, Any] = {
+        "services_dir": str(settings.services_dir),
+        "jar_cache": str(kafka.jar_dir(settings)),
+        "jars_ready": kafka.jars_ready(settings),
+        "kafka": None,
+        "postgres": None,
+        "replicas": replicas.health(state.get("postgres"), state.get("postgres_replicas", [])),
+    }
+    if "kafka" in state:
+        nodes = kafka.health(state["kafka"])
+        result["kafka"] = {
+            "bootstrap": kafka.bootstrap(state["kafka"]),
+            "cluster_id": state["kafka"]["cluster_id"],
+            "nodes": nodes,
+            "healthy": bool(nodes) and all(n["healthy"] for n in nodes),
+        }
+    if "postgres" in state:
+        result["postgres"] = postgres.health(state["postgres"])
+    return result
+
+
+def prepare(settings: Settings) -> None:
+    """Resolve the Kafka jars into the cache and check the PostgreSQL binaries."""
+    kafka.prepare(settings)
+    postgres.bin_dir()
+
+
+def endpoints(settings: Settings) -> Endpoints:
+    """The configured services; whatever is not configured is started locally."""
+    resolved = resolve(settings, need_kafka=True, need_postgres=True)
+    assert resolved.kafka_bootstrap_servers and resolved.database_url
+    return Endpoints(resolved.kafka_bootstrap_servers, resolved.database_url)
+
+
+def resolve(settings: Settings, *, need_kafka: bool, need_postgres: bool) -> Settings:
+    """`settings` with the addresses of the services asked for filled in: the configured
+    ones as they are, the others started locally (idempotent)."""
+    want_kafka = need_kafka and not settings.kafka_bootstrap_servers
+    want_pg = need_postgres and not settings.database_url
+    if not (want_kafka or want_pg):
+        return settings
+    _up(
+        settings,
+        brokers=settings.replication_factor if settings.replication_factor > 1 else 1,
+        fast=False,
+        want_kafka=want_kafka,
+        want_pg=want_pg,
+    )
+    state = proc.load_state(settings.services_dir)
+    return replace(
+        settings,
+        kafka_bootstrap_servers=settings.kafka_bootstrap_servers
+        or (kafka.bootstrap(state["kafka"]) if want_kafka else None),
+        database_url=settings.database_url
+        or (postgres.url(state["postgres"]) if want_pg else None),
+    )
+
+
+def _on_existing(settings: Settings, name: str, action: Callable[[dict[str, Any]], object]) -> None:
+    """Run `action` on the recorded state of service `name` under the lock; save the state
+    (pids) whatever happens."""
+    with _lock(settings):
+        state = proc.load_state(settings.services_dir)
+        try:
+            if name not in state:
+                raise ServicesError(
+                    f"No local {name} in {settings.services_dir}; run `entitled services up` first."
+                )
+            action(state[name])
+        finally:
+            proc.save_state(settings.services_dir, state)
+
+
+def stop_kafka(settings: Settings, *, kill: bool = False) -> None:
+    """Stop the local Kafka (for fault tests); `start_kafka` brings it back on the same ports."""
+    _on_existing(settings, "kafka", lambda state: kafka.stop(state, kill=kill))
+
+
+def start_kafka(settings: Settings) -> None:
+    """Start the local Kafka again on its remembered ports and wait until it answers."""
+    _on_existing(settings, "kafka", lambda state: kafka.start(settings, state))
+
+
+def stop_postgres(settings: Settings, *, kill: bool = False) -> None:
+    """Stop the local PostgreSQL (for fault tests); `start_postgres` restarts it."""
+    _on_existing(settings, "postgres", lambda state: postgres.stop(state, kill=kill))
+
+
+def start_postgres(settings: Settings) -> None:
+    """Start the local PostgreSQL again on its remembered port."""
+    _on_existing(settings, "postgres", lambda state: postgres.start(settings, state))
+
+
+def _replica(state: dict[str, Any], index: int) -> dict[str, Any]:
+    for replica in state.get("postgres_replicas", []):
+        if replica["index"] == index:
+            return replica  # type: ignore[no-any-return]
+    raise ServicesError(f"No replica {index}; run `entitled services up --replicas {index}`.")
+
+
+def stop_replica(settings: Settings, index: int, *, kill: bool = False) -> None:
+    """Stop replica `index` (for fault tests); `start_replica` restarts it."""
+
+    def stop(state: dict[str, Any]) -> None:
+        replicas.stop(_replica(state, index), kill=kill)
+
+    _on_state(settings, stop)
+
+
+def start_replica(settings: Settings, index: int) -> None:
+    """Start replica `index` again on its remembered port; it resumes streaming."""
+
+    def start(state: dict[str, Any]) -> None:
+        replicas.start(state["postgres"], _replica(state, index))
+
+    _on_state(settings, start)
+
+
+def _on_state(settings: Settings, action: Callable[[dict[str, Any]], object]) -> None:
+    with _lock(settings):
+        state = proc.load_state(settings.services_dir)
+        try:
+            action(state)
+        finally:
+            proc.save_state(settings.services_dir, state)

@@ -1,0 +1,346 @@
+"""The local Apache Kafka: jars from Maven Central, KRaft nodes started as plain JVMs.
+
+Each node is a combined broker+controller listening on 127.0.0.1. Ports are chosen by the
+OS once and remembered in the state file, so a restarted broker comes back where its
+clients expect it.
+"""
+
+from __future__ import annotations
+
+import base64
+import shutil
+import subprocess
+import time
+import uuid
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import KafkaError
+
+from entitled.settings import Settings
+from launcher.services import _process as proc
+from launcher.services.errors import ServicesError
+
+KAFKA_VERSION = "4.1.1"
+MAIN_CLASS = "kafka.Kafka"
+STORAGE_TOOL = "kafka.tools.StorageTool"
+# Two cores are shared by everything: keep the JVM small.
+JVM_OPTS = ("-Xms256m", "-Xmx512m", "-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20")
+START_TIMEOUT_S = 90.0
+
+KafkaState = dict[str, Any]
+
+
+def jar_dir(settings: Settings) -> Path:
+    return settings.cache / f"kafka-{KAFKA_VERSION}"
+
+
+def _libs(settings: Settings) -> Path:
+    return jar_dir(settings) / "libs"
+
+
+def _marker(settings: Settings) -> Path:
+    return jar_dir(settings) / ".complete"
+
+
+def jars_ready(settings: Settings) -> bool:
+    return _marker(settings).exists() and any(_libs(settings).glob("kafka_2.13-*.jar"))
+
+
+def _java() -> str:
+    java = shutil.which("java")
+    if java is None:
+        raise ServicesError(
+            "`java` is not on PATH; Kafka needs Java 17 or newer. "
+            "Install it with `apt-get install openjdk-17-jre-headless` (or run scripts/bootstrap)."
+        )
+    return java
+
+
+def prepare(settings: Settings) -> Path:
+    """Resolve the broker classpath into the cache (once); return the `libs` directory.
+
+    The marker is written last, so an interrupted or failed download is redone next time.
+    """
+    _java()
+    if jars_ready(settings):
+        return _libs(settings)
+    with proc.locked(settings.cache / f"kafka-{KAFKA_VERSION}.lock"):
+        if jars_ready(settings):  # another process finished it while we waited
+            return _libs(settings)
+        mvn = shutil.which("mvn")
+        if mvn is None:
+            raise ServicesError(
+                "`mvn` is not on PATH; it downloads the Kafka jars from Maven Central. "
+                "Install it with `apt-get install maven` (or run scripts/bootstrap)."
+            )
+        root = jar_dir(settings)
+        root.mkdir(parents=True, exist_ok=True)
+        pom = root / "pom.xml"
+        pom.write_bytes(resources.files("launcher.services").joinpath("kafka-pom.xml").read_bytes())
+        partial = root / "libs.partial"
+        shutil.rmtree(partial, ignore_errors=True)
+        cmd = [
+            mvn,
+            "-q",
+            "-B",
+            "-f",
+            str(pom),
+            "dependency:copy-dependencies",
+            f"-DoutputDirectory={partial}",
+            "-DincludeScope=runtime",
+        ]
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        if done.returncode != 0 or not any(partial.glob("kafka_2.13-*.jar")):
+            shutil.rmtree(partial, ignore_errors=True)
+            out = (done.stdout + done.stderr).strip()[-3000:]
+            raise ServicesError(
+                f"Maven could not resolve the Kafka {KAFKA_VERSION} jars (exit {done.returncode}). "
+                "Check that https://repo.maven.apache.org is reachable (or that ~/.m2/settings.xml "
+                f"names a reachable mirror), then run `entitled services prepare` again.\n{out}"
+            )
+        shutil.rmtree(_libs(settings), ignore_errors=True)
+        partial.rename(_libs(settings))
+        _marker(settings).write_text(
+            "\n".join(sorted(p.name for p in _libs(settings).glob("*.jar"))) + "\n"
+        )
+    return _libs(settings)
+
+
+def _node_dir(settings: Settings, node_id: int) -> Path:
+    return settings.services_dir.absolute() / "kafka" / f"node-{node_id}"
+
+
+def _log_file(settings: Settings, node_id: int) -> Path:
+    return settings.services_dir.absolute() / "logs" / f"kafka-{node_id}.log"
+
+
+def _server_properties(node: dict[str, Any], nodes: list[dict[str, Any]]) -> str:
+    n = len(nodes)
+    rf = min(n, 3)
+    voters = ",".join(f"{x['node_id']}@127.0.0.1:{x['controller_port']}" for x in nodes)
+    props = {
+        "node.id": node["node_id"],
+        "process.roles": "broker,controller",
+        "listeners": f"PLAINTEXT://127.0.0.1:{node['port']},CONTROLLER://127.0.0.1:"
+        f"{node['controller_port']}",
+        "advertised.listeners": f"PLAINTEXT://127.0.0.1:{node['port']}",
+        "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+        "controller.listener.names": "CONTROLLER",
+        "inter.broker.listener.name": "PLAINTEXT",
+        "controller.quorum.voters": voters,
+        "log.dirs": node["data_dir"],
+        "num.partitions": 8,
+        "default.replication.factor": rf,
+        "min.insync.replicas": 2 if n >= 3 else 1,
+        "offsets.topic.replication.factor": rf,
+        # Fewer internal partitions: the first consumer group on a fresh broker is quicker.
+        "offsets.topic.num.partitions": 8,
+        "transaction.state.log.replication.factor": rf,
+        "transaction.state.log.min.isr": 2 if n >= 3 else 1,
+        "transaction.state.log.num.partitions": 8,
+        "share.coordinator.state.topic.replication.factor": rf,
+        "share.coordinator.state.topic.min.isr": 2 if n >= 3 else 1,
+        "group.initial.rebalance.delay.ms": 0,
+        "auto.create.topics.enable": "false",
+        "num.network.threads": 2,
+        "num.io.threads": 4,
+        "log.retention.hours": -1,
+        "log.retention.ms": -1,
+    }
+    return "".join(f"{k}={v}\n" for k, v in props.items())
+
+
+def _log4j2(log_file: Path) -> str:
+    return f"""\
+status = warn
+appender.file.type = File
+appender.file.name = FILE
+appender.file.fileName = {log_file}
+appender.file.append = true
+appender.file.layout.type = PatternLayout
+appender.file.layout.pattern = [%d] %p %m (%c)%n
+rootLogger.level = INFO
+rootLogger.appenderRef.file.ref = FILE
+logger.kafka.name = kafka
+logger.kafka.level = INFO
+logger.request.name = kafka.request.logger
+logger.request.level = WARN
+logger.zk.name = org.apache.kafka.raft
+logger.zk.level = WARN
+"""
+
+
+def plan(settings: Settings, brokers: int) -> KafkaState:
+    """The nodes of a new cluster: ids, fresh ports, directories (nothing started yet)."""
+    nodes = []
+    for node_id in range(1, brokers + 1):
+        home = _node_dir(settings, node_id)
+        nodes.append(
+            {
+                "node_id": node_id,
+                "port": proc.free_port(),
+                "controller_port": proc.free_port(),
+                "data_dir": str(home / "data"),
+                "config": str(home / "server.properties"),
+                "log4j": str(home / "log4j2.properties"),
+                "log_file": str(_log_file(settings, node_id)),
+                "pid": None,
+            }
+        )
+    cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    return {"version": KAFKA_VERSION, "cluster_id": cluster_id, "nodes": nodes}
+
+
+def bootstrap(state: KafkaState) -> str:
+    return ",".join(f"127.0.0.1:{n['port']}" for n in state["nodes"])
+
+
+def _classpath(settings: Settings) -> str:
+    return f"{_libs(settings)}/*"
+
+
+def _format(settings: Settings, state: KafkaState, nodes: list[dict[str, Any]]) -> None:
+    """Format the storage of every node that has none, all at once (one short JVM each)."""
+    todo = []
+    for node in nodes:
+        data = Path(node["data_dir"])
+        if (data / "meta.properties").exists():
+            continue
+        if data.exists() and any(data.iterdir()):
+            raise ServicesError(
+                f"The Kafka data directory {data} is not empty but was never formatted "
+                "(a corrupt or foreign data dir). Run `entitled services down --wipe`."
+            )
+        todo.append(node)
+    # C1 only: the tool runs for a second or two, the optimising JIT would not pay off.
+    java = [_java(), "-Xmx256m", "-XX:TieredStopAtLevel=1", "-cp", _classpath(settings)]
+    running = []
+    for node in todo:
+        out = Path(node["config"]).parent / "format.log"
+        # `--cluster-id=`: a urlsafe id may start with "-", which a separate argument would
+        # be taken for an option.
+        cmd = [
+            *java,
+            STORAGE_TOOL,
+            "format",
+            f"--cluster-id={state['cluster_id']}",
+            "-c",
+            node["config"],
+        ]
+        with out.open("w") as fh:
+            running.append((node, out, subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT)))
+    failed = [(node, out, p.wait()) for node, out, p in running]
+    for node, out, code in failed:
+        if code != 0:
+            raise ServicesError(
+                f"Formatting the Kafka storage in {node['data_dir']} failed (exit {code}):\n"
+                f"{proc.log_tail(out)}\nRun `entitled services down --wipe` and try again."
+            )
+
+
+def running(node: dict[str, Any]) -> bool:
+    """The node's recorded pid is alive and is this node (not a pid reused after a reboot)."""
+    pid = node.get("pid")
+    return proc.pid_alive(pid) and node["config"] in proc.pid_cmdline(pid or 0)
+
+
+def launch(settings: Settings, state: KafkaState) -> KafkaState:
+    """Spawn every node of `state` that is not running (see `wait_ready`)."""
+    prepare(settings)
+    java = _java()
+    stopped = [node for node in state["nodes"] if not running(node)]
+    for node in stopped:
+        proc.require_free_port(node["port"], f"Kafka node {node['node_id']}")
+        proc.require_free_port(node["controller_port"], f"Kafka controller {node['node_id']}")
+        Path(node["data_dir"]).mkdir(parents=True, exist_ok=True)
+        Path(node["log_file"]).parent.mkdir(parents=True, exist_ok=True)
+        Path(node["config"]).write_text(_server_properties(node, state["nodes"]))
+        Path(node["log4j"]).write_text(_log4j2(Path(node["log_file"])))
+    _format(settings, state, stopped)
+    for node in stopped:
+        cmd = [
+            java,
+            *JVM_OPTS,
+            "-Djava.awt.headless=true",
+            f"-Dlog4j2.configurationFile={node['log4j']}",
+            "-cp",
+            _classpath(settings),
+            MAIN_CLASS,
+            node["config"],
+        ]
+        node["pid"] = proc.spawn_detached(cmd, Path(node["config"]).parent / "stdout.log")
+    return state
+
+
+def start(settings: Settings, state: KafkaState) -> KafkaState:
+    """Start every node of `state` that is not running; wait until the cluster answers."""
+    launch(settings, state)
+    wait_ready(state)
+    return state
+
+
+def _node_failure(node: dict[str, Any], why: str) -> ServicesError:
+    stdout = Path(node["config"]).parent / "stdout.log"
+    return ServicesError(
+        f"Kafka node {node['node_id']} (port {node['port']}) {why}.\n"
+        f"--- {node['log_file']} ---\n{proc.log_tail(Path(node['log_file']))}\n"
+        f"--- {stdout} ---\n{proc.log_tail(stdout, 20)}\n"
+        "Fix the cause above, or run `entitled services down --wipe` and try again."
+    )
+
+
+async def _cluster_size(bootstrap_servers: str, timeout_s: float) -> int:
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=bootstrap_servers, request_timeout_ms=int(timeout_s * 1000)
+    )
+    try:
+        await admin.start()
+        cluster = await admin.describe_cluster()
+        return len(cluster["brokers"])
+    finally:
+        await admin.close()
+
+
+def wait_ready(state: KafkaState, timeout_s: float = START_TIMEOUT_S) -> None:
+    """Poll until every node answers metadata naming all brokers, with a deadline."""
+    deadline = time.monotonic() + timeout_s
+    want = len(state["nodes"])
+    while True:
+        for node in state["nodes"]:
+            if not running(node):
+                raise _node_failure(node, "exited during start-up")
+        if all(proc.port_open(n["port"]) for n in state["nodes"]):
+            try:
+                if proc.run_async(lambda: _cluster_size(bootstrap(state), 5.0)) >= want:
+                    return
+            except (KafkaError, OSError, TimeoutError):
+                pass
+        if time.monotonic() > deadline:
+            raise _node_failure(state["nodes"][0], f"did not answer within {timeout_s:.0f} s")
+        time.sleep(0.2)
+
+
+def stop(state: KafkaState, *, kill: bool = False) -> None:
+    """Stop every node by its pid (controlled shutdown unless `kill`); leaves no process."""
+    for node in state.get("nodes", []):
+        if running(node):
+            proc.terminate(node["pid"], timeout=30.0, kill_first=kill)
+        node["pid"] = None
+
+
+def health(state: KafkaState) -> list[dict[str, Any]]:
+    return [
+        {
+            "node_id": n["node_id"],
+            "port": n["port"],
+            "controller_port": n["controller_port"],
+            "pid": n.get("pid") if running(n) else None,
+            "data_dir": n["data_dir"],
+            "log_file": n["log_file"],
+            "healthy": running(n) and proc.port_open(n["port"]),
+        }
+        for n in state.get("nodes", [])
+    ]

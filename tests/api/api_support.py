@@ -1,0 +1,182 @@
+"""Helpers for the read API tests: a migrated database, rows in the active version, and the
+app served by a real uvicorn (in a thread with its own loop, so tests stay synchronous)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+from collections.abc import Iterator, Sequence
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import uvicorn
+from psycopg.types.json import Jsonb
+
+from api.app import create_app
+from entitled.settings import Settings
+from ingest.keys import routing_key
+from launcher.services._process import run_async
+from launcher.stripe import events as se
+from projections import catalog, schema
+from projections.model.entitlements import Policy
+from projections.store import ProjectionStore
+from projections.types import Message
+
+ACTIVE = "entitled_v1"  # the version `schema.migrate` creates and activates on a fresh database
+
+
+def migrate(database_url: str) -> None:
+    async def go() -> None:
+        async with await psycopg.AsyncConnection.connect(database_url) as conn:
+            await schema.migrate(conn)  # type: ignore[arg-type]
+            await conn.commit()
+
+    run_async(go)
+
+
+def demo_catalog_path() -> Path:
+    return Path(str(resources.files("projections").joinpath("demo_catalog.jsonl")))
+
+
+def load_catalog(database_url: str, movies: Sequence[catalog.Movie] | None = None) -> None:
+    rows = list(movies) if movies is not None else list(catalog.read_file(demo_catalog_path()))
+
+    async def go() -> None:
+        conn = await psycopg.AsyncConnection.connect(database_url)
+        async with conn, conn.transaction():
+            await catalog.load_movies(conn, rows)
+
+    run_async(go)
+
+
+def entitle(
+    database_url: str,
+    customer: str,
+    groups: Sequence[str] = (),
+    movie_ids: Sequence[str] = (),
+    as_of_event: str = "evt_test",
+) -> None:
+    """Write a customer's entitlements row into the active version, as the fold would."""
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute(
+            f"INSERT INTO {ACTIVE}.customer_entitlements"
+            " (customer, groups, movie_ids, as_of_event, as_of_created)"
+            " VALUES (%s, %s, %s, %s, 1700000000)"
+            " ON CONFLICT (customer) DO UPDATE SET groups = excluded.groups,"
+            " movie_ids = excluded.movie_ids, as_of_event = excluded.as_of_event",
+            (customer, list(groups), list(movie_ids), as_of_event),
+        )
+
+
+def mirror(
+    database_url: str,
+    table: str,
+    record: dict[str, Any],
+    refs: Sequence[str] = (),
+    created: int = 1_700_000_000,
+) -> None:
+    """Write one mirrored Stripe object row into the active version."""
+    assert table in schema.MIRROR_TABLES
+    customer = record["id"] if table == "customers" else record.get("customer")
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute(
+            f"INSERT INTO {ACTIVE}.{table}"
+            " (id, customer, refs, record, v_created, v_rank, v_partition, v_offset, event_id)"
+            " VALUES (%s, %s, %s, %s, %s, 0, 0, 0, 'evt_test')",
+            (record["id"], customer, list(refs), Jsonb(record), created),
+        )
+
+
+def add_change(
+    database_url: str,
+    customer: str,
+    groups: tuple[Sequence[str], Sequence[str]] = ((), ()),
+    movies: tuple[Sequence[str], Sequence[str]] = ((), ()),
+    *,
+    event_id: str | None = "evt_test",
+    notify: bool = True,
+) -> int:
+    """Write one change row as the writer does (id from its sequence, in commit order) and,
+    unless `notify=False`, NOTIFY the API; its id."""
+    with psycopg.connect(database_url, autocommit=True) as conn, conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(hashtext('entitled.changes'))")
+        row = conn.execute(
+            "INSERT INTO entitled.changes (id, customer, groups_before, groups_after,"
+            " movies_before, movies_after, cause, event_id, event_created, version)"
+            " VALUES (nextval('entitled.change_ids'), %s, %s, %s, %s, %s, 'event', %s,"
+            " 1700000000, 1) RETURNING id",
+            (
+                customer,
+                list(groups[0]),
+                list(groups[1]),
+                list(movies[0]),
+                list(movies[1]),
+                event_id,
+            ),
+        ).fetchone()
+        assert row is not None
+        if notify:
+            conn.execute("SELECT pg_notify('entitled_changes', %s)", (str(row[0]),))
+    return int(row[0])
+
+
+def fold(database_url: str, events: Sequence[dict[str, Any]], *, start: int = 0) -> None:
+    """Apply events (offsets from `start` on partition 0) with the real writer."""
+
+    async def go() -> None:
+        conn = await psycopg.AsyncConnection.connect(database_url, autocommit=True)
+        async with conn:
+            messages = [
+                Message(0, start + i, routing_key(e), se.encode(e)) for i, e in enumerate(events)
+            ]
+            await ProjectionStore(Settings().topic, Policy()).apply(conn, messages)
+
+    run_async(go)
+
+
+@contextlib.contextmanager
+def running_api(settings: Settings, timeout: float = 30.0) -> Iterator[str]:
+    """Serve `create_app(settings)` with uvicorn on 127.0.0.1:<free port>; yield its URL."""
+    app = create_app(settings)
+    # A graceful shutdown ends open event streams after 1 s (they never end by themselves).
+    config = uvicorn.Config(
+        app,
+        host="127.0.0.1",
+        port=0,
+        lifespan="on",
+        ws="none",
+        log_level="warning",
+        timeout_graceful_shutdown=1,
+    )
+    server = uvicorn.Server(config)
+    server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+    errors: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            asyncio.run(server.serve())
+        except BaseException as exc:  # startup failure: reported by the waiting side
+            errors.append(exc)
+
+    thread = threading.Thread(target=target, name="api-uvicorn", daemon=True)
+    thread.start()
+    started = threading.Event()
+    deadline = timeout
+    while not server.started:
+        if not thread.is_alive():
+            raise RuntimeError(f"uvicorn exited during startup: {errors!r}")
+        if started.wait(0.02):
+            break
+        deadline -= 0.02
+        if deadline < 0:
+            raise TimeoutError("uvicorn did not start")
+    port = server.servers[0].sockets[0].getsockname()[1]
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        app.state.watcher.end_waits()
+        server.should_exit = True
+        thread.join(timeout)
