@@ -67,8 +67,10 @@ def test_the_pure_model_imports_no_io_library() -> None:
         for path in sources("projections/model")
         for line, module in imports(path)
         if module.split(".")[0] in IO_LIBRARIES
-        or ((module.startswith("projections.") and not module.startswith("projections.model"))
-        and module not in {"projections.errors", "projections.types"})
+        or (
+            (module.startswith("projections.") and not module.startswith("projections.model"))
+            and module not in {"projections.errors", "projections.types"}
+        )
     ]
     assert not bad, "\n".join(bad)
 

@@ -126,8 +126,8 @@ def test_every_metric_the_dashboard_and_alerts_name_exists(procs: Procs) -> None
     assert missing == [], f"named in deploy/ but not exposed: {missing}"
 
 
-def test_deploy_files_are_where_the_readme_says() -> None:
-    readme = (REPO / "README.md").read_text()
+def test_deploy_files_are_where_the_docs_say() -> None:
+    page = (REPO / "docs" / "metrics.md").read_text()
     for path in (DASHBOARD, ALERTS):
         assert Path(path).is_file()
-        assert str(path.relative_to(REPO)) in readme
+        assert str(path.relative_to(REPO)) in page
