@@ -273,12 +273,13 @@ def _instrumented(timers: _Timers) -> Iterator[None]:
     The steps are module functions of the writer's modules (`offsets`, `deadletters`,
     `upserts`, `recompute`) and two methods of `ProjectionStore`; a function another module
     imported by name (`recompute.load_rows`, `recompute.derive`) is wrapped there too."""
-    from projections import deadletters, offsets, recompute, store, upserts
+    from projections import deadletters, offsets, recompute, upserts
+    from projections.model import plan
     from projections.store import ProjectionStore
 
     plain = [
-        (store, "parse", "parse (events.parse)"),
-        (store, "fold_batch", "fold (fold_batch)"),
+        (plan, "parse", "parse (events.parse)"),
+        (plan, "fold_batch", "fold (fold_batch)"),
         (recompute, "derive", "derive (entitlement rules, python)"),
     ]
     rows = "          load_rows: SELECT record + from_record (all callers)"
@@ -286,9 +287,10 @@ def _instrumented(timers: _Timers) -> Iterator[None]:
         (ProjectionStore, "apply", "apply: whole transaction incl. BEGIN/COMMIT"),
         (offsets, "lock", "    checkpoints read (FOR UPDATE)"),
         (deadletters, "held", "    dead-letter keys lookup"),
-        (ProjectionStore, "_fold_and_write", "    _fold_and_write"),
+        (ProjectionStore, "_plan", "    load + plan"),
         (upserts, "seen", "      processed_events lookup (dedup)"),
-        (ProjectionStore, "_load_targets", "      load current rows of targets"),
+        (upserts, "load_targets", "      load current rows of targets"),
+        (ProjectionStore, "_write", "    write"),
         (deadletters, "record", "      dead letters insert"),
         (upserts, "write_rows", "      upsert mirrored rows (COPY + INSERT..ON CONFLICT)"),
         (upserts, "mark_processed", "      processed_events COPY"),

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable, Sequence
 
 import psycopg
@@ -27,7 +28,6 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 from entitled.settings import Settings
 from projections import schema as db
 from projections.model.entitlements import Policy
-from projections.offsets import Expected
 from projections.store import ApplyResult, ProjectionStore
 from projections.types import Message
 
@@ -35,7 +35,7 @@ from .errors import WriterStalled
 from .lag import HeadCache
 from .metrics import WorkerMetrics
 
-__all__ = ["BatchRunner", "SeekFn", "is_transient"]
+__all__ = ["BatchRunner", "Expected", "SeekFn", "is_transient"]
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +57,50 @@ def is_transient(exc: BaseException) -> bool:
     return isinstance(
         exc, (PoolTimeout, psycopg.OperationalError, psycopg.InterfaceError, OSError, TimeoutError)
     )
+
+
+class Expected:
+    """The consumer's side: partitions we asked to seek, and the offset each must resume at.
+
+    After a seek the stream still holds records read before it; they are dropped until the
+    awaited offset arrives. A seek overtaken by a rebalance (or by Faust's own recovery, which
+    seeks to Kafka's committed offsets) could leave a partition waiting for an offset that
+    never comes: `stale` names those to seek again.
+    """
+
+    def __init__(self, *, stale_after_s: float = 5.0) -> None:
+        self.stale_after_s = stale_after_s
+        self._awaiting: dict[int, tuple[int, float]] = {}
+
+    def expect(self, partition: int, offset: int) -> None:
+        """Drop records of `partition` until `offset` arrives (after a seek to it)."""
+        self._awaiting[partition] = (offset, time.monotonic())
+
+    def awaiting(self, partition: int) -> int | None:
+        entry = self._awaiting.get(partition)
+        return None if entry is None else entry[0]
+
+    def admit(self, messages: Sequence[Message]) -> list[Message]:
+        """The records that follow the seeks: from each awaited offset on."""
+        batch: list[Message] = []
+        for m in messages:
+            awaited = self._awaiting.get(m.partition)
+            if awaited is not None:
+                if m.offset != awaited[0]:
+                    continue
+                del self._awaiting[m.partition]
+            batch.append(m)
+        return batch
+
+    def stale(self) -> dict[int, int]:
+        """Seeks older than `stale_after_s` (re-armed now): partition -> offset to seek to."""
+        now = time.monotonic()
+        out = {}
+        for partition, (offset, since) in list(self._awaiting.items()):
+            if now - since > self.stale_after_s:
+                self._awaiting[partition] = (offset, now)
+                out[partition] = offset
+        return out
 
 
 class BatchRunner:

@@ -13,38 +13,18 @@ from __future__ import annotations
 import logging
 import traceback
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
-import orjson
 from psycopg import AsyncConnection, sql
 
 from projections import schema as db
-from projections.types import Message, Position
+from projections.model.plan import Held, Letter, id_and_type
+from projections.types import Message
 from projections.upserts import clean_text
 
 __all__ = ["Held", "Letter", "held", "id_and_type", "record", "rows", "take_for_release"]
 
 log = logging.getLogger(__name__)
-
-# (message, event id, event type, error or None)
-Letter = tuple[Message, str | None, str | None, BaseException | None]
-
-
-@dataclass
-class Held:
-    """What the dead letters hold back of a batch."""
-
-    parked_from: dict[str, int] = field(default_factory=dict)  # key -> first parked offset
-    skipped: set[Position] = field(default_factory=set)
-
-    def park(self, key: str | None, offset: int) -> None:
-        k = key or ""
-        self.parked_from[k] = min(self.parked_from.get(k, offset), offset)
-
-    def is_parked(self, key: str | None, offset: int) -> bool:
-        start = self.parked_from.get(key or "")
-        return start is not None and offset >= start
 
 
 async def held(
@@ -169,15 +149,3 @@ async def rows(
     )
     names = [d.name for d in cur.description or ()]
     return [dict(zip(names, r, strict=True)) for r in await cur.fetchall()]
-
-
-def id_and_type(raw: bytes) -> tuple[str | None, str | None]:
-    """Best effort: the id and type of a record that may not be a valid Stripe event."""
-    try:
-        doc = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        return None, None
-    if not isinstance(doc, dict):
-        return None, None
-    ident, kind = doc.get("id"), doc.get("type")
-    return (ident if isinstance(ident, str) else None, kind if isinstance(kind, str) else None)

@@ -5,15 +5,14 @@ next offset to fold; it is written in the same transaction as the rows a batch c
 is the truth about what was applied. The consumer (Faust, replay's reader) only suggests what
 to read; `continuity` keeps what continues exactly from the checkpoint and reports a gap
 where the consumer skipped ahead (faust-streaming/faust#216, or a version swap to a version
-that is behind), and `Expected` tracks, on the consumer's side, the seeks made to close such
-gaps until the awaited offset arrives.
+that is behind); the consumer's side of the seeks made to close such gaps is
+`processors.runner.Expected`.
 """
 
 from __future__ import annotations
 
-import time
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,7 +21,7 @@ from psycopg import AsyncConnection, sql
 from projections import schema as db
 from projections.types import Message
 
-__all__ = ["Continuity", "Expected", "continuity", "lock", "read", "save"]
+__all__ = ["Continuity", "continuity", "lock", "read", "save"]
 
 
 @dataclass
@@ -100,47 +99,3 @@ async def save(
             ).format(db.qualified(schema, "checkpoints")),
             [(topic, p, o) for p, o in sorted(next_offsets.items())],
         )
-
-
-class Expected:
-    """The consumer's side: partitions we asked to seek, and the offset each must resume at.
-
-    After a seek the stream still holds records read before it; they are dropped until the
-    awaited offset arrives. A seek overtaken by a rebalance (or by Faust's own recovery, which
-    seeks to Kafka's committed offsets) could leave a partition waiting for an offset that
-    never comes: `stale` names those to seek again.
-    """
-
-    def __init__(self, *, stale_after_s: float = 5.0) -> None:
-        self.stale_after_s = stale_after_s
-        self._awaiting: dict[int, tuple[int, float]] = {}
-
-    def expect(self, partition: int, offset: int) -> None:
-        """Drop records of `partition` until `offset` arrives (after a seek to it)."""
-        self._awaiting[partition] = (offset, time.monotonic())
-
-    def awaiting(self, partition: int) -> int | None:
-        entry = self._awaiting.get(partition)
-        return None if entry is None else entry[0]
-
-    def admit(self, messages: Sequence[Message]) -> list[Message]:
-        """The records that follow the seeks: from each awaited offset on."""
-        batch: list[Message] = []
-        for m in messages:
-            awaited = self._awaiting.get(m.partition)
-            if awaited is not None:
-                if m.offset != awaited[0]:
-                    continue
-                del self._awaiting[m.partition]
-            batch.append(m)
-        return batch
-
-    def stale(self) -> dict[int, int]:
-        """Seeks older than `stale_after_s` (re-armed now): partition -> offset to seek to."""
-        now = time.monotonic()
-        out = {}
-        for partition, (offset, since) in list(self._awaiting.items()):
-            if now - since > self.stale_after_s:
-                self._awaiting[partition] = (offset, now)
-                out[partition] = offset
-        return out

@@ -12,10 +12,9 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from psycopg import AsyncConnection, sql
+from psycopg import AsyncConnection
 
 from projections import changes
-from projections import schema as db
 from projections.model.entitlements import (
     Entitlement,
     Policy,
@@ -27,15 +26,18 @@ from projections.model.entitlements import (
 from projections.model.fold import FoldResult
 from projections.model.metadata import groups_in, movies_in
 from projections.model.rows import ProductFeaturesRow, ProductRow, Row
-from projections.upserts import empty_staging, load_rows, write_entitlements
+from projections.upserts import (
+    HOLDER_TABLES,
+    all_customers,
+    empty_staging,
+    holders_of,
+    load_rows,
+    write_entitlements,
+)
 
 __all__ = ["derive_many", "recompute", "recompute_all"]
 
 Derived = dict[str, tuple[Entitlement, Row | None]]
-# Tables whose rows may name a customer (everything but the catalogue).
-_HOLDER_TABLES = tuple(
-    t for t in db.MIRROR_TABLES if t not in ("products", "prices", "product_features")
-)
 # Rows that link to a customer's purchases without naming the customer, in the order they
 # reach further: invoice payments add payment intents, charges of those add charge ids;
 # refunds and disputes point at any of them.
@@ -98,15 +100,8 @@ async def _reached(conn: AsyncConnection[Any], schema: str, links: set[str]) -> 
         if not todo:
             break
         seen |= links
-        q = sql.SQL(" UNION ALL ").join(
-            sql.SQL(
-                "SELECT customer, refs FROM {} WHERE refs && %(links)s OR id = ANY(%(links)s)"
-            ).format(db.qualified(schema, t))
-            for t in _HOLDER_TABLES
-        )
-        cur = await conn.execute(q, {"links": todo})
         links = set()
-        for customer, refs in await cur.fetchall():
+        for customer, refs in await holders_of(conn, schema, todo):
             if customer:
                 customers.add(customer)
             else:
@@ -127,15 +122,7 @@ async def recompute_all(
 ) -> int:
     """Recompute every customer's entitlements in `schema` (replay defers the per-batch
     recomputation and does it once, after the bulk load); the number of customers."""
-    cur = await conn.execute(
-        sql.SQL(" UNION ").join(
-            sql.SQL("SELECT customer FROM {} WHERE customer IS NOT NULL").format(
-                db.qualified(schema, t)
-            )
-            for t in _HOLDER_TABLES
-        )
-    )
-    customers = sorted(r[0] for r in await cur.fetchall())
+    customers = await all_customers(conn, schema)
     for i in range(0, len(customers), chunk):
         part = customers[i : i + chunk]
         async with conn.transaction():
@@ -152,7 +139,7 @@ async def derive_many(
     row they were derived from (the event the projection is current as of)."""
     ids = list(customers)
     rows: dict[tuple[str, str], Row] = {}
-    for table in _HOLDER_TABLES:
+    for table in HOLDER_TABLES:
         for row in await load_rows(conn, schema, table, "customer = ANY(%s)", ids):
             rows[(table, row.id)] = row
     for step in _LINK_STEPS:

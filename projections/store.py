@@ -29,12 +29,8 @@ from psycopg import AsyncConnection, IsolationLevel
 
 from projections import changes, deadletters, offsets, recompute, upserts
 from projections import schema as db
-from projections.deadletters import Held, Letter
-from projections.errors import EventParseError, FoldError
 from projections.model.entitlements import Policy
-from projections.model.events import StripeEvent, parse
-from projections.model.fold import FoldResult, fold_batch, target
-from projections.model.rows import Row
+from projections.model.plan import Batch, Held, Letter, Plan, id_and_type, letters
 from projections.types import Message
 
 __all__ = ["ApplyResult", "ProjectionStore"]
@@ -120,7 +116,8 @@ class ProjectionStore:
             result.next_offsets = cont.next_offsets
             if cont.fresh:
                 held = await deadletters.held(conn, schema, self.topic, cont.fresh)
-                await self._fold_and_write(conn, schema, cont.fresh, held, result, recompute)
+                plan = await self._plan(conn, schema, cont.fresh, held)
+                await self._write(conn, schema, plan, result, cause="event" if recompute else None)
             await offsets.save(conn, schema, self.topic, cont.next_offsets)
             return result
 
@@ -137,92 +134,52 @@ class ProjectionStore:
             cont = offsets.continuity([message], checkpoint)
             result = ApplyResult(below_checkpoint=cont.below_checkpoint, gaps=cont.gaps)
             if cont.fresh:
-                letter: Letter = (message, *deadletters.id_and_type(message.value), error)
+                letter: Letter = (message, *id_and_type(message.value), error)
                 await deadletters.record(conn, schema, self.topic, [letter], "poison")
                 result.poison = 1
                 result.next_offsets = cont.next_offsets
                 await offsets.save(conn, schema, self.topic, cont.next_offsets)
             return result
 
-    async def _fold_and_write(
+    async def _plan(
+        self, conn: AsyncConnection[Any], schema: str, messages: Sequence[Message], held: Held
+    ) -> Plan:
+        """Load what the batch reads (the rows its events write, the ids applied before),
+        then plan it (pure: parse, fold, poison isolated, letters)."""
+        batch = Batch.parse(messages, held)
+        seen = await upserts.seen(conn, schema, batch.ids())
+        current = await upserts.load_targets(conn, schema, batch.targets())
+        return batch.plan(current, seen)
+
+    async def _write(
         self,
         conn: AsyncConnection[Any],
         schema: str,
-        fresh: Sequence[Message],
-        held: Held,
+        plan: Plan,
         result: ApplyResult,
-        recompute_entitlements: bool = True,
-        cause: str = "event",
-        also: str | None = None,
+        *,
+        cause: str | None = "event",
     ) -> None:
-        poison: list[Letter] = []
-        events: list[StripeEvent] = []
-        for m in fresh:
-            if m.position in held.skipped:
-                result.skipped += 1
-                continue
-            try:
-                events.append(parse(m.value, partition=m.partition, offset=m.offset, key=m.key))
-            except EventParseError as exc:
-                poison.append((m, *deadletters.id_and_type(m.value), exc))
-                held.park(m.key, m.offset)
-        seen = await upserts.seen(conn, schema, [e.id for e in events])
-        current = await self._load_targets(conn, schema, events)
-        # A rule that raises poisons its event and parks the rest of that customer's events.
-        # Folding is pure and cheap, so simply fold the batch again without them.
-        while True:
-            live = [e for e in events if not held.is_parked(e.key, e.offset)]
-            try:
-                folded = fold_batch(live, current, seen)
-                break
-            except FoldError as exc:
-                bad = exc.event
-                message = next(m for m in fresh if m.position == (bad.partition, bad.offset))
-                poison.append((message, bad.id, bad.type, exc.__cause__ or exc))
-                held.park(bad.key, bad.offset)
-
-        poisoned = {m.position for m, *_ in poison}
-        by_position = {m.position: m for m in fresh}
-        parked: list[Letter] = [
-            (by_position[(e.partition, e.offset)], e.id, e.type, None)
-            for e in events
-            if held.is_parked(e.key, e.offset) and (e.partition, e.offset) not in poisoned
-        ]
-        await deadletters.record(conn, schema, self.topic, poison, "poison")
-        await deadletters.record(conn, schema, self.topic, parked, "parked")
-        await upserts.write_rows(conn, schema, folded.changed)
-        applied = set(folded.applied)
-        first: dict[str, StripeEvent] = {}  # an id twice in the batch is applied once
-        for e in live:
-            if e.id in applied:
-                first.setdefault(e.id, e)
-        await upserts.mark_processed(
-            conn, schema, ((e.id, e.partition, e.offset) for e in first.values())
-        )
-        if also:
-            folded.customers.add(also)
-        if recompute_entitlements:
+        """Write `plan`: letters, rows, dedup records, then (unless `cause` is None: replay's
+        bulk pass recomputes once at the end) the entitlements of the customers reached."""
+        await deadletters.record(conn, schema, self.topic, plan.poison, "poison")
+        await deadletters.record(conn, schema, self.topic, plan.parked, "parked")
+        await upserts.write_rows(conn, schema, plan.folded.changed)
+        await upserts.mark_processed(conn, schema, plan.applied)
+        if cause is not None:
             result.customers = await recompute.recompute(
-                conn, schema, self.policy, folded, current, cause=cause if self.feed else None
+                conn,
+                schema,
+                self.policy,
+                plan.folded,
+                plan.before,
+                cause=cause if self.feed else None,
             )
-        _count(result, folded, live, poison, parked)
+        for name, value in plan.counts().items():
+            setattr(result, name, value)
+        result.ignored.update(plan.folded.ignored)
         if self.feed and result.applied:  # read-your-writes waiters look again
             await conn.execute("SELECT pg_notify(%s, '')", (changes.FOLDED_CHANNEL,))
-
-    async def _load_targets(
-        self, conn: AsyncConnection[Any], schema: str, events: Sequence[StripeEvent]
-    ) -> dict[tuple[str, str], Row]:
-        """The current row of every object the events write."""
-        wanted: dict[str, set[str]] = {}
-        for e in events:
-            t = target(e)
-            if t is not None:
-                wanted.setdefault(t[0], set()).add(t[1])
-        rows: dict[tuple[str, str], Row] = {}
-        for table, ids in wanted.items():
-            for row in await upserts.load_rows(conn, schema, table, "id = ANY(%s)", sorted(ids)):
-                rows[(table, row.id)] = row
-        return rows
 
     async def rebuild(
         self,
@@ -239,9 +196,10 @@ class ProjectionStore:
         first dead letter on."""
         result = ApplyResult()
         held = await deadletters.held(conn, schema, self.topic, messages, from_first_letter=True)
-        await self._fold_and_write(
-            conn, schema, messages, held, result, cause="rebuild", also=customer
-        )
+        plan = await self._plan(conn, schema, messages, held)
+        if customer:
+            plan.folded.customers.add(customer)
+        await self._write(conn, schema, plan, result, cause="rebuild")
         return result
 
     async def release(
@@ -260,10 +218,11 @@ class ProjectionStore:
                 conn, schema, key, skip_poison=skip_poison
             )
             result = ApplyResult()
-            await self._fold_and_write(conn, schema, messages, Held(), result)
+            await self._write(
+                conn, schema, await self._plan(conn, schema, messages, Held()), result
+            )
             if result.poison == 0:  # keep an audit trail of what was released
-                released: list[Letter] = [(m, None, None, None) for m in messages]
-                await deadletters.record(conn, schema, self.topic, released, "applied")
+                await deadletters.record(conn, schema, self.topic, letters(messages), "applied")
             return result
 
     async def dead_letters(
@@ -281,19 +240,3 @@ class ProjectionStore:
     async def recompute_all(self, conn: AsyncConnection[Any], schema: str) -> int:
         """Recompute every customer's entitlements in `schema` (after replay's bulk pass)."""
         return await recompute.recompute_all(conn, schema, self.policy)
-
-
-def _count(
-    result: ApplyResult,
-    folded: FoldResult,
-    live: Sequence[StripeEvent],
-    poison: Sequence[Letter],
-    parked: Sequence[Letter],
-) -> None:
-    result.applied = len(folded.applied)
-    result.duplicates = len(live) - len(folded.applied)
-    result.parked = len(parked)
-    result.poison = len(poison)
-    result.unknown = folded.unknown
-    result.ignored.update(folded.ignored)
-    result.ties = folded.ties

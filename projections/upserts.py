@@ -25,16 +25,24 @@ from projections.model.entitlements import Entitlement
 from projections.model.rows import Row, customer_of, from_record, refs_of
 
 __all__ = [
+    "HOLDER_TABLES",
+    "all_customers",
     "clean_text",
     "empty_staging",
+    "holders_of",
     "jsonb_text",
     "load_rows",
+    "load_targets",
     "mark_processed",
     "seen",
     "write_entitlements",
     "write_rows",
 ]
 
+# Tables whose rows may name a customer (everything but the catalogue).
+HOLDER_TABLES = tuple(
+    t for t in db.MIRROR_TABLES if t not in ("products", "prices", "product_features")
+)
 _MIRROR_COLS = (
     "id, customer, refs, record, v_created, v_rank, v_stage, v_partition, v_offset, event_id"
 )
@@ -116,6 +124,45 @@ async def load_rows(
         (arg,),
     )
     return [from_record(table, r[0]) for r in await cur.fetchall()]
+
+
+async def load_targets(
+    conn: AsyncConnection[Any], schema: str, targets: Mapping[str, Sequence[str]]
+) -> dict[tuple[str, str], Row]:
+    """The stored rows of `targets` (table -> object ids), keyed by (table, id)."""
+    rows: dict[tuple[str, str], Row] = {}
+    for table, ids in targets.items():
+        for row in await load_rows(conn, schema, table, "id = ANY(%s)", ids):
+            rows[(table, row.id)] = row
+    return rows
+
+
+async def holders_of(
+    conn: AsyncConnection[Any], schema: str, links: Sequence[str]
+) -> list[tuple[str | None, list[str]]]:
+    """(customer, refs) of every holder row whose id is one of `links` or that points at one
+    (recompute follows the rows that name no customer through their refs)."""
+    q = sql.SQL(" UNION ALL ").join(
+        sql.SQL(
+            "SELECT customer, refs FROM {} WHERE refs && %(links)s OR id = ANY(%(links)s)"
+        ).format(db.qualified(schema, t))
+        for t in HOLDER_TABLES
+    )
+    cur = await conn.execute(q, {"links": list(links)})
+    return [(c, list(r)) for c, r in await cur.fetchall()]
+
+
+async def all_customers(conn: AsyncConnection[Any], schema: str) -> list[str]:
+    """Every customer some mirrored row of `schema` names, sorted."""
+    cur = await conn.execute(
+        sql.SQL(" UNION ").join(
+            sql.SQL("SELECT customer FROM {} WHERE customer IS NOT NULL").format(
+                db.qualified(schema, t)
+            )
+            for t in HOLDER_TABLES
+        )
+    )
+    return sorted(r[0] for r in await cur.fetchall())
 
 
 async def write_rows(

@@ -13,8 +13,8 @@ import pytest
 
 from entitled.settings import Settings
 from processors.errors import WriterStalled
-from processors.runner import BatchRunner, is_transient
-from projections.offsets import Expected, continuity
+from processors.runner import BatchRunner, Expected, is_transient
+from projections.offsets import continuity
 from projections.store import ApplyResult
 from projections.types import Message
 
