@@ -30,8 +30,20 @@ class RepeatFilter(logging.Filter):
         return True
 
 
+# Loggers of libraries that are quiet below WARNING whatever the root level: stripe-python
+# logs every request it makes (URL, request id; bodies at DEBUG), which is nobody's business in
+# our logs and must never risk carrying what a key or a customer sent.
+QUIET = ("stripe",)
+
+
+def quiet_libraries() -> None:
+    for name in QUIET:
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
 def configure(level: str = "info") -> None:
     """Root logging at `level` to stderr, with repeats of one message held back."""
+    quiet_libraries()
     handler = logging.StreamHandler()
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     handler.addFilter(RepeatFilter())

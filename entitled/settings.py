@@ -6,12 +6,59 @@ Nothing below the entry points reads `os.environ`; tests build `Settings` explic
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 DEFAULT_ENTITLING_STATUSES = ("active", "trialing", "past_due")
 DEFAULT_GRANTS = ("metadata", "features", "summary")
+# Host headers the read API answers by default: loopback names only (DNS rebinding).
+DEFAULT_ALLOWED_HOSTS = ("localhost", "127.0.0.1", "[::1]")
+
+# Every variable that holds a secret; each one may instead name a file through `<NAME>_FILE`
+# (a mounted Docker/Kubernetes secret). URLs are here because they carry passwords.
+SECRET_VARIABLES = (
+    "STRIPE_WEBHOOK_SECRET",
+    "STRIPE_API_KEY",
+    "ENTITLED_API_TOKEN",
+    "ENTITLED_ADMIN_TOKEN",
+    "ENTITLED_MASTER_KEY",
+    "KAFKA_SASL_PASSWORD",
+    "DATABASE_URL",
+    "ENTITLED_READ_DATABASE_URL",
+)
+
+
+class SettingsError(ValueError):
+    """A configuration the process cannot start with; the message names the variable and
+    never holds a secret's value."""
+
+
+def secret(env: Mapping[str, str], name: str) -> str | None:
+    """The value of the secret variable `name`, given directly or as the contents of the file
+    `<name>_FILE` names (surrounding whitespace, such as the file's last newline, dropped).
+    None when neither is set; `SettingsError` when both are, or the file cannot be read."""
+    direct = env.get(name) or None
+    path = env.get(f"{name}_FILE") or None
+    if path is None:
+        return direct
+    if direct is not None:
+        raise SettingsError(f"{name} and {name}_FILE are both set: set only one of them")
+    try:
+        text = Path(path).read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
+        raise SettingsError(f"{name}_FILE: cannot read {path}: {reason}") from None
+    if not text:
+        raise SettingsError(f"{name}_FILE: {path} is empty")
+    return text
+
+
+def without_secret_files(env: Mapping[str, str], names: Iterable[str]) -> dict[str, str]:
+    """`env` without the `_FILE` twins of `names`: for a child whose environment sets those
+    variables directly (both set is an error)."""
+    drop = {f"{name}_FILE" for name in names}
+    return {k: v for k, v in env.items() if k not in drop}
 
 
 def _grants(value: str | None) -> tuple[str, ...]:
@@ -19,7 +66,7 @@ def _grants(value: str | None) -> tuple[str, ...]:
     chosen = _split(value)
     unknown = sorted(set(chosen) - set(DEFAULT_GRANTS))
     if unknown:
-        raise ValueError(f"ENTITLED_GRANTS: unknown source(s) {unknown}; use {DEFAULT_GRANTS}")
+        raise SettingsError(f"ENTITLED_GRANTS: unknown source(s) {unknown}; use {DEFAULT_GRANTS}")
     return tuple(g for g in DEFAULT_GRANTS if g in chosen) or DEFAULT_GRANTS
 
 
@@ -41,7 +88,12 @@ class Settings:
     webhook_secrets: tuple[str, ...] = ()
     stripe_api_key: str | None = None
     stripe_api_base: str | None = None
-    api_token: str | None = None
+    api_token: str | None = None  # reads (search, entitlements, changes)
+    admin_token: str | None = None  # catalogue writes, refresh, drift, customer list, forget
+    # Host headers the read API answers (ENTITLED_ALLOWED_HOSTS; `*` for any)
+    allowed_hosts: tuple[str, ...] = DEFAULT_ALLOWED_HOSTS
+    # where every process's /metrics (and health) listens; 0.0.0.0 inside containers
+    metrics_host: str = "127.0.0.1"
     home: Path = field(default_factory=lambda: Path.home() / ".local" / "share" / "entitled")
     cache: Path = field(default_factory=lambda: Path.home() / ".cache" / "entitled")
     # ingest
@@ -79,15 +131,18 @@ class Settings:
         base = cls()
         s = cls(
             kafka_bootstrap_servers=e.get("KAFKA_BOOTSTRAP_SERVERS") or None,
-            database_url=e.get("DATABASE_URL") or None,
-            read_database_urls=_split(e.get("ENTITLED_READ_DATABASE_URL")),
+            database_url=secret(e, "DATABASE_URL"),
+            read_database_urls=_split(secret(e, "ENTITLED_READ_DATABASE_URL")),
             topic=e.get("ENTITLED_TOPIC") or base.topic,
             partitions=int(e.get("ENTITLED_PARTITIONS") or base.partitions),
             replication_factor=int(e.get("ENTITLED_REPLICATION_FACTOR") or 1),
-            webhook_secrets=_split(e.get("STRIPE_WEBHOOK_SECRET")),
-            stripe_api_key=e.get("STRIPE_API_KEY") or None,
+            webhook_secrets=_split(secret(e, "STRIPE_WEBHOOK_SECRET")),
+            stripe_api_key=secret(e, "STRIPE_API_KEY"),
             stripe_api_base=e.get("STRIPE_API_BASE") or None,
-            api_token=e.get("ENTITLED_API_TOKEN") or None,
+            api_token=secret(e, "ENTITLED_API_TOKEN"),
+            admin_token=secret(e, "ENTITLED_ADMIN_TOKEN"),
+            allowed_hosts=_split(e.get("ENTITLED_ALLOWED_HOSTS")) or base.allowed_hosts,
+            metrics_host=e.get("ENTITLED_METRICS_HOST") or base.metrics_host,
             home=Path(e["ENTITLED_HOME"]) if e.get("ENTITLED_HOME") else base.home,
             cache=Path(e["ENTITLED_CACHE"]) if e.get("ENTITLED_CACHE") else base.cache,
             max_body_bytes=int(e.get("ENTITLED_MAX_BODY_BYTES") or base.max_body_bytes),
@@ -121,6 +176,7 @@ class Settings:
         services, topic, home, consumer group and secrets: `base` without its own
         `ENTITLED_*` / `STRIPE_*` variables (they would win over these), plus those."""
         env = {k: v for k, v in base.items() if not k.startswith(("ENTITLED_", "STRIPE_"))}
+        env = without_secret_files(env, ("DATABASE_URL",))
         env.update(
             KAFKA_BOOTSTRAP_SERVERS=self.kafka_bootstrap_servers or "",
             DATABASE_URL=self.database_url or "",

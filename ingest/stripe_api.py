@@ -23,7 +23,12 @@ from typing import Any
 import orjson
 import stripe
 
+from entitled.logs import quiet_libraries
 from ingest.errors import ConfigurationError
+
+# Every process that talks to Stripe imports this module, whether or not it configures logging
+# (`entitled.logs.QUIET`).
+quiet_libraries()
 
 Clock = Callable[[], float]
 Sleep = Callable[[float], Awaitable[None]]

@@ -19,7 +19,7 @@ from typing import Any
 
 import click
 
-from entitled.settings import Settings
+from entitled.settings import Settings, SettingsError
 
 KAFKA, POSTGRES = "kafka", "postgres"
 
@@ -84,7 +84,19 @@ def with_services(command: click.Command, needs: frozenset[str]) -> click.Comman
     return wrapped
 
 
+class ConfigurationRefused(click.ClickException):
+    """A setting the process cannot start with: exit 2 (a usage error), the message only."""
+
+    exit_code = 2
+
+
 class _LazyGroup(click.Group):
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except SettingsError as exc:
+            raise ConfigurationRefused(str(exc)) from None
+
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted(_COMMANDS)
 

@@ -6,8 +6,11 @@ and the Stripe API key (backfill against a Stripe that refuses it, and one that 
 from __future__ import annotations
 
 import http.server
+import os
+import subprocess
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -16,7 +19,7 @@ from entitled.settings import Settings
 from launcher.stripe import events as se
 from tests.support.polling import wait_until
 from tests.support.ports import free_port
-from tests.support.processes import Procs
+from tests.support.processes import ENTITLED, Procs
 from tests.support.system import ready
 
 WEBHOOK_SECRET = "whsec_test_secret"
@@ -119,3 +122,28 @@ def test_no_secret_in_logs_or_bodies_of_real_processes(
     assert "401 Unauthorized" in logs["api"]
     # a key's last four characters are what Stripe itself shows; nothing longer
     assert not [o for o in outputs if API_KEY[:-4] in o]
+
+
+def test_a_secret_and_its_file_both_set_is_refused_without_showing_either(
+    tmp_path: Path,
+) -> None:
+    """Exit 2 (a usage error) naming both variables; neither the value nor the file's
+    contents reach the output."""
+    path = tmp_path / "token"
+    path.write_text(API_TOKEN + "-from-file\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ENTITLED_", "STRIPE_"))}
+    env.update(
+        DATABASE_URL="postgresql://127.0.0.1:1/none",
+        ENTITLED_API_TOKEN=API_TOKEN,
+        ENTITLED_API_TOKEN_FILE=str(path),
+    )
+    out = subprocess.run(
+        [*ENTITLED, "api", "--port", "0"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert "ENTITLED_API_TOKEN and ENTITLED_API_TOKEN_FILE are both set" in out.stderr
+    assert API_TOKEN not in out.stdout + out.stderr
