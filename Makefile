@@ -22,10 +22,11 @@ test: $(STAMP)
 	$(VENV)/bin/entitled services prepare
 	$(PY) -m pytest -p no:cacheprovider $(PYTEST_ARGS)
 
-# Real payloads of public projects (kept in ../shared/stripe/corpus, not in this repository).
+# Real payloads of public projects: third-party data, not in this repository.
+ENTITLED_STRIPE_CORPUS ?= ../shared/stripe/corpus
 corpus: $(STAMP)
 	$(VENV)/bin/entitled services prepare
-	$(PY) -m pytest -p no:cacheprovider --public-corpus tests/public_corpus $(PYTEST_ARGS)
+	ENTITLED_STRIPE_CORPUS=$(ENTITLED_STRIPE_CORPUS) $(PY) -m pytest -p no:cacheprovider --public-corpus tests/public_corpus $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -7,17 +7,7 @@ watcher (both opened in the lifespan) and its own Prometheus registry. Routes on
 `projections.feed` (all SQL lives there) and render; every failure is an exception mapped
 to a status and an `{"error": "..."}` body by the one handler `_on_error`. The change feed's
 routes are in `api.feed`, read-your-own-writes (`min_event`) in
-`api.min_event`.
-
-Interface additions to DESIGN.md:
-- `GET /v1/customers?limit=50` lists customers known to the projection (id, name, email),
-  for the page's picker.
-- `GET /v1/customers/{id}/entitlements` answers 404 for a customer the projection knows
-  nothing of (no customer object, entitlements row, subscription or purchase).
-- When `ENTITLED_API_TOKEN` is set every `/v1/...` call needs `Authorization: Bearer <token>`;
-  `/`, `/static/*`, `/healthz`, `/readyz`, `/metrics`, `/openapi.json` stay open. The page
-  takes the token from `?token=` (then keeps it in localStorage) or asks for it on a 401.
-  `/v1/changes/stream` also accepts `?token=`: an `EventSource` cannot send headers.
+`api.min_event`. The HTTP reference is docs/http.md.
 """
 
 from __future__ import annotations
@@ -319,8 +309,7 @@ def create_app(
     """The read API for `settings.database_url` (which must be resolved by the caller).
 
     `extra_routes` (with their `on_close` clean-ups) are mounted by whoever composes the
-    process: the shell adds `POST /v1/refresh` from `ingest`, which `projections` must not
-    import."""
+    process: `entitled api` (`api.cli`) adds `POST /v1/refresh` from `ingest`."""
     url = read_url(settings)
     db_pool = create_pool(url)
     watch = Watcher(url)

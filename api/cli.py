@@ -33,7 +33,7 @@ class _HideQueryToken(logging.Filter):
 
 
 def api_options(fn: Callable[..., None]) -> Callable[..., None]:
-    """The options of `entitled api` (shared with the shell's composition of it)."""
+    """The options of `entitled api` (shared with the launcher's `entitled dev`)."""
     fn = click.option("--log-level", default="info", show_default=True)(fn)
     fn = click.option(
         "--port", default=8001, show_default=True, type=int, help="Port to listen on."

@@ -28,19 +28,12 @@ import psycopg.errors
 from psycopg import AsyncConnection
 from psycopg.rows import TupleRow
 
+from projections import feed
 from projections.changes import CHANGES_CHANNEL, FOLDED_CHANNEL
-from projections.schema import CONTROL, LIVE
 
 __all__ = ["Signal", "Watcher", "wait"]
 
 log = logging.getLogger(__name__)
-
-# The feed's head, and a figure that moves with every committed batch or version swap.
-_POLL_SQL = f"""
-SELECT (SELECT coalesce(max(id), 0) FROM {CONTROL}.changes),
-       (SELECT coalesce(sum(next_offset), 0) FROM {LIVE}.checkpoints),
-       (SELECT version FROM {CONTROL}.active)
-"""
 
 
 class Signal:
@@ -153,8 +146,7 @@ class Watcher:
 
     async def _listen(self, conn: AsyncConnection[TupleRow]) -> None:
         try:
-            await conn.execute(f"LISTEN {CHANGES_CHANNEL}")
-            await conn.execute(f"LISTEN {FOLDED_CHANNEL}")
+            await feed.listen_for_news(conn)
             self.listening = True
         except (psycopg.errors.ReadOnlySqlTransaction, psycopg.errors.FeatureNotSupported):
             # A hot standby: "cannot execute LISTEN during recovery".
@@ -178,11 +170,9 @@ class Watcher:
 
     async def _poll(self, conn: AsyncConnection[TupleRow]) -> None:
         try:
-            cur = await conn.execute(_POLL_SQL)
-            row = await cur.fetchone()
+            marks = await feed.marks(conn)
         except (psycopg.errors.UndefinedTable, psycopg.errors.InvalidSchemaName):
             return  # not migrated yet: nobody can be waiting on anything
-        marks = tuple(row) if row else ()
         # After a (re)connect every waiter checks again: news may have come meanwhile.
         if self._marks is None or marks[:1] != self._marks[:1]:
             self.changes.fire()

@@ -1,4 +1,4 @@
-"""The base every stage (`ingest`, `processors`, `projections`) may import.
+"""The base every package (`ingest`, `processors`, `projections`, `api`, `launcher`) may import.
 
 Modules: `settings` (one frozen `Settings` from the environment), `logs` (process logging),
 `topics` (Kafka administration: `ensure_event_topic` creates the event topic, one way for

@@ -76,7 +76,7 @@ def _split(value: str | None) -> tuple[str, ...]:
 
 @dataclass(frozen=True)
 class Settings:
-    """Everything configurable, with the defaults of the public interface (DESIGN.md)."""
+    """Everything configurable, with the defaults docs/configuration.md lists."""
 
     kafka_bootstrap_servers: str | None = None  # None: the local service of `entitled services`
     database_url: str | None = None  # None: the local service of `entitled services`

@@ -1,10 +1,10 @@
-"""Ingest stage: verify Stripe webhooks and write them byte for byte to the event log;
-read the Stripe API into the same log (backfill, reconcile).
+"""Ingest stage: verify Stripe webhooks and write them byte for byte to the event log; read
+the Stripe API into the same log, never into Postgres.
 
-Modules: `app` (the webhook service), `verify` (signatures), `keys` (message key and
-headers), `producer` (the idempotent Kafka producer), `backfill`, `reconcile`, `snapshots`,
-`cursors`, `stripe_api`, `cli` and `backfill_cli` (the commands). It imports neither
-`processors` nor `projections`.
+Webhooks: `app`, `verify` (signatures), `keys` (message key and headers), `producer` (the
+idempotent Kafka producer). From the Stripe API (`stripe_api`, `snapshots`): `backfill/`,
+`reconcile`, `hydrate/` (complete thin or partial events; `completion` says which), `refresh/`
+(on demand), `features` and `summary` (Stripe Entitlements). It imports no other stage.
 """
 
 from __future__ import annotations

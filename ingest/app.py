@@ -3,7 +3,7 @@
 Order of checks: size (Content-Length, then the streamed body under a cap), UTF-8, the
 signature, then the event's outer shape (a snapshot event or a thin event notification,
 see `ingest.verify`). Only a fully verified event is published, and 200
-is answered only after the broker acknowledged it (DESIGN.md, "The log is the truth").
+is answered only after the broker acknowledged it (docs/architecture.md, "The log is the truth").
 """
 
 from __future__ import annotations

@@ -1,7 +1,5 @@
-"""Commands of the ingest stage: `entitled ingest` (the webhook service).
-
-`backfill` and `reconcile` are added here by the backfill module's owner.
-"""
+"""Command `entitled ingest` (the webhook service); the other commands of the stage are in
+`ingest.backfill.cli` and `ingest.hydrate.cli`, all mapped in `launcher/cli.py`."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """Kafka message key and headers of one Stripe event.
 
 The key decides the partition, so all events of one customer land in one partition in
-arrival order (DESIGN.md, "The log is the truth"). Headers let consumers filter and trace
+arrival order (docs/architecture.md, "The log is the truth"). Headers let consumers filter and trace
 without parsing the body.
 
 Two shapes of event reach the log: snapshot events (`"object": "event"`, the object under

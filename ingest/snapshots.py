@@ -1,7 +1,7 @@
 """Synthetic snapshot events: a listed Stripe object dressed as the event that would carry it.
 
 Backfill writes each object it lists as an event of the object family's natural type, so
-the fold treats it like any webhook (DESIGN.md). The mapping, per list:
+the fold treats it like any webhook (docs/architecture.md, "Snapshots"). The mapping, per list:
 
 - products: `product.updated`; prices: `price.updated`; plans (opt-in): `plan.updated`;
   customers: `customer.updated`.

@@ -1,10 +1,10 @@
 """Processors stage: consume the event topic and fold it into the projections.
 
-Modules: `app` (the Faust worker: a thin agent over the batch runner), `replay` (rebuild
-a projection version from offset 0, then swap), `rebuild` (one customer in place),
-`swap_gate` (when a rebuilt version must not be swapped in), `status` (lag, dead letters),
-`cli` (the `worker`, `replay`, `deadletters` and `status` commands). No SQL here: it lives in
-`projections`.
+Modules: `app` (the Faust worker: a thin agent over the batch runner), `runner` (retries,
+isolation of poison, seek back on a gap), `replay` (rebuild a projection version from offset
+0, then swap), `rebuild` (one customer in place), `swap_gate` (when a rebuilt version must not
+be swapped in), `relay` (the change feed to Kafka), `lag` and `status`, `cli` (the `worker`,
+`replay`, `deadletters` and `status` commands). No SQL here: it lives in `projections`.
 """
 
 from __future__ import annotations

@@ -1,11 +1,10 @@
-"""Projections stage: the Postgres schema and all SQL, the pure model (`model/`: events, rules,
-fold, entitlements), the writer, search and the read queries. It never consumes Kafka; the
-read HTTP service over it is the `api` package.
+"""Projections stage: the Postgres schema and all SQL, over the pure model (`model/`: event
+views, rules, fold, entitlements). It never consumes Kafka; the read HTTP service over it is
+the `api` package.
 
-Modules: `schema` (version schemas, migrate), `versions` (create, swap, compare, drop),
-`events` (typed views of a Stripe event), `normalise` (older API shapes to the current one),
-`rules/` (one pure rule per event type), `fold` (a batch of events over the rows they touch),
-`entitlements` (who may watch what), the writer and its parts, `catalog`, `search`, `cli`.
+Modules: `schema` (version schemas, migrate), `versions` (create, swap, compare, drop), the
+writer `store` over `offsets`, `upserts`, `recompute`, `changes` and `deadletters`; the read
+queries `search`, `feed`, `catalog`, `drift`, `replication`; `cli` (`migrate`, `catalog`).
 """
 
 from __future__ import annotations

@@ -19,9 +19,19 @@ from typing import Any
 from psycopg import AsyncConnection
 from psycopg.rows import dict_row
 
+from projections.changes import CHANGES_CHANNEL, FOLDED_CHANNEL
 from projections.schema import CONTROL, LIVE
 
-__all__ = ["Change", "EventState", "Page", "event_state", "head", "page_after"]
+__all__ = [
+    "Change",
+    "EventState",
+    "Page",
+    "event_state",
+    "head",
+    "listen_for_news",
+    "marks",
+    "page_after",
+]
 
 _COLUMNS = """c.id, c.customer, c.groups_before, c.groups_after, c.movies_before,
     c.movies_after, c.cause, c.event_id, c.event_created, c.version, c.created_at"""
@@ -149,3 +159,26 @@ async def event_state(conn: AsyncConnection[Any], event_id: str) -> EventState:
     if folded:
         return EventState.FOLDED
     return EventState.PARKED if parked else EventState.PENDING
+
+
+# The feed's head, and a figure that moves with every committed batch or version swap.
+_MARKS_SQL = f"""
+SELECT (SELECT coalesce(max(id), 0) FROM {CONTROL}.changes),
+       (SELECT coalesce(sum(next_offset), 0) FROM {LIVE}.checkpoints),
+       (SELECT version FROM {CONTROL}.active)
+"""
+
+
+async def marks(conn: AsyncConnection[Any]) -> tuple[Any, ...]:
+    """What a watcher polls: (feed head, sum of live checkpoints, active version). The first
+    moves with every change row, the others with every folded batch or swap."""
+    cur = await conn.execute(_MARKS_SQL)
+    row = await cur.fetchone()
+    return tuple(row) if row else ()
+
+
+async def listen_for_news(conn: AsyncConnection[Any]) -> None:
+    """Have `conn` (autocommit) notified of new change rows and of folded batches. A hot
+    standby refuses LISTEN (`ReadOnlySqlTransaction` or `FeatureNotSupported`)."""
+    await conn.execute(f"LISTEN {CHANGES_CHANNEL}")
+    await conn.execute(f"LISTEN {FOLDED_CHANNEL}")

@@ -148,7 +148,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption(
         "--public-corpus",
         action="store_true",
-        help="also run tests/public_corpus (needs the corpus in ../shared/stripe/corpus)",
+        help="also run tests/public_corpus (the corpus: $ENTITLED_STRIPE_CORPUS)",
     )
 
 

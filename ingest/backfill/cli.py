@@ -1,4 +1,4 @@
-"""Commands `entitled backfill` and `entitled reconcile` (mapped in `entitled/shell/cli.py`)."""
+"""Commands `entitled backfill` and `entitled reconcile` (mapped in `launcher/cli.py`)."""
 
 from __future__ import annotations
 

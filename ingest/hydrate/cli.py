@@ -1,4 +1,4 @@
-"""Commands `entitled hydrate` and `entitled refresh` (mapped in `entitled/shell/cli.py`)."""
+"""Commands `entitled hydrate` and `entitled refresh` (mapped in `launcher/cli.py`)."""
 
 from __future__ import annotations
 

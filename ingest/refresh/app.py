@@ -1,8 +1,6 @@
-"""`POST /v1/refresh` as a route any Starlette app can mount (the read API, by its launcher).
-
-The read API lives in `projections`, which must not import `ingest`; so this module offers
-the route and whoever composes the processes mounts it (see the README). It checks the
-bearer token itself (`ENTITLED_API_TOKEN`), so it is safe wherever it is mounted.
+"""`POST /v1/refresh` as a route any Starlette app can mount: `entitled api` (`api.cli`)
+mounts it beside the read API. It checks the bearer token itself (`ENTITLED_API_TOKEN`), so it
+is safe wherever it is mounted.
 
 Body `{"ids": ["sub_...", "cs_...", ...]}` (at most `MAX_IDS`); answer 200
 `{"events": [{"id", "event_id", "outcome"}]}` once Kafka acknowledged every snapshot

@@ -1,6 +1,6 @@
 """Stripe's example objects (`stripe_fixtures/fixtures3.json`, Stripe's OpenAPI examples) as
 templates, fresh ids, and the catalogue objects (products, prices, plans) that the event
-builders of `stripe_events` and `stripe_payments` embed."""
+builders of `launcher.stripe.events` and `launcher.stripe.payments` embed."""
 
 from __future__ import annotations
 

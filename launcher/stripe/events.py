@@ -1,6 +1,6 @@
 """Realistic Stripe events built from Stripe's own example objects, for tests, demos and benches.
 
-Every builder (here and in `stripe_payments`) deep-copies the matching object from
+Every builder (here and in `launcher.stripe.payments`) deep-copies the matching object from
 `stripe_fixtures/fixtures3.json` (Stripe's OpenAPI examples), so payloads carry the dozens of
 fields a real webhook carries, and sets only what the caller asks for. Ids are generated when
 not given, timestamps default to now.

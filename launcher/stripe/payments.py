@@ -1,6 +1,6 @@
 """Builders of Stripe's payment objects for tests, demos and benches: checkout sessions,
 payment intents, invoices (current and pre-2025 line shapes), charges and refunds. Re-exported
-by `stripe_events`, where the module docstring shows how events are built from them."""
+by `launcher.stripe.events`, where the module docstring shows how events are built from them."""
 
 from __future__ import annotations
 

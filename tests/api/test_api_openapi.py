@@ -26,7 +26,7 @@ def test_document_is_valid_openapi_30() -> None:
 
 def test_every_route_is_documented_and_back() -> None:
     settings = Settings(database_url="postgresql://unused/none")
-    # as `entitled api` composes it: POST /v1/refresh is mounted from ingest by the shell
+    # as `entitled api` composes it: POST /v1/refresh is mounted from ingest by api.cli
     app = create_app(settings, extra_routes=[RefreshEndpoint(settings).route()])
     served = {
         (route.path, method.lower())

@@ -1,7 +1,7 @@
 """Chaos: the whole system under a steady load of signed webhooks and searches while the
 worker is SIGKILLed and Kafka and Postgres restart at seeded random moments.
 
-Afterwards every invariant of DESIGN.md is checked on the whole log (see
+Afterwards every invariant of docs/architecture.md is checked on the whole log (see
 `tests.support.audit.audit`) and the figures are printed. Sizes come from the
 environment, so that the same test is the long version (`bench/chaos_long.py`):
 

@@ -1,4 +1,4 @@
-"""`entitled api` as the shell composes it: the read API with POST /v1/refresh mounted from
+"""`entitled api` as `api.cli` composes it: the read API with POST /v1/refresh mounted from
 ingest. Write to Stripe (stripe-mock), refresh, read our own write: one request each."""
 
 from __future__ import annotations

@@ -5,11 +5,10 @@ Three sources:
 - `public_corpus`: event JSON that public repositories ship as test data (stripe-ruby-mock,
   supabase/stripe-sync-engine, pay-rails/pay, dj-stripe), old and current API versions,
   unchanged, with a `PROVENANCE.json` naming repository, path, commit and licence of each
-  file. Fetched third-party data may only live in the steering repository's `shared/`, so
-  it is read from `shared/stripe/corpus/` beside the repository (`ENTITLED_STRIPE_CORPUS`
-  overrides the place); it is not committed here.
+  file. It is third-party data, not committed here: it is read from where
+  `ENTITLED_STRIPE_CORPUS` points (default `../shared/stripe/corpus`, beside the checkout).
 - `fixtures3_corpus`: one event per event type, its object Stripe's own example of that
-  object type (`fixtures3.json` of stripe/openapi, shipped in `entitled/shell`), in the
+  object type (`fixtures3.json` of stripe/openapi, shipped in `launcher/stripe_fixtures`), in the
   shape of the current API version; plus a preview (`invoice.upcoming`: an invoice without
   an id) and a thin event notification (no `data`, a `related_object` instead).
 - `stripe_mock_corpus`: objects read from a running stripe-mock (current shape of the

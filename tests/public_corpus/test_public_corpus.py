@@ -1,7 +1,7 @@
 """Real Stripe payloads that public projects ship as test data (dj-stripe, stripe-ruby-mock,
-pay, stripe-sync-engine: 198 events, API versions 2016 to basil) through the real ingest and
-worker. The corpus is fetched third-party data, kept in the steering repository's
-`shared/stripe/corpus/` (or where `ENTITLED_STRIPE_CORPUS` points), not in this repository:
+pay, stripe-sync-engine and others, API versions 2016 to basil) through the real ingest and
+worker. The corpus is fetched third-party data, not in this repository: it is read from where
+`ENTITLED_STRIPE_CORPUS` points (default `../shared/stripe/corpus`, beside the checkout);
 this test runs with `make corpus` (pytest `--public-corpus`), and fails when the corpus is
 missing."""
 
@@ -23,8 +23,7 @@ def test_public_corpus_folds_without_stalls_or_dead_letters(
     if not (directory / "PROVENANCE.json").exists():
         pytest.fail(
             f"the public Stripe event corpus is not at {directory}: it is fetched third-party "
-            f"data, kept in the steering repository's shared/stripe/corpus/ (or point "
-            f"{CORPUS_ENV} at a copy)",
+            f"data, not in this repository: point {CORPUS_ENV} at a copy",
             pytrace=False,
         )
     samples = distinct_ids(public_corpus(directory))

@@ -1,5 +1,6 @@
 """`audit`: read the whole log and the projection tables and return the figures of the
-invariants of DESIGN.md (lost, doubled, missing offsets, checkpoints, replay differences)."""
+invariants of docs/architecture.md (lost, doubled, missing offsets, checkpoints, replay
+differences)."""
 
 from __future__ import annotations
 
@@ -73,7 +74,7 @@ class Audit:
 
 
 def audit(settings: Settings, acked: set[str] | Mapping[str, Any]) -> Audit:
-    """Check the invariants of DESIGN.md over the whole log and the live version; call it
+    """Check the invariants of docs/architecture.md over the whole log and the live version; call it
     once the workers have caught up."""
     a = Audit(acked=len(acked))
     records = log_records(settings)
