@@ -28,7 +28,8 @@ class IngestMetrics:
         self.registry = CollectorRegistry(auto_describe=True)
         self.requests = Counter(
             "entitled_ingest_requests",
-            "Webhook requests by outcome (accepted, bad_signature, malformed, too_large, "
+            "Webhook requests by outcome (accepted, accepted_malformed: signed but not a "
+            "well-formed event, logged as received; bad_signature, malformed, too_large, "
             "unavailable, error).",
             ["outcome"],
             registry=self.registry,

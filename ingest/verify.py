@@ -16,13 +16,14 @@ what the library can later read.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-import orjson
 import stripe
 from stripe.v2.core import EventNotification
 
+from entitled import bodies
 from ingest.errors import InvalidSignature, MalformedEvent
 from ingest.keys import NOTIFICATION
 
@@ -65,11 +66,13 @@ def verify_signature(
 
 
 def parse_event(payload: str) -> dict[str, Any]:
-    """The event as a dict, after checking the outer shape every consumer relies on."""
+    """The event as a dict, after checking the outer shape every consumer relies on;
+    raises `MalformedEvent` saying what is wrong. Ingest calls it only after the signature
+    is good, and then logs the body whatever it says (see `read_signed`)."""
     try:
-        event = orjson.loads(payload)
-    except orjson.JSONDecodeError:
-        raise MalformedEvent("body is not valid JSON") from None
+        event = bodies.loads(payload)
+    except bodies.UnreadableBody as exc:
+        raise MalformedEvent(f"body is not valid JSON ({exc})") from None
     if not isinstance(event, dict):
         raise MalformedEvent("event is not a JSON object")
     for name in ("id", "type"):
@@ -83,6 +86,29 @@ def parse_event(payload: str) -> dict[str, Any]:
     if not isinstance(data, dict) or not isinstance(data.get("object"), dict):
         raise MalformedEvent("event has no 'data.object' object")
     return event
+
+
+@dataclass(frozen=True)
+class Signed:
+    """A correctly signed body as ingest logs it: what could be read of it, and, when it is
+    not a well-formed event, why (the fold then parks it with a reason of its own)."""
+
+    event: dict[str, Any]  # the event, or whatever JSON object could be read ({} if none)
+    problem: str | None  # None for a well-formed event
+
+
+def read_signed(payload: str) -> Signed:
+    """Read a body whose signature is good. Never refuses it: Stripe retries a refused
+    body for three days and then drops the event, while the log keeps it and the fold
+    decides (issue 19, point 10). Content problems are reported, not raised."""
+    try:
+        return Signed(parse_event(payload), None)
+    except MalformedEvent as exc:
+        try:
+            doc = bodies.loads(payload)
+        except bodies.UnreadableBody:
+            doc = None
+        return Signed(doc if isinstance(doc, dict) else {}, exc.message)
 
 
 def _check_notification(event: dict[str, Any]) -> None:

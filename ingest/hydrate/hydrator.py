@@ -43,6 +43,7 @@ import orjson
 import stripe
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 
+from entitled import bodies
 from entitled.settings import Settings
 from ingest import summary
 from ingest.completion import Fetch, needed
@@ -306,8 +307,8 @@ class Hydrator:
         if headers.get("source") not in SOURCES_TO_COMPLETE:
             return None
         try:
-            event = orjson.loads(record.value)
-        except orjson.JSONDecodeError:
+            event = bodies.loads(record.value)  # as tolerant as the fold
+        except bodies.UnreadableBody:
             return None  # not ours to judge: the worker parks it
         if not isinstance(event, dict) or not isinstance(event.get("id"), str):
             return None

@@ -19,8 +19,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
-import orjson
-
+from entitled import bodies
 from projections.errors import EventParseError
 from projections.model._fields import Obj, as_dict, as_int, as_list, build, ref
 from projections.model.metadata import Metadata
@@ -249,9 +248,10 @@ def parse(raw: bytes, *, partition: int, offset: int, key: str | None = None) ->
     """Parse one message value; raises `EventParseError` only if it is not a Stripe event
     envelope (not JSON, not an object, no string id and type, another `object` kind)."""
     try:
-        doc = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise EventParseError(f"not JSON at partition {partition} offset {offset}") from exc
+        # tolerant: ingest logs every signed body as received (entitled.bodies)
+        doc = bodies.loads(raw)
+    except bodies.UnreadableBody as exc:
+        raise EventParseError(f"{exc} at partition {partition} offset {offset}") from exc
     if not isinstance(doc, dict):
         raise EventParseError(f"not a JSON object at {partition}/{offset}")
     event_id, event_type, kind = doc.get("id"), doc.get("type"), doc.get("object", "event")

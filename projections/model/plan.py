@@ -15,8 +15,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence, Set
 from dataclasses import dataclass, field
 
-import orjson
-
+from entitled import bodies
 from projections.errors import EventParseError, FoldError
 from projections.model.events import StripeEvent, parse
 from projections.model.fold import FoldResult, Key, fold_batch, target
@@ -148,8 +147,8 @@ class Batch:
 def id_and_type(raw: bytes) -> tuple[str | None, str | None]:
     """Best effort: the id and type of a record that may not be a valid Stripe event."""
     try:
-        doc = orjson.loads(raw)
-    except orjson.JSONDecodeError:
+        doc = bodies.loads(raw)
+    except bodies.UnreadableBody:
         return None, None
     if not isinstance(doc, dict):
         return None, None

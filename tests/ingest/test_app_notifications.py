@@ -65,31 +65,34 @@ def _without(event: dict[str, Any], *path: str) -> dict[str, Any]:
     return out
 
 
-async def test_bad_notifications_get_400_and_write_nothing(ingest_server: Running) -> None:
+async def test_malformed_signed_notifications_are_logged_forged_ones_refused(
+    ingest_server: Running,
+) -> None:
+    """A signed body is never refused for its content (issue 19, point 10): a notification
+    the stripe library cannot read is logged as received, answered 200 and counted; the
+    hydrator and the fold read what they can of it. A forged one is still refused."""
     good = notification("v1.invoice.paid", "in_1", "invoice")
-    cases: list[tuple[str, dict[str, Any], str]] = [
-        ("v1 type without related_object", _without(good, "related_object"), "related_object"),
-        ("created as a number", {**good, "created": 1700000000}, "created"),
-        ("created not a date", {**good, "created": "yesterday"}, "created"),
-        ("related id not a string", {**good, "related_object": {"id": 5}}, "related_object"),
-        ("no related url", _without(good, "related_object", "url"), "related_object"),
-        ("no type", _without(good, "type"), "type"),
+    cases: list[tuple[str, dict[str, Any]]] = [
+        ("v1 type without related_object", _without(good, "related_object")),
+        ("created as a number", {**good, "created": 1700000000}),
+        ("created not a date", {**good, "created": "yesterday"}),
+        ("related id not a string", {**good, "related_object": {"id": 5}}),
+        ("no related url", _without(good, "related_object", "url")),
+        ("no type", _without(good, "type")),
     ]
-    wrong = []
     async with httpx.AsyncClient(base_url=ingest_server.url) as client:
-        for case, event, words in cases:
-            body = orjson.dumps(event)
-            r = await client.post("/webhooks/stripe", content=body, headers=_signed(body))
-            if r.status_code != 400 or words not in r.json().get("error", ""):
-                wrong.append((case, r.status_code, r.text))
         body = orjson.dumps(good)
         forged = await client.post(
             "/webhooks/stripe", content=body, headers=_signed(body, "whsec_other")
         )
         assert forged.status_code == 400
-        assert wrong == []
         assert sum((await end_offsets(ingest_server.settings)).values()) == 0
-        # the same notification, signed: written (the check above could fail)
-        r = await client.post("/webhooks/stripe", content=body, headers=_signed(body))
-        assert r.status_code == 200, r.text
-    assert sum((await end_offsets(ingest_server.settings)).values()) == 1
+        statuses = {}
+        for case, event in cases:
+            body = orjson.dumps(event)
+            r = await client.post("/webhooks/stripe", content=body, headers=_signed(body))
+            statuses[case] = r.status_code
+        metrics = (await client.get("/metrics")).text
+    assert statuses == {case: 200 for case, _ in cases}
+    assert sum((await end_offsets(ingest_server.settings)).values()) == len(cases)
+    assert 'entitled_ingest_requests_total{outcome="accepted_malformed"} 6.0' in metrics
