@@ -79,9 +79,12 @@ async def logged_features(settings: Settings) -> dict[str, str]:
 async def _features_of(api: StripeApi, product_id: str) -> tuple[list[dict[str, Any]], Any, int]:
     listed: list[dict[str, Any]] = []
     version, read_at = None, int(time.time())
+    first = True
     async for page in api.pages(f"/v1/products/{product_id}/features", {}):
         listed.extend(page.data)
-        version, read_at = page.api_version, page.read_at
+        # the first page's request second (see ingest.summary.complete; issue 19, point 1)
+        version, read_at = page.api_version, page.read_at if first else read_at
+        first = False
     return listed, version, read_at
 
 

@@ -69,7 +69,11 @@ class RateLimiter:
 @dataclass(frozen=True)
 class Page:
     """One list response: its objects, whether more follow, the API version it used, and
-    when it was read (Unix seconds: the stamp of the snapshots made from it)."""
+    when it was read: `read_at` is the second the request that got it was SENT (Unix
+    seconds), the stamp of the snapshots made from it. Stripe read the objects at or after
+    that second, never before: stamping the time the answer arrived made a snapshot look
+    newer than a webhook that changed the object while the answer was on its way, and it
+    then overwrote it (issue 19, point 1)."""
 
     data: list[dict[str, Any]]
     has_more: bool
@@ -91,7 +95,8 @@ class RequestLog:
 
 @dataclass(frozen=True)
 class Retrieved:
-    """One object as the API sent it, the API version it is rendered in, when it was read."""
+    """One object as the API sent it, the API version it is rendered in, and `read_at`: the
+    second the request that read it was sent (see `Page`)."""
 
     obj: dict[str, Any]
     api_version: str | None
@@ -139,11 +144,13 @@ class StripeApi:
     async def close(self) -> None:
         await self._http.close_async()  # type: ignore[no-untyped-call]
 
-    async def get(self, path: str, params: Mapping[str, Any]) -> tuple[Any, str | None]:
-        """GET `path`, return (parsed JSON body, API version of the response)."""
+    async def get(self, path: str, params: Mapping[str, Any]) -> tuple[Any, str | None, int]:
+        """GET `path`, return (parsed JSON body, API version of the response, the second the
+        request that was answered was sent)."""
         attempt = 0
         while True:
             await self.limiter.acquire()
+            sent_at = int(time.time())  # taken per attempt: a retry reads later
             try:
                 resp = await self._client.raw_request_async("get", path, **params)
             except stripe.StripeError as exc:
@@ -161,12 +168,11 @@ class StripeApi:
                 await asyncio.sleep(_retry_after(exc.headers, attempt))
                 continue
             version = resp.headers.get("stripe-version") if resp.headers else None
-            return orjson.loads(resp.body), version or self.api_version
+            return orjson.loads(resp.body), version or self.api_version, sent_at
 
     async def retrieve(self, path: str, params: Mapping[str, Any] | None = None) -> Retrieved:
         """GET one object (`/v1/subscriptions/sub_...`, with `expand` in `params` if needed)."""
-        body, version = await self.get(path, params or {})
-        read_at = int(time.time())
+        body, version, read_at = await self.get(path, params or {})
         self.log.retrieved.append(path)
         if not isinstance(body, dict):
             raise stripe.APIError(f"{path} answered a JSON {type(body).__name__}, not an object")
@@ -179,8 +185,7 @@ class StripeApi:
         query = {**params, "limit": limit}
         if starting_after is not None:
             query["starting_after"] = starting_after
-        body, version = await self.get(path, query)
-        read_at = int(time.time())
+        body, version, read_at = await self.get(path, query)
         self.log.pages.append((path, starting_after))
         return Page(
             data=list(body.get("data") or []),

@@ -40,9 +40,13 @@ async def complete(api: StripeApi, customer: str, params: Mapping[str, Any]) -> 
     Connect account when there is one)."""
     entitlements: list[dict[str, Any]] = []
     version, read_at = None, int(time.time())
+    first = True
     async for page in api.pages(PATH, params):
         entitlements.extend(page.data)
-        version, read_at = page.api_version, page.read_at
+        # Stamped with the FIRST page's request: the list describes no moment earlier than
+        # that, and a webhook Stripe created after it must win (issue 19, point 1).
+        version, read_at = page.api_version, page.read_at if first else read_at
+        first = False
     obj = {
         "object": SUMMARY_OBJECT,
         "customer": customer,

@@ -13,6 +13,7 @@ from projections.model.events import (
     ObjectView,
     PaymentIntentView,
     RefundView,
+    SubscriptionView,
 )
 
 __all__ = ["stage_of"]
@@ -41,7 +42,9 @@ def stage_of(obj: ObjectView | None) -> int:
     open < complete | expired, then unpaid < paid; a refund pending (or requires_action) <
     succeeded | failed | canceled; a dispute needs_response < under_review < closed; an
     invoice payment open < paid | canceled; a charge by its refunded amount, then captured,
-    refunded, then pending < final. 0 for objects without a monotonic lifecycle."""
+    refunded, then pending < final; a subscription incomplete < any other status (no
+    subscription returns to incomplete: a read that saw it incomplete never beats the
+    same-second activation, issue 19 point 1). 0 for objects without a monotonic lifecycle."""
     if isinstance(obj, InvoiceView):
         return _INVOICE.get(obj.status or "", 0)
     if isinstance(obj, PaymentIntentView):
@@ -55,6 +58,8 @@ def stage_of(obj: ObjectView | None) -> int:
         return _DISPUTE.get(obj.status or "", 0)
     if isinstance(obj, InvoicePaymentView):
         return _INVOICE_PAYMENT.get(obj.status or "", 0)
+    if isinstance(obj, SubscriptionView):
+        return 0 if obj.status == "incomplete" else 1
     if isinstance(obj, ChargeView):
         refunded = max(obj.amount_refunded, 0)
         final = obj.status not in (None, "pending")

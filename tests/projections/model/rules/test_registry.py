@@ -136,12 +136,19 @@ def test_stage_follows_the_lifecycle(
 
 
 def test_objects_without_a_lifecycle_are_stage_zero() -> None:
-    for obj in (
-        se.customer("cus_1"),
-        se.product("prod_1"),
-        se.subscription("s", customer="c", items=[]),
-    ):
+    for obj in (se.customer("cus_1"), se.product("prod_1")):
         assert stamp_of(ev("x.updated", obj)).stage == 0
+
+
+def test_a_subscription_is_incomplete_only_before_anything_else() -> None:
+    """No subscription returns to incomplete: a same-second read that saw it incomplete
+    never beats its activation (issue 19, point 1)."""
+
+    def stage(status: str) -> int:
+        sub = se.subscription("s", customer="c", items=[], status=status)
+        return stamp_of(ev("customer.subscription.updated", sub)).stage
+
+    assert stage("incomplete") < stage("active") == stage("past_due") == stage("trialing")
 
 
 def test_a_row_keeps_what_its_event_changed() -> None:
