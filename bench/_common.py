@@ -117,11 +117,13 @@ def _generate(customers: int, limit: int, seed: int, queue: Any) -> None:
     queue.put(None)
 
 
-async def _produce(bootstrap: str, topic: str, queue: Any) -> tuple[int, int]:
+async def _produce(settings: Settings, topic: str, queue: Any) -> tuple[int, int]:
     from aiokafka import AIOKafkaProducer
 
+    from entitled.kafka import client_options
+
     producer = AIOKafkaProducer(
-        bootstrap_servers=bootstrap,
+        **client_options(settings),
         acks=1,
         linger_ms=20,
         max_batch_size=1024 * 1024,
@@ -168,7 +170,7 @@ def fill_topic(settings: Settings, events: int, *, seed: int = 7) -> dict[str, A
     started = time.perf_counter()
     gen.start()
     try:
-        count, size = asyncio.run(_produce(settings.kafka_bootstrap_servers, settings.topic, queue))
+        count, size = asyncio.run(_produce(settings, settings.topic, queue))
     finally:
         gen.join(timeout=30)
     seconds = time.perf_counter() - started
@@ -185,8 +187,7 @@ def fill_topic(settings: Settings, events: int, *, seed: int = 7) -> dict[str, A
 async def end_offsets(settings: Settings) -> dict[int, int]:
     from entitled.topics import end_offsets as ends
 
-    assert settings.kafka_bootstrap_servers
-    return await ends(settings.kafka_bootstrap_servers, settings.topic)
+    return await ends(settings)
 
 
 # -- child processes ---------------------------------------------------------------------

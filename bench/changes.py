@@ -145,9 +145,11 @@ async def _post_all(
 async def _consume(settings: Settings, arrivals: dict[str, float], stop: asyncio.Event) -> None:
     from aiokafka import AIOKafkaConsumer
 
+    from entitled.kafka import client_options
+
     consumer = AIOKafkaConsumer(
         settings.changes_topic,
-        bootstrap_servers=settings.kafka_bootstrap_servers,
+        **client_options(settings),
         auto_offset_reset="earliest",
         enable_auto_commit=False,
         fetch_max_wait_ms=10,

@@ -53,7 +53,7 @@ async def parse_all(settings: Settings, ends: dict[int, int]) -> dict[str, Any]:
     assert settings.kafka_bootstrap_servers
     n = 0
     started = time.perf_counter()
-    async for batch in read_log(settings.kafka_bootstrap_servers, settings.topic, {}, ends):
+    async for batch in read_log(settings, settings.topic, {}, ends):
         for m in batch:
             parse(m.value, partition=m.partition, offset=m.offset, key=m.key)
         n += len(batch)
@@ -92,9 +92,7 @@ async def apply_all(
     ) as conn:
         started = time.perf_counter()
         t = started
-        async for chunk in read_log(
-            settings.kafka_bootstrap_servers, settings.topic, {}, ends, batch=batch
-        ):
+        async for chunk in read_log(settings, settings.topic, {}, ends, batch=batch):
             read_s += time.perf_counter() - t
             for i in range(0, len(chunk), batch):
                 r = await store.apply(conn, chunk[i : i + batch])

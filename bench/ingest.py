@@ -248,7 +248,9 @@ def _run(kind: str, settings: Any, args: dict[str, Any]) -> dict[str, Any]:
 async def _log_count(settings: Any) -> int:
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap_servers)
+    from entitled.kafka import client_options
+
+    consumer = AIOKafkaConsumer(**client_options(settings))
     await consumer.start()
     try:
         parts = [TopicPartition(settings.topic, p) for p in range(settings.partitions)]

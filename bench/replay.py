@@ -89,7 +89,7 @@ async def read_all(settings: Settings, ends: dict[int, int]) -> dict[str, Any]:
     assert settings.kafka_bootstrap_servers
     n = size = 0
     started = time.perf_counter()
-    async for batch in read_log(settings.kafka_bootstrap_servers, settings.topic, {}, ends):
+    async for batch in read_log(settings, settings.topic, {}, ends):
         n += len(batch)
         size += sum(len(m.value) for m in batch)
     seconds = time.perf_counter() - started

@@ -70,6 +70,10 @@ def _grants(value: str | None) -> tuple[str, ...]:
     return tuple(g for g in DEFAULT_GRANTS if g in chosen) or DEFAULT_GRANTS
 
 
+def _path(value: str | None) -> Path | None:
+    return Path(value) if value else None
+
+
 def _split(value: str | None) -> tuple[str, ...]:
     return tuple(part.strip() for part in (value or "").split(",") if part.strip())
 
@@ -79,6 +83,14 @@ class Settings:
     """Everything configurable, with the defaults docs/configuration.md lists."""
 
     kafka_bootstrap_servers: str | None = None  # None: the local service of `entitled services`
+    # Kafka security, for every client (entitled/kafka.py checks and applies them)
+    kafka_security_protocol: str = "PLAINTEXT"  # SSL, SASL_PLAINTEXT, SASL_SSL
+    kafka_sasl_mechanism: str | None = None  # PLAIN, SCRAM-SHA-256, SCRAM-SHA-512
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: str | None = field(default=None, repr=False)
+    kafka_ssl_ca_file: Path | None = None  # None: the system CAs
+    kafka_ssl_cert_file: Path | None = None  # a client certificate (mutual TLS)
+    kafka_ssl_key_file: Path | None = None
     database_url: str | None = None  # None: the local service of `entitled services`
     # Streaming replicas the read API reads from (round robin); empty: reads on the primary
     read_database_urls: tuple[str, ...] = ()
@@ -131,6 +143,13 @@ class Settings:
         base = cls()
         s = cls(
             kafka_bootstrap_servers=e.get("KAFKA_BOOTSTRAP_SERVERS") or None,
+            kafka_security_protocol=(e.get("KAFKA_SECURITY_PROTOCOL") or "PLAINTEXT").upper(),
+            kafka_sasl_mechanism=(e.get("KAFKA_SASL_MECHANISM") or "").upper() or None,
+            kafka_sasl_username=e.get("KAFKA_SASL_USERNAME") or None,
+            kafka_sasl_password=secret(e, "KAFKA_SASL_PASSWORD"),
+            kafka_ssl_ca_file=_path(e.get("KAFKA_SSL_CA_FILE")),
+            kafka_ssl_cert_file=_path(e.get("KAFKA_SSL_CERT_FILE")),
+            kafka_ssl_key_file=_path(e.get("KAFKA_SSL_KEY_FILE")),
             database_url=secret(e, "DATABASE_URL"),
             read_database_urls=_split(secret(e, "ENTITLED_READ_DATABASE_URL")),
             topic=e.get("ENTITLED_TOPIC") or base.topic,
@@ -176,7 +195,7 @@ class Settings:
         services, topic, home, consumer group and secrets: `base` without its own
         `ENTITLED_*` / `STRIPE_*` variables (they would win over these), plus those."""
         env = {k: v for k, v in base.items() if not k.startswith(("ENTITLED_", "STRIPE_"))}
-        env = without_secret_files(env, ("DATABASE_URL",))
+        env = without_secret_files(env, ("DATABASE_URL", "KAFKA_SASL_PASSWORD"))
         env.update(
             KAFKA_BOOTSTRAP_SERVERS=self.kafka_bootstrap_servers or "",
             DATABASE_URL=self.database_url or "",
@@ -187,7 +206,21 @@ class Settings:
             STRIPE_WEBHOOK_SECRET=",".join(self.webhook_secrets),
             PYTHONUNBUFFERED="1",
         )
+        env.update(self.kafka_env())
         return env
+
+    def kafka_env(self) -> dict[str, str]:
+        """The KAFKA_* security variables of these settings (the unset ones empty, so that a
+        child does not inherit another broker's)."""
+        return {
+            "KAFKA_SECURITY_PROTOCOL": self.kafka_security_protocol,
+            "KAFKA_SASL_MECHANISM": self.kafka_sasl_mechanism or "",
+            "KAFKA_SASL_USERNAME": self.kafka_sasl_username or "",
+            "KAFKA_SASL_PASSWORD": self.kafka_sasl_password or "",
+            "KAFKA_SSL_CA_FILE": str(self.kafka_ssl_ca_file or ""),
+            "KAFKA_SSL_CERT_FILE": str(self.kafka_ssl_cert_file or ""),
+            "KAFKA_SSL_KEY_FILE": str(self.kafka_ssl_key_file or ""),
+        }
 
     @property
     def services_dir(self) -> Path:

@@ -14,6 +14,7 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
+from entitled.kafka import client_options
 from entitled.settings import Settings
 from entitled.topics import ensure_topic
 
@@ -36,21 +37,21 @@ class CursorStore:
 
     def __init__(self, settings: Settings) -> None:
         assert settings.kafka_bootstrap_servers, "kafka_bootstrap_servers is not set"
-        self._bootstrap = settings.kafka_bootstrap_servers
+        self._settings = settings
         self._replication = settings.replication_factor
         self.topic = cursor_topic(settings)
         self._producer: AIOKafkaProducer | None = None
 
     async def start(self) -> None:
         await ensure_topic(
-            self._bootstrap,
+            self._settings,
             self.topic,
             1,
             self._replication,
             {"cleanup.policy": "compact"},
         )
         self._producer = AIOKafkaProducer(
-            bootstrap_servers=self._bootstrap, acks="all", enable_idempotence=True
+            **client_options(self._settings), acks="all", enable_idempotence=True
         )
         await self._producer.start()
 
@@ -63,7 +64,7 @@ class CursorStore:
         """Every list's latest cursor (cleared lists are absent)."""
         tp = TopicPartition(self.topic, 0)
         consumer = AIOKafkaConsumer(
-            bootstrap_servers=self._bootstrap,
+            **client_options(self._settings),
             enable_auto_commit=False,
             group_id=None,
             auto_offset_reset="earliest",

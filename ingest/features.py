@@ -20,6 +20,7 @@ import orjson
 import stripe
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from entitled.kafka import client_options
 from entitled.settings import Settings
 from entitled.topics import ensure_event_topic
 from ingest.keys import event_headers, routing_key
@@ -41,9 +42,7 @@ class FeaturesResult:
 
 async def logged_features(settings: Settings) -> dict[str, str]:
     """Product id -> the id of its newest `product.features.snapshot` in the log."""
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.kafka_bootstrap_servers, enable_auto_commit=False, group_id=None
-    )
+    consumer = AIOKafkaConsumer(**client_options(settings), enable_auto_commit=False, group_id=None)
     await consumer.start()
     newest: dict[str, str] = {}
     wanted = PRODUCT_FEATURES_TYPE.encode()

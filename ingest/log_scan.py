@@ -10,6 +10,7 @@ from __future__ import annotations
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
+from entitled.kafka import client_options
 from entitled.settings import Settings
 
 
@@ -76,9 +77,7 @@ async def write_times(settings: Settings, offsets: dict[TopicPartition, int]) ->
 
 async def _reader(settings: Settings) -> AIOKafkaConsumer:
     """A started consumer of no group: it reads where it is told and commits nothing."""
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.kafka_bootstrap_servers, enable_auto_commit=False, group_id=None
-    )
+    consumer = AIOKafkaConsumer(**client_options(settings), enable_auto_commit=False, group_id=None)
     await consumer.start()
     return consumer
 
@@ -86,7 +85,7 @@ async def _reader(settings: Settings) -> AIOKafkaConsumer:
 async def partitions(settings: Settings) -> list[int]:
     """The partition numbers of `settings.topic`, as the cluster knows them."""
     # The consumer's own metadata only covers topics it subscribed to; ask the cluster.
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers)
+    admin = AIOKafkaAdminClient(**client_options(settings))
     await admin.start()
     try:
         (meta,) = await admin.describe_topics([settings.topic])

@@ -24,6 +24,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 from aiokafka.structs import RecordMetadata
 
+from entitled.kafka import client_options
 from entitled.settings import Settings
 from ingest.errors import ConfigurationError, LogUnavailable
 
@@ -57,7 +58,7 @@ class EventProducer:
         # Built here, not in __init__: aiokafka binds to the running loop, and the app (with
         # its producer) is usually created before uvicorn starts the loop.
         producer = AIOKafkaProducer(
-            bootstrap_servers=self.settings.kafka_bootstrap_servers,
+            **client_options(self.settings),
             client_id="entitled-ingest",
             acks="all",
             enable_idempotence=True,

@@ -81,6 +81,8 @@ def child_environment(settings: Settings) -> dict[str, str]:
         STRIPE_WEBHOOK_SECRET=",".join(settings.webhook_secrets),
         PYTHONUNBUFFERED="1",
     )
+    env.pop("KAFKA_SASL_PASSWORD_FILE", None)  # set directly below
+    env.update(settings.kafka_env())
     if settings.api_token:
         env["ENTITLED_API_TOKEN"] = settings.api_token
     if settings.read_database_urls:
@@ -116,17 +118,23 @@ def running_services(settings: Settings) -> set[str]:
     return running
 
 
-def start_services(settings: Settings) -> Settings:
+def start_services(settings: Settings, *, secure: bool = False) -> Settings:
+    if secure and (settings.kafka_bootstrap_servers or settings.database_url):
+        raise DevError(
+            "--secure starts a local Kafka and PostgreSQL over TLS: unset "
+            "KAFKA_BOOTSTRAP_SERVERS and DATABASE_URL (yours keep their own settings)"
+        )
     if not (settings.kafka_bootstrap_servers and settings.database_url):
         say(
             f"starting the local Kafka and PostgreSQL in {settings.services_dir} "
+            f"{'(SASL_SSL and TLS) ' if secure else ''}"
             "(the first run downloads the Kafka jars: a minute or two)"
         )
-    ep = svc.endpoints(settings)
+    ep = svc.up(settings, secure=True) if secure else svc.endpoints(settings)
     say(f"Kafka {ep.bootstrap}, PostgreSQL {ep.database_url}")
-    return dataclasses.replace(
-        settings, kafka_bootstrap_servers=ep.bootstrap, database_url=ep.database_url
-    )
+    if not settings.kafka_bootstrap_servers:
+        settings = ep.kafka_settings(settings)
+    return dataclasses.replace(settings, database_url=ep.database_url)
 
 
 def start_replicas(settings: Settings, count: int, local: bool) -> Settings:

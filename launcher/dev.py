@@ -103,6 +103,7 @@ class Options:
     wipe: bool
     timeout_s: float
     replicas: int = 0
+    secure: bool = False
 
 
 def _start_children(
@@ -165,7 +166,7 @@ def run(settings: Settings, opts: Options) -> int:
     pids = settings.home / PIDS_FILE
     code = 1
     try:
-        settings = start_services(settings)
+        settings = start_services(settings, secure=opts.secure)
         if opts.replicas:
             settings = start_replicas(settings, opts.replicas, "postgres" in wanted)
         active, loaded = asyncio.run(prepare(settings))
@@ -257,6 +258,11 @@ def _stop_services(settings: Settings, ours: set[str], code: int) -> int:
     type=click.IntRange(0, 8),
     help="Streaming replicas of the local PostgreSQL that the read API reads from.",
 )
+@click.option(
+    "--secure",
+    is_flag=True,
+    help="Local Kafka over SASL_SSL (SCRAM) and PostgreSQL over TLS, as in production.",
+)
 def dev(
     ingest_port: int,
     api_port: int,
@@ -265,10 +271,11 @@ def dev(
     wipe: bool,
     timeout_s: float,
     replicas: int,
+    secure: bool,
 ) -> None:
     """Run ingest, worker and api locally with demo data, until Ctrl-C."""
     settings = Settings.from_env()
-    opts = Options(ingest_port, api_port, follow, keep_services, wipe, timeout_s, replicas)
+    opts = Options(ingest_port, api_port, follow, keep_services, wipe, timeout_s, replicas, secure)
     try:
         with single_instance(settings.home):
             code = run(settings, opts)

@@ -14,6 +14,7 @@ from faust.exceptions import ConsumerNotStarted
 from faust.types import TP
 from psycopg_pool import AsyncConnectionPool
 
+from entitled.kafka import faust_credentials
 from entitled.settings import Settings
 from projections.types import Message
 
@@ -32,10 +33,12 @@ def _key(raw: bytes | None) -> str | None:
     return raw.decode("utf-8", "replace") if raw is not None else None
 
 
-def _faust_app(settings: Settings, bootstrap: str) -> faust.App:
+def _faust_app(settings: Settings) -> faust.App:
+    assert settings.kafka_bootstrap_servers
     return faust.App(
         settings.consumer_group,
-        broker=[f"kafka://{hp}" for hp in bootstrap.split(",")],
+        broker=[f"kafka://{hp}" for hp in settings.kafka_bootstrap_servers.split(",")],
+        broker_credentials=faust_credentials(settings),
         web_enabled=False,
         # Faust keeps a little local state; not in the working directory.
         datadir=str(settings.home / "worker-data"),
@@ -55,8 +58,8 @@ def _faust_app(settings: Settings, bootstrap: str) -> faust.App:
     )
 
 
-def create_app(settings: Settings, bootstrap: str) -> faust.App:
-    app = _faust_app(settings, bootstrap)
+def create_app(settings: Settings) -> faust.App:
+    app = _faust_app(settings)
     topic = app.topic(settings.topic, key_type=bytes, value_type=bytes)
     assert settings.database_url is not None
     pool = make_pool(settings.database_url)
@@ -114,7 +117,7 @@ def create_app(settings: Settings, bootstrap: str) -> faust.App:
             log.exception("could not resume from the checkpoints")
 
     if settings.worker_metrics_port is not None:
-        _serve_metrics(app, settings, bootstrap, runner, pool, settings.worker_metrics_port)
+        _serve_metrics(app, settings, runner, pool, settings.worker_metrics_port)
 
     @app.on_before_shutdown.connect  # type: ignore[arg-type]
     async def close_pool(sender: Any, **_: Any) -> None:
@@ -127,7 +130,6 @@ def create_app(settings: Settings, bootstrap: str) -> faust.App:
 def _serve_metrics(
     app: faust.App,
     settings: Settings,
-    bootstrap: str,
     runner: BatchRunner,
     pool: AsyncConnectionPool,
     port: int,
@@ -143,7 +145,7 @@ def _serve_metrics(
         pool,
         runner.metrics,
         runner.heads,
-        HeadReader(bootstrap, settings.topic),
+        HeadReader(settings, settings.topic),
     )
 
     @app.timer(interval=1.0)  # type: ignore[untyped-decorator]

@@ -85,8 +85,7 @@ def worker(loglevel: str, metrics_port: int | None) -> None:
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
     loop.run_until_complete(prepare(settings))
-    assert settings.kafka_bootstrap_servers
-    app = create_app(settings, settings.kafka_bootstrap_servers)
+    app = create_app(settings)
     Worker(app, loglevel=loglevel, loop=loop, quiet=True).execute_from_commandline()
 
 

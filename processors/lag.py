@@ -21,6 +21,8 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from entitled.kafka import client_options
+from entitled.settings import Settings
 from projections.types import Message
 
 __all__ = ["RECEIVED_AT", "HeadCache", "HeadReader", "received_at", "seconds_behind"]
@@ -79,8 +81,8 @@ class HeadReader:
     """Reads the `received-at` of the record at given offsets with its own consumer (no group,
     nothing committed). Partitions are paused between reads so that nothing is prefetched."""
 
-    def __init__(self, bootstrap: str, topic: str, *, timeout_s: float = 5.0) -> None:
-        self.bootstrap = bootstrap
+    def __init__(self, settings: Settings, topic: str, *, timeout_s: float = 5.0) -> None:
+        self.settings = settings
         self.topic = topic
         self.timeout_s = timeout_s
         self._consumer: AIOKafkaConsumer | None = None
@@ -88,7 +90,7 @@ class HeadReader:
     async def _open(self) -> AIOKafkaConsumer:
         if self._consumer is None:
             consumer = AIOKafkaConsumer(
-                bootstrap_servers=self.bootstrap,
+                **client_options(self.settings),
                 enable_auto_commit=False,
                 auto_offset_reset="none",
                 # one record is all we want; a larger one still comes whole (KIP-74)

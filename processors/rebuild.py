@@ -38,9 +38,7 @@ async def rebuild_customer(settings: Settings, customer: str) -> dict[str, Any]:
     """
     assert settings.database_url and settings.kafka_bootstrap_servers
     # The topic's real partition count, which the producer's partitioner used.
-    partition = partition_of(
-        customer, len(await end_offsets(settings.kafka_bootstrap_servers, settings.topic))
-    )
+    partition = partition_of(customer, len(await end_offsets(settings)))
     store = ProjectionStore(settings.topic, Policy.from_settings(settings))
     conn = await psycopg.AsyncConnection.connect(settings.database_url)
     async with conn, conn.transaction():
@@ -49,7 +47,7 @@ async def rebuild_customer(settings: Settings, customer: str) -> dict[str, Any]:
         messages = [
             m
             async for batch in read_log(
-                settings.kafka_bootstrap_servers,
+                settings,
                 settings.topic,
                 {partition: 0},
                 {partition: checkpoint.get(partition, 0)},

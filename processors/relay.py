@@ -24,6 +24,7 @@ import psycopg
 from aiokafka import AIOKafkaProducer
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 
+from entitled.kafka import client_options
 from entitled.settings import Settings
 from entitled.topics import ensure_changes_topic
 from projections import changes
@@ -130,7 +131,7 @@ class Relay:
             self.metrics.leader.set(1)
             await ensure_changes_topic(s)
             producer = AIOKafkaProducer(
-                bootstrap_servers=s.kafka_bootstrap_servers,
+                **client_options(s),
                 acks="all",
                 enable_idempotence=True,
                 linger_ms=5,

@@ -30,6 +30,7 @@ import psycopg
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from tqdm import tqdm
 
+from entitled.kafka import client_options
 from entitled.settings import Settings
 from entitled.topics import end_offsets
 from projections import schema as db
@@ -80,7 +81,7 @@ def _connect(settings: Settings) -> Any:
 
 
 async def read_log(
-    bootstrap: str,
+    settings: Settings,
     topic: str,
     start: dict[int, int],
     stop: dict[int, int],
@@ -93,7 +94,7 @@ async def read_log(
     if not todo:
         return
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap,
+        **client_options(settings),
         enable_auto_commit=False,
         max_partition_fetch_bytes=8 * 1024 * 1024,
         fetch_max_bytes=64 * 1024 * 1024,
@@ -144,7 +145,7 @@ async def _fold_range(
     runner = BatchRunner(settings, pool, store=store)
     read = 0
     try:
-        async for batch in read_log(settings.kafka_bootstrap_servers, settings.topic, start, stop):
+        async for batch in read_log(settings, settings.topic, start, stop):
             result = await runner.commit(batch, recompute=recompute)
             if result.gaps:  # cannot happen with a plain reader; never skip if it does
                 raise RuntimeError(f"replay found a gap: {result.gaps}")
@@ -159,7 +160,7 @@ async def _fold_range(
 async def _positions(settings: Settings, schema: str) -> tuple[dict[int, int], dict[int, int]]:
     """(checkpoints of `schema`, log end offsets) per partition."""
     assert settings.database_url and settings.kafka_bootstrap_servers
-    stop = await end_offsets(settings.kafka_bootstrap_servers, settings.topic)
+    stop = await end_offsets(settings)
     store = ProjectionStore(settings.topic, Policy.from_settings(settings), schema=schema)
     async with await psycopg.AsyncConnection.connect(settings.database_url) as conn:
         _, start = await store.checkpoints(conn)
@@ -323,7 +324,7 @@ async def _judge(
     live = await db.active_schema(conn)
     report.differences = await versions.differences(conn, live, report.schema)
     assert settings.kafka_bootstrap_servers
-    ends = await end_offsets(settings.kafka_bootstrap_servers, settings.topic)
+    ends = await end_offsets(settings)
     report.refusal = swap_gate.refusal(
         report.differences,
         entitled=await versions.entitled_customers(conn, live),

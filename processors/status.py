@@ -30,9 +30,9 @@ async def collect(settings: Settings) -> dict[str, Any]:
         active = await db.active_schema(conn)
         _, checkpoints = await store.checkpoints(conn)
         letters = await store.dead_letters(conn)
-    ends = await end_offsets(settings.kafka_bootstrap_servers, settings.topic)
+    ends = await end_offsets(settings)
     behind = {p: checkpoints.get(p, 0) for p, end in ends.items() if end > checkpoints.get(p, 0)}
-    reader = HeadReader(settings.kafka_bootstrap_servers, settings.topic)
+    reader = HeadReader(settings, settings.topic)
     try:
         heads = await reader.read(behind)
     finally:

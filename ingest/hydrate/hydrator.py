@@ -44,6 +44,7 @@ import stripe
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 
 from entitled import bodies
+from entitled.kafka import client_options
 from entitled.settings import Settings
 from ingest import summary
 from ingest.completion import Fetch, needed
@@ -146,7 +147,7 @@ class Hydrator:
         """Hydrate until `stop` is set, or (`pending_only`) until the log end of the start."""
         stop = stop or asyncio.Event()
         consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.settings.kafka_bootstrap_servers,
+            **client_options(self.settings),
             group_id=self.group,
             client_id="entitled-hydrator",
             enable_auto_commit=False,

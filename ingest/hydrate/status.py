@@ -11,6 +11,7 @@ from __future__ import annotations
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from entitled.kafka import client_options
 from entitled.settings import Settings
 from ingest.completion import needed
 from ingest.hydrate.hydrator import SOURCES_TO_COMPLETE, group_of
@@ -24,7 +25,7 @@ async def unhydrated(settings: Settings) -> int:
         return 0
     # a member of no generation: reads the group's commits, joins nothing, commits nothing
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.kafka_bootstrap_servers,
+        **client_options(settings),
         group_id=group_of(settings),
         enable_auto_commit=False,
     )

@@ -2,13 +2,16 @@
 
 Both are started by the project itself on 127.0.0.1 (free ports, remembered in
 `services_dir/state.json`), detached from the starting process and stopped by pid.
+`up(secure=True)` starts them as production runs them: Kafka with SASL_SSL only (SCRAM users,
+a certificate from a local CA) and PostgreSQL with TLS (`sslmode=verify-full` URLs).
 """
 
 from __future__ import annotations
 
 import shutil
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 from entitled.settings import Settings
@@ -33,6 +36,7 @@ __all__ = [
     "stop_replica",
     "up",
     "up_replicas",
+    "with_kafka",
 ]
 
 
@@ -41,18 +45,59 @@ class Endpoints:
     """Where the services answer."""
 
     bootstrap: str  # "127.0.0.1:PORT[,...]"
-    database_url: str  # "postgresql://postgres@127.0.0.1:PORT/entitled"
+    database_url: str  # "postgresql://postgres@127.0.0.1:PORT/entitled[?sslmode=...]"
+    # KAFKA_* variables a process needs for this Kafka (security settings, and the bootstrap)
+    kafka_env: dict[str, str] = field(default_factory=dict, compare=False)
+
+    def kafka_settings(self, settings: Settings) -> Settings:
+        """`settings` pointed at this Kafka, with its security settings."""
+        local = Settings.from_env({"KAFKA_BOOTSTRAP_SERVERS": self.bootstrap, **self.kafka_env})
+        return with_kafka(settings, local)
+
+
+def with_kafka(settings: Settings, source: Settings) -> Settings:
+    """`settings` with the Kafka address and security settings of `source`."""
+    return replace(
+        settings,
+        kafka_bootstrap_servers=source.kafka_bootstrap_servers,
+        kafka_security_protocol=source.kafka_security_protocol,
+        kafka_sasl_mechanism=source.kafka_sasl_mechanism,
+        kafka_sasl_username=source.kafka_sasl_username,
+        kafka_sasl_password=source.kafka_sasl_password,
+        kafka_ssl_ca_file=source.kafka_ssl_ca_file,
+        kafka_ssl_cert_file=source.kafka_ssl_cert_file,
+        kafka_ssl_key_file=source.kafka_ssl_key_file,
+    )
 
 
 def _lock(settings: Settings) -> Any:
     return proc.locked(settings.services_dir / ".lock")
 
 
-def _kafka_state(settings: Settings, state: proc.State, brokers: int) -> dict[str, Any]:
+def _tls_dir(settings: Settings) -> Path:
+    return settings.services_dir.absolute() / "tls"
+
+
+def _check_secure(settings: Settings, name: str, current: dict[str, Any], secure: bool) -> None:
+    was = bool(current.get("security") or current.get("tls_dir"))
+    if was != secure:
+        raise ServicesError(
+            f"The local {name} in {settings.services_dir} was created "
+            f"{'with' if was else 'without'} --secure. Run `entitled services down --wipe` "
+            "first to recreate it."
+        )
+
+
+def _kafka_state(
+    settings: Settings, state: proc.State, brokers: int, secure: bool | None = None
+) -> dict[str, Any]:
+    """The recorded cluster, or a new plan. `secure` None: whichever exists (new: plain)."""
     current = state.get("kafka")
     if current is None:
-        current = kafka.plan(settings, brokers)
-    elif len(current["nodes"]) != brokers:
+        current = kafka.plan(settings, brokers, secure=bool(secure))
+    elif secure is not None:
+        _check_secure(settings, "Kafka", current, secure)
+    if len(current["nodes"]) != brokers:
         raise ServicesError(
             f"The local Kafka in {settings.services_dir} was created with "
             f"{len(current['nodes'])} broker(s), not {brokers}. Run "
@@ -62,40 +107,70 @@ def _kafka_state(settings: Settings, state: proc.State, brokers: int) -> dict[st
     return current
 
 
-def _postgres_state(settings: Settings, state: proc.State, fast: bool) -> dict[str, Any]:
-    current = state.get("postgres") or postgres.plan(settings, fast=fast)
+def _postgres_state(
+    settings: Settings, state: proc.State, fast: bool, secure: bool | None = None
+) -> dict[str, Any]:
+    current = state.get("postgres") or postgres.plan(
+        settings, fast=fast, tls_dir=_tls_dir(settings) if secure else None
+    )
+    if secure is not None:
+        _check_secure(settings, "PostgreSQL", current, secure)
     if not postgres.running(current):
         current["fast"] = fast  # durability settings apply from this start on
     state["postgres"] = current
     return current
 
 
-def _up(settings: Settings, *, brokers: int, fast: bool, want_kafka: bool, want_pg: bool) -> None:
+def _up(
+    settings: Settings,
+    *,
+    brokers: int,
+    fast: bool,
+    want_kafka: bool,
+    want_pg: bool,
+    secure: bool | None = None,
+) -> None:
     with _lock(settings):
         state = proc.load_state(settings.services_dir)
         try:
             if want_kafka:
                 # Spawn the JVM first: PostgreSQL starts while Kafka boots.
-                kafka.launch(settings, _kafka_state(settings, state, brokers))
+                kafka.launch(settings, _kafka_state(settings, state, brokers, secure))
             if want_pg:
-                postgres.start(settings, _postgres_state(settings, state, fast))
+                postgres.start(settings, _postgres_state(settings, state, fast, secure))
             if want_kafka:
                 kafka.wait_ready(state["kafka"])
         finally:
             proc.save_state(settings.services_dir, state)
 
 
-def up(settings: Settings, *, brokers: int = 1, fast: bool = False, replicas: int = 0) -> Endpoints:
+def up(
+    settings: Settings,
+    *,
+    brokers: int = 1,
+    fast: bool = False,
+    replicas: int = 0,
+    secure: bool = False,
+) -> Endpoints:
     """Start the local Kafka (`brokers` KRaft nodes) and PostgreSQL, and `replicas` streaming
     replicas of it; idempotent.
 
-    `fast` turns off fsync and friends: for throw-away test clusters only.
+    `fast` turns off fsync and friends: for throw-away test clusters only. `secure`: Kafka
+    over SASL_SSL only and PostgreSQL over TLS (see the module doc); a cluster is created
+    secure or not, and stays so until wiped.
     """
-    _up(settings, brokers=brokers, fast=fast, want_kafka=True, want_pg=True)
+    _up(settings, brokers=brokers, fast=fast, want_kafka=True, want_pg=True, secure=secure)
     if replicas:
         up_replicas(settings, replicas)
-    state = proc.load_state(settings.services_dir)
-    return Endpoints(kafka.bootstrap(state["kafka"]), postgres.url(state["postgres"]))
+    return _endpoints(proc.load_state(settings.services_dir))
+
+
+def _endpoints(state: proc.State) -> Endpoints:
+    return Endpoints(
+        kafka.bootstrap(state["kafka"]),
+        postgres.url(state["postgres"]),
+        kafka.client_env(state["kafka"]),
+    )
 
 
 def up_replicas(settings: Settings, count: int) -> tuple[str, ...]:
@@ -178,7 +253,7 @@ def endpoints(settings: Settings) -> Endpoints:
     """The configured services; whatever is not configured is started locally."""
     resolved = resolve(settings, need_kafka=True, need_postgres=True)
     assert resolved.kafka_bootstrap_servers and resolved.database_url
-    return Endpoints(resolved.kafka_bootstrap_servers, resolved.database_url)
+    return Endpoints(resolved.kafka_bootstrap_servers, resolved.database_url, resolved.kafka_env())
 
 
 def resolve(settings: Settings, *, need_kafka: bool, need_postgres: bool) -> Settings:
@@ -196,10 +271,10 @@ def resolve(settings: Settings, *, need_kafka: bool, need_postgres: bool) -> Set
         want_pg=want_pg,
     )
     state = proc.load_state(settings.services_dir)
+    if want_kafka:
+        settings = with_kafka(settings, kafka.client_settings(state["kafka"]))
     return replace(
         settings,
-        kafka_bootstrap_servers=settings.kafka_bootstrap_servers
-        or (kafka.bootstrap(state["kafka"]) if want_kafka else None),
         database_url=settings.database_url
         or (postgres.url(state["postgres"]) if want_pg else None),
     )

@@ -45,13 +45,23 @@ def services() -> None:
     type=click.IntRange(0, 8),
     help="Streaming replicas (hot standbys) of PostgreSQL for the read API.",
 )
+@click.option(
+    "--secure",
+    is_flag=True,
+    help="Kafka over SASL_SSL only (SCRAM-SHA-512 users, a certificate from a local CA) and "
+    "PostgreSQL over TLS: as in production. Prints the settings clients need.",
+)
 @_friendly
-def up(brokers: int, fast: bool, replicas: int) -> None:
+def up(brokers: int, fast: bool, replicas: int, secure: bool) -> None:
     """Start Kafka and PostgreSQL (idempotent) and print where they answer."""
     settings = Settings.from_env()
     started = time.monotonic()
-    endpoints = svc.up(settings, brokers=brokers, fast=fast)
+    endpoints = svc.up(settings, brokers=brokers, fast=fast, secure=secure)
     click.echo(f"KAFKA_BOOTSTRAP_SERVERS={endpoints.bootstrap}")
+    for name, value in endpoints.kafka_env.items():
+        # the local broker's generated password: printed so that `export $(...)` works
+        if name != "KAFKA_BOOTSTRAP_SERVERS" and value:
+            click.echo(f"{name}={value}")
     click.echo(f"DATABASE_URL={endpoints.database_url}")
     if replicas:
         click.echo(f"ENTITLED_READ_DATABASE_URL={','.join(svc.up_replicas(settings, replicas))}")

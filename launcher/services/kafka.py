@@ -3,6 +3,11 @@
 Each node is a combined broker+controller listening on 127.0.0.1. Ports are chosen by the
 OS once and remembered in the state file, so a restarted broker comes back where its
 clients expect it.
+
+A secure cluster (`plan(..., secure=True)`) has no PLAINTEXT listener for clients: brokers
+talk SASL_SSL (SCRAM-SHA-512) to clients and to each other, with a certificate from the local
+CA (`tls.py`); the SCRAM users (`admin` for the brokers, `entitled` for the processes) are
+written into the storage by `kafka-storage format --add-scram`, as KRaft wants.
 """
 
 from __future__ import annotations
@@ -19,8 +24,10 @@ from typing import Any
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
+from entitled.kafka import client_options
 from entitled.settings import Settings
 from launcher.services import _process as proc
+from launcher.services import tls
 from launcher.services.errors import ServicesError
 
 KAFKA_VERSION = "4.1.1"
@@ -117,19 +124,51 @@ def _log_file(settings: Settings, node_id: int) -> Path:
     return settings.services_dir.absolute() / "logs" / f"kafka-{node_id}.log"
 
 
-def _server_properties(node: dict[str, Any], nodes: list[dict[str, Any]]) -> str:
+SCRAM = "SCRAM-SHA-512"
+CLIENT_USER = "entitled"  # the processes' SCRAM user; `admin` is the brokers' own
+
+
+def _listener_properties(node: dict[str, Any], security: dict[str, Any] | None) -> dict[str, Any]:
+    controller = f"CONTROLLER://127.0.0.1:{node['controller_port']}"
+    if security is None:
+        return {
+            "listeners": f"PLAINTEXT://127.0.0.1:{node['port']},{controller}",
+            "advertised.listeners": f"PLAINTEXT://127.0.0.1:{node['port']}",
+            "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+            "inter.broker.listener.name": "PLAINTEXT",
+        }
+    auth = tls.Authority(Path(security["tls_dir"]))
+    admin = security["users"]["admin"]
+    return {
+        "listeners": f"SASL_SSL://127.0.0.1:{node['port']},{controller}",
+        "advertised.listeners": f"SASL_SSL://127.0.0.1:{node['port']}",
+        "listener.security.protocol.map": "SASL_SSL:SASL_SSL,CONTROLLER:PLAINTEXT",
+        "inter.broker.listener.name": "SASL_SSL",
+        "sasl.enabled.mechanisms": SCRAM,
+        "sasl.mechanism.inter.broker.protocol": SCRAM,
+        "listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config": (
+            "org.apache.kafka.common.security.scram.ScramLoginModule required "
+            f'username="admin" password="{admin}";'
+        ),
+        "ssl.keystore.type": "PEM",
+        "ssl.keystore.location": str(auth.bundle),
+        "ssl.truststore.type": "PEM",
+        "ssl.truststore.location": str(auth.ca_file),
+        "ssl.client.auth": "none",
+    }
+
+
+def _server_properties(
+    node: dict[str, Any], nodes: list[dict[str, Any]], security: dict[str, Any] | None = None
+) -> str:
     n = len(nodes)
     rf = min(n, 3)
     voters = ",".join(f"{x['node_id']}@127.0.0.1:{x['controller_port']}" for x in nodes)
     props = {
         "node.id": node["node_id"],
         "process.roles": "broker,controller",
-        "listeners": f"PLAINTEXT://127.0.0.1:{node['port']},CONTROLLER://127.0.0.1:"
-        f"{node['controller_port']}",
-        "advertised.listeners": f"PLAINTEXT://127.0.0.1:{node['port']}",
-        "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+        **_listener_properties(node, security),
         "controller.listener.names": "CONTROLLER",
-        "inter.broker.listener.name": "PLAINTEXT",
         "controller.quorum.voters": voters,
         "log.dirs": node["data_dir"],
         "num.partitions": 8,
@@ -173,8 +212,9 @@ logger.zk.level = WARN
 """
 
 
-def plan(settings: Settings, brokers: int) -> KafkaState:
-    """The nodes of a new cluster: ids, fresh ports, directories (nothing started yet)."""
+def plan(settings: Settings, brokers: int, *, secure: bool = False) -> KafkaState:
+    """The nodes of a new cluster: ids, fresh ports, directories, and with `secure` the
+    SCRAM users' passwords and where the TLS files go (nothing started yet)."""
     nodes = []
     for node_id in range(1, brokers + 1):
         home = _node_dir(settings, node_id)
@@ -191,11 +231,39 @@ def plan(settings: Settings, brokers: int) -> KafkaState:
             }
         )
     cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
-    return {"version": KAFKA_VERSION, "cluster_id": cluster_id, "nodes": nodes}
+    state: KafkaState = {"version": KAFKA_VERSION, "cluster_id": cluster_id, "nodes": nodes}
+    if secure:
+        state["security"] = {
+            "mechanism": SCRAM,
+            "users": {"admin": tls.password(), CLIENT_USER: tls.password()},
+            "tls_dir": str(settings.services_dir.absolute() / "tls"),
+        }
+    return state
 
 
 def bootstrap(state: KafkaState) -> str:
     return ",".join(f"127.0.0.1:{n['port']}" for n in state["nodes"])
+
+
+def client_env(state: KafkaState, user: str = CLIENT_USER) -> dict[str, str]:
+    """The KAFKA_* variables a process needs to connect to this cluster as `user`."""
+    env = {"KAFKA_BOOTSTRAP_SERVERS": bootstrap(state)}
+    security = state.get("security")
+    if security is None:
+        return {**env, "KAFKA_SECURITY_PROTOCOL": "PLAINTEXT"}
+    return {
+        **env,
+        "KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
+        "KAFKA_SASL_MECHANISM": security["mechanism"],
+        "KAFKA_SASL_USERNAME": user,
+        "KAFKA_SASL_PASSWORD": security["users"][user],
+        "KAFKA_SSL_CA_FILE": str(tls.Authority(Path(security["tls_dir"])).ca_file),
+    }
+
+
+def client_settings(state: KafkaState, user: str = CLIENT_USER) -> Settings:
+    """Settings that connect to this cluster as `user` (the project's own checks)."""
+    return Settings.from_env(client_env(state, user))
 
 
 def _classpath(settings: Settings) -> str:
@@ -229,6 +297,7 @@ def _format(settings: Settings, state: KafkaState, nodes: list[dict[str, Any]]) 
             f"--cluster-id={state['cluster_id']}",
             "-c",
             node["config"],
+            *_scram_users(state),
         ]
         with out.open("w") as fh:
             running.append((node, out, subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT)))
@@ -239,6 +308,18 @@ def _format(settings: Settings, state: KafkaState, nodes: list[dict[str, Any]]) 
                 f"Formatting the Kafka storage in {node['data_dir']} failed (exit {code}):\n"
                 f"{proc.log_tail(out)}\nRun `entitled services down --wipe` and try again."
             )
+
+
+def _scram_users(state: KafkaState) -> list[str]:
+    """`--add-scram` arguments for the users of a secure cluster (KRaft keeps SCRAM
+    credentials in its metadata log; the brokers' own must be there before they start)."""
+    security = state.get("security")
+    if security is None:
+        return []
+    args = []
+    for user, secret in security["users"].items():
+        args += ["--add-scram", f"{security['mechanism']}=[name={user},password={secret}]"]
+    return args
 
 
 def running(node: dict[str, Any]) -> bool:
@@ -252,12 +333,16 @@ def launch(settings: Settings, state: KafkaState) -> KafkaState:
     prepare(settings)
     java = _java()
     stopped = [node for node in state["nodes"] if not running(node)]
+    security = state.get("security")
+    if security is not None and stopped:
+        tls.authority(Path(security["tls_dir"]))
     for node in stopped:
         proc.require_free_port(node["port"], f"Kafka node {node['node_id']}")
         proc.require_free_port(node["controller_port"], f"Kafka controller {node['node_id']}")
         Path(node["data_dir"]).mkdir(parents=True, exist_ok=True)
         Path(node["log_file"]).parent.mkdir(parents=True, exist_ok=True)
-        Path(node["config"]).write_text(_server_properties(node, state["nodes"]))
+        Path(node["config"]).write_text(_server_properties(node, state["nodes"], security))
+        Path(node["config"]).chmod(0o600)  # it holds the brokers' SCRAM password
         Path(node["log4j"]).write_text(_log4j2(Path(node["log_file"])))
     _format(settings, state, stopped)
     for node in stopped:
@@ -292,9 +377,9 @@ def _node_failure(node: dict[str, Any], why: str) -> ServicesError:
     )
 
 
-async def _cluster_size(bootstrap_servers: str, timeout_s: float) -> int:
+async def _cluster_size(settings: Settings, timeout_s: float) -> int:
     admin = AIOKafkaAdminClient(
-        bootstrap_servers=bootstrap_servers, request_timeout_ms=int(timeout_s * 1000)
+        **client_options(settings), request_timeout_ms=int(timeout_s * 1000)
     )
     try:
         await admin.start()
@@ -308,13 +393,14 @@ def wait_ready(state: KafkaState, timeout_s: float = START_TIMEOUT_S) -> None:
     """Poll until every node answers metadata naming all brokers, with a deadline."""
     deadline = time.monotonic() + timeout_s
     want = len(state["nodes"])
+    admin = client_settings(state, "admin" if state.get("security") else CLIENT_USER)
     while True:
         for node in state["nodes"]:
             if not running(node):
                 raise _node_failure(node, "exited during start-up")
         if all(proc.port_open(n["port"]) for n in state["nodes"]):
             try:
-                if proc.run_async(lambda: _cluster_size(bootstrap(state), 5.0)) >= want:
+                if proc.run_async(lambda: _cluster_size(admin, 5.0)) >= want:
                     return
             except (KafkaError, OSError, TimeoutError):
                 pass

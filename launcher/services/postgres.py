@@ -2,6 +2,9 @@
 
 PostgreSQL refuses to run as root, so when we are root every server-side command runs as
 the `postgres` system user, and the directories it needs are handed to that user.
+
+A cluster planned with `tls_dir` (`entitled services up --secure`) serves TLS (`ssl=on`) with
+the local CA's server certificate, and its URL asks for `sslmode=verify-full` against that CA.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import psycopg
 
 from entitled.settings import Settings
 from launcher.services import _process as proc
+from launcher.services import tls
 from launcher.services.errors import ServicesError
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
@@ -86,9 +90,10 @@ def _make_traversable(path: Path) -> None:
             parent.chmod(mode | stat.S_IXOTH)
 
 
-def plan(settings: Settings, *, fast: bool) -> PostgresState:
+def plan(settings: Settings, *, fast: bool, tls_dir: Path | None = None) -> PostgresState:
     root = settings.services_dir.absolute() / "postgres"
     return {
+        "tls_dir": str(tls_dir) if tls_dir else None,
         "port": proc.free_port(),
         "data_dir": str(root / "data"),
         "socket_dir": str(root / "run"),
@@ -99,7 +104,32 @@ def plan(settings: Settings, *, fast: bool) -> PostgresState:
 
 
 def url(state: PostgresState, database: str = DATABASE) -> str:
-    return f"postgresql://postgres@127.0.0.1:{state['port']}/{database}"
+    base = f"postgresql://postgres@127.0.0.1:{state['port']}/{database}"
+    if not state.get("tls_dir"):
+        return base
+    ca = tls.Authority(Path(state["tls_dir"])).ca_file
+    return f"{base}?sslmode=verify-full&sslrootcert={ca}"
+
+
+def tls_settings(state: PostgresState) -> dict[str, str]:
+    """`ssl=on` with the certificate `install_certificate` put in the data directory."""
+    if not state.get("tls_dir"):
+        return {}
+    return {"ssl": "on", "ssl_cert_file": "'server.crt'", "ssl_key_file": "'server.key'"}
+
+
+def install_certificate(state: PostgresState) -> None:
+    """Copy the local CA's server certificate and key into the data directory, owned by the
+    server's user (PostgreSQL refuses a key others can read)."""
+    if not state.get("tls_dir"):
+        return
+    auth = tls.authority(Path(state["tls_dir"]))
+    data = Path(state["data_dir"])
+    for source, name in ((auth.cert_file, "server.crt"), (auth.key_file, "server.key")):
+        target = data / name
+        shutil.copyfile(source, target)
+        target.chmod(0o600)
+        _give(target)
 
 
 def _postmaster_pid(data_dir: Path) -> int | None:
@@ -154,6 +184,8 @@ def _write_conf(state: PostgresState) -> None:
     }
     if state["fast"]:
         settings.update(FAST_SETTINGS)
+    settings.update(tls_settings(state))
+    install_certificate(state)
     path = Path(state["data_dir"]) / "entitled.conf"
     path.write_text("".join(f"{k} = {v}\n" for k, v in settings.items()))
     _give(path)

@@ -53,9 +53,12 @@ def name(index: int) -> str:
     return f"entitled-replica-{index}"
 
 
-def plan(services_dir: Path, index: int, *, fast: bool) -> PostgresState:
+def plan(
+    services_dir: Path, index: int, *, fast: bool, tls_dir: str | None = None
+) -> PostgresState:
     root = services_dir.absolute() / "postgres-replicas" / str(index)
     return {
+        "tls_dir": tls_dir,  # the primary's: a replica serves TLS when its primary does
         "index": index,
         "port": proc.free_port(),
         "data_dir": str(root / "data"),
@@ -117,6 +120,8 @@ def _write_conf(state: PostgresState) -> None:
     }
     if state["fast"]:
         settings.update(postgres.FAST_SETTINGS)
+    settings.update(postgres.tls_settings(state))
+    postgres.install_certificate(state)
     path = Path(state["data_dir"]) / "entitled.conf"
     path.write_text("".join(f"{k} = {v}\n" for k, v in settings.items()))
     postgres._give(path)
@@ -155,7 +160,11 @@ def ensure(
     """Replicas 1..`count` running (reusing the recorded ones); the list to record."""
     replicas = list(current)
     for index in range(len(replicas) + 1, count + 1):
-        replicas.append(plan(services_dir, index, fast=bool(primary.get("fast"))))
+        replicas.append(
+            plan(
+                services_dir, index, fast=bool(primary.get("fast")), tls_dir=primary.get("tls_dir")
+            )
+        )
     for state in replicas[:count]:
         start(primary, state)
     return replicas

@@ -88,7 +88,7 @@ class InProcess:
 
 
 def _ends(settings: Settings) -> dict[int, int]:
-    return run_async(lambda: end_offsets(settings.kafka_bootstrap_servers or "", settings.topic))
+    return run_async(lambda: end_offsets(settings))
 
 
 @pytest.fixture

@@ -93,7 +93,7 @@ def lag_report(settings: Settings) -> str:
     from launcher.services._process import run_async
     from processors.status import end_offsets
 
-    ends = run_async(lambda: end_offsets(settings.kafka_bootstrap_servers or "", settings.topic))
+    ends = run_async(lambda: end_offsets(settings))
     cps = dict(
         query(
             settings,

@@ -177,7 +177,7 @@ def test_three_brokers_lose_one_under_load(cluster3: Settings, tmp_path: Path) -
     topic = "stripe.events.rf3"
     run_async(
         lambda: ensure_topic(
-            cluster3.kafka_bootstrap_servers or "",
+            cluster3,
             topic,
             8,
             3,

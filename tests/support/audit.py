@@ -108,7 +108,7 @@ def audit(settings: Settings, acked: set[str] | Mapping[str, Any]) -> Audit:
     by_position = {(r.partition, r.offset): r.event_id for r in records}
     a.doubled += sum(1 for eid, pos in processed.items() if by_position.get(pos) != eid)
     a.lost = sorted(e for e in acked if e not in processed and e not in dead_ids)
-    ends = run_async(lambda: end_offsets(settings.kafka_bootstrap_servers or "", settings.topic))
+    ends = run_async(lambda: end_offsets(settings))
     cps = dict(
         query(
             settings,

@@ -49,9 +49,7 @@ def caught_up(settings: Settings) -> bool:
     """Every partition's live checkpoint has reached the log end (False before the schema
     exists and while a service is down)."""
     try:
-        ends = run_async(
-            lambda: end_offsets(settings.kafka_bootstrap_servers or "", settings.topic)
-        )
+        ends = run_async(lambda: end_offsets(settings))
         cps = dict(
             query(
                 settings,

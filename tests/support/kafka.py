@@ -12,6 +12,7 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 
+from entitled.kafka import client_options
 from entitled.settings import Settings
 from entitled.topics import end_offsets as _end_offsets
 from ingest.keys import event_headers, routing_key
@@ -45,16 +46,12 @@ def publish(settings: Settings, events: Iterable[Mapping[str, Any]]) -> list[tup
 
 async def end_offsets(settings: Settings) -> dict[int, int]:
     """End offset per partition of `settings.topic`."""
-    assert settings.kafka_bootstrap_servers
-    return await _end_offsets(settings.kafka_bootstrap_servers, settings.topic)
+    return await _end_offsets(settings)
 
 
 @asynccontextmanager
 async def _consumer(settings: Settings) -> AsyncIterator[AIOKafkaConsumer]:
-    assert settings.kafka_bootstrap_servers
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.kafka_bootstrap_servers, enable_auto_commit=False
-    )
+    consumer = AIOKafkaConsumer(**client_options(settings), enable_auto_commit=False)
     await consumer.start()
     try:
         yield consumer
@@ -96,12 +93,11 @@ class Record:
 
 def log_records(settings: Settings) -> list[Record]:
     """Position and event id of every record of the settings' topic, up to the current end."""
-    bootstrap = settings.kafka_bootstrap_servers or ""
 
     async def go() -> list[Record]:
-        ends = await _end_offsets(bootstrap, settings.topic)
+        ends = await _end_offsets(settings)
         out: list[Record] = []
-        async for batch in read_log(bootstrap, settings.topic, {}, ends):
+        async for batch in read_log(settings, settings.topic, {}, ends):
             for m in batch:
                 try:
                     event_id = orjson.loads(m.value).get("id")

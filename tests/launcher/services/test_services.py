@@ -145,8 +145,8 @@ def test_missing_binaries_say_how_to_fix(monkeypatch: pytest.MonkeyPatch, tmp_pa
 def test_stage_commands_get_the_local_services(
     started: Started, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A stage command run through `entitled` without addresses sees the local services in
-    its environment, only those it needs; `--help` resolves nothing."""
+    """A stage command run through `entitled --local-services` without addresses sees the
+    local services in its environment, only those it needs; `--help` resolves nothing."""
     monkeypatch.setenv("ENTITLED_HOME", str(started.settings.home))
     for name in ("KAFKA_BOOTSTRAP_SERVERS", "DATABASE_URL"):
         monkeypatch.setenv(name, "")  # restored after the test, whatever the shell sets
@@ -163,12 +163,32 @@ def test_stage_commands_get_the_local_services(
     helped = runner.invoke(with_services(group, frozenset({POSTGRES})), ["probe", "--help"])
     assert helped.exit_code == 0 and seen == []
     assert not os.environ["DATABASE_URL"]
-    result = runner.invoke(with_services(group, frozenset({POSTGRES})), ["probe"])
+    result = runner.invoke(
+        with_services(group, frozenset({POSTGRES})), ["probe", "--local-services"]
+    )
     assert result.exit_code == 0, result.output
     assert seen == [(None, started.endpoints.database_url)]
-    result = runner.invoke(with_services(probe, frozenset({KAFKA, POSTGRES})), [])
+    result = runner.invoke(with_services(probe, frozenset({KAFKA, POSTGRES})), ["--local-services"])
     assert result.exit_code == 0, result.output
     assert seen[-1] == (started.endpoints.bootstrap, started.endpoints.database_url)
+
+
+def test_stage_commands_start_nothing_unasked(tmp_path: Path) -> None:
+    """Without an address and without --local-services a stage command exits 2 naming the
+    variable, and starts nothing (an ingest on a throwaway broker would lose events)."""
+    env = {"ENTITLED_HOME": str(tmp_path), "KAFKA_BOOTSTRAP_SERVERS": "", "DATABASE_URL": ""}
+    runner = CliRunner()
+    for argv, named, unnamed in (
+        (["ingest"], "KAFKA_BOOTSTRAP_SERVERS", "DATABASE_URL"),
+        (["migrate"], "DATABASE_URL", "KAFKA_BOOTSTRAP_SERVERS"),
+        (["worker"], "KAFKA_BOOTSTRAP_SERVERS", None),
+        (["replay", "--list"], "DATABASE_URL", None),
+    ):
+        result = runner.invoke(main, argv, env=env)
+        assert result.exit_code == 2, (argv, result.output)
+        assert named in result.output and "--local-services" in result.output
+        assert unnamed is None or unnamed not in result.output
+    assert not (tmp_path / "services").exists()
 
 
 def test_entitled_migrate_finds_the_local_postgres(
@@ -177,7 +197,7 @@ def test_entitled_migrate_finds_the_local_postgres(
     for name in ("KAFKA_BOOTSTRAP_SERVERS", "DATABASE_URL"):
         monkeypatch.setenv(name, "")
     env = {"ENTITLED_HOME": str(started.settings.home)}
-    result = CliRunner().invoke(main, ["migrate"], env=env)
+    result = CliRunner().invoke(main, ["--local-services", "migrate"], env=env)
     assert result.exit_code == 0, result.output
     with psycopg.connect(started.endpoints.database_url) as conn:
         row = conn.execute("SELECT to_regclass('entitled.versions') IS NOT NULL").fetchone()
