@@ -12,6 +12,7 @@ import orjson
 import psycopg
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from entitled.kafka import client_options
 from entitled.settings import Settings
 from launcher.services._process import run_async
 from launcher.workload import Workload
@@ -26,7 +27,7 @@ def _consume(settings: Settings, topic: str) -> list[dict[str, Any]]:
 
     async def go() -> list[tuple[int, int, bytes | None, bytes, dict[str, bytes]]]:
         consumer = AIOKafkaConsumer(
-            bootstrap_servers=settings.kafka_bootstrap_servers, enable_auto_commit=False
+            **client_options(settings), enable_auto_commit=False
         )
         await consumer.start()
         try:
