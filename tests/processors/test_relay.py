@@ -26,9 +26,7 @@ def _consume(settings: Settings, topic: str) -> list[dict[str, Any]]:
     """Everything on `topic` now, with the change-id header checked against the body."""
 
     async def go() -> list[tuple[int, int, bytes | None, bytes, dict[str, bytes]]]:
-        consumer = AIOKafkaConsumer(
-            **client_options(settings), enable_auto_commit=False
-        )
+        consumer = AIOKafkaConsumer(**client_options(settings), enable_auto_commit=False)
         await consumer.start()
         try:
             tps = [TopicPartition(topic, p) for p in range(settings.partitions)]
