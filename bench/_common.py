@@ -48,9 +48,7 @@ def bench_settings(name: str) -> Iterator[Settings]:
 
         print(f"starting Kafka and Postgres in {temp_home} ...", flush=True)
         ep = services.endpoints(settings)
-        settings = dataclasses.replace(
-            settings, kafka_bootstrap_servers=ep.bootstrap, database_url=ep.database_url
-        )
+        settings = dataclasses.replace(ep.kafka_settings(settings), database_url=ep.database_url)
     tag = uuid.uuid4().hex[:8]
     settings = dataclasses.replace(
         settings, topic=f"bench.{name}.{tag}", consumer_group=f"bench-{name}-{tag}"
@@ -74,8 +72,11 @@ def fresh_database(settings: Settings, label: str) -> Settings:
     name = f"bench_{label}_{uuid.uuid4().hex[:8]}"
     with psycopg.connect(settings.database_url, autocommit=True) as conn:
         conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    base, _, _ = settings.database_url.rpartition("/")
-    return dataclasses.replace(settings, database_url=f"{base}/{name}")
+    from urllib.parse import urlsplit, urlunsplit
+
+    # the path only: the query may name files (sslrootcert=/path/ca.crt)
+    url = urlunsplit(urlsplit(settings.database_url)._replace(path=f"/{name}"))
+    return dataclasses.replace(settings, database_url=url)
 
 
 async def migrate(database_url: str) -> str:

@@ -15,6 +15,7 @@ import pwd
 import shutil
 import stat
 import subprocess
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,6 @@ from launcher.services import _process as proc
 from launcher.services import tls
 from launcher.services.errors import ServicesError
 
-PG_BIN = Path("/usr/lib/postgresql/15/bin")
 DATABASE = "entitled"
 SYSTEM_USER = "postgres"
 MAX_CONNECTIONS = 300
@@ -35,15 +35,54 @@ FAST_SETTINGS = {"fsync": "off", "synchronous_commit": "off", "full_page_writes"
 PostgresState = dict[str, Any]
 
 
-def bin_dir() -> Path:
-    """The PostgreSQL 15 server binaries, or a ServicesError saying how to install them."""
-    missing = [name for name in ("initdb", "pg_ctl", "postgres") if not (PG_BIN / name).exists()]
-    if missing:
-        raise ServicesError(
-            f"PostgreSQL 15 server binaries are missing ({', '.join(missing)} not in {PG_BIN}). "
-            "Run `scripts/bootstrap` or `apt-get install postgresql-15`."
+_SERVER_BINARIES = ("initdb", "pg_ctl", "postgres")
+
+
+def _complete(directory: Path) -> bool:
+    return all((directory / name).is_file() for name in _SERVER_BINARIES)
+
+
+def _pg_config_bindir(path: str | None) -> Path | None:
+    pg_config = shutil.which("pg_config", path=path)
+    if pg_config is None:
+        return None
+    try:
+        done = subprocess.run(
+            [pg_config, "--bindir"], capture_output=True, text=True, timeout=10, check=True
         )
-    return PG_BIN
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return Path(done.stdout.strip()) if done.stdout.strip() else None
+
+
+def bin_dir(env: Mapping[str, str] | None = None) -> Path:
+    """The PostgreSQL server binaries (initdb, pg_ctl, postgres): where `pg_config --bindir`
+    says, else beside the `initdb` on PATH, else `ENTITLED_PG_BIN`; a ServicesError naming
+    all three when none has them."""
+    e = os.environ if env is None else env
+    path = e.get("PATH")
+    tried = []
+    bindir = _pg_config_bindir(path)
+    tried.append(f"`pg_config --bindir` ({bindir or 'no pg_config on PATH'})")
+    if bindir is not None and _complete(bindir):
+        return bindir
+    initdb = shutil.which("initdb", path=path)
+    # a symlink (/usr/local/bin/initdb, Homebrew's bin): its siblings are where it points
+    beside = Path(initdb).resolve().parent if initdb else None
+    tried.append(f"PATH ({beside or 'no initdb on PATH'})")
+    if beside is not None and _complete(beside):
+        return beside
+    explicit = Path(e["ENTITLED_PG_BIN"]) if e.get("ENTITLED_PG_BIN") else None
+    tried.append(f"ENTITLED_PG_BIN ({explicit or 'not set'})")
+    if explicit is not None and _complete(explicit):
+        return explicit
+    raise ServicesError(
+        f"PostgreSQL server binaries ({', '.join(_SERVER_BINARIES)}) not found; looked in: "
+        + "; ".join(tried)
+        + ". Install the PostgreSQL server (`apt-get install postgresql`, `dnf install "
+        "postgresql-server`, `brew install postgresql@16`), or put its bin directory on PATH, "
+        "or set ENTITLED_PG_BIN to it."
+    )
 
 
 def _as_root() -> bool:

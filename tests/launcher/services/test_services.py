@@ -133,10 +133,47 @@ def test_cli_status_and_errors(started: Started) -> None:
     assert "Traceback" not in bad.output
 
 
+def _server_bin(directory: Path) -> Path:
+    """A directory holding stand-ins for initdb, pg_ctl and postgres."""
+    directory.mkdir(parents=True)
+    for name in ("initdb", "pg_ctl", "postgres"):
+        (directory / name).write_text("#!/bin/sh\n")
+        (directory / name).chmod(0o755)
+    return directory
+
+
+def test_postgres_binaries_are_found_where_the_platform_puts_them(tmp_path: Path) -> None:
+    """`pg_config --bindir`, then the initdb on PATH (through a symlink, as Homebrew and
+    /usr/local/bin have it), then ENTITLED_PG_BIN; none of them: an error naming all three."""
+    by_config = _server_bin(tmp_path / "config" / "bin")
+    tools = tmp_path / "tools"
+    tools.mkdir()
+    (tools / "pg_config").write_text(f"#!/bin/sh\necho {by_config}\n")
+    (tools / "pg_config").chmod(0o755)
+    assert postgres.bin_dir({"PATH": str(tools)}) == by_config
+
+    on_path = _server_bin(tmp_path / "cellar" / "postgresql" / "bin")
+    links = tmp_path / "links"
+    links.mkdir()
+    (links / "initdb").symlink_to(on_path / "initdb")
+    assert postgres.bin_dir({"PATH": str(links)}) == on_path
+    # a pg_config whose bindir lacks the server (a client-only install) is passed over
+    (tools / "pg_config").write_text(f"#!/bin/sh\necho {tmp_path / 'client-only'}\n")
+    assert postgres.bin_dir({"PATH": f"{tools}:{links}"}) == on_path
+
+    explicit = _server_bin(tmp_path / "explicit")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    env = {"PATH": str(empty), "ENTITLED_PG_BIN": str(explicit)}
+    assert postgres.bin_dir(env) == explicit
+
+    with pytest.raises(ServicesError) as missing:
+        postgres.bin_dir({"PATH": str(empty)})
+    for named in ("pg_config --bindir", "PATH", "ENTITLED_PG_BIN"):
+        assert named in str(missing.value)
+
+
 def test_missing_binaries_say_how_to_fix(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setattr(postgres, "PG_BIN", tmp_path / "nowhere")
-    with pytest.raises(ServicesError, match="apt-get install postgresql-15"):
-        postgres.bin_dir()
     monkeypatch.setenv("PATH", str(tmp_path))
     with pytest.raises(ServicesError, match="`java` is not on PATH"):
         svc.prepare(Settings(home=tmp_path, cache=tmp_path / "cache"))
