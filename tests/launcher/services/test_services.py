@@ -97,6 +97,7 @@ def test_second_start_reuses_the_jar_cache(
     java = shutil.which("java")
     assert java is not None
     (tmp_path / "java").symlink_to(java)
+    monkeypatch.setenv("ENTITLED_PG_BIN", str(postgres.bin_dir()))  # found without PATH
     monkeypatch.setenv("PATH", str(tmp_path))
     assert shutil.which("mvn") is None
     svc.prepare(started.settings)
