@@ -7,16 +7,18 @@ watcher (both opened in the lifespan) and its own Prometheus registry. Routes on
 `projections.feed` (all SQL lives there) and render; every failure is an exception mapped
 to a status and an `{"error": "..."}` body by the one handler `_on_error`. The change feed's
 routes are in `api.feed`, read-your-own-writes (`min_event`) in
-`api.min_event`; refusals before any route (Host, Content-Type) in `api.guards`, the
-bearer tokens (read / admin) in `entitled.tokens`. The HTTP reference is docs/http.md.
+`api.min_event`. The HTTP reference is docs/http.md.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import hmac
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -35,13 +37,13 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from api import drift as api_drift
 from api import feed as api_feed
 from api import params as api_params
-from api.errors import APIError, BadRequest, NotFound, ServiceUnavailable
+from api.errors import APIError, BadRequest, NotFound, ServiceUnavailable, Unauthorized
 from api.fanout import Fanout
 from api.features import features_of
-from api.guards import ContentTypeGuard, HostGuard, authorized
 from api.http import POOL_TIMEOUT_S, json_response, pool, readers
 from api.metrics import CONTENT_TYPE, APIMetrics
-from api.min_event import read_after_event, respond
+from api.min_event import DEFAULT_WAIT_S, MAX_WAIT_S, Outcome, read_after_event, respond
+from api.model import ReadModel
 from api.pool import create_pool, create_readers, read_url
 from api.readers import Target
 from api.watcher import Watcher
@@ -63,6 +65,26 @@ Endpoint = Callable[[Request], Awaitable[Response]]
 # -- routes ----------------------------------------------------------------------------------
 
 
+def _authorized(endpoint: Endpoint, *, query_token: bool = False) -> Endpoint:
+    """Require the bearer token on a `/v1` endpoint when the app has one configured;
+    `query_token` also accepts it as `?token=` (for EventSource, which sends no headers)."""
+
+    async def guarded(request: Request) -> Response:
+        token: str | None = request.app.state.settings.api_token
+        if token is not None:
+            scheme, _, given = request.headers.get("authorization", "").partition(" ")
+            if scheme.lower() != "bearer" and query_token and "token" in request.query_params:
+                scheme, given = "bearer", request.query_params["token"]
+            if scheme.lower() != "bearer" or not hmac.compare_digest(
+                given.strip().encode(), token.encode()
+            ):
+                raise Unauthorized("a valid bearer token is required")
+        return await endpoint(request)
+
+    guarded.__name__ = endpoint.__name__
+    return guarded
+
+
 async def search_movies(request: Request) -> Response:
     params = request.query_params
     customer = api_params.customer_id(params.get("customer"))
@@ -72,10 +94,30 @@ async def search_movies(request: Request) -> Response:
     policy = Policy.from_settings(request.app.state.settings)
     within = None if feature is None else grants_of_keys([api_params.query(feature)], policy)
 
-    async def read(conn: AsyncConnection[Any]) -> list[search.Hit]:
-        return await search.search(conn, customer, q, limit, within=within)
+    model: ReadModel = request.app.state.model
+    if model.max_customers > 0 and "as_of" not in params:  # from memory (`api.model`)
 
-    hits, outcome = await read_after_event(request, read)
+        def connect() -> AbstractAsyncContextManager[AsyncConnection[Any]]:
+            return pool(request).connection(timeout=POOL_TIMEOUT_S)
+
+        if params.get("min_event") is None:
+            api_params.seconds(params.get("wait"), "wait", DEFAULT_WAIT_S, MAX_WAIT_S)  # checked
+            hits = await model.search(connect, customer, q, limit, within)
+            outcome = Outcome(None, None)
+        else:
+
+            async def read_model(conn: AsyncConnection[Any]) -> list[search.Hit]:
+                # the event is folded as of `conn`'s snapshot; the model answers as of a
+                # later one
+                return await model.search(connect, customer, q, limit, within)
+
+            hits, outcome = await read_after_event(request, read_model)
+    else:
+
+        async def read(conn: AsyncConnection[Any]) -> list[search.Hit]:
+            return await search.search(conn, customer, q, limit, within=within)
+
+        hits, outcome = await read_after_event(request, read)
     body: dict[str, Any] = {"customer": customer, "query": q}
     if feature is not None:
         body["feature"] = feature
@@ -295,45 +337,53 @@ def create_app(
     db_pool = create_pool(url)
     watch = Watcher(url)
     fanout = Fanout(watch.changes)
+    model = ReadModel(watch, max_customers=settings.read_model_customers)
     reads = create_readers(settings, db_pool, watch)
     api_metrics = APIMetrics(db_pool)
     api_metrics.watch_readers(reads)
+    api_metrics.watch_model(model)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await db_pool.open(wait=False)
         watch.start()
+        following = None
         try:
             await db_pool.wait(timeout=30.0)
             await reads.open()
+            if model.max_customers > 0:
+                following = asyncio.create_task(
+                    model.follow(lambda: db_pool.connection(timeout=POOL_TIMEOUT_S)),
+                    name="entitled-api-read-model",
+                )
             yield
         finally:
+            if following is not None:
+                following.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await following
             for close in on_close:
                 await close()
             await reads.close()
             await watch.stop()
             await db_pool.close()
 
-    def admin(endpoint: Endpoint) -> Endpoint:
-        return authorized(endpoint, "admin")
-
+    v1 = _authorized
     routes = [
         Route("/", index),
         Route("/healthz", healthz),
         Route("/readyz", readyz),
         Route("/metrics", metrics),
         Route("/openapi.json", openapi),
-        Route("/v1/search", authorized(search_movies)),
-        Route("/v1/customers", admin(list_customers)),
-        Route("/v1/customers/{customer}/entitlements", authorized(customer_entitlements)),
-        Route("/v1/changes", authorized(api_feed.changes)),
-        Route("/v1/drift", admin(api_drift.drifting)),
-        Route("/v1/changes/stream", authorized(api_feed.stream, query_token=True)),
-        Route("/v1/movies/{movie_id}", admin(put_movie), methods=["PUT"]),
-        Route("/v1/movies/{movie_id}", admin(delete_movie), methods=["DELETE"]),
-        Route(
-            "/v1/movies/{movie_id}/groups/{group}", admin(movie_group), methods=["PUT", "DELETE"]
-        ),
+        Route("/v1/search", v1(search_movies)),
+        Route("/v1/customers", v1(list_customers)),
+        Route("/v1/customers/{customer}/entitlements", v1(customer_entitlements)),
+        Route("/v1/changes", v1(api_feed.changes)),
+        Route("/v1/drift", v1(api_drift.drifting)),
+        Route("/v1/changes/stream", _authorized(api_feed.stream, query_token=True)),
+        Route("/v1/movies/{movie_id}", v1(put_movie), methods=["PUT"]),
+        Route("/v1/movies/{movie_id}", v1(delete_movie), methods=["DELETE"]),
+        Route("/v1/movies/{movie_id}/groups/{group}", v1(movie_group), methods=["PUT", "DELETE"]),
         *extra_routes,
         Mount("/static", StaticFiles(directory=STATIC), name="static"),
     ]
@@ -353,10 +403,8 @@ def create_app(
     app.state.pool = db_pool
     app.state.watcher = watch
     app.state.fanout = fanout
+    app.state.model = model
     app.state.readers = reads
     app.state.metrics = api_metrics
-    # The last added runs first: every request is timed, then Host, then Content-Type.
-    app.add_middleware(ContentTypeGuard)
-    app.add_middleware(HostGuard, allowed=settings.allowed_hosts)
     app.add_middleware(_Timing, metrics=api_metrics)
     return app

@@ -8,14 +8,7 @@ from __future__ import annotations
 
 from projections.errors import ProjectionError
 
-__all__ = [
-    "APIError",
-    "BadRequest",
-    "Forbidden",
-    "NotFound",
-    "ServiceUnavailable",
-    "Unauthorized",
-]
+__all__ = ["APIError", "BadRequest", "NotFound", "ServiceUnavailable", "Unauthorized"]
 
 
 class APIError(ProjectionError):
@@ -35,15 +28,9 @@ class BadRequest(APIError):
 
 
 class Unauthorized(APIError):
-    """A token is configured and the request lacks a matching bearer token."""
+    """`ENTITLED_API_TOKEN` is set and the request lacks the matching bearer token."""
 
     status = 401
-
-
-class Forbidden(APIError):
-    """A valid read token on a route that needs `ENTITLED_ADMIN_TOKEN`."""
-
-    status = 403
 
 
 class NotFound(APIError):
