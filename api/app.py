@@ -7,14 +7,14 @@ watcher (both opened in the lifespan) and its own Prometheus registry. Routes on
 `projections.feed` (all SQL lives there) and render; every failure is an exception mapped
 to a status and an `{"error": "..."}` body by the one handler `_on_error`. The change feed's
 routes are in `api.feed`, read-your-own-writes (`min_event`) in
-`api.min_event`. The HTTP reference is docs/http.md.
+`api.min_event`; refusals before any route (Host, Content-Type) in `api.guards`, the
+bearer tokens (read / admin) in `entitled.tokens`. The HTTP reference is docs/http.md.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -37,9 +37,10 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from api import drift as api_drift
 from api import feed as api_feed
 from api import params as api_params
-from api.errors import APIError, BadRequest, NotFound, ServiceUnavailable, Unauthorized
+from api.errors import APIError, BadRequest, NotFound, ServiceUnavailable
 from api.fanout import Fanout
 from api.features import features_of
+from api.guards import ContentTypeGuard, HostGuard, authorized
 from api.http import POOL_TIMEOUT_S, json_response, pool, readers
 from api.metrics import CONTENT_TYPE, APIMetrics
 from api.min_event import DEFAULT_WAIT_S, MAX_WAIT_S, Outcome, read_after_event, respond
@@ -63,26 +64,6 @@ Endpoint = Callable[[Request], Awaitable[Response]]
 
 
 # -- routes ----------------------------------------------------------------------------------
-
-
-def _authorized(endpoint: Endpoint, *, query_token: bool = False) -> Endpoint:
-    """Require the bearer token on a `/v1` endpoint when the app has one configured;
-    `query_token` also accepts it as `?token=` (for EventSource, which sends no headers)."""
-
-    async def guarded(request: Request) -> Response:
-        token: str | None = request.app.state.settings.api_token
-        if token is not None:
-            scheme, _, given = request.headers.get("authorization", "").partition(" ")
-            if scheme.lower() != "bearer" and query_token and "token" in request.query_params:
-                scheme, given = "bearer", request.query_params["token"]
-            if scheme.lower() != "bearer" or not hmac.compare_digest(
-                given.strip().encode(), token.encode()
-            ):
-                raise Unauthorized("a valid bearer token is required")
-        return await endpoint(request)
-
-    guarded.__name__ = endpoint.__name__
-    return guarded
 
 
 async def search_movies(request: Request) -> Response:
@@ -368,22 +349,26 @@ def create_app(
             await watch.stop()
             await db_pool.close()
 
-    v1 = _authorized
+    def admin(endpoint: Endpoint) -> Endpoint:
+        return authorized(endpoint, "admin")
+
     routes = [
         Route("/", index),
         Route("/healthz", healthz),
         Route("/readyz", readyz),
         Route("/metrics", metrics),
         Route("/openapi.json", openapi),
-        Route("/v1/search", v1(search_movies)),
-        Route("/v1/customers", v1(list_customers)),
-        Route("/v1/customers/{customer}/entitlements", v1(customer_entitlements)),
-        Route("/v1/changes", v1(api_feed.changes)),
-        Route("/v1/drift", v1(api_drift.drifting)),
-        Route("/v1/changes/stream", _authorized(api_feed.stream, query_token=True)),
-        Route("/v1/movies/{movie_id}", v1(put_movie), methods=["PUT"]),
-        Route("/v1/movies/{movie_id}", v1(delete_movie), methods=["DELETE"]),
-        Route("/v1/movies/{movie_id}/groups/{group}", v1(movie_group), methods=["PUT", "DELETE"]),
+        Route("/v1/search", authorized(search_movies)),
+        Route("/v1/customers", admin(list_customers)),
+        Route("/v1/customers/{customer}/entitlements", authorized(customer_entitlements)),
+        Route("/v1/changes", authorized(api_feed.changes)),
+        Route("/v1/drift", admin(api_drift.drifting)),
+        Route("/v1/changes/stream", authorized(api_feed.stream, query_token=True)),
+        Route("/v1/movies/{movie_id}", admin(put_movie), methods=["PUT"]),
+        Route("/v1/movies/{movie_id}", admin(delete_movie), methods=["DELETE"]),
+        Route(
+            "/v1/movies/{movie_id}/groups/{group}", admin(movie_group), methods=["PUT", "DELETE"]
+        ),
         *extra_routes,
         Mount("/static", StaticFiles(directory=STATIC), name="static"),
     ]
@@ -406,5 +391,8 @@ def create_app(
     app.state.model = model
     app.state.readers = reads
     app.state.metrics = api_metrics
+    # The last added runs first: every request is timed, then Host, then Content-Type.
+    app.add_middleware(ContentTypeGuard)
+    app.add_middleware(HostGuard, allowed=settings.allowed_hosts)
     app.add_middleware(_Timing, metrics=api_metrics)
     return app

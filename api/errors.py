@@ -8,7 +8,14 @@ from __future__ import annotations
 
 from projections.errors import ProjectionError
 
-__all__ = ["APIError", "BadRequest", "NotFound", "ServiceUnavailable", "Unauthorized"]
+__all__ = [
+    "APIError",
+    "BadRequest",
+    "Forbidden",
+    "NotFound",
+    "ServiceUnavailable",
+    "Unauthorized",
+]
 
 
 class APIError(ProjectionError):
@@ -28,9 +35,15 @@ class BadRequest(APIError):
 
 
 class Unauthorized(APIError):
-    """`ENTITLED_API_TOKEN` is set and the request lacks the matching bearer token."""
+    """A token is configured and the request lacks a matching bearer token."""
 
     status = 401
+
+
+class Forbidden(APIError):
+    """A valid read token on a route that needs `ENTITLED_ADMIN_TOKEN`."""
+
+    status = 403
 
 
 class NotFound(APIError):

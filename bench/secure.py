@@ -21,6 +21,7 @@ import argparse
 import asyncio
 import dataclasses
 import shutil
+import signal
 import statistics
 import sys
 import tempfile
@@ -82,14 +83,25 @@ def _fold(settings: Settings, args: argparse.Namespace, log_dir: Path) -> dict[s
     settings = _fresh_topic(settings, "fold")
     fill = common.fill_topic(settings, args.events, seed=7)  # the same events for both
     ends = asyncio.run(common.end_offsets(settings))
+    events = sum(ends.values())
+    # CPU time per event as well as events/s: on a shared, loaded machine the wall-clock
+    # rates move with everyone else's work, the CPU spent per event much less.
+    cpu = time.process_time()
     parse = asyncio.run(fold_bench.parse_all(settings, ends))
+    parse_cpu = time.process_time() - cpu
+    cpu = time.process_time()
     inproc = asyncio.run(
         fold_bench.apply_all(common.fresh_database(settings, "inproc"), ends, batch=500)
     )
+    inproc_cpu = time.process_time() - cpu
     worker_settings = common.fresh_database(settings, "worker")
     worker, proc = fold_bench.worker_run(worker_settings, ends, log_dir, 900.0)
+    worker_cpu = ingest_bench._cpu_seconds(proc.pid)  # start-up included
     common.stop(proc)
     return {
+        "parse_cpu_us_per_event": round(parse_cpu / events * 1e6, 1),
+        "inproc_cpu_us_per_event": round(inproc_cpu / events * 1e6, 1),
+        "worker_cpu_us_per_event": round(worker_cpu / events * 1e6, 1),
         "fill_events_per_s": fill["events_per_s"],
         "parse_events_per_s": parse["events_per_s"],
         "inproc_events_per_s": inproc["events_per_s"],
@@ -109,6 +121,9 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=6.0, help="ingest closed-loop run")
     parser.add_argument("--connections", type=int, default=64)
     args = parser.parse_args()
+    # `timeout` or Ctrl-C: still stop both systems (the finally below) instead of leaving
+    # two Kafkas and two Postgres running.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
     log_dir = Path(tempfile.mkdtemp(prefix="entitled-bench-secure-logs-"))
     systems: dict[str, tuple[Settings, Path]] = {}

@@ -51,6 +51,9 @@ KNOWN_TYPE_PREFIXES = (
     "price.",
     "entitlements.",
     "subscription_schedule.",
+    # folded (refunds, and the invoice payments that link an invoice to its payment intent)
+    "refund.",
+    "invoice_payment.",
 )
 
 

@@ -18,23 +18,24 @@ the fold treats it like any webhook (docs/architecture.md, "Snapshots"). The map
 - invoices: `invoice.paid`, `.voided`, `.marked_uncollectible`, `.finalized` (open), else
   `invoice.updated`.
 
-The event id is `evt_backfill_` + a hash of the object's id and its whole JSON (sorted
-keys), so the same object state always gives the same id and a repeated backfill is
-deduplicated by the fold, while a changed object gives a new event.
+The event id is `evt_backfill_` + 32 random hex digits: every read is a new snapshot
+(issue 19, point 2). An id derived from the object's state made a read of an object that
+returned to an earlier state (quantity 1 -> 0 -> 1, the last webhook lost) a duplicate of
+the first read: the fold dropped it and the drift stayed for ever. A repeated backfill of
+unchanged objects therefore logs them again; the fold writes nothing that differs.
 
 `created` is the time the object was read from the API (`read_at`, Unix seconds), not the
 object's own `created`: the fold orders an object's snapshots by `created`, and the state we
 read is newer than every event Stripe created before we read it. So a backfill heals drift
 (a lost `customer.subscription.updated` to `unpaid` is overwritten by the snapshot), while a
-webhook created after the read still wins. An unchanged object listed again gets the same
-id (and is deduplicated by the fold) even though it was read at another time: the first
-read already stands in the log. `request` is `{"id": null, "idempotency_key": null}`, the
+webhook created after the read still wins. `request` is `{"id": null, "idempotency_key": null}`, the
 marker of an event that no API request caused.
 """
 
 from __future__ import annotations
 
 import hashlib
+import secrets
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -240,10 +241,19 @@ def features_digest(event_id: str | None) -> str | None:
 
 
 def snapshot_id(obj: Mapping[str, Any], *, prefix: str = "evt_backfill_") -> str:
-    """`evt_backfill_<hash>` of the object's id and full state: same state, same id."""
+    """`<prefix><hash>` of the object's id and full state: same state, same id (the features
+    mirror's list digest; snapshot events of a read take `read_id`)."""
     state = orjson.dumps(obj, option=orjson.OPT_SORT_KEYS)
     digest = hashlib.sha256(str(obj.get("id")).encode() + b"\0" + state).hexdigest()
     return f"{prefix}{digest[:32]}"
+
+
+def read_id(prefix: str) -> str:
+    """A new snapshot id for one read (`evt_backfill_`, `evt_refresh_` + 32 random hex
+    digits): every read is a snapshot of its own, never a duplicate of an earlier read of
+    the same state (see the module docstring). The hydrator does not use it: one source
+    event gives one snapshot id (`hydrate_id`), however often it is re-read."""
+    return f"{prefix}{secrets.token_hex(16)}"
 
 
 def hydrate_id(source_event_id: str, object_id: str) -> str:
@@ -261,7 +271,7 @@ def snapshot_event(
     event_type = spec.type_of(obj)
     if event_type is None:
         return None
-    return _envelope(snapshot_id(obj), event_type, obj, api_version, read_at)
+    return _envelope(read_id("evt_backfill_"), event_type, obj, api_version, read_at)
 
 
 def read_event(

@@ -10,13 +10,13 @@ import fcntl
 import os
 import secrets
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
 import psycopg
 
-from entitled.settings import Settings
+from entitled.settings import Settings, without_secret_files
 from entitled.topics import ensure_event_topic
 from launcher import demo
 from launcher import services as svc
@@ -24,6 +24,8 @@ from launcher._children import Children, Follower, echo
 from launcher.services._process import free_port, port_is_free
 
 SECRET_FILE = "dev-webhook-secret"
+READ_TOKEN_FILE = "dev-api-token"
+ADMIN_TOKEN_FILE = "dev-admin-token"
 PIDS_FILE = "dev.pids"
 
 
@@ -38,21 +40,58 @@ def say(message: str) -> None:
 # -- configuration ---------------------------------------------------------------------------
 
 
-def webhook_secrets(settings: Settings) -> tuple[str, ...]:
-    """STRIPE_WEBHOOK_SECRET when set, else this home's own generated secret (kept on disk,
-    so that a Stripe CLI or a script configured with it keeps working across restarts)."""
-    if settings.webhook_secrets:
-        return settings.webhook_secrets
-    path = settings.home / SECRET_FILE
+def _kept(path: Path, make: Callable[[], str]) -> str:
+    """The secret stored at `path`, or a new one from `make`, stored there (mode 0600), so
+    that a Stripe CLI, a script or a bookmarked page keeps working across restarts."""
     with contextlib.suppress(FileNotFoundError):
         stored = path.read_text().strip()
         if stored:
-            return (stored,)
-    secret = "whsec_" + secrets.token_urlsafe(32)
+            return stored
+    secret = make()
     path.parent.mkdir(parents=True, exist_ok=True)
     path.touch(mode=0o600)
     path.write_text(secret + "\n")
-    return (secret,)
+    return secret
+
+
+def webhook_secrets(settings: Settings) -> tuple[str, ...]:
+    """STRIPE_WEBHOOK_SECRET when set, else this home's own generated secret."""
+    if settings.webhook_secrets:
+        return settings.webhook_secrets
+    return (_kept(settings.home / SECRET_FILE, lambda: "whsec_" + secrets.token_urlsafe(32)),)
+
+
+@dataclasses.dataclass(frozen=True)
+class Generated:
+    """The secrets `entitled dev` made itself (None: given by the environment). Only these
+    may be printed: a secret the operator gave is theirs, and stays out of the output."""
+
+    webhook_secret: str | None
+    api_token: str | None
+    admin_token: str | None
+
+
+def with_secrets(settings: Settings) -> tuple[Settings, Generated]:
+    """`settings` with a webhook secret, a read token and an admin token: those of the
+    environment, else this home's generated ones. The page gets only the read token."""
+    generated = Generated(
+        None if settings.webhook_secrets else webhook_secrets(settings)[0],
+        None if settings.api_token else _kept(settings.home / READ_TOKEN_FILE, _token),
+        None if settings.admin_token else _kept(settings.home / ADMIN_TOKEN_FILE, _token),
+    )
+    return (
+        dataclasses.replace(
+            settings,
+            webhook_secrets=webhook_secrets(settings),
+            api_token=settings.api_token or generated.api_token,
+            admin_token=settings.admin_token or generated.admin_token,
+        ),
+        generated,
+    )
+
+
+def _token() -> str:
+    return secrets.token_urlsafe(24)
 
 
 def port_for(port: int, what: str, option: str) -> int:
@@ -70,23 +109,28 @@ def port_for(port: int, what: str, option: str) -> int:
 def child_environment(settings: Settings) -> dict[str, str]:
     """The environment of the public interface, resolved, for `ingest`, `worker` and `api`."""
     assert settings.kafka_bootstrap_servers and settings.database_url
-    env = dict(os.environ)
-    env.update(
-        KAFKA_BOOTSTRAP_SERVERS=settings.kafka_bootstrap_servers,
-        DATABASE_URL=settings.database_url,
-        ENTITLED_TOPIC=settings.topic,
-        ENTITLED_PARTITIONS=str(settings.partitions),
-        ENTITLED_HOME=str(settings.home),
-        ENTITLED_CACHE=str(settings.cache),
-        STRIPE_WEBHOOK_SECRET=",".join(settings.webhook_secrets),
-        PYTHONUNBUFFERED="1",
-    )
-    env.pop("KAFKA_SASL_PASSWORD_FILE", None)  # set directly below
-    env.update(settings.kafka_env())
-    if settings.api_token:
-        env["ENTITLED_API_TOKEN"] = settings.api_token
-    if settings.read_database_urls:
-        env["ENTITLED_READ_DATABASE_URL"] = ",".join(settings.read_database_urls)
+    resolved = {
+        "KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap_servers,
+        "DATABASE_URL": settings.database_url,
+        "ENTITLED_TOPIC": settings.topic,
+        "ENTITLED_PARTITIONS": str(settings.partitions),
+        "ENTITLED_HOME": str(settings.home),
+        "ENTITLED_CACHE": str(settings.cache),
+        "STRIPE_WEBHOOK_SECRET": ",".join(settings.webhook_secrets),
+        "PYTHONUNBUFFERED": "1",
+    }
+    optional = {
+        "ENTITLED_API_TOKEN": settings.api_token,
+        "ENTITLED_ADMIN_TOKEN": settings.admin_token,
+        "STRIPE_API_KEY": settings.stripe_api_key,
+        "ENTITLED_READ_DATABASE_URL": ",".join(settings.read_database_urls),
+    }
+    resolved.update({k: v for k, v in optional.items() if v})
+    resolved.update(settings.kafka_env())  # empty ones too: no other broker's settings
+    # These values are resolved (a `_FILE` twin already read): the twin must not come along,
+    # both set is an error.
+    env = without_secret_files(os.environ, resolved)
+    env.update(resolved)
     return env
 
 

@@ -29,9 +29,12 @@ from launcher import demo
 from launcher import services as svc
 from launcher._children import Child, ChildDied, Children, Follower, echo
 from launcher._dev_steps import (
+    ADMIN_TOKEN_FILE,
     PIDS_FILE,
+    READ_TOKEN_FILE,
     SECRET_FILE,
     DevError,
+    Generated,
     child_environment,
     port_for,
     prepare,
@@ -42,24 +45,46 @@ from launcher._dev_steps import (
     start_services,
     wait_folded,
     wait_ready,
-    webhook_secrets,
+    with_secrets,
 )
 
 STOP_TIMEOUT_S = 20.0
 
 
-def _summary(settings: Settings, ingest_url: str, api_url: str, origin: str, stops: str) -> None:
-    secret = settings.webhook_secrets[0]
+def _summary(
+    settings: Settings, generated: Generated, ingest_url: str, api_url: str, stops: str
+) -> None:
+    """What to open and use; only secrets this run generated are shown (see `Generated`)."""
     hostport = ingest_url.removeprefix("http://")
+    home = settings.home
+    # The page takes the read token from the fragment, which no server or log ever sees.
+    page = f"{api_url}/?customer=cus_demo_alice"
+    if generated.api_token:
+        page += f"#token={generated.api_token}"
     lines = [
-        f"  page       {api_url}/",
+        f"  page       {page}",
         f"  search     {api_url}/v1/search?customer=cus_demo_alice&q=harrison+ford",
         f"  webhook    {ingest_url}/webhooks/stripe",
-        f"  secret     {secret}  ({origin})",
-    ]
-    if settings.api_token:
-        lines.append("  api token  required: Authorization: Bearer $ENTITLED_API_TOKEN")
-    lines += [
+        "  secret     "
+        + (
+            f"{generated.webhook_secret}  (generated, kept in {home / SECRET_FILE})"
+            if generated.webhook_secret
+            else "from STRIPE_WEBHOOK_SECRET"
+        ),
+        "  read token "
+        + (
+            f"{generated.api_token}  (generated, kept in {home / READ_TOKEN_FILE})"
+            if generated.api_token
+            else "from ENTITLED_API_TOKEN"
+        ),
+        "  admin      "
+        + (
+            f"{generated.admin_token}  (generated, kept in {home / ADMIN_TOKEN_FILE})"
+            if generated.admin_token
+            else "from ENTITLED_ADMIN_TOKEN"
+        ),
+        "  (send Authorization: Bearer <token>; the admin token for catalogue writes, refresh,",
+        "   drift and the customer list)",
         f"  logs       {settings.home / 'logs'} (ingest.log, worker.log, api.log)",
         "  customers  " + ", ".join(demo.CUSTOMERS),
         "Forward your Stripe test-mode events with the Stripe CLI:",
@@ -155,12 +180,7 @@ def run(settings: Settings, opts: Options) -> int:
         wanted.add("postgres")
     # Services that were up before this run (`entitled services up`) are left up at the end.
     ours = wanted - running_services(settings) if wanted else set()
-    origin = (
-        "from STRIPE_WEBHOOK_SECRET"
-        if settings.webhook_secrets
-        else f"generated, kept in {settings.home / SECRET_FILE}"
-    )
-    settings = dataclasses.replace(settings, webhook_secrets=webhook_secrets(settings))
+    settings, generated = with_secrets(settings)
     children = Children()
     follower = Follower(opts.follow)
     pids = settings.home / PIDS_FILE
@@ -188,7 +208,7 @@ def run(settings: Settings, opts: Options) -> int:
             if opts.keep_services or not ours
             else " and the local " + " and ".join(sorted(ours))
         )
-        _summary(settings, ingest_url, api_url, origin, stops)
+        _summary(settings, generated, ingest_url, api_url, stops)
         _supervise(children, follower)
     except KeyboardInterrupt:
         echo()

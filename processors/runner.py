@@ -10,9 +10,13 @@ Failures are told apart by what retrying can do about them:
   help, so the batch is split in halves until the failing event is alone; that event is
   dead-lettered (its customer parked behind it) and the rest commits. One customer's bad
   event never holds back another customer or partition;
-- every event failing the same way is a bug in the writer, not bad input: after a few
-  customers in a row, folding stops loudly (`entitled_worker_stalled`, /readyz 503, an error
-  line per retry) instead of dead-lettering the whole log, and retries the batch slowly.
+- every event failing the same way is a bug in the writer, not bad input: when a few
+  distinct customers failed with one error type within a window (`stall_window_s`), folding
+  stops loudly (`entitled_worker_stalled`, /readyz 503, an error line per retry) instead of
+  dead-lettering the whole log, and retries the batch slowly. Events that apply in between do
+  not reset the count (issue 19, point 4): no-op events (unknown types, prices, previews)
+  apply even while a recompute bug fails every customer, and a reset by them let the bug
+  dead-letter every paying customer one by one. Only a commit after the stall clears it.
 """
 
 from __future__ import annotations
@@ -115,18 +119,20 @@ class BatchRunner:
         metrics: WorkerMetrics | None = None,
         max_backoff_s: float = 5.0,
         stall_after_keys: int = 8,
+        stall_window_s: float = 300.0,
     ) -> None:
         self.pool = pool
         self.store = store or ProjectionStore(settings.topic, Policy.from_settings(settings))
         self.metrics = metrics or WorkerMetrics()
         self.max_backoff_s = max_backoff_s
         self.stall_after_keys = stall_after_keys
+        self.stall_window_s = stall_window_s
         self.expected = Expected()
         self.active: str | None = None  # the active version's schema, as last seen
         self.stalled: str | None = None  # why folding stopped, while it is stopped
         self.heads = HeadCache()  # received-at of each batch's first records, for the lag
-        # keys (customers) dead-lettered since the last event that applied, with the error type
-        self._failing: dict[str, str] = {}
+        # keys (customers) dead-lettered within the stall window: key -> (when, error type)
+        self._failing: dict[str, tuple[float, str]] = {}
         self._opened = False
 
     async def _open(self) -> None:
@@ -197,7 +203,8 @@ class BatchRunner:
             result = await self.commit(batch[:half], recompute=recompute)
             result.add(await self.commit(batch[half:], recompute=recompute))
             return result
-        if result.applied or result.duplicates:
+        if (result.applied or result.duplicates) and self.stalled is not None:
+            # the stalled batch commits: the writer works again (a fix was deployed)
             self._failing.clear()
             self.stalled = None
             self.metrics.stalled.set(0)
@@ -226,11 +233,19 @@ class BatchRunner:
     async def _quarantine(self, message: Message, error: Exception) -> ApplyResult:
         key = message.key or ""
         kind = type(error).__name__
-        failing = {**self._failing, key: kind}
-        if len(failing) >= self.stall_after_keys and len(set(failing.values())) == 1:
+        now = time.monotonic()
+        failing = {
+            k: (when, what)
+            for k, (when, what) in self._failing.items()
+            if now - when <= self.stall_window_s
+        }
+        failing[key] = (now, kind)
+        alike = sum(1 for _, what in failing.values() if what == kind)
+        if self.stalled is not None or alike >= self.stall_after_keys:
+            # while stalled nothing is dead-lettered: the stall holds until a commit
             self.stalled = (
-                f"{len(failing)} customers in a row failed with {kind} ({error}); "
-                "a writer bug, not bad input"
+                f"{alike} customers failed with {kind} within {self.stall_window_s:.0f}s "
+                f"({error}); a writer bug, not bad input"
             )
             self.metrics.stalled.set(1)
             raise WriterStalled(self.stalled) from error

@@ -6,7 +6,20 @@
 
 const RECONNECT_MS = 3000;
 const params = new URLSearchParams(location.search);
-if (params.get("token")) localStorage.setItem("entitled.token", params.get("token"));
+// The page holds a READ token only (ENTITLED_API_TOKEN), for this tab's session: given as
+// #token=... (a fragment never reaches a server or its logs; `entitled dev` prints such a
+// link) or typed when the API answers 401. Never the admin token, never in localStorage.
+const TOKEN_KEY = "entitled.read-token";
+localStorage.removeItem("entitled.token"); // what older pages kept there
+const fragment = new URLSearchParams(location.hash.slice(1));
+const given = fragment.get("token") || params.get("token");
+if (given) {
+  sessionStorage.setItem(TOKEN_KEY, given);
+  const clean = new URL(location);
+  clean.searchParams.delete("token");
+  clean.hash = "";
+  history.replaceState(null, "", clean); // out of the address bar, the history, a copied link
+}
 
 const $ = (id) => document.getElementById(id);
 const state = {
@@ -14,15 +27,15 @@ const state = {
 };
 
 function headers() {
-  const token = localStorage.getItem("entitled.token");
+  const token = sessionStorage.getItem(TOKEN_KEY);
   return token ? { Authorization: `Bearer ${token}` } : {};
 }
 
 async function api(path) {
   const response = await fetch(path, { headers: headers() });
   if (response.status === 401) {
-    const token = prompt("This API needs a token (ENTITLED_API_TOKEN):");
-    if (token) { localStorage.setItem("entitled.token", token); return api(path); }
+    const token = prompt("This API needs a read token (ENTITLED_API_TOKEN):");
+    if (token) { sessionStorage.setItem(TOKEN_KEY, token); return api(path); }
   }
   return response;
 }
@@ -158,6 +171,7 @@ function bold(text) {
 }
 
 async function loadCustomers() {
+  // The customer list needs the admin token: with a read token (403) the picker takes typed ids.
   const response = await api("/v1/customers?limit=200");
   if (!response.ok) return;
   const data = await response.json();
@@ -186,7 +200,7 @@ function follow(after) {
   const query = new URLSearchParams();
   if (state.customer) query.set("customer", state.customer);
   if (after) query.set("after", after);
-  const token = localStorage.getItem("entitled.token");
+  const token = sessionStorage.getItem(TOKEN_KEY);
   if (token) query.set("token", token); // an EventSource cannot send an Authorization header
   const source = new EventSource(`/v1/changes/stream?${query}`);
   let first = !after;
@@ -223,6 +237,7 @@ function schedule() {
   url.searchParams.set("q", state.q);
   url.searchParams.set("customer", state.customer);
   url.searchParams.delete("token");
+  url.hash = ""; // the token stays in sessionStorage, not in the address bar or history
   history.replaceState(null, "", url);
 }
 

@@ -1,11 +1,17 @@
 """`POST /v1/refresh` as a route any Starlette app can mount: `entitled api` (`api.cli`)
-mounts it beside the read API. It checks the bearer token itself (`ENTITLED_API_TOKEN`), so it
-is safe wherever it is mounted.
+mounts it beside the read API. It checks the admin bearer token itself (`entitled.tokens`:
+`ENTITLED_ADMIN_TOKEN`, or the read token when no admin token is set), so it is safe wherever
+it is mounted.
+
+Each call spends the merchant's Stripe rate limit (which their checkout and the hydrator also
+use), so the body is capped at `MAX_BODY` bytes (413) and at most `MAX_IN_FLIGHT` refreshes
+run at once per process; beyond that the answer is 429 with Retry-After.
 
 Body `{"ids": ["sub_...", "cs_...", ...]}` (at most `MAX_IDS`); answer 200
 `{"events": [{"id", "event_id", "outcome"}]}` once Kafka acknowledged every snapshot
-(outcomes as `ingest.refresh.fetch`: written, no_state, not_found, unknown_id); 400 for a bad body,
-401 without the token, 502 when Stripe fails, 503 without `STRIPE_API_KEY` or when Kafka is
+(outcomes as `ingest.refresh.fetch`: written, no_state, not_found, unknown_id); 400 for a bad
+body, 401 without the token, 403 with only the read token, 413 for a body over `MAX_BODY`, 429
+when `MAX_IN_FLIGHT` run, 502 when Stripe fails, 503 without `STRIPE_API_KEY` or when Kafka is
 unavailable. The producer and the API client start on the first request (a mounted app gets
 no lifespan of its own); `close()` belongs in the host app's lifespan.
 """
@@ -13,7 +19,6 @@ no lifespan of its own); `close()` belongs in the host app's lifespan.
 from __future__ import annotations
 
 import asyncio
-import hmac
 
 import orjson
 import stripe
@@ -21,6 +26,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from entitled import tokens
 from entitled.settings import Settings
 from ingest.errors import ConfigurationError, LogUnavailable
 from ingest.producer import EventProducer
@@ -28,6 +34,13 @@ from ingest.refresh.fetch import refresh
 from ingest.stripe_api import StripeApi
 
 MAX_IDS = 100
+MAX_BODY = 64 * 1024
+MAX_IN_FLIGHT = 2
+RETRY_AFTER_S = 2  # a refresh takes about a second per few ids against Stripe
+
+
+class _TooLarge(Exception):
+    pass
 
 
 def _json(body: object, status: int = 200) -> Response:
@@ -42,6 +55,12 @@ class RefreshEndpoint:
         self._producer: EventProducer | None = None
         self._api: StripeApi | None = None
         self._lock = asyncio.Lock()
+        self._in_flight = 0
+
+    @property
+    def in_flight(self) -> int:
+        """Refreshes running now (their bodies being read included)."""
+        return self._in_flight
 
     def route(self, path: str = "/v1/refresh") -> Route:
         return Route(path, self.handle, methods=["POST"])
@@ -63,20 +82,50 @@ class RefreshEndpoint:
                 self._producer = producer
             return self._api, self._producer
 
-    def _authorized(self, request: Request) -> bool:
-        token = self.settings.api_token
-        if token is None:
-            return True
-        scheme, _, given = request.headers.get("authorization", "").partition(" ")
-        return scheme.lower() == "bearer" and hmac.compare_digest(
-            given.strip().encode(), token.encode()
-        )
+    def _refused(self, request: Request) -> Response | None:
+        wanted = tokens.accepted(self.settings, "admin")
+        given = tokens.bearer(request.headers.get("authorization"))
+        if not wanted or tokens.matches(given, wanted):
+            return None
+        if tokens.matches(given, tokens.accepted(self.settings, "read")):
+            return _json({"error": "this needs the admin token (ENTITLED_ADMIN_TOKEN)"}, 403)
+        return _json({"error": "a valid bearer token is required"}, 401)
+
+    async def _body(self, request: Request) -> bytes:
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > MAX_BODY:
+            raise _TooLarge
+        body = bytearray()
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > MAX_BODY:
+                raise _TooLarge
+        return bytes(body)
 
     async def handle(self, request: Request) -> Response:
-        if not self._authorized(request):
-            return _json({"error": "a valid bearer token is required"}, 401)
+        refused = self._refused(request)
+        if refused is not None:
+            return refused
+        if self._in_flight >= MAX_IN_FLIGHT:
+            return Response(
+                orjson.dumps({"error": f"{MAX_IN_FLIGHT} refreshes are running; retry later"}),
+                429,
+                headers={"Retry-After": str(RETRY_AFTER_S)},
+                media_type="application/json",
+            )
+        # Counted from here (one event loop: no race between the check and the count), so
+        # reading a slow body also holds a slot.
+        self._in_flight += 1
         try:
-            body = orjson.loads(await request.body())
+            return await self._refresh(request)
+        finally:
+            self._in_flight -= 1
+
+    async def _refresh(self, request: Request) -> Response:
+        try:
+            body = orjson.loads(await self._body(request))
+        except _TooLarge:
+            return _json({"error": f"body is larger than {MAX_BODY} bytes"}, 413)
         except orjson.JSONDecodeError:
             return _json({"error": "body is not JSON"}, 400)
         ids = body.get("ids") if isinstance(body, dict) else None

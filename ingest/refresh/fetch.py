@@ -4,8 +4,10 @@
 to Stripe (a subscription created, a refund issued) wants our tables to reflect it now, not
 when the webhook arrives. Each id is read as the hydrator reads it (`fetch_for_id`: checkout
 sessions with their line items, invoices with their payments) and written as a snapshot
-event with source `refresh`, `created` the time it was read and id `evt_refresh_<hash of the
-object's state>`: refreshing an unchanged object again writes an event the fold skips.
+event with source `refresh`, `created` the second the read was sent and a new id per read
+(`evt_refresh_<random>`): the id answered is always one the fold has not seen, so a read
+with `min_event=` waits for this read, and an object back in an earlier state is healed
+(issue 19, point 2).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from entitled.settings import Settings
 from ingest.completion import fetch_for_id
 from ingest.keys import event_headers, routing_key
 from ingest.producer import EventProducer
-from ingest.snapshots import read_event, snapshot_id
+from ingest.snapshots import read_event, read_id
 from ingest.stripe_api import StripeApi
 
 
@@ -71,7 +73,7 @@ async def _one(api: StripeApi, producer: EventProducer, object_id: str) -> Refre
         if exc.http_status == 404:
             return Refreshed(object_id, None, "not_found")
         raise
-    event_id = snapshot_id(got.obj, prefix="evt_refresh_")
+    event_id = read_id("evt_refresh_")  # every read a new snapshot (issue 19, point 2)
     event = read_event(got.obj, event_id=event_id, api_version=got.api_version, read_at=got.read_at)
     if event is None:
         return Refreshed(object_id, None, "no_state")

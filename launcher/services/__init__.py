@@ -235,6 +235,7 @@ def status(settings: Settings) -> dict[str, Any]:
         result["kafka"] = {
             "bootstrap": kafka.bootstrap(state["kafka"]),
             "cluster_id": state["kafka"]["cluster_id"],
+            "protocol": kafka.client_env(state["kafka"])["KAFKA_SECURITY_PROTOCOL"],
             "nodes": nodes,
             "healthy": bool(nodes) and all(n["healthy"] for n in nodes),
         }

@@ -113,7 +113,9 @@ def _print_status(report: dict[str, Any]) -> None:
     if kafka is None:
         click.echo("kafka:        not created (run `entitled services up`)")
     else:
-        click.echo(f"kafka:        {kafka['bootstrap']} {_health(kafka['healthy'])}")
+        click.echo(
+            f"kafka:        {kafka['bootstrap']} {kafka['protocol']} {_health(kafka['healthy'])}"
+        )
         for n in kafka["nodes"]:
             click.echo(
                 f"  node {n['node_id']}: port {n['port']} controller {n['controller_port']} "

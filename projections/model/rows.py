@@ -196,6 +196,12 @@ class PurchaseRow(_RowBase):
     event_id: str
     previous: Changes = ()
     rivals: tuple[PurchaseRow, ...] = ()
+    # Fields an event that does not name them leaves as an earlier event gave them, in any
+    # order (`projections.model.rules._registry.RuleSpec.resolve`): current invoice shapes
+    # name the payment intent only in an expanded `payments` (a credit note's
+    # `invoice.updated` does not), and forgetting the link kept a fully refunded movie
+    # granted (issue 19, point 8).
+    STICKY: ClassVar[tuple[str, ...]] = ("payment_intent",)
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,6 +14,7 @@ from typing import Any
 import psycopg
 import uvicorn
 from psycopg.types.json import Jsonb
+from starlette.routing import BaseRoute
 
 from api.app import create_app
 from entitled.settings import Settings
@@ -166,9 +167,11 @@ def fold(database_url: str, events: Sequence[dict[str, Any]], *, start: int = 0)
 
 
 @contextlib.contextmanager
-def running_api(settings: Settings, timeout: float = 30.0) -> Iterator[str]:
+def running_api(
+    settings: Settings, timeout: float = 30.0, *, extra_routes: Sequence[BaseRoute] = ()
+) -> Iterator[str]:
     """Serve `create_app(settings)` with uvicorn on 127.0.0.1:<free port>; yield its URL."""
-    app = create_app(settings)
+    app = create_app(settings, extra_routes=extra_routes)
     # A graceful shutdown ends open event streams after 1 s (they never end by themselves).
     config = uvicorn.Config(
         app,

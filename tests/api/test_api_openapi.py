@@ -43,6 +43,38 @@ def test_every_route_is_documented_and_back() -> None:
     assert served == documented
 
 
+def test_security_matches_each_routes_token_level() -> None:
+    """Admin operations list only the admin token; reads either; and the refusals of the
+    guards (421, 403, 415, refresh's 413 and 429) are documented where they can happen."""
+    settings = Settings(database_url="postgresql://unused/none")
+    app = create_app(settings, extra_routes=[RefreshEndpoint(settings).route()])
+    levels = {("/v1/refresh", "post"): "admin"}  # refresh checks its token itself (ingest)
+    for route in app.routes:
+        level = getattr(getattr(route, "endpoint", None), "level", None)
+        if isinstance(route, Route) and level is not None:
+            for method in route.methods or ():
+                if method != "HEAD":
+                    levels[(route.path, method.lower())] = level
+    paths = _doc()["paths"]
+    assert isinstance(paths, dict)
+    documented = {}
+    for path, ops in paths.items():
+        for method, op in ops.items():
+            if "security" not in op:
+                continue
+            documented[(path, method)] = (
+                "admin" if op["security"] == [{"adminToken": []}, {}] else "read"
+            )
+            if documented[(path, method)] == "read":
+                assert op["security"] == [{"readToken": []}, {"adminToken": []}, {}]
+            codes = set(op["responses"])
+            assert {"401", "421"} <= codes, (path, method)
+            assert ("403" in codes) == (documented[(path, method)] == "admin"), (path, method)
+            assert ("415" in codes) == (method in ("put", "post", "delete")), (path, method)
+    assert documented == levels
+    assert {"413", "429"} <= set(paths["/v1/refresh"]["post"]["responses"])
+
+
 def test_hit_schema_accepts_real_hits_only() -> None:
     components = _doc()["components"]
     assert isinstance(components, dict)

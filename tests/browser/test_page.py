@@ -1,6 +1,8 @@
 """The WebFlicks page in Debian's chromium: Buy now turns into Watch now without a reload
 when a subscription arrives through the real ingest, worker and API, announced over the
-change feed's Server-Sent Events stream (the page does not poll)."""
+change feed's Server-Sent Events stream (the page does not poll). The API is closed (read and
+admin tokens, as `entitled dev` runs it) and the page holds the read token only, given in the
+link's fragment and kept in sessionStorage, never in localStorage or the address bar."""
 
 from __future__ import annotations
 
@@ -13,7 +15,8 @@ from playwright.sync_api import Browser, Route, expect, sync_playwright
 
 from launcher.stripe import events as se
 from projections.catalog import read_file
-from tests.support.system import System
+from tests.support.processes import Procs
+from tests.support.system import System, start_system
 
 pytestmark = pytest.mark.browser
 
@@ -28,6 +31,12 @@ CHROMIUM_ARGS = [
     "--disable-sync",
 ]
 DEMO = Path(__file__).resolve().parents[2] / "projections" / "demo_catalog.jsonl"
+READ, ADMIN = "tok_page_read_3e4f", "tok_page_admin_8a9b"
+
+
+@pytest.fixture
+def system(procs: Procs) -> System:
+    return start_system(procs, catalog=False, ENTITLED_API_TOKEN=READ, ENTITLED_ADMIN_TOKEN=ADMIN)
 
 
 @pytest.fixture
@@ -55,9 +64,12 @@ def test_subscription_turns_buy_into_watch(
     page = browser.new_page(viewport={"width": 1280, "height": 860})
     streams: list[str] = []
     page.on("request", lambda r: streams.append(r.url) if "/v1/changes/stream" in r.url else None)
-    page.goto(f"{system.api_url}/?customer={customer['id']}&q=harrison+ford")
+    page.goto(f"{system.api_url}/?customer={customer['id']}&q=harrison+ford#token={READ}")
     star_wars = page.locator('[data-movie-id="29"] .cta')  # scifi + action
     expect(star_wars).to_have_text("Buy now", timeout=15_000)
+    assert page.evaluate("sessionStorage.getItem('entitled.read-token')") == READ
+    assert page.evaluate("Object.keys(localStorage)") == []
+    assert "token" not in page.url and READ not in page.url
     # Following the stream, its first re-read done: from here on, reads come only from it.
     expect(page.locator("body")).to_have_attribute("data-stream", "ready", timeout=15_000)
     assert any(f"customer={customer['id']}" in url for url in streams), streams

@@ -49,7 +49,9 @@ def api_app(database_url: str) -> Iterator[Starlette]:
     migrate(database_url)
     load_catalog(database_url)
     entitle(database_url, "cus_f", groups=["action"], movie_ids=["40"])
-    app = create_app(Settings(database_url=database_url, api_token=TOKEN))
+    # schemathesis' ASGI client names its host `testserver`
+    settings = Settings(database_url=database_url, api_token=TOKEN, allowed_hosts=("testserver",))
+    app = create_app(settings)
     yield app
     shutdown_lifespans()  # closes the pool before the database is dropped
 
@@ -58,6 +60,8 @@ def api_app(database_url: str) -> Iterator[Starlette]:
 def client(api_app: Starlette) -> Iterator[ASGIClient]:
     with ASGIClient(api_app) as c:
         c.headers["Authorization"] = f"Bearer {TOKEN}"
+        # bodiless DELETEs too (state-changing requests must be declared JSON, else 415)
+        c.headers["Content-Type"] = "application/json"
         yield c
 
 

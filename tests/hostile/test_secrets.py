@@ -1,6 +1,8 @@
 """No secret in logs or error bodies of real processes: the webhook secret (ingest at
-debug level, fed wrong signatures), the API token (api at debug level, fed wrong tokens)
-and the Stripe API key (backfill against a Stripe that refuses it, and one that is down).
+debug level, fed wrong signatures), the read and admin tokens (api at debug level, fed wrong
+tokens), all three read from `_FILE` twins as mounted secrets are, and the Stripe API key
+(backfill against a Stripe that refuses it, and one that is down); stripe-python's request
+log stays quiet. A secret given twice (value and file) is refused without showing either.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from tests.support.system import ready
 WEBHOOK_SECRET = "whsec_test_secret"
 API_TOKEN = "tok_never_show_me_4c1d"
 API_KEY = "sk_test_never_show_me_77aa"
+ADMIN_TOKEN = "tok_admin_never_show_me_e5f6"
 
 
 @pytest.fixture
@@ -51,15 +54,36 @@ def stripe_that_refuses() -> Iterator[str]:
     server.server_close()
 
 
+def _secret_file(tmp_path: Path, name: str, value: str) -> str:
+    path = tmp_path / name
+    path.write_text(value + "\n")
+    path.chmod(0o600)
+    return str(path)
+
+
 def test_no_secret_in_logs_or_bodies_of_real_processes(
-    settings: Settings, procs: Procs, stripe_that_refuses: str
+    settings: Settings, procs: Procs, stripe_that_refuses: str, tmp_path: Path
 ) -> None:
     migrate = procs.spawn("migrate")
     assert migrate.popen is not None and migrate.popen.wait(120) == 0, migrate.tail()
     ingest_port, api_port = free_port(), free_port()
-    ingest = procs.spawn("ingest", "--port", str(ingest_port), "--log-level", "debug")
+    ingest = procs.spawn(
+        "ingest",
+        "--port",
+        str(ingest_port),
+        "--log-level",
+        "debug",
+        STRIPE_WEBHOOK_SECRET="",  # from the file only
+        STRIPE_WEBHOOK_SECRET_FILE=_secret_file(tmp_path, "whsec", WEBHOOK_SECRET),
+    )
     api = procs.spawn(
-        "api", "--port", str(api_port), "--log-level", "debug", ENTITLED_API_TOKEN=API_TOKEN
+        "api",
+        "--port",
+        str(api_port),
+        "--log-level",
+        "debug",
+        ENTITLED_API_TOKEN_FILE=_secret_file(tmp_path, "read", API_TOKEN),
+        ENTITLED_ADMIN_TOKEN_FILE=_secret_file(tmp_path, "admin", ADMIN_TOKEN),
     )
     ingest_url, api_url = f"http://127.0.0.1:{ingest_port}", f"http://127.0.0.1:{api_port}"
     for url in (ingest_url, api_url):
@@ -93,6 +117,20 @@ def test_no_secret_in_logs_or_bodies_of_real_processes(
             headers={"Authorization": f"Bearer {API_TOKEN}"},
         )
         assert ok.status_code == 200  # the token works: the 401s above were about the token
+        for auth, status in (
+            (f"Bearer {API_TOKEN}", 403),  # the read token on an admin route
+            (f"Bearer {ADMIN_TOKEN}x", 401),
+            (f"Bearer {ADMIN_TOKEN}", 200),
+        ):
+            r = client.get(f"{api_url}/v1/customers", headers={"Authorization": auth})
+            assert r.status_code == status, (auth, r.text)
+            bodies.append(r.text)
+        signed = client.post(
+            f"{ingest_url}/webhooks/stripe",
+            content=body,
+            headers={"Stripe-Signature": se.sign_header(body, WEBHOOK_SECRET)},
+        )
+        assert signed.status_code == 200, signed.text  # the secret from the file verifies
 
     outputs = []
     for base in (stripe_that_refuses, f"http://127.0.0.1:{free_port()}"):  # refuses; down
@@ -114,12 +152,14 @@ def test_no_secret_in_logs_or_bodies_of_real_processes(
         "ingest": ingest.log.read_text(errors="replace"),
         "api": api.log.read_text(errors="replace"),
     }
-    for secret in (WEBHOOK_SECRET, API_TOKEN, API_KEY):
+    for secret in (WEBHOOK_SECRET, API_TOKEN, ADMIN_TOKEN, API_KEY):
         assert not [b for b in bodies if secret in b], secret
         assert not [name for name, text in logs.items() if secret in text], secret
         assert not [o for o in outputs if secret in o], (secret, outputs)
     assert "400 Bad Request" in logs["ingest"]  # the log did see the failures
     assert "401 Unauthorized" in logs["api"]
+    # stripe-python's own request log ("Request to Stripe api ...") is quiet at debug too
+    assert not [o for o in outputs if "Request to Stripe api" in o], outputs
     # a key's last four characters are what Stripe itself shows; nothing longer
     assert not [o for o in outputs if API_KEY[:-4] in o]
 

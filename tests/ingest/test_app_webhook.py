@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncIterator
 from dataclasses import replace
@@ -10,10 +11,12 @@ from typing import Any
 
 import httpx
 import orjson
+import pytest
 
 from entitled.settings import Settings
-from ingest.app import create_app
+from ingest.app import KNOWN_TYPE_PREFIXES, create_app
 from launcher.stripe import events as se
+from projections.model.rules import RULES
 from tests.support.kafka import end_offsets, read_topic
 from tests.support.serve import Running, running
 
@@ -168,13 +171,29 @@ async def test_oversized_stream_without_length_is_cut_off(small_settings: Settin
     assert sum(ends.values()) == 0
 
 
-async def test_unknown_event_type_is_accepted(ingest_server: Running) -> None:
+async def test_unknown_event_type_is_accepted(
+    ingest_server: Running, caplog: pytest.LogCaptureFixture
+) -> None:
     evt = se.event("radar.early_fraud_warning.created", {"id": "issfr_1", "object": "x"})
-    body = se.encode(evt)
+    # folded types are not "unhandled" (issue 19, point 11)
+    folded = [
+        se.event("refund.created", {"id": "re_1", "object": "refund"}),
+        se.event("invoice_payment.paid", {"id": "inpay_1", "object": "invoice_payment"}),
+    ]
+    caplog.set_level(logging.INFO, logger="ingest.app")
     async with httpx.AsyncClient(base_url=ingest_server.url) as client:
-        r = await client.post("/webhooks/stripe", content=body, headers=_signed(body))
-    assert r.status_code == 200
-    assert r.json()["id"] == evt["id"]
+        for e in (evt, *folded):
+            body = se.encode(e)
+            r = await client.post("/webhooks/stripe", content=body, headers=_signed(body))
+            assert r.status_code == 200
+            assert r.json()["id"] == e["id"]
+    unhandled = [r.getMessage() for r in caplog.records if "unhandled type" in r.getMessage()]
+    assert unhandled == [f"accepted event {evt['id']} of unhandled type {evt['type']}"]
+
+
+def test_every_folded_type_is_named_handled() -> None:
+    folded = [t for t in RULES if not t.startswith(KNOWN_TYPE_PREFIXES)]
+    assert folded == []
 
 
 async def test_rotation_accepts_either_secret(settings: Settings) -> None:

@@ -7,14 +7,9 @@ A real HTTP Stripe stand-in that answers slowly, real Kafka, the real fold on Po
 
 from __future__ import annotations
 
-import asyncio
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from typing import Any
 
 import orjson
-from aiohttp import web
 
 from entitled.settings import Settings
 from ingest.keys import event_headers, routing_key
@@ -24,37 +19,9 @@ from ingest.stripe_api import StripeApi
 from ingest.summary import complete
 from launcher.stripe import events as se
 from tests.support.db import entitlements
+from tests.support.fake_stripe import fake_stripe
 from tests.support.infold import fold_log
 from tests.support.kafka import publish, read_topic
-
-
-@asynccontextmanager
-async def slow_stripe(
-    objects: dict[str, Any], on_request: Any = None
-) -> AsyncIterator[tuple[str, list[int]]]:
-    """Serve `objects` by path; each answer leaves after the next second boundary. Yields
-    (base URL, the second each request arrived)."""
-    seconds: list[int] = []
-
-    async def handle(request: web.Request) -> web.Response:
-        now = time.time()
-        seconds.append(int(now))
-        if on_request is not None:
-            await on_request(int(now))
-        await asyncio.sleep(int(now) + 1.1 - time.time())  # answer in the next second
-        return web.json_response(objects[request.path])
-
-    app = web.Application()
-    app.router.add_get("/{tail:.*}", handle)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    try:
-        yield f"http://127.0.0.1:{port}", seconds
-    finally:
-        await runner.cleanup()
 
 
 async def test_a_slow_read_never_beats_the_activation_sent_while_it_was_on_its_way(
@@ -86,8 +53,8 @@ async def test_a_slow_read_never_beats_the_activation_sent_while_it_was_on_its_w
 
     try:
         objects = {"/v1/subscriptions/sub_slowread": incomplete}
-        async with slow_stripe(objects, payment_confirms) as (base, seconds):
-            api = StripeApi("sk_test_slow", base=base, rps=100)
+        async with fake_stripe(objects, next_second=True, on_request=payment_confirms) as fake:
+            api = StripeApi("sk_test_slow", base=fake.url, rps=100)
             try:
                 [done] = await refresh(settings, ["sub_slowread"], api=api, producer=producer)
             finally:
@@ -99,7 +66,7 @@ async def test_a_slow_read_never_beats_the_activation_sent_while_it_was_on_its_w
     records = [r for r in await read_topic(settings) if r.key == customer.encode()]
     assert [dict(r.headers)["source"] for r in records] == [b"webhook", b"refresh"]
     snapshot = orjson.loads(records[1].value)
-    assert snapshot["created"] == seconds[0]  # the second the request was sent
+    assert snapshot["created"] == fake.seconds[0]  # the second the request was sent
 
     await fold_log(settings)
     assert entitlements(settings)[customer][0] == ["action"]
@@ -110,10 +77,10 @@ async def test_a_listed_summary_is_stamped_with_its_first_request() -> None:
     no moment before their first request: they carry its second."""
     path = "/v1/entitlements/active_entitlements"
     page = {"object": "list", "data": [{"id": "ent_1", "lookup_key": "group:a"}], "has_more": False}
-    async with slow_stripe({path: page}) as (base, seconds):
-        api = StripeApi("sk_test_slow", base=base, rps=100)
+    async with fake_stripe({path: page}, next_second=True) as fake:
+        api = StripeApi("sk_test_slow", base=fake.url, rps=100)
         try:
             got = await complete(api, "cus_x", {"customer": "cus_x"})
         finally:
             await api.close()
-    assert got.read_at == seconds[0]
+    assert got.read_at == fake.seconds[0]

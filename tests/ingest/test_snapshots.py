@@ -93,15 +93,15 @@ def test_default_lists_exist_and_leave_out_plans() -> None:
     assert LISTS["subscriptions"].params == {"status": "all"}
 
 
-def test_stamped_with_read_time_and_id_from_state_only() -> None:
-    """A re-listed unchanged object dedups (same id) whatever the read time; its stamp is
-    the read time, so it is newer than the webhooks Stripe sent before the read."""
+def test_stamped_with_read_time_and_a_new_id_per_read() -> None:
+    """Every read is a new snapshot, even of an unchanged object (issue 19, point 2); its
+    stamp is the read time, so it is newer than the webhooks Stripe sent before the read."""
     subscription = {**_fixture("subscription"), "status": "unpaid"}
     early = snapshot_event(LISTS["subscriptions"], subscription, api_version=None, read_at=1_000)
     late = snapshot_event(LISTS["subscriptions"], subscription, api_version=None, read_at=9_000)
     assert early is not None and late is not None
     assert early["created"] == 1_000 and late["created"] == 9_000
-    assert early["id"] == late["id"]
+    assert early["id"] != late["id"] and early["id"].startswith("evt_backfill_")
     assert early["created"] != subscription["created"]
     changed = snapshot_event(
         LISTS["subscriptions"],

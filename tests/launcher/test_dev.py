@@ -79,7 +79,7 @@ class Dev:
         wait_until(ready, START_TIMEOUT_S, "entitled dev to print its URLs", self)
         fields = {}
         for line in self.lines:
-            m = re.match(r"^  (page|search|webhook|secret|logs)\s+(\S+)", line)
+            m = re.match(r"^  (page|search|webhook|secret|read token|admin|logs)\s+(\S+)", line)
             if m:
                 fields[m[1]] = m[2]
         pids = json.loads((self.home / "dev.pids").read_text())
@@ -130,8 +130,15 @@ def running(env: dict[str, str], *args: str) -> Iterator[Dev]:
         print(f"--- entitled dev output ---\n{run.text()}", file=sys.stderr)
 
 
+# The read token `entitled dev` printed, per API base URL (`api_base` records it).
+_READ_TOKENS: dict[str, str] = {}
+
+
 def search(api: str, customer: str, q: str) -> dict[str, dict[str, Any]]:
-    r = httpx.get(f"{api}/v1/search", params={"customer": customer, "q": q}, timeout=5)
+    headers = {"Authorization": f"Bearer {_READ_TOKENS[api]}"}
+    r = httpx.get(
+        f"{api}/v1/search", params={"customer": customer, "q": q}, headers=headers, timeout=5
+    )
     assert r.status_code == 200, r.text
     return {hit["title"]: hit for hit in r.json()["results"]}
 
@@ -142,7 +149,10 @@ def can_watch(api: str, customer: str, q: str, title: str, reason: str) -> bool:
 
 
 def api_base(fields: dict[str, str]) -> str:
-    return fields["page"].rstrip("/")
+    """The API's base URL from the printed page link (`/?customer=...#token=<read token>`)."""
+    base = fields["page"].partition("?")[0].rstrip("/")
+    _READ_TOKENS[base] = fields["read token"]
+    return base
 
 
 def post_signed(url: str, event: dict[str, Any], secret: str) -> httpx.Response:
@@ -178,6 +188,17 @@ def test_dev_serves_demo_data_takes_webhooks_and_stops_on_ctrl_c(
 
         page = httpx.get(fields["page"], timeout=5)
         assert page.status_code == 200 and "<title>WebFlicks</title>" in page.text
+        # The page link carries the read token (in the fragment), never the admin token; the
+        # API is closed: no token, no read; the read token reads; only the admin token lists
+        # every customer. Each printed token is the one this run generated and kept.
+        read, admin = fields["read token"], fields["admin"]
+        assert fields["page"].endswith(f"#token={read}") and admin not in fields["page"]
+        assert (tmp_path / "home" / "dev-api-token").read_text().strip() == read
+        assert (tmp_path / "home" / "dev-admin-token").read_text().strip() == admin
+        assert httpx.get(f"{api}/v1/customers/cus_demo_alice/entitlements").status_code == 401
+        customers = f"{api}/v1/customers"
+        assert httpx.get(customers, headers={"Authorization": f"Bearer {read}"}).status_code == 403
+        assert httpx.get(customers, headers={"Authorization": f"Bearer {admin}"}).status_code == 200
 
         # The demo events went through the log and the worker.
         wait_until(
@@ -308,6 +329,7 @@ def test_first_run_starts_and_stops_its_own_services_and_a_restart_keeps_edits(
         r = httpx.put(
             f"{api}/v1/movies/3",
             json={"title": "Die Hard (edited)", "keywords": "bruce willis", "groups": ["action"]},
+            headers={"Authorization": f"Bearer {fields['admin']}"},  # the printed admin token
             timeout=5,
         )
         assert r.status_code == 200, r.text

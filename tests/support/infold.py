@@ -31,10 +31,8 @@ async def fold_log(settings: Settings, *, batch: int = 500, **runner: Any) -> Ap
             schema = await db.active_schema(conn)
             start = await offsets.read(conn, schema, settings.topic)
         folder = BatchRunner(settings, pool, max_backoff_s=0.05, **runner)
-        stop = await end_offsets(settings.kafka_bootstrap_servers, settings.topic)
-        async for messages in read_log(
-            settings.kafka_bootstrap_servers, settings.topic, start, stop, batch=batch
-        ):
+        stop = await end_offsets(settings)
+        async for messages in read_log(settings, settings.topic, start, stop, batch=batch):
             total.add(await folder.commit(messages))
     finally:
         await pool.close()

@@ -68,8 +68,14 @@ class RuleSpec:
 
     def resolve(self, event: StripeEvent, current: Row | None) -> Settled:
         """The row to keep after `event` (None: the event is older than `current`)."""
+        sticky: tuple[str, ...] = getattr(current, "STICKY", ())
         if current is not None and coarse(stamp_of(event)) < coarse(current.stamp):
-            return Settled(None)  # stale: do not even build the row
+            if not sticky:
+                return Settled(None)  # stale: do not even build the row
+            # stale, but it may name what the newer row never learnt
+            older = self.fn(event, current)
+            filled = _fill(current, older, sticky) if older is not None else current
+            return Settled(filled if filled is not current else None)
         row = self.fn(event, current)
         if row is None:
             return Settled(None)
@@ -80,11 +86,22 @@ class RuleSpec:
                 before = None
             if before is not None and type(before) is type(row):
                 row = dataclasses.replace(row, previous=changes(before, row))
-        return settle(current, row)
+        settled = settle(current, row)
+        if sticky and settled.row is not None and current is not None:
+            settled = Settled(_fill(settled.row, current, sticky), settled.tie)
+        return settled
 
     def apply(self, event: StripeEvent, current: Row | None) -> Row | None:
         """The rule's new row, or None when the event is older than `current`."""
         return self.resolve(event, current).row
+
+
+def _fill(row: Any, other: Any, sticky: tuple[str, ...]) -> Any:
+    """`row` with each `sticky` field it lacks (None) taken from `other`; `row` itself when
+    nothing is filled."""
+    given = {name: getattr(other, name) for name in sticky if getattr(row, name) is None}
+    given = {name: value for name, value in given.items() if value is not None}
+    return dataclasses.replace(row, **given) if given else row
 
 
 def fold(*types: str, table: str, override: bool = False) -> Callable[[F], F]:

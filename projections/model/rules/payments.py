@@ -1,8 +1,9 @@
 """One-off payments: checkout sessions, payment intents, invoices (purchases), the invoice
 payments that link an invoice to its payment intent, charges and refunds.
 
-Paid means: a checkout session in mode payment with payment_status "paid"; a payment intent
-with status "succeeded"; an invoice with status "paid".
+Paid means: a checkout session in mode payment with payment_status "paid" or
+"no_payment_required" (a 100% discount); a payment intent with status "succeeded"; an invoice
+with status "paid".
 """
 
 from __future__ import annotations
@@ -36,7 +37,8 @@ def checkout_session_snapshot(event: StripeEvent, current: PurchaseRow | None) -
         cs,
         event,
         kind="checkout_session",
-        paid=cs.mode == "payment" and cs.payment_status == "paid",
+        # a 100%-discount purchase is complete without a payment (issue 19, point 9)
+        paid=cs.mode == "payment" and cs.payment_status in ("paid", "no_payment_required"),
         amount=cs.amount_total,
     )
 

@@ -29,7 +29,7 @@ from tests.support.parsed import ev
         ("paid", "payment", True),
         ("unpaid", "payment", False),
         ("paid", "subscription", False),
-        ("no_payment_required", "payment", False),
+        ("no_payment_required", "payment", True),  # a 100% discount (issue 19, point 9)
     ],
 )
 def test_checkout_session_paid(payment_status: str, mode: str, paid: bool) -> None:
