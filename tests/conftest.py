@@ -1,9 +1,17 @@
-"""Session services (a real Kafka and PostgreSQL) and per-test topics and databases.
+"""Session services (a real Kafka and PostgreSQL), per-test topics and databases, the tiers.
 
 With `KAFKA_BOOTSTRAP_SERVERS` and `DATABASE_URL` in the environment the tests use those;
 otherwise the session starts its own services in a private temporary home (the jar cache
-stays the shared `~/.cache/entitled`) and wipes them at the end. Never skips: if the
-services cannot start, every test that needs them fails with the reason.
+stays the shared `~/.cache/entitled`) and wipes them at the end. Under pytest-xdist each
+worker is a session of its own, so each has its own services: a test that stops Kafka or
+Postgres disturbs only the tests of its own worker, which run after it. PostgreSQL starts
+first and alone (`postgres_url`): the database tier never waits for a JVM. Never skips: if
+the services cannot start, every test that needs them fails with the reason.
+
+Tiers (marks set here from the fixtures a test uses, see `pytest_collection_modifyitems`):
+`pure` (no service), `database` (PostgreSQL only), `integration` (Kafka, processes, Stripe
+stand-ins), and `heavy` (tests/chaos, tests/scale). docs/testing.md says which command runs
+which.
 """
 
 from __future__ import annotations
@@ -14,11 +22,13 @@ import stat
 import tempfile
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 import pytest
+from hypothesis import settings as hypothesis_settings
 from psycopg import sql
 
 from entitled.settings import Settings
@@ -31,12 +41,19 @@ from launcher.services._process import run_async
 # root is on sys.path (pytest's `pythonpath = ["."]`), so `tests.support` is importable by
 # that name; the real `entitled` package there also wins over `tests/entitled/`, which,
 # having no __init__.py, is only a namespace portion.
+from tests.support.db import migrate
 from tests.support.localstripe import localstripe  # noqa: F401
 from tests.support.processes import Procs
 from tests.support.stripe_mock import stripe_mock  # noqa: F401
 from tests.support.system import system  # noqa: F401
 
 WEBHOOK_SECRET = "whsec_test_secret"
+
+# `make test` draws a share of each property test's examples (tests.support.examples);
+# `make test-long` (HYPOTHESIS_PROFILE=long) draws them all.
+hypothesis_settings.register_profile("suite", print_blob=True)
+hypothesis_settings.register_profile("long", print_blob=True)
+hypothesis_settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "suite"))
 
 
 def _with_database(url: str, name: str) -> str:
@@ -71,7 +88,19 @@ def services_settings() -> Iterator[Settings]:
 
 
 @pytest.fixture(scope="session")
-def services(services_settings: Settings) -> Endpoints:
+def postgres_url(services_settings: Settings) -> str:
+    """The session PostgreSQL (started here, without Kafka, unless given)."""
+    s = services_settings
+    if s.database_url:
+        return s.database_url
+    try:
+        return svc.up_postgres(s, fast=True)
+    except ServicesError as exc:
+        pytest.fail(f"the local PostgreSQL cannot start:\n{exc}", pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def services(services_settings: Settings, postgres_url: str) -> Endpoints:
     """Endpoints of the session Kafka and PostgreSQL (started here unless given)."""
     s = services_settings
     if s.kafka_bootstrap_servers and s.database_url:
@@ -92,19 +121,47 @@ def topic(services: Endpoints) -> str:
     return name
 
 
-@pytest.fixture
-def database_url(services: Endpoints) -> Iterator[str]:
-    """A fresh empty database `t_<uuid8>`, dropped (forcibly) after the test."""
-    name = f"t_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(services.database_url, autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+@contextmanager
+def _database(server_url: str, prefix: str, template: str | None = None) -> Iterator[str]:
+    """A new database on the server of `server_url` (a copy of `template` if given), dropped
+    (forcibly) at the end; its URL."""
+    name = f"{prefix}{uuid.uuid4().hex[:8]}"
+    create = sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name))
+    if template is not None:
+        create += sql.SQL(" TEMPLATE {}").format(sql.Identifier(template))
+    with psycopg.connect(server_url, autocommit=True) as conn:
+        conn.execute(create)
     try:
-        yield _with_database(services.database_url, name)
+        yield _with_database(server_url, name)
     finally:
-        with psycopg.connect(services.database_url, autocommit=True) as conn:
+        with psycopg.connect(server_url, autocommit=True) as conn:
             conn.execute(
                 sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
             )
+
+
+@pytest.fixture
+def database_url(postgres_url: str) -> Iterator[str]:
+    """A fresh empty database `t_<uuid8>`, dropped (forcibly) after the test."""
+    with _database(postgres_url, "t_") as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def migrated_template(postgres_url: str) -> Iterator[str]:
+    """The name of a database migrated once per session, copied by `migrated_url`."""
+    with _database(postgres_url, "template_") as url:
+        migrate(url)
+        # CREATE DATABASE ... TEMPLATE needs the template without sessions: none is left.
+        yield url.rsplit("/", 1)[1]
+
+
+@pytest.fixture
+def migrated_url(postgres_url: str, migrated_template: str) -> Iterator[str]:
+    """A fresh database `t_<uuid8>` holding the migrated schema (version 1 active), copied
+    from `migrated_template` rather than migrated per test; dropped after the test."""
+    with _database(postgres_url, "t_", template=migrated_template) as url:
+        yield url
 
 
 @pytest.fixture
@@ -133,15 +190,37 @@ def procs(settings: Settings, tmp_path: Path) -> Iterator[Procs]:
 
 
 _HEAVY = ("chaos", "scale")
+# A test using one of these (directly or through another fixture) needs more than PostgreSQL.
+_INTEGRATION_FIXTURES = frozenset({"services", "procs", "system", "localstripe", "stripe_mock"})
+_TIERS = ("heavy", "integration", "database", "pure")
+
+
+def _tier(item: pytest.Item) -> str:
+    here = Path(__file__).parent
+    parts = Path(str(item.fspath)).relative_to(here).parts
+    if parts and parts[0] in _HEAVY:
+        return "heavy"
+    names = set(getattr(item, "fixturenames", ()))
+    if names & _INTEGRATION_FIXTURES or item.get_closest_marker("integration"):
+        return "integration"
+    if "postgres_url" in names:
+        return "database"
+    return "pure"
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Mark the tests under tests/chaos and tests/scale `heavy` (deselect: -m "not heavy")."""
-    here = Path(__file__).parent
+    """Mark each test with its tier (`-m "not heavy"`, `-m "pure or database"`), and run the
+    modules with the slowest tier first: under pytest-xdist (`--dist loadscope`, one module
+    per worker at a time) a long module started last would leave the other worker idle."""
+    tiers: dict[Path, int] = {}
     for item in items:
-        parts = Path(str(item.fspath)).relative_to(here).parts
-        if parts and parts[0] in _HEAVY:
+        tier = _tier(item)
+        if tier == "heavy":
             item.add_marker(pytest.mark.heavy)
+        item.add_marker(getattr(pytest.mark, tier if tier != "heavy" else "integration"))
+        module = Path(str(item.fspath))
+        tiers[module] = min(tiers.get(module, len(_TIERS)), _TIERS.index(tier))
+    items.sort(key=lambda item: tiers[Path(str(item.fspath))])  # stable: modules stay whole
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

@@ -35,6 +35,7 @@ __all__ = [
     "stop_postgres",
     "stop_replica",
     "up",
+    "up_postgres",
     "up_replicas",
     "with_kafka",
 ]
@@ -171,6 +172,13 @@ def _endpoints(state: proc.State) -> Endpoints:
         postgres.url(state["postgres"]),
         kafka.client_env(state["kafka"]),
     )
+
+
+def up_postgres(settings: Settings, *, fast: bool = False) -> str:
+    """Start the local PostgreSQL alone (idempotent); its database URL. The tests of the
+    database tier need no Kafka, and a JVM's start is most of the services' start."""
+    _up(settings, brokers=1, fast=fast, want_kafka=False, want_pg=True)
+    return postgres.url(proc.load_state(settings.services_dir)["postgres"])
 
 
 def up_replicas(settings: Settings, count: int) -> tuple[str, ...]:

@@ -7,8 +7,6 @@ import asyncio
 import contextlib
 import threading
 from collections.abc import Iterator, Sequence
-from importlib import resources
-from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -21,36 +19,17 @@ from entitled.settings import Settings
 from ingest.keys import routing_key
 from launcher.services._process import run_async
 from launcher.stripe import events as se
-from projections import catalog, schema
+from projections import schema
 from projections.model.entitlements import Policy
 from projections.store import ProjectionStore
 from projections.types import Message
 
+# Re-exported: the tests of the read API import them from here.
+from tests.support.db import demo_catalog_path as demo_catalog_path
+from tests.support.db import load_catalog as load_catalog
+from tests.support.db import migrate as migrate
+
 ACTIVE = "entitled_v1"  # the version `schema.migrate` creates and activates on a fresh database
-
-
-def migrate(database_url: str) -> None:
-    async def go() -> None:
-        async with await psycopg.AsyncConnection.connect(database_url) as conn:
-            await schema.migrate(conn)  # type: ignore[arg-type]
-            await conn.commit()
-
-    run_async(go)
-
-
-def demo_catalog_path() -> Path:
-    return Path(str(resources.files("projections").joinpath("demo_catalog.jsonl")))
-
-
-def load_catalog(database_url: str, movies: Sequence[catalog.Movie] | None = None) -> None:
-    rows = list(movies) if movies is not None else list(catalog.read_file(demo_catalog_path()))
-
-    async def go() -> None:
-        conn = await psycopg.AsyncConnection.connect(database_url)
-        async with conn, conn.transaction():
-            await catalog.load_movies(conn, rows)
-
-    run_async(go)
 
 
 def entitle(
@@ -59,17 +38,9 @@ def entitle(
     groups: Sequence[str] = (),
     movie_ids: Sequence[str] = (),
     as_of_event: str = "evt_test",
-    *,
-    feed: bool = False,
 ) -> None:
-    """Write a customer's entitlements row into the active version; with `feed`, as the fold
-    does: with a change row (and its NOTIFY) in the same transaction when what they hold
-    changed (a read model learns changes from the feed)."""
-    with psycopg.connect(database_url, autocommit=True) as conn, conn.transaction():
-        before = conn.execute(
-            f"SELECT groups, movie_ids FROM {ACTIVE}.customer_entitlements WHERE customer = %s",
-            (customer,),
-        ).fetchone()
+    """Write a customer's entitlements row into the active version, as the fold would."""
+    with psycopg.connect(database_url, autocommit=True) as conn:
         conn.execute(
             f"INSERT INTO {ACTIVE}.customer_entitlements"
             " (customer, groups, movie_ids, as_of_event, as_of_created)"
@@ -77,20 +48,6 @@ def entitle(
             " ON CONFLICT (customer) DO UPDATE SET groups = excluded.groups,"
             " movie_ids = excluded.movie_ids, as_of_event = excluded.as_of_event",
             (customer, list(groups), list(movie_ids), as_of_event),
-        )
-        old_groups, old_movies = before if before else ([], [])
-        if not feed or (sorted(old_groups), sorted(old_movies)) == (
-            sorted(groups),
-            sorted(movie_ids),
-        ):
-            return
-        _insert_change(
-            conn,
-            customer,
-            (old_groups, groups),
-            (old_movies, movie_ids),
-            event_id=as_of_event,
-            notify=True,
         )
 
 
@@ -125,30 +82,24 @@ def add_change(
     """Write one change row as the writer does (id from its sequence, in commit order) and,
     unless `notify=False`, NOTIFY the API; its id."""
     with psycopg.connect(database_url, autocommit=True) as conn, conn.transaction():
-        return _insert_change(conn, customer, groups, movies, event_id=event_id, notify=notify)
-
-
-def _insert_change(
-    conn: psycopg.Connection[Any],
-    customer: str,
-    groups: tuple[Sequence[str], Sequence[str]],
-    movies: tuple[Sequence[str], Sequence[str]],
-    *,
-    event_id: str | None,
-    notify: bool,
-) -> int:
-    """One change row in `conn`'s transaction, under the feed's lock, as the writer does."""
-    conn.execute("SELECT pg_advisory_xact_lock(hashtext('entitled.changes'))")
-    row = conn.execute(
-        "INSERT INTO entitled.changes (id, customer, groups_before, groups_after,"
-        " movies_before, movies_after, cause, event_id, event_created, version)"
-        " VALUES (nextval('entitled.change_ids'), %s, %s, %s, %s, %s, 'event', %s,"
-        " 1700000000, 1) RETURNING id",
-        (customer, list(groups[0]), list(groups[1]), list(movies[0]), list(movies[1]), event_id),
-    ).fetchone()
-    assert row is not None
-    if notify:
-        conn.execute("SELECT pg_notify('entitled_changes', %s)", (str(row[0]),))
+        conn.execute("SELECT pg_advisory_xact_lock(hashtext('entitled.changes'))")
+        row = conn.execute(
+            "INSERT INTO entitled.changes (id, customer, groups_before, groups_after,"
+            " movies_before, movies_after, cause, event_id, event_created, version)"
+            " VALUES (nextval('entitled.change_ids'), %s, %s, %s, %s, %s, 'event', %s,"
+            " 1700000000, 1) RETURNING id",
+            (
+                customer,
+                list(groups[0]),
+                list(groups[1]),
+                list(movies[0]),
+                list(movies[1]),
+                event_id,
+            ),
+        ).fetchone()
+        assert row is not None
+        if notify:
+            conn.execute("SELECT pg_notify('entitled_changes', %s)", (str(row[0]),))
     return int(row[0])
 
 

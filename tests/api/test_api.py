@@ -7,22 +7,21 @@ from dataclasses import replace
 
 import httpx
 import pytest
-from api_support import entitle, load_catalog, migrate, mirror, running_api
+from api_support import entitle, load_catalog, mirror, running_api
 
 from entitled.settings import Settings
 
 
 @pytest.fixture
-def settings(database_url: str) -> Settings:
-    """Only a fresh database: the read API needs no Kafka topic."""
-    return Settings(database_url=database_url, kafka_bootstrap_servers="unused:0")
+def settings(migrated_url: str) -> Settings:
+    """Only a fresh migrated database: the read API needs no Kafka topic."""
+    return Settings(database_url=migrated_url, kafka_bootstrap_servers="unused:0")
 
 
 @pytest.fixture
 def api(settings: Settings) -> Iterator[httpx.Client]:
     """A client of the API on a migrated database holding the demo catalogue."""
     assert settings.database_url
-    migrate(settings.database_url)
     load_catalog(settings.database_url)
     # State-changing requests must be declared JSON (tests/api/test_api_guards.py): this
     # client declares it on every request, bodiless DELETEs included.
@@ -263,8 +262,6 @@ def good_auth() -> dict[str, str]:
 
 
 def test_token_enforced_when_set(settings: Settings) -> None:
-    assert settings.database_url
-    migrate(settings.database_url)
     with (
         running_api(replace(settings, api_token="s3cret")) as url,
         httpx.Client(base_url=url) as client,
@@ -298,7 +295,8 @@ def test_health_ready_metrics_page(api: httpx.Client) -> None:
     assert api.get("/static/app.js").status_code == 200
 
 
-def test_readyz_unmigrated_is_503(settings: Settings) -> None:
+def test_readyz_unmigrated_is_503(database_url: str) -> None:
+    settings = Settings(database_url=database_url, kafka_bootstrap_servers="unused:0")
     with running_api(settings) as url:
         response = httpx.get(url + "/readyz")
         assert response.status_code == 503 and "migrate" in response.json()["error"]

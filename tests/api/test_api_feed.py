@@ -13,7 +13,7 @@ from typing import Any
 
 import httpx
 import pytest
-from api_support import add_change, fold, migrate, running_api
+from api_support import add_change, fold, running_api
 
 from api import feed as api_feed
 from entitled.settings import Settings
@@ -22,14 +22,12 @@ from tests.support.polling import wait_until
 
 
 @pytest.fixture
-def settings(database_url: str) -> Settings:
-    return Settings(database_url=database_url, kafka_bootstrap_servers="unused:0")
+def settings(migrated_url: str) -> Settings:
+    return Settings(database_url=migrated_url, kafka_bootstrap_servers="unused:0")
 
 
 @pytest.fixture
 def url(settings: Settings) -> Iterator[str]:
-    assert settings.database_url
-    migrate(settings.database_url)
     with running_api(settings) as base:
         yield base
 
@@ -277,8 +275,6 @@ def test_stream_without_cursor_starts_at_the_head_and_keeps_alive(
 
 
 def test_stream_token_in_query_only_for_the_stream(settings: Settings) -> None:
-    assert settings.database_url
-    migrate(settings.database_url)
     with (
         running_api(replace(settings, api_token="s3cret")) as base,
         httpx.Client(base_url=base, timeout=httpx.Timeout(10, read=20)) as client,

@@ -11,7 +11,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from entitled.settings import Settings
-from tests.api.api_support import entitle, load_catalog, migrate, running_api
+from tests.api.api_support import entitle, load_catalog, running_api
+from tests.support.examples import examples
 
 TSQUERY_BITS = [
     "&",
@@ -49,8 +50,13 @@ queries = st.one_of(
 
 
 @pytest.fixture
+def database_url(migrated_url: str) -> str:
+    """Every test here reads a migrated database: a copy of the session's template."""
+    return migrated_url
+
+
+@pytest.fixture
 def client(database_url: str) -> Iterator[httpx.Client]:
-    migrate(database_url)
     load_catalog(database_url)
     entitle(database_url, "cus_f", groups=["action"], movie_ids=["40"])
     app_settings = Settings(database_url=database_url, kafka_bootstrap_servers="unused:0")
@@ -59,7 +65,7 @@ def client(database_url: str) -> Iterator[httpx.Client]:
 
 
 @settings(
-    max_examples=300,
+    max_examples=examples(300),
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
@@ -84,7 +90,7 @@ ascii_header = st.text(alphabet=st.characters(min_codepoint=0x20, max_codepoint=
 
 
 @settings(
-    max_examples=300,
+    max_examples=examples(300),
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
@@ -112,7 +118,7 @@ def test_any_change_feed_params_never_5xx(
 
 
 @settings(
-    max_examples=150,
+    max_examples=examples(150),
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )

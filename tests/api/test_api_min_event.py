@@ -15,15 +15,20 @@ import pytest
 
 from entitled.settings import Settings
 from launcher.stripe import events as se
-from tests.api.api_support import ACTIVE, fold, load_catalog, migrate, running_api
+from tests.api.api_support import ACTIVE, fold, load_catalog, running_api
 from tests.support.polling import wait_until
 
 STAR_WARS = "29"  # scifi + action in the demo catalogue
 
 
 @pytest.fixture
+def database_url(migrated_url: str) -> str:
+    """Every test here reads a migrated database: a copy of the session's template."""
+    return migrated_url
+
+
+@pytest.fixture
 def db(database_url: str) -> str:
-    migrate(database_url)
     load_catalog(database_url)
     return database_url
 

@@ -13,7 +13,7 @@ import pytest
 
 from entitled.settings import Settings
 from launcher.stripe import events as se
-from tests.api.api_support import fold, load_catalog, migrate, running_api
+from tests.api.api_support import fold, load_catalog, running_api
 from tests.support import replicas as replica_support
 from tests.support.polling import wait_until
 
@@ -21,8 +21,13 @@ replicas = replica_support.replicas  # the fixture: two replicas of the session'
 
 
 @pytest.fixture
+def database_url(migrated_url: str) -> str:
+    """Every test here reads a migrated database: a copy of the session's template."""
+    return migrated_url
+
+
+@pytest.fixture
 def api(database_url: str, replicas: tuple[str, ...]) -> Iterator[httpx.Client]:
-    migrate(database_url)
     load_catalog(database_url)
     settings = Settings(
         database_url=database_url,

@@ -9,7 +9,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
-from api_support import add_change, migrate
+import pytest
+from api_support import add_change
 
 from api.fanout import Fanout
 from api.watcher import Signal
@@ -18,6 +19,12 @@ from projections.feed import Change
 
 def _change(id_: int, customer: str = "cus_a") -> Change:
     return Change(id_, customer, [], ["g"], [], [], "event", None, None, 1, datetime.now(UTC))
+
+
+@pytest.fixture
+def database_url(migrated_url: str) -> str:
+    """Every test here reads a migrated database: a copy of the session's template."""
+    return migrated_url
 
 
 def test_after_answers_only_what_memory_covers() -> None:
@@ -39,7 +46,6 @@ def test_after_answers_only_what_memory_covers() -> None:
 
 
 async def test_refresh_fetches_once_per_firing_and_trims(database_url: str) -> None:
-    migrate(database_url)
     ids = [add_change(database_url, f"cus_{i}") for i in range(3)]
     signal = Signal()
     fan = Fanout(signal, keep=2)

@@ -30,6 +30,9 @@ from launcher.services._process import pid_alive
 from launcher.stripe import events as se
 from tests.support.polling import wait_until
 
+# It runs `entitled dev` (its own Kafka, PostgreSQL and processes): the integration tier.
+pytestmark = pytest.mark.integration
+
 START_TIMEOUT_S = 120.0
 STOP_TIMEOUT_S = 40.0
 # what `entitled dev` starts besides the services

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import httpx
+import pytest
 
 from entitled.settings import Settings
 from tests.launcher.test_dev import (  # the `entitled dev` harness
@@ -16,6 +17,9 @@ from tests.launcher.test_dev import (  # the `entitled dev` harness
     running,
 )
 from tests.support.polling import wait_until
+
+# It runs `entitled dev` (its own Kafka, PostgreSQL and processes): the integration tier.
+pytestmark = pytest.mark.integration
 
 
 def _reads(api: str) -> dict[str, float]:

@@ -11,7 +11,7 @@ from click.testing import CliRunner
 from launcher.cli import main
 from projections import catalog
 from projections.catalog import InvalidMovie, Movie
-from tests.api.api_support import demo_catalog_path, migrate
+from tests.api.api_support import demo_catalog_path
 
 
 def test_movie_from_json_validates_and_dedups_groups() -> None:
@@ -84,8 +84,7 @@ def test_cli_migrate_and_load_csv_then_jsonl(
         assert conn.execute("SELECT count(*) FROM entitled.movies").fetchone() == (44,)
 
 
-def test_load_counts_inserts_and_updates(database_url: str) -> None:
-    migrate(database_url)
+def test_load_counts_inserts_and_updates(migrated_url: str) -> None:
 
     def movies() -> list[Movie]:
         return [Movie("1", "One", "", []), Movie("2", "Two", "", [])]
@@ -93,7 +92,7 @@ def test_load_counts_inserts_and_updates(database_url: str) -> None:
     from launcher.services._process import run_async
 
     async def go() -> catalog.LoadResult:
-        conn = await psycopg.AsyncConnection.connect(database_url)
+        conn = await psycopg.AsyncConnection.connect(migrated_url)
         async with conn, conn.transaction():
             return await catalog.load_movies(conn, movies())
 
@@ -101,17 +100,16 @@ def test_load_counts_inserts_and_updates(database_url: str) -> None:
     assert run_async(go) == catalog.LoadResult(inserted=0, updated=2)
 
 
-def test_demo_catalogue_loads_into_an_empty_catalogue_only(database_url: str) -> None:
-    migrate(database_url)
+def test_demo_catalogue_loads_into_an_empty_catalogue_only(migrated_url: str) -> None:
     from launcher.services._process import run_async
 
     async def go(movies: list[Movie]) -> catalog.LoadResult | None:
-        conn = await psycopg.AsyncConnection.connect(database_url)
+        conn = await psycopg.AsyncConnection.connect(migrated_url)
         async with conn, conn.transaction():
             return await catalog.load_if_empty(conn, movies)
 
     assert run_async(lambda: go([Movie("1", "One", "", [])])) == catalog.LoadResult(1, 0)
     # the user's catalogue is kept: a second start loads nothing
     assert run_async(lambda: go([Movie("2", "Two", "", [])])) is None
-    with psycopg.connect(database_url) as conn:
+    with psycopg.connect(migrated_url) as conn:
         assert conn.execute("SELECT movie_id FROM entitled.movies").fetchall() == [("1",)]

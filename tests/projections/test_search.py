@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import psycopg
+import pytest
 
 from projections import search
 from projections.catalog import Movie
-from tests.api.api_support import entitle, load_catalog, migrate
+from tests.api.api_support import entitle, load_catalog
 
 
 async def _search(url: str, customer: str, q: str, limit: int = 20) -> list[search.Hit]:
@@ -14,8 +15,13 @@ async def _search(url: str, customer: str, q: str, limit: int = 20) -> list[sear
         return await search.search(conn, customer, q, limit)
 
 
+@pytest.fixture
+def database_url(migrated_url: str) -> str:
+    """Every test here reads a migrated database: a copy of the session's template."""
+    return migrated_url
+
+
 async def test_ties_break_by_title_then_movie_id(database_url: str) -> None:
-    migrate(database_url)
     same = "the same words"
     load_catalog(
         database_url,
@@ -31,7 +37,6 @@ async def test_ties_break_by_title_then_movie_id(database_url: str) -> None:
 
 
 async def test_reasons_limit_and_stop_words(database_url: str) -> None:
-    migrate(database_url)
     load_catalog(database_url)
     entitle(database_url, "cus_1", groups=["animated"], movie_ids=["41"])
     hits = await _search(database_url, "cus_1", "pixar", limit=2)
@@ -52,7 +57,6 @@ def test_blank_query_uses_catalogue_listing() -> None:
 
 
 async def test_entitlements_unknown_is_none(database_url: str) -> None:
-    migrate(database_url)
     async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as conn:
         assert await search.entitlements(conn, "cus_ghost") is None
         assert await search.is_ready(conn)

@@ -4,10 +4,11 @@ Postgres (the SQL) and through the app (the parameter)."""
 from __future__ import annotations
 
 import psycopg
+import pytest
 
 from projections import search
 from projections.catalog import Movie
-from tests.api.api_support import entitle, load_catalog, migrate
+from tests.api.api_support import entitle, load_catalog
 
 MOVIES = [
     Movie("1", "Raiders", "harrison ford", ["action"]),
@@ -25,8 +26,13 @@ async def _search(
     return sorted((h.movie_id, h.reason) for h in hits)
 
 
+@pytest.fixture
+def database_url(migrated_url: str) -> str:
+    """Every test here reads a migrated database: a copy of the session's template."""
+    return migrated_url
+
+
 async def test_within_keeps_the_movies_a_feature_grants(database_url: str) -> None:
-    migrate(database_url)
     load_catalog(database_url, MOVIES)
     entitle(database_url, "cus_1", groups=["drama"])
     for q in ("harrison", ""):

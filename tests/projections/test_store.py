@@ -12,7 +12,6 @@ import pytest
 from entitled.settings import Settings
 from ingest.keys import routing_key
 from launcher.stripe import events as se
-from projections import schema as db
 from projections import upserts
 from projections.model.entitlements import Policy
 from projections.model.events import StripeEvent
@@ -25,11 +24,15 @@ Conn = psycopg.AsyncConnection[Any]
 
 
 @pytest.fixture
+def settings(migrated_url: str) -> Settings:
+    """A migrated database (a copy of the session's template); the topic is only a name here."""
+    return Settings(database_url=migrated_url, topic="t.store")
+
+
+@pytest.fixture
 async def conn(settings: Settings) -> AsyncIterator[Conn]:
     assert settings.database_url
     async with await psycopg.AsyncConnection.connect(settings.database_url) as c:
-        await db.migrate(c)
-        await c.commit()
         await c.set_autocommit(True)
         yield c
 

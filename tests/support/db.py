@@ -1,7 +1,11 @@
-"""Reading the test database: one `query`, the live entitlements and checkpoints."""
+"""The test database: migrate it and load a catalogue in-process; read it: one `query`, the
+live entitlements and checkpoints."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from importlib import resources
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -9,6 +13,34 @@ import psycopg
 from entitled.settings import Settings
 from entitled.topics import end_offsets
 from launcher.services._process import run_async
+from projections import catalog, schema
+
+
+def migrate(database_url: str) -> None:
+    """`entitled migrate`, in-process."""
+
+    async def go() -> None:
+        async with await psycopg.AsyncConnection.connect(database_url) as conn:
+            await schema.migrate(conn)  # type: ignore[arg-type]
+            await conn.commit()
+
+    run_async(go)
+
+
+def demo_catalog_path() -> Path:
+    return Path(str(resources.files("projections").joinpath("demo_catalog.jsonl")))
+
+
+def load_catalog(database_url: str, movies: Sequence[catalog.Movie] | None = None) -> None:
+    """`entitled catalog load` (the demo catalogue unless `movies`), in-process."""
+    rows = list(movies) if movies is not None else list(catalog.read_file(demo_catalog_path()))
+
+    async def go() -> None:
+        conn = await psycopg.AsyncConnection.connect(database_url)
+        async with conn, conn.transaction():
+            await catalog.load_movies(conn, rows)
+
+    run_async(go)
 
 
 def query(settings: Settings, q: str, *args: Any) -> list[tuple[Any, ...]]:

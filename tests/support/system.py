@@ -1,6 +1,7 @@
 """The whole system as real processes, configured like production: the one launcher.
 
-`start_system(procs)` runs `entitled migrate` (and loads the demo catalogue), then starts
+`start_system(procs)` migrates the test's database (and loads the demo catalogue) in-process
+(`entitled migrate` and `entitled catalog load` have tests of their own), then starts
 `entitled ingest` (one or more), `entitled worker` (zero or more) and `entitled api` with
 the test's settings as their environment, and waits until the HTTP ones answer /readyz.
 The fixture `system` does that for one ingest, one worker and the api. Every process
@@ -20,11 +21,10 @@ import pytest
 
 from entitled.settings import Settings
 from launcher.stripe import events as se
+from tests.support.db import load_catalog, migrate
 from tests.support.polling import wait_until
 from tests.support.ports import free_port
-from tests.support.processes import ENTITLED, REPO, Proc, Procs, environment
-
-DEMO_CATALOG = REPO / "projections" / "demo_catalog.jsonl"
+from tests.support.processes import ENTITLED, Proc, Procs, environment
 
 
 def signed(event: Mapping[str, Any], secret: str) -> tuple[bytes, dict[str, str]]:
@@ -101,9 +101,11 @@ def start_system(
 ) -> System:
     """Migrate (and load the demo catalogue unless `catalog=False`), then start the
     processes (each with `env` added); return once the HTTP ones are ready."""
-    procs.run("migrate")
+    url = procs.settings.database_url
+    assert url is not None
+    migrate(url)
     if catalog:
-        procs.run("catalog", "load", str(DEMO_CATALOG), name="catalog")
+        load_catalog(url)
     system = System(procs, dict(env))
     for _ in range(ingests):
         port = free_port()

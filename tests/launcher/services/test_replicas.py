@@ -19,6 +19,9 @@ from launcher import services as svc
 from launcher.services.cli import services as services_cli
 from tests.support.polling import wait_until
 
+# It starts a Kafka and a PostgreSQL of its own: the integration tier.
+pytestmark = pytest.mark.integration
+
 
 @dataclass(frozen=True)
 class Cluster:

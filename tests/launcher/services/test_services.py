@@ -26,6 +26,9 @@ from launcher.cli import KAFKA, POSTGRES, main, with_services
 from launcher.services import Endpoints, ServicesError, kafka, postgres
 from launcher.services.cli import services as services_cli
 
+# It starts a Kafka and a PostgreSQL of its own: the integration tier.
+pytestmark = pytest.mark.integration
+
 
 @dataclass(frozen=True)
 class Started:

@@ -16,6 +16,7 @@ from projections.model.events import parse
 from projections.model.fold import fold_batch, target
 from projections.model.rows import CustomerRow, SubscriptionRow
 from projections.model.rules import rule_for
+from tests.support.examples import examples
 from tests.support.parsed import ev
 
 
@@ -207,7 +208,7 @@ _json = st.recursive(
 )
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=examples(200), deadline=None)
 @given(
     event_type=st.sampled_from(sorted(_KINDS)),
     fields=st.dictionaries(st.sampled_from(_FIELDS), _json, max_size=8),

@@ -24,6 +24,7 @@ from projections.model.events import StripeEvent, parse
 from projections.model.fold import Key, fold_batch
 from projections.model.rows import ProductRow, Row, Stamp, SubscriptionRow, rank_of
 from projections.model.rules import stamp_of
+from tests.support.examples import examples
 from tests.support.parsed import ev
 
 GROUPS = ("action", "animated", "drama")
@@ -407,7 +408,7 @@ def entitlements(tables: dict[Key, Row]) -> dict[str, Entitlement]:
     return {c: derive(f, Policy()) for c, f in gather(customers, rows, products).items()}
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(150), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(world=st.randoms(use_true_random=False), delivery=st.randoms(use_true_random=False))
 def test_any_delivery_order_gives_the_same_tables(
     world: random.Random, delivery: random.Random

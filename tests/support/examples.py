@@ -1,0 +1,22 @@
+"""How many examples a property test draws: all of them under `make test-long`
+(HYPOTHESIS_PROFILE=long), a share of them in `make test`.
+
+The share keeps every strategy and every assertion of the test; only the number of drawn
+cases shrinks, so `make test` stays within its time budget while the long run still throws
+its full 10,000+ cases at the code.
+"""
+
+from __future__ import annotations
+
+import os
+
+LONG = os.environ.get("HYPOTHESIS_PROFILE") == "long"
+SHARE = 0.1  # of the full count, in `make test`
+FLOOR = 25  # never fewer examples than this
+
+
+def examples(full: int) -> int:
+    """`full` under the long profile, else a tenth of it (at least FLOOR, at most `full`)."""
+    if LONG:
+        return full
+    return min(full, max(FLOOR, round(full * SHARE)))
