@@ -116,7 +116,8 @@ class ProjectionStore:
             result.next_offsets = cont.next_offsets
             if cont.fresh:
                 held = await deadletters.held(conn, schema, self.topic, cont.fresh)
-                plan = await self._plan(conn, schema, cont.fresh, held)
+                # READ COMMITTED is replay's parallel bulk pass: lock what is read first
+                plan = await self._plan(conn, schema, cont.fresh, held, lock=not recompute)
                 await self._write(conn, schema, plan, result, cause="event" if recompute else None)
             await offsets.save(conn, schema, self.topic, cont.next_offsets)
             return result
@@ -142,11 +143,27 @@ class ProjectionStore:
             return result
 
     async def _plan(
-        self, conn: AsyncConnection[Any], schema: str, messages: Sequence[Message], held: Held
+        self,
+        conn: AsyncConnection[Any],
+        schema: str,
+        messages: Sequence[Message],
+        held: Held,
+        *,
+        lock: bool = False,
     ) -> Plan:
         """Load what the batch reads (the rows its events write, the ids applied before),
-        then plan it (pure: parse, fold, poison isolated, letters)."""
+        then plan it (pure: parse, fold, poison isolated, letters). `lock`: take advisory
+        locks on those rows and ids first (`upserts.lock_keys`), for concurrent writers in
+        READ COMMITTED."""
         batch = Batch.parse(messages, held)
+        if lock:
+            await upserts.lock_keys(
+                conn,
+                [
+                    *batch.ids(),
+                    *(f"{table}/{key}" for table, keys in batch.targets().items() for key in keys),
+                ],
+            )
         seen = await upserts.seen(conn, schema, batch.ids())
         current = await upserts.load_targets(conn, schema, batch.targets())
         return batch.plan(current, seen)

@@ -211,20 +211,45 @@ async def _upsert_rows(
 async def mark_processed(
     conn: AsyncConnection[Any], schema: str, applied: Iterable[tuple[str, int, int]]
 ) -> None:
-    """Record applied events (id, partition, offset) for dedup; ids must be unique."""
+    """Record applied events (id, partition, offset) for dedup; ids unique within the call.
+
+    `ON CONFLICT DO NOTHING` (issue 19, point 7): one event id can sit in two partitions (a
+    redelivery keyed otherwise), and replay's parallel READ COMMITTED jobs may both fold it;
+    a unique violation there was dead-lettered in the build only, so replay != live."""
     rows = list(applied)
     if not rows:
         return
-    async with (
-        conn.cursor() as cur,
-        cur.copy(
-            sql.SQL('COPY {} (event_id, partition, "offset") FROM STDIN').format(
-                db.qualified(schema, "processed_events")
-            )
-        ) as cp,
-    ):
-        for event_id, partition, offset in rows:
-            await cp.write_row((clean_text(event_id), partition, offset))
+    await conn.execute(
+        sql.SQL(
+            'INSERT INTO {} (event_id, partition, "offset")'
+            " SELECT * FROM unnest(%s::text[], %s::int[], %s::bigint[])"
+            " ON CONFLICT (event_id) DO NOTHING"
+        ).format(db.qualified(schema, "processed_events")),
+        (
+            [clean_text(e) for e, _, _ in rows],
+            [p for _, p, _ in rows],
+            [o for _, _, o in rows],
+        ),
+    )
+
+
+async def lock_keys(conn: AsyncConnection[Any], keys: Iterable[str]) -> None:
+    """Hold a transaction advisory lock on each key (taken in one order: no deadlock).
+
+    Replay's parallel bulk jobs run in READ COMMITTED and do not assume they write disjoint
+    rows (issue 19, point 7: a payment intent keyed first by its own id, then by its
+    customer, is written from two partitions): each job locks the rows its batch writes and
+    the event ids it applies BEFORE reading them, so it reads what another job committed and
+    settles same-second rivals and sticky fields over both, as one job would."""
+    wanted = sorted(set(keys))
+    if not wanted:
+        return
+    await conn.execute(
+        "SELECT pg_advisory_xact_lock(h) FROM"
+        " (SELECT DISTINCT hashtextextended(k, 19) AS h FROM unnest(%s::text[]) AS k"
+        " ORDER BY h) AS locks",
+        (wanted,),
+    )
 
 
 async def write_entitlements(
