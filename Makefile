@@ -8,8 +8,10 @@ STAMP := $(VENV)/.installed
 
 .PHONY: dev test test-fast test-long corpus lint clean-data venv FORCE
 
-# A venv without the stripe-mock binary (built by bootstrap) is not ready, whatever its stamp.
-$(STAMP): pyproject.toml scripts/bootstrap $(if $(wildcard $(VENV)/bin/stripe-mock),,FORCE)
+# A venv without the stripe-mock or promtool binary (built by bootstrap) is not ready, whatever
+# its stamp.
+$(STAMP): pyproject.toml requirements.lock scripts/bootstrap \
+		$(if $(and $(wildcard $(VENV)/bin/stripe-mock),$(wildcard $(VENV)/bin/promtool)),,FORCE)
 	bash scripts/bootstrap $(VENV)
 	touch $(STAMP)
 

@@ -138,7 +138,7 @@ def _serve_metrics(
 
     @app.task  # type: ignore[untyped-decorator]
     async def serve_metrics() -> None:
-        await http.serve(runner, port)
+        await http.serve(runner, port, settings.metrics_host)
 
     gauges = FoldGauges(
         settings.topic,

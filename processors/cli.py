@@ -70,7 +70,7 @@ async def _prepare_once(settings: Settings) -> str:
     "--metrics-port",
     type=int,
     default=None,
-    help="Serve /metrics, /healthz and /readyz on 127.0.0.1:PORT"
+    help="Serve /metrics, /healthz and /readyz on ENTITLED_METRICS_HOST:PORT"
     " (default: ENTITLED_WORKER_METRICS_PORT; off when neither is set).",
 )
 def worker(loglevel: str, metrics_port: int | None) -> None:
@@ -94,7 +94,7 @@ def worker(loglevel: str, metrics_port: int | None) -> None:
     "--metrics-port",
     type=int,
     default=None,
-    help="Serve /metrics, /healthz and /readyz on 127.0.0.1:PORT (default: off).",
+    help="Serve /metrics, /healthz and /readyz on ENTITLED_METRICS_HOST:PORT (default: off).",
 )
 def relay(metrics_port: int | None) -> None:
     """Publish the change feed to the Kafka topic of changes (ENTITLED_CHANGES_TOPIC)."""
@@ -109,7 +109,7 @@ def relay(metrics_port: int | None) -> None:
         r = Relay(settings)
         parts = [r.run()]
         if metrics_port is not None:
-            parts.append(http.serve(r, metrics_port))
+            parts.append(http.serve(r, metrics_port, settings.metrics_host))
         await asyncio.gather(*parts)
 
     with contextlib.suppress(KeyboardInterrupt):

@@ -1,6 +1,7 @@
 """The worker's own small HTTP endpoint: `/metrics`, `/healthz` and `/readyz`.
 
-Served by uvicorn inside the worker's event loop (a Faust task), on 127.0.0.1 and the port of
+Served by uvicorn inside the worker's event loop (a Faust task), on `ENTITLED_METRICS_HOST`
+(default 127.0.0.1; 0.0.0.0 in containers, for a Prometheus elsewhere) and the port of
 `ENTITLED_WORKER_METRICS_PORT` / `entitled worker --metrics-port` (`entitled relay
 --metrics-port` for the relay).
 """
@@ -53,10 +54,10 @@ def create_app(runner: Observed) -> Starlette:
     )
 
 
-async def serve(runner: Observed, port: int) -> None:
-    """Serve until cancelled (the worker stopping)."""
+async def serve(runner: Observed, port: int, host: str = "127.0.0.1") -> None:
+    """Serve on `host:port` until cancelled (the worker stopping)."""
     config = uvicorn.Config(
-        create_app(runner), host="127.0.0.1", port=port, lifespan="off", log_level="warning"
+        create_app(runner), host=host, port=port, lifespan="off", log_level="warning"
     )
     await _Server(config).serve()
 

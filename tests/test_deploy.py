@@ -1,10 +1,15 @@
 """deploy/: every metric the Grafana dashboard and the Prometheus alert rules name exists on
-the real processes' /metrics (worker, relay, ingest, read API)."""
+the real processes' /metrics (worker, relay, hydrator, ingest, read API), served on
+ENTITLED_METRICS_HOST; the alert rules pass Prometheus's own `promtool test rules`
+(deploy/prometheus/alerts_test.yml: a process gone fires, not only one reporting trouble)."""
 
 from __future__ import annotations
 
 import json
 import re
+import socket
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,6 +25,11 @@ from tests.support.system import start_system
 DEPLOY = REPO / "deploy"
 DASHBOARD = DEPLOY / "grafana" / "entitled.json"
 ALERTS = DEPLOY / "prometheus" / "alerts.yml"
+ALERTS_TEST = DEPLOY / "prometheus" / "alerts_test.yml"
+PROMTOOL = Path(sys.prefix) / "bin" / "promtool"  # built by scripts/bootstrap
+# Not 127.0.0.1: the worker's, relay's and hydrator's /metrics must listen where
+# ENTITLED_METRICS_HOST says (0.0.0.0 in containers); 127.0.0.2 is loopback too.
+METRICS_HOST = "127.0.0.2"
 
 _NAME = re.compile(r"\bentitled_[a-z0-9_]+")
 # What a family declared by `# TYPE name kind` exposes (prometheus_client's text format).
@@ -89,15 +99,49 @@ def test_the_alert_rules_cover_what_operators_must_hear_about() -> None:
     assert "entitled_worker_dead_letters" in rules["EntitledDeadLetters"]
     assert rules["EntitledDeadLetters"].endswith("> 0")
     assert "entitled_worker_stalled" in rules["EntitledWorkerStalled"]
+    # a process that is gone reports nothing: presence is asked of `up`, per job
+    for alert, job in (
+        ("EntitledWorkerDown", "entitled-worker"),
+        ("EntitledRelayDown", "entitled-relay"),
+        ("EntitledIngestDown", "entitled-ingest"),
+        ("EntitledApiDown", "entitled-api"),
+        ("EntitledHydratorDown", "entitled-hydrator"),
+    ):
+        assert rules[alert] == f'absent(up{{job="{job}"}} == 1)', alert
+    assert "or vector(0)" in rules["EntitledRelayNoLeader"]
+
+
+def test_alert_rules_pass_promtool() -> None:
+    """Prometheus's own evaluation of deploy/prometheus/alerts_test.yml (worker down or gone,
+    one of two workers down, no relay leader, relays gone, a healthy system)."""
+    assert PROMTOOL.is_file(), f"{PROMTOOL} is missing: run scripts/bootstrap (make venv)"
+    check = subprocess.run(
+        [str(PROMTOOL), "check", "rules", str(ALERTS)], capture_output=True, text=True, timeout=60
+    )
+    assert check.returncode == 0, check.stdout + check.stderr
+    run = subprocess.run(
+        [str(PROMTOOL), "test", "rules", str(ALERTS_TEST)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ALERTS_TEST.parent,
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "SUCCESS" in run.stdout + run.stderr
 
 
 def test_every_metric_the_dashboard_and_alerts_name_exists(procs: Procs) -> None:
-    worker_port, relay_port = free_port(), free_port()
-    system = start_system(procs, catalog=False, ENTITLED_WORKER_METRICS_PORT=str(worker_port))
-    procs.spawn("relay", "--metrics-port", str(relay_port))
+    worker_port, relay_port, hydrator_port = free_port(), free_port(), free_port()
+    on_host = {"ENTITLED_METRICS_HOST": METRICS_HOST}
+    system = start_system(
+        procs, catalog=False, ENTITLED_WORKER_METRICS_PORT=str(worker_port), **on_host
+    )
+    procs.spawn("relay", "--metrics-port", str(relay_port), **on_host)
+    procs.spawn("hydrate", "--metrics-port", str(hydrator_port), STRIPE_API_KEY="", **on_host)
     sources = {
-        "entitled_worker_": f"http://127.0.0.1:{worker_port}/metrics",
-        "entitled_relay_": f"http://127.0.0.1:{relay_port}/metrics",
+        "entitled_worker_": f"http://{METRICS_HOST}:{worker_port}/metrics",
+        "entitled_relay_": f"http://{METRICS_HOST}:{relay_port}/metrics",
+        "entitled_hydrator_": f"http://{METRICS_HOST}:{hydrator_port}/metrics",
         "entitled_ingest_": f"{system.ingest_url}/metrics",
         "entitled_api_": f"{system.api_url}/metrics",
     }
@@ -124,6 +168,10 @@ def test_every_metric_the_dashboard_and_alerts_name_exists(procs: Procs) -> None
         if n.startswith(prefix) and n not in exposed(text)
     )
     assert missing == [], f"named in deploy/ but not exposed: {missing}"
+    # ...and only there: the setting is what decides (not a hard-coded 127.0.0.1)
+    for port in (worker_port, relay_port, hydrator_port):
+        with socket.socket() as s:
+            assert s.connect_ex(("127.0.0.1", port)) != 0, port
 
 
 def test_deploy_files_are_where_the_docs_say() -> None:

@@ -23,7 +23,7 @@ NO_KEY_WARNING = (
 @click.option("--pending", is_flag=True, help="Complete what is pending up to the log end, exit.")
 @click.option("--rps", type=float, help="Stripe requests per second [default: 20].")
 @click.option("--concurrency", type=click.IntRange(1, 256), default=16, show_default=True)
-@click.option("--metrics-port", type=int, help="Serve /metrics on 127.0.0.1:PORT.")
+@click.option("--metrics-port", type=int, help="Serve /metrics on ENTITLED_METRICS_HOST:PORT.")
 @click.option("--log-level", default="info", show_default=True)
 def hydrate(
     pending: bool, rps: float | None, concurrency: int, metrics_port: int | None, log_level: str
@@ -53,7 +53,7 @@ def hydrate(
         if metrics_port is not None:
             from prometheus_client import start_http_server
 
-            start_http_server(metrics_port, addr="127.0.0.1", registry=metrics.registry)
+            start_http_server(metrics_port, addr=settings.metrics_host, registry=metrics.registry)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
