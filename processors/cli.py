@@ -290,7 +290,7 @@ def replay(
         elif drop is not None:
             _replay_drop(settings, drop, yes)
         elif rollback:
-            _replay_rollback(settings, yes)
+            _replay_rollback(settings, yes, force=force)
         elif customer:
             _replay_customer(settings, customer, yes)
         elif swap is not None:
@@ -328,11 +328,11 @@ def _replay_drop(settings: Settings, version: int, yes: bool) -> None:
     click.echo(f"dropped v{version}")
 
 
-def _replay_rollback(settings: Settings, yes: bool) -> None:
+def _replay_rollback(settings: Settings, yes: bool, *, force: bool) -> None:
     from .replay import roll_back
 
-    _confirm("Make the previous version active again?", yes)
-    click.echo(f"active version is now v{asyncio.run(roll_back(settings))}")
+    _confirm("Make the previous version active again (caught up with the log first)?", yes)
+    click.echo(f"active version is now v{asyncio.run(roll_back(settings, force=force))}")
 
 
 def _replay_customer(settings: Settings, customer: str, yes: bool) -> None:

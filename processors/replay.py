@@ -334,7 +334,9 @@ async def _judge(
     )
 
 
-async def _swap_if_allowed(settings: Settings, report: ReplayReport, *, force: bool) -> None:
+async def _swap_if_allowed(
+    settings: Settings, report: ReplayReport, *, force: bool, cause: str = "replay"
+) -> None:
     """Judge and swap in one transaction holding the active row: the live worker waits
     between two batches meanwhile, so both versions are compared at one log position."""
     async with await _connect(settings) as conn, conn.transaction():
@@ -343,7 +345,7 @@ async def _swap_if_allowed(settings: Settings, report: ReplayReport, *, force: b
         await _judge(settings, conn, report)
         if report.refusal is not None and not force:
             raise SwapRefused(report)  # the transaction rolls back: nothing changes
-        await versions.swap(conn, report.version)
+        await versions.swap(conn, report.version, cause=cause)
         report.swapped = True
         log.info("swap gate and swap: the live worker waited %.2fs", time.perf_counter() - held)
 
@@ -366,8 +368,12 @@ async def list_versions(settings: Settings) -> list[versions.VersionInfo]:
         return await versions.list_versions(conn)
 
 
-async def roll_back(settings: Settings) -> int:
-    """Make the newest retired version older than the active one active again."""
+async def roll_back(settings: Settings, *, force: bool = False) -> int:
+    """Make the newest retired version older than the active one active again: caught up
+    with the log first, then judged by the same gate as a swap (issue 19, point 3). A retired
+    version stopped folding at the swap; served as it was, everything bought since then
+    disappeared from search, cancellations regained access, and the feed published both
+    flips. Raises `SwapRefused` when the gate refuses (unless `force`): nothing changes."""
     async with await _connect(settings) as conn:
         listed = await versions.list_versions(conn)
         active = next((v.version for v in listed if v.state == "active"), None)
@@ -378,8 +384,12 @@ async def roll_back(settings: Settings) -> int:
         ]
         if not previous:
             raise ReplayError("no previous version to roll back to")
-        await versions.swap(conn, previous[-1], cause="rollback")
-        return previous[-1]
+        version = previous[-1]
+        schema, _state = await versions.state_of(conn, version)
+    report = ReplayReport(version, schema)
+    await build(settings, schema, progress=False, bulk=False)  # most of the way, unlocked
+    await _swap_if_allowed(settings, report, force=force, cause="rollback")
+    return version
 
 
 async def drop_version(settings: Settings, version: int) -> None:
