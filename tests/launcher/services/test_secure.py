@@ -37,6 +37,9 @@ from tests.support.processes import ENTITLED, Procs, environment
 from tests.support.stripe_mock import API_KEY
 from tests.support.system import start_system
 
+# Its own secure Kafka, PostgreSQL (with a replica) and processes: the integration tier.
+pytestmark = pytest.mark.integration
+
 SECRET = "whsec_secure_test"
 
 
