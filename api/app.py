@@ -34,6 +34,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from api import drift as api_drift
 from api import feed as api_feed
+from api import history as api_history
 from api import params as api_params
 from api.errors import APIError, BadRequest, NotFound, ServiceUnavailable
 from api.fanout import Fanout
@@ -64,6 +65,9 @@ Endpoint = Callable[[Request], Awaitable[Response]]
 
 
 async def search_movies(request: Request) -> Response:
+    at = api_history.as_of(request)  # the past is in the history: no read model, no row now
+    if at is not None:
+        return await api_history.search_as_of(request, at)
     params = request.query_params
     customer = api_params.customer_id(params.get("customer"))
     q = api_params.query(params.get("q"))
@@ -85,6 +89,9 @@ async def search_movies(request: Request) -> Response:
 
 async def customer_entitlements(request: Request) -> Response:
     customer = api_params.customer_id(request.path_params["customer"])
+    at = api_history.as_of(request)
+    if at is not None:
+        return await api_history.entitlements_as_of(request, customer, at)
 
     async def read(conn: AsyncConnection[Any]) -> dict[str, Any] | None:
         return await search.entitlements(conn, customer)
@@ -326,6 +333,8 @@ def create_app(
         Route("/v1/search", authorized(search_movies)),
         Route("/v1/customers", admin(list_customers)),
         Route("/v1/customers/{customer}/entitlements", authorized(customer_entitlements)),
+        Route("/v1/customers/{customer}/history", authorized(api_history.customer_history)),
+        Route("/v1/customers/{customer}/explain", authorized(api_history.customer_explain)),
         Route("/v1/changes", authorized(api_feed.changes)),
         Route("/v1/drift", admin(api_drift.drifting)),
         Route("/v1/changes/stream", authorized(api_feed.stream, query_token=True)),

@@ -43,6 +43,7 @@ _COMMANDS: dict[str, tuple[str, frozenset[str]]] = {
     "migrate": ("projections.cli:migrate", frozenset({POSTGRES})),
     "api": ("api.cli:api", frozenset({POSTGRES})),
     "catalog": ("projections.cli:catalog", frozenset({POSTGRES})),
+    "explain": ("projections.explain_cli:explain", frozenset({POSTGRES})),
 }
 
 

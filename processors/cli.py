@@ -7,7 +7,6 @@ import contextlib
 import importlib
 import json
 import logging
-import os
 import sys
 import time
 from dataclasses import replace
@@ -258,9 +257,11 @@ def _confirm(question: str, yes: bool) -> None:
 @click.option(
     "--jobs",
     type=click.IntRange(1, 64),
-    default=lambda: min(2, os.cpu_count() or 1),
-    show_default="min(2, CPUs)",
-    help="Processes for the bulk pass (each owns some partitions).",
+    default=1,
+    show_default=True,
+    help="Processes for the bulk pass (each owns some partitions). More than one is faster,"
+    " but the history it records then orders events of different processes' partitions"
+    " (a product, its subscribers) only approximately.",
 )
 def replay(
     dry_run: bool,

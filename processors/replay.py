@@ -41,6 +41,7 @@ from projections.types import Message
 
 from . import swap_gate
 from .errors import ReplayError, SwapRefused
+from .merged_log import InOrder
 from .pool import configure, make_pool
 from .runner import BatchRunner
 
@@ -88,8 +89,11 @@ async def read_log(
     *,
     batch: int = REPLAY_BATCH,
     only_key: str | None = None,
+    in_order: bool = False,
 ) -> AsyncIterator[list[Message]]:
-    """Batches of records of `topic` from `start` up to (excluding) `stop` per partition."""
+    """Batches of records of `topic` from `start` up to (excluding) `stop` per partition;
+    `in_order`: merged across partitions in the order they were written (a build's history
+    needs it, `processors.merged_log`), else as fetched."""
     todo = {p: o for p, o in stop.items() if o > start.get(p, 0)}
     if not todo:
         return
@@ -99,15 +103,19 @@ async def read_log(
         max_partition_fetch_bytes=8 * 1024 * 1024,
         fetch_max_bytes=64 * 1024 * 1024,
     )
+    merge = InOrder() if in_order else None
     await consumer.start()
     try:
         tps = {p: TopicPartition(topic, p) for p in todo}
         consumer.assign(list(tps.values()))
         for p, tp in tps.items():
             consumer.seek(tp, start.get(p, 0))
-        while todo:
-            records = await consumer.getmany(
-                *[tps[p] for p in todo], timeout_ms=1000, max_records=batch
+        while todo or (merge is not None and merge.pending()):
+            fetch = list(todo) if merge is None else merge.needs(todo)
+            records = (
+                await consumer.getmany(*[tps[p] for p in fetch], timeout_ms=1000, max_records=batch)
+                if fetch
+                else {}
             )
             out: list[Message] = []
             for tp, msgs in records.items():
@@ -119,10 +127,16 @@ async def read_log(
                         break
                     key = r.key.decode("utf-8", "replace") if r.key is not None else None
                     if only_key is None or key == only_key:
-                        out.append(Message(tp.partition, r.offset, key, r.value))
+                        message = Message(tp.partition, r.offset, key, r.value)
+                        if merge is None:
+                            out.append(message)
+                        else:
+                            merge.add(r.timestamp, message)
                 if msgs and msgs[-1].offset + 1 >= end:
                     del todo[tp.partition]
                     consumer.pause(tp)
+            if merge is not None:
+                out = merge.take(batch, todo)
             if out:
                 yield out
     finally:
@@ -145,7 +159,8 @@ async def _fold_range(
     runner = BatchRunner(settings, pool, store=store)
     read = 0
     try:
-        async for batch in read_log(settings, settings.topic, start, stop):
+        # in the order it was written: the build records the version's history as it goes
+        async for batch in read_log(settings, settings.topic, start, stop, in_order=True):
             result = await runner.commit(batch, recompute=recompute)
             if result.gaps:  # cannot happen with a plain reader; never skip if it does
                 raise RuntimeError(f"replay found a gap: {result.gaps}")
@@ -187,9 +202,11 @@ def _bulk_child(settings: Settings, schema: str, partitions: list[int]) -> None:
 
 
 async def _bulk(settings: Settings, schema: str, jobs: int, bar: tqdm[Any]) -> None:
-    """The bulk pass: fold everything up to the current log end without recomputing
-    entitlements; with `jobs` > 1, in as many processes, each owning some partitions (they
-    write disjoint rows: every object's events are in one partition)."""
+    """The bulk pass: fold everything up to the current log end (in waves that record the
+    version's history, `ProjectionStore`); with `jobs` > 1, in as many processes, each
+    owning some partitions (they write disjoint rows: every object's events are in one
+    partition), at a cost to the history: events of different jobs (a product, a customer's
+    subscription to it) are then not folded in the order they were written."""
     start, stop = await _positions(settings, schema)
     bar.total = sum(max(0, e - start.get(p, 0)) for p, e in stop.items())
     partitions = sorted(stop)

@@ -15,7 +15,7 @@ parallel.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -52,6 +52,8 @@ class Change:
     after: Entitlement
     event_id: str | None = None
     event_created: int | None = None
+    event_type: str | None = None
+    grants: Mapping[str, Any] | None = None  # why each group and movie is held after it
 
 
 def version_number(schema: str) -> int:
@@ -59,15 +61,9 @@ def version_number(schema: str) -> int:
     return int(schema.rsplit("_v", 1)[1])
 
 
-async def record(
-    conn: AsyncConnection[Any], schema: str, changes: Sequence[Change], cause: str
-) -> int | None:
-    """Insert change rows (ids in commit order) and notify, in one round trip; the greatest
-    id, or None when nothing changed."""
+def _rows(changes: Sequence[Change]) -> list[dict[str, Any]]:
     real = sorted((c for c in changes if c.before != c.after), key=lambda c: c.customer)
-    if not real:
-        return None
-    rows = [
+    return [
         {
             "customer": clean_text(c.customer),
             "groups_before": list(c.before.groups),
@@ -75,14 +71,65 @@ async def record(
             "movies_before": list(c.before.movie_ids),
             "movies_after": list(c.after.movie_ids),
             "event_id": None if c.event_id is None else clean_text(c.event_id),
+            "event_type": None if c.event_type is None else clean_text(c.event_type),
             "event_created": c.event_created,
+            "grants": c.grants or {},
         }
         for c in real
     ]
+
+
+# The version's history rows (`projections.history`) from the same JSON rows as the feed's.
+_HISTORY_INSERT = """
+    INSERT INTO {history} (customer, groups_before, groups_after, movies_before, movies_after,
+        cause, event_id, event_type, event_created, grants)
+    SELECT r.customer, r.groups_before, r.groups_after, r.movies_before, r.movies_after,
+           %(cause)s, r.event_id, r.event_type, r.event_created, coalesce(r.grants, '{{}}')
+      FROM jsonb_to_recordset(%(rows)s::jsonb) AS r(
+           customer text, groups_before text[], groups_after text[],
+           movies_before text[], movies_after text[], event_id text, event_type text,
+           event_created bigint, grants jsonb)
+"""
+
+
+async def record_history(
+    conn: AsyncConnection[Any], schema: str, changes: Sequence[Change], cause: str
+) -> None:
+    """History rows only, no change row (a replay's build: its swap publishes the
+    differences)."""
+    rows = _rows(changes)
+    if rows:
+        await conn.execute(
+            sql.SQL(_HISTORY_INSERT).format(history=db.qualified(schema, "history")),
+            {"cause": cause, "rows": orjson.dumps(rows).decode()},
+        )
+
+
+async def record(
+    conn: AsyncConnection[Any],
+    schema: str,
+    changes: Sequence[Change],
+    cause: str,
+    *,
+    history: bool = True,
+) -> int | None:
+    """Insert change rows (ids in commit order) and, with `history`, the version's history
+    rows, and notify, in one round trip; the greatest id, or None when nothing changed. A
+    swap passes `history=False`: the build already recorded how the version got there."""
+    rows = _rows(changes)
+    if not rows:
+        return None
+    also = (
+        sql.SQL("hist AS ({}),").format(
+            sql.SQL(_HISTORY_INSERT).format(history=db.qualified(schema, "history"))
+        )
+        if history
+        else sql.SQL("")
+    )
     # The lock row is read before any id is drawn: ids follow the order of commits.
-    cur = await conn.execute(
+    query = sql.SQL(
         f"""
-        WITH feed_lock AS (SELECT pg_advisory_xact_lock(hashtext(%(lock)s))),
+        WITH {{also}} feed_lock AS (SELECT pg_advisory_xact_lock(hashtext(%(lock)s))),
         ins AS (
             INSERT INTO {db.CONTROL}.changes (id, customer, groups_before, groups_after,
                 movies_before, movies_after, cause, event_id, event_created, version)
@@ -96,7 +143,10 @@ async def record(
             RETURNING id
         )
         SELECT max(id), pg_notify(%(channel)s, max(id)::text) FROM ins
-        """,
+        """
+    ).format(also=also)
+    cur = await conn.execute(
+        query,
         {
             "lock": _LOCK,
             "cause": cause,

@@ -17,6 +17,7 @@ from psycopg import AsyncConnection
 from projections import changes
 from projections.model.entitlements import (
     Entitlement,
+    Facts,
     Policy,
     derive,
     gather,
@@ -24,6 +25,7 @@ from projections.model.entitlements import (
     product_ids,
 )
 from projections.model.fold import FoldResult
+from projections.model.grants import grants
 from projections.model.metadata import groups_in, movies_in
 from projections.model.rows import ProductFeaturesRow, ProductRow, Row
 from projections.upserts import (
@@ -35,7 +37,7 @@ from projections.upserts import (
     write_entitlements,
 )
 
-__all__ = ["derive_many", "recompute", "recompute_all"]
+__all__ = ["derive_many", "gather_facts", "recompute", "recompute_all"]
 
 Derived = dict[str, tuple[Entitlement, Row | None]]
 # Rows that link to a customer's purchases without naming the customer, in the order they
@@ -52,12 +54,14 @@ async def recompute(
     folded: FoldResult,
     before: Mapping[tuple[str, str], Row],
     *,
-    cause: str | None = "event",
+    cause: str = "event",
+    feed: bool = True,
 ) -> int:
     """Recompute the entitlements of every customer `folded` may have changed; their count.
 
-    With a `cause`, every customer whose entitlements change gets a change row (the feed);
-    None writes none (replay's build emits nothing: its swap does).
+    Every customer whose entitlements change gets a history row (with why they hold what
+    they hold after it) and, with `feed`, a change row; replay's build records the history
+    of its version but emits no change: its swap does.
     """
     customers = {c for c in folded.customers if c}
     # A product reaches its subscribers only when what it grants changed: a price or
@@ -72,22 +76,40 @@ async def recompute(
     if not customers:
         return 0
     ordered = sorted(customers)
-    derived = await derive_many(conn, schema, policy, ordered)
+    facts = await gather_facts(conn, schema, ordered)
+    derived = {c: (derive(f, policy), _newest(f)) for c, f in facts.items()}
     held = await write_entitlements(conn, schema, derived)
-    if cause:
-        nothing = Entitlement((), ())
-        feed = [
-            changes.Change(
-                c,
-                held.get(c, nothing),
-                ent,
-                None if newest is None else newest.event_id,
-                None if newest is None else newest.stamp.created,
-            )
-            for c, (ent, newest) in derived.items()
-        ]
-        await changes.record(conn, schema, feed, cause)
+    rows = _changed(policy, facts, derived, held, folded.types)
+    if feed:
+        await changes.record(conn, schema, rows, cause)
+    else:
+        await changes.record_history(conn, schema, rows, cause)
     return len(customers)
+
+
+def _changed(
+    policy: Policy,
+    facts: Mapping[str, Facts],
+    derived: Derived,
+    held: Mapping[str, Entitlement],
+    types: Mapping[str, str],
+) -> list[changes.Change]:
+    """The customers whose entitlements changed, with the event behind it and the reasons
+    for what they hold after it (computed only for them: it costs)."""
+    nothing = Entitlement((), ())
+    return [
+        changes.Change(
+            c,
+            held.get(c, nothing),
+            ent,
+            None if newest is None else newest.event_id,
+            None if newest is None else newest.stamp.created,
+            None if newest is None else types.get(newest.event_id),
+            grants(facts[c], policy),
+        )
+        for c, (ent, newest) in derived.items()
+        if held.get(c, nothing) != ent
+    ]
 
 
 async def _reached(conn: AsyncConnection[Any], schema: str, links: set[str]) -> set[str]:
@@ -120,13 +142,20 @@ def _grants(policy: Policy, row: Row | None) -> tuple[object, ...] | None:
 async def recompute_all(
     conn: AsyncConnection[Any], schema: str, policy: Policy, *, chunk: int = 5000
 ) -> int:
-    """Recompute every customer's entitlements in `schema` (replay defers the per-batch
-    recomputation and does it once, after the bulk load); the number of customers."""
+    """Recompute every customer's entitlements in `schema` once the bulk load is done; the
+    number of customers. The build recomputed as it went (its history), but parallel jobs
+    may have folded a product after its subscribers' events: what that changes is
+    recorded in the history too."""
     customers = await all_customers(conn, schema)
     for i in range(0, len(customers), chunk):
         part = customers[i : i + chunk]
         async with conn.transaction():
-            await write_entitlements(conn, schema, await derive_many(conn, schema, policy, part))
+            facts = await gather_facts(conn, schema, part)
+            derived = {c: (derive(f, policy), _newest(f)) for c, f in facts.items()}
+            held = await write_entitlements(conn, schema, derived)
+            await changes.record_history(
+                conn, schema, _changed(policy, facts, derived, held, {}), "build"
+            )
             # the staging table empties at commit; this may be a savepoint of the caller's
             await empty_staging(conn, "customer_entitlements")
     return len(customers)
@@ -137,6 +166,18 @@ async def derive_many(
 ) -> Derived:
     """Entitlements of `customers` from the mirrored rows of `schema`, each with the newest
     row they were derived from (the event the projection is current as of)."""
+    facts = await gather_facts(conn, schema, customers)
+    return {c: (derive(f, policy), _newest(f)) for c, f in facts.items()}
+
+
+def _newest(facts: Facts) -> Row | None:
+    return max(facts.rows(), key=lambda r: r.stamp, default=None)
+
+
+async def gather_facts(
+    conn: AsyncConnection[Any], schema: str, customers: Sequence[str]
+) -> dict[str, Facts]:
+    """The Facts of `customers` from the mirrored rows of `schema`."""
     ids = list(customers)
     rows: dict[tuple[str, str], Row] = {}
     for table in HOLDER_TABLES:
@@ -160,8 +201,4 @@ async def derive_many(
         for f in await load_rows(conn, schema, "product_features", "id = ANY(%s)", wanted)
         if isinstance(f, ProductFeaturesRow)
     }
-    out: Derived = {}
-    for customer, facts in gather(ids, rows.values(), products, features).items():
-        newest = max(facts.rows(), key=lambda r: r.stamp, default=None)
-        out[customer] = (derive(facts, policy), newest)
-    return out
+    return gather(ids, rows.values(), products, features)

@@ -145,12 +145,36 @@ CREATE TABLE {schema}.dead_letters (
 CREATE INDEX ON {schema}.dead_letters (key) WHERE state IN ('poison', 'parked');
 """
 
+# The version's history (`projections.history`): one row per change of a customer's
+# entitlements in this version, from the first event of the log (a replay's build records it
+# too), with the event behind it and why each group and movie was held after it (`grants`).
+# It lives in the version (a rebuild from other rules has another history) and names the
+# customer, so erasure's per-version delete reaches it.
+_HISTORY_DDL = """
+CREATE TABLE {schema}.history (
+    id            bigserial PRIMARY KEY,
+    customer      text NOT NULL,
+    groups_before text[] NOT NULL,
+    groups_after  text[] NOT NULL,
+    movies_before text[] NOT NULL,
+    movies_after  text[] NOT NULL,
+    cause         text NOT NULL,
+    event_id      text,
+    event_type    text,
+    event_created bigint,
+    grants        jsonb NOT NULL DEFAULT '{{}}',
+    created_at    timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX ON {schema}.history (customer, id)
+"""
+
 LIVE_VIEWS = (
     *MIRROR_TABLES,
     "customer_entitlements",
     "checkpoints",
     "processed_events",
     "dead_letters",
+    "history",
 )
 
 
@@ -173,7 +197,7 @@ async def create_version_schema(
     for table in MIRROR_TABLES:
         for stmt in _statements(_MIRROR_DDL, schema=schema, table=table):
             await conn.execute(stmt)
-    for stmt in _statements(_VERSION_DDL, schema=schema):
+    for stmt in _statements(_VERSION_DDL + ";" + _HISTORY_DDL, schema=schema):
         await conn.execute(stmt)
     if indexes:
         await create_secondary_indexes(conn, schema)
@@ -188,12 +212,14 @@ async def create_secondary_indexes(conn: AsyncConnection[object], schema: str) -
 
 async def _add_missing_mirror_tables(conn: AsyncConnection[object], schema: str) -> None:
     """Create the mirrored tables a release added that `schema` (built by an older release)
-    lacks, empty: that version's log never reached them, and its views must exist."""
-    for table in MIRROR_TABLES:
+    lacks, empty: that version's log never reached them, and its views must exist. The same
+    for its history (a version built before history was recorded has none)."""
+    wanted = [(t, (_MIRROR_DDL, _MIRROR_INDEXES)) for t in MIRROR_TABLES]
+    for table, templates in [*wanted, ("history", (_HISTORY_DDL,))]:
         cur = await conn.execute("SELECT to_regclass(%s)", (f'"{schema}"."{table}"',))
         row = await cur.fetchone()
         if row is not None and row[0] is None:  # type: ignore[index]
-            for template in (_MIRROR_DDL, _MIRROR_INDEXES):
+            for template in templates:
                 for stmt in _statements(template, schema=schema, table=table):
                     await conn.execute(stmt)
 

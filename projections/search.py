@@ -125,9 +125,20 @@ class Customer:
     email: str | None
 
 
-def search_sql(q: str) -> str:
-    """The one statement a search runs: a full-text match, or the catalogue for a blank q."""
-    return LIST_SQL if not q.strip() else MATCH_SQL
+# `as_of` searches (`projections.history`): what the customer held then, given, in place of
+# their entitlements row now.
+_LIVE_JOIN = f"LEFT JOIN {LIVE}.customer_entitlements e ON e.customer = %(customer)s"
+_HELD_JOIN = (
+    "CROSS JOIN (SELECT %(held_groups)s::text[] AS groups, %(held_movies)s::text[] AS movie_ids) e"
+)
+assert _LIVE_JOIN in MATCH_SQL and _LIVE_JOIN in LIST_SQL
+
+
+def search_sql(q: str, *, held: bool = False) -> str:
+    """The one statement a search runs: a full-text match, or the catalogue for a blank q;
+    `held` takes the customer's rights as parameters instead of their row."""
+    query = LIST_SQL if not q.strip() else MATCH_SQL
+    return query.replace(_LIVE_JOIN, _HELD_JOIN) if held else query
 
 
 async def search(
@@ -137,11 +148,16 @@ async def search(
     limit: int = 20,
     *,
     within: tuple[Collection[str], Collection[str]] | None = None,
+    held: tuple[Collection[str], Collection[str]] | None = None,
 ) -> list[Hit]:
     """Movies matching `q`, best first, each marked available for `customer` or not;
-    `within` (groups, movie ids) keeps only the movies in one of those groups or named."""
+    `within` (groups, movie ids) keeps only the movies in one of those groups or named;
+    `held` (groups, movie ids) are the customer's rights to mark by (at a past moment)
+    instead of what they hold now."""
     groups, movies = within or ((), ())
     params = {
+        "held_groups": sorted(held[0]) if held else [],
+        "held_movies": sorted(held[1]) if held else [],
         "q": q,
         "customer": customer,
         "limit": limit,
@@ -150,7 +166,7 @@ async def search(
         "movies": sorted(movies),
     }
     async with conn.cursor(row_factory=class_row(Hit)) as cur:
-        await cur.execute(search_sql(q), params)
+        await cur.execute(search_sql(q, held=held is not None), params)
         return await cur.fetchall()
 
 

@@ -86,8 +86,10 @@ class ProjectionStore:
         self.topic = topic
         self.policy = policy
         self.schema = schema
-        # The change feed follows the active version; a replay's build emits nothing.
+        # The change feed follows the active version; a replay's build emits nothing but
+        # records its version's history, event by event (`_apply_in_waves`).
         self.feed = schema is None if feed is None else feed
+        self.waves = schema is not None and not self.feed
 
     async def _begin(self, conn: AsyncConnection[Any], isolation: IsolationLevel) -> None:
         await conn.set_isolation_level(isolation)
@@ -117,10 +119,47 @@ class ProjectionStore:
             if cont.fresh:
                 held = await deadletters.held(conn, schema, self.topic, cont.fresh)
                 # READ COMMITTED is replay's parallel bulk pass: lock what is read first
-                plan = await self._plan(conn, schema, cont.fresh, held, lock=not recompute)
-                await self._write(conn, schema, plan, result, cause="event" if recompute else None)
+                lock = not recompute
+                if self.waves:
+                    await self._apply_in_waves(conn, schema, cont.fresh, held, result, lock=lock)
+                else:
+                    plan = await self._plan(conn, schema, cont.fresh, held, lock=lock)
+                    cause = "event" if recompute else None
+                    await self._write(conn, schema, plan, result, cause=cause)
             await offsets.save(conn, schema, self.topic, cont.next_offsets)
             return result
+
+    async def _apply_in_waves(
+        self,
+        conn: AsyncConnection[Any],
+        schema: str,
+        fresh: Sequence[Message],
+        held: Held,
+        result: ApplyResult,
+        *,
+        lock: bool,
+    ) -> None:
+        """A build's batch, planned, written and recomputed in waves: runs of the batch (in
+        the order it was written) in which no key comes twice, so that no customer has two
+        events in one wave and the version's history has one row per event of a customer,
+        as fine as any live batching could have made it (a replay's history answers `as_of`
+        as the live one does). Always recomputed: the history needs it (the bulk pass's
+        read-committed level stays: each wave's rows are its own)."""
+        waves: list[list[Message]] = [[]]
+        keys: set[str | None] = set()
+        for m in fresh:
+            if m.key in keys:
+                waves.append([])
+                keys.clear()
+            keys.add(m.key)
+            waves[-1].append(m)
+        for n, wave in enumerate(waves):
+            if n:
+                await upserts.empty_all_staging(conn)
+            part = ApplyResult()
+            plan = await self._plan(conn, schema, wave, held, lock=lock)
+            await self._write(conn, schema, plan, part)
+            result.add(part)
 
     async def quarantine(
         self, conn: AsyncConnection[Any], message: Message, error: BaseException
@@ -190,7 +229,8 @@ class ProjectionStore:
                 self.policy,
                 plan.folded,
                 plan.before,
-                cause=cause if self.feed else None,
+                cause=cause if self.feed else "build",
+                feed=self.feed,
             )
         for name, value in plan.counts().items():
             setattr(result, name, value)

@@ -28,6 +28,7 @@ __all__ = [
     "HOLDER_TABLES",
     "all_customers",
     "clean_text",
+    "empty_all_staging",
     "empty_staging",
     "holders_of",
     "jsonb_text",
@@ -292,3 +293,14 @@ async def write_entitlements(
 async def empty_staging(conn: AsyncConnection[Any], table: str) -> None:
     """Empty a staging table before its transaction ends (for several writes in one)."""
     await conn.execute(sql.SQL("TRUNCATE {}").format(sql.Identifier(f"_in_{table}")))
+
+
+async def empty_all_staging(conn: AsyncConnection[Any]) -> None:
+    """Empty every staging table of this session (between the waves of one transaction)."""
+    cur = await conn.execute(
+        "SELECT relname FROM pg_class WHERE relnamespace = pg_my_temp_schema()"
+        " AND relkind = 'r' AND relname LIKE '\\_in\\_%%'"
+    )
+    names = [sql.Identifier(r[0]) for r in await cur.fetchall()]
+    if names:
+        await conn.execute(sql.SQL("TRUNCATE {}").format(sql.SQL(", ").join(names)))

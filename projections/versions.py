@@ -65,8 +65,9 @@ async def list_versions(conn: AsyncConnection[Any]) -> list[VersionInfo]:
 async def create(
     conn: AsyncConnection[Any], note: str, *, carry_from: str | None
 ) -> tuple[int, str]:
-    """A new, empty version in state `building` (secondary indexes deferred: they are built
-    after the bulk load, which is much faster). Returns (version, schema).
+    """A new, empty version in state `building`, with its secondary indexes: its build
+    recomputes entitlements as it goes, to record the version's history, and those reads
+    need them. Returns (version, schema).
 
     The operator's decisions in `carry_from` (the live version) carry over: its `skipped`
     dead letters are copied, so the writer skips the same events in the new version. The
@@ -79,7 +80,7 @@ async def create(
         row = await cur.fetchone()
         assert row is not None
         version = int(row[0])
-        schema = await db.create_version_schema(conn, version, indexes=False)
+        schema = await db.create_version_schema(conn, version)
         await conn.execute(
             f"INSERT INTO {db.CONTROL}.versions (version, schema_name, state, note)"
             " VALUES (%s, %s, 'building', %s)",
@@ -142,7 +143,8 @@ async def swap(conn: AsyncConnection[Any], version: int, *, cause: str = "replay
     """Make `version` the active one, atomically for readers and the live worker; the
     previous active version is retired (kept for rollback). Every customer whose rights
     differ between the two gets one change row (`cause`: replay or rollback), in the same
-    transaction."""
+    transaction. They are not the target's history: its build recorded that, event by event.
+    """
     async with conn.transaction():  # a savepoint when the caller holds a transaction
         previous = await lock_active(conn)
         target, _state = await state_of(conn, version)
@@ -161,7 +163,7 @@ async def swap(conn: AsyncConnection[Any], version: int, *, cause: str = "replay
         )
         await conn.execute(f"UPDATE {db.CONTROL}.active SET version = %s", (version,))
         await db.point_live_views(conn, target)
-        await changes.record(conn, target, differ, cause)
+        await changes.record(conn, target, differ, cause, history=False)
 
 
 async def drop(conn: AsyncConnection[Any], version: int) -> None:

@@ -45,6 +45,7 @@ __all__ = [
     "grants_of_keys",
     "link_keys",
     "product_ids",
+    "revoked",
     "split_groups",
 ]
 
@@ -205,7 +206,7 @@ def _intents(p: PurchaseRow, invoice_payments: Iterable[InvoicePaymentRow]) -> s
     return out
 
 
-def _revoked(p: PurchaseRow, facts: Facts) -> bool:
+def revoked(p: PurchaseRow, facts: Facts) -> bool:
     """A purchase is taken back when its payment was fully refunded or a dispute of it was
     lost (a partial refund keeps it, as does a won or warning_closed dispute)."""
     intents = _intents(p, facts.invoice_payments)
@@ -273,7 +274,7 @@ def _by_metadata(facts: Facts, policy: Policy) -> tuple[set[str], set[str]]:
 
     movies: set[str] = set()
     for p in facts.purchases:
-        if not p.paid or _revoked(p, facts):
+        if not p.paid or revoked(p, facts):
             continue
         movies.update(movies_in(p.metadata, policy.movie_key))
         for product_id in p.product_ids:

@@ -69,6 +69,7 @@ class FoldResult:
     skipped_duplicates: int = 0
     stale: int = 0  # events older than the row they target (delivered late): no change
     applied: list[str] = field(default_factory=list)  # ids newly seen, in log order
+    types: dict[str, str] = field(default_factory=dict)  # their types (the history names them)
 
 
 def _links_of(row: Row) -> set[str]:
@@ -99,6 +100,7 @@ def fold_batch(
             continue
         batch_ids.add(event.id)
         result.applied.append(event.id)
+        result.types[event.id] = event.type
         if event.object_id is None:
             result.ignored[event.type] += 1
             continue

@@ -111,6 +111,17 @@ def test_replay_fixes_a_wrong_rule_with_zero_downtime(settings: Settings, procs:
     wait_until(lambda: len(loop.answers["cus_a"]) > 5, 30, "searches", procs)
     # events keep arriving before, during and after the replay
     publish(settings, [_subscribe("cus_e", 300), _cancel("cus_c", 301)])
+    # folded live before the replay starts (a one-job replay of this small log can finish
+    # before the restarted worker folds anything: those would show as the swap's changes)
+    wait_until(
+        lambda: (
+            entitlements(settings).get("cus_e") == (["action"], [])
+            and entitlements(settings).get("cus_c", ([], []))[0] == []
+        ),
+        60,
+        "cus_e and cus_c folded live",
+        procs,
+    )
     newcomers: list[str] = []
     done = threading.Event()
 
