@@ -162,3 +162,15 @@ def running_api(
         app.state.watcher.end_waits()
         server.should_exit = True
         thread.join(timeout)
+
+
+def subscribe_events(customer: str) -> list[dict[str, Any]]:
+    """A product of the "action" group and a subscription of `customer` to it."""
+    product = se.product(f"prod_{customer}", groups="action", created=100)
+    sub = se.subscription(
+        f"sub_{customer}", customer=customer, items=[(f"price_{customer}", product["id"])]
+    )
+    return [
+        se.event("product.created", product, created=100),
+        se.event("customer.subscription.created", sub, created=200),
+    ]

@@ -14,8 +14,7 @@ import psycopg
 import pytest
 
 from entitled.settings import Settings
-from launcher.stripe import events as se
-from tests.api.api_support import ACTIVE, fold, load_catalog, running_api
+from tests.api.api_support import ACTIVE, fold, load_catalog, running_api, subscribe_events
 from tests.support.polling import wait_until
 
 STAR_WARS = "29"  # scifi + action in the demo catalogue
@@ -40,17 +39,6 @@ def api(db: str) -> Iterator[httpx.Client]:
         yield client
 
 
-def _subscribe(customer: str) -> list[dict[str, Any]]:
-    product = se.product(f"prod_{customer}", groups="action", created=100)
-    sub = se.subscription(
-        f"sub_{customer}", customer=customer, items=[(f"price_{customer}", product["id"])]
-    )
-    return [
-        se.event("product.created", product, created=100),
-        se.event("customer.subscription.created", sub, created=200),
-    ]
-
-
 def _star_wars(body: dict[str, Any]) -> dict[str, Any]:
     [hit] = [h for h in body["results"] if h["movie_id"] == STAR_WARS]
     return hit
@@ -70,7 +58,7 @@ def _in_background(api: httpx.Client, path: str, **params: object) -> Future[htt
 
 
 def test_read_waits_for_an_event_folded_after_it_asked(api: httpx.Client, db: str) -> None:
-    events = _subscribe("cus_rw")
+    events = subscribe_events("cus_rw")
     pending = _in_background(
         api,
         "/v1/search",
@@ -91,7 +79,7 @@ def test_read_waits_for_an_event_folded_after_it_asked(api: httpx.Client, db: st
 
 
 def test_read_right_after_the_fold_and_after_a_duplicate(api: httpx.Client, db: str) -> None:
-    events = _subscribe("cus_now")
+    events = subscribe_events("cus_now")
     fold(db, events)
     params = {"customer": "cus_now", "q": "star wars", "min_event": events[-1]["id"]}
     response = api.get("/v1/search", params=params)
@@ -113,7 +101,7 @@ def test_read_right_after_the_fold_and_after_a_duplicate(api: httpx.Client, db: 
 def test_event_that_never_arrives_gives_409_with_the_current_answer(
     api: httpx.Client, db: str
 ) -> None:
-    fold(db, _subscribe("cus_old"))
+    fold(db, subscribe_events("cus_old"))
     started = time.monotonic()
     params = {"customer": "cus_old", "q": "star wars", "min_event": "evt_never", "wait": 0.7}
     response = api.get("/v1/search", params=params)

@@ -6,14 +6,12 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
-from typing import Any
 
 import httpx
 import pytest
 
 from entitled.settings import Settings
-from launcher.stripe import events as se
-from tests.api.api_support import fold, load_catalog, running_api
+from tests.api.api_support import fold, load_catalog, running_api, subscribe_events
 from tests.support import replicas as replica_support
 from tests.support.polling import wait_until
 
@@ -59,17 +57,6 @@ def _titles(client: httpx.Client, q: str) -> list[str]:
     return [hit["title"] for hit in r.json()["results"]]
 
 
-def _subscribe(customer: str) -> list[dict[str, Any]]:
-    product = se.product(f"prod_{customer}", groups="action", created=100)
-    sub = se.subscription(
-        f"sub_{customer}", customer=customer, items=[(f"price_{customer}", product["id"])]
-    )
-    return [
-        se.event("product.created", product, created=100),
-        se.event("customer.subscription.created", sub, created=200),
-    ]
-
-
 def test_reads_on_the_replicas_writes_and_feed_on_the_primary(api: httpx.Client) -> None:
     r = api.put(
         "/v1/movies/m_rep",
@@ -91,7 +78,7 @@ def test_reads_on_the_replicas_writes_and_feed_on_the_primary(api: httpx.Client)
 
 
 def test_min_event_waits_on_the_replica_that_answers(api: httpx.Client, database_url: str) -> None:
-    events = _subscribe("cus_rep")
+    events = subscribe_events("cus_rep")
     fold(database_url, events)  # the real writer, on the primary
     r = api.get(
         "/v1/customers/cus_rep/entitlements",

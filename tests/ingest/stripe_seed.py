@@ -3,12 +3,30 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import stripe
 
 # localstripe has plans but no /v1/prices and no checkout sessions.
 LOCALSTRIPE_LISTS = ("products", "plans", "customers", "subscriptions", "payment_intents")
 CARD = {"number": "4242424242424242", "exp_month": 12, "exp_year": 2030, "cvc": "123"}
+
+
+def subscribe(
+    client: stripe.StripeClient, plan: str, card: dict[str, Any] = CARD
+) -> tuple[Any, Any]:
+    """A new customer paying with `card` by default, subscribed to `plan`: (customer, sub)."""
+    method = client.v1.payment_methods.create(params={"type": "card", "card": card})
+    customer = client.v1.customers.create(
+        params={
+            "payment_method": method.id,
+            "invoice_settings": {"default_payment_method": method.id},
+        }
+    )
+    sub = client.v1.subscriptions.create(
+        params={"customer": customer.id, "items": [{"plan": plan}]}
+    )
+    return customer, sub
 
 
 @dataclass

@@ -19,7 +19,7 @@ from ingest.snapshots import hydrate_id
 from launcher.services._process import run_async
 from launcher.stripe import events as se
 from tests.ingest.stripe_proxy import stripe_proxy
-from tests.ingest.stripe_seed import CARD
+from tests.ingest.stripe_seed import subscribe
 from tests.ingest.thin_events import notification
 from tests.support.db import caught_up, entitlements, query
 from tests.support.kafka import end_offsets, publish, read_topic
@@ -45,6 +45,18 @@ def _hydrator(procs: Procs, base: str, *args: str, rps: str = "50", key: str = A
     if key:
         env["STRIPE_API_KEY"] = key
     return procs.spawn("hydrate", *args, name="hydrate", **env)
+
+
+def _hydrating(
+    settings: Settings, procs: Procs, base: str, prefix: str, n: int, *, rps: str, least: int
+) -> tuple[list[dict[str, Any]], Any]:
+    """`n` thin notifications in the log and a hydrator at work on them, once it has written
+    `least` snapshots: (the notifications, the hydrator)."""
+    thins = _subscription_notifications(prefix, n)
+    publish(settings, thins)
+    hydrator = _hydrator(procs, base, rps=rps)
+    wait_until(lambda: len(_hydrated(settings)) >= least, 60, f"{least} snapshots", procs)
+    return thins, hydrator
 
 
 def _subscription_notifications(prefix: str, n: int) -> list[dict[str, Any]]:
@@ -135,10 +147,7 @@ def test_sigkill_and_restart_leave_one_snapshot_per_event(
     settings: Settings, procs: Procs, stripe_mock: str
 ) -> None:
     n = 300
-    thins = _subscription_notifications("sub_k", n)
-    publish(settings, thins)
-    first = _hydrator(procs, stripe_mock, rps="60")
-    wait_until(lambda: len(_hydrated(settings)) >= 80, 60, "80 snapshots", procs)
+    thins, first = _hydrating(settings, procs, stripe_mock, "sub_k", n, rps="60", least=80)
     first.kill()
     halfway = len(_hydrated(settings))
     assert halfway < n  # killed mid-way (the check after the restart could then fail)
@@ -258,16 +267,9 @@ def test_thin_notification_grants_through_the_worker(
     assert query(settings, "SELECT count(*) FROM live.dead_letters") == [(0,)]
     # a replay reads the hydrated snapshot from the log: Stripe unreachable, same tables
     unreachable = f"http://127.0.0.1:{free_port()}"
-    replay = procs.spawn(
-        "replay",
-        "--dry-run",
-        "--yes",
-        name="replay",
-        STRIPE_API_KEY=API_KEY,
-        STRIPE_API_BASE=unreachable,
+    replay = procs.run(
+        "replay", "--dry-run", "--yes", STRIPE_API_KEY=API_KEY, STRIPE_API_BASE=unreachable
     )
-    assert replay.popen is not None
-    assert replay.popen.wait(120) == 0, replay.tail()
     assert "no differences against the live version" in replay.tail(50), replay.tail(50)
 
 
@@ -289,13 +291,7 @@ def test_thin_notification_against_localstripe_older_shape(
     plan = client.v1.plans.create(
         params={"amount": 999, "currency": "usd", "interval": "month", "product": product.id}
     )
-    card = client.v1.payment_methods.create(params={"type": "card", "card": CARD})
-    customer = client.v1.customers.create(
-        params={"payment_method": card.id, "invoice_settings": {"default_payment_method": card.id}}
-    )
-    sub = client.v1.subscriptions.create(
-        params={"customer": customer.id, "items": [{"plan": plan.id}]}
-    )
+    customer, sub = subscribe(client, plan.id)
     product_json = orjson.loads(client.raw_request("get", f"/v1/products/{product.id}").body)
     publish(
         settings,
@@ -352,10 +348,8 @@ def test_sigterm_mid_batch_stops_at_once_and_a_restart_completes(
     settings: Settings, procs: Procs, stripe_mock: str
 ) -> None:
     n = 100
-    thins = _subscription_notifications("sub_term", n)
-    publish(settings, thins)
-    first = _hydrator(procs, stripe_mock, rps="10")  # one batch of 10 s
-    wait_until(lambda: len(_hydrated(settings)) >= 10, 60, "10 snapshots", procs)
+    # rps 10: one batch takes 10 s
+    thins, first = _hydrating(settings, procs, stripe_mock, "sub_term", n, rps="10", least=10)
     assert first.popen is not None
     started = time.monotonic()
     first.stop(timeout=30)

@@ -20,7 +20,7 @@ from entitled.settings import Settings
 from ingest.keys import routing_key
 from launcher.stripe import events as se
 from tests.processors.corpus_events import Sample
-from tests.support.db import caught_up, query
+from tests.support.db import caught_up, progress, query
 from tests.support.polling import wait_until
 from tests.support.processes import Procs
 from tests.support.system import start_system
@@ -90,17 +90,7 @@ def granted(settings: Settings) -> dict[str, tuple[list[str], list[str]]]:
 
 
 def lag_report(settings: Settings) -> str:
-    from launcher.services._process import run_async
-    from processors.status import end_offsets
-
-    ends = run_async(lambda: end_offsets(settings))
-    cps = dict(
-        query(
-            settings,
-            "SELECT partition, next_offset FROM live.checkpoints WHERE topic = %s",
-            settings.topic,
-        )
-    )
+    ends, cps = progress(settings)
     return ", ".join(f"p{p}: checkpoint {cps.get(p, 0)} / end {e}" for p, e in sorted(ends.items()))
 
 

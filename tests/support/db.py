@@ -77,18 +77,24 @@ def processed_count(settings: Settings) -> int:
         return 0
 
 
+def progress(settings: Settings) -> tuple[dict[int, int], dict[int, int]]:
+    """(log end, live checkpoint) per partition of the test's topic."""
+    ends = run_async(lambda: end_offsets(settings))
+    cps = dict(
+        query(
+            settings,
+            "SELECT partition, next_offset FROM live.checkpoints WHERE topic = %s",
+            settings.topic,
+        )
+    )
+    return ends, cps
+
+
 def caught_up(settings: Settings) -> bool:
     """Every partition's live checkpoint has reached the log end (False before the schema
     exists and while a service is down)."""
     try:
-        ends = run_async(lambda: end_offsets(settings))
-        cps = dict(
-            query(
-                settings,
-                "SELECT partition, next_offset FROM live.checkpoints WHERE topic = %s",
-                settings.topic,
-            )
-        )
+        ends, cps = progress(settings)
     except Exception:  # either service briefly unreachable, or no schema yet: not caught up
         return False
     return all(cps.get(p, 0) >= e for p, e in ends.items())

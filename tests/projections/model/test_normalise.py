@@ -3,11 +3,22 @@
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
+from typing import Any
 
 from launcher.stripe import events as se
 from projections.model import normalise as n
 
 OLD, NEW = se.LEGACY_API_VERSION, se.CURRENT_API_VERSION
+Obj = dict[str, Any]
+
+
+def _upcast(upcaster: Callable[[Obj, str | None], Obj], obj: Obj) -> Obj:
+    """`upcaster` applied to an old-shape `obj`, which it must leave untouched."""
+    before = copy.deepcopy(obj)
+    out = upcaster(obj, OLD)
+    assert obj == before
+    return out
 
 
 def test_is_older() -> None:
@@ -21,9 +32,7 @@ def test_subscription_periods_move_to_items() -> None:
     sub = se.subscription(
         customer="cus_1", items=[("p", "prod")], legacy=True, period_start=5, period_end=9
     )
-    before = copy.deepcopy(sub)
-    out = n.subscription_periods_to_items(sub, OLD)
-    assert sub == before
+    out = _upcast(n.subscription_periods_to_items, sub)
     assert "current_period_start" not in out and "current_period_end" not in out
     item = out["items"]["data"][0]
     assert (item["current_period_start"], item["current_period_end"]) == (5, 9)
@@ -46,9 +55,7 @@ def test_current_subscription_is_left_alone() -> None:
 
 def test_item_plan_becomes_price() -> None:
     sub = se.subscription(customer="cus_1", items=[("price_a", "prod_a")], legacy=True)
-    before = copy.deepcopy(sub)
-    out = n.item_plan_to_price(sub, OLD)
-    assert sub == before
+    out = _upcast(n.item_plan_to_price, sub)
     item = out["items"]["data"][0]
     assert "plan" not in item
     assert item["price"]["id"] == "price_a" and item["price"]["product"] == "prod_a"
@@ -63,9 +70,7 @@ def test_item_price_wins_over_plan() -> None:
 
 def test_invoice_subscription_moves_to_parent() -> None:
     inv = se.invoice(customer="cus_1", lines=[("p", "prod")], subscription="sub_1", legacy=True)
-    before = copy.deepcopy(inv)
-    out = n.invoice_subscription_to_parent(inv, OLD)
-    assert inv == before
+    out = _upcast(n.invoice_subscription_to_parent, inv)
     assert "subscription" not in out
     assert out["parent"]["subscription_details"]["subscription"] == "sub_1"
     # a one-off legacy invoice: no subscription, no parent invented
@@ -82,9 +87,7 @@ def test_invoice_payment_intent_moves_to_payments() -> None:
 
 def test_invoice_line_price_becomes_pricing() -> None:
     inv = se.invoice(customer="cus_1", lines=[("price_a", "prod_a")], legacy=True)
-    before = copy.deepcopy(inv)
-    out = n.invoice_line_price_to_pricing(inv, OLD)
-    assert inv == before
+    out = _upcast(n.invoice_line_price_to_pricing, inv)
     line = out["lines"]["data"][0]
     assert "price" not in line and "plan" not in line
     assert line["pricing"]["price_details"] == {"price": "price_a", "product": "prod_a"}
