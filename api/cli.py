@@ -7,7 +7,6 @@ import ipaddress
 import logging
 import re
 from collections.abc import Awaitable, Callable, Sequence
-from types import FrameType
 
 import click
 from starlette.routing import BaseRoute
@@ -99,10 +98,8 @@ def run_api(
     on_close: Sequence[Callable[[], Awaitable[None]]] = (),
 ) -> None:
     """Serve the read API until SIGTERM/SIGINT (`extra_routes`: see `create_app`)."""
-    import uvicorn
-
     from api.app import create_app
-    from entitled import logs
+    from entitled import logs, serving
 
     settings = database_settings(Settings.from_env())
     logs.configure(log_level)
@@ -117,18 +114,17 @@ def run_api(
         f"hosts: {', '.join(settings.allowed_hosts)})"
     )
     app = create_app(settings, extra_routes=extra_routes, on_close=on_close)
-    server = uvicorn.Server(
-        uvicorn.Config(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=5)
+    # Open event streams never end by themselves: end them when the drain stops accepting,
+    # or the shutdown waits for them.
+    server = serving.server(
+        app,
+        settings,
+        host=host,
+        port=port,
+        log_level=log_level,
+        on_exit=app.state.watcher.end_waits,
     )
     logging.getLogger("uvicorn.access").addFilter(_HideQueryToken())  # after uvicorn's config
-    exit_server = server.handle_exit
-
-    def handle_exit(sig: int, frame: FrameType | None) -> None:
-        # Open event streams never end by themselves: end them, or shutdown waits for them.
-        app.state.watcher.end_waits()
-        exit_server(sig, frame)
-
-    server.handle_exit = handle_exit  # type: ignore[method-assign]
     server.run()
 
 

@@ -130,6 +130,14 @@ class Settings:
     rule_plugins: tuple[str, ...] = ()  # modules imported at start that register/override rules
     worker_metrics_port: int | None = None  # the worker's /metrics and /readyz; None: off
     changes_topic: str = "entitlements.changes"  # the relay publishes the change feed here
+    # Kafka consumer groups (worker, hydrator): a SIGKILLed member's partitions move after
+    # this long. 6 s is the lowest a stock broker accepts (group.min.session.timeout.ms);
+    # 2 s gives failover within 3 s where the broker allows it (docs/operations.md).
+    kafka_session_timeout_s: float = 6.0
+    # SIGTERM: /readyz answers 503 for this long while requests are still served (so a load
+    # balancer stops sending), then in-flight work gets up to drain_timeout_s to finish.
+    drain_delay_s: float = 0.0
+    drain_timeout_s: float = 8.0
     # backfill
     backfill_rps: float = 20.0
     # replay: the largest share of the live version's entitled customers a new version may
@@ -185,6 +193,11 @@ class Settings:
             else None,
             backfill_rps=float(e.get("ENTITLED_BACKFILL_RPS") or base.backfill_rps),
             changes_topic=e.get("ENTITLED_CHANGES_TOPIC") or base.changes_topic,
+            kafka_session_timeout_s=float(
+                e.get("ENTITLED_KAFKA_SESSION_TIMEOUT_S") or base.kafka_session_timeout_s
+            ),
+            drain_delay_s=float(e.get("ENTITLED_DRAIN_DELAY_S") or base.drain_delay_s),
+            drain_timeout_s=float(e.get("ENTITLED_DRAIN_TIMEOUT_S") or base.drain_timeout_s),
             replay_max_loss=float(e.get("ENTITLED_REPLAY_MAX_LOSS") or base.replay_max_loss),
         )
         clean = {k: v for k, v in overrides.items() if v is not None}
@@ -203,6 +216,7 @@ class Settings:
             ENTITLED_PARTITIONS=str(self.partitions),
             ENTITLED_HOME=str(self.home),
             ENTITLED_CONSUMER_GROUP=self.consumer_group,
+            ENTITLED_KAFKA_SESSION_TIMEOUT_S=str(self.kafka_session_timeout_s),
             STRIPE_WEBHOOK_SECRET=",".join(self.webhook_secrets),
             PYTHONUNBUFFERED="1",
         )
@@ -221,6 +235,12 @@ class Settings:
             "KAFKA_SSL_CERT_FILE": str(self.kafka_ssl_cert_file or ""),
             "KAFKA_SSL_KEY_FILE": str(self.kafka_ssl_key_file or ""),
         }
+
+    @property
+    def kafka_heartbeat_s(self) -> float:
+        """How often a group member heartbeats: a few beats per session timeout, so that a
+        survivor learns of a rebalance soon after the dead member's session ends."""
+        return min(1.0, self.kafka_session_timeout_s / 4)
 
     @property
     def services_dir(self) -> Path:

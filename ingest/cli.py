@@ -17,8 +17,6 @@ from entitled.topics import TopicError, ensure_event_topic
 @click.option("--log-level", default="info", show_default=True)
 def ingest(host: str, port: int, log_level: str) -> None:
     """Receive Stripe webhooks and write them, verified and byte for byte, to the log."""
-    import uvicorn
-
     from ingest.app import create_app
 
     settings = Settings.from_env()
@@ -35,4 +33,6 @@ def ingest(host: str, port: int, log_level: str) -> None:
     from entitled import logs
 
     logs.configure(log_level)
-    uvicorn.run(create_app(settings), host=host, port=port, log_level=log_level)
+    from entitled import serving
+
+    serving.server(create_app(settings), settings, host=host, port=port, log_level=log_level).run()

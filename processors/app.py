@@ -14,11 +14,11 @@ from faust.exceptions import ConsumerNotStarted
 from faust.types import TP
 from psycopg_pool import AsyncConnectionPool
 
+from entitled import health
 from entitled.kafka import faust_credentials
 from entitled.settings import Settings
 from projections.types import Message
 
-from . import http
 from .gauges import FoldGauges
 from .lag import HeadReader, received_at
 from .pool import make_pool
@@ -52,9 +52,16 @@ def _faust_app(settings: Settings) -> faust.App:
         stream_wait_empty=False,
         producer_acks=-1,
         topic_replication_factor=settings.replication_factor,
-        # A SIGKILLed worker's partitions move to the others after this long: keep it short.
-        broker_session_timeout=10.0,
-        broker_heartbeat_interval=1.0,
+        # Failover: a SIGKILLed worker's partitions move to the others once its session
+        # times out, and the survivors hear of the rebalance at their next heartbeat. A
+        # SIGTERMed worker leaves the group when its consumer stops (LeaveGroup): no wait.
+        # No static membership (group_instance_id): a static member sends no LeaveGroup,
+        # so every deploy would wait out the session. aiokafka has no cooperative protocol.
+        broker_session_timeout=settings.kafka_session_timeout_s,
+        broker_heartbeat_interval=settings.kafka_heartbeat_s,
+        # How long a rebalance waits for the survivors to rejoin; they rejoin within a
+        # heartbeat, so only a hung member meets it.
+        broker_rebalance_timeout=max(10.0, settings.kafka_session_timeout_s),
     )
 
 
@@ -98,6 +105,8 @@ def create_app(settings: Settings) -> faust.App:
         pending.clear()  # a rebalance replaces the whole assignment
         pending.update(tp.partition for tp in assigned if tp.topic == settings.topic)
 
+    # Not more often: every seek from this thread races Faust's fetcher thread (the KeyError
+    # crash above happened with 0.2 s and stale seeks after 1 s).
     @app.timer(interval=0.5)  # type: ignore[untyped-decorator]
     async def follow_checkpoints(*_: Any) -> None:  # Faust passes the app
         todo: list[int] = []
@@ -121,6 +130,9 @@ def create_app(settings: Settings) -> faust.App:
 
     @app.on_before_shutdown.connect  # type: ignore[arg-type]
     async def close_pool(sender: Any, **_: Any) -> None:
+        # SIGTERM: the consumer has stopped fetching; the batch in flight commits (with its
+        # checkpoint) before the pool closes, and no new batch starts.
+        await runner.drain(settings.drain_timeout_s)
         await pool.close()
 
     del fold, resume_from_checkpoints, follow_checkpoints, close_pool
@@ -134,11 +146,11 @@ def _serve_metrics(
     pool: AsyncConnectionPool,
     port: int,
 ) -> None:
-    """The worker's /metrics, /healthz, /readyz, and the gauges read every second."""
+    """The worker's /metrics, /livez, /readyz, and the gauges read every second."""
 
     @app.task  # type: ignore[untyped-decorator]
     async def serve_metrics() -> None:
-        await http.serve(runner, port, settings.metrics_host)
+        await health.serve(runner, port, settings.metrics_host)
 
     gauges = FoldGauges(
         settings.topic,

@@ -7,6 +7,7 @@ import contextlib
 import importlib
 import json
 import logging
+import signal
 import sys
 import time
 from dataclasses import replace
@@ -69,7 +70,7 @@ async def _prepare_once(settings: Settings) -> str:
     "--metrics-port",
     type=int,
     default=None,
-    help="Serve /metrics, /healthz and /readyz on ENTITLED_METRICS_HOST:PORT"
+    help="Serve /metrics, /livez and /readyz on ENTITLED_METRICS_HOST:PORT"
     " (default: ENTITLED_WORKER_METRICS_PORT; off when neither is set).",
 )
 def worker(loglevel: str, metrics_port: int | None) -> None:
@@ -77,6 +78,7 @@ def worker(loglevel: str, metrics_port: int | None) -> None:
     from faust.worker import Worker
 
     from .app import create_app
+    from .runner import BatchRunner
 
     settings = resolved_settings()
     if metrics_port is not None:
@@ -85,7 +87,17 @@ def worker(loglevel: str, metrics_port: int | None) -> None:
     asyncio.set_event_loop(loop)
     loop.run_until_complete(prepare(settings))
     app = create_app(settings)
-    Worker(app, loglevel=loglevel, loop=loop, quiet=True).execute_from_commandline()
+    runner: BatchRunner = app.runner  # type: ignore[attr-defined]
+
+    class DrainingWorker(Worker):
+        """SIGTERM: /readyz 503 and no new batch at once; the batch in flight commits
+        before the pool closes (see create_app); the consumer leaves the group on stop."""
+
+        def _on_sigterm(self) -> None:
+            runner.draining = True
+            super()._on_sigterm()
+
+    DrainingWorker(app, loglevel=loglevel, loop=loop, quiet=True).execute_from_commandline()
 
 
 @click.command()
@@ -93,11 +105,12 @@ def worker(loglevel: str, metrics_port: int | None) -> None:
     "--metrics-port",
     type=int,
     default=None,
-    help="Serve /metrics, /healthz and /readyz on ENTITLED_METRICS_HOST:PORT (default: off).",
+    help="Serve /metrics, /livez and /readyz on ENTITLED_METRICS_HOST:PORT (default: off).",
 )
 def relay(metrics_port: int | None) -> None:
     """Publish the change feed to the Kafka topic of changes (ENTITLED_CHANGES_TOPIC)."""
-    from . import http
+    from entitled import health
+
     from .relay import Relay
 
     settings = resolved_settings()
@@ -106,13 +119,21 @@ def relay(metrics_port: int | None) -> None:
     async def run() -> None:
         await prepare(settings)
         r = Relay(settings)
-        parts = [r.run()]
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, r.stop)  # publish and mark what is in flight, exit 0
+        server = None
         if metrics_port is not None:
-            parts.append(http.serve(r, metrics_port, settings.metrics_host))
-        await asyncio.gather(*parts)
+            server = asyncio.create_task(health.serve(r, metrics_port, settings.metrics_host))
+        try:
+            await r.run()
+        finally:
+            if server is not None:
+                server.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await server
 
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(run())
+    asyncio.run(run())
 
 
 @click.group()

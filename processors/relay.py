@@ -7,8 +7,12 @@ killed between the ack and the mark publishes those rows again on restart, with 
 consumers dedupe on the change id; nothing is ever lost.
 
 Several relays may run: a session-level advisory lock makes one of them the publisher and the
-others standbys that take over when its session ends. Postgres NOTIFY wakes the publisher at
-once; a poll every second covers a missed notification.
+others standbys that take over when its session ends (a standby tries the lock every
+`poll_s / 2`, so leadership moves within a second of a relay's death). Postgres NOTIFY wakes
+the publisher at once; a poll every second covers a missed notification.
+
+`stop()` (SIGTERM) lets the batch in flight be acknowledged and marked, then returns: the
+lock goes with the session and a standby takes over at its next try.
 """
 
 from __future__ import annotations
@@ -98,9 +102,15 @@ class Relay:
         self.metrics = RelayMetrics()
         self.stalled: str | None = None
         self._wake = asyncio.Event()
+        self._stopping = asyncio.Event()
 
     def ready(self) -> bool:
-        return self.stalled is None
+        return self.stalled is None and not self._stopping.is_set()
+
+    def stop(self) -> None:
+        """End `run` after the batch in flight is published and marked."""
+        self._stopping.set()
+        self._wake.set()
 
     def render_metrics(self) -> bytes:
         return self.metrics.render()
@@ -108,7 +118,7 @@ class Relay:
     async def run(self) -> None:
         """Publish until cancelled; reconnects to Postgres and Kafka after failures."""
         delay = 0.2
-        while True:
+        while not self._stopping.is_set():
             try:
                 await self._run_once()
             except asyncio.CancelledError:
@@ -117,8 +127,10 @@ class Relay:
                 self.stalled = f"{type(exc).__name__}: {exc}"
                 self.metrics.leader.set(0)
                 log.warning("relay: %s; retrying in %.1fs", self.stalled, delay)
-                await asyncio.sleep(delay)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stopping.wait(), delay)
                 delay = min(delay * 2, 5.0)
+        self.metrics.leader.set(0)
 
     async def _run_once(self) -> None:
         s = self.settings
@@ -127,8 +139,13 @@ class Relay:
             while not await changes.try_lock(conn, _LEADER_LOCK):
                 self.stalled = None
                 self.metrics.leader.set(0)
-                await asyncio.sleep(self.poll_s * 2)  # another relay publishes; stand by
+                # another relay publishes; stand by
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stopping.wait(), self.poll_s / 2)
+                if self._stopping.is_set():
+                    return
             self.metrics.leader.set(1)
+            log.info("relay: publishing (this relay holds the leader lock)")
             await ensure_changes_topic(s)
             producer = AIOKafkaProducer(
                 **client_options(s),
@@ -147,7 +164,7 @@ class Relay:
                 await producer.stop()
 
     async def _publish_loop(self, conn: psycopg.AsyncConnection[Any], producer: Any) -> None:
-        while True:
+        while not self._stopping.is_set():
             rows = await changes.unpublished(conn, limit=self.batch)
             if rows:
                 sends = [

@@ -134,6 +134,8 @@ class BatchRunner:
         # keys (customers) dead-lettered within the stall window: key -> (when, error type)
         self._failing: dict[str, tuple[float, str]] = {}
         self._opened = False
+        self.draining = False  # SIGTERM: finish the batch in flight, start no other
+        self._inflight: asyncio.Future[ApplyResult | None] | None = None
 
     async def _open(self) -> None:
         # Opened on first use, inside the running loop, without waiting for Postgres: the
@@ -143,6 +145,27 @@ class BatchRunner:
             await self.pool.open(wait=False)
 
     async def handle(self, messages: Sequence[Message], seek: SeekFn) -> ApplyResult | None:
+        """Fold one batch. Shielded: a worker stopping (its agent cancelled) lets the batch
+        in flight commit rather than roll it back; `drain` waits for it."""
+        if self.draining:
+            # Never return unfolded: Faust would acknowledge the batch and commit Kafka
+            # offsets past the checkpoint. Wait for the agent's cancellation instead; the
+            # next owner of the partitions reads them from the checkpoint.
+            await asyncio.Event().wait()
+        self._inflight = asyncio.ensure_future(self._handle(messages, seek))
+        return await asyncio.shield(self._inflight)
+
+    async def drain(self, timeout: float) -> None:
+        """Start no new batch; wait up to `timeout` s for the one in flight to commit."""
+        self.draining = True
+        if self._inflight is not None and not self._inflight.done():
+            log.info("stopping: waiting for the batch in flight")
+            try:
+                await asyncio.wait_for(asyncio.shield(self._inflight), timeout)
+            except Exception:  # timed out or failed: it rolls back; the checkpoint says so
+                log.warning("stopping: the batch in flight did not commit in %.0fs", timeout)
+
+    async def _handle(self, messages: Sequence[Message], seek: SeekFn) -> ApplyResult | None:
         try:
             batch = self.expected.admit(messages)
             if not batch:
@@ -294,7 +317,7 @@ class BatchRunner:
         return points
 
     def ready(self) -> bool:
-        return self.stalled is None
+        return self.stalled is None and not self.draining
 
     def render_metrics(self) -> bytes:
         return self.metrics.render()

@@ -176,6 +176,8 @@ def settings(
         webhook_secrets=(WEBHOOK_SECRET,),
         home=services_settings.home,
         cache=services_settings.cache,
+        # the session broker allows it (launcher/services/kafka.py): failover within 3 s
+        kafka_session_timeout_s=2.0,
     )
 
 

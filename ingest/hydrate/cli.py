@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
+from typing import TYPE_CHECKING
 
 import click
+from prometheus_client import generate_latest
 
+from entitled import health
 from entitled.settings import Settings
+
+if TYPE_CHECKING:
+    from ingest.hydrate.metrics import HydratorMetrics
 
 log = logging.getLogger(__name__)
 
@@ -19,11 +26,31 @@ NO_KEY_WARNING = (
 )
 
 
+class _Probe:
+    """What /livez, /readyz and /metrics report of the hydrator (`entitled.health`)."""
+
+    stalled: str | None = None
+
+    def __init__(self, metrics: HydratorMetrics, stop: asyncio.Event) -> None:
+        self.metrics = metrics
+        self.stop = stop
+
+    def ready(self) -> bool:
+        return not self.stop.is_set()  # 503 from the first moment of a drain
+
+    def render_metrics(self) -> bytes:
+        return generate_latest(self.metrics.registry)
+
+
 @click.command()
 @click.option("--pending", is_flag=True, help="Complete what is pending up to the log end, exit.")
 @click.option("--rps", type=float, help="Stripe requests per second [default: 20].")
 @click.option("--concurrency", type=click.IntRange(1, 256), default=16, show_default=True)
-@click.option("--metrics-port", type=int, help="Serve /metrics on ENTITLED_METRICS_HOST:PORT.")
+@click.option(
+    "--metrics-port",
+    type=int,
+    help="Serve /metrics, /livez, /readyz on ENTITLED_METRICS_HOST:PORT.",
+)
 @click.option("--log-level", default="info", show_default=True)
 def hydrate(
     pending: bool, rps: float | None, concurrency: int, metrics_port: int | None, log_level: str
@@ -50,11 +77,11 @@ def hydrate(
         else:
             log.warning(NO_KEY_WARNING)
         metrics = HydratorMetrics(api)
-        if metrics_port is not None:
-            from prometheus_client import start_http_server
-
-            start_http_server(metrics_port, addr=settings.metrics_host, registry=metrics.registry)
         stop = asyncio.Event()
+        server = None
+        if metrics_port is not None:
+            probe = _Probe(metrics, stop)
+            server = asyncio.create_task(health.serve(probe, metrics_port, settings.metrics_host))
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
@@ -70,6 +97,10 @@ def hydrate(
         finally:
             if api is not None:
                 await api.close()
+            if server is not None:
+                server.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await server
         outcomes = ", ".join(f"{k} {v}" for k, v in sorted(hydrator.result.outcomes.items()))
         click.echo(f"hydrate: {outcomes or 'nothing to do'}")
 

@@ -109,14 +109,16 @@ class _Recent:
 
 
 class _Assignments(ConsumerRebalanceListener):  # type: ignore[misc]
-    def __init__(self) -> None:
+    def __init__(self, metrics: HydratorMetrics) -> None:
         self.changed = False
+        self.metrics = metrics
 
     async def on_partitions_revoked(self, revoked: Any) -> None:
-        pass  # every batch is committed before the next is fetched
+        self.metrics.partitions.set(0)  # every batch is committed before the next is fetched
 
     async def on_partitions_assigned(self, assigned: Any) -> None:
         self.changed = True
+        self.metrics.partitions.set(len(assigned))
 
 
 class Hydrator:
@@ -137,7 +139,7 @@ class Hydrator:
         self._gate = asyncio.Semaphore(concurrency)
         self._done = _Recent(_REMEMBERED)
         self._producer = EventProducer(settings)
-        self._listener = _Assignments()
+        self._listener = _Assignments(self.metrics)
         # partitions holding an event left unhydrated (no key): never committed past it
         self._blocked: set[TopicPartition] = set()
         self._last_read_ms = 0
@@ -153,6 +155,9 @@ class Hydrator:
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             max_poll_records=500,
+            # a dead hydrator's partitions move as fast as a dead worker's (processors.app)
+            session_timeout_ms=int(self.settings.kafka_session_timeout_s * 1000),
+            heartbeat_interval_ms=int(self.settings.kafka_heartbeat_s * 1000),
         )
         consumer.subscribe([self.settings.topic], listener=self._listener)
         await self._producer.start()

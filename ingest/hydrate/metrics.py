@@ -33,6 +33,12 @@ class HydratorMetrics:
             "Age of the last record read while records wait (0 when caught up).",
             registry=self.registry,
         )
+        self.partitions = Gauge(
+            "entitled_hydrator_partitions",
+            "Partitions of the event topic assigned to this hydrator (they move between "
+            "copies as a worker's do).",
+            registry=self.registry,
+        )
         for outcome in ("hydrated", "unhydrated"):
             self.events.labels(outcome)  # present from the start, at 0
         if api is not None:

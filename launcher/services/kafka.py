@@ -183,6 +183,9 @@ def _server_properties(
         "share.coordinator.state.topic.replication.factor": rf,
         "share.coordinator.state.topic.min.isr": 2 if n >= 3 else 1,
         "group.initial.rebalance.delay.ms": 0,
+        # Consumers may ask for short sessions (a dead worker's partitions move within 3 s);
+        # the stock floor is 6 s. Managed brokers: see docs/operations.md.
+        "group.min.session.timeout.ms": 1000,
         "auto.create.topics.enable": "false",
         "num.network.threads": 2,
         "num.io.threads": 4,

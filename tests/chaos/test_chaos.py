@@ -7,6 +7,7 @@ environment, so that the same test is the long version (`bench/chaos_long.py`):
 
     CHAOS_EVENTS (10000)  CHAOS_RATE (events/s, 150)  CHAOS_SEED (7)
     CHAOS_WORKER_KILLS (5)  CHAOS_KAFKA_RESTARTS (2)  CHAOS_POSTGRES_RESTARTS (2)
+    CHAOS_WORKERS (2: a kill's partitions fail over to the survivor; 1: to the replacement)
     CHAOS_RESULTS (a path: write the figures there as JSON)  CHAOS_TIMEOUT (s, 900)
 
 This stops and restarts the SESSION Kafka and Postgres that every test shares; each is
@@ -33,9 +34,10 @@ from launcher import services as svc
 from launcher.workload import Workload
 from tests.support.audit import audit
 from tests.support.db import caught_up, query
+from tests.support.failover import checkpoints, folding_again, seconds_until
 from tests.support.load import Poster, SearchLoop
 from tests.support.polling import wait_until
-from tests.support.processes import Procs
+from tests.support.processes import Proc, Procs
 from tests.support.system import start_system
 
 SECRET = "whsec_test_secret"
@@ -108,11 +110,12 @@ def test_chaos(settings: Settings, services_settings: Settings, procs: Procs) ->
     rng = random.Random(int(_env("CHAOS_SEED", 7)))
     events = list(itertools.islice(Workload(customers=n_events // 3 + 10).events(), n_events))
     customers = sorted({routing_key(e) for e in events if routing_key(e).startswith("cus_")})
-    system = start_system(procs, ENTITLED_BATCH_SIZE="200")
-    worker = system.workers[0]
+    n_workers = int(_env("CHAOS_WORKERS", 2))
+    system = start_system(procs, workers=n_workers, ENTITLED_BATCH_SIZE="200")
     api_url = system.api_url
     faults = _schedule(rng, 0.85 * n_events / rate)
     worker_exits: list[str] = []
+    killed: list[Proc] = []
     api_exits = 0
 
     poster = Poster(system.ingest_urls, events, SECRET, rate).start()
@@ -122,14 +125,27 @@ def test_chaos(settings: Settings, services_settings: Settings, procs: Procs) ->
         for fault in faults:
             while time.monotonic() - t0 < fault.at_s and not poster.done.is_set():
                 time.sleep(0.05)
-            if not worker.alive:  # it died by itself since the last fault: a finding
-                worker_exits.append(f"before {fault.kind} at {fault.at_s}s:\n{worker.tail(30)}")
-                worker = system.add_worker()
+            for worker in [w for w in system.workers if w.popen and not w.alive]:
+                if worker not in killed:  # it died by itself since the last fault: a finding
+                    worker_exits.append(f"before {fault.kind} at {fault.at_s}s:\n{worker.tail(30)}")
+                    killed.append(worker)
+                    system.add_worker()
             fault.began = time.monotonic()
             wall = time.time()
             if fault.kind == "worker_kill":
-                worker.kill()
-                worker = system.add_worker()
+                before = checkpoints(settings)
+                victim = next(w for w in system.workers if w.alive)
+                victim.kill()
+                killed.append(victim)
+                if n_workers == 1:
+                    system.add_worker()
+                # failover: every partition folds again (the dead worker's on a survivor)
+                fault.recovery_s["failover"] = seconds_until(
+                    lambda b=before: folding_again(settings, b), 90
+                )
+                print(f"FAILOVER worker_kill at {fault.at_s}s: {fault.recovery_s['failover']} s")
+                if n_workers > 1:
+                    system.add_worker()  # back to n copies
                 fault.ended = time.monotonic()
                 fault.recovery_s["worker"] = _time_until(
                     lambda w=wall: _worker_back(settings, w), 90
@@ -172,9 +188,9 @@ def test_chaos(settings: Settings, services_settings: Settings, procs: Procs) ->
         svc.start_postgres(services_settings)
 
     poster.join(timeout=max(600.0, 3 * n_events / rate))
-    if not worker.alive:
+    for worker in [w for w in system.workers if w.popen and not w.alive and w not in killed]:
         worker_exits.append(f"after the faults:\n{worker.tail(30)}")
-        worker = system.add_worker()
+        system.add_worker()
     wait_until(lambda: caught_up(settings), 300, "the worker to reach the log end", procs)
     # The API must have recovered by itself: a few more searches after everything.
     wait_until(lambda: _search_ok(api_url), 30, "the api to answer searches again", procs)

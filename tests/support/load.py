@@ -123,14 +123,20 @@ class Poster:
 
 
 class SearchLoop:
-    """GET /v1/search at `rate` per second until stopped; `answers` holds
-    (monotonic time, status) with status -1 for a connection failure."""
+    """GET /v1/search at `rate` per second until stopped, on `api_url` or on several read
+    APIs in turn (a small round robin); `answers` holds (monotonic time, status) with status
+    -1 for a connection failure, `by_url` the same with the URL asked. `drop(url)` takes a
+    URL out of the rotation (what a load balancer does with a copy that died)."""
 
-    def __init__(self, api_url: str, customers: Sequence[str], rate: float = 10.0) -> None:
-        self.api_url = api_url
+    def __init__(
+        self, api_url: str | Sequence[str], customers: Sequence[str], rate: float = 10.0
+    ) -> None:
+        self.urls = [api_url] if isinstance(api_url, str) else list(api_url)
+        self.api_url = self.urls[0]
         self.customers = list(customers) or ["cus_nobody"]
         self.rate = rate
         self.answers: list[tuple[float, int]] = []
+        self.by_url: list[tuple[float, str, int]] = []
         self.bodies_5xx: list[str] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -143,17 +149,29 @@ class SearchLoop:
         self._stop.set()
         self._thread.join(30)
 
+    def drop(self, url: str) -> None:
+        self.urls = [u for u in self.urls if u != url]
+
+    def add(self, url: str) -> None:
+        self.urls = [*self.urls, url]
+
     def _run(self) -> None:
         rng = random.Random(5)
         words = ["harrison ford", "desert", "christmas", "", "jones & !", "space"]
-        with httpx.Client(base_url=self.api_url, timeout=10) as client:
+        turn = 0
+        with httpx.Client(timeout=10) as client:
             while not self._stop.wait(1 / self.rate):
+                urls = self.urls
+                url = urls[turn % len(urls)]
+                turn += 1
                 params = {"customer": rng.choice(self.customers), "q": rng.choice(words)}
                 try:
-                    r = client.get("/v1/search", params=params)
+                    r = client.get(f"{url}/v1/search", params=params)
                     status = r.status_code
                     if status >= 500:
                         self.bodies_5xx.append(r.text[:300])
                 except httpx.HTTPError:
                     status = -1
-                self.answers.append((time.monotonic(), status))
+                now = time.monotonic()
+                self.answers.append((now, status))
+                self.by_url.append((now, url, status))

@@ -2,8 +2,10 @@
 
 `start_system(procs)` migrates the test's database (and loads the demo catalogue) in-process
 (`entitled migrate` and `entitled catalog load` have tests of their own), then starts
-`entitled ingest` (one or more), `entitled worker` (zero or more) and `entitled api` with
-the test's settings as their environment, and waits until the HTTP ones answer /readyz.
+`entitled ingest` (one or more), `entitled worker` (zero or more), `entitled api` (one or
+more), and on request relays and hydrators, with the test's settings as their environment,
+and waits until the HTTP ones answer /readyz. Workers, relays and hydrators serve /metrics,
+/livez and /readyz on a port of their own (`System.probe_urls`).
 The fixture `system` does that for one ingest, one worker and the api. Every process
 belongs to the test's `procs`: all stopped at its end, their log tails shown on failure.
 """
@@ -53,8 +55,13 @@ class System:
     ingests: list[Proc] = field(default_factory=list)
     ingest_urls: list[str] = field(default_factory=list)
     workers: list[Proc] = field(default_factory=list)
-    api: Proc | None = None
+    api: Proc | None = None  # the first api
     api_url: str = ""
+    apis: list[Proc] = field(default_factory=list)
+    api_urls: list[str] = field(default_factory=list)
+    relays: list[Proc] = field(default_factory=list)
+    hydrators: list[Proc] = field(default_factory=list)
+    probe_urls: dict[int, str] = field(default_factory=dict)  # id(proc) -> its /metrics server
 
     @property
     def settings(self) -> Settings:
@@ -75,9 +82,39 @@ class System:
 
     def add_worker(self) -> Proc:
         """Start one more `entitled worker` (after a SIGKILL, say)."""
-        worker = self.procs.spawn("worker", **self.env)
+        worker = self._probed("worker", "--metrics-port")
         self.workers.append(worker)
         return worker
+
+    def add_relay(self) -> Proc:
+        relay = self._probed("relay", "--metrics-port")
+        self.relays.append(relay)
+        return relay
+
+    def add_hydrator(self) -> Proc:
+        hydrator = self._probed("hydrate", "--metrics-port")
+        self.hydrators.append(hydrator)
+        return hydrator
+
+    def add_api(self) -> Proc:
+        port = free_port()
+        api = self.procs.spawn("api", "--port", str(port), "--log-level", "warning", **self.env)
+        self.apis.append(api)
+        self.api_urls.append(f"http://127.0.0.1:{port}")
+        self.probe_urls[id(api)] = self.api_urls[-1]
+        if self.api is None:
+            self.api, self.api_url = api, self.api_urls[-1]
+        return api
+
+    def probe_url(self, proc: Proc) -> str:
+        """Where `proc` answers /livez, /readyz (and /metrics)."""
+        return self.probe_urls[id(proc)]
+
+    def _probed(self, command: str, flag: str) -> Proc:
+        port = free_port()
+        proc = self.procs.spawn(command, flag, str(port), **self.env)
+        self.probe_urls[id(proc)] = f"http://127.0.0.1:{port}"
+        return proc
 
     def run(self, *args: str) -> subprocess.CompletedProcess[str]:
         """Run `entitled ARGS...` to its end with the system's environment."""
@@ -96,11 +133,15 @@ def start_system(
     ingests: int = 1,
     workers: int = 1,
     api: bool = True,
+    apis: int = 1,
+    relays: int = 0,
+    hydrators: int = 0,
     catalog: bool = True,
     **env: str,
 ) -> System:
     """Migrate (and load the demo catalogue unless `catalog=False`), then start the
-    processes (each with `env` added); return once the HTTP ones are ready."""
+    processes (each with `env` added); return once the HTTP ones are ready (`api=False`:
+    no read API)."""
     url = procs.settings.database_url
     assert url is not None
     migrate(url)
@@ -113,14 +154,17 @@ def start_system(
             procs.spawn("ingest", "--port", str(port), "--log-level", "warning", **env)
         )
         system.ingest_urls.append(f"http://127.0.0.1:{port}")
+        system.probe_urls[id(system.ingests[-1])] = system.ingest_urls[-1]
     for _ in range(workers):
         system.add_worker()
-    if api:
-        port = free_port()
-        system.api = procs.spawn("api", "--port", str(port), "--log-level", "warning", **env)
-        system.api_url = f"http://127.0.0.1:{port}"
-    for url in [*system.ingest_urls, *([system.api_url] if api else [])]:
-        wait_until(functools.partial(ready, url), 90, f"{url}/readyz", procs)
+    for _ in range(apis if api else 0):
+        system.add_api()
+    for _ in range(relays):
+        system.add_relay()
+    for _ in range(hydrators):
+        system.add_hydrator()
+    for http in [*system.ingest_urls, *system.api_urls]:
+        wait_until(functools.partial(ready, http), 90, f"{http}/readyz", procs)
     return system
 
 

@@ -1,0 +1,59 @@
+"""Measuring failover: how long after a fault every partition folds again.
+
+A partition "folds again" when its live checkpoint has moved past where it stood at the
+fault, or when it has nothing left to fold (checkpoint at the log end). Under a steady load
+every partition receives events, so the slowest partition is the one the dead process held:
+its time is the failover.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from entitled.settings import Settings
+from entitled.topics import end_offsets
+from launcher.services._process import run_async
+from tests.support.db import query
+
+
+def checkpoints(settings: Settings) -> dict[int, int]:
+    """partition -> next offset of the live version ({} while unreadable)."""
+    try:
+        rows = query(
+            settings,
+            "SELECT partition, next_offset FROM live.checkpoints WHERE topic = %s",
+            settings.topic,
+        )
+    except Exception:
+        return {}
+    return {int(p): int(o) for p, o in rows}
+
+
+def folding_again(settings: Settings, before: dict[int, int]) -> bool:
+    """Every partition moved past `before` or has reached the log end."""
+    now = checkpoints(settings)
+    if not now:
+        return False
+    try:
+        ends = run_async(
+            lambda: end_offsets(settings.kafka_bootstrap_servers or "", settings.topic)
+        )
+    except Exception:
+        return False
+    return all(now.get(p, 0) > before.get(p, 0) or now.get(p, 0) >= e for p, e in ends.items())
+
+
+def seconds_until(
+    predicate: Callable[[], bool], timeout: float, step: float = 0.05
+) -> float | None:
+    """Seconds until `predicate()` holds (None if not within `timeout`)."""
+    start = time.monotonic()
+    while time.monotonic() - start < timeout:
+        try:
+            if predicate():
+                return round(time.monotonic() - start, 2)
+        except Exception:
+            pass
+        time.sleep(step)
+    return None
