@@ -23,7 +23,6 @@ import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
@@ -34,9 +33,9 @@ from launcher import services as svc
 from launcher.workload import Workload
 from tests.support.audit import audit
 from tests.support.db import caught_up, query
-from tests.support.failover import checkpoints, folding_again, seconds_until
+from tests.support.failover import checkpoints, folding_again
 from tests.support.load import Poster, SearchLoop
-from tests.support.polling import wait_until
+from tests.support.polling import seconds_until, wait_until
 from tests.support.processes import Proc, Procs
 from tests.support.system import start_system
 
@@ -83,19 +82,6 @@ def _last_commit(settings: Settings) -> float:
 def _worker_back(settings: Settings, since: float) -> bool:
     """The worker committed a batch after `since`, or has nothing left to fold."""
     return _last_commit(settings) > since or caught_up(settings)
-
-
-def _time_until(predicate: Any, timeout: float) -> float | None:
-    """Seconds until `predicate()` holds, or None if it did not within `timeout`."""
-    start = time.monotonic()
-    while time.monotonic() - start < timeout:
-        try:
-            if predicate():
-                return round(time.monotonic() - start, 2)
-        except Exception:
-            pass
-        time.sleep(0.1)
-    return None
 
 
 def _search_ok(api_url: str) -> bool:
@@ -147,7 +133,7 @@ def test_chaos(settings: Settings, services_settings: Settings, procs: Procs) ->
                 if n_workers > 1:
                     system.add_worker()  # back to n copies
                 fault.ended = time.monotonic()
-                fault.recovery_s["worker"] = _time_until(
+                fault.recovery_s["worker"] = seconds_until(
                     lambda w=wall: _worker_back(settings, w), 90
                 )
             elif fault.kind == "kafka_restart":
@@ -158,15 +144,15 @@ def test_chaos(settings: Settings, services_settings: Settings, procs: Procs) ->
                     svc.start_kafka(services_settings)
                 fault.ended = time.monotonic()
                 ingest = system.ingest_urls[0]
-                fault.recovery_s["ingest_ready"] = _time_until(
+                fault.recovery_s["ingest_ready"] = seconds_until(
                     lambda u=ingest: httpx.get(f"{u}/readyz", timeout=3).status_code == 200, 90
                 )
                 # /readyz may say ready while writes still fail: the first 200 is the proof
                 if not poster.done.is_set():
-                    fault.recovery_s["ingest_200"] = _time_until(
+                    fault.recovery_s["ingest_200"] = seconds_until(
                         lambda e=fault.ended: poster.last_ack > e, 60
                     )
-                fault.recovery_s["worker"] = _time_until(
+                fault.recovery_s["worker"] = seconds_until(
                     lambda w=wall + DOWN_S: _worker_back(settings, w), 120
                 )
             else:
@@ -176,8 +162,8 @@ def test_chaos(settings: Settings, services_settings: Settings, procs: Procs) ->
                 finally:
                     svc.start_postgres(services_settings)
                 fault.ended = time.monotonic()
-                fault.recovery_s["search_ok"] = _time_until(lambda: _search_ok(api_url), 60)
-                fault.recovery_s["worker"] = _time_until(
+                fault.recovery_s["search_ok"] = seconds_until(lambda: _search_ok(api_url), 60)
+                fault.recovery_s["worker"] = seconds_until(
                     lambda w=wall + DOWN_S: _worker_back(settings, w), 120
                 )
             if not system.api.alive:

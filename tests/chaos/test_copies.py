@@ -22,7 +22,6 @@ import functools
 import itertools
 import json
 import os
-import re
 import signal
 import time
 from dataclasses import replace
@@ -39,10 +38,10 @@ from launcher.services._process import run_async
 from launcher.workload import Workload
 from tests.support.audit import audit
 from tests.support.db import caught_up
-from tests.support.failover import checkpoints, folding_again, seconds_until
+from tests.support.failover import checkpoints, folding_again
 from tests.support.kafka import read_topic
 from tests.support.load import Poster, SearchLoop
-from tests.support.polling import wait_until
+from tests.support.polling import metric, seconds_until, wait_until
 from tests.support.processes import Proc, Procs
 from tests.support.system import System, ready, start_system
 
@@ -52,12 +51,7 @@ KINDS = ("worker", "relay", "hydrator", "ingest", "api")
 
 
 def _gauge(system: System, proc: Proc, name: str) -> float | None:
-    try:
-        text = httpx.get(f"{system.probe_url(proc)}/metrics", timeout=2).text
-    except httpx.HTTPError:
-        return None
-    found = re.search(rf"^{name} (\S+)$", text, re.M)
-    return float(found.group(1)) if found else None
+    return metric(system.probe_url(proc), name)
 
 
 def _copies(system: System, kind: str) -> list[Proc]:

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import json
-import re
 import time
 
-import httpx
 import psycopg
 
 from entitled.settings import Settings
@@ -18,7 +16,7 @@ from processors.status import collect
 from projections.types import Message
 from tests.support.db import caught_up
 from tests.support.kafka import publish
-from tests.support.polling import wait_until
+from tests.support.polling import metric, wait_until
 from tests.support.ports import free_port
 from tests.support.processes import Procs
 
@@ -69,12 +67,7 @@ def test_lag_gauges_of_partitions_no_longer_owned_vanish() -> None:
 
 
 def _sample(port: int, name: str, partition: int) -> float | None:
-    try:
-        text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=3).text
-    except httpx.HTTPError:
-        return None
-    found = re.search(rf'^{name}{{partition="{partition}"}} (\S+)$', text, re.M)
-    return float(found.group(1)) if found else None
+    return metric(f"http://127.0.0.1:{port}", f'{name}{{partition="{partition}"}}')
 
 
 def _wait_caught_up_gauges(port: int, partition: int, procs: Procs) -> None:

@@ -8,9 +8,6 @@ its time is the failover.
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
-
 from entitled.settings import Settings
 from entitled.topics import end_offsets
 from launcher.services._process import run_async
@@ -36,24 +33,7 @@ def folding_again(settings: Settings, before: dict[int, int]) -> bool:
     if not now:
         return False
     try:
-        ends = run_async(
-            lambda: end_offsets(settings.kafka_bootstrap_servers or "", settings.topic)
-        )
+        ends = run_async(lambda: end_offsets(settings))
     except Exception:
         return False
     return all(now.get(p, 0) > before.get(p, 0) or now.get(p, 0) >= e for p, e in ends.items())
-
-
-def seconds_until(
-    predicate: Callable[[], bool], timeout: float, step: float = 0.05
-) -> float | None:
-    """Seconds until `predicate()` holds (None if not within `timeout`)."""
-    start = time.monotonic()
-    while time.monotonic() - start < timeout:
-        try:
-            if predicate():
-                return round(time.monotonic() - start, 2)
-        except Exception:
-            pass
-        time.sleep(step)
-    return None

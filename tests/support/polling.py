@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import re
 import time
 from collections.abc import Awaitable, Callable
 from typing import Protocol, TypeVar
@@ -79,3 +80,31 @@ def http_ok(url: str, api_key: str | None = None) -> bool:
         return httpx.get(url, auth=auth, timeout=2).status_code == 200
     except httpx.TransportError:
         return False
+
+
+def metric(url: str, series: str) -> float | None:
+    """The value of `series` (a name with its labels, as Prometheus prints it, e.g.
+    `entitled_worker_lag_events{partition="1"}`) on `url`/metrics; None if absent or
+    while nothing listens."""
+    try:
+        text = httpx.get(f"{url}/metrics", timeout=3).text
+    except httpx.HTTPError:
+        return None
+    found = re.search(rf"^{re.escape(series)} (\S+)$", text, re.M)
+    return float(found.group(1)) if found else None
+
+
+def seconds_until(
+    predicate: Callable[[], object], timeout: float, step: float = 0.05
+) -> float | None:
+    """Seconds until `predicate()` holds (None if it did not within `timeout`): a measure,
+    for figures, not a synchronisation (that is `wait_until`)."""
+    start = time.monotonic()
+    while time.monotonic() - start < timeout:
+        try:
+            if predicate():
+                return round(time.monotonic() - start, 2)
+        except Exception:  # a service briefly away: not yet
+            pass
+        time.sleep(step)
+    return None

@@ -86,6 +86,14 @@ class System:
         self.workers.append(worker)
         return worker
 
+    def add_worker_with(self, **env: str) -> Proc:
+        """Start one more `entitled worker` with `env` on top (a new release's settings)."""
+        port = free_port()
+        worker = self.procs.spawn("worker", "--metrics-port", str(port), **{**self.env, **env})
+        self.probe_urls[id(worker)] = f"http://127.0.0.1:{port}"
+        self.workers.append(worker)
+        return worker
+
     def add_relay(self) -> Proc:
         relay = self._probed("relay", "--metrics-port")
         self.relays.append(relay)
