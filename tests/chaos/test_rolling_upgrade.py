@@ -39,7 +39,8 @@ def test_rolling_upgrade_under_load(settings: Settings, procs: Procs) -> None:
     customers = sorted({routing_key(e) for e in events if routing_key(e).startswith("cus_")})
     system = start_system(procs, workers=2, ENTITLED_BATCH_SIZE="100")
     old = list(system.workers)
-    poster = Poster(system.ingest_urls, events, SECRET, rate).start()
+    # retried as long as it takes on a loaded machine (Stripe retries for days)
+    poster = Poster(system.ingest_urls, events, SECRET, rate, overall_s=900).start()
     searches = SearchLoop(system.api_url, customers[:200], rate=10).start()
     wait_until(lambda: caught_up(settings) or poster.settled > 200, 90, "load flowing", procs)
 

@@ -80,6 +80,19 @@ class System:
         body, headers = signed(event, self.secret)
         return httpx.post(f"{self.ingest_url}/webhooks/stripe", content=body, headers=headers)
 
+    def add_ingest(self, url: str | None = None) -> Proc:
+        """Start one more `entitled ingest`, or one in place of a dead one at `url` (same
+        port: the clients' URLs keep working)."""
+        port = int(url.rsplit(":", 1)[1]) if url else free_port()
+        ingest = self.procs.spawn(
+            "ingest", "--port", str(port), "--log-level", "warning", **self.env
+        )
+        self.ingests.append(ingest)
+        if url is None:
+            self.ingest_urls.append(f"http://127.0.0.1:{port}")
+        self.probe_urls[id(ingest)] = f"http://127.0.0.1:{port}"
+        return ingest
+
     def add_worker(self) -> Proc:
         """Start one more `entitled worker` (after a SIGKILL, say)."""
         worker = self._probed("worker", "--metrics-port")
@@ -157,12 +170,7 @@ def start_system(
         load_catalog(url)
     system = System(procs, dict(env))
     for _ in range(ingests):
-        port = free_port()
-        system.ingests.append(
-            procs.spawn("ingest", "--port", str(port), "--log-level", "warning", **env)
-        )
-        system.ingest_urls.append(f"http://127.0.0.1:{port}")
-        system.probe_urls[id(system.ingests[-1])] = system.ingest_urls[-1]
+        system.add_ingest()
     for _ in range(workers):
         system.add_worker()
     for _ in range(apis if api else 0):
