@@ -4,6 +4,7 @@ the one event that causes it, stop loudly when everything fails, follow its seek
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
@@ -138,3 +139,33 @@ def test_continuity_keeps_what_follows_the_checkpoint() -> None:
 )
 def test_errors_are_classified_by_what_retrying_can_do(error: Exception, transient: bool) -> None:
     assert is_transient(error) is transient
+
+
+async def test_a_drain_lets_the_batch_in_flight_commit_and_starts_no_other() -> None:
+    """SIGTERM: the agent is cancelled mid-batch, yet the batch commits (shielded) and
+    `drain` returns once it has; a later batch never starts; not ready from the start."""
+    gate = asyncio.Event()
+
+    class Slow(FakeStore):
+        async def apply(self, conn: Any, b: Sequence[Message], *, recompute: bool) -> ApplyResult:
+            await gate.wait()
+            return await super().apply(conn, b, recompute=recompute)
+
+    async def seek(partition: int, offset: int) -> None:
+        pass
+
+    store = Slow(set())
+    r = runner(store)
+    agent = asyncio.create_task(r.handle(batch(3), seek))
+    await asyncio.sleep(0.01)
+    draining = asyncio.create_task(r.drain(timeout=5))
+    await asyncio.sleep(0.01)
+    assert not r.ready()
+    agent.cancel()  # Faust stops the agent
+    gate.set()
+    await draining
+    assert store.applied == [0, 1, 2]
+    later = asyncio.create_task(r.handle([Message(0, 3, "k", b"{}")], seek))
+    await asyncio.sleep(0.05)
+    assert not later.done() and store.applied == [0, 1, 2]  # held until cancelled
+    later.cancel()
