@@ -1,11 +1,13 @@
-"""The long chaos run: 100,000 webhooks through the real system while the worker is
-SIGKILLed and Kafka and Postgres restart; figures go to `bench/results/chaos.json`.
+"""The long chaos run: 100,000 webhooks through the real system while a worker (of two) is
+SIGKILLed and Kafka and Postgres restart; figures go to `bench/results/chaos.json`, and each
+worker kill prints its failover (`FAILOVER worker_kill at Ts: X s`: until every partition
+folds again on the survivor; `recovery_s.failover` in the JSON).
 
 It runs the suite's chaos test (`tests/chaos/test_chaos.py`) with bigger numbers, in its
 own pytest process with its own session services (so it never touches anyone else's):
 
     .venv/bin/python bench/chaos_long.py [--events 100000] [--rate 200] [--seed 7]
-        [--worker-kills 5] [--kafka-restarts 2] [--postgres-restarts 2]
+        [--worker-kills 5] [--kafka-restarts 2] [--postgres-restarts 2] [--workers 2]
 
 It runs the test rather than importing it: `bench/` never imports the tests. Exit status
 is pytest's (0: every invariant held). The JSON is written in both cases.
@@ -31,6 +33,7 @@ def main() -> int:
     parser.add_argument("--worker-kills", type=int, default=5)
     parser.add_argument("--kafka-restarts", type=int, default=2)
     parser.add_argument("--postgres-restarts", type=int, default=2)
+    parser.add_argument("--workers", type=int, default=2, help="1: the replacement takes over")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -42,6 +45,7 @@ def main() -> int:
         CHAOS_WORKER_KILLS=str(args.worker_kills),
         CHAOS_KAFKA_RESTARTS=str(args.kafka_restarts),
         CHAOS_POSTGRES_RESTARTS=str(args.postgres_restarts),
+        CHAOS_WORKERS=str(args.workers),
         CHAOS_RESULTS=str(args.out.resolve()),
         CHAOS_TIMEOUT="7200",
     )
