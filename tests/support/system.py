@@ -132,6 +132,13 @@ class System:
         return self.probe_urls[id(proc)]
 
     def _probed(self, command: str, flag: str) -> Proc:
+        if command == "worker" and self.env.get("ENTITLED_WORKER_METRICS_PORT"):
+            # the test chose the port (and maybe the host) itself: leave it to the setting
+            proc = self.procs.spawn(command, **self.env)
+            self.probe_urls[id(proc)] = (
+                f"http://127.0.0.1:{self.env['ENTITLED_WORKER_METRICS_PORT']}"
+            )
+            return proc
         port = free_port()
         proc = self.procs.spawn(command, flag, str(port), **self.env)
         self.probe_urls[id(proc)] = f"http://127.0.0.1:{port}"
