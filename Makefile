@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: dev test test-fast test-long corpus lint clean-data venv FORCE
+.PHONY: dev test test-fast test-long corpus lint bench clean-data venv FORCE
 
 # A venv without the stripe-mock or promtool binary (built by bootstrap) is not ready, whatever
 # its stamp.
@@ -45,6 +45,22 @@ ENTITLED_STRIPE_CORPUS ?= ../shared/stripe/corpus
 corpus: $(STAMP)
 	$(VENV)/bin/entitled services prepare
 	ENTITLED_STRIPE_CORPUS=$(ENTITLED_STRIPE_CORPUS) $(PY) -m pytest -p no:cacheprovider --public-corpus tests/public_corpus $(PYTEST_ARGS)
+
+# The benchmarks of bench/README.md, one after the other (about an hour on 2 idle cores); each
+# prints which of its goals were met. BENCH_QUICK=1 runs the small sizes.
+GROWTH_QUICK := 10000,40000,100000
+GROWTH_FULL := 40000,200000,1000000
+BENCH_SIZES := $(if $(BENCH_QUICK),--events 40000,--events 200000)
+BENCH_GROWTH := $(if $(BENCH_QUICK),$(GROWTH_QUICK),$(GROWTH_FULL))
+BENCH_REPLAY := $(if $(BENCH_QUICK),--events 100000,--events 1000000)
+bench: $(STAMP)
+	$(VENV)/bin/entitled services prepare
+	$(PY) bench/fold.py $(BENCH_SIZES)
+	$(PY) bench/fold.py --growth $(BENCH_GROWTH)
+	$(PY) bench/replay.py $(BENCH_REPLAY)
+	$(PY) bench/ingest.py
+	$(PY) bench/search.py
+	$(PY) bench/changes.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -13,10 +13,12 @@ bearer tokens (read / admin) in `entitled.tokens`. The HTTP reference is docs/ht
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +44,8 @@ from api.features import features_of
 from api.guards import ContentTypeGuard, HostGuard, authorized
 from api.http import POOL_TIMEOUT_S, json_response, pool, readers
 from api.metrics import CONTENT_TYPE, APIMetrics
-from api.min_event import read_after_event, respond
+from api.min_event import DEFAULT_WAIT_S, MAX_WAIT_S, Outcome, read_after_event, respond
+from api.model import ReadModel
 from api.pool import create_pool, create_readers, read_url
 from api.readers import Target
 from api.watcher import Watcher
@@ -76,10 +79,30 @@ async def search_movies(request: Request) -> Response:
     policy = Policy.from_settings(request.app.state.settings)
     within = None if feature is None else grants_of_keys([api_params.query(feature)], policy)
 
-    async def read(conn: AsyncConnection[Any]) -> list[search.Hit]:
-        return await search.search(conn, customer, q, limit, within=within)
+    model: ReadModel = request.app.state.model
+    if model.max_customers > 0 and "as_of" not in params:  # from memory (`api.model`)
 
-    hits, outcome = await read_after_event(request, read)
+        def connect() -> AbstractAsyncContextManager[AsyncConnection[Any]]:
+            return pool(request).connection(timeout=POOL_TIMEOUT_S)
+
+        if params.get("min_event") is None:
+            api_params.seconds(params.get("wait"), "wait", DEFAULT_WAIT_S, MAX_WAIT_S)  # checked
+            hits = await model.search(connect, customer, q, limit, within)
+            outcome = Outcome(None, None)
+        else:
+
+            async def read_model(conn: AsyncConnection[Any]) -> list[search.Hit]:
+                # the event is folded as of `conn`'s snapshot; the model answers as of a
+                # later one
+                return await model.search(connect, customer, q, limit, within)
+
+            hits, outcome = await read_after_event(request, read_model)
+    else:
+
+        async def read(conn: AsyncConnection[Any]) -> list[search.Hit]:
+            return await search.search(conn, customer, q, limit, within=within)
+
+        hits, outcome = await read_after_event(request, read)
     body: dict[str, Any] = {"customer": customer, "query": q}
     if feature is not None:
         body["feature"] = feature
@@ -302,19 +325,31 @@ def create_app(
     db_pool = create_pool(url)
     watch = Watcher(url)
     fanout = Fanout(watch.changes)
+    model = ReadModel(watch, max_customers=settings.read_model_customers)
     reads = create_readers(settings, db_pool, watch)
     api_metrics = APIMetrics(db_pool)
     api_metrics.watch_readers(reads)
+    api_metrics.watch_model(model)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await db_pool.open(wait=False)
         watch.start()
+        following = None
         try:
             await db_pool.wait(timeout=30.0)
             await reads.open()
+            if model.max_customers > 0:
+                following = asyncio.create_task(
+                    model.follow(lambda: db_pool.connection(timeout=POOL_TIMEOUT_S)),
+                    name="entitled-api-read-model",
+                )
             yield
         finally:
+            if following is not None:
+                following.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await following
             for close in on_close:
                 await close()
             await reads.close()
@@ -362,6 +397,7 @@ def create_app(
     app.state.pool = db_pool
     app.state.watcher = watch
     app.state.fanout = fanout
+    app.state.model = model
     app.state.readers = reads
     app.state.metrics = api_metrics
     # The last added runs first: every request is timed, then Host, then Content-Type.

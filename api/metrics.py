@@ -84,6 +84,35 @@ class _ReadersCollector(Collector):
         yield size
 
 
+class _ModelCollector(Collector):
+    """The read model's size and use (`api.model`), read at scrape time."""
+
+    def __init__(self, model: Any) -> None:
+        self.model = model
+
+    def collect(self) -> Iterator[Metric]:
+        m = self.model
+        searches = CounterMetricFamily(
+            "entitled_api_read_model_searches",
+            "Searches by the read model, answered from memory (hit) or with a database read.",
+            labels=["outcome"],
+        )
+        searches.add_metric(["hit"], float(m.hits))
+        searches.add_metric(["miss"], float(m.misses))
+        yield searches
+        yield CounterMetricFamily(
+            "entitled_api_read_model_flushes",
+            "Times the read model was emptied (start, watcher reconnect, version swap).",
+            value=float(m.flushes),
+        )
+        size = GaugeMetricFamily(
+            "entitled_api_read_model_entries", "Entries held by the read model.", labels=["kind"]
+        )
+        size.add_metric(["customers"], float(len(m.customers)))
+        size.add_metric(["answers"], float(len(m.answers)))
+        yield size
+
+
 class APIMetrics:
     """Request latency by method, route template and status; connection pool statistics;
     open change streams; `min_event` reads by outcome."""
@@ -119,6 +148,9 @@ class APIMetrics:
     def watch_readers(self, readers: Readers) -> None:
         """Report reads by target and the replicas' lag at scrape time."""
         self.registry.register(_ReadersCollector(readers))
+
+    def watch_model(self, model: Any) -> None:
+        self.registry.register(_ModelCollector(model))
 
     def min_event(self, outcome: str) -> None:
         self.min_events.labels(outcome).inc()

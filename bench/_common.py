@@ -279,3 +279,39 @@ def write_results(name: str, report: dict[str, Any]) -> Path:
     report = {"when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **report}
     path.write_text(json.dumps(report, indent=2, default=str) + "\n")
     return path
+
+
+def postmaster_pid(database_url: str) -> int | None:
+    """The server's postmaster pid, when it runs on this machine and we may read it."""
+    import psycopg
+
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        try:
+            row = conn.execute("SHOW data_directory").fetchone()
+        except psycopg.Error:
+            return None
+    try:
+        return int((Path(row[0]) / "postmaster.pid").read_text().split()[0]) if row else None
+    except (OSError, ValueError):
+        return None
+
+
+def cpu_with_children(pid: int | None) -> float:
+    """utime+stime+cutime+cstime of `pid`: the postmaster reaps every backend, so this
+    grows by each finished backend's CPU (the benches close their connections)."""
+    if pid is None:
+        return float("nan")
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return float("nan")
+    return sum(int(f) for f in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_of(pid: int) -> float:
+    """utime+stime of a live process (a Postgres backend), in seconds; 0 if unreadable."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return sum(int(f) for f in fields[11:13]) / os.sysconf("SC_CLK_TCK")

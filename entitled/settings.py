@@ -143,6 +143,8 @@ class Settings:
     # replay: the largest share of the live version's entitled customers a new version may
     # take something away from before the swap is refused (without --force)
     replay_max_loss: float = 0.01
+    # the read API's in-memory model: at most this many customers (LRU); 0: off
+    read_model_customers: int = 250_000
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> Settings:
@@ -199,6 +201,9 @@ class Settings:
             drain_delay_s=float(e.get("ENTITLED_DRAIN_DELAY_S") or base.drain_delay_s),
             drain_timeout_s=float(e.get("ENTITLED_DRAIN_TIMEOUT_S") or base.drain_timeout_s),
             replay_max_loss=float(e.get("ENTITLED_REPLAY_MAX_LOSS") or base.replay_max_loss),
+            read_model_customers=int(
+                e.get("ENTITLED_READ_MODEL_CUSTOMERS") or base.read_model_customers
+            ),
         )
         clean = {k: v for k, v in overrides.items() if v is not None}
         return replace(s, **clean) if clean else s  # type: ignore[arg-type]

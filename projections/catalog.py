@@ -21,6 +21,9 @@ from psycopg.rows import class_row
 from projections.schema import CONTROL
 
 MAX_ID = 128
+# Every catalogue write counts itself in `catalog_mark`, after (or with) the write: the read
+# API's model of recent search answers forgets them when the count moves (`api.model`).
+_COUNT = f"UPDATE {CONTROL}.catalog_mark SET writes = writes + 1"
 MAX_TITLE = 500
 MAX_KEYWORDS = 5000
 MAX_GROUP = 64
@@ -115,11 +118,13 @@ async def put_movie(conn: AsyncConnection[Any], movie: Movie) -> bool:
     """Insert or replace one movie; True if it was new."""
     cur = await conn.execute(_UPSERT_SQL, movie.to_json())
     row = await cur.fetchone()
+    await conn.execute(_COUNT)
     return bool(row and row[0])
 
 
 async def delete_movie(conn: AsyncConnection[Any], movie_id: str) -> bool:
     cur = await conn.execute(f"DELETE FROM {CONTROL}.movies WHERE movie_id = %s", (movie_id,))
+    await conn.execute(_COUNT)
     return cur.rowcount > 0
 
 
@@ -147,7 +152,9 @@ async def _regroup(
     )
     async with conn.cursor(row_factory=class_row(Movie)) as cur:
         await cur.execute(query, {"movie_id": movie_id, "group": group})
-        return await cur.fetchone()
+        movie = await cur.fetchone()
+    await conn.execute(_COUNT)
+    return movie
 
 
 # -- bulk load -------------------------------------------------------------------------------
@@ -225,6 +232,7 @@ async def load_movies(conn: AsyncConnection[Any], movies: Iterable[Movie]) -> Lo
         )
         flags = [bool(r[0]) for r in await cur.fetchall()]
     await conn.execute("DROP TABLE IF EXISTS _movies_in")
+    await conn.execute(_COUNT)
     inserted = sum(flags)
     return LoadResult(inserted=inserted, updated=len(flags) - inserted)
 

@@ -33,7 +33,7 @@ from projections.upserts import (
     all_customers,
     empty_staging,
     holders_of,
-    load_rows,
+    load_many,
     write_entitlements,
 )
 
@@ -179,26 +179,22 @@ async def gather_facts(
 ) -> dict[str, Facts]:
     """The Facts of `customers` from the mirrored rows of `schema`."""
     ids = list(customers)
-    rows: dict[tuple[str, str], Row] = {}
-    for table in HOLDER_TABLES:
-        for row in await load_rows(conn, schema, table, "customer = ANY(%s)", ids):
-            rows[(table, row.id)] = row
+    rows: dict[tuple[str, str], Row] = {
+        (t, row.id): row
+        for t, row in await load_many(
+            conn, schema, [(t, ids) for t in HOLDER_TABLES], "customer = ANY(%s)"
+        )
+    }
     for step in _LINK_STEPS:
         keys = sorted(link_keys(rows.values()))
         if not keys:
             break
-        for table in step:
-            for row in await load_rows(conn, schema, table, "refs && %s", keys):
-                rows.setdefault((table, row.id), row)
+        for t, row in await load_many(conn, schema, [(t, keys) for t in step], "refs && %s"):
+            rows.setdefault((t, row.id), row)
     wanted = sorted(product_ids(rows.values()))
-    products = {
-        p.id: p
-        for p in await load_rows(conn, schema, "products", "id = ANY(%s)", wanted)
-        if isinstance(p, ProductRow)
-    }
-    features = {
-        f.id: f
-        for f in await load_rows(conn, schema, "product_features", "id = ANY(%s)", wanted)
-        if isinstance(f, ProductFeaturesRow)
-    }
+    catalogue = await load_many(
+        conn, schema, [("products", wanted), ("product_features", wanted)], "id = ANY(%s)"
+    )
+    products = {p.id: p for _t, p in catalogue if isinstance(p, ProductRow)}
+    features = {f.id: f for _t, f in catalogue if isinstance(f, ProductFeaturesRow)}
     return gather(ids, rows.values(), products, features)

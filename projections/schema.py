@@ -51,6 +51,11 @@ CREATE TABLE IF NOT EXISTS {CONTROL}.active (
     singleton boolean PRIMARY KEY DEFAULT true CHECK (singleton),
     version   integer NOT NULL REFERENCES {CONTROL}.versions (version)
 );
+CREATE TABLE IF NOT EXISTS {CONTROL}.catalog_mark (
+    singleton boolean PRIMARY KEY DEFAULT true CHECK (singleton),
+    writes    bigint NOT NULL DEFAULT 0
+);
+INSERT INTO {CONTROL}.catalog_mark DEFAULT VALUES ON CONFLICT DO NOTHING;
 CREATE TABLE IF NOT EXISTS {CONTROL}.movies (
     movie_id   text PRIMARY KEY,
     title      text NOT NULL,

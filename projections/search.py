@@ -53,6 +53,62 @@ ORDER BY m.title, m.movie_id
 LIMIT %(limit)s
 """
 
+# The read model's statements (`api.model`). Each returns, from its own snapshot, the marks a
+# model needs to know what its answer is current as of: the feed's head (greatest change id),
+# the active version and the count of catalogue writes.
+_MARKS = f"""
+(SELECT coalesce(max(id), 0) FROM {CONTROL}.changes) AS head,
+(SELECT version FROM {CONTROL}.active) AS version,
+(SELECT writes FROM {CONTROL}.catalog_mark) AS catalog
+"""
+
+# The catalogue's part of a search, for any customer (the model marks availability itself,
+# as `_REASON` does), with the same WHERE and ORDER BY as MATCH_SQL / LIST_SQL, so both paths
+# give the same movies in the same order.
+_CATALOGUE_MATCH = f"""
+SELECT m.movie_id, m.title, m.groups, ts_rank(m.search, query) AS rank
+FROM {CONTROL}.movies m
+CROSS JOIN websearch_to_tsquery('english', %(q)s) AS query
+WHERE m.search @@ query AND {_WITHIN}
+ORDER BY ts_rank(m.search, query) DESC, m.title, m.movie_id
+LIMIT %(limit)s
+"""
+
+_CATALOGUE_LIST = f"""
+SELECT m.movie_id, m.title, m.groups, 0::real AS rank
+FROM {CONTROL}.movies m
+WHERE {_WITHIN}
+ORDER BY m.title, m.movie_id
+LIMIT %(limit)s
+"""
+
+
+def _model_sql(*, holdings: bool, catalogue: str | None) -> str:
+    """One statement: the marks, optionally a customer's holdings, optionally the catalogue's
+    answer (one row per movie; one row with NULL movie when there is none)."""
+    cols = [_MARKS]
+    joins = []
+    if holdings:
+        cols.append("e.groups AS held_groups, e.movie_ids AS held_movies")
+        joins.append(f"LEFT JOIN {LIVE}.customer_entitlements e ON e.customer = %(customer)s")
+    order = ""
+    if catalogue is not None:
+        cols.append("c.movie_id, c.title, c.groups")
+        joins.append(f"LEFT JOIN LATERAL ({catalogue}) AS c ON true")
+        order = "ORDER BY c.rank DESC, c.title, c.movie_id"
+    return f"SELECT {', '.join(cols)} FROM (SELECT 1) AS one {' '.join(joins)} {order}"
+
+
+_MODEL_SQL = {
+    (h, c): _model_sql(
+        holdings=h,
+        catalogue=None if c is None else (_CATALOGUE_LIST if c == "list" else _CATALOGUE_MATCH),
+    )
+    for h in (False, True)
+    for c in (None, "list", "match")
+}
+
+
 _ENTITLEMENTS_SQL = f"""
 SELECT
     e.groups,
@@ -168,6 +224,74 @@ async def search(
     async with conn.cursor(row_factory=class_row(Hit)) as cur:
         await cur.execute(search_sql(q, held=held is not None), params)
         return await cur.fetchall()
+
+
+@dataclass(frozen=True, slots=True)
+class Marks:
+    head: int  # the greatest change id
+    version: int | None  # the active version
+    catalog: int | None  # catalogue writes so far
+
+
+@dataclass(frozen=True, slots=True)
+class ModelRead:
+    """What one read-model statement saw: its marks, and what was asked of holdings (None:
+    not asked) and of the catalogue (None: not asked)."""
+
+    marks: Marks
+    holdings: tuple[tuple[str, ...], tuple[str, ...]] | None
+    movies: list[tuple[str, str, list[str]]] | None
+
+
+async def model_read(
+    conn: AsyncConnection[Any],
+    *,
+    customer: str | None = None,
+    q: str | None = None,
+    limit: int = 20,
+    within: tuple[Collection[str], Collection[str]] | None = None,
+) -> ModelRead:
+    """The marks, and `customer`'s groups and movie ids if given, and the catalogue's answer
+    to `q` if given, all from one snapshot (one round trip)."""
+    kind = None if q is None else ("list" if not q.strip() else "match")
+    params: dict[str, Any] = {"customer": customer}
+    if q is not None:
+        in_groups, in_movies = within or ((), ())
+        params.update(
+            q=q,
+            limit=limit,
+            all=within is None,
+            groups=sorted(in_groups),
+            movies=sorted(in_movies),
+        )
+    cur = await conn.execute(_MODEL_SQL[(customer is not None, kind)], params)
+    rows = await cur.fetchall()
+    first = rows[0]
+    marks = Marks(int(first[0]), first[1], first[2])
+    at = 3
+    holdings = None
+    if customer is not None:
+        holdings = (tuple(first[3] or ()), tuple(first[4] or ()))
+        at = 5
+    movies = None
+    if q is not None:
+        movies = [(r[at], r[at + 1], r[at + 2]) for r in rows if r[at] is not None]
+    return ModelRead(marks, holdings, movies)
+
+
+async def all_holdings(
+    conn: AsyncConnection[Any], limit: int
+) -> tuple[Marks, list[tuple[str, list[str], list[str]]]]:
+    """Up to `limit` customers' (customer, groups, movie ids) and the marks they are current
+    as of, in one snapshot (a read model warming up)."""
+    async with conn.transaction():
+        await conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        marks = (await model_read(conn)).marks
+        cur = await conn.execute(
+            f"SELECT customer, groups, movie_ids FROM {LIVE}.customer_entitlements LIMIT %s",
+            (limit,),
+        )
+        return marks, [(c, g, m) for c, g, m in await cur.fetchall()]
 
 
 async def entitlements(conn: AsyncConnection[Any], customer: str) -> dict[str, Any] | None:

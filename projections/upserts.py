@@ -13,7 +13,7 @@ events by the customer).
 
 from __future__ import annotations
 
-from collections import defaultdict
+from collections import OrderedDict, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -32,6 +32,7 @@ __all__ = [
     "empty_staging",
     "holders_of",
     "jsonb_text",
+    "load_many",
     "load_rows",
     "load_targets",
     "mark_processed",
@@ -55,6 +56,21 @@ _GUARD = (
     " WHERE (t.v_rank = 2, t.v_created, t.v_rank, t.v_stage)"
     " <= (excluded.v_rank = 2, excluded.v_created, excluded.v_rank, excluded.v_stage)"
 )
+
+
+# Rows this process wrote, by place (server, database, schema, table, id), with the stamp
+# they were written with (event id, partition, offset). Reading a row back (the entitlement
+# recomputation reads every row of the customers a batch reached, most of them just written)
+# reuses the object when the table holds that very stamp, instead of decoding its record
+# again. A write that rolled back or lost to a newer snapshot leaves another stamp in the
+# table: that row is decoded. Rows are frozen; the bound keeps memory small.
+_WRITTEN: OrderedDict[tuple[str, str, str, str], tuple[str, int, int, Row]] = OrderedDict()
+_WRITTEN_MAX = 20_000
+
+
+def _server(conn: AsyncConnection[Any]) -> str:
+    info = conn.info
+    return f"{info.host}:{info.port}/{info.dbname}"
 
 
 def clean_text(value: str) -> str:
@@ -82,13 +98,18 @@ def jsonb_text(record: Mapping[str, Any]) -> str:
     which is not UTF-8), and text a customer types can carry either; the values are cleaned
     before serialising, never the serialised text (where `\\u0000` may be six characters a
     customer typed). The common case costs one serialisation."""
+    return _record_text(record)[0]
+
+
+def _record_text(record: Mapping[str, Any]) -> tuple[str, bool]:
+    """`jsonb_text(record)`, and whether it is `record` exactly (nothing was cleaned)."""
     try:
         text = orjson.dumps(record)
     except orjson.JSONEncodeError:  # a lone surrogate; an int beyond 64 bits stays an error
-        text = orjson.dumps(_clean(record))
+        return orjson.dumps(_clean(record)).decode(), False
     if b"\\u0000" in text:
-        text = orjson.dumps(_clean(record))
-    return text.decode()
+        return orjson.dumps(_clean(record)).decode(), False
+    return text.decode(), True
 
 
 async def _staging(conn: AsyncConnection[Any], schema: str, table: str) -> sql.Identifier:
@@ -120,22 +141,42 @@ async def load_rows(
     conn: AsyncConnection[Any], schema: str, table: str, where: str, arg: object
 ) -> list[Row]:
     """Rows of a mirrored table matching `where` (one `%s` placeholder, bound to `arg`)."""
-    cur = await conn.execute(
-        sql.SQL("SELECT record FROM {} WHERE " + where).format(db.qualified(schema, table)),
-        (arg,),
+    return [row for _t, row in await load_many(conn, schema, [(table, arg)], where)]
+
+
+async def load_many(
+    conn: AsyncConnection[Any], schema: str, wanted: Sequence[tuple[str, object]], where: str
+) -> list[tuple[str, Row]]:
+    """(table, row) of the rows of several mirrored tables matching `where` (one `%s`
+    placeholder, bound to each table's own argument), in one round trip. Records come back
+    as text and are parsed by orjson (psycopg's jsonb loader is the standard library's)."""
+    if not wanted:
+        return []
+    query = sql.SQL(" UNION ALL ").join(
+        sql.SQL(
+            "SELECT {}::text, id, event_id, v_partition, v_offset, record::text FROM {} WHERE "
+            + where
+        ).format(sql.Literal(table), db.qualified(schema, table))
+        for table, _arg in wanted
     )
-    return [from_record(table, r[0]) for r in await cur.fetchall()]
+    cur = await conn.execute(query, [arg for _table, arg in wanted])
+    server = _server(conn)
+    out = []
+    for table, ident, event_id, partition, offset, record in await cur.fetchall():
+        known = _WRITTEN.get((server, schema, table, ident))
+        if known is not None and known[:3] == (event_id, partition, offset):
+            out.append((table, known[3]))
+        else:
+            out.append((table, from_record(table, orjson.loads(record))))
+    return out
 
 
 async def load_targets(
     conn: AsyncConnection[Any], schema: str, targets: Mapping[str, Sequence[str]]
 ) -> dict[tuple[str, str], Row]:
     """The stored rows of `targets` (table -> object ids), keyed by (table, id)."""
-    rows: dict[tuple[str, str], Row] = {}
-    for table, ids in targets.items():
-        for row in await load_rows(conn, schema, table, "id = ANY(%s)", ids):
-            rows[(table, row.id)] = row
-    return rows
+    wanted = [(table, list(ids)) for table, ids in targets.items()]
+    return {(t, row.id): row for t, row in await load_many(conn, schema, wanted, "id = ANY(%s)")}
 
 
 async def holders_of(
@@ -181,23 +222,32 @@ async def _upsert_rows(
     conn: AsyncConnection[Any], schema: str, table: str, rows: Iterable[Row]
 ) -> None:
     tmp = await _staging(conn, schema, table)
+    server = _server(conn)
     async with conn.cursor() as cur:
         async with cur.copy(sql.SQL("COPY {} (" + _MIRROR_COLS + ") FROM STDIN").format(tmp)) as cp:
             for row in rows:
                 s = row.stamp
                 customer = customer_of(row)
+                ident, event_id = clean_text(row.id), clean_text(row.event_id)
+                text, exact = _record_text(row.to_record())
+                if exact and ident == row.id and event_id == row.event_id:
+                    place = (server, schema, table, ident)  # its record decodes to `row`
+                    _WRITTEN[place] = (event_id, s.partition, s.offset, row)
+                    _WRITTEN.move_to_end(place)
+                    if len(_WRITTEN) > _WRITTEN_MAX:
+                        _WRITTEN.popitem(last=False)
                 await cp.write_row(
                     (
-                        clean_text(row.id),
+                        ident,
                         None if customer is None else clean_text(customer),
                         [clean_text(r) for r in refs_of(row)],
-                        jsonb_text(row.to_record()),
+                        text,
                         s.created,
                         s.rank,
                         s.stage,
                         s.partition,
                         s.offset,
-                        clean_text(row.event_id),
+                        event_id,
                     )
                 )
         updates = ", ".join(f"{c} = excluded.{c}" for c in _MIRROR_COLS.split(", ")[1:])

@@ -38,9 +38,17 @@ def entitle(
     groups: Sequence[str] = (),
     movie_ids: Sequence[str] = (),
     as_of_event: str = "evt_test",
+    *,
+    feed: bool = False,
 ) -> None:
-    """Write a customer's entitlements row into the active version, as the fold would."""
-    with psycopg.connect(database_url, autocommit=True) as conn:
+    """Write a customer's entitlements row into the active version; with `feed`, as the fold
+    does: with a change row (and its NOTIFY) in the same transaction when what they hold
+    changed (a read model learns changes from the feed)."""
+    with psycopg.connect(database_url, autocommit=True) as conn, conn.transaction():
+        before = conn.execute(
+            f"SELECT groups, movie_ids FROM {ACTIVE}.customer_entitlements WHERE customer = %s",
+            (customer,),
+        ).fetchone()
         conn.execute(
             f"INSERT INTO {ACTIVE}.customer_entitlements"
             " (customer, groups, movie_ids, as_of_event, as_of_created)"
@@ -48,6 +56,20 @@ def entitle(
             " ON CONFLICT (customer) DO UPDATE SET groups = excluded.groups,"
             " movie_ids = excluded.movie_ids, as_of_event = excluded.as_of_event",
             (customer, list(groups), list(movie_ids), as_of_event),
+        )
+        old_groups, old_movies = before if before else ([], [])
+        if not feed or (sorted(old_groups), sorted(old_movies)) == (
+            sorted(groups),
+            sorted(movie_ids),
+        ):
+            return
+        _insert_change(
+            conn,
+            customer,
+            (old_groups, groups),
+            (old_movies, movie_ids),
+            event_id=as_of_event,
+            notify=True,
         )
 
 
@@ -82,24 +104,30 @@ def add_change(
     """Write one change row as the writer does (id from its sequence, in commit order) and,
     unless `notify=False`, NOTIFY the API; its id."""
     with psycopg.connect(database_url, autocommit=True) as conn, conn.transaction():
-        conn.execute("SELECT pg_advisory_xact_lock(hashtext('entitled.changes'))")
-        row = conn.execute(
-            "INSERT INTO entitled.changes (id, customer, groups_before, groups_after,"
-            " movies_before, movies_after, cause, event_id, event_created, version)"
-            " VALUES (nextval('entitled.change_ids'), %s, %s, %s, %s, %s, 'event', %s,"
-            " 1700000000, 1) RETURNING id",
-            (
-                customer,
-                list(groups[0]),
-                list(groups[1]),
-                list(movies[0]),
-                list(movies[1]),
-                event_id,
-            ),
-        ).fetchone()
-        assert row is not None
-        if notify:
-            conn.execute("SELECT pg_notify('entitled_changes', %s)", (str(row[0]),))
+        return _insert_change(conn, customer, groups, movies, event_id=event_id, notify=notify)
+
+
+def _insert_change(
+    conn: psycopg.Connection[Any],
+    customer: str,
+    groups: tuple[Sequence[str], Sequence[str]],
+    movies: tuple[Sequence[str], Sequence[str]],
+    *,
+    event_id: str | None,
+    notify: bool,
+) -> int:
+    """One change row in `conn`'s transaction, under the feed's lock, as the writer does."""
+    conn.execute("SELECT pg_advisory_xact_lock(hashtext('entitled.changes'))")
+    row = conn.execute(
+        "INSERT INTO entitled.changes (id, customer, groups_before, groups_after,"
+        " movies_before, movies_after, cause, event_id, event_created, version)"
+        " VALUES (nextval('entitled.change_ids'), %s, %s, %s, %s, %s, 'event', %s,"
+        " 1700000000, 1) RETURNING id",
+        (customer, list(groups[0]), list(groups[1]), list(movies[0]), list(movies[1]), event_id),
+    ).fetchone()
+    assert row is not None
+    if notify:
+        conn.execute("SELECT pg_notify('entitled_changes', %s)", (str(row[0]),))
     return int(row[0])
 
 

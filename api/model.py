@@ -1,0 +1,288 @@
+"""The read model: searches answered from memory, never older than a database read.
+
+A search is two facts: the catalogue's answer to the query (which movies, in which order) and
+what the customer holds (groups, movie ids). The API process keeps both, LRU-bounded:
+
+- `customers`: customer -> (feed id it is current as of, groups, movie ids). A miss reads the
+  customer's row and the feed's head in one snapshot (`search.model_read`). The change feed
+  (`entitled.changes`, ids in commit order: one row per customer whose entitlements changed,
+  written in the same transaction) updates it: a change newer than an entry replaces it; an
+  older one (already in the row that was read) is ignored.
+- `answers`: (q, limit, within) -> the catalogue's movies, valid for one count of catalogue
+  writes (`entitled.catalog_mark`, bumped by every write after or with it).
+
+Freshness: every search first takes the database's marks (feed head, active version,
+catalogue count) from a snapshot taken after the search arrived (`_Barrier`: one small query
+serves every search that arrived before it was sent, so under load there is one per round
+trip, not one per search). The model then answers only once it has applied the feed up to
+that head; a new active version (replay swap, rollback) empties it; a new catalogue count
+empties the answers. So an answer is never older than what the database read path would have
+returned at the moment the search arrived. `follow` applies the feed as LISTEN announces it,
+so the model is usually already there; when it is not, the search catches up itself.
+`min_event` keeps its meaning: the database says the event is folded, then the model answers
+as of a snapshot taken after that.
+
+Memory: an entry costs about 200-250 bytes (the key, a tuple, the LRU link; the groups and
+movie tuples are shared between customers who hold the same); `bench/search.py` prints the
+figure measured for 1,000,000 customers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import OrderedDict
+from collections.abc import Callable, Collection
+from contextlib import AbstractAsyncContextManager
+from typing import Any
+
+from psycopg import AsyncConnection
+
+from api.watcher import Watcher, wait
+from projections import feed, search
+from projections.search import Hit, Marks
+
+__all__ = ["ReadModel"]
+
+log = logging.getLogger(__name__)
+
+Within = tuple[Collection[str], Collection[str]] | None
+Connect = Callable[[], AbstractAsyncContextManager[AsyncConnection[Any]]]
+Entry = tuple[int, tuple[str, ...], tuple[str, ...]]  # (feed id, groups, movie ids)
+Movies = list[tuple[str, str, list[str]]]  # (movie id, title, groups), best first
+_FETCH = 1000
+
+
+class _Barrier:
+    """Marks from a snapshot taken after the call: callers that arrive while no query is
+    being sent share the next one."""
+
+    def __init__(self) -> None:
+        self._next: asyncio.Future[Marks] | None = None
+        self._lock = asyncio.Lock()
+        self._sending: set[asyncio.Task[None]] = set()
+
+    async def marks(self, connect: Connect) -> Marks:
+        if self._next is None:
+            self._next = asyncio.get_running_loop().create_future()
+            task = asyncio.create_task(self._send(connect))
+            self._sending.add(task)
+            task.add_done_callback(self._sending.discard)
+        return await asyncio.shield(self._next)
+
+    async def _send(self, connect: Connect) -> None:
+        async with self._lock:  # one query at a time; later callers wait for the next one
+            future, self._next = self._next, None
+            assert future is not None
+            try:
+                async with connect() as conn:
+                    future.set_result((await search.model_read(conn)).marks)
+            except BaseException as exc:
+                future.set_exception(exc)
+                if isinstance(exc, asyncio.CancelledError):
+                    raise
+
+
+class ReadModel:
+    """See the module doc."""
+
+    def __init__(
+        self, watcher: Watcher, *, max_customers: int = 250_000, max_answers: int = 20_000
+    ) -> None:
+        self.watcher = watcher
+        self.max_customers = max_customers
+        self.max_answers = max_answers
+        self.customers: OrderedDict[str, Entry] = OrderedDict()
+        self.answers: OrderedDict[tuple[Any, ...], list[tuple[str, str, list[str]]]] = OrderedDict()
+        self.top: int | None = None  # feed id applied up to (None: not started)
+        self.version: int | None = None  # active version the entries belong to
+        self.catalog: int | None = None  # catalogue write count the answers belong to
+        self.hits = self.misses = self.flushes = 0
+        self._barrier = _Barrier()
+        self._catching_up = asyncio.Lock()
+        self._shared: dict[tuple[str, ...], tuple[str, ...]] = {}  # interned tuples
+
+    async def search(
+        self, connect: Connect, customer: str, q: str, limit: int, within: Within
+    ) -> list[Hit]:
+        """What `projections.search.search` answers now, from memory where it can.
+
+        Both parts in memory: the marks of a snapshot taken after the search arrived (shared
+        with concurrent searches) say whether they are current. A part missing: one
+        statement reads it with its snapshot's marks, which say whether the other part (if
+        in memory) is current. Memory is brought up to the marks before it answers."""
+        key = (q, limit) if within is None else (q, limit, *map(frozenset, within))
+        movies = self.answers.get(key)
+        entry = self.customers.get(customer)
+        read_entry = read_movies = False
+        if movies is not None and entry is not None:
+            marks = await self._barrier.marks(connect)
+        else:
+            async with connect() as conn:
+                read = await search.model_read(
+                    conn,
+                    customer=customer if entry is None else None,
+                    q=q if movies is None else None,
+                    limit=limit,
+                    within=within,
+                )
+            marks = read.marks
+            if read.holdings is not None:
+                entry, read_entry = (marks.head, *read.holdings), True
+                self._keep_customer(customer, entry, marks)
+            if read.movies is not None:
+                movies, read_movies = read.movies, True
+                self._keep_answer(key, movies, marks)
+        if marks.version is None or marks.catalog is None:  # not migrated this far
+            async with connect() as conn:
+                return await search.search(conn, customer, q, limit, within=within)
+        if not self._current(marks):
+            await self.catch_up(connect, marks)
+        self._see_catalog(marks.catalog)
+        # What memory holds now is at least as new as `marks`; what this search read is as
+        # new as `marks`. A part taken from memory before and gone since (evicted, or a
+        # newer catalogue) is read again.
+        kept_entry, kept_movies = self.customers.get(customer), self.answers.get(key)
+        entry = kept_entry if kept_entry is not None else entry if read_entry else None
+        movies = kept_movies if kept_movies is not None else movies if read_movies else None
+        if entry is None or movies is None:
+            return await self.search(connect, customer, q, limit, within)
+        if read_entry or read_movies:
+            self.misses += 1
+        else:
+            self.hits += 1
+            self.customers.move_to_end(customer)
+            self.answers.move_to_end(key)
+        _, groups, held = entry
+        return [_hit(m, t, g, groups, held) for m, t, g in movies]
+
+    def _keep_customer(self, customer: str, entry: Entry, marks: Marks) -> None:
+        if marks.version != self.version:
+            return  # read from another version than memory holds: answer, keep nothing
+        entry = (entry[0], self._intern(entry[1]), self._intern(entry[2]))
+        have = self.customers.get(customer)
+        if have is not None and have[0] >= entry[0]:
+            return  # the feed brought something as new while this read ran
+        self._remember(self.customers, customer, entry, self.max_customers)
+
+    def _keep_answer(self, key: tuple[Any, ...], movies: Movies, marks: Marks) -> None:
+        if marks.catalog is None:
+            return
+        self._see_catalog(marks.catalog)
+        if marks.catalog == self.catalog:
+            self._remember(self.answers, key, movies, self.max_answers)
+
+    def _see_catalog(self, count: int) -> None:
+        """A catalogue write count seen in some snapshot: answers of older counts go."""
+        if self.catalog is None or count > self.catalog:
+            self.answers.clear()
+            self.catalog = count
+
+    # -- following the feed -------------------------------------------------------------
+
+    async def follow(self, connect: Connect) -> None:
+        """Apply the feed as LISTEN announces it (a task of the app's lifespan)."""
+        while True:
+            armed = self.watcher.changes.armed()
+            try:
+                flushes = self.flushes
+                await self.catch_up(connect)
+                if self.flushes != flushes:  # started, or a new version: warm up again
+                    await self.warm(connect)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # Postgres away: searches catch up themselves, or fail
+                log.warning("read model: could not follow the change feed", exc_info=True)
+            await wait(armed, self.watcher.fallback_s)
+
+    def _current(self, marks: Marks) -> bool:
+        return self.top is not None and self.top >= marks.head and self.version == marks.version
+
+    async def catch_up(self, connect: Connect, marks: Marks | None = None) -> None:
+        """Apply the feed after `top` (at least up to `marks`); empty the model and start at
+        the head when the active version moved."""
+        async with self._catching_up:
+            if marks is not None and self._current(marks):
+                return  # another search caught up meanwhile
+            async with connect() as conn:
+                marks = (await search.model_read(conn)).marks
+                if self.top is None or marks.version != self.version:
+                    self.flush()
+                    self.top, self.version = marks.head, marks.version
+                    return
+                while True:
+                    page = await feed.page_after(conn, self.top, _FETCH)
+                    for c in page.changes:
+                        self._apply(c.id, c.customer, c.groups_after, c.movies_after)
+                    if page.changes:
+                        self.top = max(self.top, page.changes[-1].id)
+                    if len(page.changes) < _FETCH:
+                        break
+                # the pages were read after `marks`: they reach at least its head
+                self.top = max(self.top, marks.head)
+
+    async def warm(self, connect: Connect) -> int:
+        """Load the customers' holdings (up to the bound) without holding up searches: an
+        entry the feed or a search brought meanwhile is newer and stays."""
+        version = self.version
+        async with connect() as conn:
+            marks, rows = await search.all_holdings(conn, self.max_customers)
+        if marks.version != version or marks.version != self.version:
+            return 0  # another swap meanwhile: the next round warms up
+        added = 0
+        for customer, groups, movies in rows:
+            have = self.customers.get(customer)
+            if have is None or have[0] < marks.head:
+                if have is None and len(self.customers) >= self.max_customers:
+                    continue  # what searches brought is more recent than a bulk load
+                self.customers[customer] = (
+                    marks.head,
+                    self._intern(tuple(sorted(groups))),
+                    self._intern(tuple(movies)),
+                )
+                added += 1
+        return added
+
+    def _apply(self, change_id: int, customer: str, groups: list[str], movies: list[str]) -> None:
+        have = self.customers.get(customer)
+        if have is not None and have[0] >= change_id:
+            return
+        entry = (change_id, self._intern(tuple(sorted(groups))), self._intern(tuple(movies)))
+        self._remember(self.customers, customer, entry, self.max_customers)
+
+    def flush(self) -> None:
+        self.customers.clear()
+        self.answers.clear()
+        self._shared.clear()
+        self.flushes += 1
+
+    def _intern(self, value: tuple[str, ...]) -> tuple[str, ...]:
+        if not value:
+            return ()
+        if len(self._shared) >= 100_000:  # a bound, in case every customer is unique
+            return value
+        return self._shared.setdefault(value, value)
+
+    @staticmethod
+    def _remember(store: OrderedDict[Any, Any], key: Any, value: Any, bound: int) -> None:
+        store[key] = value
+        store.move_to_end(key)
+        while len(store) > bound:
+            store.popitem(last=False)
+
+
+def _hit(
+    movie_id: str,
+    title: str,
+    groups: list[str],
+    held_groups: tuple[str, ...],
+    held_movies: tuple[str, ...],
+) -> Hit:
+    # As `projections.search._REASON`: a subscription wins over a purchase.
+    if any(g in held_groups for g in groups):
+        reason: str | None = "subscription"
+    elif movie_id in held_movies:
+        reason = "purchase"
+    else:
+        reason = None
+    return Hit(movie_id, title, groups, reason)
