@@ -139,20 +139,22 @@ class ProjectionStore:
         *,
         lock: bool,
     ) -> None:
-        """A build's batch, planned, written and recomputed in waves: runs of the batch (in
-        the order it was written) in which no key comes twice, so that no customer has two
-        events in one wave and the version's history has one row per event of a customer,
-        as fine as any live batching could have made it (a replay's history answers `as_of`
-        as the live one does). Always recomputed: the history needs it (the bulk pass's
-        read-committed level stays: each wave's rows are its own)."""
-        waves: list[list[Message]] = [[]]
-        keys: set[str | None] = set()
+        """A build's batch, planned, written and recomputed in waves: wave k holds the k-th
+        event of each key of the batch, so that no customer has two events in one wave and
+        the version's history has one row per event of a customer, as fine as any live
+        batching could have made it (a replay's history answers `as_of` as the live one
+        does). A batch costs as many recomputations as its busiest key has events (waves of
+        runs without a repeated key were exact in time across keys too, but a log holding
+        each customer's events together made one wave per event: ~80x slower). Always
+        recomputed: the history needs it (the bulk pass's read-committed level stays)."""
+        waves: list[list[Message]] = []
+        depth: Counter[str | None] = Counter()
         for m in fresh:
-            if m.key in keys:
+            k = depth[m.key]
+            depth[m.key] += 1
+            if k == len(waves):
                 waves.append([])
-                keys.clear()
-            keys.add(m.key)
-            waves[-1].append(m)
+            waves[k].append(m)
         for n, wave in enumerate(waves):
             if n:
                 await upserts.empty_all_staging(conn)
