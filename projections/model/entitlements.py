@@ -30,6 +30,7 @@ from projections.model.rows import (
     customer_of,
     refs_of,
 )
+from projections.model.rows import ItemRow as ItemRow
 
 if TYPE_CHECKING:
     from entitled.settings import Settings
@@ -40,6 +41,7 @@ __all__ = [
     "Facts",
     "Policy",
     "derive",
+    "entitling_items",
     "feature_keys",
     "gather",
     "grants_of_keys",
@@ -259,10 +261,11 @@ def grants_of_keys(keys: Iterable[str], policy: Policy) -> tuple[set[str], set[s
     return groups, movies
 
 
-def _by_metadata(facts: Facts, policy: Policy) -> tuple[set[str], set[str]]:
-    """Today's WebFlicks rule: product metadata of entitling subscriptions' items, and
-    movies bought once and not taken back."""
-    groups: set[str] = set()
+def entitling_items(
+    facts: Facts, policy: Policy
+) -> Iterator[tuple[SubscriptionRow, ItemRow, ProductRow]]:
+    """(subscription, item, product) of each item of quantity > 0 of a subscription in an
+    entitling status whose product is known and not deleted."""
     for sub in facts.subscriptions:
         if sub.status not in policy.entitling_statuses:
             continue
@@ -270,7 +273,15 @@ def _by_metadata(facts: Facts, policy: Policy) -> tuple[set[str], set[str]]:
             product = facts.products.get(item.product) if item.product else None
             if product is None or product.deleted or item.quantity <= 0:
                 continue
-            groups.update(groups_in(product.metadata, policy.group_key))
+            yield sub, item, product
+
+
+def _by_metadata(facts: Facts, policy: Policy) -> tuple[set[str], set[str]]:
+    """Today's WebFlicks rule: product metadata of entitling subscriptions' items, and
+    movies bought once and not taken back."""
+    groups: set[str] = set()
+    for _, _, sold in entitling_items(facts, policy):
+        groups.update(groups_in(sold.metadata, policy.group_key))
 
     movies: set[str] = set()
     for p in facts.purchases:

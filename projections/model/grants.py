@@ -17,6 +17,7 @@ from typing import Any
 from projections.model.entitlements import (
     Facts,
     Policy,
+    entitling_items,
     feature_keys,
     grants_of_keys,
     revoked,
@@ -40,28 +41,22 @@ def grants(facts: Facts, policy: Policy) -> Grants:
         out[kind].setdefault(name, []).append(source)
 
     if "metadata" in policy.grants:
-        for sub in facts.subscriptions:
-            if sub.status not in policy.entitling_statuses:
-                continue
-            for item in sub.items:
-                product = facts.products.get(item.product) if item.product else None
-                if product is None or product.deleted or item.quantity <= 0:
-                    continue
-                for g in groups_in(product.metadata, policy.group_key):
-                    add(
-                        "groups",
-                        g,
-                        {
-                            "source": "metadata",
-                            "subscription": sub.id,
-                            "status": sub.status,
-                            "item": item.id or None,
-                            "product": product.id,
-                            "metadata_key": policy.group_key,
-                            "event_id": sub.event_id,
-                            "product_event_id": product.event_id,
-                        },
-                    )
+        for sub, item, product in entitling_items(facts, policy):
+            for g in groups_in(product.metadata, policy.group_key):
+                add(
+                    "groups",
+                    g,
+                    {
+                        "source": "metadata",
+                        "subscription": sub.id,
+                        "status": sub.status,
+                        "item": item.id or None,
+                        "product": product.id,
+                        "metadata_key": policy.group_key,
+                        "event_id": sub.event_id,
+                        "product_event_id": product.event_id,
+                    },
+                )
         for p in facts.purchases:
             if not p.paid or revoked(p, facts):
                 continue
