@@ -54,6 +54,17 @@ _TRANSIENT_STATES = frozenset({"25006"})  # read-only transaction: a failover in
 _CONFLICTS = (psycopg.errors.SerializationFailure, psycopg.errors.DeadlockDetected)
 
 
+# Transient failures that a smaller batch may escape (issue 19, point 5): statement timeout,
+# out of memory, too many locks, serialization failure, deadlock. Not connection failures:
+# Postgres down is not the batch's fault.
+_OF_THE_BATCH = frozenset({"57014", "53200", "53400", "40001", "40P01"})
+
+
+class _Repeats(Exception):
+    """A batch failed transiently `shrink_after` times in a row in a way a smaller one may
+    escape: `commit` splits it."""
+
+
 def is_transient(exc: BaseException) -> bool:
     """True when retrying the same batch later may succeed."""
     if isinstance(exc, psycopg.Error) and exc.sqlstate:
@@ -120,6 +131,7 @@ class BatchRunner:
         max_backoff_s: float = 5.0,
         stall_after_keys: int = 8,
         stall_window_s: float = 300.0,
+        shrink_after: int = 5,
     ) -> None:
         self.pool = pool
         self.store = store or ProjectionStore(settings.topic, Policy.from_settings(settings))
@@ -127,6 +139,7 @@ class BatchRunner:
         self.max_backoff_s = max_backoff_s
         self.stall_after_keys = stall_after_keys
         self.stall_window_s = stall_window_s
+        self.shrink_after = shrink_after
         self.expected = Expected()
         self.active: str | None = None  # the active version's schema, as last seen
         self.stalled: str | None = None  # why folding stopped, while it is stopped
@@ -216,6 +229,13 @@ class BatchRunner:
         isolated and dead-lettered. Raises `WriterStalled` when everything fails."""
         try:
             result = await self._attempt(batch, recompute)
+        except _Repeats:
+            # the same batch keeps timing out or conflicting: commit it in halves (issue 19,
+            # point 5); nothing is skipped, alone it is retried and reported (_attempt)
+            half = len(batch) // 2
+            result = await self.commit(batch[:half], recompute=recompute)
+            result.add(await self.commit(batch[half:], recompute=recompute))
+            return result
         except Exception as exc:
             if is_transient(exc):
                 raise  # _attempt retries transient failures itself; this is a cancellation
@@ -235,9 +255,15 @@ class BatchRunner:
         return result
 
     async def _attempt(self, batch: Sequence[Message], recompute: bool) -> ApplyResult:
-        """Apply `batch`, retrying transient failures with backoff until it commits."""
+        """Apply `batch`, retrying transient failures with backoff until it commits.
+
+        A failure of the batch itself (statement timeout, out of memory, serialization
+        failure) that repeats `shrink_after` times raises `_Repeats` so that `commit` splits
+        the batch; a single event that keeps failing so is retried for ever, but reported
+        (an error line, `stalled`: /readyz false) instead of hiding behind a 200."""
         await self._open()
         delay = 0.05
+        repeats = 0
         while True:
             try:
                 async with self.pool.connection() as conn:
@@ -245,6 +271,18 @@ class BatchRunner:
             except Exception as exc:
                 if not is_transient(exc):
                     raise
+                if getattr(exc, "sqlstate", None) in _OF_THE_BATCH:
+                    repeats += 1
+                    if repeats >= self.shrink_after and len(batch) > 1:
+                        raise _Repeats from exc
+                    if repeats == self.shrink_after:
+                        m = batch[0]
+                        self.stalled = (
+                            f"the event at {m.partition}/{m.offset} (key {m.key}) alone fails"
+                            f" again and again ({exc}); retrying"
+                        )
+                        self.metrics.stalled.set(1)
+                        log.error("%s", self.stalled)
                 self.metrics.retries.labels(type(exc).__name__).inc()
                 if isinstance(exc, _CONFLICTS):
                     await asyncio.sleep(min(delay, 0.5))  # a concurrent batch: soon

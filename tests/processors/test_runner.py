@@ -169,3 +169,48 @@ async def test_a_drain_lets_the_batch_in_flight_commit_and_starts_no_other() -> 
     await asyncio.sleep(0.05)
     assert not later.done() and store.applied == [0, 1, 2]  # held until cancelled
     later.cancel()
+
+
+class TimesOut(FakeStore):
+    """A statement timeout for any batch over `most` events; `alone` more times for a
+    single one (a statement that takes too long whatever the size, for a while)."""
+
+    def __init__(self, most: int, alone: int = 0) -> None:
+        super().__init__(set())
+        self.most, self.alone, self.ready_seen = most, alone, True
+
+    async def apply(self, conn: Any, batch: Sequence[Message], *, recompute: bool) -> ApplyResult:
+        self.attempts += 1
+        if len(batch) > self.most:
+            raise psycopg.errors.QueryCanceled("canceling statement due to statement timeout")
+        if len(batch) == 1 and self.alone:
+            self.alone -= 1
+            raise psycopg.errors.QueryCanceled("canceling statement due to statement timeout")
+        self.applied += [m.offset for m in batch]
+        return ApplyResult(applied=len(batch))
+
+
+async def test_a_batch_that_keeps_timing_out_is_committed_in_smaller_parts() -> None:
+    """Issue 19, point 5: repeats shrink the batch; nothing is skipped or dead-lettered."""
+    store = TimesOut(most=8)
+    r = runner(store, shrink_after=3)
+    result = await r.commit(batch(64, keys=64))
+    assert sorted(store.applied) == list(range(64)) and store.quarantined == []
+    assert result.applied == 64 and r.ready()
+
+
+async def test_an_event_that_keeps_timing_out_alone_is_reported_and_retried() -> None:
+    store = TimesOut(most=1, alone=6)
+    r = runner(store, shrink_after=3)
+    seen: list[bool] = []
+    original = store.apply
+
+    async def watching(conn: Any, b: Sequence[Message], *, recompute: bool) -> ApplyResult:
+        seen.append(r.ready())
+        return await original(conn, b, recompute=recompute)
+
+    store.apply = watching  # type: ignore[method-assign]
+    result = await r.commit(batch(1))
+    assert result.applied == 1 and store.quarantined == []  # retried until it committed
+    assert False in seen  # reported (/readyz false) while it failed alone
+    assert r.ready()  # and cleared once it committed
