@@ -106,6 +106,15 @@ class Settings:
     allowed_hosts: tuple[str, ...] = DEFAULT_ALLOWED_HOSTS
     # where every process's /metrics (and health) listens; 0.0.0.0 inside containers
     metrics_host: str = "127.0.0.1"
+    # erasure: the master key(s) wrapping the data keys (comma-separated: the first wraps),
+    # the compacted topic of the data keys, how many unwrapped keys stay in memory, how
+    # often every process reads the keys topic (tombstones), and its segment time (bounds
+    # how long a forgotten key stays on the broker's disks: docs/erasure.md)
+    master_key: str | None = None
+    keys_topic: str = "entitled.keys"
+    key_cache_size: int = 100_000
+    keys_follow_s: float = 1.0
+    keys_segment_s: float = 3600.0
     home: Path = field(default_factory=lambda: Path.home() / ".local" / "share" / "entitled")
     cache: Path = field(default_factory=lambda: Path.home() / ".cache" / "entitled")
     # ingest
@@ -172,6 +181,10 @@ class Settings:
             admin_token=secret(e, "ENTITLED_ADMIN_TOKEN"),
             allowed_hosts=_split(e.get("ENTITLED_ALLOWED_HOSTS")) or base.allowed_hosts,
             metrics_host=e.get("ENTITLED_METRICS_HOST") or base.metrics_host,
+            master_key=secret(e, "ENTITLED_MASTER_KEY"),
+            keys_topic=e.get("ENTITLED_KEYS_TOPIC") or base.keys_topic,
+            key_cache_size=int(e.get("ENTITLED_KEY_CACHE") or base.key_cache_size),
+            keys_segment_s=float(e.get("ENTITLED_KEYS_SEGMENT_S") or base.keys_segment_s),
             home=Path(e["ENTITLED_HOME"]) if e.get("ENTITLED_HOME") else base.home,
             cache=Path(e["ENTITLED_CACHE"]) if e.get("ENTITLED_CACHE") else base.cache,
             max_body_bytes=int(e.get("ENTITLED_MAX_BODY_BYTES") or base.max_body_bytes),
@@ -223,9 +236,12 @@ class Settings:
             ENTITLED_CONSUMER_GROUP=self.consumer_group,
             ENTITLED_KAFKA_SESSION_TIMEOUT_S=str(self.kafka_session_timeout_s),
             STRIPE_WEBHOOK_SECRET=",".join(self.webhook_secrets),
+            ENTITLED_KEYS_TOPIC=self.keys_topic,
             PYTHONUNBUFFERED="1",
         )
         env.update(self.kafka_env())
+        if self.master_key:
+            env["ENTITLED_MASTER_KEY"] = self.master_key
         return env
 
     def kafka_env(self) -> dict[str, str]:

@@ -13,6 +13,11 @@ fails with OutOfOrderSequenceNumber). So after any write that Kafka refused or t
 late, the producer is replaced by a fresh one (a new producer id starts its sequences anew)
 before the next write; until that succeeds `ready()` is false. Duplicates this may cause are
 removed by the fold, which deduplicates by event id.
+
+Every value is sealed with a data key of its subject (the message key) before it is sent
+(`entitled.keyring`, DESIGN.md "Forgetting a customer"): every writer of the log (webhooks,
+backfill, reconcile, hydrate, refresh, the features mirror) writes through here. A subject's
+first event writes its key (acks=all) first.
 """
 
 from __future__ import annotations
@@ -24,7 +29,9 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 from aiokafka.structs import RecordMetadata
 
+from entitled.crypto import CryptoError
 from entitled.kafka import client_options
+from entitled.keyring import Keyring
 from entitled.settings import Settings
 from ingest.errors import ConfigurationError, LogUnavailable
 
@@ -37,9 +44,17 @@ _RECORD_OVERHEAD = 64 * 1024
 class EventProducer:
     """Writes raw events to `settings.topic`; one instance per process."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(
+        self, settings: Settings, *, keyring: Keyring | None = None, seal: bool = True
+    ) -> None:
+        """`seal=False` writes values as they are (benchmarks compare the cost of sealing)."""
         if not settings.kafka_bootstrap_servers:
             raise ConfigurationError("kafka_bootstrap_servers is not set")
+        try:
+            self.keyring = (keyring or Keyring(settings)) if seal else None
+        except CryptoError as exc:
+            raise ConfigurationError(str(exc)) from exc
+        self._own_keyring = keyring is None
         self.settings = settings
         self.topic = settings.topic
         self.timeout_s = settings.produce_timeout_s
@@ -51,7 +66,14 @@ class EventProducer:
         self._retired: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
-        """Connect to the cluster and fetch metadata for the topic."""
+        """Connect to the cluster, fetch metadata for the topic, and read the keyring (a
+        wrong master key stops the start: `WrongMasterKey`)."""
+        if self.keyring is not None and self._own_keyring:
+            try:
+                await self.keyring.start(follow=True)
+            except KafkaError as exc:
+                await self.keyring.stop()
+                raise LogUnavailable(f"cannot read the keys: {type(exc).__name__}") from exc
         self._producer = await self._new_producer()
 
     async def _new_producer(self) -> AIOKafkaProducer:
@@ -103,6 +125,8 @@ class EventProducer:
         if producer is not None:
             await producer.stop()
         await asyncio.gather(*self._retired, return_exceptions=True)
+        if self.keyring is not None and self._own_keyring:
+            await self.keyring.stop()
 
     def _running(self) -> AIOKafkaProducer:
         if self._producer is None:
@@ -112,7 +136,8 @@ class EventProducer:
     async def publish(
         self, raw: bytes, *, key: str, headers: list[tuple[str, bytes]]
     ) -> tuple[int, int]:
-        """Write `raw` byte for byte and wait for the ack; return (partition, offset).
+        """Write `raw` (sealed with a data key of `key`: byte for byte once opened) and wait
+        for the ack; return (partition, offset).
 
         Raises `LogUnavailable` when Kafka did not acknowledge within the timeout.
         """
@@ -120,9 +145,13 @@ class EventProducer:
         await self._reset_if_needed()
         try:
             async with asyncio.timeout(self.timeout_s):
+                value = raw
+                if self.keyring is not None:
+                    value, header = await self.keyring.seal(key, raw)
+                    headers = [*headers, header]
                 # Cancelling `send` itself (metadata wait, full buffer) queues nothing.
                 delivery = await self._running().send(
-                    self.topic, value=raw, key=key.encode(), headers=headers
+                    self.topic, value=value, key=key.encode(), headers=headers
                 )
                 # shield: on timeout we keep the delivery future to learn its fate later.
                 metadata = await asyncio.shield(delivery)

@@ -2,6 +2,8 @@
 
 Several workers in one consumer group share the partitions; Kafka moves partitions between
 them, and the Postgres checkpoints (not Kafka's committed offsets) say where each resumes.
+Each record's value is opened with its data key at the edge (`opening`), before the batch
+reaches the runner: a forgotten customer's events arrive as `forgotten` messages.
 """
 
 from __future__ import annotations
@@ -16,21 +18,18 @@ from psycopg_pool import AsyncConnectionPool
 
 from entitled import health
 from entitled.kafka import faust_credentials
+from entitled.keyring import Keyring
 from entitled.settings import Settings
-from projections.types import Message
 
 from .gauges import FoldGauges
 from .lag import HeadReader, received_at
+from .opening import open_patiently
 from .pool import make_pool
 from .runner import BatchRunner
 
 __all__ = ["create_app"]
 
 log = logging.getLogger(__name__)
-
-
-def _key(raw: bytes | None) -> str | None:
-    return raw.decode("utf-8", "replace") if raw is not None else None
 
 
 def _faust_app(settings: Settings) -> faust.App:
@@ -65,7 +64,9 @@ def _faust_app(settings: Settings) -> faust.App:
     )
 
 
-def create_app(settings: Settings) -> faust.App:
+def create_app(settings: Settings, keyring: Keyring) -> faust.App:
+    """The worker's Faust app; `keyring` is started (and followed) by the caller, in the
+    loop the app runs in, before the app starts."""
     app = _faust_app(settings)
     topic = app.topic(settings.topic, key_type=bytes, value_type=bytes)
     assert settings.database_url is not None
@@ -82,11 +83,13 @@ def create_app(settings: Settings) -> faust.App:
         take = stream.take_events  # type: ignore[attr-defined]
         async for events in take(settings.batch_size, within=settings.batch_within_s):
             batch = [
-                Message(
+                await open_patiently(
+                    keyring,
                     e.message.partition,
                     e.message.offset,
-                    _key(e.message.key),
+                    e.message.key,
                     e.value,
+                    e.message.headers,
                     received_at(e.message.headers),
                 )
                 for e in events
@@ -134,6 +137,7 @@ def create_app(settings: Settings) -> faust.App:
         # checkpoint) before the pool closes, and no new batch starts.
         await runner.drain(settings.drain_timeout_s)
         await pool.close()
+        await keyring.stop()
 
     del fold, resume_from_checkpoints, follow_checkpoints, close_pool
     return app

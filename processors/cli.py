@@ -17,6 +17,8 @@ import click
 import psycopg
 from aiokafka.errors import KafkaError
 
+from entitled.crypto import CryptoError
+from entitled.keyring import Keyring
 from entitled.settings import Settings
 from entitled.topics import ensure_event_topic
 from projections import schema as db
@@ -64,6 +66,17 @@ async def _prepare_once(settings: Settings) -> str:
     return active
 
 
+async def start_keyring(settings: Settings, *, follow: bool = False) -> Keyring:
+    """The process's keyring, read to the end; a missing or wrong master key is a clear
+    error and a non-zero exit, before anything is read from the log."""
+    try:
+        keyring = Keyring(settings)
+        await keyring.start(follow=follow)
+    except CryptoError as exc:
+        raise click.ClickException(str(exc)) from exc
+    return keyring
+
+
 @click.command()
 @click.option("--loglevel", default="info", show_default=True)
 @click.option(
@@ -86,7 +99,8 @@ def worker(loglevel: str, metrics_port: int | None) -> None:
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
     loop.run_until_complete(prepare(settings))
-    app = create_app(settings)
+    keyring = loop.run_until_complete(start_keyring(settings, follow=True))
+    app = create_app(settings, keyring)
     runner: BatchRunner = app.runner  # type: ignore[attr-defined]
 
     class DrainingWorker(Worker):

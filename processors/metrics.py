@@ -112,6 +112,7 @@ class WorkerMetrics:
             ("poison", result.poison),
             ("skipped", result.skipped),
             ("unknown", result.unknown),
+            ("forgotten", result.forgotten),
         ):
             if n:
                 self.events.labels(outcome).inc(n)

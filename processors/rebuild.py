@@ -9,6 +9,7 @@ from typing import Any
 import psycopg
 from aiokafka.partitioner import DefaultPartitioner
 
+from entitled.keyring import Keyring
 from entitled.settings import Settings
 from entitled.topics import end_offsets
 from projections import offsets, versions
@@ -23,13 +24,18 @@ __all__ = ["partition_of", "rebuild_customer"]
 
 
 async def _events(
-    settings: Settings, customer: str, partition: int, start: int, stop: int
+    settings: Settings, keyring: Keyring, customer: str, partition: int, start: int, stop: int
 ) -> list[Message]:
-    """The customer's records of `partition` in [start, stop)."""
+    """The customer's records of `partition` in [start, stop), opened."""
     return [
         m
         async for batch in read_log(
-            settings, settings.topic, {partition: start}, {partition: stop}, only_key=customer
+            settings,
+            settings.topic,
+            {partition: start},
+            {partition: stop},
+            keyring=keyring,
+            only_key=customer,
         )
         for m in batch
     ]
@@ -55,27 +61,33 @@ async def rebuild_customer(settings: Settings, customer: str) -> dict[str, Any]:
     # The topic's real partition count, which the producer's partitioner used.
     partition = partition_of(customer, len(await end_offsets(settings)))
     store = ProjectionStore(settings.topic, Policy.from_settings(settings))
-    # Read first, holding nothing: the partition from offset 0 of a log kept for ever can
-    # take minutes, and the live worker of that partition waited on its checkpoint row for
-    # the whole scan (issue 19, point 6). Then lock and read only the tail folded meanwhile.
-    async with await psycopg.AsyncConnection.connect(
-        settings.database_url, autocommit=True
-    ) as peek:
-        scanned_schema = await db.active_schema(peek)
-        scanned_to = (await offsets.read(peek, scanned_schema, settings.topic)).get(partition, 0)
-    early = await _events(settings, customer, partition, 0, scanned_to)
-    conn = await psycopg.AsyncConnection.connect(settings.database_url)
-    async with conn, conn.transaction():
-        schema = await db.active_schema(conn, lock=True)
-        checkpoint = await offsets.lock(conn, schema, settings.topic, [partition])
-        end = checkpoint.get(partition, 0)
-        if schema != scanned_schema:  # a swap or rollback meanwhile: read it all, locked
-            early, scanned_to = [], 0
-        early = [m for m in early if m.offset < end]  # checkpoints never go back; in case
-        messages = early + await _events(settings, customer, partition, scanned_to, end)
-        await versions.delete_customer(conn, schema, customer)
-        await versions.forget_applied(conn, schema, partition, [m.offset for m in messages])
-        result = await store.rebuild(conn, schema, messages, customer=customer)
+    async with Keyring(settings) as keyring:
+        # Read first, holding nothing: the partition from offset 0 of a log kept for ever can
+        # take minutes, and the live worker of that partition waited on its checkpoint row
+        # for the whole scan (issue 19, point 6). Then lock and read only the tail folded
+        # meanwhile.
+        async with await psycopg.AsyncConnection.connect(
+            settings.database_url, autocommit=True
+        ) as peek:
+            scanned_schema = await db.active_schema(peek)
+            scanned_to = (await offsets.read(peek, scanned_schema, settings.topic)).get(
+                partition, 0
+            )
+        early = await _events(settings, keyring, customer, partition, 0, scanned_to)
+        conn = await psycopg.AsyncConnection.connect(settings.database_url)
+        async with conn, conn.transaction():
+            schema = await db.active_schema(conn, lock=True)
+            checkpoint = await offsets.lock(conn, schema, settings.topic, [partition])
+            end = checkpoint.get(partition, 0)
+            if schema != scanned_schema:  # a swap or rollback meanwhile: read it all, locked
+                early, scanned_to = [], 0
+            early = [m for m in early if m.offset < end]  # checkpoints never go back; in case
+            messages = early + await _events(
+                settings, keyring, customer, partition, scanned_to, end
+            )
+            await versions.delete_customer(conn, schema, customer)
+            await versions.forget_applied(conn, schema, partition, [m.offset for m in messages])
+            result = await store.rebuild(conn, schema, messages, customer=customer)
     return {
         "customer": customer,
         "partition": partition,

@@ -31,6 +31,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from tqdm import tqdm
 
 from entitled.kafka import client_options
+from entitled.keyring import Keyring
 from entitled.settings import Settings
 from entitled.topics import end_offsets
 from projections import schema as db
@@ -42,6 +43,7 @@ from projections.types import Message
 from . import swap_gate
 from .errors import ReplayError, SwapRefused
 from .merged_log import InOrder
+from .opening import open_message
 from .pool import configure, make_pool
 from .runner import BatchRunner
 
@@ -87,11 +89,13 @@ async def read_log(
     start: dict[int, int],
     stop: dict[int, int],
     *,
+    keyring: Keyring,
     batch: int = REPLAY_BATCH,
     only_key: str | None = None,
     in_order: bool = False,
 ) -> AsyncIterator[list[Message]]:
-    """Batches of records of `topic` from `start` up to (excluding) `stop` per partition;
+    """Batches of records of `topic` from `start` up to (excluding) `stop` per partition,
+    opened with `keyring` (a forgotten customer's records come as `forgotten` messages);
     `in_order`: merged across partitions in the order they were written (a build's history
     needs it, `processors.merged_log`), else as fetched."""
     todo = {p: o for p, o in stop.items() if o > start.get(p, 0)}
@@ -127,7 +131,9 @@ async def read_log(
                         break
                     key = r.key.decode("utf-8", "replace") if r.key is not None else None
                     if only_key is None or key == only_key:
-                        message = Message(tp.partition, r.offset, key, r.value)
+                        message = await open_message(
+                            keyring, tp.partition, r.offset, r.key, r.value, r.headers
+                        )
                         if merge is None:
                             out.append(message)
                         else:
@@ -158,9 +164,13 @@ async def _fold_range(
     store = ProjectionStore(settings.topic, Policy.from_settings(settings), schema=schema)
     runner = BatchRunner(settings, pool, store=store)
     read = 0
+    keyring = Keyring(settings)
     try:
+        await keyring.start()
         # in the order it was written: the build records the version's history as it goes
-        async for batch in read_log(settings, settings.topic, start, stop, in_order=True):
+        async for batch in read_log(
+            settings, settings.topic, start, stop, keyring=keyring, in_order=True
+        ):
             result = await runner.commit(batch, recompute=recompute)
             if result.gaps:  # cannot happen with a plain reader; never skip if it does
                 raise RuntimeError(f"replay found a gap: {result.gaps}")
@@ -168,6 +178,7 @@ async def _fold_range(
             if bar is not None:
                 bar.update(len(batch))
     finally:
+        await keyring.stop()
         await pool.close()
     return read
 

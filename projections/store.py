@@ -45,6 +45,7 @@ class ApplyResult:
     poison: int = 0
     skipped: int = 0  # events an operator skipped (`deadletters skip`)
     unknown: int = 0  # event types no rule reads
+    forgotten: int = 0  # events whose data key was deleted (erasure): unreadable, passed
     ignored: Counter[str] = field(default_factory=Counter)  # previews, objects without id
     ties: int = 0  # same-second snapshots only log order could order
     customers: int = 0
@@ -68,6 +69,7 @@ _COUNTS = (
     "poison",
     "skipped",
     "unknown",
+    "forgotten",
     "ties",
     "customers",
 )

@@ -28,6 +28,9 @@ class Message:
     # Unix seconds of the record's `received-at` header, when the consumer read it: only the
     # worker's lag gauge uses it; the writer never does.
     received_at: float | None = None
+    # Its data key was deleted (the customer was forgotten): the writer counts it, moves
+    # the checkpoint past it and folds nothing; never a dead letter, never parks anyone.
+    forgotten: bool = False
 
     @property
     def position(self) -> Position:

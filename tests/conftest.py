@@ -48,6 +48,9 @@ from tests.support.stripe_mock import stripe_mock  # noqa: F401
 from tests.support.system import system  # noqa: F401
 
 WEBHOOK_SECRET = "whsec_test_secret"
+# The master key of the tests' keyrings (32 bytes, base64): every process a test starts gets
+# it through `Settings.child_env`; each test's event topic has its own keys topic.
+MASTER_KEY = "dGVzdHMgb2YgZW50aXRsZWQ6IGEgbWFzdGVyIGtleSE="
 
 # `make test` draws a share of each property test's examples (tests.support.examples);
 # `make test-long` (HYPOTHESIS_PROFILE=long) draws them all.
@@ -174,6 +177,8 @@ def settings(
         database_url=database_url,
         topic=topic,
         webhook_secrets=(WEBHOOK_SECRET,),
+        master_key=MASTER_KEY,
+        keys_topic=f"{topic}.keys",
         home=services_settings.home,
         cache=services_settings.cache,
         # the session broker allows it (launcher/services/kafka.py): failover within 3 s

@@ -289,7 +289,7 @@ class Hydrator:
         blocked = self._blocked
         for tp, records in batch.items():
             for record in records:
-                job = self._job_of(record)
+                job = await self._job_of(record)
                 if job is None:
                     continue
                 if job.source_id in self._done or job.source_id in jobs:
@@ -308,12 +308,16 @@ class Hydrator:
         if offsets:
             await consumer.commit(offsets)
 
-    def _job_of(self, record: Any) -> _Job | None:
+    async def _job_of(self, record: Any) -> _Job | None:
         headers = dict(record.headers)
         if headers.get("source") not in SOURCES_TO_COMPLETE:
             return None
+        value = await self._open(record.value, headers)
+        if value is None:
+            self._outcome("forgotten")  # its customer was forgotten: nothing to complete
+            return None
         try:
-            event = bodies.loads(record.value)  # as tolerant as the fold
+            event = bodies.loads(value)  # as tolerant as the fold
         except bodies.UnreadableBody:
             return None  # not ours to judge: the worker parks it
         if not isinstance(event, dict) or not isinstance(event.get("id"), str):
@@ -328,6 +332,14 @@ class Hydrator:
             fetch,
             account if isinstance(account, str) else None,
         )
+
+    async def _open(self, value: bytes | None, headers: dict[str, bytes]) -> bytes | None:
+        """The record's raw value (None: forgotten). A wrong master key raises: stop loudly."""
+        keyring = self._producer.keyring
+        if keyring is None:
+            return value or b""
+        opened = await keyring.open(value, headers)
+        return None if opened.forgotten else opened.value
 
     async def _hydrate(self, job: _Job) -> None:
         async with self._gate:

@@ -8,10 +8,13 @@ hydrator commits nothing past such an event, so this is the number `entitled hyd
 
 from __future__ import annotations
 
+from typing import Any
+
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from entitled.kafka import client_options
+from entitled.keyring import Keyring
 from entitled.settings import Settings
 from ingest.completion import needed
 from ingest.hydrate.hydrator import SOURCES_TO_COMPLETE, group_of
@@ -29,6 +32,8 @@ async def unhydrated(settings: Settings) -> int:
         group_id=group_of(settings),
         enable_auto_commit=False,
     )
+    keyring = Keyring(settings)
+    await keyring.start()
     await consumer.start()
     try:
         consumer.assign(tps)
@@ -43,21 +48,26 @@ async def unhydrated(settings: Settings) -> int:
         while pending:
             batches = await consumer.getmany(*pending, timeout_ms=1000)
             for tp, records in batches.items():
-                count += sum(1 for r in records if r.offset < ends[tp] and _needs(r))
+                for r in records:
+                    count += r.offset < ends[tp] and await _needs(keyring, r)
             for tp in list(pending):
                 if await consumer.position(tp) >= ends[tp]:
                     pending.discard(tp)
         return count
     finally:
         await consumer.stop()
+        await keyring.stop()
 
 
-def _needs(record: object) -> bool:
-    headers = dict(record.headers)  # type: ignore[attr-defined]
+async def _needs(keyring: Keyring, record: Any) -> bool:
+    headers = dict(record.headers)
     if headers.get("source") not in SOURCES_TO_COMPLETE:
         return False
+    opened = await keyring.open(record.value, headers)
+    if opened.forgotten:
+        return False
     try:
-        event = orjson.loads(record.value)  # type: ignore[attr-defined]
+        event = orjson.loads(opened.value)
     except orjson.JSONDecodeError:
         return False
     return isinstance(event, dict) and needed(event) is not None

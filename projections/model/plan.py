@@ -55,6 +55,7 @@ class Plan:
     parked: list[Letter]
     skipped: int  # events an operator skipped (`deadletters skip`)
     duplicates: int  # live events not applied (already applied, or twice in the batch)
+    forgotten: int = 0  # records whose data key was deleted (erasure): passed unread
 
     def counts(self) -> dict[str, object]:
         """The `ApplyResult` fields this plan decides."""
@@ -65,6 +66,7 @@ class Plan:
             "parked": len(self.parked),
             "poison": len(self.poison),
             "skipped": self.skipped,
+            "forgotten": self.forgotten,
             "unknown": f.unknown,
             "ties": f.ties,
         }
@@ -79,13 +81,18 @@ class Batch:
     events: list[StripeEvent] = field(default_factory=list)
     poison: list[Letter] = field(default_factory=list)
     skipped: int = 0
+    forgotten: int = 0
 
     @classmethod
     def parse(cls, messages: Sequence[Message], held: Held) -> Batch:
         """Parse `messages` (log order per partition); a record that is not a Stripe event
-        is poison and parks its key. Skipped positions are dropped."""
+        is poison and parks its key. Skipped positions are dropped, and so are forgotten
+        records (their data key is gone: never a dead letter, never parking anyone)."""
         out = cls(messages, held)
         for m in messages:
+            if m.forgotten:
+                out.forgotten += 1
+                continue
             if m.position in held.skipped:
                 out.skipped += 1
                 continue
@@ -141,6 +148,7 @@ class Batch:
             parked,
             self.skipped,
             len(live) - len(folded.applied),
+            self.forgotten,
         )
 
 

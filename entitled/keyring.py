@@ -1,0 +1,334 @@
+"""The keyring: the data keys of the log's subjects, kept in a compacted Kafka topic.
+
+Record key = `<subject>/<key id>`, value = the data key wrapped by the master key
+(`entitled.crypto`); a tombstone (null value) forgets that key. Kafka, not Postgres: ingest
+depends on Kafka alone, and compaction removes a tombstoned key from the disks within a
+bounded time (`keys_topic_configs`, docs/erasure.md). Two writers may make two keys for one
+subject (distinct record keys, both kept); forgetting tombstones every one.
+
+Every process reads the whole topic at start (`start`) and follows it (`follow`): the
+directory of wrapped keys (key id -> subject, wrapped key) is complete in memory, the
+unwrapped keys only for the `key_cache_size` used most lately. A key is written with
+acks=all before the first event sealed with it, so a reader that misses a key id reads the
+topic to its end (`refresh`) once; a key still absent then is gone: its events are forgotten.
+
+A record `entitled.key-check`, wrapped like a data key, proves the master key at start: a
+master key that does not open it (or, on an older topic, the first data key) stops the
+process (`WrongMasterKey`) instead of silently reading every event as forgotten.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from entitled.crypto import (
+    KEY_HEADER,
+    CryptoError,
+    KeyCache,
+    MasterKeys,
+    key_id_of,
+    new_data_key,
+    open_value,
+    parse_master_keys,
+    seal_value,
+)
+from entitled.kafka import client_options
+from entitled.settings import Settings
+from entitled.topics import TopicError, ensure_topic
+
+__all__ = ["CHECK_KEY", "Keyring", "Opened", "keys_topic_configs"]
+
+log = logging.getLogger(__name__)
+
+CHECK_KEY = b"entitled.key-check"
+_CHECK_PLAIN = b"entitled: this master key wraps the data keys"
+
+
+def keys_topic_configs(settings: Settings) -> dict[str, str]:
+    """Compacted, never deleted by age; dirty segments compacted soon. A tombstoned key is
+    gone from the disks once the segment holding its tombstone has rolled (`segment.ms`, at
+    the next write after that) and the cleaner has compacted it (within
+    `max.compaction.lag.ms`, whatever the dirty ratio). The tombstone itself stays
+    `delete.retention.ms`, long enough for every follower to see it."""
+    return {
+        "cleanup.policy": "compact",
+        "retention.ms": "-1",
+        "segment.ms": str(int(settings.keys_segment_s * 1000)),
+        "max.compaction.lag.ms": str(int(settings.keys_segment_s * 1000)),
+        "min.cleanable.dirty.ratio": "0.01",
+        "delete.retention.ms": str(24 * 3600 * 1000),
+    }
+
+
+@dataclass(frozen=True, slots=True)
+class Opened:
+    """A record's value as the log's readers want it: the raw bytes, or `forgotten` (its
+    data key was deleted: skip it, count it, never dead-letter it)."""
+
+    value: bytes
+    forgotten: bool = False
+    sealed: bool = True  # False: a record written without encryption, read as it is
+
+
+class Keyring:
+    """One per process. `start()` before use; `stop()` at the end."""
+
+    def __init__(self, settings: Settings) -> None:
+        if not settings.kafka_bootstrap_servers:
+            raise TopicError("no Kafka: set KAFKA_BOOTSTRAP_SERVERS (or run through `entitled`)")
+        self.settings = settings
+        self.topic = settings.keys_topic
+        self.master = MasterKeys(parse_master_keys(settings.master_key))
+        self.cache = KeyCache(settings.key_cache_size)
+        # key id -> (subject, wrapped key): every live key of the topic
+        self.directory: dict[str, tuple[str, bytes]] = {}
+        self._newest: dict[str, str] = {}  # subject -> the key id its writer seals with
+        self._gone_ids: dict[str, None] = {}  # key ids known to be tombstoned (bounded)
+        self._check: bytes | None = None
+        self._consumer: AIOKafkaConsumer | None = None
+        self._producer: AIOKafkaProducer | None = None
+        self._read_lock = asyncio.Lock()
+        self._write_lock = asyncio.Lock()
+        self._making: dict[str, asyncio.Future[str]] = {}
+        self._follower: asyncio.Task[None] | None = None
+
+    # -- life cycle ---------------------------------------------------------------------------
+
+    async def start(self, *, follow: bool = False) -> None:
+        """Create the topic, read it to its end, prove the master key; with `follow`, keep
+        reading it (tombstones and other writers' keys) every `keys_follow_s`."""
+        await ensure_topic(self.settings, self.topic, 1, configs=keys_topic_configs(self.settings))
+        consumer = AIOKafkaConsumer(
+            **client_options(self.settings),
+            enable_auto_commit=False,
+            group_id=None,
+            client_id="entitled-keyring",
+        )
+        await consumer.start()
+        self._consumer = consumer
+        tp = TopicPartition(self.topic, 0)
+        consumer.assign([tp])
+        try:
+            await consumer.seek_to_beginning(tp)
+            await self.refresh()
+            await self._prove_master()
+        except BaseException:
+            await self.stop()
+            raise
+        if follow:
+            self._follower = asyncio.create_task(self._follow())
+
+    async def stop(self) -> None:
+        if self._follower is not None:
+            self._follower.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._follower
+            self._follower = None
+        consumer, self._consumer = self._consumer, None
+        producer, self._producer = self._producer, None
+        if consumer is not None:
+            await consumer.stop()
+        if producer is not None:
+            await producer.stop()
+
+    async def __aenter__(self) -> Keyring:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        await self.stop()
+
+    async def _follow(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.keys_follow_s)
+            try:
+                await self.refresh()
+            except Exception:  # Kafka away for a moment: the next tick reads on
+                log.warning("could not follow the keys topic", exc_info=True)
+
+    async def _prove_master(self) -> None:
+        if self._check is not None:
+            self.master.unwrap(self._check, CHECK_KEY)  # raises WrongMasterKey
+            return
+        for key_id, (subject, wrapped) in self.directory.items():
+            self.master.unwrap(wrapped, _record_key(subject, key_id))  # an older topic
+            break
+        await self._send(CHECK_KEY, self.master.wrap(_CHECK_PLAIN, CHECK_KEY))
+        self._check = b"written"  # proven by writing it
+
+    # -- reading the topic --------------------------------------------------------------------
+
+    async def refresh(self) -> None:
+        """Read the topic up to its end as of now."""
+        consumer = self._consumer
+        if consumer is None:
+            raise CryptoError("the keyring is not started")
+        tp = TopicPartition(self.topic, 0)
+        async with self._read_lock:
+            end = (await consumer.end_offsets([tp]))[tp]
+            while await consumer.position(tp) < end:
+                batch = await consumer.getmany(tp, timeout_ms=1000, max_records=10_000)
+                for record in batch.get(tp, ()):
+                    self._apply(record.key, record.value)
+
+    def _apply(self, key: bytes | None, value: bytes | None) -> None:
+        if key is None:
+            return
+        if key == CHECK_KEY:
+            self._check = value
+            return
+        subject, _, key_id = key.decode("utf-8", "replace").rpartition("/")
+        if value is None:
+            self._forget_locally(key_id)
+            return
+        self.directory[key_id] = (subject, value)
+        self._newest[subject] = key_id
+        self._gone_ids.pop(key_id, None)
+
+    def _forget_locally(self, key_id: str) -> None:
+        entry = self.directory.pop(key_id, None)
+        self.cache.drop(key_id)
+        if entry is not None and self._newest.get(entry[0]) == key_id:
+            del self._newest[entry[0]]  # its next event starts a new key
+        self._remember_gone(key_id)
+
+    def _remember_gone(self, key_id: str) -> None:
+        self._gone_ids[key_id] = None
+        if len(self._gone_ids) > self.settings.key_cache_size:
+            self._gone_ids.pop(next(iter(self._gone_ids)))
+
+    def _aead(self, key_id: str) -> AESGCM | None:
+        aead = self.cache.get(key_id)
+        if aead is not None:
+            return aead
+        entry = self.directory.get(key_id)
+        if entry is None:
+            return None
+        subject, wrapped = entry
+        return self.cache.put(key_id, self.master.unwrap(wrapped, _record_key(subject, key_id)))
+
+    async def open(
+        self, value: bytes | None, headers: Iterable[tuple[str, bytes]] | Mapping[str, bytes]
+    ) -> Opened:
+        """A record's value opened: the raw bytes, or forgotten when its key is gone.
+
+        Raises `WrongMasterKey` (a key that does not unwrap) and Kafka errors: never a reason
+        to skip an event."""
+        key_id = key_id_of(headers)
+        raw = value or b""
+        if key_id is None:
+            return Opened(raw, sealed=False)
+        aead = self._aead(key_id)
+        if aead is None and key_id not in self._gone_ids:
+            await self.refresh()  # written before the event: it is in the topic, or gone
+            aead = self._aead(key_id)
+            if aead is None:
+                self._remember_gone(key_id)
+        if aead is None:
+            return Opened(b"", forgotten=True)
+        try:
+            return Opened(open_value(aead, raw))
+        except CryptoError:  # damaged on the way: the fold dead-letters it as unreadable
+            return Opened(raw)
+
+    def keys_of(self, subjects: Iterable[str]) -> list[tuple[str, str]]:
+        """(subject, key id) of every live key of `subjects`."""
+        wanted = set(subjects)
+        return [(s, k) for k, (s, _) in self.directory.items() if s in wanted]
+
+    # -- writing ------------------------------------------------------------------------------
+
+    async def seal(self, subject: str, raw: bytes) -> tuple[bytes, tuple[str, bytes]]:
+        """`raw` sealed with a data key of `subject` (made and written first if it has
+        none) and the header naming that key."""
+        key_id = self._newest.get(subject)
+        aead = self._aead(key_id) if key_id is not None else None
+        if aead is None or key_id is None:
+            key_id = await self._key_for(subject)
+            aead = self._aead(key_id)
+            assert aead is not None
+        return seal_value(aead, raw), (KEY_HEADER, key_id.encode())
+
+    async def _key_for(self, subject: str) -> str:
+        """A new data key for `subject`, written (acks=all) before it is used; concurrent
+        callers for one subject share it."""
+        making = self._making.get(subject)
+        if making is not None:
+            try:
+                return await asyncio.shield(making)
+            except asyncio.CancelledError:
+                if making.cancelled():  # its maker was cancelled, not us: make one
+                    return await self._key_for(subject)
+                raise
+        future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        self._making[subject] = future
+        try:
+            key_id = secrets.token_hex(12)
+            data_key = new_data_key()
+            record_key = _record_key(subject, key_id)
+            wrapped = self.master.wrap(data_key, record_key)
+            await self._send(record_key, wrapped)
+            self.directory[key_id] = (subject, wrapped)
+            self._newest[subject] = key_id
+            self.cache.put(key_id, data_key)
+            future.set_result(key_id)
+            return key_id
+        except asyncio.CancelledError:
+            future.cancel()
+            raise
+        except Exception as exc:
+            future.set_exception(exc)
+            future.exception()  # retrieved: no "never retrieved" warning if nobody waits
+            raise
+        finally:
+            del self._making[subject]
+
+    async def forget(self, subjects: Iterable[str]) -> int:
+        """Tombstone every data key of `subjects` (acks=all); the number of keys."""
+        await self.refresh()
+        keys = self.keys_of(subjects)
+        for subject, key_id in keys:
+            await self._send(_record_key(subject, key_id), None)
+            self._forget_locally(key_id)
+        return len(keys)
+
+    async def rotate(self) -> int:
+        """Wrap every data key (and the check record) under the current master key anew;
+        the number of keys rewritten. The event log is not touched."""
+        await self.refresh()
+        done = 0
+        for key_id, (subject, wrapped) in list(self.directory.items()):
+            if self.master.is_current(wrapped):
+                continue
+            record_key = _record_key(subject, key_id)
+            fresh = self.master.wrap(self.master.unwrap(wrapped, record_key), record_key)
+            await self._send(record_key, fresh)
+            self.directory[key_id] = (subject, fresh)
+            done += 1
+        await self._send(CHECK_KEY, self.master.wrap(_CHECK_PLAIN, CHECK_KEY))
+        return done
+
+    async def _send(self, key: bytes, value: bytes | None) -> None:
+        async with self._write_lock:
+            if self._producer is None:
+                producer = AIOKafkaProducer(
+                    **client_options(self.settings),
+                    client_id="entitled-keyring",
+                    acks="all",
+                    enable_idempotence=True,
+                )
+                await producer.start()
+                self._producer = producer
+        await self._producer.send_and_wait(self.topic, value=value, key=key, partition=0)
+
+
+def _record_key(subject: str, key_id: str) -> bytes:
+    return f"{subject}/{key_id}".encode()

@@ -1,0 +1,74 @@
+"""The consumer edge: a record's value opened with its data key before anything parses it.
+
+Every reader of the event topic in this stage (the worker's agent, replay bulk and per
+customer) turns records into `Message`s here, so what comes after (the runner, the writer,
+the fold) sees raw webhook bodies, as if the log were not encrypted. A record whose data key
+is gone becomes a `forgotten` message: the writer counts it and moves past it.
+
+Opening never raises into a Faust agent (it would acknowledge and skip the batch): a keys
+topic that cannot be read, or a master key that no longer opens the keys (a rotation with
+the new master key not configured here), is retried with backoff, loudly, until it works.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterable, Mapping
+
+from aiokafka.errors import KafkaError
+
+from entitled.crypto import CryptoError
+from entitled.keyring import Keyring
+from projections.types import Message
+
+__all__ = ["open_message", "open_patiently"]
+
+log = logging.getLogger(__name__)
+
+Headers = Iterable[tuple[str, bytes]] | Mapping[str, bytes]
+
+
+async def open_message(
+    keyring: Keyring,
+    partition: int,
+    offset: int,
+    key: bytes | None,
+    value: bytes | None,
+    headers: Headers,
+    received_at: float | None = None,
+) -> Message:
+    """One record as the writer takes it; raises what `Keyring.open` raises."""
+    opened = await keyring.open(value, headers)
+    return Message(
+        partition,
+        offset,
+        key.decode("utf-8", "replace") if key is not None else None,
+        opened.value,
+        received_at,
+        forgotten=opened.forgotten,
+    )
+
+
+async def open_patiently(
+    keyring: Keyring,
+    partition: int,
+    offset: int,
+    key: bytes | None,
+    value: bytes | None,
+    headers: Headers,
+    received_at: float | None = None,
+    *,
+    max_backoff_s: float = 5.0,
+) -> Message:
+    """`open_message`, retried with backoff until it works (for the live agent)."""
+    delay = 0.1
+    while True:
+        try:
+            return await open_message(keyring, partition, offset, key, value, headers, received_at)
+        except (CryptoError, KafkaError, OSError) as exc:
+            log.error(
+                "cannot open the record at %s/%s: %s; again in %.1fs", partition, offset, exc, delay
+            )
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, max_backoff_s)

@@ -1,0 +1,86 @@
+"""The keyring against the session Kafka: keys written before use, read by other processes,
+forgotten by tombstones, proven at start, re-wrapped by a rotation."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import replace
+
+import pytest
+
+from entitled.crypto import WrongMasterKey, new_master_key
+from entitled.keyring import Keyring
+from entitled.settings import Settings
+from launcher.services import Endpoints
+
+
+@pytest.fixture
+def keys_settings(services: Endpoints) -> Settings:
+    name = f"t.{uuid.uuid4().hex[:8]}"
+    return Settings(
+        kafka_bootstrap_servers=services.bootstrap,
+        topic=name,
+        keys_topic=f"{name}.keys",
+        master_key=new_master_key(),
+    )
+
+
+async def test_a_key_written_by_one_process_opens_in_another(keys_settings: Settings) -> None:
+    async with Keyring(keys_settings) as writer, Keyring(keys_settings) as reader:
+        sealed, header = await writer.seal("cus_1", b'{"email": "a@example.com"}')
+        assert b"example" not in sealed
+        # the reader started before the key existed: a miss reads the topic again
+        opened = await reader.open(sealed, [header])
+        assert opened.value == b'{"email": "a@example.com"}' and not opened.forgotten
+        plain = await reader.open(b"{}", [("source", b"webhook")])
+        assert plain.value == b"{}" and not plain.sealed
+
+
+async def test_forgetting_tombstones_every_key_of_a_subject(keys_settings: Settings) -> None:
+    async with Keyring(keys_settings) as one, Keyring(keys_settings) as two:
+        first, h1 = await one.seal("cus_1", b"one")
+        second, h2 = await two.seal("cus_1", b"two")  # two writers, two keys
+        other, h3 = await one.seal("cus_2", b"other")
+        assert h1 != h2
+        assert await one.forget(["cus_1"]) == 2
+    async with Keyring(keys_settings) as fresh:
+        assert (await fresh.open(first, [h1])).forgotten
+        assert (await fresh.open(second, [h2])).forgotten
+        assert (await fresh.open(other, [h3])).value == b"other"
+        # a later event about the customer starts a new key
+        again, h4 = await fresh.seal("cus_1", b"again")
+        assert h4 not in (h1, h2)
+        assert (await fresh.open(again, [h4])).value == b"again"
+
+
+async def test_a_follower_sees_tombstones_written_elsewhere(keys_settings: Settings) -> None:
+    async with Keyring(keys_settings) as writer, Keyring(keys_settings) as reader:
+        sealed, header = await writer.seal("cus_1", b"x")
+        assert (await reader.open(sealed, [header])).value == b"x"
+        await writer.forget(["cus_1"])
+        await reader.refresh()  # what `follow` does every keys_follow_s
+        assert (await reader.open(sealed, [header])).forgotten
+
+
+async def test_a_wrong_master_key_stops_the_start(keys_settings: Settings) -> None:
+    async with Keyring(keys_settings) as writer:
+        await writer.seal("cus_1", b"x")
+    wrong = replace(keys_settings, master_key=new_master_key())
+    with pytest.raises(WrongMasterKey, match="wrong master key"):
+        await Keyring(wrong).start()
+
+
+async def test_rotation_rewraps_every_key_without_touching_the_values(
+    keys_settings: Settings,
+) -> None:
+    async with Keyring(keys_settings) as writer:
+        sealed, header = await writer.seal("cus_1", b"kept")
+    new = new_master_key()
+    both = replace(keys_settings, master_key=f"{new},{keys_settings.master_key}")
+    async with Keyring(both) as rotating:
+        assert await rotating.rotate() == 1
+    only_new = replace(keys_settings, master_key=new)
+    async with Keyring(only_new) as reader:
+        assert (await reader.open(sealed, [header])).value == b"kept"
+    with pytest.raises(WrongMasterKey):
+        await Keyring(keys_settings).start()  # the old master key alone no longer opens
