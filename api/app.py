@@ -36,6 +36,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from api import drift as api_drift
 from api import feed as api_feed
+from api import forget as api_forget
 from api import history as api_history
 from api import params as api_params
 from api.errors import APIError, BadRequest, NotFound, ServiceUnavailable
@@ -370,6 +371,7 @@ def create_app(
         Route("/v1/customers/{customer}/entitlements", authorized(customer_entitlements)),
         Route("/v1/customers/{customer}/history", authorized(api_history.customer_history)),
         Route("/v1/customers/{customer}/explain", authorized(api_history.customer_explain)),
+        Route("/v1/customers/{customer}", admin(api_forget.forget_customer), methods=["DELETE"]),
         Route("/v1/changes", authorized(api_feed.changes)),
         Route("/v1/drift", admin(api_drift.drifting)),
         Route("/v1/changes/stream", authorized(api_feed.stream, query_token=True)),

@@ -49,9 +49,15 @@ def bench_settings(name: str) -> Iterator[Settings]:
         print(f"starting Kafka and Postgres in {temp_home} ...", flush=True)
         ep = services.endpoints(settings)
         settings = dataclasses.replace(ep.kafka_settings(settings), database_url=ep.database_url)
+    from entitled.crypto import new_master_key
+
     tag = uuid.uuid4().hex[:8]
     settings = dataclasses.replace(
-        settings, topic=f"bench.{name}.{tag}", consumer_group=f"bench-{name}-{tag}"
+        settings,
+        topic=f"bench.{name}.{tag}",
+        consumer_group=f"bench-{name}-{tag}",
+        master_key=new_master_key(),
+        keys_topic=f"bench.{name}.{tag}.keys",
     )
     try:
         yield settings
@@ -118,11 +124,18 @@ def _generate(customers: int, limit: int, seed: int, queue: Any) -> None:
     queue.put(None)
 
 
-async def _produce(settings: Settings, topic: str, queue: Any) -> tuple[int, int]:
+async def _produce(settings: Settings, queue: Any, seal: bool) -> tuple[int, int]:
+    """Write the generated chunks; with `seal`, each value sealed with its subject's data key
+    as every writer of the log does (`entitled.keyring`)."""
     from aiokafka import AIOKafkaProducer
 
     from entitled.kafka import client_options
+    from entitled.keyring import Keyring
 
+    topic = settings.topic
+    keyring = Keyring(settings) if seal else None
+    if keyring is not None:
+        await keyring.start()
     producer = AIOKafkaProducer(
         **client_options(settings),
         acks=1,
@@ -141,6 +154,9 @@ async def _produce(settings: Settings, topic: str, queue: Any) -> tuple[int, int
             if chunk is None:
                 break
             for key, value, headers in chunk:
+                if keyring is not None:
+                    value, header = await keyring.seal(key.decode(), value)
+                    headers = [*headers, header]
                 pending.append(await producer.send(topic, value, key=key, headers=headers))
                 size += len(value)
             count += len(chunk)
@@ -150,11 +166,16 @@ async def _produce(settings: Settings, topic: str, queue: Any) -> tuple[int, int
         await asyncio.gather(*pending)
     finally:
         await producer.stop()
+        if keyring is not None:
+            await keyring.stop()
     return count, size
 
 
-def fill_topic(settings: Settings, events: int, *, seed: int = 7) -> dict[str, Any]:
-    """Create the topic and write `events` workload events into it (customers = events/4.5).
+def fill_topic(
+    settings: Settings, events: int, *, seed: int = 7, seal: bool = True
+) -> dict[str, Any]:
+    """Create the topic and write `events` workload events into it (customers = events/4.5),
+    sealed as ingest writes them unless `seal` is false (a log from before encryption).
 
     Generation and encoding run in a child process while this one produces, so the fill
     takes about as long as the slower of the two.
@@ -171,7 +192,7 @@ def fill_topic(settings: Settings, events: int, *, seed: int = 7) -> dict[str, A
     started = time.perf_counter()
     gen.start()
     try:
-        count, size = asyncio.run(_produce(settings, settings.topic, queue))
+        count, size = asyncio.run(_produce(settings, queue, seal))
     finally:
         gen.join(timeout=30)
     seconds = time.perf_counter() - started

@@ -38,6 +38,7 @@ sys.path.insert(0, str(_HERE.parent))
 
 from bench import _common as common  # noqa: E402
 from bench import _profile as profiling  # noqa: E402
+from entitled.keyring import Keyring  # noqa: E402
 from entitled.settings import Settings  # noqa: E402
 
 SECRET = "whsec_bench_secret"
@@ -60,14 +61,17 @@ async def parse_all(settings: Settings, ends: dict[int, int]) -> dict[str, Any]:
 
     assert settings.kafka_bootstrap_servers
     n = 0
+    keyring = Keyring(settings)  # the values are sealed (issue 20): opened as the worker does
+    await keyring.start()
     cpu = time.process_time()
     started = time.perf_counter()
-    async for batch in read_log(settings, settings.topic, {}, ends):
+    async for batch in read_log(settings, settings.topic, {}, ends, keyring=keyring):
         for m in batch:
             parse(m.value, partition=m.partition, offset=m.offset, key=m.key)
         n += len(batch)
     seconds = time.perf_counter() - started
     cpu = time.process_time() - cpu
+    await keyring.stop()
     return {
         "events": n,
         "seconds": round(seconds, 2),
@@ -111,14 +115,17 @@ async def apply_all(
     # (events applied, seconds since start, CPU seconds of this process + its backend,
     # customers whose entitlements were recomputed so far)
     stamps: list[tuple[int, float, float, int]] = [(0, 0.0, 0.0, 0)]
-    async with await psycopg.AsyncConnection.connect(
-        settings.database_url, autocommit=True
-    ) as conn:
+    async with (
+        await psycopg.AsyncConnection.connect(settings.database_url, autocommit=True) as conn,
+        Keyring(settings) as keyring,
+    ):
         backend = conn.info.backend_pid
         cpu0 = time.process_time() + common.cpu_of(backend)
         started = time.perf_counter()
         t = started
-        async for chunk in read_log(settings, settings.topic, {}, ends, batch=batch):
+        async for chunk in read_log(
+            settings, settings.topic, {}, ends, batch=batch, keyring=keyring
+        ):
             read_s += time.perf_counter() - t
             for i in range(0, len(chunk), batch):
                 r = await store.apply(conn, chunk[i : i + batch])

@@ -2,7 +2,11 @@
 
 Side by side, in one run and with the same uvicorn settings:
   * `bare`   - a Starlette endpoint that answers 200 and does nothing (the HTTP ceiling);
-  * `ingest` - the real app: stream the body, verify the signature, parse, produce, ack.
+  * `plain`  - the real app with encryption off (values written as received);
+  * `ingest` - the real app: stream the body, verify the signature, parse, seal with the
+               customer's data key, produce, ack.
+`plain` against `ingest` is the cost of the encryption (issue 20: at most 10%); `--no-plain`
+skips it.
 Each server runs in its own process; the load comes from another process (aiohttp client,
 N concurrent connections, closed loop), then an open-loop run at a fixed 200 events/s for
 the latency goal. Figures are printed and written to `bench/results/ingest.json`.
@@ -76,8 +80,9 @@ def _serve(kind: str, port: int, settings: Any) -> None:
         )
     else:
         from ingest.app import create_app
+        from ingest.producer import EventProducer
 
-        app = create_app(settings)
+        app = create_app(settings, EventProducer(settings, seal=kind == "ingest"))
     uvicorn.run(app, port=port, **UVICORN)  # type: ignore[arg-type]
 
 
@@ -266,8 +271,13 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--rate-seconds", type=float, default=8.0, help="200/s run duration")
     parser.add_argument("--rounds", type=int, default=3, help="alternating bare/ingest rounds")
+    parser.add_argument(
+        "--no-plain", action="store_true", help="skip the ingest without encryption"
+    )
     args = vars(parser.parse_args())
+    kinds = ("bare", "ingest") if args["no_plain"] else ("bare", "plain", "ingest")
 
+    from entitled.crypto import new_master_key
     from entitled.settings import Settings
     from entitled.topics import ensure_event_topic
     from launcher import services
@@ -282,16 +292,21 @@ def main() -> None:
         settings = dataclasses.replace(settings, kafka_bootstrap_servers=endpoints.bootstrap)
     bootstrap = settings.kafka_bootstrap_servers
     assert bootstrap
+    topic = f"bench.{uuid.uuid4().hex[:8]}"
     settings = dataclasses.replace(
-        settings, topic=f"bench.{uuid.uuid4().hex[:8]}", webhook_secrets=(SECRET,)
+        settings,
+        topic=topic,
+        webhook_secrets=(SECRET,),
+        master_key=new_master_key(),
+        keys_topic=f"{topic}.keys",
     )
     try:
         asyncio.run(ensure_event_topic(settings))
-        rounds: dict[str, list[dict[str, Any]]] = {"bare": [], "ingest": []}
+        rounds: dict[str, list[dict[str, Any]]] = {kind: [] for kind in kinds}
         # Alternate the two servers: load from other work on the machine drifts, and pairs
         # run back to back see about the same machine.
         for n in range(args["rounds"]):
-            for kind in ("bare", "ingest"):
+            for kind in kinds:
                 print(f"round {n + 1}/{args['rounds']}: {kind} ...", flush=True)
                 load_before = os.getloadavg()[0]
                 result = _run(kind, settings, args)
@@ -310,6 +325,10 @@ def main() -> None:
         for b, i in zip(rounds["bare"], rounds["ingest"], strict=True)
     ]
     ratio = statistics.median(ratios)
+    sealed = [
+        i["throughput"]["events_per_s"] / p["throughput"]["events_per_s"]
+        for p, i in zip(rounds.get("plain", []), rounds["ingest"], strict=False)
+    ]
     real = summary["ingest"]
     acked = sum(
         r["throughput"]["ok_including_warmup"] + r["fixed_rate"]["ok_including_warmup"]
@@ -323,6 +342,9 @@ def main() -> None:
         "summary_medians": summary,
         "ratio_to_bare": round(ratio, 3),
         "ratio_per_round": [round(r, 3) for r in ratios],
+        # ingest with encryption / without, events/s (1.0: encryption costs nothing)
+        "sealed_to_plain": round(statistics.median(sealed), 3) if sealed else None,
+        "sealed_to_plain_per_round": [round(r, 3) for r in sealed],
         "ingest_200_answers": acked,
         "events_in_log": in_log,
         "goals": GOALS,
@@ -346,6 +368,11 @@ def main() -> None:
             f"{m['rate_p50_ms']:>11}{m['rate_p99_ms']:>7}{m['server_cpu_us_per_request']:>8}"
         )
     print(f"ingest/bare = {ratio:.2f} (per round {report['ratio_per_round']})")
+    if sealed:
+        print(
+            f"ingest (encrypted)/plain = {report['sealed_to_plain']:.3f}"
+            f" (per round {report['sealed_to_plain_per_round']})"
+        )
     print(f"ingest answered 200 {acked} times; records in the log {in_log}")
     for goal, met in report["met"].items():
         print(f"  goal {goal}: {'MET' if met else 'NOT MET'}")

@@ -53,15 +53,17 @@ JOBS = 2  # `--jobs`: processes of the replay's bulk pass
 
 
 async def read_all(settings: Settings, ends: dict[int, int]) -> dict[str, Any]:
+    from entitled.keyring import Keyring
     from processors.replay import read_log
 
     assert settings.kafka_bootstrap_servers
     n = size = 0
-    started = time.perf_counter()
-    async for batch in read_log(settings, settings.topic, {}, ends):
-        n += len(batch)
-        size += sum(len(m.value) for m in batch)
-    seconds = time.perf_counter() - started
+    async with Keyring(settings) as keyring:
+        started = time.perf_counter()
+        async for batch in read_log(settings, settings.topic, {}, ends, keyring=keyring):
+            n += len(batch)
+            size += sum(len(m.value) for m in batch)
+        seconds = time.perf_counter() - started
     return {
         "events": n,
         "bytes": size,

@@ -44,7 +44,7 @@ from entitled.kafka import client_options
 from entitled.settings import Settings
 from entitled.topics import TopicError, ensure_topic
 
-__all__ = ["CHECK_KEY", "Keyring", "Opened", "keys_topic_configs"]
+__all__ = ["CHECK_KEY", "Keyring", "Opened", "key_records", "keys_topic_configs"]
 
 log = logging.getLogger(__name__)
 
@@ -328,6 +328,28 @@ class Keyring:
                 await producer.start()
                 self._producer = producer
         await self._producer.send_and_wait(self.topic, value=value, key=key, partition=0)
+
+
+async def key_records(settings: Settings) -> dict[str, int]:
+    """Record key -> how many records holding a key (not tombstones) the keys topic has on
+    the broker now, tombstoned or not: a forgotten key's material is on the disks until
+    compaction has removed those records."""
+    consumer = AIOKafkaConsumer(**client_options(settings), enable_auto_commit=False, group_id=None)
+    await consumer.start()
+    present: dict[str, int] = {}
+    try:
+        tp = TopicPartition(settings.keys_topic, 0)
+        consumer.assign([tp])
+        await consumer.seek_to_beginning(tp)
+        end = (await consumer.end_offsets([tp]))[tp]
+        while await consumer.position(tp) < end:
+            for record in (await consumer.getmany(tp, timeout_ms=1000)).get(tp, ()):
+                if record.key is not None and record.key != CHECK_KEY:
+                    name = record.key.decode("utf-8", "replace")
+                    present[name] = present.get(name, 0) + (record.value is not None)
+        return present
+    finally:
+        await consumer.stop()
 
 
 def _record_key(subject: str, key_id: str) -> bytes:

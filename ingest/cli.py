@@ -7,6 +7,8 @@ import asyncio
 
 import click
 
+from entitled.crypto import CryptoError
+from entitled.keyring import Keyring
 from entitled.settings import Settings
 from entitled.topics import TopicError, ensure_event_topic
 
@@ -27,7 +29,8 @@ def ingest(host: str, port: int, log_level: str) -> None:
         )
     try:
         asyncio.run(ensure_event_topic(settings))
-    except TopicError as exc:
+        asyncio.run(_prove_keys(settings))
+    except (TopicError, CryptoError) as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(f"ingest: topic {settings.topic} on {settings.kafka_bootstrap_servers}")
     from entitled import logs
@@ -36,3 +39,10 @@ def ingest(host: str, port: int, log_level: str) -> None:
     from entitled import serving
 
     serving.server(create_app(settings), settings, host=host, port=port, log_level=log_level).run()
+
+
+async def _prove_keys(settings: Settings) -> None:
+    """A missing or wrong master key stops the start here, before uvicorn, in one clear
+    line (each process's keyring proves it again as it starts)."""
+    async with Keyring(settings):
+        pass

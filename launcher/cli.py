@@ -40,6 +40,8 @@ _COMMANDS: dict[str, tuple[str, frozenset[str]]] = {
     "replay": ("processors.cli:replay", frozenset({KAFKA, POSTGRES})),
     "deadletters": ("processors.cli:deadletters", frozenset({POSTGRES})),
     "status": ("processors.cli:status", frozenset({KAFKA, POSTGRES})),
+    "forget": ("processors.forget:forget", frozenset({KAFKA, POSTGRES})),
+    "keys": ("processors.keys:keys", frozenset({KAFKA})),
     "migrate": ("projections.cli:migrate", frozenset({POSTGRES})),
     "api": ("api.cli:api", frozenset({POSTGRES})),
     "catalog": ("projections.cli:catalog", frozenset({POSTGRES})),

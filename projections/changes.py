@@ -61,8 +61,10 @@ def version_number(schema: str) -> int:
     return int(schema.rsplit("_v", 1)[1])
 
 
-def _rows(changes: Sequence[Change]) -> list[dict[str, Any]]:
-    real = sorted((c for c in changes if c.before != c.after), key=lambda c: c.customer)
+def _rows(changes: Sequence[Change], *, keep_unchanged: bool = False) -> list[dict[str, Any]]:
+    real = sorted(
+        (c for c in changes if keep_unchanged or c.before != c.after), key=lambda c: c.customer
+    )
     return [
         {
             "customer": clean_text(c.customer),
@@ -112,11 +114,14 @@ async def record(
     cause: str,
     *,
     history: bool = True,
+    keep_unchanged: bool = False,
 ) -> int | None:
     """Insert change rows (ids in commit order) and, with `history`, the version's history
     rows, and notify, in one round trip; the greatest id, or None when nothing changed. A
-    swap passes `history=False`: the build already recorded how the version got there."""
-    rows = _rows(changes)
+    swap passes `history=False`: the build already recorded how the version got there.
+    `keep_unchanged` writes a row even where before and after are equal (a forgotten
+    customer who held nothing is still announced)."""
+    rows = _rows(changes, keep_unchanged=keep_unchanged)
     if not rows:
         return None
     also = (

@@ -88,6 +88,14 @@ CREATE TABLE IF NOT EXISTS {CONTROL}.changes (
 CREATE INDEX IF NOT EXISTS changes_unpublished_idx ON {CONTROL}.changes (id)
     WHERE published_at IS NULL;
 CREATE INDEX IF NOT EXISTS changes_customer_idx ON {CONTROL}.changes (customer, id);
+CREATE TABLE IF NOT EXISTS {CONTROL}.erasures (
+    id           bigserial PRIMARY KEY,
+    customer     text NOT NULL,
+    subjects     text[] NOT NULL,
+    keys         integer NOT NULL,
+    requested_by text NOT NULL,
+    erased_at    timestamptz NOT NULL DEFAULT now()
+);
 """
 
 _MIRROR_DDL = """

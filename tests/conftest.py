@@ -42,15 +42,13 @@ from launcher.services._process import run_async
 # that name; the real `entitled` package there also wins over `tests/entitled/`, which,
 # having no __init__.py, is only a namespace portion.
 from tests.support.db import migrate
+from tests.support.keys import MASTER_KEY
 from tests.support.localstripe import localstripe  # noqa: F401
 from tests.support.processes import Procs
 from tests.support.stripe_mock import stripe_mock  # noqa: F401
 from tests.support.system import system  # noqa: F401
 
 WEBHOOK_SECRET = "whsec_test_secret"
-# The master key of the tests' keyrings (32 bytes, base64): every process a test starts gets
-# it through `Settings.child_env`; each test's event topic has its own keys topic.
-MASTER_KEY = "dGVzdHMgb2YgZW50aXRsZWQ6IGEgbWFzdGVyIGtleSE="
 
 # `make test` draws a share of each property test's examples (tests.support.examples);
 # `make test-long` (HYPOTHESIS_PROFILE=long) draws them all.

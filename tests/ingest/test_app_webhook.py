@@ -18,6 +18,7 @@ from ingest.app import KNOWN_TYPE_PREFIXES, create_app
 from launcher.stripe import events as se
 from projections.model.rules import RULES
 from tests.support.kafka import end_offsets, read_topic
+from tests.support.keys import MASTER_KEY
 from tests.support.serve import Running, running
 
 SECRET = "whsec_test_secret"
@@ -46,10 +47,12 @@ async def test_signed_event_is_written_byte_for_byte(ingest_server: Running) -> 
     assert response.json() == {"received": True, "id": evt["id"]}
 
     settings = ingest_server.settings
+    (sealed,) = await read_topic(settings, opened=False)
+    assert b"cus_webhook" not in sealed.value  # sealed with the customer's data key
     records = await read_topic(settings)
     assert len(records) == 1
     record = records[0]
-    assert record.value == body
+    assert record.value == body  # byte for byte once opened
     assert record.key == b"cus_webhook"
     headers = dict(record.headers)
     assert headers["stripe-event-id"] == evt["id"].encode()
@@ -242,5 +245,9 @@ async def test_health_ready_and_metrics(ingest_server: Running) -> None:
 def test_app_is_built_outside_an_event_loop() -> None:
     # `entitled ingest` builds the app before uvicorn starts the loop; aiokafka objects
     # must therefore only be created in the lifespan.
-    app = create_app(Settings(kafka_bootstrap_servers="127.0.0.1:9", webhook_secrets=(SECRET,)))
+    app = create_app(
+        Settings(
+            kafka_bootstrap_servers="127.0.0.1:9", webhook_secrets=(SECRET,), master_key=MASTER_KEY
+        )
+    )
     assert asyncio.run(app.state.producer.ready()) is False

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import AsyncIterator, Iterable, Mapping
 from contextlib import asynccontextmanager
@@ -13,6 +14,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 
 from entitled.kafka import client_options
+from entitled.keyring import Keyring
 from entitled.settings import Settings
 from entitled.topics import end_offsets as _end_offsets
 from ingest.keys import event_headers, routing_key
@@ -60,9 +62,21 @@ async def _consumer(settings: Settings) -> AsyncIterator[AIOKafkaConsumer]:
 
 
 async def read_topic(
-    settings: Settings, timeout: float = 30.0
+    settings: Settings, timeout: float = 30.0, *, opened: bool = True
 ) -> list[ConsumerRecord[bytes, bytes]]:
-    """Every record of `settings.topic` from offset 0 to the end offsets as of now."""
+    """Every record of `settings.topic` from offset 0 to the end offsets as of now, values
+    opened with their data keys (as every reader does) unless `opened` is false."""
+    records = await _read_topic(settings, timeout)
+    if not opened:
+        return records
+    async with Keyring(settings) as keyring:
+        return [
+            dataclasses.replace(r, value=(await keyring.open(r.value, r.headers)).value)
+            for r in records
+        ]
+
+
+async def _read_topic(settings: Settings, timeout: float) -> list[ConsumerRecord[bytes, bytes]]:
     async with _consumer(settings) as consumer:
         parts = [TopicPartition(settings.topic, p) for p in range(settings.partitions)]
         consumer.assign(parts)
@@ -97,7 +111,11 @@ def log_records(settings: Settings) -> list[Record]:
     async def go() -> list[Record]:
         ends = await _end_offsets(settings)
         out: list[Record] = []
-        async for batch in read_log(settings, settings.topic, {}, ends):
+        async with Keyring(settings) as keyring:
+            batches = [
+                b async for b in read_log(settings, settings.topic, {}, ends, keyring=keyring)
+            ]
+        for batch in batches:
             for m in batch:
                 try:
                     event_id = orjson.loads(m.value).get("id")
