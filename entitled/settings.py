@@ -112,7 +112,7 @@ class Settings:
     # how long a forgotten key stays on the broker's disks: docs/erasure.md)
     master_key: str | None = None
     keys_topic: str = "entitled.keys"
-    key_cache_size: int = 100_000
+    key_cache_size: int = 10_000
     keys_follow_s: float = 1.0
     keys_segment_s: float = 3600.0
     home: Path = field(default_factory=lambda: Path.home() / ".local" / "share" / "entitled")

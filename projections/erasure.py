@@ -83,7 +83,7 @@ async def linked_subjects(conn: AsyncConnection[Any], customer: str) -> list[str
             before = len(subjects)
             wanted = sorted(subjects)
             for table in _LINKED:
-                points = _POINTS_AT.get(table, "'{}'::text[]")
+                points = _POINTS_AT.get(table, "'{{}}'::text[]")  # braces: sql.SQL's
                 cur = await conn.execute(
                     sql.SQL(
                         "SELECT id, " + points + " FROM {} WHERE customer = %(c)s"

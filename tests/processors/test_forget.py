@@ -129,8 +129,11 @@ def _roll_keys(settings: Settings, n: int) -> None:
 
 def test_a_forgotten_customer_is_gone_everywhere(settings: Settings, procs: Procs) -> None:
     # The keys topic made first, with tiny segments: compaction can be forced in the test.
-    small = replace(settings, keys_segment_s=0.5)
-    run_async(lambda: Keyring(small).start())  # creates the topic, then is dropped
+    async def make_keys_topic() -> None:
+        async with Keyring(replace(settings, keys_segment_s=0.5)):
+            pass
+
+    run_async(make_keys_topic)
     procs.run("migrate")
     product = se.product("prod_act", groups="action", created=50)
     publish(settings, [se.event("product.created", product, created=50)])
