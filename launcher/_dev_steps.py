@@ -16,6 +16,7 @@ from pathlib import Path
 import httpx
 import psycopg
 
+from entitled.crypto import new_master_key
 from entitled.settings import Settings, without_secret_files
 from entitled.topics import ensure_event_topic
 from launcher import demo
@@ -26,6 +27,7 @@ from launcher.services._process import free_port, port_is_free
 SECRET_FILE = "dev-webhook-secret"
 READ_TOKEN_FILE = "dev-api-token"
 ADMIN_TOKEN_FILE = "dev-admin-token"
+MASTER_KEY_FILE = "dev-master-key"
 PIDS_FILE = "dev.pids"
 
 
@@ -94,6 +96,12 @@ def _token() -> str:
     return secrets.token_urlsafe(24)
 
 
+def master_key(settings: Settings) -> str:
+    """ENTITLED_MASTER_KEY when set, else this home's own generated one, kept beside the
+    webhook secret: the data keys of the log it wraps must open again after a restart."""
+    return settings.master_key or _kept(settings.home / MASTER_KEY_FILE, new_master_key)
+
+
 def port_for(port: int, what: str, option: str) -> int:
     if port == 0:
         return free_port()
@@ -117,6 +125,7 @@ def child_environment(settings: Settings) -> dict[str, str]:
         "ENTITLED_HOME": str(settings.home),
         "ENTITLED_CACHE": str(settings.cache),
         "STRIPE_WEBHOOK_SECRET": ",".join(settings.webhook_secrets),
+        "ENTITLED_KEYS_TOPIC": settings.keys_topic,
         "PYTHONUNBUFFERED": "1",
     }
     optional = {
@@ -124,6 +133,7 @@ def child_environment(settings: Settings) -> dict[str, str]:
         "ENTITLED_ADMIN_TOKEN": settings.admin_token,
         "STRIPE_API_KEY": settings.stripe_api_key,
         "ENTITLED_READ_DATABASE_URL": ",".join(settings.read_database_urls),
+        "ENTITLED_MASTER_KEY": settings.master_key,
     }
     resolved.update({k: v for k, v in optional.items() if v})
     resolved.update(settings.kafka_env())  # empty ones too: no other broker's settings

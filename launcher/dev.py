@@ -36,6 +36,7 @@ from launcher._dev_steps import (
     DevError,
     Generated,
     child_environment,
+    master_key,
     port_for,
     prepare,
     running_services,
@@ -181,6 +182,7 @@ def run(settings: Settings, opts: Options) -> int:
     # Services that were up before this run (`entitled services up`) are left up at the end.
     ours = wanted - running_services(settings) if wanted else set()
     settings, generated = with_secrets(settings)
+    settings = dataclasses.replace(settings, master_key=master_key(settings))
     children = Children()
     follower = Follower(opts.follow)
     pids = settings.home / PIDS_FILE
