@@ -188,7 +188,12 @@ def test_a_forgotten_customer_is_gone_everywhere(settings: Settings, procs: Proc
     )
     assert record == ("test admin",)
 
-    # the keys are gone from the broker once compaction ran: `forget --verify` says so
+    # the keys stay on the broker until compaction: `forget --verify` says so, exit 1 ...
+    early = system.run("forget", "--verify", GONE)
+    assert early.returncode == 1, early.stdout + early.stderr
+    assert f"{settings.keys_topic}: {GONE}/" in early.stdout
+    assert "readable events naming them: none" in early.stdout
+    # ... and exit 0 once compaction removed them
     rolls = iter(range(1000))
 
     def verified() -> bool:
