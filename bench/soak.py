@@ -330,6 +330,8 @@ def main() -> None:
         os.environ.get("KAFKA_BOOTSTRAP_SERVERS") and os.environ.get("DATABASE_URL")
     )
     try:
+        from entitled.crypto import new_master_key
+
         base = Settings(home=home)
         if own_services:
             ep = svc.up(base)
@@ -345,6 +347,7 @@ def main() -> None:
             database_url=db,
             topic=f"soak.{uuid.uuid4().hex[:6]}",
             home=home,
+            master_key=new_master_key(),
         )
         logs = home / "logs"
         logs.mkdir()

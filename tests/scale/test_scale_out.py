@@ -29,6 +29,7 @@ from launcher.workload import PACKAGES, Workload
 from tests.support.audit import audit
 from tests.support.db import caught_up, processed_count
 from tests.support.kafka import log_records
+from tests.support.keys import MASTER_KEY
 from tests.support.load import Poster
 from tests.support.polling import wait_until
 from tests.support.processes import Procs
@@ -184,7 +185,14 @@ def test_three_brokers_lose_one_under_load(cluster3: Settings, tmp_path: Path) -
             {"min.insync.replicas": "2", "max.message.bytes": str(2 * 1024 * 1024)},
         )
     )
-    settings = replace(cluster3, topic=topic, replication_factor=3, webhook_secrets=(SECRET,))
+    settings = replace(
+        cluster3,
+        topic=topic,
+        replication_factor=3,
+        webhook_secrets=(SECRET,),
+        master_key=MASTER_KEY,
+        keys_topic=f"{topic}.keys",
+    )
     procs = Procs(settings, tmp_path)
     try:
         events = list(itertools.islice(Workload(customers=500, seed=9).events(), 2000))

@@ -32,6 +32,7 @@ from launcher.services import tls
 from launcher.services._process import run_async
 from launcher.stripe import events as se
 from tests.support.db import caught_up, entitlements
+from tests.support.keys import MASTER_KEY
 from tests.support.polling import wait_until
 from tests.support.processes import ENTITLED, Procs, environment
 from tests.support.stripe_mock import API_KEY
@@ -70,6 +71,7 @@ def secure() -> Iterator[Secure]:
             database_url=_with_database(endpoints.database_url, name),
             topic=f"secure.{uuid.uuid4().hex[:8]}",
             webhook_secrets=(SECRET,),
+            master_key=MASTER_KEY,
         )
         other = tls.authority(home / "other-ca", name="not the services' CA")
         yield Secure(settings, _with_database(replica, name), other.ca_file)
