@@ -104,6 +104,7 @@ class System:
             ENTITLED_TOPIC=settings.topic,
             ENTITLED_HOME=str(settings.home),
             STRIPE_WEBHOOK_SECRET=SECRET,
+            ENTITLED_MASTER_KEY=settings.master_key or "",
             PYTHONUNBUFFERED="1",
         )
         self.ingest_port, self.api_port = _free_port(), _free_port()
