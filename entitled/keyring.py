@@ -93,6 +93,9 @@ class Keyring:
         self._newest: dict[str, str] = {}  # subject -> the key id its writer seals with
         self._gone_ids: dict[str, None] = {}  # key ids known to be tombstoned (bounded)
         self._check: bytes | None = None
+        # No data key nor tombstone in the topic at all: a sealed record whose key is missing
+        # then means a wrong ENTITLED_KEYS_TOPIC, not erasure.
+        self._any_key = False
         self._consumer: AIOKafkaConsumer | None = None
         self._producer: AIOKafkaProducer | None = None
         self._read_lock = asyncio.Lock()
@@ -186,6 +189,7 @@ class Keyring:
             self._check = value
             return
         subject, _, key_id = key.decode("utf-8", "replace").rpartition("/")
+        self._any_key = True
         if value is None:
             self._forget_locally(key_id)
             return
@@ -230,6 +234,12 @@ class Keyring:
         if aead is None and key_id not in self._gone_ids:
             await self.refresh()  # written before the event: it is in the topic, or gone
             aead = self._aead(key_id)
+            if aead is None and not self._any_key:
+                raise CryptoError(
+                    f"a record is sealed with key {key_id}, but the keys topic {self.topic!r}"
+                    " holds no key at all: is ENTITLED_KEYS_TOPIC right?"
+                    " (refusing to read every event as forgotten)"
+                )
             if aead is None:
                 self._remember_gone(key_id)
         if aead is None:
@@ -278,6 +288,7 @@ class Keyring:
             await self._send(record_key, wrapped)
             self.directory[key_id] = (subject, wrapped)
             self._newest[subject] = key_id
+            self._any_key = True
             self.cache.put(key_id, data_key)
             future.set_result(key_id)
             return key_id

@@ -27,6 +27,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from entitled import tokens
+from entitled.crypto import CryptoError
 from entitled.settings import Settings
 from ingest.errors import ConfigurationError, LogUnavailable
 from ingest.producer import EventProducer
@@ -142,7 +143,7 @@ class RefreshEndpoint:
             results = await refresh(self.settings, ids, api=api, producer=producer)
         except LogUnavailable as exc:
             return _json({"error": exc.message}, 503)
-        except ConfigurationError as exc:  # no Kafka named for this process
+        except (ConfigurationError, CryptoError) as exc:  # no Kafka or master key here
             return _json({"error": str(exc)}, 503)
         except stripe.StripeError as exc:
             return _json({"error": f"Stripe answered {exc.http_status}"}, 502)

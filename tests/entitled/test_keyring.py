@@ -8,7 +8,7 @@ from dataclasses import replace
 
 import pytest
 
-from entitled.crypto import WrongMasterKey, new_master_key
+from entitled.crypto import CryptoError, WrongMasterKey, new_master_key
 from entitled.keyring import Keyring
 from entitled.settings import Settings
 from launcher.services import Endpoints
@@ -84,3 +84,14 @@ async def test_rotation_rewraps_every_key_without_touching_the_values(
         assert (await reader.open(sealed, [header])).value == b"kept"
     with pytest.raises(WrongMasterKey):
         await Keyring(keys_settings).start()  # the old master key alone no longer opens
+
+
+async def test_a_wrong_keys_topic_is_an_error_not_a_log_of_forgotten_events(
+    keys_settings: Settings,
+) -> None:
+    async with Keyring(keys_settings) as writer:
+        sealed, header = await writer.seal("cus_1", b"x")
+    elsewhere = replace(keys_settings, keys_topic=f"{keys_settings.keys_topic}.other")
+    async with Keyring(elsewhere) as reader:
+        with pytest.raises(CryptoError, match="ENTITLED_KEYS_TOPIC"):
+            await reader.open(sealed, [header])
