@@ -22,8 +22,8 @@ from entitled.keyring import Keyring
 from entitled.settings import Settings
 
 from .gauges import FoldGauges
-from .lag import HeadReader, received_at
-from .opening import open_patiently
+from .lag import HeadReader
+from .opening import open_events
 from .pool import make_pool
 from .runner import BatchRunner
 
@@ -82,18 +82,7 @@ def create_app(settings: Settings, keyring: Keyring) -> faust.App:
         # take_events is missing from Faust's type stubs
         take = stream.take_events  # type: ignore[attr-defined]
         async for events in take(settings.batch_size, within=settings.batch_within_s):
-            batch = [
-                await open_patiently(
-                    keyring,
-                    e.message.partition,
-                    e.message.offset,
-                    e.message.key,
-                    e.value,
-                    e.message.headers,
-                    received_at(e.message.headers),
-                )
-                for e in events
-            ]
+            batch = await open_events(keyring, events)
             await runner.handle(batch, seek)
 
     # Partitions assigned but not yet moved to their Postgres checkpoints. The seek is made

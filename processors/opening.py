@@ -13,8 +13,10 @@ the new master key not configured here), is retried with backoff, loudly, until 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from typing import Any
 
 from aiokafka.errors import KafkaError
 
@@ -22,7 +24,9 @@ from entitled.crypto import CryptoError
 from entitled.keyring import Keyring
 from projections.types import Message
 
-__all__ = ["open_message", "open_patiently"]
+from .lag import received_at
+
+__all__ = ["open_events", "open_message", "patiently"]
 
 log = logging.getLogger(__name__)
 
@@ -50,25 +54,36 @@ async def open_message(
     )
 
 
-async def open_patiently(
-    keyring: Keyring,
-    partition: int,
-    offset: int,
-    key: bytes | None,
-    value: bytes | None,
-    headers: Headers,
-    received_at: float | None = None,
-    *,
-    max_backoff_s: float = 5.0,
+async def patiently(
+    opening: Callable[[], Awaitable[Message]], *, max_backoff_s: float = 5.0
 ) -> Message:
-    """`open_message`, retried with backoff until it works (for the live agent)."""
+    """`opening()` (an `open_message`), retried with backoff until it works: for the live
+    agent, which must never raise."""
     delay = 0.1
     while True:
         try:
-            return await open_message(keyring, partition, offset, key, value, headers, received_at)
+            return await opening()
         except (CryptoError, KafkaError, OSError) as exc:
-            log.error(
-                "cannot open the record at %s/%s: %s; again in %.1fs", partition, offset, exc, delay
-            )
+            log.error("cannot open a record: %s; again in %.1fs", exc, delay)
         await asyncio.sleep(delay)
         delay = min(delay * 2, max_backoff_s)
+
+
+async def open_events(keyring: Keyring, events: Iterable[Any]) -> list[Message]:
+    """A batch of the Faust agent's events (`faust.Event`) as messages, each opened
+    patiently: the worker's edge."""
+    return [
+        await patiently(
+            functools.partial(
+                open_message,
+                keyring,
+                e.message.partition,
+                e.message.offset,
+                e.message.key,
+                e.value,
+                e.message.headers,
+                received_at(e.message.headers),
+            )
+        )
+        for e in events
+    ]

@@ -33,16 +33,7 @@ from projections.model.entitlements import Entitlement
 __all__ = ["Erased", "erase", "erasures", "forget", "leftovers", "linked_subjects"]
 
 # Mirrored tables that can concern a customer; products, prices and product features never do.
-_LINKED = (
-    "customers",
-    "subscriptions",
-    "purchases",
-    "charges",
-    "refunds",
-    "disputes",
-    "invoice_payments",
-    "entitlement_summaries",
-)
+_LINKED = tuple(t for t in db.MIRROR_TABLES if t not in ("products", "prices", "product_features"))
 # What a row points at that is itself keyed by its own id in the log (never a product)
 _POINTS_AT = {
     "purchases": "ARRAY[record->>'payment_intent']",
