@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from entitled.keyring import Keyring
 from entitled.settings import Settings
 from entitled.topics import end_offsets
 from processors.pool import make_pool
@@ -32,8 +33,11 @@ async def fold_log(settings: Settings, *, batch: int = 500, **runner: Any) -> Ap
             start = await offsets.read(conn, schema, settings.topic)
         folder = BatchRunner(settings, pool, max_backoff_s=0.05, **runner)
         stop = await end_offsets(settings)
-        async for messages in read_log(settings, settings.topic, start, stop, batch=batch):
-            total.add(await folder.commit(messages))
+        async with Keyring(settings) as keyring:
+            async for messages in read_log(
+                settings, settings.topic, start, stop, batch=batch, keyring=keyring
+            ):
+                total.add(await folder.commit(messages))
     finally:
         await pool.close()
     return total
