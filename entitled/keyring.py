@@ -85,7 +85,7 @@ class Keyring:
         if not settings.kafka_bootstrap_servers:
             raise TopicError("no Kafka: set KAFKA_BOOTSTRAP_SERVERS (or run through `entitled`)")
         self.settings = settings
-        self.topic = settings.keys_topic
+        self.topic = settings.data_keys_topic
         self.master = MasterKeys(parse_master_keys(settings.master_key))
         self.cache = KeyCache(settings.key_cache_size)
         # key id -> (subject, wrapped key): every live key of the topic
@@ -349,7 +349,7 @@ async def key_records(settings: Settings) -> dict[str, int]:
     await consumer.start()
     present: dict[str, int] = {}
     try:
-        tp = TopicPartition(settings.keys_topic, 0)
+        tp = TopicPartition(settings.data_keys_topic, 0)
         consumer.assign([tp])
         await consumer.seek_to_beginning(tp)
         end = (await consumer.end_offsets([tp]))[tp]

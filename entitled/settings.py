@@ -111,7 +111,7 @@ class Settings:
     # often every process reads the keys topic (tombstones), and its segment time (bounds
     # how long a forgotten key stays on the broker's disks: docs/erasure.md)
     master_key: str | None = None
-    keys_topic: str = "entitled.keys"
+    keys_topic: str = ""  # empty: `data_keys_topic` names it after the event topic
     key_cache_size: int = 10_000
     keys_follow_s: float = 1.0
     keys_segment_s: float = 3600.0
@@ -236,7 +236,7 @@ class Settings:
             ENTITLED_CONSUMER_GROUP=self.consumer_group,
             ENTITLED_KAFKA_SESSION_TIMEOUT_S=str(self.kafka_session_timeout_s),
             STRIPE_WEBHOOK_SECRET=",".join(self.webhook_secrets),
-            ENTITLED_KEYS_TOPIC=self.keys_topic,
+            ENTITLED_KEYS_TOPIC=self.data_keys_topic,
             PYTHONUNBUFFERED="1",
         )
         env.update(self.kafka_env())
@@ -262,6 +262,15 @@ class Settings:
         """How often a group member heartbeats: a few beats per session timeout, so that a
         survivor learns of a rebalance soon after the dead member's session ends."""
         return min(1.0, self.kafka_session_timeout_s / 4)
+
+    @property
+    def data_keys_topic(self) -> str:
+        """The compacted topic of the data keys (erasure): ENTITLED_KEYS_TOPIC, else
+        `entitled.keys` beside the default event topic and `<topic>.keys` beside any other,
+        so that systems sharing a cluster (and their master keys) keep their keys apart."""
+        if self.keys_topic:
+            return self.keys_topic
+        return "entitled.keys" if self.topic == "stripe.events" else f"{self.topic}.keys"
 
     @property
     def services_dir(self) -> Path:

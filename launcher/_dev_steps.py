@@ -125,7 +125,7 @@ def child_environment(settings: Settings) -> dict[str, str]:
         "ENTITLED_HOME": str(settings.home),
         "ENTITLED_CACHE": str(settings.cache),
         "STRIPE_WEBHOOK_SECRET": ",".join(settings.webhook_secrets),
-        "ENTITLED_KEYS_TOPIC": settings.keys_topic,
+        "ENTITLED_KEYS_TOPIC": settings.data_keys_topic,
         "PYTHONUNBUFFERED": "1",
     }
     optional = {

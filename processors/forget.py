@@ -81,7 +81,7 @@ async def verify(settings: Settings, customer: str) -> Verified:
     for record_key, present in (await key_records(settings)).items():
         subject = record_key.rpartition("/")[0]
         if subject in wanted and present:
-            found.keys.append(f"{settings.keys_topic}: {record_key} ({present} record(s))")
+            found.keys.append(f"{settings.data_keys_topic}: {record_key} ({present} record(s))")
     await _scan_log(settings, customer, wanted, found)
     return found
 
