@@ -154,7 +154,8 @@ def test_a_forgotten_customer_is_gone_everywhere(settings: Settings, procs: Proc
     }
 
     response = httpx.delete(
-        f"{system.api_url}/v1/customers/{GONE}", headers={"X-Requested-By": "test admin"}
+        f"{system.api_url}/v1/customers/{GONE}",
+        headers={"X-Requested-By": "test admin", "Content-Type": "application/json"},
     )
     assert response.status_code == 200, response.text
     body = response.json()
