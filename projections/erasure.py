@@ -10,8 +10,9 @@ whose data keys the caller deletes (`entitled.keyring`): this module holds only 
 
 `erase` then deletes, in one transaction, in every version: the rows of those subjects, the
 customer's entitlements and history, the dead letters of those subjects (or naming the
-customer), the customer's change rows; it writes one change (cause `forget`: everything taken away) and the
-erasure record (customer id, subjects, when, who asked: no personal data).
+customer), the customer's change rows; it writes one change (cause `forget`: everything
+taken away; no history row) and the erasure record (customer id, subjects, when, who asked:
+no personal data).
 
 `forget` is the whole order of it: link, delete the keys (the caller's `shred`), give every
 process `grace_s` to learn of it, delete the rows.

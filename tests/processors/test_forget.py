@@ -88,8 +88,8 @@ def _mentions(settings: Settings, customer: str) -> list[str]:
     """Every place in any version (and the change feed) that names `customer`."""
     found = []
     for (schema,) in query(settings, "SELECT schema_name FROM entitled.versions"):
-        for table in (*MIRRORED, "customer_entitlements"):
-            text = "customer" if table == "customer_entitlements" else "record::text"
+        for table in (*MIRRORED, "customer_entitlements", "history"):
+            text = "record::text" if table in MIRRORED else "customer"
             n = query(
                 settings,
                 f"SELECT count(*) FROM {schema}.{table} WHERE {text} LIKE %s",
