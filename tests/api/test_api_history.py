@@ -25,6 +25,7 @@ from launcher.services._process import run_async
 from launcher.stripe import events as se
 from tests.conftest import WEBHOOK_SECRET, _with_database
 from tests.support.db import query
+from tests.support.keys import MASTER_KEY
 from tests.support.polling import wait_until
 from tests.support.processes import Procs
 from tests.support.system import System, start_system
@@ -167,6 +168,8 @@ def walk(
         database_url=_with_database(services.database_url, name),
         topic=topic,
         webhook_secrets=(WEBHOOK_SECRET,),
+        master_key=MASTER_KEY,
+        keys_topic=f"{topic}.keys",
         home=services_settings.home,
         cache=services_settings.cache,
     )
