@@ -7,7 +7,7 @@ from typing import Any
 
 import orjson
 import pytest
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from launcher.stripe import events as se
@@ -208,7 +208,7 @@ _json = st.recursive(
 )
 
 
-@settings(max_examples=examples(200), deadline=None)
+@settings(max_examples=examples(200), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     event_type=st.sampled_from(sorted(_KINDS)),
     fields=st.dictionaries(st.sampled_from(_FIELDS), _json, max_size=8),
