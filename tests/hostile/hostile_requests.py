@@ -1,6 +1,6 @@
 """Hypothesis strategies for malformed and hostile webhook requests.
 
-Every request drawn here must be refused with a 4xx: broken or stale signatures, odd
+Every request in `hostile` must be refused with a 4xx: broken or stale signatures, odd
 headers, truncated and oversized bodies, JSON nested past the parser's limit, wrong types,
 numbers beyond a double, invalid UTF-8, wrong methods and paths. None may reach the log.
 """
@@ -223,4 +223,7 @@ def wrong_route(draw: st.DrawFn) -> Hostile:
     )
 
 
-hostile = st.one_of(bad_signature(), malformed_signed(), oversized(), odd_headers(), wrong_route())
+# Refused requests only. A body signed with the right secret is logged as received whatever
+# its content (the fold parks what it cannot read), so `malformed_signed` is not in this set:
+# tests/ingest/test_app_webhook.py checks those are answered 200 and logged byte for byte.
+hostile = st.one_of(bad_signature(), oversized(), odd_headers(), wrong_route())

@@ -121,13 +121,22 @@ def test_generated_search_texts_never_5xx(
     assert _sql_errors(caplog) == []
 
 
+FORGET = ("DELETE", "/v1/customers/{id}")
+
+
 def test_openapi_generated_requests_never_5xx(
     api_app: Starlette, client: ASGIClient, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO)
     schema = schemathesis.openapi.from_asgi("/openapi.json", api_app)
     # The event stream never ends by itself: its parameters are fuzzed in test_api_fuzz.py.
-    operations = [op for op in (r.ok() for r in schema.get_all_operations()) if op.path != STREAM]
+    # Forgetting needs Kafka (the keys topic), which this API under test is not given: it answers
+    # 503 by design; tests/processors/test_forget.py drives it against a real Kafka.
+    operations = [
+        op
+        for op in (r.ok() for r in schema.get_all_operations())
+        if op.path != STREAM and (op.method.upper(), op.path) != FORGET
+    ]
     assert len(operations) >= 8
     modes = [GenerationMode.POSITIVE, GenerationMode.NEGATIVE]
     cases = st.one_of([op.as_strategy(generation_mode=m) for op in operations for m in modes])

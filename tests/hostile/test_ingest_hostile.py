@@ -149,7 +149,7 @@ def test_thousands_of_hostile_requests_in_process(
     total = sum(kinds.values())
     print(f"hostile requests: {total} {dict(kinds)}")
     assert total >= LEAST
-    assert len(kinds) >= 9, kinds  # every family was drawn
+    assert len(kinds) >= 8, kinds  # every family was drawn
     # nothing reached the log
     assert _ends(small_settings) == before
     # the app is healthy and still writes a real event

@@ -16,6 +16,7 @@ from ingest.cursors import CursorStore
 from ingest.stripe_api import StripeApi
 from tests.ingest.stripe_seed import LOCALSTRIPE_LISTS, Seeded, seed
 from tests.support.kafka import read_topic
+from tests.support.keys import MASTER_KEY
 from tests.support.localstripe import API_KEY
 from tests.support.localstripe import localstripe as localstripe
 
@@ -143,6 +144,7 @@ def test_cli_backfill_and_reconcile(stripe_settings: Settings) -> None:
         "ENTITLED_TOPIC": stripe_settings.topic,
         "STRIPE_API_KEY": API_KEY,
         "STRIPE_API_BASE": stripe_settings.stripe_api_base,
+        "ENTITLED_MASTER_KEY": MASTER_KEY,
     }
     runner = CliRunner()
     lists = ",".join(LOCALSTRIPE_LISTS)
