@@ -121,7 +121,7 @@ def test_generated_search_texts_never_5xx(
     assert _sql_errors(caplog) == []
 
 
-FORGET = ("DELETE", "/v1/customers/{id}")
+FORGET = ("DELETE", "/v1/customers/{customer}")
 
 
 def test_openapi_generated_requests_never_5xx(
