@@ -43,7 +43,6 @@ async def forget_customer(request: Request) -> Response:
                 customer,
                 shred=keyring.forget,
                 requested_by=by[:200],
-                grace_s=2 * settings.keys_follow_s,
             )
     except (CryptoError, KafkaError) as exc:
         raise ServiceUnavailable(f"cannot reach the keys: {exc}") from None

@@ -14,6 +14,12 @@ then webhook-to-visible latency: `entitled ingest` + the same worker, signed
 and Postgres polled until each customer's entitlements show the group.
 
     .venv/bin/python bench/fold.py [--events 200000] [--naive-sample 5000] [--rate 200]
+    .venv/bin/python bench/fold.py --encryption [--events 10000] [--rounds 2]
+
+`--encryption` (issue 20: at most 10%) instead fills two topics with the same events, one
+sealed as ingest writes them and one written without encryption, and runs `parse` and
+`inproc` on each, alternating sealed/plain round by round (each inproc into its own fresh
+database): the ratios sealed/plain are the cost of opening the values.
 
 Uses KAFKA_BOOTSTRAP_SERVERS / DATABASE_URL when set, else starts the local services in a
 temp home. Prints figures and ratios; writes `bench/results/fold.json`.
@@ -24,6 +30,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import os
 import socket
 import sys
 import tempfile
@@ -428,6 +435,59 @@ def growth_main(args: argparse.Namespace) -> None:
     _print_goals(report["met"], path)
 
 
+def encryption_main(args: argparse.Namespace) -> None:
+    """Sealed against plain, side by side in one run: the fold's cost of the encryption."""
+    import statistics
+
+    report: dict[str, Any] = {"args": vars(args), "machine": {"start": common.machine()}}
+    with common.bench_settings("fold-enc") as base:
+        topics = {
+            "sealed": base,
+            "plain": dataclasses.replace(base, topic=f"{base.topic}.plain"),
+        }
+        ends: dict[str, dict[int, int]] = {}
+        for kind, settings in topics.items():
+            print(f"filling {settings.topic} ({kind}) with {args.events} events ...", flush=True)
+            report[f"fill_{kind}"] = common.fill_topic(settings, args.events, seal=kind == "sealed")
+            ends[kind] = asyncio.run(common.end_offsets(settings))
+        rounds: dict[str, list[dict[str, Any]]] = {}
+        for n in range(args.rounds):
+            order = ("sealed", "plain") if n % 2 == 0 else ("plain", "sealed")
+            for kind in order:  # alternate who goes first: the machine's load drifts
+                settings = topics[kind]
+                parsed = asyncio.run(parse_all(settings, ends[kind]))
+                rounds.setdefault(f"parse_{kind}", []).append(parsed)
+                fresh = common.fresh_database(settings, f"enc_{kind}")
+                folded = asyncio.run(apply_all(fresh, ends[kind], batch=args.batch))
+                rounds.setdefault(f"inproc_{kind}", []).append(folded)
+                print(
+                    f"round {n + 1} {kind}: parse {parsed['events_per_s']} ev/s"
+                    f" ({parsed['cpu_events_per_s']} ev/cpu-s), inproc"
+                    f" {folded['events_per_s']} ev/s ({folded['cpu_events_per_s']} ev/cpu-s)"
+                    f" load {os.getloadavg()[0]:.1f}",
+                    flush=True,
+                )
+    report["rounds"] = rounds
+    ratios: dict[str, Any] = {}
+    for stage in ("parse", "inproc"):
+        for rate in ("events_per_s", "cpu_events_per_s"):
+            # sealed/plain of the rates: 0.90 = the encryption costs 10%
+            per = [
+                s[rate] / p[rate]
+                for s, p in zip(rounds[f"{stage}_sealed"], rounds[f"{stage}_plain"], strict=True)
+            ]
+            ratios[f"{stage}_{rate}_sealed_to_plain"] = round(statistics.median(per), 3)
+            ratios[f"{stage}_{rate}_per_round"] = [round(r, 3) for r in per]
+    report["ratios"] = ratios
+    report["machine"]["end"] = common.machine()
+    path = common.write_results("fold_encryption", report)
+    for name, value in ratios.items():
+        print(f"  {name}: {value}")
+    load = report["machine"]
+    print(f"load {load['start']['load_avg']} -> {load['end']['load_avg']}")
+    print(f"written {path}")
+
+
 def _print_goals(met: dict[str, bool], path: Path) -> None:
     for name, ok in met.items():
         print(f"  goal {name}: {'MET' if ok else 'NOT MET'}")
@@ -450,9 +510,18 @@ def main() -> None:
     parser.add_argument(
         "--profile", action="store_true", help="also the in-process writer under cProfile"
     )
+    parser.add_argument(
+        "--encryption",
+        action="store_true",
+        help="instead: sealed against plain topics, parse and inproc (issue 20's 10%%)",
+    )
+    parser.add_argument("--rounds", type=int, default=2, help="--encryption rounds")
     args = parser.parse_args()
     if args.growth:
         growth_main(args)
+        return
+    if args.encryption:
+        encryption_main(args)
         return
 
     report: dict[str, Any] = {"args": vars(args), "goals": GOALS}

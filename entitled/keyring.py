@@ -15,6 +15,12 @@ topic to its end (`refresh`) once; a key still absent then is gone: its events a
 A record `entitled.key-check`, wrapped like a data key, proves the master key at start: a
 master key that does not open it (or, on an older topic, the first data key) stops the
 process (`WrongMasterKey`) instead of silently reading every event as forgotten.
+
+A record `entitled.erased` (no personal data: the time of the latest forget) says that keys
+were forgotten from this topic. Compaction keeps it (the latest record of its key) after it
+has removed every forgotten key and its tombstone, so a topic left with no data key at all
+still tells "everyone was forgotten" (their events read as forgotten) from "a wrong keys
+topic" (an error: never read a whole log as forgotten by mistake).
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ import asyncio
 import contextlib
 import logging
 import secrets
+import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
@@ -44,12 +51,21 @@ from entitled.kafka import client_options
 from entitled.settings import Settings
 from entitled.topics import TopicError, ensure_topic
 
-__all__ = ["CHECK_KEY", "Keyring", "Opened", "key_records", "keys_topic_configs"]
+__all__ = [
+    "CHECK_KEY",
+    "ERASED_KEY",
+    "Keyring",
+    "Opened",
+    "key_records",
+    "keys_topic_configs",
+]
 
 log = logging.getLogger(__name__)
 
 CHECK_KEY = b"entitled.key-check"
 _CHECK_PLAIN = b"entitled: this master key wraps the data keys"
+ERASED_KEY = b"entitled.erased"
+_MARKERS = (CHECK_KEY, ERASED_KEY)
 
 
 def keys_topic_configs(settings: Settings) -> dict[str, str]:
@@ -93,8 +109,8 @@ class Keyring:
         self._newest: dict[str, str] = {}  # subject -> the key id its writer seals with
         self._gone_ids: dict[str, None] = {}  # key ids known to be tombstoned (bounded)
         self._check: bytes | None = None
-        # No data key nor tombstone in the topic at all: a sealed record whose key is missing
-        # then means a wrong ENTITLED_KEYS_TOPIC, not erasure.
+        # No data key, tombstone nor erasure mark in the topic at all: a sealed record whose
+        # key is missing then means a wrong ENTITLED_KEYS_TOPIC, not erasure.
         self._any_key = False
         self._consumer: AIOKafkaConsumer | None = None
         self._producer: AIOKafkaProducer | None = None
@@ -187,6 +203,9 @@ class Keyring:
             return
         if key == CHECK_KEY:
             self._check = value
+            return
+        if key == ERASED_KEY:  # keys were forgotten here: a missing key is a forgotten one
+            self._any_key = True
             return
         subject, _, key_id = key.decode("utf-8", "replace").rpartition("/")
         self._any_key = True
@@ -302,14 +321,17 @@ class Keyring:
         finally:
             del self._making[subject]
 
-    async def forget(self, subjects: Iterable[str]) -> int:
-        """Tombstone every data key of `subjects` (acks=all); the number of keys."""
+    async def forget(self, subjects: Iterable[str]) -> list[str]:
+        """Tombstone every data key of `subjects` (acks=all), then mark the topic as one
+        keys were forgotten from (`ERASED_KEY`); the ids of the keys tombstoned."""
         await self.refresh()
         keys = self.keys_of(subjects)
         for subject, key_id in keys:
             await self._send(_record_key(subject, key_id), None)
             self._forget_locally(key_id)
-        return len(keys)
+        if keys:
+            await self._send(ERASED_KEY, str(int(time.time())).encode())
+        return [key_id for _, key_id in keys]
 
     async def rotate(self) -> int:
         """Wrap every data key (and the check record) under the current master key anew;
@@ -355,7 +377,7 @@ async def key_records(settings: Settings) -> dict[str, int]:
         end = (await consumer.end_offsets([tp]))[tp]
         while await consumer.position(tp) < end:
             for record in (await consumer.getmany(tp, timeout_ms=1000)).get(tp, ()):
-                if record.key is not None and record.key != CHECK_KEY:
+                if record.key is not None and record.key not in _MARKERS:
                     name = record.key.decode("utf-8", "replace")
                     present[name] = present.get(name, 0) + (record.value is not None)
         return present

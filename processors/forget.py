@@ -1,10 +1,11 @@
 """`entitled forget cus_...` (erase a customer) and `entitled forget --verify cus_...` (prove it).
 
 Forgetting deletes the data keys of the customer and of every subject the projection links
-to them (`projections.erasure.linked_subjects`), waits for every process to read the
-tombstones, then deletes their rows in every version (`projections.erasure.erase`). The log
-is not rewritten: their events stay, unreadable for ever (DESIGN.md, "Forgetting a
-customer"; docs/erasure.md).
+to them (`projections.erasure.linked_subjects`), then deletes their rows in every version
+and records the deleted key ids, which every fold transaction checks from then on
+(`projections.erasure`: no process folds their events again, however late it reads the
+tombstones). The log is not rewritten: their events stay, unreadable for ever (DESIGN.md,
+"Forgetting a customer"; docs/erasure.md).
 
 Verifying reads everything: every event of the log (opened where a key is left), the keys
 topic as it is on the broker (a tombstoned key is on the disks until compaction removes it),
@@ -48,7 +49,6 @@ async def forget_customer(
             customer,
             shred=keyring.forget,
             requested_by=requested_by,
-            grace_s=2 * settings.keys_follow_s,
         )
 
 

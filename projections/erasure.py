@@ -11,18 +11,26 @@ whose data keys the caller deletes (`entitled.keyring`): this module holds only 
 `erase` then deletes, in one transaction, in every version: the rows of those subjects, the
 customer's entitlements and history, the dead letters of those subjects (or naming the
 customer), the customer's change rows; it writes one change (cause `forget`: everything
-taken away; no history row) and the erasure record (customer id, subjects, when, who asked:
-no personal data).
+taken away; no history row), the erasure record (customer id, subjects, when, who asked:
+no personal data) and the ids of the deleted data keys (`erased_keys`: random ids).
 
-`forget` is the whole order of it: link, delete the keys (the caller's `shred`), give every
-process `grace_s` to learn of it, delete the rows.
+Why the fold cannot bring them back, however late a process reads the keys topic: every
+transaction that folds sealed records (`screen`, called by the writer first) share-locks the
+single row `erasure_epoch` and then treats a record whose key id is in `erased_keys` as
+forgotten, whatever its own keyring still holds. `erase` updates that row first, so it waits
+for every fold transaction already past its `screen`, deletes what they wrote, and commits
+the key ids; a fold transaction that reaches `screen` later either sees them (it began after
+the commit) or, when its snapshot is older (SERIALIZABLE), fails to lock the updated row with
+a serialization failure, which the caller retries like any other. No timing, any number of
+workers and replays: correctness rests on Postgres's locks, not on a wait.
+
+`forget` is the whole order of it: link, delete the keys (the caller's `shred`), then erase.
 """
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from psycopg import AsyncConnection, sql
@@ -30,8 +38,9 @@ from psycopg import AsyncConnection, sql
 from projections import changes
 from projections import schema as db
 from projections.model.entitlements import Entitlement
+from projections.types import Message
 
-__all__ = ["Erased", "erase", "erasures", "forget", "leftovers", "linked_subjects"]
+__all__ = ["Erased", "erase", "erasures", "forget", "leftovers", "linked_subjects", "screen"]
 
 # Mirrored tables that can concern a customer; products, prices and product features never do.
 _LINKED = tuple(t for t in db.MIRROR_TABLES if t not in ("products", "prices", "product_features"))
@@ -103,11 +112,12 @@ async def erase(
     customer: str,
     subjects: Sequence[str],
     *,
-    keys: int,
+    key_ids: Sequence[str],
     requested_by: str,
 ) -> Erased:
     """Delete what every version holds of `customer` and `subjects`, publish the `forget`
-    change and record the erasure; the caller commits (one transaction)."""
+    change, record the erasure and the deleted data keys `key_ids`; the caller commits (one
+    transaction) and has called `hold_folds` in it first."""
     wanted = sorted({customer, *subjects})
     live = await db.active_schema(conn, lock=True)
     held = await _entitlement(conn, live, customer)
@@ -147,12 +157,43 @@ async def erase(
         history=False,
         keep_unchanged=True,
     )
-    await conn.execute(
+    cur = await conn.execute(
         f"INSERT INTO {db.CONTROL}.erasures (customer, subjects, keys, requested_by)"
-        " VALUES (%s, %s, %s, %s)",
-        (customer, wanted, keys, requested_by),
+        " VALUES (%s, %s, %s, %s) RETURNING id",
+        (customer, wanted, len(key_ids), requested_by),
     )
-    return Erased(customer, tuple(wanted), keys, rows, len(schemas))
+    erasure = (await cur.fetchone() or (0,))[0]
+    await conn.execute(
+        f"INSERT INTO {db.CONTROL}.erased_keys (key_id, erasure)"
+        " SELECT unnest(%s::text[]), %s ON CONFLICT DO NOTHING",
+        (sorted(set(key_ids)), erasure),
+    )
+    return Erased(customer, tuple(wanted), len(key_ids), rows, len(schemas))
+
+
+async def hold_folds(conn: AsyncConnection[Any]) -> None:
+    """Wait for every fold transaction past its `screen`, and make every later one see this
+    transaction's erased keys or retry (see the module doc). Before any other lock but the
+    active version's share lock, which the writer takes first too (no lock cycle)."""
+    await db.active_schema(conn, lock=True)
+    await conn.execute(f"UPDATE {db.CONTROL}.erasure_epoch SET epoch = epoch + 1")
+
+
+async def screen(conn: AsyncConnection[Any], messages: Sequence[Message]) -> Sequence[Message]:
+    """`messages` with every record sealed by an erased data key made `forgotten`: the first
+    step of every transaction that folds records (see the module doc). A batch with no
+    sealed record takes no lock."""
+    ids = sorted({m.key_id for m in messages if m.key_id is not None and not m.forgotten})
+    if not ids:
+        return messages
+    await conn.execute(f"SELECT epoch FROM {db.CONTROL}.erasure_epoch FOR SHARE")
+    cur = await conn.execute(
+        f"SELECT key_id FROM {db.CONTROL}.erased_keys WHERE key_id = ANY(%s)", (ids,)
+    )
+    erased = {str(r[0]) for r in await cur.fetchall()}
+    if not erased:
+        return messages
+    return [replace(m, value=b"", forgotten=True) if m.key_id in erased else m for m in messages]
 
 
 async def _history(conn: AsyncConnection[Any], schema: str) -> list[str]:
@@ -176,7 +217,7 @@ async def _entitlement(conn: AsyncConnection[Any], schema: str, customer: str) -
 
 
 Connect = Callable[[], Awaitable[AsyncConnection[Any]]]
-Shred = Callable[[Sequence[str]], Awaitable[int]]
+Shred = Callable[[Sequence[str]], Awaitable[Sequence[str]]]
 
 
 async def forget(
@@ -185,27 +226,28 @@ async def forget(
     *,
     shred: Shred,
     requested_by: str,
-    grace_s: float,
 ) -> Erased:
-    """Forget `customer`: link, delete the data keys (`shred`: the keyring's, which
-    returns how many), wait `grace_s` (every process reads the keys topic that often, so
-    none opens their events after it), then delete every row in one transaction.
-
-    Rows a worker folds between the keys' deletion and the end of the grace are deleted
-    with the rest; events folded after it no longer open."""
+    """Forget `customer`: link, delete the data keys (`shred`: the keyring's, which returns
+    the ids of the keys it deleted), then, in one transaction, hold the folds
+    (`hold_folds`), link again (rows folded meanwhile may name more subjects: their keys go
+    too), and erase. From its commit on, no fold transaction applies an event sealed with
+    one of those keys, whatever the keyring of its process has read (module doc)."""
     async with await connect() as conn:
         await db.migrate(conn)
         await conn.commit()
         subjects = await linked_subjects(conn, customer)
         await conn.commit()
-    keys = await shred(subjects)
-    await asyncio.sleep(grace_s)  # not synchronisation: the keyring followers' period
+    # Outside the transaction: tombstoning is a Kafka round trip per key, and folds wait
+    # while `hold_folds` holds. Processes that read the tombstones skip the events already.
+    key_ids = list(await shred(subjects))
     async with await connect() as conn, conn.transaction():
-        # rows folded meanwhile may link further subjects: delete those keys too
+        await hold_folds(conn)
         more = sorted(set(await linked_subjects(conn, customer)) - set(subjects))
         if more:
-            keys += await shred(more)
-        return await erase(conn, customer, [*subjects, *more], keys=keys, requested_by=requested_by)
+            key_ids += await shred(more)
+        return await erase(
+            conn, customer, [*subjects, *more], key_ids=key_ids, requested_by=requested_by
+        )
 
 
 async def erasures(conn: AsyncConnection[Any], customer: str) -> list[dict[str, Any]]:

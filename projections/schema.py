@@ -96,6 +96,15 @@ CREATE TABLE IF NOT EXISTS {CONTROL}.erasures (
     requested_by text NOT NULL,
     erased_at    timestamptz NOT NULL DEFAULT now()
 );
+CREATE TABLE IF NOT EXISTS {CONTROL}.erased_keys (
+    key_id    text PRIMARY KEY,
+    erasure   bigint NOT NULL
+);
+CREATE TABLE IF NOT EXISTS {CONTROL}.erasure_epoch (
+    one   boolean PRIMARY KEY DEFAULT true CHECK (one),
+    epoch bigint NOT NULL DEFAULT 0
+);
+INSERT INTO {CONTROL}.erasure_epoch (one) VALUES (true) ON CONFLICT DO NOTHING
 """
 
 _MIRROR_DDL = """

@@ -27,7 +27,7 @@ from typing import Any
 
 from psycopg import AsyncConnection, IsolationLevel
 
-from projections import changes, deadletters, offsets, recompute, upserts
+from projections import changes, deadletters, erasure, offsets, recompute, upserts
 from projections import schema as db
 from projections.model.entitlements import Policy
 from projections.model.plan import Batch, Held, Letter, Plan, id_and_type, letters
@@ -112,6 +112,8 @@ class ProjectionStore:
         await self._begin(conn, level)
         async with conn.transaction():
             schema = self.schema or await db.active_schema(conn, lock=True)
+            # records of a customer forgotten meanwhile: forgotten here too (erasure.screen)
+            messages = await erasure.screen(conn, messages)
             cont = offsets.continuity(
                 messages,
                 await offsets.lock(conn, schema, self.topic, (m.partition for m in messages)),
@@ -174,10 +176,15 @@ class ProjectionStore:
         await self._begin(conn, IsolationLevel.SERIALIZABLE)
         async with conn.transaction():
             schema = self.schema or await db.active_schema(conn, lock=True)
+            (message,) = await erasure.screen(conn, [message])
             checkpoint = await offsets.lock(conn, schema, self.topic, [message.partition])
             cont = offsets.continuity([message], checkpoint)
             result = ApplyResult(below_checkpoint=cont.below_checkpoint, gaps=cont.gaps)
-            if cont.fresh:
+            if cont.fresh and message.forgotten:  # its customer was forgotten: no letter
+                result.forgotten = 1
+                result.next_offsets = cont.next_offsets
+                await offsets.save(conn, schema, self.topic, cont.next_offsets)
+            elif cont.fresh:
                 letter: Letter = (message, *id_and_type(message.value), error)
                 await deadletters.record(conn, schema, self.topic, [letter], "poison")
                 result.poison = 1
@@ -256,6 +263,7 @@ class ProjectionStore:
         decisions stand: skipped events stay skipped, and a parked key stays parked from its
         first dead letter on."""
         result = ApplyResult()
+        messages = await erasure.screen(conn, messages)
         held = await deadletters.held(conn, schema, self.topic, messages, from_first_letter=True)
         plan = await self._plan(conn, schema, messages, held)
         if customer:

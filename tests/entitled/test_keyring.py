@@ -7,11 +7,15 @@ import uuid
 from dataclasses import replace
 
 import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from entitled.crypto import CryptoError, WrongMasterKey, new_master_key
-from entitled.keyring import Keyring
+from entitled.kafka import client_options
+from entitled.keyring import CHECK_KEY, ERASED_KEY, Keyring, keys_topic_configs
 from entitled.settings import Settings
+from entitled.topics import ensure_topic
 from launcher.services import Endpoints
+from tests.support.polling import async_wait_until
 
 
 @pytest.fixture
@@ -42,7 +46,7 @@ async def test_forgetting_tombstones_every_key_of_a_subject(keys_settings: Setti
         second, h2 = await two.seal("cus_1", b"two")  # two writers, two keys
         other, h3 = await one.seal("cus_2", b"other")
         assert h1 != h2
-        assert await one.forget(["cus_1"]) == 2
+        assert len(await one.forget(["cus_1"])) == 2
     async with Keyring(keys_settings) as fresh:
         assert (await fresh.open(first, [h1])).forgotten
         assert (await fresh.open(second, [h2])).forgotten
@@ -95,3 +99,52 @@ async def test_a_wrong_keys_topic_is_an_error_not_a_log_of_forgotten_events(
     async with Keyring(elsewhere) as reader:
         with pytest.raises(CryptoError, match="ENTITLED_KEYS_TOPIC"):
             await reader.open(sealed, [header])
+
+
+async def _records(settings: Settings) -> list[tuple[bytes | None, bytes | None]]:
+    """Every record of the keys topic as stored on the broker now, tombstones included."""
+    consumer = AIOKafkaConsumer(**client_options(settings), enable_auto_commit=False)
+    await consumer.start()
+    try:
+        tp = TopicPartition(settings.data_keys_topic, 0)
+        consumer.assign([tp])
+        await consumer.seek_to_beginning(tp)
+        end = (await consumer.end_offsets([tp]))[tp]
+        out = []
+        while await consumer.position(tp) < end:
+            for r in (await consumer.getmany(tp, timeout_ms=1000)).get(tp, ()):
+                out.append((r.key, r.value))
+        return out
+    finally:
+        await consumer.stop()
+
+
+async def test_a_topic_whose_every_key_was_forgotten_and_compacted_reads_as_forgotten(
+    keys_settings: Settings,
+) -> None:
+    """Compaction removes a forgotten key and, later, its tombstone: a keys topic can end up
+    with no key at all while the log holds sealed records. The erasure mark tells that apart
+    from a wrong keys topic (the test above): those events read as forgotten."""
+    s = keys_settings
+    # the topic made first with tiny segments and tombstones dropped at once after cleaning
+    tiny = {"segment.ms": "300", "max.compaction.lag.ms": "300", "delete.retention.ms": "0"}
+    await ensure_topic(s, s.data_keys_topic, 1, configs={**keys_topic_configs(s), **tiny})
+    async with Keyring(s) as writer:
+        sealed, header = await writer.seal("cus_1", b"x")
+        await writer.forget(["cus_1"])
+    check = next(v for k, v in await _records(s) if k == CHECK_KEY)
+    producer = AIOKafkaProducer(**client_options(s))
+    await producer.start()
+
+    async def compacted() -> bool:
+        # a segment rolls only on an append: append the check record again (no data key)
+        await producer.send_and_wait(s.data_keys_topic, check, key=CHECK_KEY, partition=0)
+        return not any(k is not None and k.startswith(b"cus_1/") for k, _ in await _records(s))
+
+    try:
+        await async_wait_until(compacted, 90, "compaction removed the key and its tombstone")
+    finally:
+        await producer.stop()
+    assert all(k in (CHECK_KEY, ERASED_KEY) for k, _ in await _records(s))
+    async with Keyring(s) as reader:
+        assert (await reader.open(sealed, [header])).forgotten
