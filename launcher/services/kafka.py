@@ -7,7 +7,11 @@ clients expect it.
 A secure cluster (`plan(..., secure=True)`) has no PLAINTEXT listener for clients: brokers
 talk SASL_SSL (SCRAM-SHA-512) to clients and to each other, with a certificate from the local
 CA (`tls.py`); the SCRAM users (`admin` for the brokers, `entitled` for the processes) are
-written into the storage by `kafka-storage format --add-scram`, as KRaft wants.
+written into the storage by `kafka-storage format --add-scram`, as KRaft wants. The same
+listener also offers what managed services use instead (SCRAM-SHA-256: MSK, Aiven; PLAIN:
+Confluent Cloud's API keys), and a second listener speaks SSL with client certificates
+required (mutual TLS: MSK, Aiven), so each mechanism the settings accept can be tried for
+real (`client_env(..., mechanism=)`, `mtls_env`).
 """
 
 from __future__ import annotations
@@ -125,6 +129,8 @@ def _log_file(settings: Settings, node_id: int) -> Path:
 
 
 SCRAM = "SCRAM-SHA-512"
+# What the SASL_SSL listener of a secure cluster accepts; processes use SCRAM unless told.
+MECHANISMS = (SCRAM, "SCRAM-SHA-256", "PLAIN")
 CLIENT_USER = "entitled"  # the processes' SCRAM user; `admin` is the brokers' own
 
 
@@ -138,23 +144,40 @@ def _listener_properties(node: dict[str, Any], security: dict[str, Any] | None) 
             "inter.broker.listener.name": "PLAINTEXT",
         }
     auth = tls.Authority(Path(security["tls_dir"]))
-    admin = security["users"]["admin"]
+    users = security["users"]
+    admin = users["admin"]
+    plain_users = " ".join(f'user_{name}="{secret}"' for name, secret in users.items())
+    listeners = [f"SASL_SSL://127.0.0.1:{node['port']}"]
+    protocols = "SASL_SSL:SASL_SSL,CONTROLLER:PLAINTEXT"
+    mtls: dict[str, Any] = {}
+    if node.get("mtls_port"):  # clusters planned before it have none
+        listeners.append(f"SSL://127.0.0.1:{node['mtls_port']}")
+        protocols = f"{protocols},SSL:SSL"
+        mtls = {"listener.name.ssl.ssl.client.auth": "required"}
     return {
-        "listeners": f"SASL_SSL://127.0.0.1:{node['port']},{controller}",
-        "advertised.listeners": f"SASL_SSL://127.0.0.1:{node['port']}",
-        "listener.security.protocol.map": "SASL_SSL:SASL_SSL,CONTROLLER:PLAINTEXT",
+        "listeners": ",".join([*listeners, controller]),
+        "advertised.listeners": ",".join(listeners),
+        "listener.security.protocol.map": protocols,
         "inter.broker.listener.name": "SASL_SSL",
-        "sasl.enabled.mechanisms": SCRAM,
+        "sasl.enabled.mechanisms": ",".join(MECHANISMS),
         "sasl.mechanism.inter.broker.protocol": SCRAM,
         "listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config": (
             "org.apache.kafka.common.security.scram.ScramLoginModule required "
             f'username="admin" password="{admin}";'
+        ),
+        "listener.name.sasl_ssl.scram-sha-256.sasl.jaas.config": (
+            "org.apache.kafka.common.security.scram.ScramLoginModule required;"
+        ),
+        # PLAIN checks the password against these user_<name> entries (the same passwords)
+        "listener.name.sasl_ssl.plain.sasl.jaas.config": (
+            f"org.apache.kafka.common.security.plain.PlainLoginModule required {plain_users};"
         ),
         "ssl.keystore.type": "PEM",
         "ssl.keystore.location": str(auth.bundle),
         "ssl.truststore.type": "PEM",
         "ssl.truststore.location": str(auth.ca_file),
         "ssl.client.auth": "none",
+        **mtls,
     }
 
 
@@ -239,6 +262,8 @@ def plan(settings: Settings, brokers: int, *, secure: bool = False) -> KafkaStat
     cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
     state: KafkaState = {"version": KAFKA_VERSION, "cluster_id": cluster_id, "nodes": nodes}
     if secure:
+        for node in nodes:
+            node["mtls_port"] = proc.free_port()
         state["security"] = {
             "mechanism": SCRAM,
             "users": {"admin": tls.password(), CLIENT_USER: tls.password()},
@@ -251,8 +276,11 @@ def bootstrap(state: KafkaState) -> str:
     return ",".join(f"127.0.0.1:{n['port']}" for n in state["nodes"])
 
 
-def client_env(state: KafkaState, user: str = CLIENT_USER) -> dict[str, str]:
-    """The KAFKA_* variables a process needs to connect to this cluster as `user`."""
+def client_env(
+    state: KafkaState, user: str = CLIENT_USER, *, mechanism: str | None = None
+) -> dict[str, str]:
+    """The KAFKA_* variables a process needs to connect to this cluster as `user` (with
+    `mechanism`, one of `MECHANISMS`, instead of the cluster's own SCRAM-SHA-512)."""
     env = {"KAFKA_BOOTSTRAP_SERVERS": bootstrap(state)}
     security = state.get("security")
     if security is None:
@@ -260,10 +288,30 @@ def client_env(state: KafkaState, user: str = CLIENT_USER) -> dict[str, str]:
     return {
         **env,
         "KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
-        "KAFKA_SASL_MECHANISM": security["mechanism"],
+        "KAFKA_SASL_MECHANISM": mechanism or security["mechanism"],
         "KAFKA_SASL_USERNAME": user,
         "KAFKA_SASL_PASSWORD": security["users"][user],
         "KAFKA_SSL_CA_FILE": str(tls.Authority(Path(security["tls_dir"])).ca_file),
+    }
+
+
+def mtls_env(state: KafkaState) -> dict[str, str]:
+    """The KAFKA_* variables for the listener that requires a client certificate (mutual
+    TLS, no SASL): the local CA's client certificate (made once)."""
+    security = state.get("security")
+    ports = [n.get("mtls_port") for n in state["nodes"]]
+    if security is None or not all(ports):
+        raise ServicesError(
+            "This cluster has no mutual-TLS listener: start it with `entitled services up "
+            "--secure` (after `entitled services down --wipe` if it was made before)."
+        )
+    auth = tls.client_certificate(tls.Authority(Path(security["tls_dir"])))
+    return {
+        "KAFKA_BOOTSTRAP_SERVERS": ",".join(f"127.0.0.1:{p}" for p in ports),
+        "KAFKA_SECURITY_PROTOCOL": "SSL",
+        "KAFKA_SSL_CA_FILE": str(auth.ca_file),
+        "KAFKA_SSL_CERT_FILE": str(auth.client_cert_file),
+        "KAFKA_SSL_KEY_FILE": str(auth.client_key_file),
     }
 
 
@@ -325,6 +373,9 @@ def _scram_users(state: KafkaState) -> list[str]:
     args = []
     for user, secret in security["users"].items():
         args += ["--add-scram", f"{security['mechanism']}=[name={user},password={secret}]"]
+    # the processes' user can also log in with SCRAM-SHA-256 (MSK's and Aiven's mechanism)
+    secret = security["users"][CLIENT_USER]
+    args += ["--add-scram", f"SCRAM-SHA-256=[name={CLIENT_USER},password={secret}]"]
     return args
 
 
@@ -345,6 +396,8 @@ def launch(settings: Settings, state: KafkaState) -> KafkaState:
     for node in stopped:
         proc.require_free_port(node["port"], f"Kafka node {node['node_id']}")
         proc.require_free_port(node["controller_port"], f"Kafka controller {node['node_id']}")
+        if node.get("mtls_port"):
+            proc.require_free_port(node["mtls_port"], f"Kafka mutual-TLS {node['node_id']}")
         Path(node["data_dir"]).mkdir(parents=True, exist_ok=True)
         Path(node["log_file"]).parent.mkdir(parents=True, exist_ok=True)
         Path(node["config"]).write_text(_server_properties(node, state["nodes"], security))

@@ -4,7 +4,10 @@ PostgreSQL refuses to run as root, so when we are root every server-side command
 the `postgres` system user, and the directories it needs are handed to that user.
 
 A cluster planned with `tls_dir` (`entitled services up --secure`) serves TLS (`ssl=on`) with
-the local CA's server certificate, and its URL asks for `sslmode=verify-full` against that CA.
+the local CA's server certificate, its URL asks for `sslmode=verify-full` against that CA, and
+its pg_hba.conf refuses every TCP connection without TLS (`hostssl` only; `HBA_TLS_ONLY`), so
+a client that ignored the URL's settings could not work at all, as with a managed Postgres
+that enforces TLS. The unix socket (in the private `socket_dir`) stays open to local tools.
 """
 
 from __future__ import annotations
@@ -33,6 +36,17 @@ MAX_CONNECTIONS = 300
 FAST_SETTINGS = {"fsync": "off", "synchronous_commit": "off", "full_page_writes": "off"}
 
 PostgresState = dict[str, Any]
+
+# pg_hba.conf of a secure cluster: first match wins; TCP only with TLS (replication too: the
+# replicas' base backup and WAL stream, which ask for TLS by libpq's default `prefer`).
+HBA_TLS_ONLY = """\
+# written by entitled (services up --secure): TCP connections only over TLS
+local     all          all                 trust
+hostssl   all          all   127.0.0.1/32  trust
+hostssl   replication  all   127.0.0.1/32  trust
+hostnossl all          all   0.0.0.0/0     reject
+hostnossl replication  all   0.0.0.0/0     reject
+"""
 
 
 _SERVER_BINARIES = ("initdb", "pg_ctl", "postgres")
@@ -225,6 +239,10 @@ def _write_conf(state: PostgresState) -> None:
         settings.update(FAST_SETTINGS)
     settings.update(tls_settings(state))
     install_certificate(state)
+    if state.get("tls_dir"):
+        hba = Path(state["data_dir"]) / "pg_hba.conf"
+        hba.write_text(HBA_TLS_ONLY)
+        _give(hba)
     path = Path(state["data_dir"]) / "entitled.conf"
     path.write_text("".join(f"{k} = {v}\n" for k, v in settings.items()))
     _give(path)

@@ -78,7 +78,10 @@ def _allow_replication(primary: PostgresState) -> None:
     cluster initialised otherwise may not); reload when it was added."""
     hba = Path(primary["data_dir"]) / "pg_hba.conf"
     lines = [line.split() for line in hba.read_text().splitlines()]
-    if any(p[:2] == ["host", "replication"] and "127.0.0.1/32" in p for p in lines):
+    if any(
+        p[:2] in (["host", "replication"], ["hostssl", "replication"]) and "127.0.0.1/32" in p
+        for p in lines
+    ):
         return
     with hba.open("a") as fh:
         fh.write(HBA_LINE)

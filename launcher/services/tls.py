@@ -15,7 +15,7 @@ from pathlib import Path
 
 from launcher.services.errors import ServicesError
 
-__all__ = ["Authority", "authority", "password"]
+__all__ = ["Authority", "authority", "client_certificate", "password"]
 
 _DAYS = "825"
 
@@ -42,6 +42,15 @@ class Authority:
     def key_file(self) -> Path:
         """PKCS#8, unencrypted: the form both Kafka's PEM key store and PostgreSQL read."""
         return self.directory / "server.key"
+
+    @property
+    def client_cert_file(self) -> Path:
+        """A client certificate (CN=entitled) for mutual TLS (`client_certificate`)."""
+        return self.directory / "client.crt"
+
+    @property
+    def client_key_file(self) -> Path:
+        return self.directory / "client.key"
 
     @property
     def bundle(self) -> Path:
@@ -96,6 +105,32 @@ def authority(directory: Path, *, name: str = "entitled local CA") -> Authority:
     partial.write_bytes(auth.key_file.read_bytes() + auth.cert_file.read_bytes())
     partial.chmod(0o600)
     partial.rename(auth.bundle)  # last: its presence means the whole set is there
+    return auth
+
+
+def client_certificate(auth: Authority, *, name: str = "entitled") -> Authority:
+    """A client certificate signed by `auth`'s CA (made once): what a process presents to a
+    broker listener that requires mutual TLS (KAFKA_SSL_CERT_FILE / KAFKA_SSL_KEY_FILE)."""
+    if auth.client_cert_file.exists():
+        return auth
+    directory = auth.directory
+    _openssl(
+        "req", "-newkey", "rsa:2048", "-nodes", "-keyout", "client.key", "-out", "client.csr",
+        "-subj", f"/CN={name}",
+        cwd=directory,
+    )  # fmt: skip
+    (directory / "client.ext").write_text(
+        "basicConstraints=CA:FALSE\n"
+        "keyUsage=critical,digitalSignature,keyEncipherment\n"
+        "extendedKeyUsage=clientAuth\n"
+    )
+    auth.client_key_file.chmod(0o600)
+    _openssl(
+        "x509", "-req", "-in", "client.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
+        "-CAcreateserial", "-out", "client.crt.partial", "-days", _DAYS, "-extfile", "client.ext",
+        cwd=directory,
+    )  # fmt: skip
+    (directory / "client.crt.partial").rename(auth.client_cert_file)  # last: the set is there
     return auth
 
 

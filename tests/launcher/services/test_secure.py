@@ -22,15 +22,17 @@ from urllib.parse import urlsplit, urlunsplit
 import httpx
 import psycopg
 import pytest
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from psycopg import sql
 
-from entitled.kafka import client_options
+from entitled.kafka import KafkaAccessError, client_options, probe
 from entitled.settings import Settings
+from entitled.topics import end_offsets, ensure_topic
 from launcher import services as svc
-from launcher.services import tls
-from launcher.services._process import run_async
+from launcher.services import kafka, tls
+from launcher.services._process import load_state, run_async
 from launcher.stripe import events as se
+from tests.launcher.test_dev import api_base, can_watch, dev_environment, post_signed, running
 from tests.support.db import caught_up, entitlements
 from tests.support.keys import MASTER_KEY
 from tests.support.polling import wait_until
@@ -49,6 +51,7 @@ class Secure:
     settings: Settings  # the secure services, a fresh topic and database
     replica_url: str
     other_ca: Path  # a CA that did not sign the services' certificates
+    base: Settings  # the home the services run in (`entitled dev --secure` reuses them)
 
 
 def _with_database(url: str, name: str) -> str:
@@ -74,7 +77,7 @@ def secure() -> Iterator[Secure]:
             master_key=MASTER_KEY,
         )
         other = tls.authority(home / "other-ca", name="not the services' CA")
-        yield Secure(settings, _with_database(replica, name), other.ca_file)
+        yield Secure(settings, _with_database(replica, name), other.ca_file, base)
     finally:
         try:
             svc.down(base, wipe=True)
@@ -106,6 +109,85 @@ def test_the_services_speak_only_tls(secure: Secure) -> None:
         wrong = url.replace(str(s.kafka_ssl_ca_file), str(secure.other_ca))
         with pytest.raises(psycopg.OperationalError, match="certificate verify failed"):
             psycopg.connect(wrong, connect_timeout=10).close()
+        # without TLS: refused by the server itself (pg_hba.conf: hostssl only)
+        plain = url.partition("?")[0] + "?sslmode=disable"
+        with pytest.raises(psycopg.OperationalError, match="no encryption"):
+            psycopg.connect(plain, connect_timeout=10).close()
+
+
+@pytest.mark.parametrize("mechanism", ["SCRAM-SHA-256", "PLAIN", "mutual TLS"])
+def test_each_way_of_logging_in_that_managed_kafkas_use_works(
+    secure: Secure, mechanism: str
+) -> None:
+    """SCRAM-SHA-256 (MSK, Aiven) and PLAIN (Confluent Cloud) on the SASL_SSL listener, and
+    client certificates on the listener that requires them (MSK, Aiven): a real admin,
+    producer and consumer each, through the project's client options."""
+    state = load_state(secure.base.services_dir)["kafka"]
+    if mechanism == "mutual TLS":
+        env = kafka.mtls_env(state)
+    else:
+        env = kafka.client_env(state, mechanism=mechanism)
+    s = dataclasses.replace(
+        svc.with_kafka(secure.settings, Settings.from_env(env)), topic=f"mech.{uuid.uuid4().hex}"
+    )
+    assert s.kafka_security_protocol == ("SSL" if mechanism == "mutual TLS" else "SASL_SSL")
+    assert run_async(lambda: _round_trip(s)) == {0: 1}
+    if mechanism == "mutual TLS":  # the same listener without a client certificate: refused
+        anonymous = dataclasses.replace(s, kafka_ssl_cert_file=None, kafka_ssl_key_file=None)
+        with pytest.raises(KafkaAccessError):
+            run_async(lambda: probe(anonymous))
+
+
+async def _round_trip(settings: Settings) -> dict[int, int]:
+    await probe(settings)
+    await ensure_topic(settings, settings.topic, 1)
+    producer = AIOKafkaProducer(**client_options(settings), acks="all")
+    await producer.start()
+    try:
+        await producer.send_and_wait(settings.topic, b"hello", key=b"k")
+    finally:
+        await producer.stop()
+    return await end_offsets(settings, settings.topic)
+
+
+def test_dev_secure_takes_a_webhook_and_answers_a_search(secure: Secure) -> None:
+    """`entitled dev --secure` end to end, on this module's secure services (dev reuses the
+    services running in its home and leaves them up): the demo events and a new webhook go
+    through SASL_SSL Kafka and TLS Postgres to a search."""
+    env = dev_environment(secure.base.home, secure.base.cache)
+    with running(env, "--secure") as run:
+        fields = run.wait_ready()
+        api, secret = api_base(fields), fields["secret"]
+        wait_until(
+            lambda: can_watch(
+                api, "cus_demo_alice", "harrison ford", "Air Force One", "subscription"
+            ),
+            60,
+            "alice's action subscription (the demo events)",
+            run,
+        )
+        sub = se.subscription(
+            customer="cus_demo_carol", items=[("price_demo_animated", "prod_demo_animated")]
+        )
+        event = se.event("customer.subscription.created", sub)
+        r = post_signed(fields["webhook"], event, secret)
+        assert r.status_code == 200 and r.json()["id"] == event["id"], r.text
+        wait_until(
+            lambda: can_watch(api, "cus_demo_carol", "toy story", "Toy Story", "subscription"),
+            60,
+            "carol's new subscription folded",
+            run,
+        )
+        # every connection dev's processes hold to its database is TLS (none could be
+        # otherwise: pg_hba.conf refuses it)
+        url = _with_database(secure.settings.database_url or "", "entitled")
+        with psycopg.connect(url, connect_timeout=10) as conn:
+            ssl = conn.execute(
+                "SELECT s.ssl, count(*) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid)"
+                " WHERE a.datname = 'entitled' AND a.pid <> pg_backend_pid() GROUP BY s.ssl"
+            ).fetchall()
+        assert [flag for flag, _ in ssl] == [True], ssl
+        assert run.interrupt() == 0, run.text()
 
 
 def test_every_process_works_over_sasl_ssl_and_tls(
