@@ -6,6 +6,7 @@ in one exception handler, so route code just raises.
 
 from __future__ import annotations
 
+from entitled.errors import StatusError
 from projections.errors import ProjectionError
 
 __all__ = [
@@ -18,14 +19,8 @@ __all__ = [
 ]
 
 
-class APIError(ProjectionError):
+class APIError(ProjectionError, StatusError):
     """Base of every read API error; `status` is the HTTP status it maps to."""
-
-    status: int = 500
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.message = message
 
 
 class BadRequest(APIError):

@@ -157,16 +157,7 @@ def main() -> None:
         api = common.spawn(settings, "api", "--port", str(port), "--log-level", "warning", log=log)
         url = f"http://127.0.0.1:{port}"
         try:
-            deadline = time.monotonic() + 60
-            while True:
-                try:
-                    if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                if time.monotonic() > deadline:
-                    raise SystemExit(f"api did not become ready; see {log}")
-                time.sleep(0.2)
+            common.wait_http(f"{url}/readyz", api, f"the api (see {log})")
             figures = asyncio.run(
                 _run(url, settings.database_url, args.streams, args.changes, args.rate)
             )

@@ -55,6 +55,11 @@ def _uses_sasl(settings: Settings) -> bool:
     return settings.kafka_security_protocol in ("SASL_PLAINTEXT", "SASL_SSL")
 
 
+def _given(*settings: tuple[str, object]) -> list[str]:
+    """The names of the settings that have a value."""
+    return [name for name, value in settings if value]
+
+
 def check(settings: Settings) -> None:
     """Raise `KafkaConfigError` for settings that contradict each other or are missing."""
     protocol = settings.kafka_security_protocol
@@ -62,24 +67,16 @@ def check(settings: Settings) -> None:
         raise KafkaConfigError(
             f"KAFKA_SECURITY_PROTOCOL={protocol!r} is not one of {', '.join(PROTOCOLS)}"
         )
-    sasl_set = [
-        name
-        for name, value in (
-            ("KAFKA_SASL_MECHANISM", settings.kafka_sasl_mechanism),
-            ("KAFKA_SASL_USERNAME", settings.kafka_sasl_username),
-            ("KAFKA_SASL_PASSWORD", settings.kafka_sasl_password),
-        )
-        if value
-    ]
-    ssl_set = [
-        name
-        for name, value in (
-            ("KAFKA_SSL_CA_FILE", settings.kafka_ssl_ca_file),
-            ("KAFKA_SSL_CERT_FILE", settings.kafka_ssl_cert_file),
-            ("KAFKA_SSL_KEY_FILE", settings.kafka_ssl_key_file),
-        )
-        if value
-    ]
+    sasl_set = _given(
+        ("KAFKA_SASL_MECHANISM", settings.kafka_sasl_mechanism),
+        ("KAFKA_SASL_USERNAME", settings.kafka_sasl_username),
+        ("KAFKA_SASL_PASSWORD", settings.kafka_sasl_password),
+    )
+    ssl_set = _given(
+        ("KAFKA_SSL_CA_FILE", settings.kafka_ssl_ca_file),
+        ("KAFKA_SSL_CERT_FILE", settings.kafka_ssl_cert_file),
+        ("KAFKA_SSL_KEY_FILE", settings.kafka_ssl_key_file),
+    )
     if _uses_sasl(settings):
         mechanism = settings.kafka_sasl_mechanism or "PLAIN"
         if mechanism not in SASL_MECHANISMS:

@@ -6,15 +6,11 @@ route code just raises. Messages are written for the sender and never contain a 
 
 from __future__ import annotations
 
+from entitled.errors import StatusError
 
-class IngestError(Exception):
+
+class IngestError(StatusError):
     """Base of every ingest error; `status` is the HTTP status it maps to."""
-
-    status: int = 500
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.message = message
 
 
 class BadRequest(IngestError):

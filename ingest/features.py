@@ -24,7 +24,7 @@ from entitled.kafka import client_options
 from entitled.settings import Settings
 from entitled.topics import ensure_event_topic
 from ingest.keys import event_headers, routing_key
-from ingest.log_scan import partitions
+from ingest.log_scan import partitions, records_between
 from ingest.producer import EventProducer
 from ingest.snapshots import PRODUCT_FEATURES_TYPE, features_digest, product_features_event
 from ingest.stripe_api import StripeApi
@@ -53,23 +53,12 @@ async def logged_features(settings: Settings) -> dict[str, str]:
         consumer.assign(tps)
         end = await consumer.end_offsets(tps)
         start = await consumer.beginning_offsets(tps)
-        pending = set()
-        for tp in tps:
-            if start[tp] < end[tp]:
-                consumer.seek(tp, start[tp])
-                pending.add(tp)
-        while pending:
-            batches = await consumer.getmany(*pending, timeout_ms=1000)
-            for tp, records in batches.items():
-                for record in records:
-                    headers = dict(record.headers)
-                    if record.offset < end[tp] and headers.get("stripe-event-type") == wanted:
-                        event_id = headers.get("stripe-event-id", b"").decode()
-                        if record.key:  # a product's snapshots share its key: log order
-                            newest[record.key.decode()] = event_id
-            for tp in list(pending):
-                if await consumer.position(tp) >= end[tp]:
-                    pending.discard(tp)
+        async for record in records_between(consumer, start, end):
+            headers = dict(record.headers)
+            if headers.get("stripe-event-type") == wanted:
+                event_id = headers.get("stripe-event-id", b"").decode()
+                if record.key:  # a product's snapshots share its key: log order
+                    newest[record.key.decode()] = event_id
         return newest
     finally:
         await consumer.stop()

@@ -7,7 +7,9 @@ time (Kafka timestamps are write times) to the end offsets as of the call.
 
 from __future__ import annotations
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from collections.abc import AsyncIterator, Mapping
+
+from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
 from entitled.kafka import client_options
@@ -27,34 +29,44 @@ async def header_values(
             return set()
         consumer.assign(tps)
         end = await consumer.end_offsets(tps)
-        starts = await consumer.offsets_for_times({tp: int(since_s * 1000) for tp in tps})
-        pending = set()
-        for tp in tps:
-            found = starts.get(tp)
-            start = found.offset if found is not None else end[tp]
-            if start < end[tp]:
-                consumer.seek(tp, start)
-                pending.add(tp)
+        found = await consumer.offsets_for_times({tp: int(since_s * 1000) for tp in tps})
+        starts = {tp: f.offset if (f := found.get(tp)) is not None else end[tp] for tp in tps}
         wanted_source = source.encode() if source is not None else None
         values: set[str] = set()
-        while pending:
-            batches = await consumer.getmany(*pending, timeout_ms=1000)
-            for tp, records in batches.items():
-                for record in records:
-                    if record.offset >= end[tp]:
-                        continue
-                    headers = dict(record.headers)
-                    value = headers.get(name)
-                    if value is not None and (
-                        wanted_source is None or headers.get("source") == wanted_source
-                    ):
-                        values.add(value.decode())
-            for tp in list(pending):
-                if await consumer.position(tp) >= end[tp]:
-                    pending.discard(tp)
+        async for record in records_between(consumer, starts, end):
+            headers = dict(record.headers)
+            value = headers.get(name)
+            if value is not None and (
+                wanted_source is None or headers.get("source") == wanted_source
+            ):
+                values.add(value.decode())
         return values
     finally:
         await consumer.stop()
+
+
+async def records_between(
+    consumer: AIOKafkaConsumer,
+    starts: Mapping[TopicPartition, int],
+    ends: Mapping[TopicPartition, int],
+) -> AsyncIterator[ConsumerRecord[bytes, bytes]]:
+    """Every record of `consumer`'s assigned partitions from `starts` up to (not including)
+    `ends`: the end offsets as of the caller's question, so records written meanwhile are not
+    waited for."""
+    pending = set()
+    for tp, start in starts.items():
+        if start < ends[tp]:
+            consumer.seek(tp, start)
+            pending.add(tp)
+    while pending:
+        batches = await consumer.getmany(*pending, timeout_ms=1000)
+        for tp, records in batches.items():
+            for record in records:
+                if record.offset < ends[tp]:
+                    yield record
+        for tp in list(pending):
+            if await consumer.position(tp) >= ends[tp]:
+                pending.discard(tp)
 
 
 async def write_times(settings: Settings, offsets: dict[TopicPartition, int]) -> list[float]:

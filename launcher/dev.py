@@ -48,6 +48,7 @@ from launcher._dev_steps import (
     wait_ready,
     with_secrets,
 )
+from launcher.services.cli import replicas_option, secure_option
 
 STOP_TIMEOUT_S = 20.0
 
@@ -273,18 +274,8 @@ def _stop_services(settings: Settings, ours: set[str], code: int) -> int:
 @click.option(
     "--timeout", "timeout_s", default=120.0, show_default=True, help="Seconds to wait for startup."
 )
-@click.option(
-    "--replicas",
-    default=0,
-    show_default=True,
-    type=click.IntRange(0, 8),
-    help="Streaming replicas of the local PostgreSQL that the read API reads from.",
-)
-@click.option(
-    "--secure",
-    is_flag=True,
-    help="Local Kafka over SASL_SSL (SCRAM) and PostgreSQL over TLS, as in production.",
-)
+@replicas_option
+@secure_option
 def dev(
     ingest_port: int,
     api_port: int,

@@ -10,8 +10,9 @@ import logging
 import signal
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 import psycopg
@@ -28,6 +29,8 @@ from projections.store import ProjectionStore
 if TYPE_CHECKING:
     from .replay import ReplayReport
 
+T = TypeVar("T")
+
 
 def resolved_settings() -> Settings:
     """Settings from the environment (the `entitled` command has named the local services
@@ -39,22 +42,24 @@ def resolved_settings() -> Settings:
     return settings
 
 
-async def prepare(settings: Settings, *, patience_s: float = 120.0) -> str:
-    """Create the topic and migrate the schema (both idempotent); return the active schema.
-
-    Kafka or Postgres may be restarting while a worker starts: retry with backoff for a
-    while instead of dying at once.
-    """
+async def _patiently(what: Callable[[], Awaitable[T]], patience_s: float) -> T:
+    """`what()`, retried with backoff while Kafka or Postgres is unavailable (a worker may
+    start while either restarts) instead of dying at once; a clear error after `patience_s`."""
     delay, deadline = 0.2, time.monotonic() + patience_s
     while True:
         try:
-            return await _prepare_once(settings)
+            return await what()
         except (psycopg.OperationalError, KafkaError, OSError) as exc:
             if time.monotonic() > deadline:
                 raise click.ClickException(f"Kafka or Postgres unavailable: {exc}") from exc
             logging.getLogger(__name__).warning("waiting for Kafka/Postgres: %s", exc)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 5.0)
+
+
+async def prepare(settings: Settings, *, patience_s: float = 120.0) -> str:
+    """Create the topic and migrate the schema (both idempotent); return the active schema."""
+    return await _patiently(lambda: _prepare_once(settings), patience_s)
 
 
 async def _prepare_once(settings: Settings) -> str:
@@ -66,15 +71,22 @@ async def _prepare_once(settings: Settings) -> str:
     return active
 
 
-async def start_keyring(settings: Settings, *, follow: bool = False) -> Keyring:
+async def start_keyring(
+    settings: Settings, *, follow: bool = False, patience_s: float = 120.0
+) -> Keyring:
     """The process's keyring, read to the end; a missing or wrong master key is a clear
-    error and a non-zero exit, before anything is read from the log."""
-    try:
+    error and a non-zero exit at once, before anything is read from the log. Kafka being
+    briefly away (a restart while this process starts) is waited for, as in `prepare`."""
+
+    async def started() -> Keyring:
         keyring = Keyring(settings)
-        await keyring.start(follow=follow)
+        await keyring.start(follow=follow)  # stops what it started when it fails
+        return keyring
+
+    try:
+        return await _patiently(started, patience_s)
     except CryptoError as exc:
         raise click.ClickException(str(exc)) from exc
-    return keyring
 
 
 @click.command()

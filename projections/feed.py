@@ -72,7 +72,8 @@ SELECT EXISTS (SELECT 1 FROM {LIVE}.processed_events WHERE event_id = %(event)s)
 """
 
 
-def _diff(before: list[str], after: list[str]) -> dict[str, list[str]]:
+def entitlement_diff(before: list[str], after: list[str]) -> dict[str, list[str]]:
+    """A change's lists as the feed and the history show them: both sides and the delta."""
     return {
         "before": before,
         "after": after,
@@ -101,8 +102,8 @@ class Change:
         return {
             "id": self.id,
             "customer": self.customer,
-            "groups": _diff(self.groups_before, self.groups_after),
-            "movies": _diff(self.movies_before, self.movies_after),
+            "groups": entitlement_diff(self.groups_before, self.groups_after),
+            "movies": entitlement_diff(self.movies_before, self.movies_after),
             "cause": self.cause,
             "event_id": self.event_id,
             "event_created": self.event_created,

@@ -20,6 +20,7 @@ from typing import Any
 from psycopg import AsyncConnection
 from psycopg.rows import dict_row
 
+from projections.feed import Change, entitlement_diff
 from projections.schema import CONTROL, LIVE
 
 __all__ = ["Entry", "Page", "State", "entries_until", "movie", "page", "state_at"]
@@ -65,37 +66,20 @@ _MOVIE_SQL = f"SELECT movie_id, title, groups FROM {CONTROL}.movies WHERE movie_
 
 
 @dataclass(frozen=True, slots=True)
-class Entry:
-    """One change of one customer's entitlements in the active version."""
+class Entry(Change):
+    """One change of one customer's entitlements in the active version: a change row with
+    what history adds (the causing event's type, the grant sources at write time). Its cause
+    is event | rebuild | build (a replay's build)."""
 
-    id: int
-    customer: str
-    groups_before: list[str]
-    groups_after: list[str]
-    movies_before: list[str]
-    movies_after: list[str]
-    cause: str  # event | rebuild | build (a replay's build)
-    event_id: str | None
     event_type: str | None
-    event_created: int | None
     grants: dict[str, Any]
-    created_at: Any
-    version: int
 
     def to_json(self) -> dict[str, Any]:
-        def diff(before: list[str], after: list[str]) -> dict[str, list[str]]:
-            return {
-                "before": before,
-                "after": after,
-                "added": [x for x in after if x not in before],
-                "removed": [x for x in before if x not in after],
-            }
-
         return {
             "id": self.id,
             "when": self.event_created,
-            "groups": diff(self.groups_before, self.groups_after),
-            "movies": diff(self.movies_before, self.movies_after),
+            "groups": entitlement_diff(self.groups_before, self.groups_after),
+            "movies": entitlement_diff(self.movies_before, self.movies_after),
             "cause": self.cause,
             "event_id": self.event_id,
             "event_type": self.event_type,

@@ -15,14 +15,12 @@ from typing import Any
 from psycopg import AsyncConnection
 
 from projections import changes
+from projections.model import entitlements
 from projections.model.entitlements import (
     Entitlement,
     Facts,
     Policy,
     derive,
-    gather,
-    link_keys,
-    product_ids,
 )
 from projections.model.fold import FoldResult
 from projections.model.grants import grants
@@ -186,15 +184,15 @@ async def gather_facts(
         )
     }
     for step in _LINK_STEPS:
-        keys = sorted(link_keys(rows.values()))
+        keys = sorted(entitlements.link_keys(rows.values()))
         if not keys:
             break
         for t, row in await load_many(conn, schema, [(t, keys) for t in step], "refs && %s"):
             rows.setdefault((t, row.id), row)
-    wanted = sorted(product_ids(rows.values()))
+    wanted = sorted(entitlements.product_ids(rows.values()))
     catalogue = await load_many(
         conn, schema, [("products", wanted), ("product_features", wanted)], "id = ANY(%s)"
     )
     products = {p.id: p for _t, p in catalogue if isinstance(p, ProductRow)}
     features = {f.id: f for _t, f in catalogue if isinstance(f, ProductFeaturesRow)}
-    return gather(ids, rows.values(), products, features)
+    return entitlements.gather(ids, rows.values(), products, features)

@@ -36,6 +36,18 @@ MIRROR_TABLES = (
     "entitlement_summaries",
 )
 
+# One customer's entitlements before and after one cause: the columns the change feed
+# (control.changes) and each version's history share.
+_DELTA_COLUMNS = """\
+    customer      text NOT NULL,
+    groups_before text[] NOT NULL,
+    groups_after  text[] NOT NULL,
+    movies_before text[] NOT NULL,
+    movies_after  text[] NOT NULL,
+    cause         text NOT NULL,
+    event_id      text,
+"""
+
 _CONTROL_DDL = f"""
 CREATE SCHEMA IF NOT EXISTS {CONTROL};
 CREATE SCHEMA IF NOT EXISTS {LIVE};
@@ -73,14 +85,7 @@ CREATE INDEX IF NOT EXISTS movies_title_idx ON {CONTROL}.movies (title, movie_id
 CREATE SEQUENCE IF NOT EXISTS {CONTROL}.change_ids;
 CREATE TABLE IF NOT EXISTS {CONTROL}.changes (
     id            bigint PRIMARY KEY,
-    customer      text NOT NULL,
-    groups_before text[] NOT NULL,
-    groups_after  text[] NOT NULL,
-    movies_before text[] NOT NULL,
-    movies_after  text[] NOT NULL,
-    cause         text NOT NULL,
-    event_id      text,
-    event_created bigint,
+{_DELTA_COLUMNS}    event_created bigint,
     version       integer NOT NULL,
     created_at    timestamptz NOT NULL DEFAULT now(),
     published_at  timestamptz
@@ -172,23 +177,20 @@ CREATE INDEX ON {schema}.dead_letters (key) WHERE state IN ('poison', 'parked');
 # too), with the event behind it and why each group and movie was held after it (`grants`).
 # It lives in the version (a rebuild from other rules has another history) and names the
 # customer, so erasure's per-version delete reaches it.
-_HISTORY_DDL = """
+_HISTORY_DDL = (
+    """
 CREATE TABLE {schema}.history (
     id            bigserial PRIMARY KEY,
-    customer      text NOT NULL,
-    groups_before text[] NOT NULL,
-    groups_after  text[] NOT NULL,
-    movies_before text[] NOT NULL,
-    movies_after  text[] NOT NULL,
-    cause         text NOT NULL,
-    event_id      text,
-    event_type    text,
+"""
+    + _DELTA_COLUMNS
+    + """    event_type    text,
     event_created bigint,
     grants        jsonb NOT NULL DEFAULT '{{}}',
     created_at    timestamptz NOT NULL DEFAULT now()
 );
 CREATE INDEX ON {schema}.history (customer, id)
 """
+)
 
 LIVE_VIEWS = (
     *MIRROR_TABLES,

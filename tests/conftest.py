@@ -112,18 +112,23 @@ def services(services_settings: Settings, postgres_url: str) -> Endpoints:
         pytest.fail(f"the local services cannot start:\n{exc}", pytrace=False)
 
 
-@pytest.fixture
-def topic(services: Endpoints) -> str:
+def new_topic(bootstrap: str) -> str:
     """A fresh event topic `t.<uuid8>`: 8 partitions, configured as every process does."""
     name = f"t.{uuid.uuid4().hex[:8]}"
-    topic = Settings(kafka_bootstrap_servers=services.bootstrap, topic=name, partitions=8)
+    topic = Settings(kafka_bootstrap_servers=bootstrap, topic=name, partitions=8)
     # A private loop in a thread: the test's own (session) loop is left alone.
     run_async(lambda: ensure_event_topic(topic))
     return name
 
 
+@pytest.fixture
+def topic(services: Endpoints) -> str:
+    """A fresh event topic (`new_topic`)."""
+    return new_topic(services.bootstrap)
+
+
 @contextmanager
-def _database(server_url: str, prefix: str, template: str | None = None) -> Iterator[str]:
+def fresh_database(server_url: str, prefix: str, template: str | None = None) -> Iterator[str]:
     """A new database on the server of `server_url` (a copy of `template` if given), dropped
     (forcibly) at the end; its URL."""
     name = f"{prefix}{uuid.uuid4().hex[:8]}"
@@ -144,14 +149,14 @@ def _database(server_url: str, prefix: str, template: str | None = None) -> Iter
 @pytest.fixture
 def database_url(postgres_url: str) -> Iterator[str]:
     """A fresh empty database `t_<uuid8>`, dropped (forcibly) after the test."""
-    with _database(postgres_url, "t_") as url:
+    with fresh_database(postgres_url, "t_") as url:
         yield url
 
 
 @pytest.fixture(scope="session")
 def migrated_template(postgres_url: str) -> Iterator[str]:
     """The name of a database migrated once per session, copied by `migrated_url`."""
-    with _database(postgres_url, "template_") as url:
+    with fresh_database(postgres_url, "template_") as url:
         migrate(url)
         # CREATE DATABASE ... TEMPLATE needs the template without sessions: none is left.
         yield url.rsplit("/", 1)[1]
@@ -161,7 +166,7 @@ def migrated_template(postgres_url: str) -> Iterator[str]:
 def migrated_url(postgres_url: str, migrated_template: str) -> Iterator[str]:
     """A fresh database `t_<uuid8>` holding the migrated schema (version 1 active), copied
     from `migrated_template` rather than migrated per test; dropped after the test."""
-    with _database(postgres_url, "t_", template=migrated_template) as url:
+    with fresh_database(postgres_url, "t_", template=migrated_template) as url:
         yield url
 
 
@@ -170,6 +175,13 @@ def settings(
     services: Endpoints, services_settings: Settings, topic: str, database_url: str
 ) -> Settings:
     """Settings for one test: the session services, a fresh topic and a fresh database."""
+    return settings_for(services, services_settings, topic, database_url)
+
+
+def settings_for(
+    services: Endpoints, services_settings: Settings, topic: str, database_url: str
+) -> Settings:
+    """The tests' settings over the session services, for `topic` and `database_url`."""
     return Settings(
         kafka_bootstrap_servers=services.bootstrap,
         database_url=database_url,

@@ -18,7 +18,7 @@ from entitled.keyring import Keyring
 from entitled.settings import Settings
 from ingest.completion import needed
 from ingest.hydrate.hydrator import SOURCES_TO_COMPLETE, group_of
-from ingest.log_scan import partitions
+from ingest.log_scan import partitions, records_between
 
 
 async def unhydrated(settings: Settings) -> int:
@@ -38,21 +38,10 @@ async def unhydrated(settings: Settings) -> int:
     try:
         consumer.assign(tps)
         ends = await consumer.end_offsets(tps)
-        pending = set()
-        for tp in tps:
-            start = await consumer.committed(tp) or 0
-            if start < ends[tp]:
-                consumer.seek(tp, start)
-                pending.add(tp)
+        starts = {tp: await consumer.committed(tp) or 0 for tp in tps}
         count = 0
-        while pending:
-            batches = await consumer.getmany(*pending, timeout_ms=1000)
-            for tp, records in batches.items():
-                for r in records:
-                    count += r.offset < ends[tp] and await _needs(keyring, r)
-            for tp in list(pending):
-                if await consumer.position(tp) >= ends[tp]:
-                    pending.discard(tp)
+        async for record in records_between(consumer, starts, ends):
+            count += await _needs(keyring, record)
         return count
     finally:
         await consumer.stop()

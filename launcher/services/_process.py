@@ -68,6 +68,16 @@ def locked(path: Path) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
+def refuse_foreign(data: Path, what: str) -> None:
+    """Refuse a data directory that holds files but not what its service made (`what`):
+    starting there could destroy someone's data, and a wipe is the operator's decision."""
+    if data.exists() and any(data.iterdir()):
+        raise ServicesError(
+            f"The {what} data directory {data} is not empty but was never initialised (a"
+            " corrupt or foreign data dir). Run `entitled services down --wipe`."
+        )
+
+
 def free_port() -> int:
     """An OS-chosen free TCP port on 127.0.0.1."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:

@@ -35,22 +35,27 @@ def services() -> None:
     """The local Kafka and PostgreSQL used by `entitled dev` and the tests."""
 
 
-@services.command()
-@click.option("--brokers", default=1, show_default=True, help="KRaft nodes (1 or 3).")
-@click.option("--fast", is_flag=True, help="PostgreSQL without fsync: throw-away data only.")
-@click.option(
+# Shared with `entitled dev`, which starts the same services.
+replicas_option = click.option(
     "--replicas",
     default=0,
     show_default=True,
     type=click.IntRange(0, 8),
-    help="Streaming replicas (hot standbys) of PostgreSQL for the read API.",
+    help="Streaming replicas (hot standbys) of the local PostgreSQL; the read API reads from them.",
 )
-@click.option(
+secure_option = click.option(
     "--secure",
     is_flag=True,
     help="Kafka over SASL_SSL only (SCRAM-SHA-512 users, a certificate from a local CA) and "
     "PostgreSQL over TLS: as in production. Prints the settings clients need.",
 )
+
+
+@services.command()
+@click.option("--brokers", default=1, show_default=True, help="KRaft nodes (1 or 3).")
+@click.option("--fast", is_flag=True, help="PostgreSQL without fsync: throw-away data only.")
+@replicas_option
+@secure_option
 @_friendly
 def up(brokers: int, fast: bool, replicas: int, secure: bool) -> None:
     """Start Kafka and PostgreSQL (idempotent) and print where they answer."""
@@ -109,35 +114,35 @@ def _print_status(report: dict[str, Any]) -> None:
     click.echo(f"services dir: {report['services_dir']}")
     jars = "ready" if report["jars_ready"] else "not downloaded (run `entitled services prepare`)"
     click.echo(f"kafka jars:   {report['jar_cache']} ({jars})")
-    kafka = report["kafka"]
-    if kafka is None:
-        click.echo("kafka:        not created (run `entitled services up`)")
-    else:
+    kafka, pg = report["kafka"], report["postgres"]
+    missing = "not created (run `entitled services up`)"
+    click.echo(
+        "kafka:        "
+        + (missing if kafka is None else f"{kafka['bootstrap']} {kafka['protocol']}")
+        + ("" if kafka is None else f" {_health(kafka['healthy'])}")
+    )
+    for n in [] if kafka is None else kafka["nodes"]:
         click.echo(
-            f"kafka:        {kafka['bootstrap']} {kafka['protocol']} {_health(kafka['healthy'])}"
+            f"  node {n['node_id']}: port {n['port']} controller {n['controller_port']} "
+            f"pid {n['pid'] or '-'} {_health(n['healthy'])}{_files(n)}"
         )
-        for n in kafka["nodes"]:
-            click.echo(
-                f"  node {n['node_id']}: port {n['port']} controller {n['controller_port']} "
-                f"pid {n['pid'] or '-'} {_health(n['healthy'])}\n"
-                f"    data {n['data_dir']}\n    log  {n['log_file']}"
-            )
-    pg = report["postgres"]
-    if pg is None:
-        click.echo("postgres:     not created (run `entitled services up`)")
-    else:
-        click.echo(
-            f"postgres:     {pg['database_url']} pid {pg['pid'] or '-'} {_health(pg['healthy'])}"
-            f"{' (fast, not durable)' if pg['fast'] else ''}\n"
-            f"    data {pg['data_dir']}\n    log  {pg['log_file']}"
-        )
+    click.echo(
+        "postgres:     "
+        + (missing if pg is None else f"{pg['database_url']} pid {pg['pid'] or '-'}")
+        + ("" if pg is None else f" {_health(pg['healthy'])}")
+        + ("" if pg is None or not pg["fast"] else " (fast, not durable)")
+        + ("" if pg is None else _files(pg))
+    )
     for r in report["replicas"]:
         click.echo(
             f"  replica {r['index']}: {r['database_url']} pid {r['pid'] or '-'} "
             f"{_health(r['healthy'])} streaming {r['streaming'] or '-'} "
-            f"lag {_figure(r['lag_bytes'], ' B')} {_figure(r['lag_seconds'], ' s')}\n"
-            f"    data {r['data_dir']}\n    log  {r['log_file']}"
+            f"lag {_figure(r['lag_bytes'], ' B')} {_figure(r['lag_seconds'], ' s')}{_files(r)}"
         )
+
+
+def _files(service: dict[str, Any]) -> str:
+    return f"\n    data {service['data_dir']}\n    log  {service['log_file']}"
 
 
 def _figure(value: float | None, unit: str) -> str:

@@ -331,11 +331,7 @@ def _format(settings: Settings, state: KafkaState, nodes: list[dict[str, Any]]) 
         data = Path(node["data_dir"])
         if (data / "meta.properties").exists():
             continue
-        if data.exists() and any(data.iterdir()):
-            raise ServicesError(
-                f"The Kafka data directory {data} is not empty but was never formatted "
-                "(a corrupt or foreign data dir). Run `entitled services down --wipe`."
-            )
+        proc.refuse_foreign(data, "Kafka")
         todo.append(node)
     # C1 only: the tool runs for a second or two, the optimising JIT would not pay off.
     java = [_java(), "-Xmx256m", "-XX:TieredStopAtLevel=1", "-cp", _classpath(settings)]

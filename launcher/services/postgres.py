@@ -204,11 +204,7 @@ def _initdb(state: PostgresState) -> None:
     data = Path(state["data_dir"])
     if (data / "PG_VERSION").exists():
         return
-    if data.exists() and any(data.iterdir()):
-        raise ServicesError(
-            f"The PostgreSQL data directory {data} is not empty but holds no cluster "
-            "(corrupt or foreign). Run `entitled services down --wipe`."
-        )
+    proc.refuse_foreign(data, "PostgreSQL")
     data.mkdir(parents=True, exist_ok=True)
     _give(data)
     data.chmod(0o700)

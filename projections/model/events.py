@@ -22,7 +22,6 @@ from typing import Any, TypeVar
 from entitled import bodies
 from projections.errors import EventParseError
 from projections.model._fields import Obj, as_dict, as_int, as_list, build, ref
-from projections.model.metadata import Metadata
 from projections.model.normalise import normalise
 from projections.model.views import (
     ChargeView,
@@ -43,28 +42,7 @@ from projections.model.views import (
     SubscriptionView,
 )
 
-__all__ = [
-    "ChargeView",
-    "CheckoutSessionView",
-    "CustomerView",
-    "DisputeView",
-    "EntitlementSummaryView",
-    "InvoicePaymentView",
-    "InvoiceView",
-    "ItemView",
-    "LineView",
-    "Metadata",
-    "ObjectView",
-    "PaymentIntentView",
-    "PriceView",
-    "ProductFeaturesView",
-    "ProductView",
-    "RefundView",
-    "StripeEvent",
-    "SubscriptionView",
-    "parse",
-    "view_of",
-]
+__all__ = ["StripeEvent", "parse", "view_of"]
 
 V = TypeVar("V")
 

@@ -4,7 +4,7 @@ documented in `projections.model.rows`)."""
 
 from __future__ import annotations
 
-from projections.model.events import (
+from projections.model.views import (
     ChargeView,
     CheckoutSessionView,
     DisputeView,

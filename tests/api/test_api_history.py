@@ -7,25 +7,19 @@ from __future__ import annotations
 
 import json
 import time
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
-import psycopg
 import pytest
-from psycopg import sql
 
 from entitled.settings import Settings
-from entitled.topics import ensure_event_topic
 from launcher.services import Endpoints
-from launcher.services._process import run_async
 from launcher.stripe import events as se
-from tests.conftest import WEBHOOK_SECRET, _with_database
+from tests.conftest import fresh_database, new_topic, settings_for
 from tests.support.db import query
-from tests.support.keys import MASTER_KEY
 from tests.support.polling import wait_until
 from tests.support.processes import Procs
 from tests.support.system import System, start_system
@@ -154,25 +148,14 @@ def walk(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Walk]:
     """One system (ingest, worker, api) for the module; the customer walked through it."""
-    topic = f"t.{uuid.uuid4().hex[:8]}"
-    run_async(
-        lambda: ensure_event_topic(
-            Settings(kafka_bootstrap_servers=services.bootstrap, topic=topic, partitions=8)
+    with fresh_database(services.database_url, "t_") as database_url:
+        settings = settings_for(
+            services, services_settings, new_topic(services.bootstrap), database_url
         )
-    )
-    name = f"t_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(services.database_url, autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    settings = Settings(
-        kafka_bootstrap_servers=services.bootstrap,
-        database_url=_with_database(services.database_url, name),
-        topic=topic,
-        webhook_secrets=(WEBHOOK_SECRET,),
-        master_key=MASTER_KEY,
-        keys_topic=f"{topic}.keys",
-        home=services_settings.home,
-        cache=services_settings.cache,
-    )
+        yield from _walk_through(settings, tmp_path_factory)
+
+
+def _walk_through(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Walk]:
     procs = Procs(settings, Path(tmp_path_factory.mktemp("history")))
     try:
         system = start_system(procs)
@@ -200,10 +183,6 @@ def walk(
     finally:
         procs.stop_all()
         print(procs.report())
-        with psycopg.connect(services.database_url, autocommit=True) as conn:
-            conn.execute(
-                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
-            )
 
 
 def _held_at(w: Walk, at: int) -> tuple[list[str], list[str]]:

@@ -12,7 +12,8 @@ from ingest.backfill.listing import backfill
 from ingest.features import logged_features, reconcile_features
 from ingest.snapshots import features_digest, product_features_event
 from launcher.services._process import run_async
-from projections.model.events import ProductFeaturesView, parse
+from projections.model.events import parse
+from projections.model.views import ProductFeaturesView
 from tests.support.kafka import publish, read_topic
 from tests.support.polling import wait_until
 from tests.support.processes import Procs

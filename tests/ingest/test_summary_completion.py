@@ -14,7 +14,8 @@ from ingest.completion import needed
 from ingest.snapshots import hydrate_id
 from launcher.services._process import run_async
 from launcher.stripe import features as sf
-from projections.model.events import EntitlementSummaryView, parse
+from projections.model.events import parse
+from projections.model.views import EntitlementSummaryView
 from tests.support.kafka import publish, read_topic
 from tests.support.polling import wait_until
 from tests.support.processes import Procs

@@ -74,3 +74,26 @@ def test_kafka_restart_under_load_loses_nothing(
     more = _more(seed=14)
     publish(settings, more)
     _caught_up_as_a_fresh_fold(settings, procs, events + more)
+
+
+def test_worker_starting_while_kafka_is_down_waits_for_it(
+    settings: Settings, services_settings: Settings, procs: Procs
+) -> None:
+    """A worker (re)started while the broker restarts waits for it instead of exiting: a
+    worker that exited here was left dead by the chaos run's kills and restarts."""
+    svc.stop_kafka(services_settings)
+    try:
+        worker = procs.spawn("worker", ENTITLED_BATCH_SIZE="50")
+        wait_until(
+            lambda: "waiting for Kafka/Postgres" in worker.tail(200),
+            60,
+            "the worker to wait for Kafka",
+            procs,
+        )
+        assert worker.alive
+    finally:
+        svc.start_kafka(services_settings)
+    events = _more(seed=15)
+    publish(settings, events)
+    _caught_up_as_a_fresh_fold(settings, procs, events)
+    assert worker.alive

@@ -21,10 +21,11 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, TypeVar
 
-from projections.model.events import ObjectView, StripeEvent
+from projections.model.events import StripeEvent
 from projections.model.lifecycle import stage_of
 from projections.model.rows import TABLES, Row, Stamp, coarse, rank_of
 from projections.model.settle import Settled, changes, settle
+from projections.model.views import ObjectView
 
 __all__ = [
     "RULES",

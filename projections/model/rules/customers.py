@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from projections.model.events import CustomerView, StripeEvent
+from projections.model.events import StripeEvent
 from projections.model.rows import CustomerRow
 from projections.model.rules._registry import fold, row_of, view
+from projections.model.views import CustomerView
 
 
 @fold("customer.created", "customer.updated", "customer.deleted", table="customers")

@@ -4,9 +4,10 @@ never merged with what was stored."""
 
 from __future__ import annotations
 
-from projections.model.events import EntitlementSummaryView, ProductFeaturesView, StripeEvent
+from projections.model.events import StripeEvent
 from projections.model.rows import EntitlementSummaryRow, ProductFeaturesRow
 from projections.model.rules._registry import fold, row_of, view
+from projections.model.views import EntitlementSummaryView, ProductFeaturesView
 
 # Stripe sends no event for a product's features: backfill and reconcile log this snapshot.
 PRODUCT_FEATURES_SNAPSHOT = "product.features.snapshot"

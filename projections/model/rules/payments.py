@@ -8,17 +8,17 @@ with status "paid".
 
 from __future__ import annotations
 
-from projections.model.events import (
+from projections.model.events import StripeEvent
+from projections.model.rows import ChargeRow, InvoicePaymentRow, PurchaseRow, RefundRow
+from projections.model.rules._registry import fold, row_of, view
+from projections.model.views import (
     ChargeView,
     CheckoutSessionView,
     InvoicePaymentView,
     InvoiceView,
     PaymentIntentView,
     RefundView,
-    StripeEvent,
 )
-from projections.model.rows import ChargeRow, InvoicePaymentRow, PurchaseRow, RefundRow
-from projections.model.rules._registry import fold, row_of, view
 
 
 @fold(

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from projections.model.events import PriceView, ProductView, StripeEvent
+from projections.model.events import StripeEvent
 from projections.model.rows import PriceRow, ProductRow
 from projections.model.rules._registry import fold, row_of, view
+from projections.model.views import PriceView, ProductView
 
 
 @fold("product.created", "product.updated", "product.deleted", table="products")

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from projections.model.events import StripeEvent, SubscriptionView
+from projections.model.events import StripeEvent
 from projections.model.rows import SubscriptionRow
 from projections.model.rules._registry import fold, row_of, view
+from projections.model.views import SubscriptionView
 
 SUBSCRIPTION_TYPES = (
     "customer.subscription.created",

@@ -7,7 +7,8 @@ import pytest
 
 from launcher.stripe import events as se
 from projections.errors import EventParseError
-from projections.model.events import (
+from projections.model.events import parse
+from projections.model.views import (
     ChargeView,
     CheckoutSessionView,
     CustomerView,
@@ -21,7 +22,6 @@ from projections.model.events import (
     ProductView,
     RefundView,
     SubscriptionView,
-    parse,
 )
 
 
