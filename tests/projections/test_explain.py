@@ -29,19 +29,19 @@ def entry(
     grants: dict[str, Any] | None = None,
 ) -> Entry:
     return Entry(
-        n,
-        "cus_1",
-        groups[0],
-        groups[1],
-        movies[0],
-        movies[1],
-        cause,
-        f"evt_{n}",
-        event_type,
-        1000 + n,
-        grants or {"groups": {g: [SOURCE] for g in groups[1]}, "movies": {}},
-        datetime.now(UTC),
-        3,
+        id=n,
+        customer="cus_1",
+        groups_before=groups[0],
+        groups_after=groups[1],
+        movies_before=movies[0],
+        movies_after=movies[1],
+        cause=cause,
+        event_id=f"evt_{n}",
+        event_type=event_type,
+        event_created=1000 + n,
+        grants=grants or {"groups": {g: [SOURCE] for g in groups[1]}, "movies": {}},
+        created_at=datetime.now(UTC),
+        version=3,
     )
 
 
