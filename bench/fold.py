@@ -204,6 +204,15 @@ def _checkpoints(conn: Any, topic: str) -> dict[int, int]:
     return {p: o for p, o in rows}
 
 
+def _queued(conn: Any) -> int:
+    """Subscribers of regrouped products the worker has yet to recompute (issue 19, 5)."""
+    (schema,) = conn.execute(
+        "SELECT v.schema_name FROM entitled.active a JOIN entitled.versions v USING (version)"
+    ).fetchone()
+    (n,) = conn.execute(f'SELECT count(*) FROM "{schema}".recompute_queue').fetchone()
+    return int(n)
+
+
 def worker_run(
     settings: Settings, ends: dict[int, int], log_dir: Path, timeout: float
 ) -> tuple[dict[str, Any], Any]:
@@ -227,7 +236,8 @@ def worker_run(
             done = sum(min(cps.get(p, 0), e) for p, e in ends.items())
             if cps and first_at is None:
                 first_at, done_at_first = now, done
-            if done >= total:
+            # done when the log is folded and no regrouped subscriber waits to be recomputed
+            if done >= total and not _queued(conn):
                 finished = now
                 break
             if time.monotonic() > deadline:

@@ -134,6 +134,9 @@ class Settings:
     # the hydrator re-lists products' features this often (Stripe sends no webhook); 0: off
     features_every_s: float = 600.0
     batch_size: int = 500
+    # at most this many subscribers of a product whose grants changed are recomputed in one
+    # transaction; more are queued and recomputed in transactions of this size (0: no bound)
+    regroup_chunk: int = 2000
     batch_within_s: float = 0.05
     consumer_group: str = "entitled-worker"
     rule_plugins: tuple[str, ...] = ()  # modules imported at start that register/override rules
@@ -201,6 +204,7 @@ class Settings:
             drift_grace_s=float(e.get("ENTITLED_DRIFT_GRACE_S") or base.drift_grace_s),
             features_every_s=float(e.get("ENTITLED_FEATURES_EVERY_S") or base.features_every_s),
             batch_size=int(e.get("ENTITLED_BATCH_SIZE") or base.batch_size),
+            regroup_chunk=int(e.get("ENTITLED_REGROUP_CHUNK") or base.regroup_chunk),
             consumer_group=e.get("ENTITLED_CONSUMER_GROUP") or base.consumer_group,
             rule_plugins=_split(e.get("ENTITLED_RULE_PLUGINS")),
             worker_metrics_port=int(e["ENTITLED_WORKER_METRICS_PORT"])

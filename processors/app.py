@@ -117,6 +117,16 @@ def create_app(settings: Settings, keyring: Keyring) -> faust.App:
             pending.update(todo)
             log.exception("could not resume from the checkpoints")
 
+    # Subscribers of a regrouped product past the writer's bound, queued by their batch:
+    # recomputed here in bounded transactions, between the agent's batches (issue 19, 5).
+    @app.timer(interval=0.5)  # type: ignore[untyped-decorator]
+    async def settle_regroups(*_: Any) -> None:
+        try:
+            if n := await runner.settle():
+                log.info("recomputed %d subscribers of regrouped products", n)
+        except Exception:  # a writer bug on a subscriber: logged, tried again next tick
+            log.exception("recomputing the subscribers of a regrouped product failed")
+
     if settings.worker_metrics_port is not None:
         _serve_metrics(app, settings, runner, pool, settings.worker_metrics_port)
 

@@ -134,7 +134,9 @@ class BatchRunner:
         shrink_after: int = 5,
     ) -> None:
         self.pool = pool
-        self.store = store or ProjectionStore(settings.topic, Policy.from_settings(settings))
+        self.store = store or ProjectionStore(
+            settings.topic, Policy.from_settings(settings), regroup_chunk=settings.regroup_chunk
+        )
         self.metrics = metrics or WorkerMetrics()
         self.max_backoff_s = max_backoff_s
         self.stall_after_keys = stall_after_keys
@@ -328,6 +330,30 @@ class BatchRunner:
                 if not is_transient(exc):
                     raise
                 await asyncio.sleep(self.max_backoff_s / 5)
+
+    async def settle(self) -> int:
+        """Recompute what regroups queued (`ProjectionStore.settle`), one bounded transaction
+        at a time, until the queue is empty; how many customers. Transient failures are
+        retried with backoff; what committed stays done. Runs beside the batches (the
+        worker's timer): other customers keep folding meanwhile."""
+        await self._open()
+        delay = 0.05
+        done = 0
+        while True:
+            try:
+                async with self.pool.connection() as conn:
+                    n = await self.store.settle(conn, chunks=1)
+            except Exception as exc:
+                if not is_transient(exc):
+                    raise
+                self.metrics.retries.labels(type(exc).__name__).inc()
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.max_backoff_s)
+                continue
+            if not n:
+                return done
+            done += n
+            delay = 0.05
 
     async def version_changed(self) -> bool:
         """True when the active version is not the one this worker last saw (a replay swap

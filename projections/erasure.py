@@ -132,7 +132,7 @@ async def erase(
                 (customer, wanted),
             )
             rows += cur.rowcount
-        for table in ("customer_entitlements", *await _history(conn, schema)):
+        for table in ("customer_entitlements", *await _customer_tables(conn, schema)):
             cur = await conn.execute(
                 sql.SQL("DELETE FROM {} WHERE customer = %s").format(db.qualified(schema, table)),
                 (customer,),
@@ -196,11 +196,17 @@ async def screen(conn: AsyncConnection[Any], messages: Sequence[Message]) -> Seq
     return [replace(m, value=b"", forgotten=True) if m.key_id in erased else m for m in messages]
 
 
-async def _history(conn: AsyncConnection[Any], schema: str) -> list[str]:
-    """["history"] when `schema` has a history table (versions built before it have none)."""
-    cur = await conn.execute("SELECT to_regclass(%s)", (f'"{schema}"."history"',))
-    row = await cur.fetchone()
-    return ["history"] if row is not None and row[0] is not None else []
+async def _customer_tables(conn: AsyncConnection[Any], schema: str) -> list[str]:
+    """The tables of `schema` keyed by customer besides its entitlements: "history" and
+    "recompute_queue" (regrouped subscribers still to recompute), those it has (versions
+    built before them have none)."""
+    found = []
+    for table in ("history", "recompute_queue"):
+        cur = await conn.execute("SELECT to_regclass(%s)", (f'"{schema}"."{table}"',))
+        row = await cur.fetchone()
+        if row is not None and row[0] is not None:
+            found.append(table)
+    return found
 
 
 async def _entitlement(conn: AsyncConnection[Any], schema: str, customer: str) -> Entitlement:
@@ -270,9 +276,9 @@ async def leftovers(
     found: list[str] = []
     like = f"%{customer}%"
     for schema in await _schemas(conn):
-        history = await _history(conn, schema)
+        history = await _customer_tables(conn, schema)
         for table in (*db.MIRROR_TABLES, "customer_entitlements", *history):
-            plain = table in ("customer_entitlements", "history")
+            plain = table in ("customer_entitlements", "history", "recompute_queue")
             key = "customer" if plain else "id"
             text = "customer" if plain else "record::text"
             cur = await conn.execute(

@@ -25,17 +25,19 @@ from projections.model.entitlements import (
 from projections.model.fold import FoldResult
 from projections.model.grants import grants
 from projections.model.metadata import groups_in, movies_in
-from projections.model.rows import ProductFeaturesRow, ProductRow, Row
+from projections.model.rows import ProductFeaturesRow, ProductRow, Row, Stamp
 from projections.upserts import (
     HOLDER_TABLES,
     all_customers,
     empty_staging,
     holders_of,
     load_many,
+    queue_recompute,
+    take_queued,
     write_entitlements,
 )
 
-__all__ = ["derive_many", "gather_facts", "recompute", "recompute_all"]
+__all__ = ["derive_many", "gather_facts", "recompute", "recompute_all", "recompute_queued"]
 
 Derived = dict[str, tuple[Entitlement, Row | None]]
 # Rows that link to a customer's purchases without naming the customer, in the order they
@@ -54,12 +56,19 @@ async def recompute(
     *,
     cause: str = "event",
     feed: bool = True,
+    bound: int | None = None,
 ) -> int:
     """Recompute the entitlements of every customer `folded` may have changed; their count.
 
     Every customer whose entitlements change gets a history row (with why they hold what
     they hold after it) and, with `feed`, a change row; replay's build records the history
     of its version but emits no change: its swap does.
+
+    `bound`: when a product's grants changed and it reaches more than `bound` customers the
+    batch does not reach otherwise, they are queued (`recompute_queued` takes them in
+    transactions of at most `bound`) instead of recomputed here: a product with 100,000
+    subscribers must not make one transaction of 100,000 recomputations (issue 19, point 5).
+    Each is still recomputed whole from the rows, in one transaction: never a partial answer.
     """
     customers = {c for c in folded.customers if c}
     # A product reaches its subscribers only when what it grants changed: a price or
@@ -70,19 +79,61 @@ async def recompute(
         if _grants(policy, before.get(("products", p)))
         != _grants(policy, folded.changed.get(("products", p)))
     }
-    customers |= await _reached(conn, schema, products | folded.links)
+    if bound is None:
+        customers |= await _reached(conn, schema, products | folded.links)
+    else:
+        customers |= await _reached(conn, schema, set(folded.links))
+        fanout = await _reached(conn, schema, products) - customers
+        if len(fanout) > bound:
+            regrouped = [folded.changed.get(("products", p)) for p in products]
+            newest = max((r for r in regrouped if r is not None), key=_stamp, default=None)
+            event = None if newest is None else newest.event_id
+            kind = None if event is None else folded.types.get(event)
+            await queue_recompute(conn, schema, fanout, event, kind)
+        else:
+            customers |= fanout
     if not customers:
         return 0
-    ordered = sorted(customers)
-    facts = await gather_facts(conn, schema, ordered)
+    await _recompute(conn, schema, policy, sorted(customers), folded.types, cause, feed)
+    return len(customers)
+
+
+def _stamp(row: Row) -> Stamp:
+    return row.stamp
+
+
+async def _recompute(
+    conn: AsyncConnection[Any],
+    schema: str,
+    policy: Policy,
+    customers: list[str],
+    types: Mapping[str, str],
+    cause: str,
+    feed: bool,
+) -> None:
+    """Derive `customers` from the rows, write what changed and its change/history rows."""
+    facts = await gather_facts(conn, schema, customers)
     derived = {c: (derive(f, policy), _newest(f)) for c, f in facts.items()}
     held = await write_entitlements(conn, schema, derived)
-    rows = _changed(policy, facts, derived, held, folded.types)
+    rows = _changed(policy, facts, derived, held, types)
     if feed:
         await changes.record(conn, schema, rows, cause)
     else:
         await changes.record_history(conn, schema, rows, cause)
-    return len(customers)
+
+
+async def recompute_queued(
+    conn: AsyncConnection[Any], schema: str, policy: Policy, limit: int, *, feed: bool = True
+) -> int:
+    """Recompute up to `limit` customers a regroup queued (`recompute(..., bound=)`), in the
+    caller's transaction; their count (0: the queue is empty). Each is derived from the rows
+    as they are now, so a customer folded again since it was queued is simply up to date."""
+    taken = await take_queued(conn, schema, limit)
+    if not taken:
+        return 0
+    types = {e: t for _c, e, t in taken if e is not None and t is not None}
+    await _recompute(conn, schema, policy, [c for c, _e, _t in taken], types, "event", feed)
+    return len(taken)
 
 
 def _changed(

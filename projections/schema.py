@@ -192,6 +192,19 @@ CREATE INDEX ON {schema}.history (customer, id)
 """
 )
 
+# Subscribers of a regrouped product still to recompute (issue 19, point 5): past the
+# writer's bound (`ENTITLED_REGROUP_CHUNK`) the batch that folded the product queues them
+# here and they are recomputed in transactions of at most that many (`recompute.settle`), so
+# no transaction grows with the number of subscribers. Names customers: erasure deletes here.
+_QUEUE_DDL = """
+CREATE TABLE {schema}.recompute_queue (
+    customer   text PRIMARY KEY,
+    event_id   text,
+    event_type text,
+    queued_at  timestamptz NOT NULL DEFAULT now()
+)
+"""
+
 LIVE_VIEWS = (
     *MIRROR_TABLES,
     "customer_entitlements",
@@ -221,7 +234,7 @@ async def create_version_schema(
     for table in MIRROR_TABLES:
         for stmt in _statements(_MIRROR_DDL, schema=schema, table=table):
             await conn.execute(stmt)
-    for stmt in _statements(_VERSION_DDL + ";" + _HISTORY_DDL, schema=schema):
+    for stmt in _statements(_VERSION_DDL + ";" + _HISTORY_DDL + ";" + _QUEUE_DDL, schema=schema):
         await conn.execute(stmt)
     if indexes:
         await create_secondary_indexes(conn, schema)
@@ -237,9 +250,11 @@ async def create_secondary_indexes(conn: AsyncConnection[object], schema: str) -
 async def _add_missing_mirror_tables(conn: AsyncConnection[object], schema: str) -> None:
     """Create the mirrored tables a release added that `schema` (built by an older release)
     lacks, empty: that version's log never reached them, and its views must exist. The same
-    for its history (a version built before history was recorded has none)."""
+    for its history (a version built before history was recorded has none) and its
+    recompute queue."""
     wanted = [(t, (_MIRROR_DDL, _MIRROR_INDEXES)) for t in MIRROR_TABLES]
-    for table, templates in [*wanted, ("history", (_HISTORY_DDL,))]:
+    extra = [("history", (_HISTORY_DDL,)), ("recompute_queue", (_QUEUE_DDL,))]
+    for table, templates in [*wanted, *extra]:
         cur = await conn.execute("SELECT to_regclass(%s)", (f'"{schema}"."{table}"',))
         row = await cur.fetchone()
         if row is not None and row[0] is None:  # type: ignore[index]

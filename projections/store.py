@@ -83,11 +83,21 @@ class ProjectionStore:
     """
 
     def __init__(
-        self, topic: str, policy: Policy, *, schema: str | None = None, feed: bool | None = None
+        self,
+        topic: str,
+        policy: Policy,
+        *,
+        schema: str | None = None,
+        feed: bool | None = None,
+        regroup_chunk: int | None = None,
     ) -> None:
         self.topic = topic
         self.policy = policy
         self.schema = schema
+        # At most this many subscribers of a regrouped product are recomputed per
+        # transaction; more are queued for `settle` (issue 19, point 5). None: all in the
+        # batch's transaction (a replay's build, whose history records them at the regroup).
+        self.regroup_chunk = regroup_chunk or None
         # The change feed follows the active version; a replay's build emits nothing but
         # records its version's history, event by event (`_apply_in_waves`).
         self.feed = schema is None if feed is None else feed
@@ -242,6 +252,7 @@ class ProjectionStore:
                 plan.before,
                 cause=cause if self.feed else "build",
                 feed=self.feed,
+                bound=self.regroup_chunk,
             )
         for name, value in plan.counts().items():
             setattr(result, name, value)
@@ -293,6 +304,29 @@ class ProjectionStore:
             if result.poison == 0:  # keep an audit trail of what was released
                 await deadletters.record(conn, schema, self.topic, letters(messages), "applied")
             return result
+
+    async def settle(self, conn: AsyncConnection[Any], *, chunks: int | None = None) -> int:
+        """Recompute the customers regroups queued (see `regroup_chunk`), at most
+        `regroup_chunk` per transaction, until the queue is empty (or `chunks` transactions
+        ran); how many were recomputed. Each transaction is SERIALIZABLE like a batch's, and
+        independent: other batches commit between them. Raises psycopg errors unchanged
+        (the caller retries transient ones; what committed stays done)."""
+        done = runs = 0
+        limit = self.regroup_chunk or 1000
+        while chunks is None or runs < chunks:
+            await self._begin(conn, IsolationLevel.SERIALIZABLE)
+            async with conn.transaction():
+                schema = self.schema or await db.active_schema(conn, lock=True)
+                n = await recompute.recompute_queued(
+                    conn, schema, self.policy, limit, feed=self.feed
+                )
+                if n and self.feed:
+                    await conn.execute("SELECT pg_notify(%s, '')", (changes.FOLDED_CHANNEL,))
+            if not n:
+                break
+            done += n
+            runs += 1
+        return done
 
     async def dead_letters(
         self, conn: AsyncConnection[Any], *, include_resolved: bool = False

@@ -36,7 +36,9 @@ __all__ = [
     "load_rows",
     "load_targets",
     "mark_processed",
+    "queue_recompute",
     "seen",
+    "take_queued",
     "write_entitlements",
     "write_rows",
 ]
@@ -205,6 +207,42 @@ async def all_customers(conn: AsyncConnection[Any], schema: str) -> list[str]:
         )
     )
     return sorted(r[0] for r in await cur.fetchall())
+
+
+async def queue_recompute(
+    conn: AsyncConnection[Any],
+    schema: str,
+    customers: Iterable[str],
+    event_id: str | None,
+    event_type: str | None,
+) -> None:
+    """Queue `customers` for a later recompute (`take_queued`), each with the event that
+    reached them; a customer already queued stays queued once (with the newer event)."""
+    await conn.execute(
+        sql.SQL(
+            "INSERT INTO {} (customer, event_id, event_type)"
+            " SELECT c, %s, %s FROM unnest(%s::text[]) AS c"
+            " ON CONFLICT (customer) DO UPDATE SET event_id = excluded.event_id,"
+            " event_type = excluded.event_type"
+        ).format(db.qualified(schema, "recompute_queue")),
+        (event_id, event_type, sorted(clean_text(c) for c in customers)),
+    )
+
+
+async def take_queued(
+    conn: AsyncConnection[Any], schema: str, limit: int
+) -> list[tuple[str, str | None, str | None]]:
+    """Take (delete and return) up to `limit` queued customers with their events, skipping
+    those another transaction is taking: concurrent writers share the queue. The caller
+    recomputes them in the same transaction, so a rollback queues them again."""
+    cur = await conn.execute(
+        sql.SQL(
+            "DELETE FROM {q} WHERE customer IN (SELECT customer FROM {q} ORDER BY customer"
+            " LIMIT %s FOR UPDATE SKIP LOCKED) RETURNING customer, event_id, event_type"
+        ).format(q=db.qualified(schema, "recompute_queue")),
+        (limit,),
+    )
+    return [(c, e, t) for c, e, t in await cur.fetchall()]
 
 
 async def write_rows(
