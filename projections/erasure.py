@@ -40,7 +40,16 @@ from projections import schema as db
 from projections.model.entitlements import Entitlement
 from projections.types import Message
 
-__all__ = ["Erased", "erase", "erasures", "forget", "leftovers", "linked_subjects", "screen"]
+__all__ = [
+    "Erased",
+    "ErasedKeys",
+    "erase",
+    "erasures",
+    "forget",
+    "leftovers",
+    "linked_subjects",
+    "screen",
+]
 
 # Mirrored tables that can concern a customer; products, prices and product features never do.
 _LINKED = tuple(t for t in db.MIRROR_TABLES if t not in ("products", "prices", "product_features"))
@@ -179,21 +188,47 @@ async def hold_folds(conn: AsyncConnection[Any]) -> None:
     await conn.execute(f"UPDATE {db.CONTROL}.erasure_epoch SET epoch = epoch + 1")
 
 
-async def screen(conn: AsyncConnection[Any], messages: Sequence[Message]) -> Sequence[Message]:
+class ErasedKeys:
+    """The erased key ids a process has loaded, as of an epoch: `screen` looks nothing up
+    while the epoch is unchanged, and then loads only the erasures committed since (their
+    ids grow in commit order: erasures serialise on the epoch row and take their id after
+    it). One per writer (`ProjectionStore`); a few ids per forgotten customer."""
+
+    def __init__(self) -> None:
+        self.epoch = 0
+        self.last_erasure = 0
+        self.ids: set[str] = set()
+
+    async def at(self, conn: AsyncConnection[Any], epoch: int) -> set[str]:
+        if epoch != self.epoch:
+            cur = await conn.execute(
+                f"SELECT key_id, erasure FROM {db.CONTROL}.erased_keys WHERE erasure > %s",
+                (self.last_erasure,),
+            )
+            for key_id, erasure in await cur.fetchall():
+                self.ids.add(str(key_id))
+                self.last_erasure = max(self.last_erasure, int(erasure))
+            self.epoch = epoch
+        return self.ids
+
+
+async def screen(
+    conn: AsyncConnection[Any], messages: Sequence[Message], erased: ErasedKeys | None = None
+) -> Sequence[Message]:
     """`messages` with every record sealed by an erased data key made `forgotten`: the first
     step of every transaction that folds records (see the module doc). A batch with no
-    sealed record takes no lock."""
-    ids = sorted({m.key_id for m in messages if m.key_id is not None and not m.forgotten})
+    sealed record takes no lock; otherwise one row is share-locked and read, and the erased
+    ids are read only when an erasure committed since `erased` last looked."""
+    ids = {m.key_id for m in messages if m.key_id is not None and not m.forgotten}
     if not ids:
         return messages
-    await conn.execute(f"SELECT epoch FROM {db.CONTROL}.erasure_epoch FOR SHARE")
-    cur = await conn.execute(
-        f"SELECT key_id FROM {db.CONTROL}.erased_keys WHERE key_id = ANY(%s)", (ids,)
-    )
-    erased = {str(r[0]) for r in await cur.fetchall()}
-    if not erased:
+    cur = await conn.execute(f"SELECT epoch FROM {db.CONTROL}.erasure_epoch FOR SHARE")
+    row = await cur.fetchone()
+    epoch = int(row[0]) if row is not None else 0
+    gone = ids & await (erased or ErasedKeys()).at(conn, epoch)
+    if not gone:
         return messages
-    return [replace(m, value=b"", forgotten=True) if m.key_id in erased else m for m in messages]
+    return [replace(m, value=b"", forgotten=True) if m.key_id in gone else m for m in messages]
 
 
 async def _customer_tables(conn: AsyncConnection[Any], schema: str) -> list[str]:

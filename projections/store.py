@@ -102,6 +102,7 @@ class ProjectionStore:
         # records its version's history, event by event (`_apply_in_waves`).
         self.feed = schema is None if feed is None else feed
         self.waves = schema is not None and not self.feed
+        self.erased = erasure.ErasedKeys()  # what `erasure.screen` has loaded so far
 
     async def _begin(self, conn: AsyncConnection[Any], isolation: IsolationLevel) -> None:
         await conn.set_isolation_level(isolation)
@@ -123,7 +124,7 @@ class ProjectionStore:
         async with conn.transaction():
             schema = self.schema or await db.active_schema(conn, lock=True)
             # records of a customer forgotten meanwhile: forgotten here too (erasure.screen)
-            messages = await erasure.screen(conn, messages)
+            messages = await erasure.screen(conn, messages, self.erased)
             cont = offsets.continuity(
                 messages,
                 await offsets.lock(conn, schema, self.topic, (m.partition for m in messages)),
@@ -186,7 +187,7 @@ class ProjectionStore:
         await self._begin(conn, IsolationLevel.SERIALIZABLE)
         async with conn.transaction():
             schema = self.schema or await db.active_schema(conn, lock=True)
-            (message,) = await erasure.screen(conn, [message])
+            (message,) = await erasure.screen(conn, [message], self.erased)
             checkpoint = await offsets.lock(conn, schema, self.topic, [message.partition])
             cont = offsets.continuity([message], checkpoint)
             result = ApplyResult(below_checkpoint=cont.below_checkpoint, gaps=cont.gaps)
@@ -274,7 +275,7 @@ class ProjectionStore:
         decisions stand: skipped events stay skipped, and a parked key stays parked from its
         first dead letter on."""
         result = ApplyResult()
-        messages = await erasure.screen(conn, messages)
+        messages = await erasure.screen(conn, messages, self.erased)
         held = await deadletters.held(conn, schema, self.topic, messages, from_first_letter=True)
         plan = await self._plan(conn, schema, messages, held)
         if customer:
