@@ -18,7 +18,7 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +46,7 @@ from api.guards import ContentTypeGuard, HostGuard, authorized
 from api.http import POOL_TIMEOUT_S, json_response, pool, readers
 from api.metrics import CONTENT_TYPE, APIMetrics
 from api.min_event import DEFAULT_WAIT_S, MAX_WAIT_S, Outcome, read_after_event, respond
-from api.model import ReadModel
+from api.model import ReadModel, Step
 from api.pool import create_pool, create_readers, read_url
 from api.readers import Target
 from api.watcher import Watcher
@@ -82,20 +82,28 @@ async def search_movies(request: Request) -> Response:
 
     model: ReadModel = request.app.state.model
     if model.max_customers > 0 and "as_of" not in params:  # from memory (`api.model`)
-
-        def connect() -> AbstractAsyncContextManager[AsyncConnection[Any]]:
-            return pool(request).connection(timeout=POOL_TIMEOUT_S)
-
+        # On the database the read path would read (a replica in turn, or the primary),
+        # with its failover: the model takes its marks there, not on the primary.
         if params.get("min_event") is None:
             api_params.seconds(params.get("wait"), "wait", DEFAULT_WAIT_S, MAX_WAIT_S)  # checked
-            hits = await model.search(connect, customer, q, limit, within)
+
+            async def on(target: Target) -> list[search.Hit]:
+                return await model.search(
+                    target.connection, customer, q, limit, within, via=target.name
+                )
+
+            hits = await readers(request).run(on)
             outcome = Outcome(None, None)
         else:
 
             async def read_model(conn: AsyncConnection[Any]) -> list[search.Hit]:
-                # the event is folded as of `conn`'s snapshot; the model answers as of a
-                # later one
-                return await model.search(connect, customer, q, limit, within)
+                # the event is folded as of `conn`'s snapshot (on the database that
+                # answers); the model answers as of a later one on the same connection
+                @asynccontextmanager
+                async def held() -> AsyncIterator[AsyncConnection[Any]]:
+                    yield conn
+
+                return await model.search(held, customer, q, limit, within, via=None)
 
             hits, outcome = await read_after_event(request, read_model)
     else:
@@ -341,8 +349,12 @@ def create_app(
             await db_pool.wait(timeout=30.0)
             await reads.open()
             if model.max_customers > 0:
+
+                async def on_a_reader(step: Step) -> None:
+                    await reads.run(lambda target: step(target.connection))
+
                 following = asyncio.create_task(
-                    model.follow(lambda: db_pool.connection(timeout=POOL_TIMEOUT_S)),
+                    model.follow(on_a_reader),
                     name="entitled-api-read-model",
                 )
             yield

@@ -22,6 +22,13 @@ so the model is usually already there; when it is not, the search catches up its
 `min_event` keeps its meaning: the database says the event is folded, then the model answers
 as of a snapshot taken after that.
 
+Where it reads: `connect` is one database's connections (`api.readers` picks the primary or a
+replica per search, as the database read path does), so a search takes its marks, catches up
+and reads what it lacks on the one database that answers it, and the model keeps working with
+the primary down. Databases differ only by lag: the model never goes back (an entry read
+from a database behind what the model has applied is answered but not kept), and a version
+seen on one replica and not yet on another flushes it as a swap does.
+
 Memory: an entry costs about 200-250 bytes (the key, a tuple, the LRU link; the groups and
 movie tuples are shared between customers who hold the same); `bench/search.py` prints the
 figure measured for 1,000,000 customers.
@@ -32,7 +39,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import OrderedDict
-from collections.abc import Callable, Collection
+from collections.abc import Awaitable, Callable, Collection
 from contextlib import AbstractAsyncContextManager
 from typing import Any
 
@@ -48,6 +55,8 @@ log = logging.getLogger(__name__)
 
 Within = tuple[Collection[str], Collection[str]] | None
 Connect = Callable[[], AbstractAsyncContextManager[AsyncConnection[Any]]]
+Step = Callable[[Connect], Awaitable[None]]
+Run = Callable[[Step], Awaitable[None]]  # runs a step on one database (`Readers.run`)
 Entry = tuple[int, tuple[str, ...], tuple[str, ...]]  # (feed id, groups, movie ids)
 Movies = list[tuple[str, str, list[str]]]  # (movie id, title, groups), best first
 _FETCH = 1000
@@ -98,25 +107,39 @@ class ReadModel:
         self.version: int | None = None  # active version the entries belong to
         self.catalog: int | None = None  # catalogue write count the answers belong to
         self.hits = self.misses = self.flushes = 0
-        self._barrier = _Barrier()
+        self._barriers: dict[str, _Barrier] = {}  # one per database searches go to
+        self._cold = True  # flushed (or never filled) and not warmed up since
         self._catching_up = asyncio.Lock()
         self._shared: dict[tuple[str, ...], tuple[str, ...]] = {}  # interned tuples
 
     async def search(
-        self, connect: Connect, customer: str, q: str, limit: int, within: Within
+        self,
+        connect: Connect,
+        customer: str,
+        q: str,
+        limit: int,
+        within: Within,
+        *,
+        via: str | None = "primary",
     ) -> list[Hit]:
-        """What `projections.search.search` answers now, from memory where it can.
+        """What `projections.search.search` answers now on the database `connect` reaches
+        (named `via`), from memory where it can.
 
         Both parts in memory: the marks of a snapshot taken after the search arrived (shared
-        with concurrent searches) say whether they are current. A part missing: one
-        statement reads it with its snapshot's marks, which say whether the other part (if
-        in memory) is current. Memory is brought up to the marks before it answers."""
+        with concurrent searches on the same database; `via=None`: not shared, `connect`
+        is a connection this search holds) say whether they are current. A part missing:
+        one statement reads it with its snapshot's marks, which say whether the other part
+        (if in memory) is current. Memory is brought up to the marks before it answers."""
         key = (q, limit) if within is None else (q, limit, *map(frozenset, within))
         movies = self.answers.get(key)
         entry = self.customers.get(customer)
         read_entry = read_movies = False
         if movies is not None and entry is not None:
-            marks = await self._barrier.marks(connect)
+            if via is None:
+                async with connect() as conn:
+                    marks = (await search.model_read(conn)).marks
+            else:
+                marks = await self._barriers.setdefault(via, _Barrier()).marks(connect)
         else:
             async with connect() as conn:
                 read = await search.model_read(
@@ -146,7 +169,7 @@ class ReadModel:
         entry = kept_entry if kept_entry is not None else entry if read_entry else None
         movies = kept_movies if kept_movies is not None else movies if read_movies else None
         if entry is None or movies is None:
-            return await self.search(connect, customer, q, limit, within)
+            return await self.search(connect, customer, q, limit, within, via=via)
         if read_entry or read_movies:
             self.misses += 1
         else:
@@ -157,8 +180,13 @@ class ReadModel:
         return [_hit(m, t, g, groups, held) for m, t, g in movies]
 
     def _keep_customer(self, customer: str, entry: Entry, marks: Marks) -> None:
-        if marks.version != self.version:
+        if marks.version != self.version or self.top is None:
             return  # read from another version than memory holds: answer, keep nothing
+        if entry[0] < self.top:
+            # Read from a database behind what the model applied (a lagging replica, or the
+            # feed ran ahead meanwhile): a change in between may have been applied and then
+            # evicted, so this entry may be older than the model: answer, keep nothing.
+            return
         entry = (entry[0], self._intern(entry[1]), self._intern(entry[2]))
         have = self.customers.get(customer)
         if have is not None and have[0] >= entry[0]:
@@ -180,20 +208,23 @@ class ReadModel:
 
     # -- following the feed -------------------------------------------------------------
 
-    async def follow(self, connect: Connect) -> None:
-        """Apply the feed as LISTEN announces it (a task of the app's lifespan)."""
+    async def follow(self, run: Run) -> None:
+        """Apply the feed as LISTEN announces it (a task of the app's lifespan); `run`
+        gives each round one database (the replicas in turn, or the primary)."""
         while True:
             armed = self.watcher.changes.armed()
             try:
-                flushes = self.flushes
-                await self.catch_up(connect)
-                if self.flushes != flushes:  # started, or a new version: warm up again
-                    await self.warm(connect)
+                await run(self._follow_once)
             except asyncio.CancelledError:
                 raise
             except Exception:  # Postgres away: searches catch up themselves, or fail
                 log.warning("read model: could not follow the change feed", exc_info=True)
             await wait(armed, self.watcher.fallback_s)
+
+    async def _follow_once(self, connect: Connect) -> None:
+        await self.catch_up(connect)
+        if self._cold:  # started, or a new version: warm up again
+            await self.warm(connect)
 
     def _current(self, marks: Marks) -> bool:
         return self.top is not None and self.top >= marks.head and self.version == marks.version
@@ -229,6 +260,12 @@ class ReadModel:
             marks, rows = await search.all_holdings(conn, self.max_customers)
         if marks.version != version or marks.version != self.version:
             return 0  # another swap meanwhile: the next round warms up
+        if self.top is None or marks.head < self.top:
+            # read from a database behind what the model applied meanwhile (another
+            # replica): an entry of this snapshot may be older than a change applied and
+            # evicted since; the next round warms up
+            return 0
+        self._cold = False
         added = 0
         for customer, groups, movies in rows:
             have = self.customers.get(customer)
@@ -254,6 +291,7 @@ class ReadModel:
         self.customers.clear()
         self.answers.clear()
         self._shared.clear()
+        self._cold = True
         self.flushes += 1
 
     def _intern(self, value: tuple[str, ...]) -> tuple[str, ...]:
