@@ -21,11 +21,12 @@ The stream:
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import AbstractAsyncContextManager
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 import psycopg
@@ -50,6 +51,8 @@ from projections import feed
 __all__ = ["HEARTBEAT_S", "changes", "stream"]
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 DEFAULT_LIMIT, MAX_LIMIT = 100, 1000
 DEFAULT_WAIT_S, MAX_WAIT_S = 25.0, 60.0
@@ -98,8 +101,39 @@ async def stream(request: Request) -> Response:
     )
 
 
+_finishing: set[asyncio.Task[Any]] = set()  # reads whose stream went: kept until they end
+
+
+async def _to_the_end(read: Coroutine[Any, Any, T]) -> T:
+    """`read` (one pooled query) run to its end even when the stream is cancelled meanwhile
+    (the client went). Cancelled mid-query, psycopg closes the connection, so every client
+    that hangs up at the wrong moment cost the pool a connection (and a new one: a reconnect
+    under load), and a shared `Fanout.refresh` cut short left the other streams without the
+    changes it had claimed to fetch. Finished, the connection goes back to the pool."""
+    task = asyncio.ensure_future(read)
+    _finishing.add(task)
+    task.add_done_callback(_done)
+    return await asyncio.shield(task)
+
+
+def _done(task: asyncio.Task[Any]) -> None:
+    _finishing.discard(task)
+    if not task.cancelled() and task.exception() is not None:
+        # its stream is gone (or sees the same exception through the shield): logged once
+        log.debug("change stream read failed after its stream went", exc_info=task.exception())
+
+
 def _message(event: str, id_: int, data: dict[str, Any]) -> bytes:
     return b"id: %d\nevent: %s\ndata: %s\n\n" % (id_, event.encode(), orjson.dumps(data))
+
+
+async def _page_after(
+    connection: Callable[[], AbstractAsyncContextManager[AsyncConnection[Any]]],
+    cursor: int,
+    customer: str | None,
+) -> feed.Page:
+    async with connection() as conn:
+        return await feed.page_after(conn, cursor, STREAM_BATCH, customer)
 
 
 async def _events(request: Request, cursor: int, customer: str | None) -> AsyncIterator[bytes]:
@@ -119,8 +153,7 @@ async def _events(request: Request, cursor: int, customer: str | None) -> AsyncI
             page: feed.Page | None = fanout.after(cursor, customer, STREAM_BATCH)
             try:
                 if page is None:  # older than the shared memory: from the database
-                    async with connection() as conn:
-                        page = await feed.page_after(conn, cursor, STREAM_BATCH, customer)
+                    page = await _to_the_end(_page_after(connection, cursor, customer))
             except (psycopg.OperationalError, PoolTimeout) as exc:
                 log.warning("change stream: database unavailable (%s); retrying", exc)
             if page is not None:
@@ -139,7 +172,8 @@ async def _events(request: Request, cursor: int, customer: str | None) -> AsyncI
                 beat_at = time.monotonic() + HEARTBEAT_S
             try:  # one fetch per wake-up for all streams; a timeout fetches if unwatched
                 start = cursor if page is not None else None  # caught up to `cursor`
-                await fanout.refresh(connection, start=start, force=not woke and not watch.healthy)
+                force = not woke and not watch.healthy
+                await _to_the_end(fanout.refresh(connection, start=start, force=force))
             except (psycopg.OperationalError, PoolTimeout) as exc:
                 log.warning("change stream: database unavailable (%s); retrying", exc)
     finally:
