@@ -351,7 +351,7 @@ def create_app(
             if model.max_customers > 0:
 
                 async def on_a_reader(step: Step) -> None:
-                    await reads.run(lambda target: step(target.connection))
+                    await reads.run(lambda target: step(target.connection), count=False)
 
                 following = asyncio.create_task(
                     model.follow(on_a_reader),

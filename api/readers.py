@@ -127,9 +127,11 @@ class Readers:
         rest = [t for t in self.replicas if t.healthy and t is not first]
         return [first, *rest, *([] if first is self.primary else [self.primary])]
 
-    async def run(self, read: Callable[[Target], Awaitable[T]]) -> T:
+    async def run(self, read: Callable[[Target], Awaitable[T]], *, count: bool = True) -> T:
         """`read(target)` on the next target; on a failover error on a replica, the replica
-        is skipped until its health check passes and the read runs on the next one."""
+        is skipped until its health check passes and the read runs on the next one.
+        `count=False`: not a read a request asked for (the read model following the feed),
+        left out of the target's `reads`."""
         for target in self._order():
             try:
                 result = await read(target)
@@ -140,7 +142,7 @@ class Readers:
                 target.healthy = False
                 target.failovers += 1
                 continue
-            target.reads += 1
+            target.reads += count
             return result
         raise AssertionError("unreachable: the primary is always the last target")
 
