@@ -5,8 +5,9 @@ Afterwards every invariant of docs/architecture.md is checked on the whole log (
 `tests.support.audit.audit`) and the figures are printed. Sizes come from the
 environment, so that the same test is the long version (`bench/chaos_long.py`):
 
-    CHAOS_EVENTS (10000)  CHAOS_RATE (events/s, 150)  CHAOS_SEED (7)
-    CHAOS_WORKER_KILLS (5)  CHAOS_KAFKA_RESTARTS (2)  CHAOS_POSTGRES_RESTARTS (2)
+    CHAOS_EVENTS (3000)  CHAOS_RATE (events/s, 120)  CHAOS_SEED (7)
+    CHAOS_WORKER_KILLS (2)  CHAOS_KAFKA_RESTARTS (1)  CHAOS_POSTGRES_RESTARTS (1)
+(`make test`; `make test-long` runs 10000 events at 150/s with 5, 2 and 2 faults)
     CHAOS_WORKERS (2: a kill's partitions fail over to the survivor; 1: to the replacement)
     CHAOS_RESULTS (a path: write the figures there as JSON)  CHAOS_TIMEOUT (s, 900)
 
@@ -33,6 +34,7 @@ from launcher import services as svc
 from launcher.workload import Workload
 from tests.support.audit import audit
 from tests.support.db import caught_up, query
+from tests.support.examples import sized
 from tests.support.failover import checkpoints, folding_again
 from tests.support.load import Poster, SearchLoop
 from tests.support.polling import seconds_until, wait_until
@@ -58,9 +60,9 @@ class Fault:
 
 def _schedule(rng: random.Random, span_s: float) -> list[Fault]:
     kinds = (
-        ["worker_kill"] * int(_env("CHAOS_WORKER_KILLS", 5))
-        + ["kafka_restart"] * int(_env("CHAOS_KAFKA_RESTARTS", 2))
-        + ["postgres_restart"] * int(_env("CHAOS_POSTGRES_RESTARTS", 2))
+        ["worker_kill"] * int(_env("CHAOS_WORKER_KILLS", sized(2, 5)))
+        + ["kafka_restart"] * int(_env("CHAOS_KAFKA_RESTARTS", sized(1, 2)))
+        + ["postgres_restart"] * int(_env("CHAOS_POSTGRES_RESTARTS", sized(1, 2)))
     )
     rng.shuffle(kinds)
     # One fault per slot, at a random moment inside it, so faults never overlap.
@@ -91,8 +93,8 @@ def _search_ok(api_url: str) -> bool:
 
 @pytest.mark.timeout(int(os.environ.get("CHAOS_TIMEOUT") or 900))
 def test_chaos(settings: Settings, services_settings: Settings, procs: Procs) -> None:
-    n_events = int(_env("CHAOS_EVENTS", 10_000))
-    rate = _env("CHAOS_RATE", 150)
+    n_events = int(_env("CHAOS_EVENTS", sized(3000, 10_000)))
+    rate = _env("CHAOS_RATE", sized(120, 150))
     rng = random.Random(int(_env("CHAOS_SEED", 7)))
     events = list(itertools.islice(Workload(customers=n_events // 3 + 10).events(), n_events))
     customers = sorted({routing_key(e) for e in events if routing_key(e).startswith("cus_")})

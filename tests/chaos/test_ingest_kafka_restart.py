@@ -27,7 +27,7 @@ SECRET = "whsec_test_secret"
 def test_ingest_answers_200_again_after_a_kafka_restart(
     settings: Settings, services_settings: Settings, procs: Procs
 ) -> None:
-    events = list(itertools.islice(Workload(customers=600, seed=11).events(), 2000))
+    events = list(itertools.islice(Workload(customers=600, seed=11).events(), 1200))
     system = start_system(procs, workers=0, api=False)
     poster = Poster(system.ingest_urls, events, SECRET, rate=100, overall_s=90).start()
     wait_until(lambda: len(poster.acked) > 300, 60, "the first 300 acks", procs)

@@ -20,3 +20,9 @@ def examples(full: int) -> int:
     if LONG:
         return full
     return min(full, max(FLOOR, round(full * SHARE)))
+
+
+def sized(short: float, full: float) -> float:
+    """A load test's size: `full` under `make test-long`, else `short`: the same test with the
+    same assertions over a shorter run, so `make test` stays within its budget."""
+    return full if LONG else short
