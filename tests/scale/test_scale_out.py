@@ -28,6 +28,7 @@ from launcher.stripe import events as se
 from launcher.workload import PACKAGES, Workload
 from tests.support.audit import audit
 from tests.support.db import caught_up, processed_count
+from tests.support.examples import sized
 from tests.support.kafka import log_records
 from tests.support.keys import MASTER_KEY
 from tests.support.load import Poster
@@ -70,7 +71,8 @@ def _assert_audit(settings: Settings, acked: Any, procs: Procs) -> dict[str, Any
 def test_killed_worker_partitions_move_and_tables_equal_a_fresh_fold(
     settings: Settings, procs: Procs
 ) -> None:
-    events = _with_group_changes(list(Workload(customers=700, seed=21).events()), every=150)
+    customers = int(sized(350, 700))
+    events = _with_group_changes(list(Workload(customers=customers, seed=21).events()), every=150)
     system = start_system(procs, workers=3, api=False, ENTITLED_BATCH_SIZE="50")
     poster = Poster(system.ingest_urls, events, SECRET, rate=250).start()
     # kill one worker in the middle of the load, once the group has folded a good part
@@ -134,12 +136,14 @@ def test_group_change_racing_subscriptions_across_workers(settings: Settings, pr
 
 
 def test_two_ingest_processes_on_one_topic(settings: Settings, procs: Procs) -> None:
-    events = list(itertools.islice(Workload(customers=400, seed=5).events(), 1500))
+    events = list(itertools.islice(Workload(customers=400, seed=5).events(), int(sized(900, 1500))))
     system = start_system(procs, ingests=2, workers=1, api=False)
     poster = Poster(system.ingest_urls, events, SECRET, rate=300).start()
     poster.join(120)
     assert not poster.gave_up and not poster.rejected, dict(poster.statuses)
-    assert len(poster.acked_by_url) == 2 and min(poster.acked_by_url.values()) > 500
+    # round robin: each ingest took about half
+    assert len(poster.acked_by_url) == 2
+    assert min(poster.acked_by_url.values()) > len(events) // 3
     wait_until(lambda: caught_up(settings), 120, "the worker to reach the log end", procs)
     figures = _assert_audit(settings, poster.acked, procs)
     assert figures["acked"] == len(events)
@@ -195,7 +199,8 @@ def test_three_brokers_lose_one_under_load(cluster3: Settings, tmp_path: Path) -
     )
     procs = Procs(settings, tmp_path)
     try:
-        events = list(itertools.islice(Workload(customers=500, seed=9).events(), 2000))
+        n = int(sized(1200, 2000))
+        events = list(itertools.islice(Workload(customers=500, seed=9).events(), n))
         system = start_system(procs, workers=1, api=False, ENTITLED_REPLICATION_FACTOR="3")
         poster = Poster(system.ingest_urls, events, SECRET, rate=200).start()
         wait_until(lambda: len(poster.acked) > 400, 60, "the first acks", procs)
@@ -207,7 +212,7 @@ def test_three_brokers_lose_one_under_load(cluster3: Settings, tmp_path: Path) -
         assert not poster.gave_up and not poster.rejected, statuses
         # the ingest kept answering 200 with a broker gone (a few 503 during the leader
         # elections are tolerated: Stripe retries them)
-        assert during > 1000, statuses
+        assert during > n // 2, statuses
         assert statuses.get("503", 0) < 50, statuses
         in_log = {r.event_id for r in log_records(settings)}
         assert set(poster.acked) <= in_log
