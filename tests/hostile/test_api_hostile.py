@@ -45,6 +45,16 @@ queries = st.one_of(
 )
 
 
+# The API runs in this process (schemathesis' ASGI client), and psycopg_pool draws from the
+# global `random` whenever it opens a connection (its lifetime jitter); hypothesis then blames
+# the strategy with a warning that its replay does not repeat (FlakyFailure). The strategies
+# use no randomness of their own (see tests/api/test_api_fuzz.py).
+pytestmark = pytest.mark.filterwarnings(
+    "ignore:Do not use the `random` module inside strategies"
+    ":hypothesis.errors.HypothesisDeprecationWarning"
+)
+
+
 @pytest.fixture
 def database_url(migrated_url: str) -> str:
     """Every test here reads a migrated database: a copy of the session's template."""
