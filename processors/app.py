@@ -75,7 +75,10 @@ def create_app(settings: Settings, keyring: Keyring) -> faust.App:
     app.runner = runner  # type: ignore[attr-defined]
 
     async def seek(partition: int, offset: int) -> None:
-        await app.consumer.seek(TP(settings.topic, partition), offset)
+        # In the consumer's own thread (`seek_wait` runs there): `consumer.seek` would call
+        # aiokafka from this thread, racing Faust's fetcher thread (a KeyError in aiokafka's
+        # `fetched_records` crashed a worker when seeks came often).
+        await app.consumer.seek_wait({TP(settings.topic, partition): offset})
 
     @app.agent(topic, name="fold")
     async def fold(stream: faust.StreamT[bytes]) -> None:
@@ -86,10 +89,12 @@ def create_app(settings: Settings, keyring: Keyring) -> faust.App:
             await runner.handle(batch, seek)
 
     # Partitions assigned but not yet moved to their Postgres checkpoints. The seek is made
-    # by the timer below, not in the assignment callback: seeking there races Faust's
-    # fetcher, which has been seen to crash the worker (KeyError on a partition it does not
-    # hold yet). Records that arrive before are safe: the writer applies only what continues
-    # from the checkpoint and asks for a seek back on a gap.
+    # by the timer below once Faust has finished the rebalance, not in the assignment
+    # callback: Faust's recovery then still seeks every partition to Kafka's committed
+    # offset (`perform_seek`), which overtook our seek and left the partition waiting for
+    # an offset that never came until the stale re-seek (the 5-10 s failovers of issue 24).
+    # Records that arrive before are safe: the writer applies only what continues from the
+    # checkpoint and asks for a seek back on a gap.
     pending: set[int] = set()
 
     @app.on_partitions_assigned.connect  # type: ignore[arg-type]
@@ -97,11 +102,12 @@ def create_app(settings: Settings, keyring: Keyring) -> faust.App:
         pending.clear()  # a rebalance replaces the whole assignment
         pending.update(tp.partition for tp in assigned if tp.topic == settings.topic)
 
-    # Not more often: every seek from this thread races Faust's fetcher thread (the KeyError
-    # crash above happened with 0.2 s and stale seeks after 1 s).
-    @app.timer(interval=0.5)  # type: ignore[untyped-decorator]
+    # Often: a failover waits for this tick (seeks run in the consumer's thread, see `seek`).
+    @app.timer(interval=0.2)  # type: ignore[untyped-decorator]
     async def follow_checkpoints(*_: Any) -> None:  # Faust passes the app
         todo: list[int] = []
+        if app.rebalancing:  # Faust seeks to Kafka's committed offsets at its end: after it
+            return
         try:
             await runner.reseek_stale(seek)
             mine = {tp.partition for tp in app.consumer.assignment() if tp.topic == settings.topic}

@@ -11,8 +11,10 @@ others standbys that take over when its session ends (a standby tries the lock e
 `poll_s / 2`, so leadership moves within a second of a relay's death). Postgres NOTIFY wakes
 the publisher at once; a poll every second covers a missed notification.
 
-`stop()` (SIGTERM) lets the batch in flight be acknowledged and marked, then returns: the
-lock goes with the session and a standby takes over at its next try.
+`stop()` (SIGTERM) lets the batch in flight be acknowledged and marked, then releases the
+lock before the producer closes: a standby takes over at its next try. A relay that fails
+keeps the lock until its producer has stopped (sends of an unmarked batch may still be in
+flight) and its session ends.
 """
 
 from __future__ import annotations
@@ -157,6 +159,12 @@ class Relay:
             listener = asyncio.create_task(self._listen())
             try:
                 await self._publish_loop(conn, producer)
+                # Stopping: every row sent was acknowledged and marked. Hand the lead over
+                # now, not after the producer's close (seconds under load: the SIGTERM
+                # hand-over waited for it).
+                await changes.unlock(conn, _LEADER_LOCK)
+                self.metrics.leader.set(0)
+                log.info("relay: stopping; leader lock released")
             finally:
                 listener.cancel()
                 with contextlib.suppress(asyncio.CancelledError):

@@ -83,7 +83,7 @@ class Expected:
     never comes: `stale` names those to seek again.
     """
 
-    def __init__(self, *, stale_after_s: float = 5.0) -> None:
+    def __init__(self, *, stale_after_s: float = 2.0) -> None:
         self.stale_after_s = stale_after_s
         self._awaiting: dict[int, tuple[int, float]] = {}
 

@@ -36,6 +36,7 @@ __all__ = [
     "pending",
     "record",
     "try_lock",
+    "unlock",
     "unpublished",
     "version_number",
 ]
@@ -231,3 +232,9 @@ async def try_lock(conn: AsyncConnection[Any], name: str) -> bool:
     cur = await conn.execute("SELECT pg_try_advisory_lock(hashtext(%s))", (name,))
     row = await cur.fetchone()
     return bool(row and row[0])
+
+
+async def unlock(conn: AsyncConnection[Any], name: str) -> None:
+    """Release the session-level advisory lock `name` (a clean hand-over, before the
+    session ends)."""
+    await conn.execute("SELECT pg_advisory_unlock(hashtext(%s))", (name,))
