@@ -340,16 +340,32 @@ async def replay(
 
 
 async def _judge(
-    settings: Settings, conn: psycopg.AsyncConnection[Any], report: ReplayReport
+    settings: Settings,
+    conn: psycopg.AsyncConnection[Any],
+    report: ReplayReport,
+    *,
+    at_live: bool = False,
 ) -> None:
-    """Catch the build up to the log end as of now (one pass: under steady traffic a loop
-    "until nothing is left" would chase the log for ever while the live worker waits on the
-    lock; what arrives later the live worker folds into the new version after the swap), then
-    fill in its differences from the live version and the swap gate's verdict."""
+    """Catch the build up (one pass: under steady traffic a loop "until nothing is left"
+    would chase the log for ever while the live worker waits on the lock; what arrives later
+    the live worker folds into the new version after the swap), then fill in its
+    differences from the live version and the swap gate's verdict.
+
+    Up to the log end as of now, or (`at_live`, the active row locked: the live worker
+    waits) up to where the live version stands, so that both are compared at one log
+    position. Caught up to the log end while the live worker lagged, the build held the
+    cancellations live had not folded yet: those customers "lost" entitlements, and the
+    gate refused a sound build (the rolling upgrade's 1 of 41 customers, issue 24)."""
     start, stop = await _positions(settings, report.schema)
+    live = await db.active_schema(conn)
+    if at_live:
+        frozen = await _checkpoints(settings, conn, live)
+        stop = {p: max(start.get(p, 0), min(end, frozen.get(p, 0))) for p, end in stop.items()}
+        ahead = sorted(p for p in stop if start.get(p, 0) > frozen.get(p, 0))
+        if ahead:  # no live worker (or a stuck one): compared at different positions
+            log.warning("the build is ahead of the live version on partitions %s", ahead)
     if any(end > start.get(p, 0) for p, end in stop.items()):
         await _fold_range(settings, report.schema, start, stop, recompute=True)
-    live = await db.active_schema(conn)
     report.differences = await versions.differences(conn, live, report.schema)
     assert settings.kafka_bootstrap_servers
     ends = await end_offsets(settings)
@@ -366,16 +382,49 @@ async def _swap_if_allowed(
     settings: Settings, report: ReplayReport, *, force: bool, cause: str = "replay"
 ) -> None:
     """Judge and swap in one transaction holding the active row: the live worker waits
-    between two batches meanwhile, so both versions are compared at one log position."""
+    between two batches meanwhile, so both versions are compared at one log position (the
+    live worker's, once it has caught up with the build: `_live_reaches`)."""
+    await _live_reaches(settings, report.schema)
     async with await _connect(settings) as conn, conn.transaction():
         await versions.lock_active(conn)
         held = time.perf_counter()
-        await _judge(settings, conn, report)
+        await _judge(settings, conn, report, at_live=True)
         if report.refusal is not None and not force:
             raise SwapRefused(report)  # the transaction rolls back: nothing changes
         await versions.swap(conn, report.version, cause=cause)
         report.swapped = True
         log.info("swap gate and swap: the live worker waited %.2fs", time.perf_counter() - held)
+
+
+async def _checkpoints(
+    settings: Settings, conn: psycopg.AsyncConnection[Any], schema: str
+) -> dict[int, int]:
+    store = ProjectionStore(settings.topic, Policy.from_settings(settings), schema=schema)
+    _, checkpoints = await store.checkpoints(conn)
+    return checkpoints
+
+
+async def _live_reaches(
+    settings: Settings, schema: str, *, idle_s: float = 1.0, patience_s: float = 30.0
+) -> None:
+    """Wait until the live version has folded at least as far as the build `schema` on
+    every partition (the build may be ahead of a lagging worker, and cannot go back). Gives
+    up when live stands still for `idle_s` (no live worker) or after `patience_s`: the
+    comparison is then made at different positions (`_judge` says so)."""
+    async with await _connect(settings) as conn:
+        built = await _checkpoints(settings, conn, schema)
+        t0 = moved = time.monotonic()
+        last: dict[int, int] | None = None
+        while True:
+            live = await _checkpoints(settings, conn, await db.active_schema(conn))
+            if all(live.get(p, 0) >= o for p, o in built.items()):
+                return
+            now = time.monotonic()
+            if live != last:
+                last, moved = live, now
+            if now - moved > idle_s or now - t0 > patience_s:
+                return
+            await asyncio.sleep(0.1)
 
 
 async def swap_ready(settings: Settings, version: int, *, force: bool = False) -> ReplayReport:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import importlib
 from pathlib import Path
 
 import click
@@ -36,6 +37,8 @@ def migrate() -> None:
 
     settings = database_settings(Settings.from_env())
     assert settings.database_url is not None
+    for module in settings.rule_plugins:  # a release's plugin may add columns (schema)
+        importlib.import_module(module)
     try:
         active = asyncio.run(_migrate(settings.database_url))
     except psycopg.OperationalError as exc:

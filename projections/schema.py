@@ -215,6 +215,57 @@ LIVE_VIEWS = (
 )
 
 
+# Columns a release adds to mirrored tables, computed by Postgres from `record` (generated,
+# stored): the expand step of expand/contract (docs/operations.md, Rolling upgrades). A
+# release's module registers them (`add_column`) before `migrate` runs; `migrate` adds them to
+# the active version while the old workers write it (their writes fill the column too), a
+# new version is created with them, and a swap adds them to a version built by an older
+# release. table -> [(column, definition)].
+_ADDED_COLUMNS: dict[str, list[tuple[str, str]]] = {}
+
+
+def add_column(table: str, column: str, definition: str) -> None:
+    """Register `column` (`definition`: its SQL type and generation clause, trusted code of
+    a release such as `text GENERATED ALWAYS AS (record->>'name') STORED`) on the mirrored
+    `table` of every version."""
+    if table not in MIRROR_TABLES:
+        raise ValueError(f"{table!r} is not a mirrored table")
+    columns = _ADDED_COLUMNS.setdefault(table, [])
+    if (column, definition) not in columns:
+        columns.append((column, definition))
+
+
+async def _add_columns(conn: AsyncConnection[object], schema: str, *, served: bool) -> None:
+    """Add the registered columns `schema`'s tables lack (`served`: the `live` views may
+    read them, and are about to be re-pointed). Nothing is locked when none is missing."""
+    for table, columns in _ADDED_COLUMNS.items():
+        cur = await conn.execute(
+            "SELECT attname FROM pg_attribute WHERE attrelid = to_regclass(%s) AND attnum > 0",
+            (f'"{schema}"."{table}"',),
+        )
+        present = {str(r[0]) for r in await cur.fetchall()}  # type: ignore[index]
+        missing = [(c, d) for c, d in columns if c not in present]
+        if not missing:
+            continue
+        async with conn.transaction():  # a savepoint, or a transaction when autocommit
+            cur = await conn.execute("SELECT to_regclass(%s)", (f'"{LIVE}"."{table}"',))
+            row = await cur.fetchone()
+            if served and row is not None and row[0] is not None:  # type: ignore[index]
+                # the view first, as every reader locks it (view, then table): taking the
+                # table first would deadlock with a search waiting for it holding the view
+                await conn.execute(
+                    sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(
+                        sql.Identifier(LIVE, table)
+                    )
+                )
+            for column, definition in missing:
+                await conn.execute(
+                    sql.SQL("ALTER TABLE {} ADD COLUMN IF NOT EXISTS {} {}").format(
+                        sql.Identifier(schema, table), sql.Identifier(column), sql.SQL(definition)
+                    )
+                )
+
+
 def version_schema(version: int) -> str:
     return f"entitled_v{version}"
 
@@ -236,6 +287,7 @@ async def create_version_schema(
             await conn.execute(stmt)
     for stmt in _statements(_VERSION_DDL + ";" + _HISTORY_DDL + ";" + _QUEUE_DDL, schema=schema):
         await conn.execute(stmt)
+    await _add_columns(conn, schema, served=False)
     if indexes:
         await create_secondary_indexes(conn, schema)
     return schema
@@ -271,6 +323,7 @@ async def point_live_views(conn: AsyncConnection[object], schema: str) -> None:
     when the columns changed (a version from another release) is a view dropped and made anew.
     """
     await _add_missing_mirror_tables(conn, schema)
+    await _add_columns(conn, schema, served=True)
     for view in LIVE_VIEWS:
         target = sql.Identifier(LIVE, view)
         source = sql.Identifier(schema, view)

@@ -13,7 +13,7 @@ seconds from the fault until the surviving copies do the dead one's work:
   the other copy; a load balancer's health check does the same).
 
 Sizes from the environment, so that `bench/chaos_long.py --copies` runs the long version:
-COPIES_RATE (webhooks/s, 40), COPIES_SECONDS (load duration, 45), COPIES_RESULTS (JSON path).
+COPIES_RATE (webhooks/s, 30), COPIES_SECONDS (load duration, 20), COPIES_RESULTS (JSON path).
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ from tests.support.processes import Proc, Procs
 from tests.support.system import System, ready, start_system
 
 SECRET = "whsec_test_secret"
-DRAIN_DELAY_S = 3.0  # long enough to see /readyz fail on a loaded machine
+DRAIN_DELAY_S = 1.5  # long enough to see /readyz fail (polled every 20 ms)
 KINDS = ("worker", "relay", "hydrator", "ingest", "api")
 
 
@@ -184,8 +184,8 @@ def _changes_doubled(settings: Settings) -> list[int]:
 
 @pytest.mark.timeout(900)
 def test_every_process_in_two_copies(settings: Settings, procs: Procs) -> None:
-    rate = float(os.environ.get("COPIES_RATE") or 40)
-    seconds = float(os.environ.get("COPIES_SECONDS") or 45)
+    rate = float(os.environ.get("COPIES_RATE") or 30)
+    seconds = float(os.environ.get("COPIES_SECONDS") or 20)
     n = int(rate * seconds)
     events = list(itertools.islice(Workload(customers=n // 3 + 10).events(), n))
     customers = sorted({routing_key(e) for e in events if routing_key(e).startswith("cus_")})
