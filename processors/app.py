@@ -119,6 +119,7 @@ def create_app(settings: Settings, keyring: Keyring) -> faust.App:
             if todo:
                 points = await runner.resume(todo, seek)
                 log.info("resumed %d partitions from Postgres checkpoints: %s", len(points), points)
+            runner.metrics.partitions.set(len(mine - pending))
         except Exception:  # Postgres down, say: never crash the worker; try again next tick
             pending.update(todo)
             log.exception("could not resume from the checkpoints")

@@ -53,6 +53,12 @@ class WorkerMetrics:
             "1 while every event fails the same way (a writer bug): folding has stopped.",
             registry=r,
         )
+        self.partitions = Gauge(
+            "entitled_worker_partitions",
+            "Partitions of the event topic this worker folds (assigned and resumed from their"
+            " checkpoints).",
+            registry=r,
+        )
         self.batch_size = Histogram(
             "entitled_worker_batch_size", "Records per batch.", buckets=_SIZE_BUCKETS, registry=r
         )

@@ -37,9 +37,9 @@ from tests.support.db import caught_up, query
 from tests.support.examples import sized
 from tests.support.failover import checkpoints, folding_again
 from tests.support.load import Poster, SearchLoop
-from tests.support.polling import seconds_until, wait_until
+from tests.support.polling import metric, seconds_until, wait_until
 from tests.support.processes import Proc, Procs
-from tests.support.system import start_system
+from tests.support.system import System, start_system
 
 SECRET = "whsec_test_secret"
 DOWN_S = 3.0  # how long a stopped service stays down
@@ -70,6 +70,12 @@ def _schedule(rng: random.Random, span_s: float) -> list[Fault]:
     return [
         Fault(round(i * slot + rng.uniform(0.1, 0.7) * slot, 1), k) for i, k in enumerate(kinds)
     ]
+
+
+def _all_fold(system: System) -> bool:
+    """Every live worker folds partitions of its own (`entitled_worker_partitions`)."""
+    live = [w for w in system.workers if w.alive]
+    return all((metric(system.probe_url(w), "entitled_worker_partitions") or 0) > 0 for w in live)
 
 
 def _last_commit(settings: Settings) -> float:
@@ -121,6 +127,8 @@ def test_chaos(settings: Settings, services_settings: Settings, procs: Procs) ->
             fault.began = time.monotonic()
             wall = time.time()
             if fault.kind == "worker_kill":
+                # a failover needs a survivor: the last kill's replacement must have joined
+                wait_until(lambda: _all_fold(system), 90, "every worker to hold partitions")
                 before = checkpoints(settings)
                 victim = next(w for w in system.workers if w.alive)
                 victim.kill()

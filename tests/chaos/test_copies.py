@@ -13,7 +13,8 @@ seconds from the fault until the surviving copies do the dead one's work:
   the other copy; a load balancer's health check does the same).
 
 Sizes from the environment, so that `bench/chaos_long.py --copies` runs the long version:
-COPIES_RATE (webhooks/s, 30), COPIES_SECONDS (load duration, 20), COPIES_RESULTS (JSON path).
+COPIES_RATE (webhooks/s, 30), COPIES_SECONDS (load duration; unset: the load lasts as long as
+the faults, at most 120 s), COPIES_RESULTS (JSON path).
 """
 
 from __future__ import annotations
@@ -74,12 +75,13 @@ def _leader(system: System) -> Proc | None:
 
 def _steady(system: System) -> bool:
     """Both workers fold, one relay leads, both hydrators hold partitions."""
-    hydrators = [
-        _gauge(system, h, "entitled_hydrator_partitions") for h in _copies(system, "hydrator")
+    held = [
+        *(_gauge(system, w, "entitled_worker_partitions") for w in _copies(system, "worker")),
+        *(_gauge(system, h, "entitled_hydrator_partitions") for h in _copies(system, "hydrator")),
     ]
     return (
         _leader(system) is not None
-        and all(h is not None and h > 0 for h in hydrators)
+        and all(n is not None and n > 0 for n in held)
         and folding_again(system.settings, {})
     )
 
@@ -185,7 +187,7 @@ def _changes_doubled(settings: Settings) -> list[int]:
 @pytest.mark.timeout(900)
 def test_every_process_in_two_copies(settings: Settings, procs: Procs) -> None:
     rate = float(os.environ.get("COPIES_RATE") or 30)
-    seconds = float(os.environ.get("COPIES_SECONDS") or 20)
+    seconds = float(os.environ.get("COPIES_SECONDS") or 120)
     n = int(rate * seconds)
     events = list(itertools.islice(Workload(customers=n // 3 + 10).events(), n))
     customers = sorted({routing_key(e) for e in events if routing_key(e).startswith("cus_")})
@@ -208,6 +210,7 @@ def test_every_process_in_two_copies(settings: Settings, procs: Procs) -> None:
     wait_until(lambda: _steady(system), 120, "two workers, a relay leader, two hydrators", procs)
 
     for kind in KINDS:  # SIGKILL one copy of each kind in turn
+        print(f"{time.strftime('%H:%M:%S')} killing a {kind}", flush=True)
         run.kill(kind)
         print(f"killed a {kind}: taken over in {run.failover[kind]} s", flush=True)
     # back to two copies (the ingest on the dead one's port: the Poster's URLs are fixed)
@@ -222,7 +225,10 @@ def test_every_process_in_two_copies(settings: Settings, procs: Procs) -> None:
         wait_until(functools.partial(ready, url), 90, f"{url}/readyz", procs)
         searches.add(url)
     for kind in KINDS:  # SIGTERM one copy of each kind in turn (a deploy)
+        print(f"{time.strftime('%H:%M:%S')} stopping a {kind}", flush=True)
         run.terminate(kind)
+    if not os.environ.get("COPIES_SECONDS"):
+        poster.stop()  # the short version: load as long as the faults last
 
     poster.join(timeout=seconds * 3 + 300)
     wait_until(lambda: caught_up(settings), 300, "the workers to reach the log end", procs)
@@ -235,7 +241,7 @@ def test_every_process_in_two_copies(settings: Settings, procs: Procs) -> None:
         if code >= 500 or (code < 0 and not (url in run.dead_urls and t >= run.dead_urls[url]))
     ]
     figures: dict[str, Any] = {
-        "events": n,
+        "events": poster.settled,
         "rate_per_s": rate,
         "failover_s": run.failover,
         "sigterm_handover_s": run.handover,

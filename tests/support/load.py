@@ -56,11 +56,16 @@ class Poster:
         self.gave_up: list[str] = []
         self.latencies: list[float] = []
         self.done = threading.Event()
+        self._stop = threading.Event()
         self._thread = threading.Thread(target=lambda: asyncio.run(self._main()), daemon=True)
 
     def start(self) -> Poster:
         self._thread.start()
         return self
+
+    def stop(self) -> None:
+        """Start posting no more events (those started are still delivered or given up)."""
+        self._stop.set()
 
     def join(self, timeout: float) -> None:
         self._thread.join(timeout)
@@ -79,6 +84,8 @@ class Poster:
             async with httpx.AsyncClient(timeout=30, limits=limits) as client:
                 begun = self._begun = time.monotonic()
                 for i, event in enumerate(self.events):
+                    if self._stop.is_set():
+                        break
                     delay = begun + i / self.rate - time.monotonic()
                     if delay > 0:
                         await asyncio.sleep(delay)
