@@ -263,9 +263,10 @@ class Settings:
 
     @property
     def kafka_heartbeat_s(self) -> float:
-        """How often a group member heartbeats: a few beats per session timeout, so that a
-        survivor learns of a rebalance soon after the dead member's session ends."""
-        return min(1.0, self.kafka_session_timeout_s / 4)
+        """How often a group member heartbeats: several beats per session timeout, so that a
+        survivor learns of a rebalance soon after the dead member's session ends (it learns
+        at its next heartbeat: on average half of this after the session timeout)."""
+        return min(1.0, self.kafka_session_timeout_s / 8)
 
     @property
     def data_keys_topic(self) -> str:

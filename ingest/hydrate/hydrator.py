@@ -42,6 +42,7 @@ from typing import Any
 import orjson
 import stripe
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import CommitFailedError
 
 from entitled import bodies
 from entitled.kafka import client_options
@@ -308,13 +309,21 @@ class Hydrator:
                 else:
                     jobs[job.source_id] = job
         await asyncio.gather(*(self._hydrate(job) for job in jobs.values()))
+        mine = consumer.assignment()
         offsets = {
             tp: records[-1].offset + 1
             for tp, records in batch.items()
-            if records and tp not in blocked
+            if records and tp not in blocked and tp in mine
         }
-        if offsets:
+        if not offsets:
+            return
+        try:
             await consumer.commit(offsets)
+        except CommitFailedError as exc:
+            # A rebalance (a copy joined or left) moved the partitions during the batch: their
+            # next owner reads them again from the last commit and finds this batch's
+            # snapshots by `hydrated-from` (nothing doubled). Raising here ended the process.
+            log.warning("hydrate: offsets not committed, the group rebalanced: %s", exc)
 
     async def _job_of(self, record: Any) -> _Job | None:
         headers = dict(record.headers)

@@ -110,7 +110,9 @@ class Run:
         t = time.monotonic()
         victim.kill()
         self.dead_urls[url] = t
-        self.failover[kind] = self._until_taken_over(kind, before, survivors, t)
+        measuring = time.monotonic()
+        taken = self._until_taken_over(kind, before, survivors, t)
+        self.failover[kind] = None if taken is None else round(taken + measuring - t, 2)
         if kind == "api":
             self.searches.drop(url)
 
@@ -147,18 +149,19 @@ class Run:
         assert victim.popen is not None
         t = time.monotonic()
         os.killpg(victim.popen.pid, signal.SIGTERM)
-        # a load balancer takes a copy out of rotation once its /readyz fails
-        drained = seconds_until(lambda: _not_ready(url), 5, step=0.02)
-        self.saw_draining[kind] = (
-            drained is not None
-            if kind in ("ingest", "api")  # the others stop within a moment of 503
-            else True
-        )
+        drained = None
+        if kind in ("ingest", "api"):  # the others stop within a moment of their 503
+            # a load balancer takes a copy out of rotation once its /readyz fails
+            drained = seconds_until(lambda: _not_ready(url), 5, step=0.02)
+            self.saw_draining[kind] = drained is not None
         # out of rotation from the failed /readyz on (a client may still meet it until then)
         self.dead_urls[url] = t + (drained or 0.0)
         if kind == "api":
             self.searches.drop(url)
-        self.handover[kind] = self._until_taken_over(kind, before, survivors, t)
+        measuring = time.monotonic()
+        taken = self._until_taken_over(kind, before, survivors, t)
+        # from the signal on, not from the end of the readiness poll
+        self.handover[kind] = None if taken is None else round(taken + measuring - t, 2)
         try:
             self.exit_codes[kind] = victim.wait(max(0.1, 10 - (time.monotonic() - t)))
         except Exception:
