@@ -93,14 +93,14 @@ def create_app(settings: Settings, keyring: Keyring) -> faust.App:
     # callback: Faust's recovery then still seeks every partition to Kafka's committed
     # offset (`perform_seek`), which overtook our seek and left the partition waiting for
     # an offset that never came until the stale re-seek (the 5-10 s failovers of issue 24).
-    # Records that arrive before are safe: the writer applies only what continues from the
-    # checkpoint and asks for a seek back on a gap.
+    # Records that arrive before are dropped (`Expected.hold`).
     pending: set[int] = set()
 
     @app.on_partitions_assigned.connect  # type: ignore[arg-type]
     async def resume_from_checkpoints(sender: Any, assigned: set[TP], **_: Any) -> None:
         pending.clear()  # a rebalance replaces the whole assignment
         pending.update(tp.partition for tp in assigned if tp.topic == settings.topic)
+        runner.expected.hold(pending)  # nothing of them is folded before their seek
 
     # Often: a failover waits for this tick (seeks run in the consumer's thread, see `seek`).
     @app.timer(interval=0.2)  # type: ignore[untyped-decorator]

@@ -175,7 +175,7 @@ class Hydrator:
                     await self._recall(consumer)
                 await self._measure_lag(consumer, batch, in_flight=True)
                 if not await self._until_stopped(self._handle(consumer, batch), stop):
-                    return  # the drain timed out: nothing committed, the next owner recalls
+                    return  # stopped mid-batch: nothing committed, the next owner recalls
                 await self._measure_lag(consumer, batch, in_flight=False)
                 if ends is not None and await self._reached(consumer, ends):
                     return
@@ -203,27 +203,25 @@ class Hydrator:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), self.settings.features_every_s)
 
-    async def _until_stopped(self, work: Coroutine[Any, Any, None], stop: asyncio.Event) -> bool:
-        """Run `work` (a batch); when `stop` is set (SIGTERM) first, give it up to the drain
-        timeout to finish, write its snapshots and commit, then cancel it (a batch of slow or
-        retried fetches must not hold up a shutdown; cancelled, it commits nothing and its
-        next owner recalls what was written). True when `work` finished."""
+    @staticmethod
+    async def _until_stopped(work: Coroutine[Any, Any, None], stop: asyncio.Event) -> bool:
+        """Run `work`; cancel it when `stop` is set first. True when `work` finished.
+
+        A batch in flight at SIGTERM is abandoned, not finished (issue 24): it holds up to
+        `max_poll_records` rate-limited Stripe reads, retried for ever through an outage, so
+        finishing it could take minutes; and abandoning it loses no work but the reads in
+        flight: its offsets are not committed, and the next owner of its partitions finds
+        the snapshots it already wrote by their `hydrated-from` header and fetches only the
+        rest (`_recall`)."""
         task = asyncio.ensure_future(work)
         stopping = asyncio.ensure_future(stop.wait())
         try:
             await asyncio.wait({task, stopping}, return_when=asyncio.FIRST_COMPLETED)
         finally:
             stopping.cancel()
-        if not task.done():
-            log.info("stopping: finishing the batch in flight")
-            await asyncio.wait({task}, timeout=self.settings.drain_timeout_s)
         if task.done():
             task.result()  # raises what the batch raised
             return True
-        log.warning(
-            "stopping: the batch in flight did not finish in %.0fs; not committed",
-            self.settings.drain_timeout_s,
-        )
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task

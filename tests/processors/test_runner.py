@@ -111,6 +111,17 @@ async def test_handle_seeks_back_and_drops_records_until_the_awaited_offset() ->
     assert r.expected.awaiting(0) is None
 
 
+def test_assigned_partitions_are_held_until_sought() -> None:
+    e = Expected()
+    e.hold([0, 1])
+    assert e.admit([Message(0, 7, "k", b""), Message(2, 1, "k", b"")]) == [Message(2, 1, "k", b"")]
+    e.expect(0, 3)  # the seek to the checkpoint
+    assert [m.offset for m in e.admit([Message(0, 3, "k", b""), Message(1, 0, "k", b"")])] == [3]
+    e.hold([1])  # a rebalance: the new assignment replaces the hold
+    assert e.admit([Message(0, 4, "k", b"")]) == [Message(0, 4, "k", b"")]
+    assert e.stale() == {}
+
+
 def test_stale_seeks_are_reissued() -> None:
     e = Expected(stale_after_s=0.0)
     e.expect(3, 10)
