@@ -57,9 +57,16 @@ def _system(kind: str) -> tuple[Settings, Path]:
 
 
 def _fresh_topic(settings: Settings, label: str) -> Settings:
+    from entitled.crypto import new_master_key
+
     tag = uuid.uuid4().hex[:8]
+    # every writer seals (issue 20): a master key and a keys topic of its own, both systems
     return dataclasses.replace(
-        settings, topic=f"bench.{label}.{tag}", consumer_group=f"bench-{label}-{tag}"
+        settings,
+        topic=f"bench.{label}.{tag}",
+        consumer_group=f"bench-{label}-{tag}",
+        master_key=new_master_key(),
+        keys_topic=f"bench.{label}.{tag}.keys",
     )
 
 
