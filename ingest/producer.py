@@ -11,7 +11,8 @@ A failed write can leave aiokafka's idempotent producer with sequence numbers th
 longer accepts (after a broker restart under load every later write to those partitions
 fails with OutOfOrderSequenceNumber). So after any write that Kafka refused or that failed
 late, the producer is replaced by a fresh one (a new producer id starts its sequences anew)
-before the next write; until that succeeds `ready()` is false. Duplicates this may cause are
+before the next write (once: the failures of writes still in flight on a producer already
+replaced do not replace its successor); until that succeeds `ready()` is false. Duplicates this may cause are
 removed by the fold, which deduplicates by event id.
 
 Every value is sealed with a data key of its subject (the message key) before it is sent
@@ -23,6 +24,7 @@ first event writes its key (acks=all) first.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 
 from aiokafka import AIOKafkaProducer
@@ -143,6 +145,7 @@ class EventProducer:
         """
         delivery: asyncio.Future[RecordMetadata] | None = None
         await self._reset_if_needed()
+        producer = self._running()
         try:
             async with asyncio.timeout(self.timeout_s):
                 value = raw
@@ -150,17 +153,17 @@ class EventProducer:
                     value, header = await self.keyring.seal(key, raw)
                     headers = [*headers, header]
                 # Cancelling `send` itself (metadata wait, full buffer) queues nothing.
-                delivery = await self._running().send(
+                delivery = await producer.send(
                     self.topic, value=value, key=key.encode(), headers=headers
                 )
                 # shield: on timeout we keep the delivery future to learn its fate later.
                 metadata = await asyncio.shield(delivery)
         except TimeoutError as exc:
             if delivery is not None:
-                delivery.add_done_callback(self._late_outcome)
+                delivery.add_done_callback(functools.partial(self._late_outcome, producer))
             raise LogUnavailable(_reason(exc)) from exc
         except KafkaError as exc:
-            self._needs_reset = True
+            self._failed(producer)
             raise LogUnavailable(_reason(exc)) from exc
         return metadata.partition, metadata.offset
 
@@ -181,7 +184,16 @@ class EventProducer:
             return False
         return bool(updated) and bool(client.cluster.partitions_for_topic(self.topic))
 
-    def _late_outcome(self, delivery: asyncio.Future[object]) -> None:
+    def _failed(self, producer: AIOKafkaProducer) -> None:
+        """A write through `producer` failed: replace it before the next write, unless it
+        was replaced already. Under load many writes are in flight when a broker restarts;
+        were each failure of a retired producer to replace the current one, every
+        replacement would retire a producer with writes in flight, whose failures would
+        replace the next, and ingest would answer 503 for as long as the load lasted."""
+        if producer is self._producer:
+            self._needs_reset = True
+
+    def _late_outcome(self, producer: AIOKafkaProducer, delivery: asyncio.Future[object]) -> None:
         if delivery.cancelled():
             return
         exc = delivery.exception()
@@ -190,7 +202,7 @@ class EventProducer:
             log.warning("a write answered 503 was acknowledged later: %s", delivery.result())
         else:
             self.late_failures += 1
-            self._needs_reset = True
+            self._failed(producer)
             log.warning("a write answered 503 finally failed: %s", _reason(exc))
 
 
