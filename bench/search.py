@@ -300,7 +300,7 @@ async def run_http(port: int, paths: Sequence[str], concurrency: int, seconds: f
                 if time.perf_counter() > stop:
                     break
                 t = time.perf_counter()
-                writer.write(f"GET {path} HTTP/1.1\r\nHost: bench\r\n\r\n".encode())
+                writer.write(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
                 head = await reader.readuntil(b"\r\n\r\n")
                 length = 0
                 for line in head.split(b"\r\n"):
@@ -529,6 +529,14 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=5, help="alternating raw/api slices")
     parser.add_argument("--method1-searches", type=int, default=50)
+    parser.add_argument(
+        "--warm",
+        type=int,
+        default=2000,
+        help="searches sent to both paths before measuring, drawn from the same distribution"
+        " but disjoint from the measured ones (the read model's answers to recent queries:"
+        " 2000 = a cold start, 50000 = a service that has been answering for a while)",
+    )
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument(
         "--model-customers", type=int, default=1_000_000, help="read model memory measured for"
@@ -578,8 +586,13 @@ def main() -> None:
             cmd = [ENTITLED, "api", "--port", str(port), "--log-level", "warning"]
             with process(cmd, env, workdir / "api.log") as api:
                 common.wait_http(f"http://127.0.0.1:{port}/readyz", api, "entitled api")
-                asyncio.run(run_raw(url, queries[:2000], args.concurrency, 1.0))  # warm caches
-                asyncio.run(run_http(port, paths[:2000], args.concurrency, 1.0))
+                # warm caches with searches the measured slices do not repeat (the last ones)
+                # (raw has no memory but Postgres' buffers: 2000 warm those)
+                warm = slice(len(queries) - args.warm, None)
+                raw_warm = slice(len(queries) - min(args.warm, 2000), None)
+                asyncio.run(run_raw(url, queries[raw_warm], args.concurrency, 10.0))
+                asyncio.run(run_http(port, paths[warm], args.concurrency, max(10.0, args.warm)))
+                model0 = model_counts(port)
                 # Alternate short slices of raw and api, so that both see the same background
                 # load on a shared machine; then merge the slices.
                 slice_s = args.seconds / args.rounds
@@ -592,12 +605,18 @@ def main() -> None:
                         asyncio.run(run_http(port, paths[part], args.concurrency, slice_s))
                     )
                     cpu += cpu_seconds(api.pid) - cpu0
+                model1 = model_counts(port)
             raw, http = merge("raw", raws), merge("api", https)
+            searched = {k: model1.get(k, 0) - model0.get(k, 0) for k in ("hit", "miss")}
+            http.extra["read_model_hit_share"] = round(
+                searched["hit"] / max(1, searched["hit"] + searched["miss"]), 3
+            )
             http.extra["api_process_cpu_ms_per_request"] = round(
                 cpu / max(1, http.requests) * 1000, 3
             )
             print_run(raw)
             print_run(http)
+            print(f"read model: {http.extra['read_model_hit_share']:.1%} of searches from memory")
 
             m1 = run_method1(
                 url, queries, args.method1_searches, workdir, Settings().entitling_statuses
@@ -615,9 +634,11 @@ def main() -> None:
     }
     # Issue 21's goals (issue 5 asked for >= 0.5x raw).
     goals = {
-        "api_vs_method1 >= 100": ratios["api_vs_method1"] >= 100,
-        "api_vs_raw >= 1.0": ratios["api_vs_raw"] >= 1.0,
-        "api_p99_ms <= 20": ratios["api_p99_ms"] <= 20,
+        # an answer that is not a 200 (a refused Host, a 503) is no search: no goal is met
+        "api answered 200 to every search": http.errors == 0,
+        "api_vs_method1 >= 100": ratios["api_vs_method1"] >= 100 and http.errors == 0,
+        "api_vs_raw >= 1.0": ratios["api_vs_raw"] >= 1.0 and http.errors == 0,
+        "api_p99_ms <= 20": ratios["api_p99_ms"] <= 20 and http.errors == 0,
     }
     result = {
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -629,6 +650,7 @@ def main() -> None:
             "concurrency": args.concurrency,
             "rounds": args.rounds,
             "method1_searches": args.method1_searches,
+            "warm": args.warm,
             "load_seconds": round(load_s, 1),
         },
         "api": http.summary(),
@@ -644,6 +666,19 @@ def main() -> None:
     for goal, met in goals.items():
         print(f"  goal {goal}: {'MET' if met else 'NOT MET'}")
     print(f"wrote {args.out}")
+
+
+def model_counts(port: int) -> dict[str, float]:
+    """The API's read model searches so far, by outcome (hit / miss)."""
+    import re
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+        text = r.read().decode()
+    found = re.findall(
+        r'^entitled_api_read_model_searches_total\{outcome="(\w+)"\} (\S+)$', text, re.M
+    )
+    return {outcome: float(value) for outcome, value in found}
 
 
 def model_memory(customers: int, movies: int) -> dict[str, Any]:
