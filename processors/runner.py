@@ -87,6 +87,8 @@ class Expected:
         self.stale_after_s = stale_after_s
         self._awaiting: dict[int, tuple[int, float]] = {}
         self._held: set[int] = set()
+        self._sought: set[int] = set()  # awaiting, and the seek has been made
+        self._overtaken: set[int] = set()  # awaiting an offset Faust will drop: seek again
 
     def hold(self, partitions: Iterable[int]) -> None:
         """Drop every record of `partitions` until each is sought (`expect`): they were just
@@ -99,7 +101,15 @@ class Expected:
     def expect(self, partition: int, offset: int) -> None:
         """Drop records of `partition` until `offset` arrives (after a seek to it)."""
         self._held.discard(partition)
+        self._sought.discard(partition)
+        self._overtaken.discard(partition)
         self._awaiting[partition] = (offset, time.monotonic())
+
+    def sought(self, partition: int) -> None:
+        """The seek `expect` announced has been made: from now on a record past the awaited
+        offset is one Faust delivered from before the seek (see `admit`)."""
+        if partition in self._awaiting:
+            self._sought.add(partition)
 
     def awaiting(self, partition: int) -> int | None:
         entry = self._awaiting.get(partition)
@@ -108,24 +118,39 @@ class Expected:
     def admit(self, messages: Sequence[Message]) -> list[Message]:
         """The records that follow the seeks: from each awaited offset on."""
         batch: list[Message] = []
+        arrived: dict[int, float] = {}
         for m in messages:
             if m.partition in self._held:
                 continue
             awaited = self._awaiting.get(m.partition)
             if awaited is not None:
                 if m.offset != awaited[0]:
+                    if m.offset > awaited[0] and m.partition in self._sought:
+                        # Fetched before the seek, delivered after it: Faust's own filter
+                        # has just moved its read offset to this one, and will drop the
+                        # awaited record when the seek brings it (seen: 2 s failovers
+                        # waiting for the stale re-seek). Seek again at once.
+                        self._overtaken.add(m.partition)
                     continue
                 del self._awaiting[m.partition]
+                self._sought.discard(m.partition)
+                arrived[m.partition] = time.monotonic() - awaited[1]
             batch.append(m)
+        if arrived:  # when a failover or a seek back is over, partition by partition
+            log.info(
+                "reading again after the seek: %s",
+                ", ".join(f"{p} in {s:.2f}s" for p, s in sorted(arrived.items())),
+            )
         return batch
 
     def stale(self) -> dict[int, int]:
-        """Seeks older than `stale_after_s` (re-armed now): partition -> offset to seek to."""
+        """Seeks overtaken (`admit`) or older than `stale_after_s`: partition -> offset to
+        seek to again (each re-armed: `expect`)."""
         now = time.monotonic()
         out = {}
         for partition, (offset, since) in list(self._awaiting.items()):
-            if now - since > self.stale_after_s:
-                self._awaiting[partition] = (offset, now)
+            if partition in self._overtaken or now - since > self.stale_after_s:
+                self.expect(partition, offset)
                 out[partition] = offset
         return out
 
@@ -195,8 +220,8 @@ class BatchRunner:
     async def _handle(self, messages: Sequence[Message], seek: SeekFn) -> ApplyResult | None:
         try:
             batch = self.expected.admit(messages)
+            await self.reseek_stale(seek)  # overtaken seeks at once, not at the next tick
             if not batch:
-                await self.reseek_stale(seek)
                 return None
             self.heads.note(batch)
             self.metrics.batch_size.observe(len(batch))
@@ -224,6 +249,8 @@ class BatchRunner:
             await seek(partition, offset)
         except Exception:
             log.exception("seek failed; the next batch will detect the gap again")
+        else:
+            self.expected.sought(partition)
 
     async def _read_again(self, messages: Sequence[Message], seek: SeekFn) -> None:
         for partition in {m.partition for m in messages}:
@@ -235,6 +262,7 @@ class BatchRunner:
         for partition, offset in self.expected.stale().items():
             try:
                 await seek(partition, offset)
+                self.expected.sought(partition)
             except Exception:
                 log.exception("seek failed; it will be tried again")
 

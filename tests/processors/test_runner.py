@@ -122,6 +122,18 @@ def test_assigned_partitions_are_held_until_sought() -> None:
     assert e.stale() == {}
 
 
+def test_a_seek_overtaken_by_records_read_before_it_is_reissued_at_once() -> None:
+    e = Expected()
+    e.expect(0, 3)
+    assert e.admit([Message(0, 9, "k", b"")]) == [] and e.stale() == {}  # before the seek
+    e.sought(0)
+    assert e.admit([Message(0, 1, "k", b"")]) == [] and e.stale() == {}  # Faust's earlier seek
+    assert e.admit([Message(0, 10, "k", b"")]) == []  # fetched before, delivered after
+    assert e.stale() == {0: 3} and e.stale() == {}  # re-armed
+    e.sought(0)
+    assert [m.offset for m in e.admit([Message(0, 3, "k", b"")])] == [3]
+
+
 def test_stale_seeks_are_reissued() -> None:
     e = Expected(stale_after_s=0.0)
     e.expect(3, 10)
