@@ -12,8 +12,8 @@ longer accepts (after a broker restart under load every later write to those par
 fails with OutOfOrderSequenceNumber). So after any write that Kafka refused or that failed
 late, the producer is replaced by a fresh one (a new producer id starts its sequences anew)
 before the next write (once: the failures of writes still in flight on a producer already
-replaced do not replace its successor); until that succeeds `ready()` is false. Duplicates this may cause are
-removed by the fold, which deduplicates by event id.
+replaced do not replace its successor); until that succeeds `ready()` is false. Duplicates
+this may cause are removed by the fold, which deduplicates by event id.
 
 Every value is sealed with a data key of its subject (the message key) before it is sent
 (`entitled.keyring`, DESIGN.md "Forgetting a customer"): every writer of the log (webhooks,
