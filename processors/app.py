@@ -9,6 +9,7 @@ reaches the runner: a forgotten customer's events arrive as `forgotten` messages
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 import faust
@@ -28,6 +29,8 @@ from .pool import make_pool
 from .runner import BatchRunner
 
 __all__ = ["create_app"]
+
+_REBALANCE_PATIENCE_S = 15.0
 
 log = logging.getLogger(__name__)
 
@@ -95,19 +98,25 @@ def create_app(settings: Settings, keyring: Keyring) -> faust.App:
     # an offset that never came until the stale re-seek (the 5-10 s failovers of issue 24).
     # Records that arrive before are dropped (`Expected.hold`).
     pending: set[int] = set()
+    assigned_at = [0.0]  # when `pending` was last filled by an assignment
 
     @app.on_partitions_assigned.connect  # type: ignore[arg-type]
     async def resume_from_checkpoints(sender: Any, assigned: set[TP], **_: Any) -> None:
         pending.clear()  # a rebalance replaces the whole assignment
         pending.update(tp.partition for tp in assigned if tp.topic == settings.topic)
         runner.expected.hold(pending)  # nothing of them is folded before their seek
+        assigned_at[0] = time.monotonic()
 
     # Often: a failover waits for this tick (seeks run in the consumer's thread, see `seek`).
     @app.timer(interval=0.2)  # type: ignore[untyped-decorator]
     async def follow_checkpoints(*_: Any) -> None:  # Faust passes the app
         todo: list[int] = []
         if app.rebalancing:  # Faust seeks to Kafka's committed offsets at its end: after it
-            return
+            if not pending or time.monotonic() - assigned_at[0] < _REBALANCE_PATIENCE_S:
+                return
+            # A recovery that never ends must not hold the partitions for ever: seek now (a
+            # seek Faust overtakes later is noticed and made again: `Expected`).
+            log.warning("Faust's rebalance has not ended; resuming from the checkpoints anyway")
         try:
             await runner.reseek_stale(seek)
             mine = {tp.partition for tp in app.consumer.assignment() if tp.topic == settings.topic}
