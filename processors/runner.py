@@ -416,8 +416,8 @@ class BatchRunner:
     async def resume(self, partitions: Sequence[int], seek: SeekFn) -> dict[int, int]:
         """Seek `partitions` to their checkpoints and drop records until they arrive."""
         points = await self.resume_points(partitions)
-        for partition, offset in points.items():
-            await self._seek(seek, partition, offset)
+        # together: each seek is a round trip to the consumer's thread (0.05 s under load)
+        await asyncio.gather(*(self._seek(seek, p, offset) for p, offset in points.items()))
         return points
 
     def ready(self) -> bool:
