@@ -39,6 +39,7 @@ __all__ = [
     "queue_recompute",
     "seen",
     "take_queued",
+    "text_array",
     "write_entitlements",
     "write_rows",
 ]
@@ -83,6 +84,21 @@ def clean_text(value: str) -> str:
     except UnicodeEncodeError:
         value = value.encode("utf-8", "replace").decode("utf-8")
     return value
+
+
+def text_array(items: Iterable[str]) -> str:
+    """`items` as a Postgres text[] literal (`{"a","b"}`), cleaned, for a COPY field: every
+    element quoted, its backslashes and double quotes escaped (the array input syntax; COPY's
+    own escaping is applied on top by psycopg). psycopg's list dumper costs a regular
+    expression search per element: with refs, groups and movie ids on every row written it
+    was ~8% of a replay."""
+    return (
+        "{"
+        + ",".join(
+            '"' + clean_text(x).replace("\\", "\\\\").replace('"', '\\"') + '"' for x in items
+        )
+        + "}"
+    )
 
 
 def _clean(value: Any) -> Any:
@@ -278,7 +294,7 @@ async def _upsert_rows(
                     (
                         ident,
                         None if customer is None else clean_text(customer),
-                        [clean_text(r) for r in refs_of(row)],
+                        text_array(refs_of(row)),
                         text,
                         s.created,
                         s.rank,
@@ -357,8 +373,8 @@ async def write_entitlements(
                 await cp.write_row(
                     (
                         clean_text(customer),
-                        [clean_text(g) for g in ent.groups],
-                        [clean_text(m) for m in ent.movie_ids],
+                        text_array(ent.groups),
+                        text_array(ent.movie_ids),
                         None if newest is None else clean_text(newest.event_id),
                         None if newest is None else newest.stamp.created,
                     )

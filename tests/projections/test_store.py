@@ -227,3 +227,17 @@ async def test_text_a_customer_types_is_stored_and_never_stalls(
     assert result.applied == 2 and result.poison == 0
     assert await one(conn, "SELECT record->'metadata'->>'note' FROM live.products") == stored
     assert await one(conn, "SELECT groups FROM live.customer_entitlements") == ["action"]
+
+
+async def test_group_names_and_ids_of_any_text_round_trip(settings: Settings, conn: Conn) -> None:
+    """Groups and refs are written as text[] literals built by the writer
+    (`upserts.text_array`): quotes, backslashes, braces and the word NULL stay as typed."""
+    groups = ['a"b', "c\\d", "{e}", "NULL", "f\tg"]
+    pid = 'prod_"q\\{}'
+    product = se.product(pid, groups=",".join(groups), created=100)
+    events = [se.event("product.created", product, created=100), subscribed("cus_q", 101, pid)]
+    result = await store(settings).apply(conn, messages(events))
+    assert result.applied == 2 and result.poison == 0
+    held = await one(conn, "SELECT groups FROM live.customer_entitlements")
+    assert sorted(held) == sorted(groups)
+    assert pid in await one(conn, "SELECT refs FROM live.subscriptions WHERE id = 'sub_cus_q'")
