@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from projections.model.metadata import groups_in, movies_in, split_groups
 from projections.model.rows import (
@@ -34,6 +34,8 @@ from projections.model.rows import ItemRow as ItemRow
 
 if TYPE_CHECKING:
     from entitled.settings import Settings
+
+R = TypeVar("R", bound=Row)
 
 __all__ = [
     "GRANT_SOURCES",
@@ -174,25 +176,37 @@ def gather(
     for c in customers:
         mine: dict[tuple[str, str], Row] = {(type(r).table, r.id): r for r in own.get(c, ())}
         # invoice payments add payment intents, whose charges add charge ids: each step
-        # reaches with the keys of all the steps before it
-        for kinds in ((InvoicePaymentRow,), (ChargeRow,), (RefundRow, DisputeRow)):
-            for r in _reached(link_keys(mine.values()), by_ref, kinds):
-                mine.setdefault((type(r).table, r.id), r)
-        found = sorted(mine.values(), key=lambda r: (type(r).table, r.id))
-        customer_row = next((r for r in found if isinstance(r, CustomerRow)), None)
+        # reaches with the keys of all the steps before it (no keys at first: none later,
+        # the common case of a customer who bought nothing one-off)
+        if by_ref and link_keys(mine.values()):
+            for kinds in ((InvoicePaymentRow,), (ChargeRow,), (RefundRow, DisputeRow)):
+                for r in _reached(link_keys(mine.values()), by_ref, kinds):
+                    mine.setdefault((type(r).table, r.id), r)
+        # by table, each in id order (one pass; the same tuples as filtering a sorted list)
+        by_table: dict[str, list[Row]] = defaultdict(list)
+        for key in sorted(mine):
+            by_table[key[0]].append(mine[key])
         out[c] = Facts(
-            customer=customer_row,
-            subscriptions=tuple(r for r in found if isinstance(r, SubscriptionRow)),
-            purchases=tuple(r for r in found if isinstance(r, PurchaseRow)),
-            charges=tuple(r for r in found if isinstance(r, ChargeRow)),
-            refunds=tuple(r for r in found if isinstance(r, RefundRow)),
-            disputes=tuple(r for r in found if isinstance(r, DisputeRow)),
-            invoice_payments=tuple(r for r in found if isinstance(r, InvoicePaymentRow)),
+            customer=_first(by_table, CustomerRow),
+            subscriptions=_all(by_table, SubscriptionRow),
+            purchases=_all(by_table, PurchaseRow),
+            charges=_all(by_table, ChargeRow),
+            refunds=_all(by_table, RefundRow),
+            disputes=_all(by_table, DisputeRow),
+            invoice_payments=_all(by_table, InvoicePaymentRow),
             products=products,
             features=features or {},
-            summary=next((r for r in found if isinstance(r, EntitlementSummaryRow)), None),
+            summary=_first(by_table, EntitlementSummaryRow),
         )
     return out
+
+
+def _all(by_table: Mapping[str, list[Row]], kind: type[R]) -> tuple[R, ...]:
+    return tuple(r for r in by_table.get(kind.table, ()) if isinstance(r, kind))
+
+
+def _first(by_table: Mapping[str, list[Row]], kind: type[R]) -> R | None:
+    return next((r for r in by_table.get(kind.table, ()) if isinstance(r, kind)), None)
 
 
 def _intents(p: PurchaseRow, invoice_payments: Iterable[InvoicePaymentRow]) -> set[str]:
