@@ -10,6 +10,7 @@ intent, and each reaches whoever paid with it.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from psycopg import AsyncConnection
@@ -33,11 +34,19 @@ from projections.upserts import (
     holders_of,
     load_many,
     queue_recompute,
+    read_entitlements,
     take_queued,
     write_entitlements,
 )
 
-__all__ = ["derive_many", "gather_facts", "recompute", "recompute_all", "recompute_queued"]
+__all__ = [
+    "BatchMemo",
+    "derive_many",
+    "gather_facts",
+    "recompute",
+    "recompute_all",
+    "recompute_queued",
+]
 
 Derived = dict[str, tuple[Entitlement, Row | None]]
 # Rows that link to a customer's purchases without naming the customer, in the order they
@@ -45,6 +54,31 @@ Derived = dict[str, tuple[Entitlement, Row | None]]
 # refunds and disputes point at any of them.
 _LINK_STEPS = (("invoice_payments",), ("charges",), ("refunds", "disputes"))
 _MAX_HOPS = 3  # a dispute -> its charge (no customer) -> its payment intent -> the purchase
+
+
+@dataclass
+class BatchMemo:
+    """What the customers of one transaction hold, kept between its recomputations (a
+    build's waves recompute a customer at each of their events): the entitlements are then
+    written once, at the end of the transaction (`final`), instead of at every wave; what a
+    customer held before a wave comes from here, or from the table the first time."""
+
+    held: dict[str, Entitlement] = field(default_factory=dict)
+    known: set[str] = field(default_factory=set)  # customers whose `held` is loaded
+    final: Derived = field(default_factory=dict)  # to write at the end
+
+    async def before(
+        self, conn: AsyncConnection[Any], schema: str, customers: Sequence[str]
+    ) -> dict[str, Entitlement]:
+        unknown = [c for c in customers if c not in self.known]
+        if unknown:
+            self.held.update(await read_entitlements(conn, schema, unknown))
+            self.known.update(unknown)
+        return {c: self.held[c] for c in customers if c in self.held}
+
+    def after(self, derived: Derived) -> None:
+        self.final.update(derived)
+        self.held.update((c, ent) for c, (ent, _newest) in derived.items())
 
 
 async def recompute(
@@ -57,6 +91,7 @@ async def recompute(
     cause: str = "event",
     feed: bool = True,
     bound: int | None = None,
+    memo: BatchMemo | None = None,
 ) -> int:
     """Recompute the entitlements of every customer `folded` may have changed; their count.
 
@@ -69,6 +104,9 @@ async def recompute(
     transactions of at most `bound`) instead of recomputed here: a product with 100,000
     subscribers must not make one transaction of 100,000 recomputations (issue 19, point 5).
     Each is still recomputed whole from the rows, in one transaction: never a partial answer.
+
+    `memo`: the entitlements are not written here but kept for the caller to write once at
+    the end of its transaction (`BatchMemo.final`).
     """
     customers = {c for c in folded.customers if c}
     # A product reaches its subscribers only when what it grants changed: a price or
@@ -94,7 +132,7 @@ async def recompute(
             customers |= fanout
     if not customers:
         return 0
-    await _recompute(conn, schema, policy, sorted(customers), folded.types, cause, feed)
+    await _recompute(conn, schema, policy, sorted(customers), folded.types, cause, feed, memo)
     return len(customers)
 
 
@@ -110,11 +148,16 @@ async def _recompute(
     types: Mapping[str, str],
     cause: str,
     feed: bool,
+    memo: BatchMemo | None = None,
 ) -> None:
     """Derive `customers` from the rows, write what changed and its change/history rows."""
     facts = await gather_facts(conn, schema, customers)
     derived = {c: (derive(f, policy), _newest(f)) for c, f in facts.items()}
-    held = await write_entitlements(conn, schema, derived)
+    if memo is None:
+        held = await write_entitlements(conn, schema, derived)
+    else:
+        held = await memo.before(conn, schema, customers)
+        memo.after(derived)
     rows = _changed(policy, facts, derived, held, types)
     if feed:
         await changes.record(conn, schema, rows, cause)

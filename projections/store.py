@@ -170,13 +170,16 @@ class ProjectionStore:
             if k == len(waves):
                 waves.append([])
             waves[k].append(m)
+        memo = recompute.BatchMemo()  # entitlements written once, after the last wave
         for n, wave in enumerate(waves):
             if n:
                 await upserts.empty_all_staging(conn)
             part = ApplyResult()
             plan = await self._plan(conn, schema, wave, held, lock=lock)
-            await self._write(conn, schema, plan, part)
+            await self._write(conn, schema, plan, part, memo=memo)
             result.add(part)
+        if memo.final:
+            await upserts.write_entitlements(conn, schema, memo.final)
 
     async def quarantine(
         self, conn: AsyncConnection[Any], message: Message, error: BaseException
@@ -237,6 +240,7 @@ class ProjectionStore:
         result: ApplyResult,
         *,
         cause: str | None = "event",
+        memo: recompute.BatchMemo | None = None,
     ) -> None:
         """Write `plan`: letters, rows, dedup records, then (unless `cause` is None: replay's
         bulk pass recomputes once at the end) the entitlements of the customers reached."""
@@ -254,6 +258,7 @@ class ProjectionStore:
                 cause=cause if self.feed else "build",
                 feed=self.feed,
                 bound=self.regroup_chunk,
+                memo=memo,
             )
         for name, value in plan.counts().items():
             setattr(result, name, value)

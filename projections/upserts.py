@@ -37,6 +37,7 @@ __all__ = [
     "load_targets",
     "mark_processed",
     "queue_recompute",
+    "read_entitlements",
     "seen",
     "take_queued",
     "text_array",
@@ -392,6 +393,19 @@ async def write_entitlements(
             ).format(table=table, tmp=tmp)
         )
         return {c: Entitlement(tuple(g), tuple(m)) for c, g, m in await cur.fetchall()}
+
+
+async def read_entitlements(
+    conn: AsyncConnection[Any], schema: str, customers: Sequence[str]
+) -> dict[str, Entitlement]:
+    """What `customers` hold in `schema` (customers absent from the table are absent)."""
+    cur = await conn.execute(
+        sql.SQL("SELECT customer, groups, movie_ids FROM {} WHERE customer = ANY(%s)").format(
+            db.qualified(schema, "customer_entitlements")
+        ),
+        (list(customers),),
+    )
+    return {c: Entitlement(tuple(g), tuple(m)) for c, g, m in await cur.fetchall()}
 
 
 async def empty_staging(conn: AsyncConnection[Any], table: str) -> None:
