@@ -148,10 +148,10 @@ async def seen(conn: AsyncConnection[Any], schema: str, ids: Sequence[str]) -> s
     if not ids:
         return set()
     cur = await conn.execute(
-        sql.SQL("SELECT event_id FROM {} WHERE event_id = ANY(%s)").format(
+        sql.SQL("SELECT event_id FROM {} WHERE event_id = ANY(%s::text[])").format(
             db.qualified(schema, "processed_events")
         ),
-        (list(ids),),
+        (text_array(ids),),
     )
     return {r[0] for r in await cur.fetchall()}
 
@@ -171,14 +171,23 @@ async def load_many(
     as text and are parsed by orjson (psycopg's jsonb loader is the standard library's)."""
     if not wanted:
         return []
-    query = sql.SQL(" UNION ALL ").join(
-        sql.SQL(
-            "SELECT {}::text, id, event_id, v_partition, v_offset, record::text FROM {} WHERE "
-            + where
-        ).format(sql.Literal(table), db.qualified(schema, table))
-        for table, _arg in wanted
-    )
-    cur = await conn.execute(query, [arg for _table, arg in wanted])
+    # one parameter per distinct argument (gather_facts passes one list of customers for ten
+    # tables), a list of ids as one text[] literal
+    names: dict[int, str] = {}
+    params: dict[str, object] = {}
+    parts = []
+    for table, arg in wanted:
+        name = names.setdefault(id(arg), f"p{len(names)}")
+        literal = _ids_literal(arg)
+        params[name] = arg if literal is None else literal
+        placeholder = f"%({name})s" + ("" if literal is None else "::text[]")
+        parts.append(
+            sql.SQL(
+                "SELECT {}::text, id, event_id, v_partition, v_offset, record::text FROM {} WHERE "
+                + where.replace("%s", placeholder)
+            ).format(sql.Literal(table), db.qualified(schema, table))
+        )
+    cur = await conn.execute(sql.SQL(" UNION ALL ").join(parts), params)
     server = _server(conn)
     out = []
     for table, ident, event_id, partition, offset, record in await cur.fetchall():
@@ -188,6 +197,13 @@ async def load_many(
         else:
             out.append((table, from_record(table, orjson.loads(record))))
     return out
+
+
+def _ids_literal(arg: object) -> str | None:
+    """A list of strings as a text[] literal (`text_array`), else None (bound as it is)."""
+    if isinstance(arg, list) and all(isinstance(x, str) for x in arg):
+        return text_array(arg)
+    return None
 
 
 async def load_targets(
@@ -205,11 +221,12 @@ async def holders_of(
     (recompute follows the rows that name no customer through their refs)."""
     q = sql.SQL(" UNION ALL ").join(
         sql.SQL(
-            "SELECT customer, refs FROM {} WHERE refs && %(links)s OR id = ANY(%(links)s)"
+            "SELECT customer, refs FROM {} WHERE refs && %(links)s::text[]"
+            " OR id = ANY(%(links)s::text[])"
         ).format(db.qualified(schema, t))
         for t in HOLDER_TABLES
     )
-    cur = await conn.execute(q, {"links": list(links)})
+    cur = await conn.execute(q, {"links": text_array(links)})
     return [(c, list(r)) for c, r in await cur.fetchall()]
 
 
@@ -332,9 +349,9 @@ async def mark_processed(
             " ON CONFLICT (event_id) DO NOTHING"
         ).format(db.qualified(schema, "processed_events")),
         (
-            [clean_text(e) for e, _, _ in rows],
-            [p for _, p, _ in rows],
-            [o for _, _, o in rows],
+            text_array(e for e, _, _ in rows),
+            "{" + ",".join(str(p) for _, p, _ in rows) + "}",
+            "{" + ",".join(str(o) for _, _, o in rows) + "}",
         ),
     )
 
