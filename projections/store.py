@@ -178,8 +178,8 @@ class ProjectionStore:
             plan = await self._plan(conn, schema, wave, held, lock=lock)
             await self._write(conn, schema, plan, part, memo=memo)
             result.add(part)
-        if memo.final:
-            await upserts.write_entitlements(conn, schema, memo.final)
+        if memo.final:  # in customer order, as each wave's was: concurrent jobs lock alike
+            await upserts.write_entitlements(conn, schema, dict(sorted(memo.final.items())))
 
     async def quarantine(
         self, conn: AsyncConnection[Any], message: Message, error: BaseException
