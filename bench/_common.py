@@ -336,3 +336,23 @@ def cpu_of(pid: int) -> float:
     except OSError:
         return 0.0
     return sum(int(f) for f in fields[11:13]) / os.sysconf("SC_CLK_TCK")
+
+
+def new_subscribers(n: int, tag: str, prefix: str) -> list[tuple[str, dict[str, Any]]]:
+    """`n` (customer, `customer.subscription.created` event), each a new customer
+    (`cus_<prefix><tag><i>`) subscribing to the `action` package of the workload."""
+    from launcher.stripe import events as se
+
+    now = int(time.time())
+    out = []
+    for i in range(n):
+        cus = f"cus_{prefix}{tag}{i:06d}"
+        sub = se.subscription(
+            f"sub_{prefix}{tag}{i:06d}",
+            customer=cus,
+            items=[("price_action", "prod_action")],
+            status="active",
+            created=now,
+        )
+        out.append((cus, se.event("customer.subscription.created", sub, created=now)))
+    return out

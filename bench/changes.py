@@ -101,24 +101,6 @@ def _signed(events: list[dict[str, Any]]) -> list[tuple[bytes, str]]:
     return [(b := se.encode(e), se.sign_header(b, SECRET)) for e in events]
 
 
-def _subscriptions(n: int, tag: str) -> list[tuple[str, dict[str, Any]]]:
-    from launcher.stripe import events as se
-
-    now = int(time.time())
-    out = []
-    for i in range(n):
-        cus = f"cus_chg{tag}{i:06d}"
-        sub = se.subscription(
-            f"sub_chg{tag}{i:06d}",
-            customer=cus,
-            items=[("price_action", "prod_action")],
-            status="active",
-            created=now,
-        )
-        out.append((cus, se.event("customer.subscription.created", sub, created=now)))
-    return out
-
-
 async def _post_all(
     url: str, bodies: list[tuple[bytes, str]], start: float, rate: float
 ) -> tuple[list[float], dict[int, int]]:
@@ -192,7 +174,7 @@ async def _latency(
         assert statuses == {200: len(catalogue)}, statuses
         await _wait_folded(settings)
         n = int(rate * (warmup + seconds))
-        subs = _subscriptions(n, time.strftime("%H%M%S"))
+        subs = common.new_subscribers(n, time.strftime("%H%M%S"), "chg")
         start = time.time() + 0.5
         acked, statuses = await _post_all(ingest_url, _signed([e for _, e in subs]), start, rate)
         customers = [c for c, _ in subs]

@@ -271,20 +271,11 @@ def _signed_subscriptions(n: int, tag: str) -> list[tuple[str, bytes, str]]:
     customer subscribing to the `action` package (its product comes from the workload)."""
     from launcher.stripe import events as se
 
-    now = int(time.time())
-    out = []
-    for i in range(n):
-        cus = f"cus_lat{tag}{i:06d}"
-        sub = se.subscription(
-            f"sub_lat{tag}{i:06d}",
-            customer=cus,
-            items=[("price_action", "prod_action")],
-            status="active",
-            created=now,
-        )
-        body = se.encode(se.event("customer.subscription.created", sub, created=now))
-        out.append((cus, body, se.sign_header(body, SECRET)))
-    return out
+    signed = []
+    for cus, event in common.new_subscribers(n, tag, "lat"):
+        body = se.encode(event)
+        signed.append((cus, body, se.sign_header(body, SECRET)))
+    return signed
 
 
 async def _latency(

@@ -7,16 +7,8 @@ from __future__ import annotations
 import secrets
 from collections.abc import Sequence
 
-from launcher.stripe._objects import (
-    Obj,
-    copy_json,
-    fresh,
-    new_id,
-    now,
-    plan_object,
-    price_object,
-    template,
-)
+from launcher.stripe import _objects
+from launcher.stripe._objects import Obj, fresh, new_id, now, template
 
 __all__ = ["charge", "checkout_session", "invoice", "payment_intent", "refund"]
 
@@ -111,14 +103,14 @@ def invoice(
     data = []
     total = 0
     for price_id, product_id in lines:
-        line = copy_json(template_line)
+        line = _objects.copy_json(template_line)
         line.update(id=new_id("il"), invoice=in_id, amount=999, subtotal=999)
         line["period"] = {"start": ts, "end": ts}
         if legacy:
             del line["pricing"], line["parent"]
             line.update(
-                price=price_object(price_id, product_id, ts),
-                plan=plan_object(price_id, product_id, ts) if subscription else None,
+                price=_objects.price_object(price_id, product_id, ts),
+                plan=_objects.plan_object(price_id, product_id, ts) if subscription else None,
                 subscription=subscription,
                 type="subscription" if subscription else "invoiceitem",
             )

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from entitled.settings import Settings
 from tests.api.api_support import entitle, load_catalog, running_api
-from tests.support.examples import examples
+from tests.support.examples import examples, pool_jitter_is_not_the_strategy
 
 TSQUERY_BITS = [
     "&",
@@ -50,16 +50,9 @@ queries = st.one_of(
 )
 
 
-# The API runs in this process (a uvicorn thread), and psycopg_pool draws from the global
-# `random` whenever it opens a connection (its lifetime jitter). Hypothesis checks that the
-# global random's state did not change while it drew an example and, when it did, blames the
-# strategy: a warning (an error here) that the replay does not repeat, i.e. FlakyFailure.
-# These strategies use no randomness of their own; what the pool does is checked below
-# (a client hanging up costs the pool no connection).
-pytestmark = pytest.mark.filterwarnings(
-    "ignore:Do not use the `random` module inside strategies"
-    ":hypothesis.errors.HypothesisDeprecationWarning"
-)
+# psycopg_pool's jitter in the in-process API (see tests.support.examples); what the pool
+# does is checked below: a client hanging up costs the pool no connection.
+pytestmark = pool_jitter_is_not_the_strategy
 
 
 @pytest.fixture

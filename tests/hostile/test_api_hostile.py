@@ -25,7 +25,7 @@ from starlette.applications import Starlette
 from api.app import create_app
 from entitled.settings import Settings
 from tests.api.api_support import entitle, load_catalog
-from tests.support.examples import examples
+from tests.support.examples import examples, pool_jitter_is_not_the_strategy
 
 TOKEN = "tok_hostile_9f8e7d6c5b4a"
 STREAM = "/v1/changes/stream"
@@ -45,14 +45,8 @@ queries = st.one_of(
 )
 
 
-# The API runs in this process (schemathesis' ASGI client), and psycopg_pool draws from the
-# global `random` whenever it opens a connection (its lifetime jitter); hypothesis then blames
-# the strategy with a warning that its replay does not repeat (FlakyFailure). The strategies
-# use no randomness of their own (see tests/api/test_api_fuzz.py).
-pytestmark = pytest.mark.filterwarnings(
-    "ignore:Do not use the `random` module inside strategies"
-    ":hypothesis.errors.HypothesisDeprecationWarning"
-)
+# psycopg_pool's jitter in the in-process API (see tests.support.examples)
+pytestmark = pool_jitter_is_not_the_strategy
 
 
 @pytest.fixture

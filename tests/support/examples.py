@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import os
 
+import pytest
+
 LONG = os.environ.get("HYPOTHESIS_PROFILE") == "long"
 SHARE = 0.1  # of the full count, in `make test`
 FLOOR = 25  # never fewer examples than this
@@ -26,3 +28,14 @@ def sized(short: float, full: float) -> float:
     """A load test's size: `full` under `make test-long`, else `short`: the same test with the
     same assertions over a shorter run, so `make test` stays within its budget."""
     return full if LONG else short
+
+
+# A test that serves the API in its own process (a uvicorn thread, schemathesis' ASGI client)
+# while hypothesis draws examples: psycopg_pool draws from the global `random` whenever it
+# opens a connection (its lifetime jitter), and hypothesis, seeing the global random's state
+# change during a draw, blames the strategy with a warning (an error here) that its replay
+# does not repeat: a FlakyFailure. Such tests' strategies use no randomness of their own.
+pool_jitter_is_not_the_strategy = pytest.mark.filterwarnings(
+    "ignore:Do not use the `random` module inside strategies"
+    ":hypothesis.errors.HypothesisDeprecationWarning"
+)
