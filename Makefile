@@ -22,10 +22,11 @@ venv: $(STAMP)
 dev: $(STAMP)
 	$(VENV)/bin/entitled dev
 
-# Two pytest-xdist workers, each with its own Kafka and PostgreSQL (a test that restarts one
+# Three pytest-xdist workers on 2 cores (most of a test is waiting on processes, Kafka and
+# Postgres, so a third overlaps the waits), each with its own Kafka and PostgreSQL (a test that restarts one
 # disturbs only its own worker); a module runs whole on one worker, so a module-scoped fixture
 # starts once.
-WORKERS ?= 2
+WORKERS ?= 3
 XDIST := -n $(WORKERS) --dist loadscope
 PYTEST := $(PY) -m pytest -p no:cacheprovider $(XDIST)
 
