@@ -32,7 +32,7 @@ PYTEST := $(PY) -m pytest -p no:cacheprovider $(XDIST)
 
 test: $(STAMP)
 	$(VENV)/bin/entitled services prepare
-	$(PYTEST) $(PYTEST_ARGS)
+	$(PYTEST) --durations=25 $(PYTEST_ARGS)
 
 test-fast: $(STAMP)
 	$(PYTEST) -m "pure or database" $(PYTEST_ARGS)
