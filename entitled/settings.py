@@ -152,6 +152,9 @@ class Settings:
     drain_timeout_s: float = 8.0
     # backfill
     backfill_rps: float = 20.0
+    # how often a Stripe read is retried after a 429, a 5xx or a connection error (with
+    # Retry-After or an exponential backoff up to 30 s) before the caller gets the error
+    stripe_retries: int = 8
     # replay: the largest share of the live version's entitled customers a new version may
     # take something away from before the swap is refused (without --force)
     replay_max_loss: float = 0.01
@@ -211,6 +214,7 @@ class Settings:
             if e.get("ENTITLED_WORKER_METRICS_PORT")
             else None,
             backfill_rps=float(e.get("ENTITLED_BACKFILL_RPS") or base.backfill_rps),
+            stripe_retries=int(e.get("ENTITLED_STRIPE_RETRIES") or base.stripe_retries),
             changes_topic=e.get("ENTITLED_CHANGES_TOPIC") or base.changes_topic,
             kafka_session_timeout_s=float(
                 e.get("ENTITLED_KAFKA_SESSION_TIMEOUT_S") or base.kafka_session_timeout_s

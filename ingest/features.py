@@ -113,9 +113,7 @@ async def mirror_features(
 async def reconcile_features(settings: Settings, *, rps: float | None = None) -> FeaturesResult:
     """`entitled reconcile --features`: re-list products' features, log what changed."""
     assert settings.kafka_bootstrap_servers, "kafka_bootstrap_servers is not set"
-    api = StripeApi(
-        settings.stripe_api_key, base=settings.stripe_api_base, rps=rps or settings.backfill_rps
-    )
+    api = StripeApi.from_settings(settings, rps=rps)
     await ensure_event_topic(settings)
     producer = EventProducer(settings)
     try:

@@ -73,9 +73,7 @@ async def reconcile(
     assert settings.kafka_bootstrap_servers, "kafka_bootstrap_servers is not set"
     own_api = api is None
     if api is None:
-        api = StripeApi(
-            settings.stripe_api_key, base=settings.stripe_api_base, rps=rps or settings.backfill_rps
-        )
+        api = StripeApi.from_settings(settings, rps=rps)
     await ensure_event_topic(settings)
     producer = EventProducer(settings)
     try:

@@ -24,6 +24,7 @@ import orjson
 import stripe
 
 from entitled.logs import quiet_libraries
+from entitled.settings import Settings
 from ingest.errors import ConfigurationError
 
 # Every process that talks to Stripe imports this module, whether or not it configures logging
@@ -126,6 +127,7 @@ class StripeApi:
         api_version: str | None = None,
         max_network_retries: int = 0,
         limiter: RateLimiter | None = None,
+        retries: int = _MAX_RETRIES,
     ) -> None:
         if not api_key:
             raise ConfigurationError("STRIPE_API_KEY is not set")
@@ -138,8 +140,23 @@ class StripeApi:
             stripe_version=api_version,
         )
         self.api_version = api_version or stripe.api_version
+        self.retries = retries
         self.limiter = limiter or RateLimiter(rps)
         self.log = RequestLog()
+
+    @classmethod
+    def from_settings(
+        cls, settings: Settings, *, rps: float | None = None, api_version: str | None = None
+    ) -> StripeApi:
+        """The client every stage builds: `STRIPE_API_KEY`, `STRIPE_API_BASE`, at most `rps`
+        requests a second (default `ENTITLED_BACKFILL_RPS`), `ENTITLED_STRIPE_RETRIES`."""
+        return cls(
+            settings.stripe_api_key,
+            base=settings.stripe_api_base,
+            rps=rps or settings.backfill_rps,
+            api_version=api_version,
+            retries=settings.stripe_retries,
+        )
 
     async def close(self) -> None:
         await self._http.close_async()  # type: ignore[no-untyped-call]
@@ -163,7 +180,7 @@ class StripeApi:
                     self.log.connection_errors += 1
                 else:
                     self.log.server_errors += 1
-                if attempt > _MAX_RETRIES:
+                if attempt > self.retries:
                     raise
                 await asyncio.sleep(_retry_after(exc.headers, attempt))
                 continue

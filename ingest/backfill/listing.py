@@ -92,12 +92,7 @@ async def backfill(
     specs = [LISTS[name] for name in lists]
     own_api = api is None
     if api is None:
-        api = StripeApi(
-            settings.stripe_api_key,
-            base=settings.stripe_api_base,
-            rps=rps or settings.backfill_rps,
-            api_version=api_version,
-        )
+        api = StripeApi.from_settings(settings, rps=rps, api_version=api_version)
     assert settings.kafka_bootstrap_servers, "kafka_bootstrap_servers is not set"
     await ensure_event_topic(settings)
     producer = EventProducer(settings)

@@ -71,9 +71,7 @@ def hydrate(
     async def run() -> None:
         api = None
         if settings.stripe_api_key:
-            api = StripeApi(
-                settings.stripe_api_key, base=settings.stripe_api_base, rps=settings.backfill_rps
-            )
+            api = StripeApi.from_settings(settings)
         else:
             log.warning(NO_KEY_WARNING)
         metrics = HydratorMetrics(api)

@@ -76,7 +76,7 @@ class RefreshEndpoint:
         async with self._lock:
             if self._api is None:
                 s = self.settings
-                self._api = StripeApi(s.stripe_api_key, base=s.stripe_api_base, rps=s.backfill_rps)
+                self._api = StripeApi.from_settings(s)
             if self._producer is None:
                 producer = EventProducer(self.settings)
                 await producer.start()

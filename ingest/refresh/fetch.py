@@ -47,9 +47,7 @@ async def refresh(
     """Read each id now and write its snapshot; return one `Refreshed` per id, in order."""
     own_api = api is None
     if api is None:
-        api = StripeApi(
-            settings.stripe_api_key, base=settings.stripe_api_base, rps=settings.backfill_rps
-        )
+        api = StripeApi.from_settings(settings)
     own_producer = producer is None
     if producer is None:
         producer = EventProducer(settings)
