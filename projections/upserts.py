@@ -259,7 +259,7 @@ async def queue_recompute(
             " ON CONFLICT (customer) DO UPDATE SET event_id = excluded.event_id,"
             " event_type = excluded.event_type"
         ).format(db.qualified(schema, "recompute_queue")),
-        (event_id, event_type, sorted(clean_text(c) for c in customers)),
+        (event_id, event_type, text_array(sorted(customers))),
     )
 
 
@@ -417,10 +417,10 @@ async def read_entitlements(
 ) -> dict[str, Entitlement]:
     """What `customers` hold in `schema` (customers absent from the table are absent)."""
     cur = await conn.execute(
-        sql.SQL("SELECT customer, groups, movie_ids FROM {} WHERE customer = ANY(%s)").format(
-            db.qualified(schema, "customer_entitlements")
-        ),
-        (list(customers),),
+        sql.SQL(
+            "SELECT customer, groups, movie_ids FROM {} WHERE customer = ANY(%s::text[])"
+        ).format(db.qualified(schema, "customer_entitlements")),
+        (text_array(customers),),  # cleaned as `write_entitlements` wrote them
     )
     return {c: Entitlement(tuple(g), tuple(m)) for c, g, m in await cur.fetchall()}
 
