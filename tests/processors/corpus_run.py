@@ -117,9 +117,17 @@ def catch_up_report(procs: Procs, settings: Settings, timeout: float = CATCH_UP_
 
 
 def dead_letter_report(
-    settings: Settings, allowed: Mapping[str, str], names: Mapping[str, str]
+    settings: Settings,
+    allowed: Mapping[str, str],
+    names: Mapping[str, str],
+    unidentified: int = 0,
 ) -> str:
-    """The dead letters whose event is not in `allowed`, one line each ("" when none)."""
+    """The dead letters whose event is not in `allowed`, one line each ("" when none).
+
+    `unidentified`: how many posted samples have no event id (a public project's template
+    with `"id": null`). A signed body is logged whatever it holds (issue 19, point 10), and
+    the fold cannot deduplicate an event without an id: each is a dead letter saying so,
+    which is the expected outcome; no more than that many such letters are passed over."""
     letters = query(
         settings,
         "SELECT event_id, event_type, state, key, error FROM live.dead_letters ORDER BY id",
@@ -127,6 +135,9 @@ def dead_letter_report(
     lines = []
     for event_id, event_type, state, key, error in letters:
         if event_id in allowed:
+            continue
+        if event_id is None and unidentified and "no event id" in (error or ""):
+            unidentified -= 1
             continue
         source = names.get(event_id, "(a normal event)")
         text = " ".join((error or "").split())  # errors may carry a caret diagram
@@ -168,7 +179,9 @@ def run_corpus(
     if stalled:
         outcome.problems.append(stalled)
 
-    unexpected = dead_letter_report(settings, allowed_dead_letters, {s.id: s.name for s in samples})
+    unidentified = sum(1 for s in samples if not s.event.get("id"))
+    names = {s.id: s.name for s in samples}
+    unexpected = dead_letter_report(settings, allowed_dead_letters, names, unidentified)
     if unexpected:
         outcome.problems.append(unexpected)
 
