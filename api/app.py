@@ -83,7 +83,8 @@ async def search_movies(request: Request) -> Response:
     model: ReadModel = request.app.state.model
     if model.max_customers > 0 and "as_of" not in params:  # from memory (`api.model`)
         # On the database the read path would read (a replica in turn, or the primary),
-        # with its failover: the model takes its marks there, not on the primary.
+        # with its failover: a model that is not current takes its marks there, not on
+        # the primary; a current one answers from memory on that reader's behalf.
         if params.get("min_event") is None:
             api_params.seconds(params.get("wait"), "wait", DEFAULT_WAIT_S, MAX_WAIT_S)  # checked
 
@@ -158,6 +159,7 @@ async def put_movie(request: Request) -> Response:
         raise BadRequest(str(exc)) from None
     async with pool(request).connection(timeout=POOL_TIMEOUT_S) as conn:
         created = await catalog.put_movie(conn, movie)
+        await _catalogue_written(request, conn)
     return json_response(movie.to_json(), 201 if created else 200)
 
 
@@ -165,6 +167,7 @@ async def delete_movie(request: Request) -> Response:
     movie_id = api_params.path_movie_id(request)
     async with pool(request).connection(timeout=POOL_TIMEOUT_S) as conn:
         deleted = await catalog.delete_movie(conn, movie_id)
+        await _catalogue_written(request, conn)
     if not deleted:
         raise NotFound(f"no movie {movie_id}")
     return Response(status_code=204)
@@ -179,9 +182,16 @@ async def movie_group(request: Request) -> Response:
     change = catalog.add_group if request.method == "PUT" else catalog.remove_group
     async with pool(request).connection(timeout=POOL_TIMEOUT_S) as conn:
         movie = await change(conn, movie_id, group)
+        await _catalogue_written(request, conn)
     if movie is None:
         raise NotFound(f"no movie {movie_id}")
     return json_response(movie.to_json())
+
+
+async def _catalogue_written(request: Request, conn: AsyncConnection[Any]) -> None:
+    """The write's count is news to this process's read model now, not when its
+    notification arrives: the writer's own next search shows it (`api.watcher.announce`)."""
+    request.app.state.watcher.announce(catalog=await catalog.writes(conn))
 
 
 async def healthz(request: Request) -> Response:

@@ -101,8 +101,20 @@ class _ModelCollector(Collector):
         searches.add_metric(["miss"], float(m.misses))
         yield searches
         yield CounterMetricFamily(
+            "entitled_api_read_model_checked",
+            "Hits that first asked the database for its marks: the model was not current"
+            " (LISTEN down, news not applied yet) or the search had min_event.",
+            value=float(m.checked),
+        )
+        yield GaugeMetricFamily(
+            "entitled_api_read_model_current",
+            "1 while the read model has applied everything the database announced (it answers"
+            " hits without asking the database), else 0.",
+            value=1.0 if m.current() else 0.0,
+        )
+        yield CounterMetricFamily(
             "entitled_api_read_model_flushes",
-            "Times the read model was emptied (start, watcher reconnect, version swap).",
+            "Times the read model was emptied (start, version swap or rollback).",
             value=float(m.flushes),
         )
         size = GaugeMetricFamily(

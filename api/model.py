@@ -1,4 +1,4 @@
-"""The read model: searches answered from memory, never older than a database read.
+"""The read model: searches answered from memory, as fresh as the change feed says.
 
 A search is two facts: the catalogue's answer to the query (which movies, in which order) and
 what the customer holds (groups, movie ids). The API process keeps both, LRU-bounded:
@@ -11,23 +11,32 @@ what the customer holds (groups, movie ids). The API process keeps both, LRU-bou
 - `answers`: (q, limit, within) -> the catalogue's movies, valid for one count of catalogue
   writes (`entitled.catalog_mark`, bumped by every write after or with it).
 
-Freshness: every search first takes the database's marks (feed head, active version,
-catalogue count) from a snapshot taken after the search arrived (`_Barrier`: one small query
-serves every search that arrived before it was sent, so under load there is one per round
-trip, not one per search). The model then answers only once it has applied the feed up to
-that head; a new active version (replay swap, rollback) empties it; a new catalogue count
-empties the answers. So an answer is never older than what the database read path would have
-returned at the moment the search arrived. `follow` applies the feed as LISTEN announces it,
-so the model is usually already there; when it is not, the search catches up itself.
-`min_event` keeps its meaning: the database says the event is folded, then the model answers
-as of a snapshot taken after that.
+Freshness (docs/http.md, "How fresh a search is"). Postgres announces every change row, every
+catalogue write and every version swap by NOTIFY, delivered after the commit and in commit
+order; the process's `Watcher` LISTENs and keeps `announced`, the newest marks (feed head,
+active version, catalogue count) it was told of. The model is *current* when it has applied
+everything announced: feed applied up to the announced head, the announced version, answers
+of the announced catalogue count, and LISTEN in place. A current model answers a search from
+memory without asking the database: its answer lags the database by the delivery of a
+notification at most (milliseconds; a replica read lags by its replay). `follow` applies what
+is announced as it comes, so the model is current again a round trip after each news.
+
+A model that is not current (LISTEN down or not yet back, news not applied yet: a change row,
+a catalogue write, a replay swap or a rollback) never answers from memory alone: the search
+takes the database's marks (feed head, active version, catalogue count) from a snapshot taken
+after it arrived (`_Barrier`: one small query serves every search that arrived before it was
+sent), catches the model up to them (a new version empties it; a new catalogue count empties
+the answers) and answers: never older than what the database read path returns at that
+moment. `min_event` keeps its exact meaning: the database says the event is folded, then the
+model answers as of a snapshot taken after that.
 
 Where it reads: `connect` is one database's connections (`api.readers` picks the primary or a
 replica per search, as the database read path does), so a search takes its marks, catches up
 and reads what it lacks on the one database that answers it, and the model keeps working with
 the primary down. Databases differ only by lag: the model never goes back (an entry read
 from a database behind what the model has applied is answered but not kept), and a version
-seen on one replica and not yet on another flushes it as a swap does.
+seen on one replica and not yet on another flushes it as a swap does. What the primary
+announced and a lagging replica has not replayed keeps the model not current until it has.
 
 Memory: an entry costs about 200-250 bytes (the key, a tuple, the LRU link; the groups and
 movie tuples are shared between customers who hold the same); `bench/search.py` prints the
@@ -60,6 +69,7 @@ Run = Callable[[Step], Awaitable[None]]  # runs a step on one database (`Readers
 Entry = tuple[int, tuple[str, ...], tuple[str, ...]]  # (feed id, groups, movie ids)
 Movies = list[tuple[str, str, list[str]]]  # (movie id, title, groups), best first
 _FETCH = 1000
+_BEHIND_RETRY_S = 0.1  # `follow` after a round that left the model behind (a lagging replica)
 
 
 class _Barrier:
@@ -107,6 +117,7 @@ class ReadModel:
         self.version: int | None = None  # active version the entries belong to
         self.catalog: int | None = None  # catalogue write count the answers belong to
         self.hits = self.misses = self.flushes = 0
+        self.checked = 0  # hits that asked the database for its marks first (not current)
         self._barriers: dict[str, _Barrier] = {}  # one per database searches go to
         self._cold = True  # flushed (or never filled) and not warmed up since
         self._catching_up = asyncio.Lock()
@@ -122,17 +133,24 @@ class ReadModel:
         *,
         via: str | None = "primary",
     ) -> list[Hit]:
-        """What `projections.search.search` answers now on the database `connect` reaches
+        """What `projections.search.search` answers on the database `connect` reaches
         (named `via`), from memory where it can.
 
-        Both parts in memory: the marks of a snapshot taken after the search arrived (shared
-        with concurrent searches on the same database; `via=None`: not shared, `connect`
-        is a connection this search holds) say whether they are current. A part missing:
-        one statement reads it with its snapshot's marks, which say whether the other part
-        (if in memory) is current. Memory is brought up to the marks before it answers."""
+        Both parts in memory and the model current (module doc): the answer, no database.
+        Both in memory, not current: the marks of a snapshot taken after the search arrived
+        (shared with concurrent searches on the same database; `via=None`: not shared,
+        `connect` is a connection this search holds, as for `min_event`) say what memory
+        must have applied before it answers. A part missing: one statement reads it with its
+        snapshot's marks, which say whether the other part (if in memory) is current. Memory
+        is brought up to the marks before it answers."""
         key = (q, limit) if within is None else (q, limit, *map(frozenset, within))
         movies = self.answers.get(key)
         entry = self.customers.get(customer)
+        if movies is not None and entry is not None and via is not None and self.current():
+            self.hits += 1
+            self.customers.move_to_end(customer)
+            self.answers.move_to_end(key)
+            return [_hit(m, t, g, entry[1], entry[2]) for m, t, g in movies]
         read_entry = read_movies = False
         if movies is not None and entry is not None:
             if via is None:
@@ -174,6 +192,7 @@ class ReadModel:
             self.misses += 1
         else:
             self.hits += 1
+            self.checked += 1
             self.customers.move_to_end(customer)
             self.answers.move_to_end(key)
         _, groups, held = entry
@@ -209,22 +228,46 @@ class ReadModel:
     # -- following the feed -------------------------------------------------------------
 
     async def follow(self, run: Run) -> None:
-        """Apply the feed as LISTEN announces it (a task of the app's lifespan); `run`
-        gives each round one database (the replicas in turn, or the primary)."""
+        """Apply what the database announces as it comes (a task of the app's lifespan);
+        `run` gives each round one database (the replicas in turn, or the primary)."""
         while True:
-            armed = self.watcher.changes.armed()
+            armed = self.watcher.news.armed()
             try:
                 await run(self._follow_once)
             except asyncio.CancelledError:
                 raise
             except Exception:  # Postgres away: searches catch up themselves, or fail
                 log.warning("read model: could not follow the change feed", exc_info=True)
-            await wait(armed, self.watcher.fallback_s)
+                await wait(armed, self.watcher.fallback_s)
+                continue
+            # Still behind what was announced: the database this round read had not replayed
+            # it yet (a replica); try again soon rather than at the next news.
+            behind = self._announced() is not None and not self.current()
+            await wait(armed, _BEHIND_RETRY_S if behind else self.watcher.fallback_s)
 
     async def _follow_once(self, connect: Connect) -> None:
         await self.catch_up(connect)
         if self._cold:  # started, or a new version: warm up again
             await self.warm(connect)
+
+    def _announced(self) -> Marks | None:
+        """What the database announced, while LISTEN is in place; None: nothing is trusted."""
+        marks = self.watcher.announced
+        if not self.watcher.listening or marks is None or marks.version is None:
+            return None
+        return marks
+
+    def current(self) -> bool:
+        """True when memory holds everything the database announced (module doc): a search
+        may answer from it without asking the database."""
+        marks = self._announced()
+        return (
+            marks is not None
+            and self._current(marks)
+            and self.catalog is not None
+            and marks.catalog is not None
+            and self.catalog >= marks.catalog
+        )
 
     def _current(self, marks: Marks) -> bool:
         return self.top is not None and self.top >= marks.head and self.version == marks.version
@@ -237,6 +280,8 @@ class ReadModel:
                 return  # another search caught up meanwhile
             async with connect() as conn:
                 marks = (await search.model_read(conn)).marks
+                if marks.catalog is not None:
+                    self._see_catalog(marks.catalog)
                 if self.top is None or marks.version != self.version:
                     self.flush()
                     self.top, self.version = marks.head, marks.version

@@ -13,6 +13,15 @@ was folded". Rather than each holding a connection (or polling on its own), they
 - reconnects with backoff when the connection fails; meanwhile `fallback_s` is short, so
   waiters check for themselves every second instead of trusting a silent watcher.
 
+It also keeps `announced`: the newest marks (feed head, active version, catalogue writes)
+the database has told it of, from each notification's payload and from each poll, and fires
+`news` when they move. The read model (`api.model`) answers from memory without asking the
+database only while it has applied everything announced, and only while LISTEN is in place
+(`announced` is None otherwise: before the first poll after a (re)connect, on a replica).
+Postgres delivers notifications in commit order, to a listening session only after their
+commit: so a model current with `announced` lags the database by the notification's delivery
+at most, like a replica read lags by its replay.
+
 A waiter arms before it checks (`event = signal.armed()`, query, `await wait(event, t)`), so a
 signal fired between its check and its wait is never missed.
 """
@@ -29,7 +38,9 @@ from psycopg import AsyncConnection
 from psycopg.rows import TupleRow
 
 from projections import feed
-from projections.changes import CHANGES_CHANNEL, FOLDED_CHANNEL
+from projections.catalog import CATALOG_CHANNEL
+from projections.changes import CHANGES_CHANNEL, FOLDED_CHANNEL, VERSION_CHANNEL
+from projections.search import Marks
 
 __all__ = ["Signal", "Watcher", "wait"]
 
@@ -83,6 +94,8 @@ class Watcher:
         self.unhealthy_fallback_s = unhealthy_fallback_s
         self.changes = Signal()
         self.folded = Signal()
+        self.news = Signal()  # `announced` moved (or was lost): the read model follows it
+        self.announced: Marks | None = None  # see the module doc
         self.healthy = False  # connected and polling
         self.listening = False  # and LISTEN is in place (not on a replica)
         self.notifications = 0
@@ -138,9 +151,11 @@ class Watcher:
                 was_healthy = self.healthy
                 self.healthy = self.listening = False
                 self._marks = None
+                self.announced = None  # news may be lost from now on: nothing is trusted
                 if was_healthy:  # waiters now check for themselves: wake them to learn so
                     self.changes.fire()
                     self.folded.fire()
+                    self.news.fire()
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, 5.0)
 
@@ -163,10 +178,46 @@ class Watcher:
             interval = self.poll_s if self.listening else self.standby_poll_s
             async for note in conn.notifies(timeout=interval):
                 self.notifications += 1
+                if note.channel == FOLDED_CHANNEL:
+                    self.folded.fire()
+                    continue
                 if note.channel == CHANGES_CHANNEL:
                     self.changes.fire()
-                elif note.channel == FOLDED_CHANNEL:
-                    self.folded.fire()
+                if not self._note(note.channel, note.payload):
+                    break  # a payload without its mark: poll at once to learn it
+
+    def _note(self, channel: str, payload: str) -> bool:
+        """Take the mark a notification carries into `announced`; False if it carries none."""
+        try:
+            value = int(payload)
+        except ValueError:
+            return False
+        if channel == CHANGES_CHANNEL:
+            self.announce(head=value)
+        elif channel == VERSION_CHANNEL:
+            self.announce(version=value)
+        elif channel == CATALOG_CHANNEL:
+            self.announce(catalog=value)
+        return True
+
+    def announce(
+        self, *, head: int | None = None, version: int | None = None, catalog: int | None = None
+    ) -> None:
+        """News of the database: change ids and catalogue counts only grow; the version is
+        the last announced (a rollback goes back), notifications arrive in commit order. Also
+        for a write this process made itself (`api.app`'s catalogue routes), so that its own
+        next search does not wait for the notification. Nothing while nothing is trusted."""
+        had = self.announced
+        if had is None:
+            return
+        now = Marks(
+            had.head if head is None else max(had.head, head),
+            had.version if version is None else version,
+            had.catalog if catalog is None else max(had.catalog or 0, catalog),
+        )
+        if now != had:
+            self.announced = now
+            self.news.fire()
 
     async def _poll(self, conn: AsyncConnection[TupleRow]) -> None:
         try:
@@ -176,6 +227,18 @@ class Watcher:
         # After a (re)connect every waiter checks again: news may have come meanwhile.
         if self._marks is None or marks[:1] != self._marks[:1]:
             self.changes.fire()
-        if self._marks is None or marks[1:] != self._marks[1:]:
+        if self._marks is None or marks[1:3] != self._marks[1:3]:
             self.folded.fire()
         self._marks = marks
+        # A snapshot taken after every notification handled so far (those that arrive during
+        # this poll are handled after it, in order): as new as anything announced, and
+        # what a lost notification announced (the feed's head) shows here within `poll_s`.
+        if not self.listening:
+            return  # news may come unannounced (a replica): nothing is trusted
+        head, _, version, catalog = marks
+        polled = Marks(int(head), version, None if catalog is None else int(catalog))
+        if self.announced is None:
+            self.announced = polled
+            self.news.fire()
+        else:
+            self.announce(head=polled.head, version=polled.version, catalog=polled.catalog)

@@ -21,9 +21,14 @@ from psycopg.rows import class_row
 from projections.schema import CONTROL
 
 MAX_ID = 128
-# Every catalogue write counts itself in `catalog_mark`, after (or with) the write: the read
-# API's model of recent search answers forgets them when the count moves (`api.model`).
-_COUNT = f"UPDATE {CONTROL}.catalog_mark SET writes = writes + 1"
+# Every catalogue write counts itself in `catalog_mark`, after (or with) the write, and
+# announces the new count on CATALOG_CHANNEL (delivered at commit): the read API's model of
+# recent search answers forgets them when the count moves (`api.model`).
+CATALOG_CHANNEL = "entitled_catalog"  # NOTIFY payload: the catalogue's new write count
+_COUNT = f"""
+WITH c AS (UPDATE {CONTROL}.catalog_mark SET writes = writes + 1 RETURNING writes)
+SELECT pg_notify('{CATALOG_CHANNEL}', writes::text) FROM c
+"""
 MAX_TITLE = 500
 MAX_KEYWORDS = 5000
 MAX_GROUP = 64
@@ -126,6 +131,13 @@ async def delete_movie(conn: AsyncConnection[Any], movie_id: str) -> bool:
     cur = await conn.execute(f"DELETE FROM {CONTROL}.movies WHERE movie_id = %s", (movie_id,))
     await conn.execute(_COUNT)
     return cur.rowcount > 0
+
+
+async def writes(conn: AsyncConnection[Any]) -> int:
+    """How many catalogue writes were counted so far (`catalog_mark`)."""
+    cur = await conn.execute(f"SELECT writes FROM {CONTROL}.catalog_mark")
+    row = await cur.fetchone()
+    return int(row[0]) if row else 0
 
 
 async def add_group(conn: AsyncConnection[Any], movie_id: str, group: str) -> Movie | None:

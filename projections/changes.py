@@ -29,6 +29,7 @@ from projections.upserts import clean_text
 __all__ = [
     "CHANGES_CHANNEL",
     "FOLDED_CHANNEL",
+    "VERSION_CHANNEL",
     "Change",
     "diff_versions",
     "listen",
@@ -43,6 +44,7 @@ __all__ = [
 
 CHANGES_CHANNEL = "entitled_changes"  # NOTIFY payload: the greatest new change id
 FOLDED_CHANNEL = "entitled_folded"  # NOTIFY after a batch that applied events commits
+VERSION_CHANNEL = "entitled_version"  # NOTIFY payload: the version a swap made active
 _LOCK = f"{db.CONTROL}.changes"
 
 

@@ -19,7 +19,8 @@ from typing import Any
 from psycopg import AsyncConnection
 from psycopg.rows import dict_row
 
-from projections.changes import CHANGES_CHANNEL, FOLDED_CHANNEL
+from projections.catalog import CATALOG_CHANNEL
+from projections.changes import CHANGES_CHANNEL, FOLDED_CHANNEL, VERSION_CHANNEL
 from projections.schema import CONTROL, LIVE
 
 __all__ = [
@@ -162,24 +163,30 @@ async def event_state(conn: AsyncConnection[Any], event_id: str) -> EventState:
     return EventState.PARKED if parked else EventState.PENDING
 
 
-# The feed's head, and a figure that moves with every committed batch or version swap.
+# The feed's head, a figure that moves with every committed batch or version swap, the
+# active version and the count of catalogue writes.
 _MARKS_SQL = f"""
 SELECT (SELECT coalesce(max(id), 0) FROM {CONTROL}.changes),
        (SELECT coalesce(sum(next_offset), 0) FROM {LIVE}.checkpoints),
-       (SELECT version FROM {CONTROL}.active)
+       (SELECT version FROM {CONTROL}.active),
+       (SELECT writes FROM {CONTROL}.catalog_mark)
 """
 
 
 async def marks(conn: AsyncConnection[Any]) -> tuple[Any, ...]:
-    """What a watcher polls: (feed head, sum of live checkpoints, active version). The first
-    moves with every change row, the others with every folded batch or swap."""
+    """What a watcher polls: (feed head, sum of live checkpoints, active version, catalogue
+    writes). The first moves with every change row, the next two with every folded batch or
+    swap, the last with every catalogue write."""
     cur = await conn.execute(_MARKS_SQL)
     row = await cur.fetchone()
     return tuple(row) if row else ()
 
 
 async def listen_for_news(conn: AsyncConnection[Any]) -> None:
-    """Have `conn` (autocommit) notified of new change rows and of folded batches. A hot
-    standby refuses LISTEN (`ReadOnlySqlTransaction` or `FeatureNotSupported`)."""
+    """Have `conn` (autocommit) notified of new change rows, folded batches, version swaps
+    and catalogue writes. A hot standby refuses LISTEN (`ReadOnlySqlTransaction` or
+    `FeatureNotSupported`)."""
     await conn.execute(f"LISTEN {CHANGES_CHANNEL}")
     await conn.execute(f"LISTEN {FOLDED_CHANNEL}")
+    await conn.execute(f"LISTEN {VERSION_CHANNEL}")
+    await conn.execute(f"LISTEN {CATALOG_CHANNEL}")

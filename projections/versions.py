@@ -164,6 +164,9 @@ async def swap(conn: AsyncConnection[Any], version: int, *, cause: str = "replay
         await conn.execute(f"UPDATE {db.CONTROL}.active SET version = %s", (version,))
         await db.point_live_views(conn, target)
         await changes.record(conn, target, differ, cause, history=False)
+        # Delivered at commit: a read model holding the previous version's answers empties
+        # itself even when no customer's rights differ (no change row, hence no other news).
+        await conn.execute("SELECT pg_notify(%s, %s)", (changes.VERSION_CHANNEL, str(version)))
 
 
 async def drop(conn: AsyncConnection[Any], version: int) -> None:
