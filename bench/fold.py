@@ -213,19 +213,63 @@ def _queued(conn: Any) -> int:
     return int(n)
 
 
+def _backends(conn: Any) -> list[int]:
+    """The pids of the other sessions on this bench's database (the worker's pool)."""
+    rows = conn.execute(
+        "SELECT pid FROM pg_stat_activity"
+        " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+    ).fetchall()
+    return [int(r[0]) for r in rows]
+
+
+def _scrape(port: int) -> dict[str, float]:
+    """The worker's batch figures from its /metrics (counts and sums of the histograms)."""
+    import urllib.request
+
+    wanted = {
+        "entitled_worker_batch_size_count": "batches",
+        "entitled_worker_batch_size_sum": "records",
+        "entitled_worker_transaction_seconds_sum": "transaction_s",
+    }
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as answer:
+        text = answer.read().decode()
+    found: dict[str, float] = {}
+    for line in text.splitlines():
+        name, _, value = line.partition(" ")
+        if name in wanted:
+            found[wanted[name]] = float(value)
+    return found
+
+
 def worker_run(
     settings: Settings, ends: dict[int, int], log_dir: Path, timeout: float
 ) -> tuple[dict[str, Any], Any]:
-    """Start `entitled worker` and time it to the end of the log; returns it still running."""
+    """Start `entitled worker` and time it to the end of the log; returns it still running.
+
+    Besides the wall clock, the CPU of the worker process and of its Postgres backends over
+    the same window (from its first checkpoint to the end), comparable with the in-process
+    writer's `cpu_events_per_s` whatever the machine's load, and its batches (/metrics)."""
     import psycopg
 
     assert settings.database_url
     asyncio.run(common.migrate(settings.database_url))
     total = sum(ends.values())
+    port = _free_port()
     launched = time.perf_counter()
-    proc = common.spawn(settings, "worker", "--loglevel", "warning", log=log_dir / "worker.log")
+    proc = common.spawn(
+        settings,
+        "worker",
+        "--loglevel",
+        "warning",
+        "--metrics-port",
+        str(port),
+        log=log_dir / "worker.log",
+    )
     first_at: float | None = None
     done_at_first = 0
+    cpu_at_first = 0.0
+    backend_cpu: dict[int, tuple[float, float]] = {}  # pid -> (CPU at first sight, latest)
+    before: dict[str, float] = {}
     with psycopg.connect(settings.database_url, autocommit=True) as conn:
         deadline = time.monotonic() + timeout
         while True:
@@ -236,6 +280,12 @@ def worker_run(
             done = sum(min(cps.get(p, 0), e) for p, e in ends.items())
             if cps and first_at is None:
                 first_at, done_at_first = now, done
+                cpu_at_first = common.cpu_of(proc.pid)
+                before = _scrape(port)
+            if first_at is not None:
+                for pid in _backends(conn):
+                    cpu = common.cpu_of(pid)
+                    backend_cpu[pid] = (backend_cpu.get(pid, (cpu, cpu))[0], cpu)
             # done when the log is folded and no regrouped subscriber waits to be recomputed
             if done >= total and not _queued(conn):
                 finished = now
@@ -244,6 +294,11 @@ def worker_run(
                 raise TimeoutError(f"worker folded {done}/{total} events in {timeout:.0f}s")
             time.sleep(0.05)
     assert first_at is not None
+    cpu = common.cpu_of(proc.pid) - cpu_at_first
+    pg_cpu = sum(last - first for first, last in backend_cpu.values())
+    after = _scrape(port)
+    batches = after.get("batches", 0.0) - before.get("batches", 0.0)
+    records = after.get("records", 0.0) - before.get("records", 0.0)
     counted = total - done_at_first
     seconds = max(finished - first_at, 1e-9)
     return {
@@ -253,6 +308,14 @@ def worker_run(
         "seconds": round(seconds, 2),
         "events_per_s": round(counted / seconds, 1),
         "wall_from_launch_s": round(finished - launched, 2),
+        "cpu_s": round(cpu, 2),
+        "postgres_cpu_s": round(pg_cpu, 2),
+        "cpu_events_per_s": round(counted / max(cpu + pg_cpu, 1e-9), 1),
+        "batches": int(batches),
+        "mean_batch": round(records / max(batches, 1.0), 1),
+        "transaction_s": round(
+            after.get("transaction_s", 0.0) - before.get("transaction_s", 0.0), 2
+        ),
     }, proc
 
 
@@ -583,6 +646,11 @@ def main() -> None:
         "worker_to_naive": round(rate["worker"] / rate["naive"], 1),
         "inproc_to_naive": round(rate["inproc"] / rate["naive"], 1),
         "worker_to_inproc": round(rate["worker"] / rate["inproc"], 3),
+        # per CPU-second of each writer and its Postgres backends: what the wall ratio would
+        # be on idle cores (a loaded machine slows the multi-process worker more)
+        "worker_to_inproc_cpu": round(
+            report["worker"]["cpu_events_per_s"] / report["inproc"]["cpu_events_per_s"], 3
+        ),
         "worker_to_parse": round(rate["worker"] / rate["parse"], 3),
         "inproc_to_parse": round(rate["inproc"] / rate["parse"], 3),
         "inproc_to_parse_cpu": round(
