@@ -8,6 +8,10 @@ own pytest process with its own session services (so it never touches anyone els
 
     .venv/bin/python bench/chaos_long.py [--events 100000] [--rate 200] [--seed 7]
         [--worker-kills 5] [--kafka-restarts 2] [--postgres-restarts 2] [--workers 2]
+        [--session-timeout S]
+
+`--session-timeout 6` measures the failover a system running the defaults gets (the tests,
+and this run without it, use 2 s: docs/operations.md, "Kafka group settings").
 
 It runs the test rather than importing it: `bench/` never imports the tests. Exit status
 is pytest's (0: every invariant held). The JSON is written in both cases.
@@ -34,6 +38,7 @@ def main() -> int:
     parser.add_argument("--kafka-restarts", type=int, default=2)
     parser.add_argument("--postgres-restarts", type=int, default=2)
     parser.add_argument("--workers", type=int, default=2, help="1: the replacement takes over")
+    parser.add_argument("--session-timeout", type=float, help="the workers' Kafka session (s)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -48,6 +53,7 @@ def main() -> int:
         CHAOS_WORKERS=str(args.workers),
         CHAOS_RESULTS=str(args.out.resolve()),
         CHAOS_TIMEOUT="7200",
+        CHAOS_SESSION_S=str(args.session_timeout or ""),
     )
     cmd = [
         sys.executable,

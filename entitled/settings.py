@@ -267,10 +267,11 @@ class Settings:
 
     @property
     def kafka_heartbeat_s(self) -> float:
-        """How often a group member heartbeats: several beats per session timeout, so that a
+        """How often a group member heartbeats: many beats per session timeout, so that a
         survivor learns of a rebalance soon after the dead member's session ends (it learns
-        at its next heartbeat: on average half of this after the session timeout)."""
-        return min(1.0, self.kafka_session_timeout_s / 8)
+        at its next heartbeat: on average half of this after the session timeout). A beat
+        is a few bytes to the group coordinator; 0.125 s with a 2 s session, 0.375 s with 6."""
+        return min(0.5, self.kafka_session_timeout_s / 16)
 
     @property
     def data_keys_topic(self) -> str:

@@ -8,6 +8,7 @@ reaches the runner: a forgotten customer's events arrive as `forgotten` messages
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from typing import Any
@@ -31,6 +32,7 @@ from .runner import BatchRunner
 __all__ = ["create_app"]
 
 _REBALANCE_PATIENCE_S = 15.0
+_REBALANCE_POLL_S = 0.01  # how often the end of a rebalance is looked for
 
 log = logging.getLogger(__name__)
 
@@ -92,13 +94,20 @@ def create_app(settings: Settings, keyring: Keyring) -> faust.App:
             await runner.handle(batch, seek)
 
     # Partitions assigned but not yet moved to their Postgres checkpoints. The seek is made
-    # by the timer below once Faust has finished the rebalance, not in the assignment
-    # callback: Faust's recovery then still seeks every partition to Kafka's committed
-    # offset (`perform_seek`), which overtook our seek and left the partition waiting for
-    # an offset that never came until the stale re-seek (the 5-10 s failovers of issue 24).
-    # Records that arrive before are dropped (`Expected.hold`).
+    # once Faust has finished the rebalance, not in the assignment callback: Faust's
+    # recovery then still seeks every partition to Kafka's committed offset
+    # (`perform_seek`), which overtook our seek and left the partition waiting for an offset
+    # that never came until the stale re-seek (the 5-10 s failovers of issue 24). Records
+    # that arrive before are dropped (`Expected.hold`).
     pending: set[int] = set()
     assigned_at = [0.0]  # when `pending` was last filled by an assignment
+    to_resume = asyncio.Event()  # set by each assignment
+    # Their checkpoints, read while Faust recovers (issue 24: the failover is not made to
+    # wait for a round trip to Postgres after the rebalance). Read at the assignment, they
+    # can only be behind the truth (nobody folds a partition between its assignment and
+    # our seek), and what the seek reads again below the checkpoint is skipped by the store.
+    early: list[asyncio.Future[dict[int, int] | None] | None] = [None]
+    resuming = asyncio.Lock()  # the resume task and the timer, one at a time
 
     @app.on_partitions_assigned.connect  # type: ignore[arg-type]
     async def resume_from_checkpoints(sender: Any, assigned: set[TP], **_: Any) -> None:
@@ -106,32 +115,68 @@ def create_app(settings: Settings, keyring: Keyring) -> faust.App:
         pending.update(tp.partition for tp in assigned if tp.topic == settings.topic)
         runner.expected.hold(pending)  # nothing of them is folded before their seek
         assigned_at[0] = time.monotonic()
+        early[0] = asyncio.ensure_future(_read_points(runner, sorted(pending)))
+        to_resume.set()
 
-    # Often: a failover waits for this tick (seeks run in the consumer's thread, see `seek`).
+    def ours() -> set[int]:
+        """The partitions of the event topic the consumer holds now."""
+        try:
+            return {tp.partition for tp in app.consumer.assignment() if tp.topic == settings.topic}
+        except ConsumerNotStarted:  # the first ticks of a starting worker
+            return set()
+
+    async def resume_pending() -> None:
+        """Seek the pending partitions that are ours to their checkpoints."""
+        todo: list[int] = []
+        async with resuming:
+            try:
+                mine = ours()
+                todo = sorted(pending & mine)  # the rest: not in the consumer's assignment yet
+                pending.difference_update(todo)
+                if todo:
+                    points = await _known_points(early[0], todo)
+                    early[0] = None
+                    points = await runner.resume(todo, seek, points)
+                    log.info(
+                        "resumed %d partitions from Postgres checkpoints: %s", len(points), points
+                    )
+                runner.metrics.partitions.set(len(mine - pending))
+            except Exception:  # Postgres down, say: never crash the worker; try again later
+                pending.update(todo)
+                log.exception("could not resume from the checkpoints")
+
+    # The moment Faust's rebalance ends (its recovery has sought to Kafka's committed
+    # offsets and resumed the flow), not at the next tick of a timer: a failover waits for it.
+    @app.task  # type: ignore[untyped-decorator]
+    async def resume_after_rebalance() -> None:
+        while True:
+            await to_resume.wait()
+            to_resume.clear()
+            while app.rebalancing:  # a flag: polled, so cheaply
+                if time.monotonic() - assigned_at[0] > _REBALANCE_PATIENCE_S:
+                    # A recovery that never ends must not hold the partitions for ever:
+                    # seek now (a seek Faust overtakes later is noticed: `Expected`).
+                    log.warning("Faust's rebalance has not ended; resuming anyway")
+                    break
+                await asyncio.sleep(_REBALANCE_POLL_S)
+            await resume_pending()
+
+    # Seeks overtaken and version changes (a replay swap): every partition seeks again.
     @app.timer(interval=0.2)  # type: ignore[untyped-decorator]
     async def follow_checkpoints(*_: Any) -> None:  # Faust passes the app
-        todo: list[int] = []
         if app.rebalancing:  # Faust seeks to Kafka's committed offsets at its end: after it
-            if not pending or time.monotonic() - assigned_at[0] < _REBALANCE_PATIENCE_S:
-                return
-            # A recovery that never ends must not hold the partitions for ever: seek now (a
-            # seek Faust overtakes later is noticed and made again: `Expected`).
-            log.warning("Faust's rebalance has not ended; resuming from the checkpoints anyway")
+            return
         try:
             await runner.reseek_stale(seek)
-            mine = {tp.partition for tp in app.consumer.assignment() if tp.topic == settings.topic}
             if await runner.version_changed():
                 log.info("active version changed to %s", runner.active)
-                pending.update(mine)
-            todo = sorted(pending & mine)  # the rest: not in the consumer's assignment yet
-            pending.difference_update(todo)
-            if todo:
-                points = await runner.resume(todo, seek)
-                log.info("resumed %d partitions from Postgres checkpoints: %s", len(points), points)
-            runner.metrics.partitions.set(len(mine - pending))
+                pending.update(ours())
+                early[0] = None
         except Exception:  # Postgres down, say: never crash the worker; try again next tick
-            pending.update(todo)
-            log.exception("could not resume from the checkpoints")
+            log.exception("could not follow the checkpoints")
+            return
+        if pending:  # a version change, or a resume that failed
+            await resume_pending()
 
     # Subscribers of a regrouped product past the writer's bound, queued by their batch:
     # recomputed here in bounded transactions, between the agent's batches (issue 19, 5).
@@ -154,7 +199,7 @@ def create_app(settings: Settings, keyring: Keyring) -> faust.App:
         await pool.close()
         await keyring.stop()
 
-    del fold, resume_from_checkpoints, follow_checkpoints, close_pool
+    del fold, resume_from_checkpoints, resume_after_rebalance, follow_checkpoints, close_pool
     return app
 
 
@@ -197,3 +242,19 @@ def _serve_metrics(
         await gauges.reader.close()
 
     del serve_metrics, refresh_gauges, close_reader
+
+
+async def _read_points(runner: BatchRunner, partitions: list[int]) -> dict[int, int] | None:
+    """The checkpoints of `partitions`; None when Postgres cannot say now."""
+    try:
+        return await runner.resume_points(partitions) if partitions else {}
+    except Exception:  # Postgres away: the resume reads them again (and reports it)
+        return None
+
+
+async def _known_points(
+    early: asyncio.Future[dict[int, int] | None] | None, partitions: list[int]
+) -> dict[int, int] | None:
+    """The checkpoints read at the assignment, if they cover `partitions` (None: read again)."""
+    points = None if early is None else await early
+    return points if points is not None and set(partitions) <= points.keys() else None

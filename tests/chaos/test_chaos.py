@@ -10,6 +10,7 @@ environment, so that the same test is the long version (`bench/chaos_long.py`):
 (`make test`; `make test-long` runs 10000 events at 150/s with 5, 2 and 2 faults)
     CHAOS_WORKERS (2: a kill's partitions fail over to the survivor; 1: to the replacement)
     CHAOS_RESULTS (a path: write the figures there as JSON)  CHAOS_TIMEOUT (s, 900)
+    CHAOS_SESSION_S (the workers' Kafka session timeout; unset: the tests' 2 s)
 
 This stops and restarts the SESSION Kafka and Postgres that every test shares; each is
 restored in `finally` and waited for before the test returns.
@@ -105,7 +106,9 @@ def test_chaos(settings: Settings, services_settings: Settings, procs: Procs) ->
     events = list(itertools.islice(Workload(customers=n_events // 3 + 10).events(), n_events))
     customers = sorted({routing_key(e) for e in events if routing_key(e).startswith("cus_")})
     n_workers = int(_env("CHAOS_WORKERS", 2))
-    system = start_system(procs, workers=n_workers, ENTITLED_BATCH_SIZE="200")
+    session = os.environ.get("CHAOS_SESSION_S")
+    extra = {"ENTITLED_KAFKA_SESSION_TIMEOUT_S": session} if session else {}
+    system = start_system(procs, workers=n_workers, ENTITLED_BATCH_SIZE="200", **extra)
     api_url = system.api_url
     faults = _schedule(rng, 0.85 * n_events / rate)
     worker_exits: list[str] = []
@@ -130,6 +133,7 @@ def test_chaos(settings: Settings, services_settings: Settings, procs: Procs) ->
                 # a failover needs a survivor: the last kill's replacement must have joined
                 wait_until(lambda: _all_fold(system), 90, "every worker to hold partitions")
                 before = checkpoints(settings)
+                at = f"{time.strftime('%H:%M:%S')}, load {os.getloadavg()[0]:.1f}"
                 victim = next(w for w in system.workers if w.alive)
                 victim.kill()
                 killed.append(victim)
@@ -139,7 +143,8 @@ def test_chaos(settings: Settings, services_settings: Settings, procs: Procs) ->
                 fault.recovery_s["failover"] = seconds_until(
                     lambda b=before: folding_again(settings, b), 90
                 )
-                print(f"FAILOVER worker_kill at {fault.at_s}s: {fault.recovery_s['failover']} s")
+                took = fault.recovery_s["failover"]
+                print(f"FAILOVER worker_kill at {fault.at_s}s ({at}): {took} s")
                 if n_workers > 1:
                     system.add_worker()  # back to n copies
                 fault.ended = time.monotonic()
