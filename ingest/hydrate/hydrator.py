@@ -9,9 +9,10 @@ snapshot event: source `hydrate`, id `evt_hydrate_<hash of source event id and o
 `hydrated-from` header naming the source event. The fold never calls Stripe; a replay reads
 these snapshots from the log.
 
-Idempotent: the consumer offsets of a batch are committed only after Kafka acknowledged
-every snapshot of the batch. A source event whose snapshot is in the log is never fetched
-again: on every partition assignment the hydrator reads the `hydrated-from` headers of its
+Idempotent: a batch's consumer offsets are committed only up to the first record whose
+snapshot Kafka has not acknowledged (the whole batch but at a stop: see `_hydrate_all`). A
+source event whose snapshot is in the log is never fetched again: on every partition
+assignment the hydrator reads the `hydrated-from` headers of its
 own records written since the oldest uncommitted source record of the assigned partitions
 (minus a margin for clock skew), and it remembers what it wrote since. So a SIGKILL between
 the ack and the commit, a redelivered webhook or a reset of the group's offsets does not put
@@ -35,7 +36,7 @@ import contextlib
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Coroutine, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -174,8 +175,9 @@ class Hydrator:
                     self._listener.changed = False
                     await self._recall(consumer)
                 await self._measure_lag(consumer, batch, in_flight=True)
-                if not await self._until_stopped(self._handle(consumer, batch), stop):
-                    return  # stopped mid-batch: nothing committed, the next owner recalls
+                await self._handle(consumer, batch, stop)
+                if stop.is_set():
+                    return  # what the batch finished is committed; the next owner reads on
                 await self._measure_lag(consumer, batch, in_flight=False)
                 if ends is not None and await self._reached(consumer, ends):
                     return
@@ -203,29 +205,43 @@ class Hydrator:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), self.settings.features_every_s)
 
-    @staticmethod
-    async def _until_stopped(work: Coroutine[Any, Any, None], stop: asyncio.Event) -> bool:
-        """Run `work`; cancel it when `stop` is set first. True when `work` finished.
+    async def _hydrate_all(self, jobs: Mapping[str, _Job], stop: asyncio.Event) -> set[str]:
+        """Hydrate `jobs`; the source ids of those finished.
 
-        A batch in flight at SIGTERM is abandoned, not finished (issue 24): it holds up to
-        `max_poll_records` rate-limited Stripe reads, retried for ever through an outage, so
-        finishing it could take minutes; and abandoning it loses no work but the reads in
-        flight: its offsets are not committed, and the next owner of its partitions finds
-        the snapshots it already wrote by their `hydrated-from` header and fetches only the
-        rest (`_recall`)."""
-        task = asyncio.ensure_future(work)
+        At `stop` (SIGTERM, issue 24) the batch is not abandoned: no new read starts, the
+        reads in flight (at most `concurrency`) get `drain_timeout_s` to finish and write
+        their snapshots, and the caller commits each partition up to its first unfinished
+        record. Not the whole batch: it holds up to `max_poll_records` rate-limited reads,
+        retried for ever through a Stripe outage, which could hold up the stop for minutes.
+        A read cut at the deadline loses nothing either: its record is not committed, and
+        the next owner finds a snapshot already written by its `hydrated-from` header."""
+        tasks = {
+            source: asyncio.ensure_future(self._hydrate(job, stop)) for source, job in jobs.items()
+        }
+        if not tasks:
+            return set()
+        every = asyncio.gather(*tasks.values())
         stopping = asyncio.ensure_future(stop.wait())
+        first: set[asyncio.Future[Any]] = {every, stopping}
         try:
-            await asyncio.wait({task, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait(first, return_when=asyncio.FIRST_COMPLETED)
         finally:
             stopping.cancel()
-        if task.done():
-            task.result()  # raises what the batch raised
-            return True
-        task.cancel()
+        if not every.done():  # stopping: the jobs not started give up at the gate
+            log.info("hydrator stopping: finishing the reads in flight")
+            _, late = await asyncio.wait(tasks.values(), timeout=self.settings.drain_timeout_s)
+            for task in late:
+                task.cancel()
+            await asyncio.wait(tasks.values())
+            if late:
+                log.warning(
+                    "hydrator stopping: %d reads cut after %.0f s",
+                    len(late),
+                    self.settings.drain_timeout_s,
+                )
         with contextlib.suppress(asyncio.CancelledError):
-            await task
-        return False
+            await every  # raises what a job raised (a wrong key: stop loudly)
+        return {source for source, task in tasks.items() if not task.cancelled() and task.result()}
 
     async def _measure_lag(
         self, consumer: AIOKafkaConsumer, batch: Mapping[TopicPartition, Any], *, in_flight: bool
@@ -290,29 +306,35 @@ class Hydrator:
         return max(min(times) - CLOCK_MARGIN_S, 0.0) if times else None
 
     async def _handle(
-        self, consumer: AIOKafkaConsumer, batch: Mapping[TopicPartition, Any]
+        self, consumer: AIOKafkaConsumer, batch: Mapping[TopicPartition, Any], stop: asyncio.Event
     ) -> None:
         jobs: dict[str, _Job] = {}
+        needs: dict[TopicPartition, list[tuple[int, str]]] = {}  # (offset, source id) to hydrate
         blocked = self._blocked
         for tp, records in batch.items():
             for record in records:
                 job = await self._job_of(record)
                 if job is None:
                     continue
-                if job.source_id in self._done or job.source_id in jobs:
+                if job.source_id in self._done:
+                    self._outcome("duplicate")
+                    continue
+                needs.setdefault(tp, []).append((record.offset, job.source_id))
+                if job.source_id in jobs:
                     self._outcome("duplicate")
                 elif self.api is None:
                     self._outcome("unhydrated")
                     blocked.add(tp)
                 else:
                     jobs[job.source_id] = job
-        await asyncio.gather(*(self._hydrate(job) for job in jobs.values()))
+        finished = await self._hydrate_all(jobs, stop)
         mine = consumer.assignment()
-        offsets = {
-            tp: records[-1].offset + 1
-            for tp, records in batch.items()
-            if records and tp not in blocked and tp in mine
-        }
+        offsets = {}
+        for tp, records in batch.items():
+            if records and tp not in blocked and tp in mine:
+                # up to the first record not finished (all of them unless stopping)
+                undone = [offset for offset, source in needs.get(tp, ()) if source not in finished]
+                offsets[tp] = min(undone, default=records[-1].offset + 1)
         if not offsets:
             return
         try:
@@ -356,10 +378,14 @@ class Hydrator:
         opened = await keyring.open(value, headers)
         return None if opened.forgotten else opened.value
 
-    async def _hydrate(self, job: _Job) -> None:
+    async def _hydrate(self, job: _Job, stop: asyncio.Event) -> bool:
+        """Fetch and write one job; False when stopping kept it from starting."""
         async with self._gate:
+            if stop.is_set():
+                return False  # no new read once stopping: the next owner makes it
             outcome = await self._fetch_and_write(job)
         self._outcome(outcome)
+        return True
 
     async def _fetch_and_write(self, job: _Job) -> str:
         assert self.api is not None
