@@ -176,15 +176,17 @@ class Watcher:
             await self._poll(conn)
             self.healthy = True
             interval = self.poll_s if self.listening else self.standby_poll_s
-            async for note in conn.notifies(timeout=interval):
-                self.notifications += 1
-                if note.channel == FOLDED_CHANNEL:
-                    self.folded.fire()
-                    continue
-                if note.channel == CHANGES_CHANNEL:
-                    self.changes.fire()
-                if not self._note(note.channel, note.payload):
-                    break  # a payload without its mark: poll at once to learn it
+            # closed on `break` at once: the generator holds the connection's lock
+            async with contextlib.aclosing(conn.notifies(timeout=interval)) as notes:
+                async for note in notes:
+                    self.notifications += 1
+                    if note.channel == FOLDED_CHANNEL:
+                        self.folded.fire()
+                        continue
+                    if note.channel == CHANGES_CHANNEL:
+                        self.changes.fire()
+                    if not self._note(note.channel, note.payload):
+                        break  # a payload without its mark: poll at once to learn it
 
     def _note(self, channel: str, payload: str) -> bool:
         """Take the mark a notification carries into `announced`; False if it carries none."""

@@ -291,6 +291,20 @@ async def test_a_lost_notification_shows_within_the_poll(settings: Settings) -> 
         print(f"a change without its notification shown after {time.monotonic() - start:.2f} s")
 
 
+async def test_a_notification_without_its_mark_makes_the_watcher_poll(settings: Settings) -> None:
+    url = settings.database_url
+    assert url
+    entitle(url, "cus_p", groups=["action"], feed=True)
+    async with _model(url, follow=True, poll_s=60.0) as model:  # no timed poll in this test
+        await async_wait_until(model.current, 10, "the model current")
+        assert await _same(model, url, "cus_p")
+        entitle(url, "cus_p", groups=["scifi"], as_of_event="evt_p")
+        add_change(url, "cus_p", groups=(["action"], ["scifi"]), notify=False)
+        async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+            await conn.execute("SELECT pg_notify('entitled_changes', '')")  # no head in it
+        await async_wait_until(lambda: _same(model, url, "cus_p"), FRESHNESS_BOUND_S, "a poll")
+
+
 async def test_a_swap_without_differences_still_empties_the_model(settings: Settings) -> None:
     url = settings.database_url
     assert url
