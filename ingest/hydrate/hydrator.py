@@ -24,6 +24,13 @@ Every read takes a slot of the rate limiter backfill uses (`ENTITLED_BACKFILL_RP
 5xx and connection errors are retried honouring `Retry-After` (`ingest.stripe_api`), and
 retried again after a pause when that gives up: nothing is skipped for a transient error.
 A 404 (the object was deleted) and other 4xx answers are counted and the event is passed.
+
+A customer forgotten (`entitled forget`) after a source event of theirs was opened gets no
+snapshot: right before writing one (each attempt), the hydrator reads the keys topic to its
+end as of then (one ListOffsets when it has not moved) and passes a source event whose data
+key is gone as `forgotten`; Stripe still has the object, and a snapshot would put the
+customer back into the log under a new key (docs/erasure.md).
+
 Without `STRIPE_API_KEY` nothing is fetched: such events are counted as `unhydrated` and
 the offsets of their partitions are not committed, so `entitled hydrate --pending` (or the
 hydrator restarted with a key) completes them later.
@@ -43,9 +50,10 @@ from typing import Any
 import orjson
 import stripe
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
-from aiokafka.errors import CommitFailedError
+from aiokafka.errors import CommitFailedError, KafkaError
 
 from entitled import bodies
+from entitled.crypto import key_id_of
 from entitled.kafka import client_options
 from entitled.settings import Settings
 from ingest import summary
@@ -57,7 +65,7 @@ from ingest.keys import event_headers, routing_key
 from ingest.log_scan import header_values, write_times
 from ingest.producer import EventProducer
 from ingest.snapshots import hydrate_id, read_event
-from ingest.stripe_api import StripeApi
+from ingest.stripe_api import Retrieved, StripeApi
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +99,7 @@ class _Job:
     source_type: str  # without the `v1.` of a thin notification
     fetch: Fetch
     account: str | None
+    key_id: str | None = None  # the data key the source event was sealed with
 
 
 class _Recent:
@@ -368,6 +377,7 @@ class Hydrator:
             str(event.get("type")).removeprefix("v1."),
             fetch,
             account if isinstance(account, str) else None,
+            key_id_of(headers),
         )
 
     async def _open(self, value: bytes | None, headers: dict[str, bytes]) -> bytes | None:
@@ -377,6 +387,20 @@ class Hydrator:
             return value or b""
         opened = await keyring.open(value, headers)
         return None if opened.forgotten else opened.value
+
+    async def _still_readable(self, job: _Job) -> bool:
+        """The source event's data key is still in the keys topic as of now (read to its
+        end): its customer was not forgotten since the event was opened. One ListOffsets
+        of the keys topic (`Keyring.refresh`: a few ms); the topic is read only if it
+        moved."""
+        keyring = self._producer.keyring
+        if keyring is None or job.key_id is None:
+            return True
+        try:
+            await keyring.refresh()
+        except KafkaError as exc:  # Kafka away: like a write that failed, tried again
+            raise LogUnavailable(f"cannot read the keys: {type(exc).__name__}") from exc
+        return keyring.holds(job.key_id)
 
     async def _hydrate(self, job: _Job, stop: asyncio.Event) -> bool:
         """Fetch and write one job; False when stopping kept it from starting."""
@@ -388,29 +412,9 @@ class Hydrator:
         return True
 
     async def _fetch_and_write(self, job: _Job) -> str:
-        assert self.api is not None
-        params = dict(job.fetch.params)
-        if job.account:
-            params["stripe_account"] = job.account
-        while True:
-            try:
-                if job.fetch.reason == summary.REASON:  # a list read to the end
-                    got = await summary.complete(self.api, job.fetch.object_id, params)
-                else:
-                    got = await self.api.retrieve(job.fetch.path, params)
-                break
-            except (stripe.AuthenticationError, stripe.PermissionError):
-                raise  # a wrong key fails every read: stop loudly, commit nothing
-            except stripe.StripeError as exc:
-                status = exc.http_status
-                if status == 404:
-                    log.info("hydrate %s: %s is gone (404)", job.source_id, job.fetch.path)
-                    return "gone"
-                if status is not None and 400 <= status < 500 and status != 429:
-                    log.warning("hydrate %s: %s answered %d", job.source_id, job.fetch.path, status)
-                    return "failed"
-                log.warning("hydrate %s: %s, again in %.0f s", job.source_id, exc, _PAUSE_S)
-                await asyncio.sleep(_PAUSE_S)
+        got = await self._fetch(job)
+        if isinstance(got, str):
+            return got
         event_id = hydrate_id(job.source_id, job.fetch.object_id)
         event = read_event(
             got.obj,
@@ -424,21 +428,52 @@ class Hydrator:
             return "no_state"
         if job.account:
             event["account"] = job.account
-        await self._publish(event, job.source_id)
+        if not await self._publish(event, job):
+            # forgotten while we read Stripe (or before this process read the tombstone):
+            # a snapshot now would put the customer back into the log under a new key
+            return "forgotten"
         self._done.add(job.source_id)
         self.result.written.append(event_id)
         return "hydrated"
 
-    async def _publish(self, event: dict[str, Any], source_id: str) -> None:
+    async def _fetch(self, job: _Job) -> Retrieved | str:
+        """The object as Stripe has it now, or the outcome of a read that gave up."""
+        assert self.api is not None
+        params = dict(job.fetch.params)
+        if job.account:
+            params["stripe_account"] = job.account
+        while True:
+            try:
+                if job.fetch.reason == summary.REASON:  # a list read to the end
+                    return await summary.complete(self.api, job.fetch.object_id, params)
+                return await self.api.retrieve(job.fetch.path, params)
+            except (stripe.AuthenticationError, stripe.PermissionError):
+                raise  # a wrong key fails every read: stop loudly, commit nothing
+            except stripe.StripeError as exc:
+                status = exc.http_status
+                if status == 404:
+                    log.info("hydrate %s: %s is gone (404)", job.source_id, job.fetch.path)
+                    return "gone"
+                if status is not None and 400 <= status < 500 and status != 429:
+                    log.warning("hydrate %s: %s answered %d", job.source_id, job.fetch.path, status)
+                    return "failed"
+                log.warning("hydrate %s: %s, again in %.0f s", job.source_id, exc, _PAUSE_S)
+                await asyncio.sleep(_PAUSE_S)
+
+    async def _publish(self, event: dict[str, Any], job: _Job) -> bool:
+        """Write the snapshot; False (nothing written) once its source event's key is gone,
+        checked before every attempt."""
         headers = event_headers(event, source="hydrate", received_at=time.time())
-        headers.append((HYDRATED_FROM, source_id.encode()))
+        headers.append((HYDRATED_FROM, job.source_id.encode()))
         raw = orjson.dumps(event)
         while True:
             try:
+                if not await self._still_readable(job):
+                    return False
                 await self._producer.publish(raw, key=routing_key(event), headers=headers)
-                return
+                return True
             except LogUnavailable as exc:  # same id on every attempt: a duplicate is harmless
-                log.warning("hydrate %s: %s, again in %.0f s", source_id, exc.message, _PAUSE_S)
+                log.warning("hydrate %s: %s, again in %.0f s", job.source_id, exc.message, _PAUSE_S)
                 await asyncio.sleep(_PAUSE_S)
 
     def _outcome(self, outcome: str) -> None:
