@@ -28,6 +28,7 @@ from .lag import HeadReader
 from .opening import open_events
 from .pool import make_pool
 from .runner import BatchRunner
+from .transport import Transport
 
 __all__ = ["create_app"]
 
@@ -39,7 +40,7 @@ log = logging.getLogger(__name__)
 
 def _faust_app(settings: Settings) -> faust.App:
     assert settings.kafka_bootstrap_servers
-    return faust.App(
+    app = faust.App(
         settings.consumer_group,
         broker=[f"kafka://{hp}" for hp in settings.kafka_bootstrap_servers.split(",")],
         broker_credentials=faust_credentials(settings),
@@ -67,6 +68,8 @@ def _faust_app(settings: Settings) -> faust.App:
         # heartbeat, so only a hung member meets it.
         broker_rebalance_timeout=max(10.0, settings.kafka_session_timeout_s),
     )
+    app.transport = Transport(app.conf.broker_consumer, app)  # a short fetch wait: see there
+    return app
 
 
 def create_app(settings: Settings, keyring: Keyring) -> faust.App:
@@ -79,11 +82,14 @@ def create_app(settings: Settings, keyring: Keyring) -> faust.App:
     runner = BatchRunner(settings, pool)
     app.runner = runner  # type: ignore[attr-defined]
 
-    async def seek(partition: int, offset: int) -> None:
+    async def seek_many(points: dict[int, int]) -> None:
         # In the consumer's own thread (`seek_wait` runs there): `consumer.seek` would call
         # aiokafka from this thread, racing Faust's fetcher thread (a KeyError in aiokafka's
         # `fetched_records` crashed a worker when seeks came often).
-        await app.consumer.seek_wait({TP(settings.topic, partition): offset})
+        await app.consumer.seek_wait({TP(settings.topic, p): o for p, o in points.items()})
+
+    async def seek(partition: int, offset: int) -> None:
+        await seek_many({partition: offset})
 
     @app.agent(topic, name="fold")
     async def fold(stream: faust.StreamT[bytes]) -> None:
@@ -136,7 +142,7 @@ def create_app(settings: Settings, keyring: Keyring) -> faust.App:
                 if todo:
                     points = await _known_points(early[0], todo)
                     early[0] = None
-                    points = await runner.resume(todo, seek, points)
+                    points = await runner.resume(todo, seek_many, points)
                     log.info(
                         "resumed %d partitions from Postgres checkpoints: %s", len(points), points
                     )

@@ -39,11 +39,12 @@ from .errors import WriterStalled
 from .lag import HeadCache
 from .metrics import WorkerMetrics
 
-__all__ = ["BatchRunner", "Expected", "SeekFn", "is_transient"]
+__all__ = ["BatchRunner", "Expected", "SeekFn", "SeekManyFn", "is_transient"]
 
 log = logging.getLogger(__name__)
 
 SeekFn = Callable[[int, int], Awaitable[None]]  # (partition, offset)
+SeekManyFn = Callable[[dict[int, int]], Awaitable[None]]  # {partition: offset}
 
 # SQLSTATE classes worth waiting out: connection exception, transaction rollback
 # (serialization failure, deadlock), insufficient resources, object not in prerequisite state
@@ -429,15 +430,27 @@ class BatchRunner:
         return {p: checkpoints.get(p, 0) for p in partitions}
 
     async def resume(
-        self, partitions: Sequence[int], seek: SeekFn, points: dict[int, int] | None = None
+        self,
+        partitions: Sequence[int],
+        seek_many: SeekManyFn,
+        points: dict[int, int] | None = None,
     ) -> dict[int, int]:
         """Seek `partitions` to their checkpoints (`points` when the caller read them
         already) and drop records until they arrive."""
         if points is None:
             points = await self.resume_points(partitions)
         points = {p: points[p] for p in partitions}
-        # together: each seek is a round trip to the consumer's thread (0.05 s under load)
-        await asyncio.gather(*(self._seek(seek, p, offset) for p, offset in points.items()))
+        for partition, offset in points.items():
+            self.expected.expect(partition, offset)
+        try:
+            # in one trip to the consumer's thread: each trip waits for a free worker of its
+            # queue (two, one of them often in a fetch), so a seek per partition was slower
+            await seek_many(points)
+        except Exception:
+            log.exception("seek failed; it will be made again (stale)")
+        else:
+            for partition in points:
+                self.expected.sought(partition)
         return points
 
     def ready(self) -> bool:
