@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from entitled.settings import Settings
+from launcher.workload import Workload
 
 RESULTS = Path(__file__).parent / "results"
 ENTITLED = [sys.executable, "-m", "launcher.cli"]
@@ -99,14 +100,14 @@ async def migrate(database_url: str) -> str:
 # -- filling a topic fast ----------------------------------------------------------------
 
 
-def _generate(customers: int, limit: int, seed: int, queue: Any) -> None:
+def _generate(customers: int, limit: int, seed: int, regroup_every: int, queue: Any) -> None:
     """Generator process: encode the workload once, in chunks of (key, value, headers)."""
     from ingest.keys import event_headers, routing_key
     from launcher.stripe import events as se
-    from launcher.workload import Workload
 
     chunk: list[tuple[bytes, bytes, list[tuple[str, bytes]]]] = []
-    for n, event in enumerate(Workload(customers=customers, seed=seed).events(), start=1):
+    workload = Workload(customers=customers, seed=seed, regroup_every=regroup_every)
+    for n, event in enumerate(workload.events(), start=1):
         chunk.append(
             (
                 routing_key(event).encode(),
@@ -172,10 +173,16 @@ async def _produce(settings: Settings, queue: Any, seal: bool) -> tuple[int, int
 
 
 def fill_topic(
-    settings: Settings, events: int, *, seed: int = 7, seal: bool = True
+    settings: Settings,
+    events: int,
+    *,
+    seed: int = 7,
+    seal: bool = True,
+    regroup_every: int = Workload.regroup_every,
 ) -> dict[str, Any]:
     """Create the topic and write `events` workload events into it (customers = events/4.5),
-    sealed as ingest writes them unless `seal` is false (a log from before encryption).
+    sealed as ingest writes them unless `seal` is false (a log from before encryption), a
+    package regrouped after every `regroup_every` customers (0: never).
 
     Generation and encoding run in a child process while this one produces, so the fill
     takes about as long as the slower of the two.
@@ -188,7 +195,8 @@ def fill_topic(
     queue = ctx.Queue(maxsize=64)
     # ~4.5 events per customer: ask for a few more customers and stop at exactly `events`.
     customers = max(1, round(events / 4.5 * 1.03))
-    gen = ctx.Process(target=_generate, args=(customers, events, seed, queue), daemon=True)
+    args = (customers, events, seed, regroup_every, queue)
+    gen = ctx.Process(target=_generate, args=args, daemon=True)
     started = time.perf_counter()
     gen.start()
     try:

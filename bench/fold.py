@@ -467,7 +467,7 @@ def growth_main(args: argparse.Namespace) -> None:
     report: dict[str, Any] = {"args": vars(args), "goals": GOALS}
     with common.bench_settings("fold-growth") as base:
         print(f"filling {base.topic} with {sizes[-1]} events ...", flush=True)
-        report["fill"] = common.fill_topic(base, sizes[-1])
+        report["fill"] = common.fill_topic(base, sizes[-1], regroup_every=args.regroup_every)
         ends = asyncio.run(common.end_offsets(base))
         report["parse"] = asyncio.run(parse_all(base, ends))
         print(f"parse: {report['parse']}", flush=True)
@@ -580,6 +580,13 @@ def main() -> None:
         help="instead: sealed against plain topics, parse and inproc (issue 20's 10%%)",
     )
     parser.add_argument("--rounds", type=int, default=2, help="--encryption rounds")
+    parser.add_argument(
+        "--regroup-every",
+        type=int,
+        default=500,
+        help="--growth: a package regrouped after every N customers (0: never; the workload's"
+        " default 500 reaches a share of all customers so far, so its cost grows with the data)",
+    )
     args = parser.parse_args()
     if args.growth:
         growth_main(args)

@@ -33,6 +33,9 @@ class Workload:
     movies: int = 50
     legacy_share: float = 0.3
     start: int = 1_700_000_000
+    # A package's groups change after every this many customers (0: never). Each change
+    # reaches every subscriber of the package, so its cost grows with the customers so far.
+    regroup_every: int = 500
 
     def catalogue(self) -> Iterator[Event]:
         t = self.start
@@ -132,7 +135,7 @@ class Workload:
         yield from self.catalogue()
         for n in range(self.customers):
             yield from self.customer_history(n, rng)
-            if n and n % 500 == 0:
+            if n and self.regroup_every and n % self.regroup_every == 0:
                 prod = rng.choice(sorted(PACKAGES))
                 t = self.start + 10 + n * 3
                 groups = PACKAGES[prod] if rng.random() < 0.5 else PACKAGES[prod] + ",bonus"

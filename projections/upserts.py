@@ -385,29 +385,35 @@ async def write_entitlements(
     tmp = await _staging(conn, schema, "customer_entitlements")
     table = db.qualified(schema, "customer_entitlements")
     cols = "customer, groups, movie_ids, as_of_event, as_of_created"
+    customers: list[str] = []
     async with conn.cursor() as cur:
         async with cur.copy(sql.SQL("COPY {} (" + cols + ") FROM STDIN").format(tmp)) as cp:
             for customer, (ent, newest) in derived.items():
+                customers.append(clean_text(customer))
                 await cp.write_row(
                     (
-                        clean_text(customer),
+                        customers[-1],
                         text_array(ent.groups),
                         text_array(ent.movie_ids),
                         None if newest is None else clean_text(newest.event_id),
                         None if newest is None else newest.stamp.created,
                     )
                 )
-        # `old` reads the table as it was before this statement (one snapshot for all of it)
+        # `old` reads the table as it was before this statement (one snapshot for all of it).
+        # By the customers' ids, not by a join with the staging table: a temporary table has
+        # no statistics, so the planner hashed the whole table for every batch (its cost
+        # grew with the customers: the growth curve of issue 21).
         await cur.execute(
             sql.SQL(
                 "WITH old AS (SELECT e.customer, e.groups, e.movie_ids FROM {table} e"
-                " JOIN {tmp} USING (customer)),"
+                " WHERE e.customer = ANY(%s::text[])),"
                 " up AS (INSERT INTO {table} (" + cols + ") SELECT " + cols + " FROM {tmp}"
                 " ON CONFLICT (customer) DO UPDATE SET groups = excluded.groups,"
                 " movie_ids = excluded.movie_ids, as_of_event = excluded.as_of_event,"
                 " as_of_created = excluded.as_of_created, updated_at = now() RETURNING 1)"
                 " SELECT customer, groups, movie_ids FROM old"
-            ).format(table=table, tmp=tmp)
+            ).format(table=table, tmp=tmp),
+            (text_array(customers),),
         )
         return {c: Entitlement(tuple(g), tuple(m)) for c, g, m in await cur.fetchall()}
 
