@@ -92,6 +92,7 @@ class Opened:
     value: bytes
     forgotten: bool = False
     sealed: bool = True  # False: a record written without encryption, read as it is
+    key_id: str | None = None  # the `entitled-key` header (None: not sealed)
 
 
 class Keyring:
@@ -285,11 +286,11 @@ class Keyring:
             if aead is None:
                 self._remember_gone(key_id)
         if aead is None:
-            return Opened(b"", forgotten=True)
+            return Opened(b"", forgotten=True, key_id=key_id)
         try:
-            return Opened(open_value(aead, raw))
+            return Opened(open_value(aead, raw), key_id=key_id)
         except CryptoError:  # damaged on the way: the fold dead-letters it as unreadable
-            return Opened(raw)
+            return Opened(raw, key_id=key_id)
 
     def holds(self, key_id: str) -> bool:
         """The key is live as far as this keyring has read (`refresh` first for "now")."""
@@ -384,6 +385,11 @@ class Keyring:
                     client_id="entitled-keyring",
                     acks="all",
                     enable_idempotence=True,
+                    # A burst of new subjects (a backfill page, a hydrator batch) writes many
+                    # keys at once: with the 16 KiB default every writer past a full batch
+                    # waited and woke on each drain (measured, 3,000 at once: 369 us CPU a
+                    # key; 54 us with this)
+                    max_batch_size=1024 * 1024,
                 )
                 await producer.start()
                 self._producer = producer

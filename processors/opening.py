@@ -20,7 +20,7 @@ from typing import Any
 
 from aiokafka.errors import KafkaError
 
-from entitled.crypto import CryptoError, key_id_of
+from entitled.crypto import CryptoError
 from entitled.keyring import Keyring
 from projections.types import Message
 
@@ -43,8 +43,6 @@ async def open_message(
     received_at: float | None = None,
 ) -> Message:
     """One record as the writer takes it; raises what `Keyring.open` raises."""
-    if not isinstance(headers, Mapping):
-        headers = tuple(headers)  # read twice: by the keyring and for the key id
     opened = await keyring.open(value, headers)
     return Message(
         partition,
@@ -53,7 +51,7 @@ async def open_message(
         opened.value,
         received_at,
         forgotten=opened.forgotten,
-        key_id=key_id_of(headers),
+        key_id=opened.key_id,
     )
 
 
