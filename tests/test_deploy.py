@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 import yaml
 
-from tests.support.polling import wait_until
+from tests.support.polling import get, wait_until
 from tests.support.ports import free_port
 from tests.support.processes import REPO, Procs
 from tests.support.system import start_system
@@ -148,7 +148,7 @@ def test_every_metric_the_dashboard_and_alerts_name_exists(procs: Procs) -> None
 
     def scrape(url: str) -> str | None:
         try:
-            r = httpx.get(url, timeout=3)
+            r = get(url, timeout=3)
         except httpx.HTTPError:
             return None
         return r.text if r.status_code == 200 else None

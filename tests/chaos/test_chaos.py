@@ -26,7 +26,6 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import httpx
 import pytest
 
 from entitled.settings import Settings
@@ -38,7 +37,7 @@ from tests.support.db import caught_up, query
 from tests.support.examples import sized
 from tests.support.failover import checkpoints, folding_again
 from tests.support.load import Poster, SearchLoop
-from tests.support.polling import metric, seconds_until, wait_until
+from tests.support.polling import get, metric, seconds_until, wait_until
 from tests.support.processes import Proc, Procs
 from tests.support.system import System, start_system
 
@@ -94,7 +93,7 @@ def _worker_back(settings: Settings, since: float) -> bool:
 
 
 def _search_ok(api_url: str) -> bool:
-    r = httpx.get(f"{api_url}/v1/search", params={"customer": "cus_0000001", "q": "x"}, timeout=5)
+    r = get(f"{api_url}/v1/search", params={"customer": "cus_0000001", "q": "x"}, timeout=5)
     return r.status_code == 200
 
 
@@ -160,7 +159,7 @@ def test_chaos(settings: Settings, services_settings: Settings, procs: Procs) ->
                 fault.ended = time.monotonic()
                 ingest = system.ingest_urls[0]
                 fault.recovery_s["ingest_ready"] = seconds_until(
-                    lambda u=ingest: httpx.get(f"{u}/readyz", timeout=3).status_code == 200, 90
+                    lambda u=ingest: get(f"{u}/readyz", timeout=3).status_code == 200, 90
                 )
                 # /readyz may say ready while writes still fail: the first 200 is the proof
                 if not poster.done.is_set():

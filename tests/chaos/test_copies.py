@@ -42,7 +42,7 @@ from tests.support.db import caught_up
 from tests.support.failover import checkpoints, folding_again
 from tests.support.kafka import read_topic
 from tests.support.load import Poster, SearchLoop
-from tests.support.polling import metric, seconds_until, wait_until
+from tests.support.polling import get, metric, seconds_until, wait_until
 from tests.support.processes import Proc, Procs
 from tests.support.system import System, ready, start_system
 
@@ -170,7 +170,7 @@ class Run:
 
 def _not_ready(url: str) -> bool:
     try:
-        return httpx.get(f"{url}/readyz", timeout=1).status_code == 503
+        return get(f"{url}/readyz", timeout=1).status_code == 503
     except httpx.HTTPError:
         return False
 

@@ -28,7 +28,7 @@ from entitled.settings import Settings
 from launcher import services as svc
 from launcher.services._process import pid_alive
 from launcher.stripe import events as se
-from tests.support.polling import wait_until
+from tests.support.polling import get, wait_until
 
 # It runs `entitled dev` (its own Kafka, PostgreSQL and processes): the integration tier.
 pytestmark = pytest.mark.integration
@@ -141,9 +141,7 @@ _READ_TOKENS: dict[str, str] = {}
 
 def search(api: str, customer: str, q: str) -> dict[str, dict[str, Any]]:
     headers = {"Authorization": f"Bearer {_READ_TOKENS[api]}"}
-    r = httpx.get(
-        f"{api}/v1/search", params={"customer": customer, "q": q}, headers=headers, timeout=5
-    )
+    r = get(f"{api}/v1/search", params={"customer": customer, "q": q}, headers=headers, timeout=5)
     assert r.status_code == 200, r.text
     return {hit["title"]: hit for hit in r.json()["results"]}
 

@@ -16,14 +16,14 @@ from tests.launcher.test_dev import (  # the `entitled dev` harness
     processes_of,
     running,
 )
-from tests.support.polling import wait_until
+from tests.support.polling import get, wait_until
 
 # It runs `entitled dev` (its own Kafka, PostgreSQL and processes): the integration tier.
 pytestmark = pytest.mark.integration
 
 
 def _reads(api: str) -> dict[str, float]:
-    text = httpx.get(f"{api}/metrics", timeout=5).text
+    text = get(f"{api}/metrics", timeout=5).text
     reads = {}
     for line in text.splitlines():
         if line.startswith("entitled_api_reads_total{"):

@@ -13,7 +13,7 @@ from entitled.settings import Settings
 from launcher.stripe import events as se
 from tests.support.db import caught_up, entitlements, query
 from tests.support.kafka import publish
-from tests.support.polling import wait_until
+from tests.support.polling import get, wait_until
 from tests.support.ports import free_port
 from tests.support.processes import Procs
 
@@ -222,6 +222,6 @@ def test_replay_refuses_without_terminal_or_yes(settings: Settings, procs: Procs
 
 def _ready(api: str) -> bool:
     try:
-        return httpx.get(f"{api}/readyz", timeout=2).status_code == 200
+        return get(f"{api}/readyz", timeout=2).status_code == 200
     except httpx.HTTPError:
         return False

@@ -17,7 +17,7 @@ from launcher.stripe import events as se
 from launcher.stripe import features as sf
 from tests.support.db import caught_up, entitlements
 from tests.support.kafka import publish
-from tests.support.polling import wait_until
+from tests.support.polling import get, wait_until
 from tests.support.ports import free_port
 from tests.support.processes import Procs
 from tests.support.system import ready
@@ -143,7 +143,7 @@ def test_a_feature_added_to_a_product_reaches_subscribers_and_drift_is_reported(
     publish(settings, [sf.summary_event("cus_f", ["group:action", "group:family"], created=400)])
     wait_until(lambda: _drift(procs) == [], 60, "the drift to clear", procs)
     wait_until(
-        lambda: "entitled_drift_customers 0.0" in httpx.get(f"{url}/metrics").text,
+        lambda: "entitled_drift_customers 0.0" in get(f"{url}/metrics").text,
         60,
         "the drift gauge to clear",
         procs,

@@ -26,7 +26,7 @@ from launcher import services as svc
 from launcher.stripe import events as se
 from tests.support import replicas as replica_support
 from tests.support.load import SearchLoop
-from tests.support.polling import wait_until
+from tests.support.polling import get, wait_until
 from tests.support.processes import Procs
 from tests.support.system import System, start_system
 
@@ -47,7 +47,7 @@ def system(procs: Procs, settings: Settings, replicas: tuple[str, ...]) -> Itera
 
 
 def _metric(api: str, name: str, label: str) -> dict[str, float]:
-    text = httpx.get(f"{api}/metrics", timeout=5).text
+    text = get(f"{api}/metrics", timeout=5).text
     found = re.findall(rf'^{name}{{[^}}]*\b{label}="([^"]+)"[^}}]*}} (\S+)$', text, re.M)
     return {key: float(value) for key, value in found}
 
@@ -230,7 +230,7 @@ def test_primary_down_reads_go_on_from_replicas_and_the_worker_catches_up(
             wait_until(lambda: len(loop.answers) > n + 40, 30, "searches without the primary")
             # the read model answers too: it takes its marks on the replicas
             assert _model_hits(api) > hits, "the read model answered none of these searches"
-            r = httpx.get(f"{api}/readyz", timeout=5)
+            r = get(f"{api}/readyz", timeout=5)
             assert r.status_code == 200, r.text
             pending = _read_after(api, "cus_during9", during[-1]["id"])
             assert pending.status_code == 409, pending.text
@@ -238,7 +238,7 @@ def test_primary_down_reads_go_on_from_replicas_and_the_worker_catches_up(
             svc.start_postgres(services_settings)
 
         def caught_up() -> bool:
-            r = httpx.get(
+            r = get(
                 f"{api}/v1/search",
                 params={
                     "customer": "cus_during9",

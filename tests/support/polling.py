@@ -2,7 +2,9 @@
 
 `wait_until` polls a predicate until it returns something truthy (returned) and fails after
 the timeout, with the log tails of the processes given (anything with a `report()`), so a
-test that times out shows why.
+test that times out shows why. Polls back off from 50 ms to 250 ms: a predicate that asks
+Kafka and Postgres costs ~25 ms of CPU, and the processes waited for need that CPU more.
+`get` is the one HTTP client of the polls (`http_ok`, `metric`, the tests' own probes).
 """
 
 from __future__ import annotations
@@ -12,11 +14,24 @@ import inspect
 import re
 import time
 from collections.abc import Awaitable, Callable
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import httpx
 
 T = TypeVar("T")
+
+# The longest pause between two polls (each pause is 1.5 times the one before).
+MAX_INTERVAL_S = 0.25
+
+# A top-level `httpx.get` builds a client, and with it an SSL context from certifi's bundle:
+# ~45 ms of CPU per call, 20 times a second while a test polls. One client for every poll,
+# without keep-alive, so each request still connects afresh as a top-level call does.
+_HTTP = httpx.Client(limits=httpx.Limits(max_keepalive_connections=0))
+
+
+def get(url: str, **kwargs: Any) -> httpx.Response:
+    """`httpx.get(url, ...)` through the shared client (for probes and polls)."""
+    return _HTTP.get(url, **kwargs)
 
 
 class Reports(Protocol):
@@ -50,11 +65,14 @@ def wait_until(
     *,
     interval: float = 0.05,
 ) -> T:
-    """Call `predicate` until it returns a truthy value (returned); fail after `timeout` s."""
+    """Call `predicate` until it returns a truthy value (returned); fail after `timeout` s.
+    The pauses start at `interval` and grow to `MAX_INTERVAL_S` (or `interval`, if longer)."""
     deadline = _Deadline(timeout, what, procs)
+    pause, longest = interval, max(interval, MAX_INTERVAL_S)
     while not (value := predicate()):
         deadline.check()
-        time.sleep(interval)
+        time.sleep(min(pause, max(0.0, deadline.at - time.monotonic())))
+        pause = min(pause * 1.5, longest)
     return value
 
 
@@ -63,6 +81,7 @@ async def async_wait_until(
 ) -> T:
     """`wait_until` for async tests; `predicate` may be a plain or an async function."""
     deadline = _Deadline(timeout, what, None)
+    pause = 0.05
     while True:
         value = predicate()
         if inspect.isawaitable(value):
@@ -70,14 +89,15 @@ async def async_wait_until(
         if value:
             return value
         deadline.check()
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(min(pause, max(0.0, deadline.at - time.monotonic())))
+        pause = min(pause * 1.5, MAX_INTERVAL_S)
 
 
 def http_ok(url: str, api_key: str | None = None) -> bool:
     """GET `url` (as `api_key`, Stripe's way) answers 200; False while nothing listens."""
     auth = (api_key, "") if api_key else None
     try:
-        return httpx.get(url, auth=auth, timeout=2).status_code == 200
+        return get(url, auth=auth, timeout=2).status_code == 200
     except httpx.TransportError:
         return False
 
@@ -87,7 +107,7 @@ def metric(url: str, series: str) -> float | None:
     `entitled_worker_lag_events{partition="1"}`) on `url`/metrics; None if absent or
     while nothing listens."""
     try:
-        text = httpx.get(f"{url}/metrics", timeout=3).text
+        text = get(f"{url}/metrics", timeout=3).text
     except httpx.HTTPError:
         return None
     found = re.search(rf"^{re.escape(series)} (\S+)$", text, re.M)

@@ -24,7 +24,7 @@ import pytest
 from entitled.settings import Settings
 from launcher.stripe import events as se
 from tests.support.db import load_catalog, migrate
-from tests.support.polling import wait_until
+from tests.support.polling import get, wait_until
 from tests.support.ports import free_port
 from tests.support.processes import ENTITLED, Proc, Procs, environment
 
@@ -41,7 +41,7 @@ def signed(event: Mapping[str, Any], secret: str) -> tuple[bytes, dict[str, str]
 def ready(url: str) -> bool:
     """`url` answers 200 on /readyz."""
     try:
-        return httpx.get(f"{url}/readyz", timeout=3).status_code == 200
+        return get(f"{url}/readyz", timeout=3).status_code == 200
     except httpx.HTTPError:
         return False
 

@@ -19,7 +19,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
-import httpx
 import psycopg
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -35,7 +34,7 @@ from launcher.stripe import events as se
 from tests.launcher.test_dev import api_base, can_watch, dev_environment, post_signed, running
 from tests.support.db import caught_up, entitlements
 from tests.support.keys import MASTER_KEY
-from tests.support.polling import wait_until
+from tests.support.polling import get, wait_until
 from tests.support.processes import ENTITLED, Procs, environment
 from tests.support.stripe_mock import API_KEY
 from tests.support.system import start_system
@@ -236,7 +235,7 @@ def test_every_process_works_over_sasl_ssl_and_tls(
 
 
 def _groups(api: str, customer: str) -> list[str] | None:
-    r = httpx.get(f"{api}/v1/customers/{customer}/entitlements", timeout=10)
+    r = get(f"{api}/v1/customers/{customer}/entitlements", timeout=10)
     return r.json().get("groups") if r.status_code == 200 else None
 
 
