@@ -19,7 +19,6 @@ from __future__ import annotations
 import os
 import shutil
 import stat
-import sys
 import tempfile
 import uuid
 from collections.abc import Iterator
@@ -50,16 +49,6 @@ from tests.support.stripe_mock import stripe_mock  # noqa: F401
 from tests.support.system import system  # noqa: F401
 
 WEBHOOK_SECRET = "whsec_test_secret"
-
-# httpcore asks for sniffio (asyncio or trio?) at every request of an async client. It is not
-# installed, and a failed import is not remembered: each request searched sys.path again, a
-# third of the CPU of the tests' load generator (tests.support.load.Poster). None in
-# sys.modules gives the same ImportError at once; httpcore, anyio and hypothesis then assume
-# asyncio, as they did.
-try:
-    import sniffio  # noqa: F401
-except ImportError:
-    sys.modules["sniffio"] = None  # type: ignore[assignment]
 
 # `make test` draws a share of each property test's examples (tests.support.examples);
 # `make test-long` (HYPOTHESIS_PROFILE=long) draws them all.
