@@ -2,8 +2,9 @@
 
 `wait_until` polls a predicate until it returns something truthy (returned) and fails after
 the timeout, with the log tails of the processes given (anything with a `report()`), so a
-test that times out shows why. Polls back off from 50 ms to 250 ms: a predicate that asks
-Kafka and Postgres costs ~25 ms of CPU, and the processes waited for need that CPU more.
+test that times out shows why. Its polls back off from 50 ms to 250 ms: a predicate that
+asks Kafka and Postgres costs several ms of CPU, and the processes waited for need it more.
+`async_wait_until` (in-process predicates, freshness measured to its 50 ms) does not.
 `get` is the one HTTP client of the polls (`http_ok`, `metric`, the tests' own probes).
 """
 
@@ -63,12 +64,14 @@ def wait_until(
     what: str = "condition",
     procs: Reports | None = None,
     *,
-    interval: float = 0.05,
+    interval: float | None = None,
 ) -> T:
     """Call `predicate` until it returns a truthy value (returned); fail after `timeout` s.
-    The pauses start at `interval` and grow to `MAX_INTERVAL_S` (or `interval`, if longer)."""
+    The pauses grow from 50 ms to `MAX_INTERVAL_S`; an `interval` given keeps every pause at
+    that (a test that measures how soon something shows polls at the precision it needs)."""
     deadline = _Deadline(timeout, what, procs)
-    pause, longest = interval, max(interval, MAX_INTERVAL_S)
+    pause = 0.05 if interval is None else interval
+    longest = MAX_INTERVAL_S if interval is None else interval
     while not (value := predicate()):
         deadline.check()
         time.sleep(min(pause, max(0.0, deadline.at - time.monotonic())))
@@ -81,7 +84,6 @@ async def async_wait_until(
 ) -> T:
     """`wait_until` for async tests; `predicate` may be a plain or an async function."""
     deadline = _Deadline(timeout, what, None)
-    pause = 0.05
     while True:
         value = predicate()
         if inspect.isawaitable(value):
@@ -89,8 +91,7 @@ async def async_wait_until(
         if value:
             return value
         deadline.check()
-        await asyncio.sleep(min(pause, max(0.0, deadline.at - time.monotonic())))
-        pause = min(pause * 1.5, MAX_INTERVAL_S)
+        await asyncio.sleep(0.05)
 
 
 def http_ok(url: str, api_key: str | None = None) -> bool:
