@@ -82,6 +82,21 @@ def _same_as_database(api: httpx.Client, url: str, customers: list[str]) -> bool
     return all(_api_answer(api, c, q) == answer for (c, q), answer in want.items())
 
 
+async def _swap_to(url: str, label: str, groups: dict[str, str]) -> int:
+    """A new version holding each customer's one group, made active (a replay's swap)."""
+    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+        version, schema = await versions.create(conn, label, carry_from=None)
+        for customer, group in groups.items():
+            await conn.execute(
+                f"INSERT INTO {schema}.customer_entitlements (customer, groups, movie_ids)"
+                " VALUES (%s, ARRAY[%s], '{}')",
+                (customer, group),
+            )
+        await versions.mark_ready(conn, version)
+        await versions.swap(conn, version)
+        return version
+
+
 def _shows_within_bound(api: httpx.Client, url: str, customers: list[str], what: str) -> float:
     """Seconds from now (a change just committed) until the API answers every search of
     `customers` as the database does; fails past `FRESHNESS_BOUND_S`. The first customer's
@@ -163,15 +178,7 @@ def test_replay_swap_and_rollback_empty_the_model(api: httpx.Client, settings: S
     flushes = _counter(api, "entitled_api_read_model_flushes_total")
 
     async def build_and_swap() -> int:
-        async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
-            version, schema = await versions.create(conn, "test", carry_from=None)
-            await conn.execute(
-                f"INSERT INTO {schema}.customer_entitlements (customer, groups, movie_ids)"
-                " VALUES ('cus_s', '{scifi}', '{}'), ('cus_t', '{drama}', '{}')"
-            )
-            await versions.mark_ready(conn, version)
-            await versions.swap(conn, version)
-            return version
+        return await _swap_to(url, "test", {"cus_s": "scifi", "cus_t": "drama"})
 
     run_async(build_and_swap)
     _shows_within_bound(api, url, ["cus_s", "cus_t"], "the swap")
@@ -220,8 +227,8 @@ async def _model(url: str, *, follow: bool, poll_s: float = 1.0) -> AsyncIterato
     finally:
         if task is not None:
             task.cancel()
-            with pytest.raises(asyncio.CancelledError):
-                await task
+            (ended,) = await asyncio.gather(task, return_exceptions=True)
+            assert isinstance(ended, asyncio.CancelledError), ended  # not a crash of its own
         await watcher.stop()
 
 
@@ -238,13 +245,22 @@ async def _same(model: ReadModel, url: str, customer: str) -> bool:
     return bool(ours == theirs)
 
 
+@asynccontextmanager
+async def _current_model(url: str, customer: str) -> AsyncIterator[ReadModel]:
+    """A model that does not follow (it catches up when a search makes it), current after
+    its watcher's first poll, having answered one search of `customer` (holding "action")
+    as the database does."""
+    entitle(url, customer, groups=["action"], feed=True)
+    async with _model(url, follow=False) as model:
+        await async_wait_until(model.current, 10, "the first poll")
+        assert await _same(model, url, customer)  # a miss: read, kept
+        yield model
+
+
 async def test_a_model_behind_or_without_its_feed_asks_the_database(settings: Settings) -> None:
     url = settings.database_url
     assert url
-    entitle(url, "cus_d", groups=["action"], feed=True)
-    async with _model(url, follow=False) as model:
-        await async_wait_until(model.current, 10, "the first poll")
-        assert await _same(model, url, "cus_d")  # a miss: read, kept
+    async with _current_model(url, "cus_d") as model:
         checked, hits = model.checked, model.hits
         assert await _same(model, url, "cus_d")
         assert (model.hits, model.checked) == (hits + 1, checked), "not from memory alone"
@@ -308,19 +324,10 @@ async def test_a_notification_without_its_mark_makes_the_watcher_poll(settings: 
 async def test_a_swap_without_differences_still_empties_the_model(settings: Settings) -> None:
     url = settings.database_url
     assert url
-    entitle(url, "cus_v", groups=["action"], feed=True)
-    async with _model(url, follow=False) as model:
-        await async_wait_until(model.current, 10, "the first poll")
-        assert await _same(model, url, "cus_v")
+    async with _current_model(url, "cus_v") as model:
         flushes = model.flushes
-        async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
-            version, schema = await versions.create(conn, "same", carry_from=None)
-            await conn.execute(
-                f"INSERT INTO {schema}.customer_entitlements (customer, groups, movie_ids)"
-                " VALUES ('cus_v', '{action}', '{}')"
-            )
-            await versions.mark_ready(conn, version)
-            await versions.swap(conn, version)  # nobody's rights differ: no change row
+        # nobody's rights differ: no change row
+        version = await _swap_to(url, "same", {"cus_v": "action"})
         await async_wait_until(lambda: _version(model) == version, 10, "the swap's notification")
         assert not model.current()
         assert await _same(model, url, "cus_v")
