@@ -248,7 +248,8 @@ def _release(keys: tuple[str, ...], every: bool, *, skip: bool) -> None:
     "--drift", is_flag=True, help="List customers whose Stripe summary and features disagree."
 )
 def status(as_json: bool, drift: bool) -> None:
-    """Active version, lag per partition (events, seconds), dead letters; or `--drift`."""
+    """Active version, lag per partition (events, seconds), dead letters, the regroup queue;
+    or `--drift`."""
     from .status import collect, collect_drift, render_drift
 
     settings = resolved_settings()
@@ -270,6 +271,10 @@ def status(as_json: bool, drift: bool) -> None:
         )
     click.echo(f"total lag: {info['lag']} events, oldest unfolded {info['lag_seconds']:.1f} s")
     click.echo(f"dead letters: {info['dead_letters']}")
+    click.echo(
+        f"regrouped subscribers queued: {info['regroup_queue']}"
+        f" (oldest {info['regroup_queue_oldest_s']:.1f} s)"
+    )
 
 
 def _confirm(question: str, yes: bool) -> None:

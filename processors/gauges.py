@@ -1,9 +1,10 @@
-"""The worker's gauges that are read rather than counted: lag per partition, dead letters.
+"""The worker's gauges that are read rather than counted: lag per partition, dead letters,
+the regroup queue.
 
 Refreshed by a timer of the worker (only when it serves /metrics), never on the batch path:
 per batch the runner only notes the first record of each partition (`HeadCache.note`).
 Each refresh reads the checkpoints (one row per partition) and the log ends; the open dead
-letters every `letters_every_s`.
+letters and the regroup queue every `letters_every_s`.
 """
 
 from __future__ import annotations
@@ -53,6 +54,9 @@ class FoldGauges:
                 for state, n in letters.by_state.items():
                     self.metrics.dead_letters.labels(state).set(n)
                 self.metrics.parked_customers.set(letters.customers)
+                queued = await backlog.regroup_queue(conn, active)
+                self.metrics.regroup_queue.set(queued.customers)
+                self.metrics.regroup_queue_age.set(queued.oldest_s)
                 self._letters_at = time.monotonic()
         lag = await self.lag(ends, points)
         self.metrics.set_lag(lag)

@@ -94,6 +94,18 @@ class WorkerMetrics:
             "Customers held back by a poison event (their later events are parked).",
             registry=r,
         )
+        self.regroup_queue = Gauge(
+            "entitled_worker_regroup_queue",
+            "Subscribers of regrouped products waiting to be recomputed (past"
+            " ENTITLED_REGROUP_CHUNK a regroup queues them; the workers drain them a chunk per"
+            " transaction).",
+            registry=r,
+        )
+        self.regroup_queue_age = Gauge(
+            "entitled_worker_regroup_queue_age_seconds",
+            "How long the oldest queued subscriber has waited (0: none waits).",
+            registry=r,
+        )
         for state in ("poison", "parked"):
             self.dead_letters.labels(state).set(0)
         self._partitions: set[int] = set()

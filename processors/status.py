@@ -1,4 +1,5 @@
-"""`entitled status`: the active version, lag per partition (events and seconds), dead letters.
+"""`entitled status`: the active version, lag per partition (events and seconds), dead letters,
+the subscribers of regrouped products still queued.
 
 Lag in seconds is the age of the oldest event not folded yet: the `received-at` header of the
 record at each partition's checkpoint, read from Kafka (`processors.lag`); 0 when caught up.
@@ -13,7 +14,7 @@ import psycopg
 
 from entitled.settings import Settings
 from entitled.topics import end_offsets
-from projections import drift
+from projections import backlog, drift
 from projections import schema as db
 from projections.model.entitlements import Policy
 from projections.store import ProjectionStore
@@ -30,6 +31,7 @@ async def collect(settings: Settings) -> dict[str, Any]:
         active = await db.active_schema(conn)
         _, checkpoints = await store.checkpoints(conn)
         letters = await store.dead_letters(conn)
+        queued = await backlog.regroup_queue(conn, active)
     ends = await end_offsets(settings)
     behind = {p: checkpoints.get(p, 0) for p, end in ends.items() if end > checkpoints.get(p, 0)}
     reader = HeadReader(settings, settings.topic)
@@ -58,6 +60,8 @@ async def collect(settings: Settings) -> dict[str, Any]:
         "lag_seconds": max((p["lag_seconds"] for p in partitions), default=0.0),
         "dead_letters": len(letters),
         "parked_customers": sorted({r["key"] for r in letters}),
+        "regroup_queue": queued.customers,
+        "regroup_queue_oldest_s": round(queued.oldest_s, 3),
     }
 
 

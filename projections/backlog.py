@@ -1,4 +1,5 @@
-"""What the fold has left to do, as Postgres knows it: checkpoints and open dead letters.
+"""What the fold has left to do, as Postgres knows it: checkpoints, open dead letters, and
+the subscribers of regrouped products still queued for recomputation.
 
 Read by the worker's gauges (`processors.gauges`) every few seconds and by `entitled status`;
 small indexed reads only (the checkpoint table has one row per partition, the open dead
@@ -15,7 +16,7 @@ from psycopg import AsyncConnection, sql
 from projections import offsets
 from projections import schema as db
 
-__all__ = ["OpenLetters", "checkpoints", "open_letters"]
+__all__ = ["OpenLetters", "Queued", "checkpoints", "open_letters", "regroup_queue"]
 
 
 @dataclass(frozen=True)
@@ -28,6 +29,14 @@ class OpenLetters:
     @property
     def total(self) -> int:
         return sum(self.by_state.values())
+
+
+@dataclass(frozen=True)
+class Queued:
+    """Subscribers of regrouped products waiting to be recomputed (issue 19, point 5)."""
+
+    customers: int = 0
+    oldest_s: float = 0.0  # how long the oldest has waited (0: none waits)
 
 
 async def checkpoints(conn: AsyncConnection[Any], topic: str) -> tuple[str, dict[int, int]]:
@@ -56,3 +65,16 @@ async def _parked_customers(conn: AsyncConnection[Any], schema: str) -> int:
     )
     row = await cur.fetchone()
     return int(row[0]) if row else 0
+
+
+async def regroup_queue(conn: AsyncConnection[Any], schema: str) -> Queued:
+    """The version's recompute queue: how many wait, and for how long the oldest has. Small
+    but for a regroup's moments, and emptied a chunk per transaction by the workers."""
+    cur = await conn.execute(
+        sql.SQL(
+            "SELECT count(*), coalesce(extract(epoch FROM now() - min(queued_at)), 0)::float8"
+            " FROM {}"
+        ).format(db.qualified(schema, "recompute_queue"))
+    )
+    row = await cur.fetchone()
+    return Queued(int(row[0]), float(row[1])) if row else Queued()

@@ -99,6 +99,7 @@ def test_the_alert_rules_cover_what_operators_must_hear_about() -> None:
     assert "entitled_worker_dead_letters" in rules["EntitledDeadLetters"]
     assert rules["EntitledDeadLetters"].endswith("> 0")
     assert "entitled_worker_stalled" in rules["EntitledWorkerStalled"]
+    assert "entitled_worker_regroup_queue_age_seconds" in rules["EntitledRegroupQueueStuck"]
     # a process that is gone reports nothing: presence is asked of `up`, per job
     for alert, job in (
         ("EntitledWorkerDown", "entitled-worker"),

@@ -70,6 +70,7 @@ def test_events_fold_into_entitlements_in_both_api_shapes(settings: Settings, pr
     info = json.loads(status.log.read_text())
     assert info["active"] == "entitled_v1" and info["lag"] == 0 and info["dead_letters"] == 0
     assert sum(p["end"] for p in info["partitions"]) == 8
+    assert info["regroup_queue"] == 0 and info["regroup_queue_oldest_s"] == 0
 
 
 def test_duplicates_and_out_of_order_change_nothing(settings: Settings, procs: Procs) -> None:

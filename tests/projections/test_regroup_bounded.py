@@ -16,6 +16,7 @@ from psycopg import sql
 from entitled.settings import Settings
 from ingest.keys import routing_key
 from launcher.stripe import events as se
+from projections import backlog
 from projections import schema as db
 from projections.model.entitlements import Policy
 from projections.store import ProjectionStore
@@ -71,6 +72,17 @@ async def test_a_regroup_past_the_bound_commits_in_bounded_transactions(conn: Co
     await store.apply(conn, messages([other], len(setup) + 1))
     assert (await groups(conn))["cus_other"] == ("action", "bonus")
 
+    # what the worker's gauges and `entitled status` report while they wait
+    active = await db.active_schema(conn)
+    queued = await backlog.regroup_queue(conn, active)
+    assert queued.customers == len(SUBSCRIBERS) and queued.oldest_s >= 0
+    await conn.execute(
+        sql.SQL("UPDATE {} SET queued_at = now() - interval '90 seconds'").format(
+            db.qualified(active, "recompute_queue")
+        )
+    )
+    assert 90 <= (await backlog.regroup_queue(conn, active)).oldest_s < 120
+
     assert await store.settle(conn) == len(SUBSCRIBERS)
     after = await groups(conn)
     assert all(after[c] == ("action", "bonus") for c in SUBSCRIBERS)
@@ -95,6 +107,7 @@ async def test_a_regroup_past_the_bound_commits_in_bounded_transactions(conn: Co
     changed = dict(await cur.fetchall())
     assert changed == {c: regroup["id"] for c in SUBSCRIBERS}
     assert await store.settle(conn) == 0  # the queue is empty
+    assert await backlog.regroup_queue(conn, active) == backlog.Queued(0, 0.0)
 
 
 async def test_within_the_bound_the_regroup_stays_in_its_batch(conn: Conn) -> None:
