@@ -94,5 +94,6 @@ def server(
         port=port,
         log_level=log_level,
         timeout_graceful_shutdown=int(settings.drain_timeout_s),
+        timeout_keep_alive=max(1, round(settings.keep_alive_s)),
     )
     return _DrainingServer(config, probes, settings.drain_delay_s, on_exit)

@@ -150,6 +150,11 @@ class Settings:
     # balancer stops sending), then in-flight work gets up to drain_timeout_s to finish.
     drain_delay_s: float = 0.0
     drain_timeout_s: float = 8.0
+    # ingest and api: how long an idle HTTP connection is kept open. Longer than the load
+    # balancers' and clients' own idle timeouts (AWS ALB 60 s), so that they close it first:
+    # a server closing a connection a client reuses at that moment loses the request
+    # (uvicorn's default, 5 s, equals httpx's pool expiry).
+    keep_alive_s: float = 75.0
     # backfill
     backfill_rps: float = 20.0
     # how often a Stripe read is retried after a 429, a 5xx or a connection error (with
@@ -221,6 +226,7 @@ class Settings:
             ),
             drain_delay_s=float(e.get("ENTITLED_DRAIN_DELAY_S") or base.drain_delay_s),
             drain_timeout_s=float(e.get("ENTITLED_DRAIN_TIMEOUT_S") or base.drain_timeout_s),
+            keep_alive_s=float(e.get("ENTITLED_KEEP_ALIVE_S") or base.keep_alive_s),
             replay_max_loss=float(e.get("ENTITLED_REPLAY_MAX_LOSS") or base.replay_max_loss),
             read_model_customers=int(
                 e.get("ENTITLED_READ_MODEL_CUSTOMERS") or base.read_model_customers
