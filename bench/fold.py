@@ -226,6 +226,8 @@ def _scrape(port: int) -> dict[str, float]:
     """The worker's batch figures from its /metrics (counts and sums of the histograms)."""
     import urllib.request
 
+    from prometheus_client.parser import text_string_to_metric_families
+
     wanted = {
         "entitled_worker_batch_size_count": "batches",
         "entitled_worker_batch_size_sum": "records",
@@ -233,12 +235,12 @@ def _scrape(port: int) -> dict[str, float]:
     }
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as answer:
         text = answer.read().decode()
-    found: dict[str, float] = {}
-    for line in text.splitlines():
-        name, _, value = line.partition(" ")
-        if name in wanted:
-            found[wanted[name]] = float(value)
-    return found
+    return {
+        wanted[sample.name]: sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name in wanted
+    }
 
 
 def worker_run(
