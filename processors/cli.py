@@ -415,6 +415,11 @@ def _replay_build(settings: Settings, *, dry_run: bool, force: bool, yes: bool, 
     )
     if dry_run:
         _echo_differences(report)
+        if report.behind:
+            click.echo(
+                f"compared where the live version stands: {report.behind} events of the log"
+                " are past it (the live worker folds them; run again to include them)"
+            )
         if report.refusal is not None:
             click.echo(f"a swap would be refused: {report.refusal}")
         click.echo("nothing swapped")

@@ -71,6 +71,7 @@ class ReplayReport:
     swapped: bool = False
     differences: list[dict[str, Any]] = field(default_factory=list)
     refusal: str | None = None  # why the swap gate refuses this version (None: it may swap)
+    behind: int = 0  # a dry run: events of the log past the position both were compared at
 
     @property
     def rate(self) -> float:
@@ -183,23 +184,30 @@ async def _fold_range(
     return read
 
 
-async def _positions(settings: Settings, schema: str) -> tuple[dict[int, int], dict[int, int]]:
-    """(checkpoints of `schema`, log end offsets) per partition."""
+async def _positions(
+    settings: Settings, schema: str, until: dict[int, int] | None = None
+) -> tuple[dict[int, int], dict[int, int]]:
+    """(checkpoints of `schema`, log end offsets) per partition; with `until`, the ends cut
+    to it (a dry run builds as far as the live version stands, no further)."""
     assert settings.database_url and settings.kafka_bootstrap_servers
     stop = await end_offsets(settings)
+    if until is not None:
+        stop = {p: min(end, until.get(p, 0)) for p, end in stop.items()}
     store = ProjectionStore(settings.topic, Policy.from_settings(settings), schema=schema)
     async with await psycopg.AsyncConnection.connect(settings.database_url) as conn:
         _, start = await store.checkpoints(conn)
     return {p: start.get(p, 0) for p in stop}, stop
 
 
-def _bulk_child(settings: Settings, schema: str, partitions: list[int]) -> None:
+def _bulk_child(
+    settings: Settings, schema: str, partitions: list[int], until: dict[int, int] | None
+) -> None:
     """One replay job: the bulk pass over some partitions (in a child process)."""
     for module in settings.rule_plugins:
         importlib.import_module(module)
 
     async def run() -> None:
-        start, stop = await _positions(settings, schema)
+        start, stop = await _positions(settings, schema, until)
         mine = set(partitions)
         await _fold_range(
             settings,
@@ -212,7 +220,13 @@ def _bulk_child(settings: Settings, schema: str, partitions: list[int]) -> None:
     asyncio.run(run())
 
 
-async def _bulk(settings: Settings, schema: str, jobs: int, bar: tqdm[Any]) -> bool:
+async def _bulk(
+    settings: Settings,
+    schema: str,
+    jobs: int,
+    bar: tqdm[Any],
+    until: dict[int, int] | None = None,
+) -> bool:
     """The bulk pass: fold everything up to the current log end (in waves that record the
     version's history, `ProjectionStore`); with `jobs` > 1, in as many processes, each
     owning some partitions (they write disjoint rows: every object's events are in one
@@ -222,7 +236,7 @@ async def _bulk(settings: Settings, schema: str, jobs: int, bar: tqdm[Any]) -> b
     True when the whole log was folded by one job from offset 0 (not a resumed build): every
     customer was then recomputed as the live worker would have, at each of their events and
     each regroup, in the order the log was written, so nothing is left to recompute."""
-    start, stop = await _positions(settings, schema)
+    start, stop = await _positions(settings, schema, until)
     bar.total = sum(max(0, e - start.get(p, 0)) for p, e in stop.items())
     partitions = sorted(stop)
     if jobs <= 1 or len(partitions) < 2:
@@ -230,7 +244,7 @@ async def _bulk(settings: Settings, schema: str, jobs: int, bar: tqdm[Any]) -> b
         return not any(start.values())
     ctx = multiprocessing.get_context("spawn")
     children = [
-        ctx.Process(target=_bulk_child, args=(settings, schema, partitions[j::jobs]))
+        ctx.Process(target=_bulk_child, args=(settings, schema, partitions[j::jobs], until))
         for j in range(min(jobs, len(partitions)))
     ]
     for child in children:
@@ -262,9 +276,11 @@ async def build(
     catch_up_within: int = 100,
     jobs: int = 1,
     bulk: bool = True,
+    until: dict[int, int] | None = None,
 ) -> None:
     """Fold the log into `schema`, resuming from its checkpoints, until it is within
-    `catch_up_within` events of the live end.
+    `catch_up_within` events of the live end; with `until`, exactly up to that position
+    (offsets per partition, exclusive).
 
     The bulk pass (`bulk=True`) folds in waves that recompute entitlements event by event
     (the version's history, `ProjectionStore`); with parallel jobs, or when resumed, every
@@ -275,7 +291,7 @@ async def build(
     try:
         if bulk:
             t0 = time.perf_counter()
-            exact = await _bulk(settings, schema, jobs, bar)
+            exact = await _bulk(settings, schema, jobs, bar, until)
             t1 = time.perf_counter()
             await _finish_bulk(settings, schema, recompute_all=not exact)
             log.info(
@@ -285,9 +301,9 @@ async def build(
                 time.perf_counter() - t1,
             )
         while True:
-            start, stop = await _positions(settings, schema)
+            start, stop = await _positions(settings, schema, until)
             lag = sum(max(0, e - start.get(p, 0)) for p, e in stop.items())
-            if lag <= catch_up_within:
+            if lag <= (0 if until is not None else catch_up_within):
                 break
             bar.total = (bar.total or 0) + lag
             await _fold_range(settings, schema, start, stop, recompute=True, bar=bar)
@@ -333,19 +349,48 @@ async def replay(
             note = "dry run" if dry_run else "replay"
             version, schema = await versions.create(conn, note, carry_from=live)
     report = ReplayReport(version, schema)
+    # A dry run builds only as far as the live version stands as it starts: built to the
+    # log end while the live worker lagged, it held events live had not folded yet, and
+    # reported those customers as differing (issue 24: the rolling upgrade's check).
+    until = await _live_position(settings) if dry_run else None
     before, _ = await _positions(settings, schema)
     t0 = time.perf_counter()
-    await build(settings, schema, progress=progress, jobs=jobs)
+    await build(settings, schema, progress=progress, jobs=jobs, until=until)
     report.seconds = time.perf_counter() - t0
     after, _ = await _positions(settings, schema)
     report.events = sum(after.values()) - sum(before.values())
     async with await _connect(settings) as conn:
         await versions.mark_ready(conn, version)
-        if dry_run:
-            await _judge(settings, conn, report)
-            return report
+    if dry_run:
+        await _judge_at_live(settings, report)
+        return report
     await _swap_if_allowed(settings, report, force=force)
     return report
+
+
+async def _live_position(settings: Settings) -> dict[int, int]:
+    """Where the live version stands: its checkpoint per partition of the log."""
+    async with await _connect(settings) as conn:
+        return await _checkpoints(settings, conn, await db.active_schema(conn))
+
+
+async def _judge_at_live(settings: Settings, report: ReplayReport) -> None:
+    """A dry run's verdict, at one log position as a swap's: caught up (unlocked, then
+    under the active row's lock, so the live worker waits between two batches) to where
+    the live version stands, then compared; nothing swapped. `report.behind` counts the
+    log's events past that position (a lagging or stopped live worker)."""
+    for _ in range(3):  # most of the way without the lock; what live folds meanwhile stays
+        position = await _live_position(settings)
+        start, stop = await _positions(settings, report.schema, position)
+        if sum(max(0, e - start.get(p, 0)) for p, e in stop.items()) <= 100:
+            break
+        await _fold_range(settings, report.schema, start, stop, recompute=True)
+    async with await _connect(settings) as conn, conn.transaction():
+        await versions.lock_active(conn)
+        await _judge(settings, conn, report, at_live=True)
+        frozen = await _checkpoints(settings, conn, await db.active_schema(conn))
+    ends = await end_offsets(settings)
+    report.behind = sum(max(0, end - frozen.get(p, 0)) for p, end in ends.items())
 
 
 async def _judge(

@@ -46,3 +46,30 @@ async def test_a_lagging_live_version_is_compared_where_it_stands(settings: Sett
     assert entitlements(settings) == {
         c: ([], []) if c in CUSTOMERS[:3] else (["action"], []) for c in CUSTOMERS
     }
+
+
+async def test_a_dry_run_compares_where_live_stands(settings: Settings) -> None:
+    """`replay --dry-run` builds as far as the live version stands, not to the log end: the
+    events live has not folded yet are no differences, and the report counts them (built
+    to the log end, the three cancellations below were reported as three customers losing
+    access, and the gate as refusing a sound build)."""
+    publish(
+        settings,
+        [se.event("product.created", se.product("prod_pos", groups="action"), created=10)]
+        + [_subscription(c, 100) for c in CUSTOMERS],
+    )
+    await fold_log(settings)
+    publish(settings, [_subscription(c, 200, "deleted", "canceled") for c in CUSTOMERS[:3]])
+
+    report = await replay(settings, dry_run=True, progress=False)
+    assert report.differences == []
+    assert (report.refusal, report.behind, report.swapped) == (None, 3, False)
+
+    # live folds the cancellations: the next dry run stands where live does and finds
+    # nothing (tests/processors/test_replay.py: a real difference is reported)
+    await fold_log(settings)
+    report = await replay(settings, dry_run=True, progress=False)
+    assert (report.differences, report.behind) == ([], 0)
+    assert entitlements(settings) == {
+        c: ([], []) if c in CUSTOMERS[:3] else (["action"], []) for c in CUSTOMERS
+    }

@@ -123,8 +123,9 @@ def test_two_replay_jobs_keep_the_newest_snapshot_of_a_split_object(
 
 
 def _replay(procs: Procs, *args: str) -> str:
-    """A dry run (a build that is not swapped in) in its own process."""
-    p = procs.spawn("replay", "--dry-run", "--yes", *args, name="replay")
+    """A replay of the whole log in its own process (swapped in: no live worker runs here,
+    and a dry run builds only as far as the live version stands)."""
+    p = procs.spawn("replay", "--yes", *args, name="replay")
     assert p.popen is not None
     p.popen.wait(600)
     assert p.popen.returncode == 0, p.tail()
