@@ -139,6 +139,9 @@ class Settings:
     regroup_chunk: int = 2000
     batch_within_s: float = 0.05
     consumer_group: str = "entitled-worker"
+    # the worker's Kafka group instance id (static membership: docs/operations.md); unique
+    # per running copy; empty: `<host name>-<n>`, the lowest n no running copy holds
+    worker_id: str = ""
     rule_plugins: tuple[str, ...] = ()  # modules imported at start that register/override rules
     worker_metrics_port: int | None = None  # the worker's /metrics and /readyz; None: off
     changes_topic: str = "entitlements.changes"  # the relay publishes the change feed here
@@ -214,6 +217,7 @@ class Settings:
             batch_size=int(e.get("ENTITLED_BATCH_SIZE") or base.batch_size),
             regroup_chunk=int(e.get("ENTITLED_REGROUP_CHUNK") or base.regroup_chunk),
             consumer_group=e.get("ENTITLED_CONSUMER_GROUP") or base.consumer_group,
+            worker_id=e.get("ENTITLED_WORKER_ID") or "",
             rule_plugins=_split(e.get("ENTITLED_RULE_PLUGINS")),
             worker_metrics_port=int(e["ENTITLED_WORKER_METRICS_PORT"])
             if e.get("ENTITLED_WORKER_METRICS_PORT")

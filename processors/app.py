@@ -25,6 +25,7 @@ from entitled.settings import Settings
 
 from .gauges import FoldGauges
 from .lag import HeadReader
+from .membership import Membership
 from .opening import open_events
 from .pool import make_pool
 from .runner import BatchRunner
@@ -38,7 +39,7 @@ _REBALANCE_POLL_S = 0.01  # how often the end of a rebalance is looked for
 log = logging.getLogger(__name__)
 
 
-def _faust_app(settings: Settings) -> faust.App:
+def _faust_app(settings: Settings, instance_id: str | None = None) -> faust.App:
     assert settings.kafka_bootstrap_servers
     app = faust.App(
         settings.consumer_group,
@@ -57,11 +58,13 @@ def _faust_app(settings: Settings) -> faust.App:
         stream_wait_empty=False,
         producer_acks=-1,
         topic_replication_factor=settings.replication_factor,
-        # Failover: a SIGKILLed worker's partitions move to the others once its session
-        # times out, and the survivors hear of the rebalance at their next heartbeat. A
-        # SIGTERMed worker leaves the group when its consumer stops (LeaveGroup): no wait.
-        # No static membership (group_instance_id): a static member sends no LeaveGroup,
-        # so every deploy would wait out the session. aiokafka has no cooperative protocol.
+        # Failover: a SIGKILLed worker's partitions move to the others once a survivor
+        # removes it from the group (its Postgres lock went with it: `membership`), else
+        # once its session times out; the survivors hear of the rebalance at their next
+        # heartbeat. A SIGTERMed worker leaves the group when its consumer stops
+        # (`transport`: a static member's consumer would not). aiokafka has no cooperative
+        # protocol.
+        consumer_group_instance_id=instance_id,
         broker_session_timeout=settings.kafka_session_timeout_s,
         broker_heartbeat_interval=settings.kafka_heartbeat_s,
         # How long a rebalance waits for the survivors to rejoin; they rejoin within a
@@ -72,10 +75,14 @@ def _faust_app(settings: Settings) -> faust.App:
     return app
 
 
-def create_app(settings: Settings, keyring: Keyring) -> faust.App:
+def create_app(
+    settings: Settings, keyring: Keyring, membership: Membership | None = None
+) -> faust.App:
     """The worker's Faust app; `keyring` is started (and followed) by the caller, in the
-    loop the app runs in, before the app starts."""
-    app = _faust_app(settings)
+    loop the app runs in, before the app starts. With `membership` (claimed by the caller,
+    in that loop) the worker is a static member that removes dead copies from the group;
+    without, a dynamic member whose dead copies wait out the session timeout."""
+    app = _faust_app(settings, membership.instance_id if membership else None)
     topic = app.topic(settings.topic, key_type=bytes, value_type=bytes)
     assert settings.database_url is not None
     pool = make_pool(settings.database_url)
@@ -123,6 +130,11 @@ def create_app(settings: Settings, keyring: Keyring) -> faust.App:
         assigned_at[0] = time.monotonic()
         early[0] = asyncio.ensure_future(_read_points(runner, sorted(pending)))
         to_resume.set()
+        if membership is not None:
+            try:
+                await membership.joined(_member_id(app))
+            except Exception:  # the watch reconnects and records it again
+                log.warning("could not record our member id", exc_info=True)
 
     def ours() -> set[int]:
         """The partitions of the event topic the consumer holds now."""
@@ -194,6 +206,9 @@ def create_app(settings: Settings, keyring: Keyring) -> faust.App:
         except Exception:  # a writer bug on a subscriber: logged, tried again next tick
             log.exception("recomputing the subscribers of a regrouped product failed")
 
+    if membership is not None:
+        _watch_members(app, membership)
+
     if settings.worker_metrics_port is not None:
         _serve_metrics(app, settings, runner, pool, settings.worker_metrics_port)
 
@@ -207,6 +222,25 @@ def create_app(settings: Settings, keyring: Keyring) -> faust.App:
 
     del fold, resume_from_checkpoints, resume_after_rebalance, follow_checkpoints, close_pool
     return app
+
+
+def _member_id(app: faust.App) -> str:
+    """The Kafka member id our consumer joined as (aiokafka's coordinator knows it; Faust
+    does not say)."""
+    consumer = app.consumer._thread._ensure_consumer()  # type: ignore[attr-defined]
+    return str(consumer._coordinator.member_id)
+
+
+def _watch_members(app: faust.App, membership: Membership) -> None:
+    # No close at shutdown: the consumer leaves the group after the app's shutdown signals
+    # (`transport`), and our lock must outlive that, or a survivor would remove the member
+    # while its coordinator still heartbeats (which then rejoins). The lock goes with the
+    # process; a survivor then finds the row of a member already gone and drops it.
+    @app.task  # type: ignore[untyped-decorator]
+    async def watch_members() -> None:
+        await membership.watch()
+
+    del watch_members
 
 
 def _serve_metrics(

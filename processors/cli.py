@@ -103,6 +103,7 @@ def worker(loglevel: str, metrics_port: int | None) -> None:
     from faust.worker import Worker
 
     from .app import create_app
+    from .membership import WorkerIdTaken, claim_membership
     from .runner import BatchRunner
 
     settings = resolved_settings()
@@ -112,7 +113,11 @@ def worker(loglevel: str, metrics_port: int | None) -> None:
     asyncio.set_event_loop(loop)
     loop.run_until_complete(prepare(settings))
     keyring = loop.run_until_complete(start_keyring(settings, follow=True))
-    app = create_app(settings, keyring)
+    try:
+        membership = loop.run_until_complete(_patiently(lambda: claim_membership(settings), 120))
+    except WorkerIdTaken as exc:
+        raise click.ClickException(str(exc)) from exc
+    app = create_app(settings, keyring, membership)
     runner: BatchRunner = app.runner  # type: ignore[attr-defined]
 
     class DrainingWorker(Worker):

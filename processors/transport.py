@@ -1,4 +1,5 @@
-"""The worker's Kafka transport: Faust's aiokafka driver with a shorter fetch wait.
+"""The worker's Kafka transport: Faust's aiokafka driver with a shorter fetch wait, whose
+consumer leaves the group on a clean stop even as a static member.
 
 Faust builds its consumer with `fetch_max_wait_ms=1500`, not a setting. A fetch in flight
 holds back the next fetch to its broker, and the broker answers a fetch of partitions with
@@ -26,6 +27,17 @@ class _ConsumerThread(driver.AIOKafkaConsumerThread):
         consumer = super()._create_worker_consumer(transport)
         consumer._fetch_max_wait_ms = FETCH_MAX_WAIT_MS  # handed to its fetcher at start
         return consumer
+
+    async def on_thread_stop(self) -> None:
+        # A static member (`processors.membership`) sends no LeaveGroup when its consumer
+        # stops: aiokafka skips it when the consumer has a group instance id, so a deploy
+        # would leave its partitions unread for the whole session timeout. Forgetting the
+        # id just before the stop makes the coordinator leave by member id, as a dynamic
+        # member does (the broker removes the static member with it).
+        coordinator = getattr(self._consumer, "_coordinator", None)
+        if coordinator is not None:
+            coordinator._group_instance_id = None
+        await super().on_thread_stop()
 
 
 class _Consumer(driver.Consumer):

@@ -109,7 +109,16 @@ CREATE TABLE IF NOT EXISTS {CONTROL}.erasure_epoch (
     one   boolean PRIMARY KEY DEFAULT true CHECK (one),
     epoch bigint NOT NULL DEFAULT 0
 );
-INSERT INTO {CONTROL}.erasure_epoch (one) VALUES (true) ON CONFLICT DO NOTHING
+INSERT INTO {CONTROL}.erasure_epoch (one) VALUES (true) ON CONFLICT DO NOTHING;
+CREATE TABLE IF NOT EXISTS {CONTROL}.worker_members (
+    consumer_group text NOT NULL,
+    instance_id    text NOT NULL,
+    member_id      text NOT NULL DEFAULT '',
+    host           text NOT NULL,
+    pid            integer NOT NULL,
+    started_at     timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (consumer_group, instance_id)
+)
 """
 
 _MIRROR_DDL = """
