@@ -45,7 +45,8 @@ __all__ = ["Membership", "WorkerIdTaken", "claim_membership"]
 log = logging.getLogger(__name__)
 
 POLL_S = 0.2  # how often a worker looks for dead copies (one small query)
-_CLAIM_PATIENCE_S = 3.0  # a survivor holds a dead copy's lock while it removes it
+_REMOVE_TIMEOUT_S = 2.0  # a survivor holds a dead copy's lock at most this long
+_CLAIM_PATIENCE_S = 5.0  # so a restarted copy waits this long for its own id
 _MAX_SLOTS = 1000
 
 
@@ -140,9 +141,11 @@ class Membership:
         while True:
             try:
                 await self._sweep()
-            except Exception:  # Postgres or Kafka away: reconnect, try again
+            except psycopg.Error:  # Postgres away (our lock went too): reconnect, try again
                 log.warning("could not look for dead workers", exc_info=True)
                 await self._drop_conn()
+            except Exception:  # a bug: logged, and the watch goes on
+                log.exception("could not look for dead workers")
             await asyncio.sleep(POLL_S)
 
     async def _sweep(self) -> None:
@@ -163,9 +166,8 @@ class Membership:
                 continue
             took = time.monotonic()
             code = await self._remove(peer) if peer.member_id else 0
-            if code not in (0, 25, 82):  # not removed: try again next poll
-                log.warning("could not remove dead worker %s: error %d", peer.instance_id, code)
-                await members.release(conn, self.group, peer.instance_id)
+            if code not in (0, 25, 82):  # not removed: let go (a restart may claim the id
+                await members.release(conn, self.group, peer.instance_id)  # back) and retry
                 continue
             await members.forget(conn, self.group, peer)
             self._seen.discard(key)
@@ -180,11 +182,24 @@ class Membership:
             )
 
     async def _remove(self, peer: members.Peer) -> int:
-        if self._client is None:
-            client = AIOKafkaClient(**client_options(self.settings))
-            await client.bootstrap()
-            self._client = client
-        return await remove_member(self._client, self.group, peer.member_id, peer.instance_id)
+        """Remove `peer` from the group; its Kafka error code, -1 when Kafka did not answer
+        within `_REMOVE_TIMEOUT_S` (we hold the peer's lock meanwhile: not for long)."""
+        try:
+            async with asyncio.timeout(_REMOVE_TIMEOUT_S):
+                if self._client is None:
+                    client = AIOKafkaClient(**client_options(self.settings))
+                    self._client = client
+                    await client.bootstrap()
+                return await remove_member(
+                    self._client, self.group, peer.member_id, peer.instance_id
+                )
+        except Exception as exc:  # Kafka away: our Postgres connection (our lock) stays
+            log.warning("could not remove dead worker %s: %r", peer.instance_id, exc)
+            client, self._client = self._client, None
+            if client is not None:
+                with contextlib.suppress(Exception):
+                    await client.close()
+            return -1
 
     async def _reconnect(self) -> psycopg.AsyncConnection[Any] | None:
         """Open a new connection and take our own lock back (it went with the old one)."""

@@ -14,7 +14,8 @@ seconds from the fault until the surviving copies do the dead one's work:
 
 Sizes from the environment, so that `bench/chaos_long.py --copies` runs the long version:
 COPIES_RATE (webhooks/s, 30), COPIES_SECONDS (load duration; unset: the load lasts as long as
-the faults, at most 120 s), COPIES_RESULTS (JSON path).
+the faults, at most 120 s), COPIES_RESULTS (JSON path), COPIES_SESSION_S (the Kafka session
+timeout of workers and hydrators; unset: the tests' 2 s; 6 is the shipped default).
 """
 
 from __future__ import annotations
@@ -195,6 +196,8 @@ def test_every_process_in_two_copies(settings: Settings, procs: Procs) -> None:
     events = list(itertools.islice(Workload(customers=n // 3 + 10).events(), n))
     customers = sorted({routing_key(e) for e in events if routing_key(e).startswith("cus_")})
     settings = replace(settings, changes_topic=f"{settings.topic}.changes")
+    session = os.environ.get("COPIES_SESSION_S")
+    extra = {"ENTITLED_KAFKA_SESSION_TIMEOUT_S": session} if session else {}
     system = start_system(
         procs,
         ingests=2,
@@ -205,6 +208,7 @@ def test_every_process_in_two_copies(settings: Settings, procs: Procs) -> None:
         ENTITLED_BATCH_SIZE="100",
         ENTITLED_CHANGES_TOPIC=settings.changes_topic,
         ENTITLED_DRAIN_DELAY_S=str(DRAIN_DELAY_S),
+        **extra,
     )
     # retried as long as it takes on a loaded machine (Stripe retries for days)
     poster = Poster(system.ingest_urls, events, SECRET, rate, overall_s=900).start()
