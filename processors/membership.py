@@ -138,15 +138,20 @@ class Membership:
 
     async def watch(self) -> None:
         """Remove dead copies from the group, for ever (an app task)."""
+        failures = 0
         while True:
             try:
                 await self._sweep()
-            except psycopg.Error:  # Postgres away (our lock went too): reconnect, try again
-                log.warning("could not look for dead workers", exc_info=True)
+                failures = 0
+            except psycopg.Error as exc:  # Postgres away (our lock went too): reconnect
+                failures += 1
+                if failures == 1:  # once per outage, not five times a second
+                    log.warning("could not look for dead workers (reconnecting): %s", exc)
                 await self._drop_conn()
             except Exception:  # a bug: logged, and the watch goes on
                 log.exception("could not look for dead workers")
-            await asyncio.sleep(POLL_S)
+            # Back off to 1 s while Postgres is away (a restart takes seconds).
+            await asyncio.sleep(min(1.0, POLL_S * (1 + failures)))
 
     async def _sweep(self) -> None:
         conn = self._conn or await self._reconnect()
