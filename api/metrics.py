@@ -138,6 +138,7 @@ class APIMetrics:
             buckets=_LATENCY_BUCKETS,
             registry=self.registry,
         )
+        self._latency: dict[tuple[str, str, int], Histogram] = {}
         self.registry.register(_PoolCollector(pool))
         self.streams = Gauge(
             "entitled_api_change_streams",
@@ -168,7 +169,11 @@ class APIMetrics:
         self.min_events.labels(outcome).inc()
 
     def observe(self, method: str, route: str, status: int, seconds: float) -> None:
-        self.latency.labels(method, route, str(status)).observe(seconds)
+        key = (method, route, status)
+        child = self._latency.get(key)
+        if child is None:  # `labels()` takes a lock and builds its key on every call
+            child = self._latency[key] = self.latency.labels(method, route, str(status))
+        child.observe(seconds)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -237,18 +237,26 @@ class Run:
     latencies_ms: list[float]
     errors: int = 0
     extra: dict[str, Any] = dataclasses.field(default_factory=dict)
+    # the latencies again, split by whether the search's q was asked of this server before
+    # (answered from the read model's memory) or for the first time (a catalogue miss)
+    repeat_ms: list[float] = dataclasses.field(default_factory=list)
+    first_ms: list[float] = dataclasses.field(default_factory=list)
 
     @property
     def throughput(self) -> float:
         return self.requests / self.seconds if self.seconds else 0.0
 
     def pct(self, p: float) -> float:
-        data = sorted(self.latencies_ms)
-        if not data:
-            return float("nan")
-        return data[min(len(data) - 1, int(p / 100 * len(data)))]
+        return _pct(self.latencies_ms, p)
 
     def summary(self) -> dict[str, Any]:
+        split = {}
+        if self.repeat_ms or self.first_ms:
+            split = {
+                "first_time_q_share": round(len(self.first_ms) / len(self.latencies_ms), 3),
+                "p99_repeat_q_ms": round(_pct(self.repeat_ms, 99), 3),
+                "p99_first_time_q_ms": round(_pct(self.first_ms, 99), 3),
+            }
         return {
             "requests": self.requests,
             "errors": self.errors,
@@ -257,8 +265,14 @@ class Run:
             "p50_ms": round(self.pct(50), 3),
             "p99_ms": round(self.pct(99), 3),
             "mean_ms": round(statistics.fmean(self.latencies_ms), 3) if self.latencies_ms else None,
+            **split,
             **self.extra,
         }
+
+
+def _pct(values: list[float], p: float) -> float:
+    data = sorted(values)
+    return data[min(len(data) - 1, int(p / 100 * len(data)))] if data else float("nan")
 
 
 async def run_raw(
@@ -284,10 +298,22 @@ async def run_raw(
     return Run("raw", sum(counts), time.perf_counter() - start, latencies)
 
 
-async def run_http(port: int, paths: Sequence[str], concurrency: int, seconds: float) -> Run:
+async def run_http(
+    port: int,
+    paths: Sequence[str],
+    concurrency: int,
+    seconds: float,
+    *,
+    keys: Sequence[str] = (),
+    seen: set[str] | None = None,
+) -> Run:
     """A minimal HTTP/1.1 keep-alive client: the load generator must cost less than the
-    server it measures, and a general client (httpx) costs about as much as the server."""
+    server it measures, and a general client (httpx) costs about as much as the server.
+    `keys` (each path's q) and `seen` (the q's this server was asked before, updated):
+    the latencies are also split by first-time and repeated q."""
     latencies: list[float] = []
+    repeat: list[float] = []
+    first: list[float] = []
     errors = 0
     stop = time.perf_counter() + seconds
 
@@ -295,10 +321,15 @@ async def run_http(port: int, paths: Sequence[str], concurrency: int, seconds: f
         nonlocal errors
         done = 0
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        mine = keys[k::concurrency]
         try:
-            for path in paths[k::concurrency]:
+            for i, path in enumerate(paths[k::concurrency]):
                 if time.perf_counter() > stop:
                     break
+                split = None
+                if seen is not None and mine:
+                    split = repeat if mine[i] in seen else first
+                    seen.add(mine[i])
                 t = time.perf_counter()
                 writer.write(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
                 head = await reader.readuntil(b"\r\n\r\n")
@@ -308,6 +339,8 @@ async def run_http(port: int, paths: Sequence[str], concurrency: int, seconds: f
                         length = int(line.split(b":", 1)[1])
                 await reader.readexactly(length)
                 latencies.append((time.perf_counter() - t) * 1000)
+                if split is not None:
+                    split.append(latencies[-1])
                 if head[9:12] != b"200":
                     errors += 1
                 done += 1
@@ -317,7 +350,8 @@ async def run_http(port: int, paths: Sequence[str], concurrency: int, seconds: f
 
     start = time.perf_counter()
     counts = await asyncio.gather(*(worker(k) for k in range(concurrency)))
-    return Run("api", sum(counts), time.perf_counter() - start, latencies, errors)
+    took = time.perf_counter() - start
+    return Run("api", sum(counts), took, latencies, errors, repeat_ms=repeat, first_ms=first)
 
 
 # -- processes -----------------------------------------------------------------------------
@@ -539,6 +573,13 @@ def main() -> None:
     )
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument(
+        "--against",
+        type=Path,
+        default=None,
+        help="another work tree with its own venv (e.g. main in a git worktree): its"
+        " `entitled api` runs beside this tree's on the same database, in alternating slices",
+    )
+    parser.add_argument(
         "--model-customers", type=int, default=1_000_000, help="read model memory measured for"
     )
     parser.add_argument(
@@ -580,49 +621,65 @@ def main() -> None:
                 print(json.dumps({k: v for k, v in compared.items() if k != "runs"}, indent=2))
                 print(f"wrote {args.out}")
                 return
-            port = free_port()
             env = {k: v for k, v in os.environ.items() if k != "ENTITLED_API_TOKEN"}
             env["DATABASE_URL"] = url
-            cmd = [ENTITLED, "api", "--port", str(port), "--log-level", "warning"]
-            with process(cmd, env, workdir / "api.log") as api:
-                common.wait_http(f"http://127.0.0.1:{port}/readyz", api, "entitled api")
+            apis = [Api("api", ENTITLED)]
+            if args.against:
+                apis.append(Api("against", str(args.against / ".venv" / "bin" / "entitled")))
+            keys = [q for _, q in queries]
+            loads = {"start": os.getloadavg()[0]}
+            postmaster = common.postmaster_pid(url)
+            with contextlib.ExitStack() as stack:
+                for a in apis:
+                    cmd = [a.entitled, "api", "--port", str(a.port), "--log-level", "warning"]
+                    a.proc = stack.enter_context(process(cmd, env, workdir / f"{a.name}.log"))
+                for a in apis:
+                    common.wait_http(f"http://127.0.0.1:{a.port}/readyz", a.proc, a.entitled)
                 # warm caches with searches the measured slices do not repeat (the last ones)
                 # (raw has no memory but Postgres' buffers: 2000 warm those)
                 warm = slice(len(queries) - args.warm, None)
                 raw_warm = slice(len(queries) - min(args.warm, 2000), None)
                 asyncio.run(run_raw(url, queries[raw_warm], args.concurrency, 10.0))
-                asyncio.run(run_http(port, paths[warm], args.concurrency, max(10.0, args.warm)))
-                model0 = model_counts(port)
-                # Alternate short slices of raw and api, so that both see the same background
-                # load on a shared machine; then merge the slices.
+                for a in apis:
+                    a.seen.update(keys[warm])
+                    asyncio.run(
+                        run_http(a.port, paths[warm], args.concurrency, max(10.0, args.warm))
+                    )
+                    a.model0 = model_counts(a.port)
+                # Alternate short slices of raw and each api, so that all see the same
+                # background load on a shared machine; then merge the slices.
                 slice_s = args.seconds / args.rounds
-                raws, https, cpu = [], [], 0.0
+                loads["measured"] = os.getloadavg()[0]
+                raws = []
                 for r in range(args.rounds):
                     part = slice(r, None, args.rounds)
                     raws.append(asyncio.run(run_raw(url, queries[part], args.concurrency, slice_s)))
-                    cpu0 = cpu_seconds(api.pid)
-                    https.append(
-                        asyncio.run(run_http(port, paths[part], args.concurrency, slice_s))
-                    )
-                    cpu += cpu_seconds(api.pid) - cpu0
-                model1 = model_counts(port)
-            raw, http = merge("raw", raws), merge("api", https)
-            searched = {k: model1.get(k, 0) - model0.get(k, 0) for k in ("hit", "miss", "checked")}
-            total = max(1, searched["hit"] + searched["miss"])
-            http.extra["read_model_hit_share"] = round(searched["hit"] / total, 3)
-            # answered from memory with no database round trip (the model current)
-            http.extra["read_model_memory_only_share"] = round(
-                (searched["hit"] - searched["checked"]) / total, 3
-            )
-            http.extra["api_process_cpu_ms_per_request"] = round(
-                cpu / max(1, http.requests) * 1000, 3
-            )
+                    for a in apis:
+                        a.measure(paths[part], keys[part], args.concurrency, slice_s, postmaster)
+                for a in apis:
+                    a.model1 = model_counts(a.port)
+                loads["end"] = os.getloadavg()[0]
+            raw = merge("raw", raws)
+            runs = [a.result() for a in apis]
+            http = runs[0]
             print_run(raw)
-            print_run(http)
-            print(
-                f"read model: {http.extra['read_model_hit_share']:.1%} of searches from memory,"
-                f" {http.extra['read_model_memory_only_share']:.1%} without any database trip"
-            )
+            for run in runs:
+                print_run(run)
+                x = run.summary()
+                print(
+                    f"  read model: {x['read_model_hit_share']:.1%} of searches from memory,"
+                    f" {x['read_model_memory_only_share']:.1%} without any database trip;"
+                    f" p99 of repeated q {x.get('p99_repeat_q_ms', float('nan')):.1f} ms,"
+                    f" of first-time q ({x.get('first_time_q_share', 0):.1%})"
+                    f" {x.get('p99_first_time_q_ms', float('nan')):.1f} ms"
+                )
+                print(
+                    f"  CPU ms a search: api {x['api_process_cpu_ms_per_request']:.3f},"
+                    f" client {x['client_cpu_ms_per_request']:.3f},"
+                    f" postgres {x['postgres_cpu_ms_per_request']:.3f}: with every core"
+                    f" to itself, {x['cpu_ceiling_per_s']:.0f} searches/s"
+                    f" (the api process alone on one core: {x['api_alone_ceiling_per_s']:.0f}/s)"
+                )
 
             m1 = run_method1(
                 url, queries, args.method1_searches, workdir, Settings().entitling_statuses
@@ -637,7 +694,19 @@ def main() -> None:
         "api_vs_method1": round(http.throughput / m1.throughput, 1),
         "api_vs_raw": round(http.throughput / raw.throughput, 3),
         "api_p99_ms": round(http.pct(99), 3),
+        # reported, not a goal: the load-independent reach (module doc of `Api.result`)
+        "cpu_ceiling_vs_method1": round(http.extra["cpu_ceiling_per_s"] / m1.throughput, 1)
+        if http.extra["cpu_ceiling_per_s"]
+        else None,
     }
+    if len(runs) > 1:
+        base = runs[1]
+        ratios["api_vs_against"] = round(http.throughput / base.throughput, 3)
+        ratios["api_cpu_vs_against"] = round(
+            http.extra["api_process_cpu_ms_per_request"]
+            / base.extra["api_process_cpu_ms_per_request"],
+            3,
+        )
     # Issue 21's goals (issue 5 asked for >= 0.5x raw).
     goals = {
         # an answer that is not a 200 (a refused Host, a 503) is no search: no goal is met
@@ -659,7 +728,9 @@ def main() -> None:
             "warm": args.warm,
             "load_seconds": round(load_s, 1),
         },
+        "load_average": loads,
         "api": http.summary(),
+        **({"against": runs[1].summary()} if len(runs) > 1 else {}),
         "raw_psycopg": raw.summary(),
         "method1": m1.summary(),
         "read_model_memory": memory,
@@ -672,6 +743,104 @@ def main() -> None:
     for goal, met in goals.items():
         print(f"  goal {goal}: {'MET' if met else 'NOT MET'}")
     print(f"wrote {args.out}")
+
+
+def postgres_cpu(postmaster: int | None) -> float:
+    """CPU seconds of the postmaster, its reaped children and its live ones (the pooled
+    backends that answer the API's searches)."""
+    if postmaster is None:
+        return float("nan")
+    children = Path(f"/proc/{postmaster}/task/{postmaster}/children")
+    try:
+        pids = [int(p) for p in children.read_text().split()]
+    except OSError:
+        return float("nan")
+    return common.cpu_with_children(postmaster) + sum(common.cpu_of(p) for p in pids)
+
+
+@dataclasses.dataclass
+class Api:
+    """One `entitled api` measured: this tree's, or another tree's (`--against`)."""
+
+    name: str
+    entitled: str
+    port: int = dataclasses.field(default_factory=free_port)
+    proc: subprocess.Popen[Any] | None = None
+    seen: set[str] = dataclasses.field(default_factory=set)  # q's asked of it so far
+    slices: list[Run] = dataclasses.field(default_factory=list)
+    cpu: dict[str, float] = dataclasses.field(
+        default_factory=lambda: {"api": 0.0, "client": 0.0, "postgres": 0.0}
+    )
+    model0: dict[str, float] = dataclasses.field(default_factory=dict)
+    model1: dict[str, float] = dataclasses.field(default_factory=dict)
+
+    def _cpu(self, postmaster: int | None) -> dict[str, float]:
+        assert self.proc is not None
+        return {
+            "api": cpu_seconds(self.proc.pid),
+            "client": time.process_time(),
+            "postgres": postgres_cpu(postmaster),
+        }
+
+    def measure(
+        self,
+        paths: Sequence[str],
+        keys: Sequence[str],
+        concurrency: int,
+        seconds: float,
+        postmaster: int | None,
+    ) -> None:
+        before = self._cpu(postmaster)
+        self.slices.append(
+            asyncio.run(run_http(self.port, paths, concurrency, seconds, keys=keys, seen=self.seen))
+        )
+        after = self._cpu(postmaster)
+        for k in self.cpu:
+            self.cpu[k] += after[k] - before[k]
+
+    def result(self) -> Run:
+        run = merge(self.name, self.slices)
+        n = max(1, run.requests)
+        searched = {
+            k: self.model1.get(k, 0) - self.model0.get(k, 0) for k in ("hit", "miss", "checked")
+        }
+        total = max(1, searched["hit"] + searched["miss"])
+        per = {k: v / n * 1000 for k, v in self.cpu.items()}
+        every = sum(per.values())
+        run.extra.update(
+            tree=_describe(Path(self.entitled).parent.parent.parent),
+            read_model_hit_share=round(searched["hit"] / total, 3),
+            # answered from memory with no database round trip (the model current)
+            read_model_memory_only_share=round((searched["hit"] - searched["checked"]) / total, 3),
+            api_process_cpu_ms_per_request=round(per["api"], 3),
+            client_cpu_ms_per_request=round(per["client"], 3),
+            postgres_cpu_ms_per_request=round(per["postgres"], 3),
+            # Load-independent: what the whole path (load client, API, Postgres) would answer
+            # with every core of this machine to itself, and one API process on one core.
+            cpu_ceiling_per_s=round((os.cpu_count() or 1) * 1000 / every) if every else None,
+            api_alone_ceiling_per_s=round(1000 / per["api"]) if per["api"] else None,
+        )
+        return run
+
+
+def _describe(tree: Path) -> str:
+    """The tree's commit (and `+` when its work tree has changes)."""
+    try:
+        head = subprocess.run(
+            ["git", "-C", str(tree), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(tree), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return str(tree)
+    return f"{tree} {head}{'+' if dirty else ''}"
 
 
 def model_counts(port: int) -> dict[str, float]:
@@ -724,6 +893,8 @@ def merge(name: str, runs: Sequence[Run]) -> Run:
         sum(r.seconds for r in runs),
         [ms for r in runs for ms in r.latencies_ms],
         sum(r.errors for r in runs),
+        repeat_ms=[ms for r in runs for ms in r.repeat_ms],
+        first_ms=[ms for r in runs for ms in r.first_ms],
     )
 
 
@@ -732,6 +903,7 @@ def print_run(run: Run) -> None:
     print(
         f"{run.name:8s} {s['throughput_per_s']:>9.1f}/s  p50 {s['p50_ms']:.2f} ms"
         f"  p99 {s['p99_ms']:.2f} ms  ({s['requests']} requests, {s['errors']} errors)"
+        + (f"  [{s['tree']}]" if "tree" in s else "")
     )
 
 
