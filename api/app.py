@@ -367,6 +367,7 @@ def create_app(
         await db_pool.open(wait=False)
         watch.start()
         following = None
+        publishing = asyncio.create_task(api_metrics.publish_every(), name="entitled-api-metrics")
         try:
             await db_pool.wait(timeout=30.0)
             await reads.open()
@@ -381,10 +382,11 @@ def create_app(
                 )
             yield
         finally:
-            if following is not None:
-                following.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await following
+            for task in (following, publishing):
+                if task is not None:
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
             for close in on_close:
                 await close()
             await reads.close()

@@ -3,9 +3,12 @@
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import logging
 import re
+import socket
+import sys
 from collections.abc import Awaitable, Callable, Sequence
 
 import click
@@ -88,20 +91,26 @@ def api_options(fn: Callable[..., None]) -> Callable[..., None]:
     )(fn)
 
 
+Extras = Callable[
+    [Settings], tuple[Sequence[BaseRoute], Sequence[Callable[[], Awaitable[None]]]]
+]  # routes mounted beside the read API, with their clean-ups (see `create_app`)
+
+
 def run_api(
     host: str,
     port: int,
     log_level: str,
     insecure: bool = False,
     *,
-    extra_routes: Sequence[BaseRoute] = (),
-    on_close: Sequence[Callable[[], Awaitable[None]]] = (),
+    workers: int | None = None,
+    extras: Extras | None = None,
 ) -> None:
-    """Serve the read API until SIGTERM/SIGINT (`extra_routes`: see `create_app`)."""
-    from api.app import create_app
-    from entitled import logs, serving
+    """Serve the read API until SIGTERM/SIGINT, in `workers` processes (default
+    ENTITLED_API_WORKERS, 1) sharing the port (`api.workers`). `extras` must be a
+    module-level function: each worker calls it."""
+    from entitled import logs
 
-    settings = database_settings(Settings.from_env())
+    settings = database_settings(Settings.from_env(api_workers=workers))
     logs.configure(log_level)
     check_exposure(settings, host, insecure)
     required = [
@@ -111,9 +120,34 @@ def run_api(
     ]
     click.echo(
         f"api: http://{host}:{port}/ (tokens: {', '.join(required) or 'none, loopback only'}; "
-        f"hosts: {', '.join(settings.allowed_hosts)})"
+        f"hosts: {', '.join(settings.allowed_hosts)}"
+        + (f"; {settings.api_workers} workers" if settings.api_workers > 1 else "")
+        + ")"
     )
-    app = create_app(settings, extra_routes=extra_routes, on_close=on_close)
+    if settings.api_workers > 1:
+        from api import workers as api_workers
+
+        sock = api_workers.bound_socket(host, port)
+        target = functools.partial(_serve, settings, host, port, log_level, extras)
+        raise SystemExit(api_workers.serve(settings.api_workers, sock, target))
+    _serve(settings, host, port, log_level, extras)
+
+
+def _serve(
+    settings: Settings,
+    host: str,
+    port: int,
+    log_level: str,
+    extras: Extras | None,
+    sock: socket.socket | None = None,
+) -> None:
+    """One server: the whole process, or one of its workers on the socket they share."""
+    from api.app import create_app
+    from entitled import logs, serving
+
+    logs.configure(log_level)  # again in a worker: a fresh interpreter
+    routes, on_close = extras(settings) if extras is not None else ((), ())
+    app = create_app(settings, extra_routes=routes, on_close=on_close)
     # Open event streams never end by themselves: end them when the drain stops accepting,
     # or the shutdown waits for them.
     server = serving.server(
@@ -125,19 +159,29 @@ def run_api(
         on_exit=app.state.watcher.end_waits,
     )
     logging.getLogger("uvicorn.access").addFilter(_HideQueryToken())  # after uvicorn's config
-    server.run()
+    server.run(sockets=None if sock is None else [sock])
+    if sock is not None and not server.started:
+        sys.exit(_STARTUP_FAILURE)
+
+
+_STARTUP_FAILURE = 3  # as uvicorn's own workers exit when their server never started
+
+
+def _refresh(
+    settings: Settings,
+) -> tuple[Sequence[BaseRoute], Sequence[Callable[[], Awaitable[None]]]]:
+    refresh = RefreshEndpoint(Settings.from_env())
+    return [refresh.route()], [refresh.close]
 
 
 @click.command()
 @api_options
-def api(host: str, port: int, log_level: str, insecure: bool) -> None:
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Processes answering on the port [default: ENTITLED_API_WORKERS, else 1].",
+)
+def api(host: str, port: int, log_level: str, insecure: bool, workers: int | None) -> None:
     """Serve the search and read API, the WebFlicks page and POST /v1/refresh."""
-    refresh = RefreshEndpoint(Settings.from_env())
-    run_api(
-        host,
-        port,
-        log_level,
-        insecure,
-        extra_routes=[refresh.route()],
-        on_close=[refresh.close],
-    )
+    run_api(host, port, log_level, insecure, workers=workers, extras=_refresh)

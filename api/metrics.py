@@ -2,15 +2,26 @@
 
 A per-app registry lets several apps live in one process (as in the tests) without
 "duplicated timeseries" errors. Pool figures are read from `pool.get_stats()` at scrape time.
+
+Several worker processes on one port (`api.workers`): a scrape reaches whichever worker
+accepts it, so each must answer for all. prometheus_client's multiprocess mode does it (the
+parent sets `PROMETHEUS_MULTIPROC_DIR`): every metric's values live in per-process files, and
+`render` adds them up. What the collectors read from live objects (pool, readers, read
+model) is copied into such files every second and before each scrape (`_Published`):
+counters add up over the workers, gauges as `_GAUGE_MODES` says (e.g. the read model's
+entries: the sum; "current": the least, so 0 while any worker is behind).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import Any
+import asyncio
+import os
+from collections.abc import Iterator, Sequence
+from typing import Any, Literal
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 from psycopg_pool import AsyncConnectionPool
 
@@ -125,6 +136,60 @@ class _ModelCollector(Collector):
         yield size
 
 
+GaugeMode = Literal["livesum", "livemin", "livemax"]
+_GAUGE_MODES: dict[str, GaugeMode] = {
+    "entitled_api_replica_healthy": "livemin",  # unhealthy for one worker: 0
+    "entitled_api_replica_lag_seconds": "livemax",
+    "entitled_api_replica_lag_bytes": "livemax",
+    "entitled_api_read_model_current": "livemin",
+}  # others: livesum (pool connections, read model entries)
+
+
+def multiprocess() -> bool:
+    """Whether this process is one of several API workers (`api.workers`)."""
+    return bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+
+
+class _Published:
+    """The collectors' samples copied into prometheus_client's per-process files (module
+    doc): a counter by its increase since the last copy, a gauge by its value."""
+
+    def __init__(self, collectors: Sequence[Collector]) -> None:
+        self.collectors = collectors
+        self.counters: dict[str, Counter] = {}
+        self.gauges: dict[str, Gauge] = {}
+        self.last: dict[tuple[str, tuple[str, ...]], float] = {}
+
+    def publish(self) -> None:
+        for collector in self.collectors:
+            for family in collector.collect():
+                for sample in family.samples:
+                    names = tuple(sample.labels)
+                    values = tuple(sample.labels.values())
+                    if family.type == "counter" and sample.name.endswith("_total"):
+                        counter = self.counters.get(family.name)
+                        if counter is None:
+                            counter = self.counters[family.name] = Counter(
+                                family.name, family.documentation, names, registry=None
+                            )
+                        key = (family.name, values)
+                        grown = sample.value - self.last.get(key, 0.0)
+                        self.last[key] = sample.value
+                        if grown > 0:
+                            (counter.labels(*values) if names else counter).inc(grown)
+                    elif family.type == "gauge":
+                        gauge = self.gauges.get(family.name)
+                        if gauge is None:
+                            gauge = self.gauges[family.name] = Gauge(
+                                family.name,
+                                family.documentation,
+                                names,
+                                registry=None,
+                                multiprocess_mode=_GAUGE_MODES.get(family.name, "livesum"),
+                            )
+                        (gauge.labels(*values) if names else gauge).set(sample.value)
+
+
 class APIMetrics:
     """Request latency by method, route template and status; connection pool statistics;
     open change streams; `min_event` reads by outcome."""
@@ -139,17 +204,21 @@ class APIMetrics:
             registry=self.registry,
         )
         self._latency: dict[tuple[str, str, int], Histogram] = {}
-        self.registry.register(_PoolCollector(pool))
+        self._collectors: list[Collector] = []
+        self.published = _Published(self._collectors) if multiprocess() else None
+        self._register(_PoolCollector(pool))
         self.streams = Gauge(
             "entitled_api_change_streams",
             "Open Server-Sent Events streams of the change feed (/v1/changes/stream).",
             registry=self.registry,
+            multiprocess_mode="livesum",
         )
         self.waiting = Gauge(
             "entitled_api_waiting_requests",
             "Requests waiting for news: long-polls of /v1/changes, reads with min_event.",
             ["kind"],
             registry=self.registry,
+            multiprocess_mode="livesum",
         )
         self.min_events = Counter(
             "entitled_api_min_event_reads",
@@ -160,10 +229,15 @@ class APIMetrics:
 
     def watch_readers(self, readers: Readers) -> None:
         """Report reads by target and the replicas' lag at scrape time."""
-        self.registry.register(_ReadersCollector(readers))
+        self._register(_ReadersCollector(readers))
 
     def watch_model(self, model: Any) -> None:
-        self.registry.register(_ModelCollector(model))
+        self._register(_ModelCollector(model))
+
+    def _register(self, collector: Collector) -> None:
+        self._collectors.append(collector)
+        if self.published is None:  # else read through the files (module doc)
+            self.registry.register(collector)
 
     def min_event(self, outcome: str) -> None:
         self.min_events.labels(outcome).inc()
@@ -175,5 +249,19 @@ class APIMetrics:
             child = self._latency[key] = self.latency.labels(method, route, str(status))
         child.observe(seconds)
 
+    async def publish_every(self, seconds: float = 1.0) -> None:
+        """Several workers (module doc): copy the collectors' samples to the files every
+        `seconds`, so that a scrape through another worker sees this one's at most that old."""
+        if self.published is None:
+            return
+        while True:
+            self.published.publish()
+            await asyncio.sleep(seconds)
+
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        if self.published is None:
+            return generate_latest(self.registry)
+        self.published.publish()
+        every = CollectorRegistry()
+        MultiProcessCollector(every)  # type: ignore[no-untyped-call]
+        return generate_latest(every)

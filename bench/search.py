@@ -358,9 +358,15 @@ async def run_http(
 
 
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process so far (Linux /proc)."""
+    """User + system CPU time of a process so far (Linux /proc), with its children's (an
+    API's workers: `--api-workers`)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    own = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        children = []
+    return own + sum(common.cpu_of(int(child)) for child in children)
 
 
 def free_port() -> int:
@@ -573,6 +579,12 @@ def main() -> None:
     )
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument(
+        "--api-workers",
+        type=int,
+        default=1,
+        help="this tree's `entitled api --workers N` (ENTITLED_API_WORKERS)",
+    )
+    parser.add_argument(
         "--against",
         type=Path,
         default=None,
@@ -623,7 +635,7 @@ def main() -> None:
                 return
             env = {k: v for k, v in os.environ.items() if k != "ENTITLED_API_TOKEN"}
             env["DATABASE_URL"] = url
-            apis = [Api("api", ENTITLED)]
+            apis = [Api("api", ENTITLED, args.api_workers)]
             if args.against:
                 apis.append(Api("against", str(args.against / ".venv" / "bin" / "entitled")))
             keys = [q for _, q in queries]
@@ -632,6 +644,7 @@ def main() -> None:
             with contextlib.ExitStack() as stack:
                 for a in apis:
                     cmd = [a.entitled, "api", "--port", str(a.port), "--log-level", "warning"]
+                    cmd += ["--workers", str(a.workers)] if a.workers > 1 else []
                     a.proc = stack.enter_context(process(cmd, env, workdir / f"{a.name}.log"))
                 for a in apis:
                     common.wait_http(f"http://127.0.0.1:{a.port}/readyz", a.proc, a.entitled)
@@ -764,6 +777,7 @@ class Api:
 
     name: str
     entitled: str
+    workers: int = 1
     port: int = dataclasses.field(default_factory=free_port)
     proc: subprocess.Popen[Any] | None = None
     seen: set[str] = dataclasses.field(default_factory=set)  # q's asked of it so far
@@ -809,6 +823,7 @@ class Api:
         every = sum(per.values())
         run.extra.update(
             tree=_describe(Path(self.entitled).parent.parent.parent),
+            workers=self.workers,
             read_model_hit_share=round(searched["hit"] / total, 3),
             # answered from memory with no database round trip (the model current)
             read_model_memory_only_share=round((searched["hit"] - searched["checked"]) / total, 3),

@@ -168,6 +168,9 @@ class Settings:
     replay_max_loss: float = 0.01
     # the read API's in-memory model: at most this many customers (LRU); 0: off
     read_model_customers: int = 250_000
+    # the read API's worker processes on its one port (api.workers): one Python process
+    # answers on one core at most
+    api_workers: int = 1
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> Settings:
@@ -235,6 +238,7 @@ class Settings:
             read_model_customers=int(
                 e.get("ENTITLED_READ_MODEL_CUSTOMERS") or base.read_model_customers
             ),
+            api_workers=int(e.get("ENTITLED_API_WORKERS") or base.api_workers),
         )
         clean = {k: v for k, v in overrides.items() if v is not None}
         return replace(s, **clean) if clean else s  # type: ignore[arg-type]

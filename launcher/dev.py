@@ -131,10 +131,21 @@ class Options:
     timeout_s: float
     replicas: int = 0
     secure: bool = False
+    api_workers: int | None = None  # None: ENTITLED_API_WORKERS, else 1
+
+
+def _workers(n: int | None) -> list[str]:
+    """`entitled api`'s `--workers`, when given (else it reads ENTITLED_API_WORKERS)."""
+    return [] if n is None else ["--workers", str(n)]
 
 
 def _start_children(
-    settings: Settings, ingest_port: int, api_port: int, children: Children, follower: Follower
+    settings: Settings,
+    ingest_port: int,
+    api_port: int,
+    children: Children,
+    follower: Follower,
+    api_workers: int | None = None,
 ) -> Path:
     """Start ingest, worker, relay, hydrate and api; return the folder of their logs."""
     env = child_environment(settings)
@@ -154,7 +165,7 @@ def _start_children(
         ("relay", ["relay"]),
         # idle without STRIPE_API_KEY: it counts what it would fetch and says so
         ("hydrate", ["hydrate"]),
-        ("api", ["api", "--port", str(api_port)]),
+        ("api", ["api", "--port", str(api_port), *_workers(api_workers)]),
     ):
         child = Child(name, args, logs / f"{name}.log")
         follower.add(child)
@@ -197,7 +208,9 @@ def run(settings: Settings, opts: Options) -> int:
             f"topic {settings.topic}; schema {active}; demo catalogue: "
             + (f"{loaded} movies loaded" if loaded else "kept (the catalogue has movies)")
         )
-        logs = _start_children(settings, ingest_port, api_port, children, follower)
+        logs = _start_children(
+            settings, ingest_port, api_port, children, follower, opts.api_workers
+        )
         pids.write_text(json.dumps({"dev": os.getpid(), "children": children.pids()}) + "\n")
         ingest_url, api_url = f"http://127.0.0.1:{ingest_port}", f"http://127.0.0.1:{api_port}"
         wait_ready({"ingest": ingest_url, "api": api_url}, children, follower, opts.timeout_s)
@@ -274,6 +287,12 @@ def _stop_services(settings: Settings, ours: set[str], code: int) -> int:
 @click.option(
     "--timeout", "timeout_s", default=120.0, show_default=True, help="Seconds to wait for startup."
 )
+@click.option(
+    "--api-workers",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Processes of the api on its port [default: ENTITLED_API_WORKERS, else 1].",
+)
 @replicas_option
 @secure_option
 def dev(
@@ -283,12 +302,23 @@ def dev(
     keep_services: bool,
     wipe: bool,
     timeout_s: float,
+    api_workers: int | None,
     replicas: int,
     secure: bool,
 ) -> None:
     """Run ingest, worker and api locally with demo data, until Ctrl-C."""
     settings = Settings.from_env()
-    opts = Options(ingest_port, api_port, follow, keep_services, wipe, timeout_s, replicas, secure)
+    opts = Options(
+        ingest_port,
+        api_port,
+        follow,
+        keep_services,
+        wipe,
+        timeout_s,
+        replicas,
+        secure,
+        api_workers,
+    )
     try:
         with single_instance(settings.home):
             code = run(settings, opts)
