@@ -20,11 +20,13 @@ timeout of workers and hydrators; unset: the tests' 2 s; 6 is the shipped defaul
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import itertools
 import json
 import os
 import signal
+import subprocess
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -105,12 +107,14 @@ class Run:
         victim = _copies(s, kind)[0]
         if kind == "relay":
             victim = _leader(s) or victim
-        before = checkpoints(s.settings)
         survivors = [p for p in _copies(s, kind) if p is not victim]
         url = s.probe_urls.get(id(victim), "")
         t = time.monotonic()
         victim.kill()
         self.dead_urls[url] = t
+        # read once the victim is dead: its last batches moved its partitions too, and read
+        # before the kill they passed for a failover (0.03 s figures)
+        before = checkpoints(s.settings) if kind == "worker" else {}
         measuring = time.monotonic()
         taken = self._until_taken_over(kind, before, survivors, t)
         self.failover[kind] = None if taken is None else round(taken + measuring - t, 2)
@@ -145,11 +149,15 @@ class Run:
         if kind == "relay":
             victim = _leader(s) or victim
         survivors = [p for p in _copies(s, kind) if p is not victim]
-        before = checkpoints(s.settings)
         url = s.probe_urls.get(id(victim), "")
         assert victim.popen is not None
         t = time.monotonic()
         os.killpg(victim.popen.pid, signal.SIGTERM)
+        before: dict[int, int] = {}
+        if kind == "worker":  # its drain commits the batch in flight: not a handover
+            with contextlib.suppress(subprocess.TimeoutExpired):  # the exit code says
+                victim.wait(10)
+            before = checkpoints(s.settings)
         drained = None
         if kind in ("ingest", "api"):  # the others stop within a moment of their 503
             # a load balancer takes a copy out of rotation once its /readyz fails
