@@ -20,13 +20,11 @@ timeout of workers and hydrators; unset: the tests' 2 s; 6 is the shipped defaul
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import itertools
 import json
 import os
 import signal
-import subprocess
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -154,9 +152,17 @@ class Run:
         t = time.monotonic()
         os.killpg(victim.popen.pid, signal.SIGTERM)
         before: dict[int, int] = {}
-        if kind == "worker":  # its drain commits the batch in flight: not a handover
-            with contextlib.suppress(subprocess.TimeoutExpired):  # the exit code says
-                victim.wait(10)
+        if kind == "worker":
+            # Its drain commits the batch in flight, which is no handover: the checkpoints
+            # are read once the survivor holds every partition (sought to its checkpoint),
+            # and it has taken over once it folds past them.
+            seconds_until(
+                lambda: (
+                    _gauge(s, survivors[0], "entitled_worker_partitions") == s.settings.partitions
+                ),
+                10,
+                step=0.02,
+            )
             before = checkpoints(s.settings)
         drained = None
         if kind in ("ingest", "api"):  # the others stop within a moment of their 503
