@@ -758,17 +758,26 @@ def main() -> None:
     print(f"wrote {args.out}")
 
 
-def postgres_cpu(postmaster: int | None) -> float:
-    """CPU seconds of the postmaster, its reaped children and its live ones (the pooled
-    backends that answer the API's searches)."""
+def postgres_cpu(postmaster: int | None) -> dict[int, float]:
+    """CPU seconds of the postmaster and of each of its live children (the pooled backends
+    that answer the API's searches), by pid."""
     if postmaster is None:
-        return float("nan")
+        return {}
     children = Path(f"/proc/{postmaster}/task/{postmaster}/children")
     try:
-        pids = [int(p) for p in children.read_text().split()]
+        pids = [postmaster, *(int(p) for p in children.read_text().split())]
     except OSError:
+        return {}
+    return {p: common.cpu_of(p) for p in pids}
+
+
+def postgres_spent(before: dict[int, float], after: dict[int, float]) -> float:
+    """The CPU Postgres spent between two `postgres_cpu`, counting the processes alive at
+    the end only: the backends of the raw slice before, exiting meanwhile, are not this
+    slice's (the postmaster's reaped-children time would count them)."""
+    if not after:
         return float("nan")
-    return common.cpu_with_children(postmaster) + sum(common.cpu_of(p) for p in pids)
+    return sum(cpu - before.get(pid, 0.0) for pid, cpu in after.items())
 
 
 @dataclasses.dataclass
@@ -788,13 +797,9 @@ class Api:
     model0: dict[str, float] = dataclasses.field(default_factory=dict)
     model1: dict[str, float] = dataclasses.field(default_factory=dict)
 
-    def _cpu(self, postmaster: int | None) -> dict[str, float]:
+    def _cpu(self, postmaster: int | None) -> tuple[float, float, dict[int, float]]:
         assert self.proc is not None
-        return {
-            "api": cpu_seconds(self.proc.pid),
-            "client": time.process_time(),
-            "postgres": postgres_cpu(postmaster),
-        }
+        return cpu_seconds(self.proc.pid), time.process_time(), postgres_cpu(postmaster)
 
     def measure(
         self,
@@ -809,8 +814,9 @@ class Api:
             asyncio.run(run_http(self.port, paths, concurrency, seconds, keys=keys, seen=self.seen))
         )
         after = self._cpu(postmaster)
-        for k in self.cpu:
-            self.cpu[k] += after[k] - before[k]
+        self.cpu["api"] += after[0] - before[0]
+        self.cpu["client"] += after[1] - before[1]
+        self.cpu["postgres"] += postgres_spent(before[2], after[2])
 
     def result(self) -> Run:
         run = merge(self.name, self.slices)
