@@ -137,7 +137,7 @@ class Settings:
     # at most this many subscribers of a product whose grants changed are recomputed in one
     # transaction; more are queued and recomputed in transactions of this size (0: no bound)
     regroup_chunk: int = 2000
-    batch_within_s: float = 0.05
+    batch_within_s: float = 0.0
     consumer_group: str = "entitled-worker"
     # the worker's Kafka group instance id (static membership: docs/operations.md); unique
     # per running copy; empty: `<host name>-<n>`, the lowest n no running copy holds
@@ -218,6 +218,7 @@ class Settings:
             drift_grace_s=float(e.get("ENTITLED_DRIFT_GRACE_S") or base.drift_grace_s),
             features_every_s=float(e.get("ENTITLED_FEATURES_EVERY_S") or base.features_every_s),
             batch_size=int(e.get("ENTITLED_BATCH_SIZE") or base.batch_size),
+            batch_within_s=float(e.get("ENTITLED_BATCH_WITHIN_S") or base.batch_within_s),
             regroup_chunk=int(e.get("ENTITLED_REGROUP_CHUNK") or base.regroup_chunk),
             consumer_group=e.get("ENTITLED_CONSUMER_GROUP") or base.consumer_group,
             worker_id=e.get("ENTITLED_WORKER_ID") or "",

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any
+from typing import Any, cast
 
 import faust
 from faust.exceptions import ConsumerNotStarted
@@ -29,7 +29,7 @@ from .membership import Membership
 from .opening import open_events
 from .pool import make_pool
 from .runner import BatchRunner
-from .transport import Transport
+from .transport import BulkConsumer, Feed, Transport
 
 __all__ = ["create_app"]
 
@@ -71,7 +71,8 @@ def _faust_app(settings: Settings, instance_id: str | None = None) -> faust.App:
         # heartbeat, so only a hung member meets it.
         broker_rebalance_timeout=max(10.0, settings.kafka_session_timeout_s),
     )
-    app.transport = Transport(app.conf.broker_consumer, app)  # a short fetch wait: see there
+    # a short fetch wait, and the event topic's records handed over in bulk: see there
+    app.transport = Transport(app.conf.broker_consumer, app)
     return app
 
 
@@ -98,13 +99,18 @@ def create_app(
     async def seek(partition: int, offset: int) -> None:
         await seek_many({partition: offset})
 
+    # The agent subscribes the topic (Faust assigns its partitions); its records come in
+    # bulk from the transport's feed, not one by one through the stream (transport.py).
+    feed = Feed(limit=max(4 * settings.batch_size, 2_000))
+    cast(Transport, app.transport).bulk[settings.topic] = feed
+
     @app.agent(topic, name="fold")
     async def fold(stream: faust.StreamT[bytes]) -> None:
-        # take_events is missing from Faust's type stubs
-        take = stream.take_events  # type: ignore[attr-defined]
-        async for events in take(settings.batch_size, within=settings.batch_within_s):
-            batch = await open_events(keyring, events)
+        while True:
+            records = await feed.take(settings.batch_size, settings.batch_within_s)
+            batch = await open_events(keyring, records)
             await runner.handle(batch, seek)
+            cast(BulkConsumer, app.consumer).ack_records(records)
 
     # Partitions assigned but not yet moved to their Postgres checkpoints. The seek is made
     # once Faust has finished the rebalance, not in the assignment callback: Faust's
@@ -127,6 +133,7 @@ def create_app(
         pending.clear()  # a rebalance replaces the whole assignment
         pending.update(tp.partition for tp in assigned if tp.topic == settings.topic)
         runner.expected.hold(pending)  # nothing of them is folded before their seek
+        feed.clear()  # fetched for the old assignment; each partition is sought again
         assigned_at[0] = time.monotonic()
         early[0] = asyncio.ensure_future(_read_points(runner, sorted(pending)))
         to_resume.set()

@@ -70,21 +70,21 @@ async def patiently(
         delay = min(delay * 2, max_backoff_s)
 
 
-async def open_events(keyring: Keyring, events: Iterable[Any]) -> list[Message]:
-    """A batch of the Faust agent's events (`faust.Event`) as messages, each opened
-    patiently: the worker's edge."""
+async def open_events(keyring: Keyring, records: Iterable[Any]) -> list[Message]:
+    """A batch of the agent's records (aiokafka `ConsumerRecord`s, from the transport's
+    feed) as messages, each opened patiently: the worker's edge."""
     return [
         await patiently(
             functools.partial(
                 open_message,
                 keyring,
-                e.message.partition,
-                e.message.offset,
-                e.message.key,
-                e.value,
-                e.message.headers,
-                received_at(e.message.headers),
+                r.partition,
+                r.offset,
+                r.key,
+                r.value,
+                r.headers,
+                received_at(r.headers),
             )
         )
-        for e in events
+        for r in records
     ]
