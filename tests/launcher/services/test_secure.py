@@ -22,6 +22,7 @@ from urllib.parse import urlsplit, urlunsplit
 import psycopg
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.client import AIOKafkaClient
 from psycopg import sql
 
 from entitled.kafka import KafkaAccessError, client_options, probe
@@ -31,6 +32,7 @@ from launcher import services as svc
 from launcher.services import kafka, tls
 from launcher.services._process import load_state, run_async
 from launcher.stripe import events as se
+from processors.membership import remove_member
 from tests.launcher.test_dev import api_base, can_watch, dev_environment, post_signed, running
 from tests.support.db import caught_up, entitlements
 from tests.support.keys import MASTER_KEY
@@ -219,6 +221,9 @@ def test_every_process_works_over_sasl_ssl_and_tls(
         wait_until(lambda: _groups(system.api_url, "cus_sec") == ["action"], 60, "the api", procs)
         # the relay published the change to Kafka over SASL_SSL
         wait_until(lambda: "cus_sec" in _changes(s), 60, "the relayed change", procs)
+        # a worker's removal of a dead copy (LeaveGroup v3) goes through too: the broker
+        # answers for the member, which it does not know (25, UNKNOWN_MEMBER_ID)
+        assert run_async(lambda: _remove_nobody(s)) == 25
 
         _run(secure, "backfill", "--lists", "products", "--rps", "200", **stripe)
         _run(secure, "reconcile", "--rps", "200", **stripe)
@@ -232,6 +237,15 @@ def test_every_process_works_over_sasl_ssl_and_tls(
     finally:
         procs.stop_all()
         print(procs.report())
+
+
+async def _remove_nobody(settings: Settings) -> int:
+    client = AIOKafkaClient(**client_options(settings))
+    await client.bootstrap()
+    try:
+        return await remove_member(client, settings.consumer_group, "nobody", "nobody")
+    finally:
+        await client.close()
 
 
 def _groups(api: str, customer: str) -> list[str] | None:
