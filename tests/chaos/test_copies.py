@@ -40,7 +40,7 @@ from launcher.services._process import run_async
 from launcher.workload import Workload
 from tests.support.audit import audit
 from tests.support.db import caught_up
-from tests.support.failover import checkpoints, folding_again
+from tests.support.failover import folding_again, worker_failover
 from tests.support.kafka import read_topic
 from tests.support.load import Poster, SearchLoop
 from tests.support.polling import get, metric, seconds_until, wait_until
@@ -110,21 +110,20 @@ class Run:
         t = time.monotonic()
         victim.kill()
         self.dead_urls[url] = t
-        # read once the victim is dead: its last batches moved its partitions too, and read
-        # before the kill they passed for a failover (0.03 s figures)
-        before = checkpoints(s.settings) if kind == "worker" else {}
-        measuring = time.monotonic()
-        taken = self._until_taken_over(kind, before, survivors, t)
-        self.failover[kind] = None if taken is None else round(taken + measuring - t, 2)
+        if kind == "worker":
+            self.failover[kind] = worker_failover(s.settings, lambda: self._held(survivors), t)
+        else:
+            measuring = time.monotonic()
+            taken = self._until_taken_over(kind, survivors, t)
+            self.failover[kind] = None if taken is None else round(taken + measuring - t, 2)
         if kind == "api":
             self.searches.drop(url)
 
-    def _until_taken_over(
-        self, kind: str, before: dict[int, int], survivors: list[Proc], t: float
-    ) -> float | None:
+    def _held(self, survivors: list[Proc]) -> float:
+        return sum(_gauge(self.system, w, "entitled_worker_partitions") or 0 for w in survivors)
+
+    def _until_taken_over(self, kind: str, survivors: list[Proc], t: float) -> float | None:
         s = self.system
-        if kind == "worker":
-            return seconds_until(lambda: folding_again(s.settings, before), 60)
         if kind == "relay":
             return seconds_until(lambda: _leader(s) in survivors, 60)
         if kind == "hydrator":
@@ -151,19 +150,8 @@ class Run:
         assert victim.popen is not None
         t = time.monotonic()
         os.killpg(victim.popen.pid, signal.SIGTERM)
-        before: dict[int, int] = {}
-        if kind == "worker":
-            # Its drain commits the batch in flight, which is no handover: the checkpoints
-            # are read once the survivor holds every partition (sought to its checkpoint),
-            # and it has taken over once it folds past them.
-            seconds_until(
-                lambda: (
-                    _gauge(s, survivors[0], "entitled_worker_partitions") == s.settings.partitions
-                ),
-                10,
-                step=0.02,
-            )
-            before = checkpoints(s.settings)
+        if kind == "worker":  # its drain's last commit is no hand-over: `worker_failover`
+            self.handover[kind] = worker_failover(s.settings, lambda: self._held(survivors), t)
         drained = None
         if kind in ("ingest", "api"):  # the others stop within a moment of their 503
             # a load balancer takes a copy out of rotation once its /readyz fails
@@ -173,10 +161,11 @@ class Run:
         self.dead_urls[url] = t + (drained or 0.0)
         if kind == "api":
             self.searches.drop(url)
-        measuring = time.monotonic()
-        taken = self._until_taken_over(kind, before, survivors, t)
-        # from the signal on, not from the end of the readiness poll
-        self.handover[kind] = None if taken is None else round(taken + measuring - t, 2)
+        if kind != "worker":
+            measuring = time.monotonic()
+            taken = self._until_taken_over(kind, survivors, t)
+            # from the signal on, not from the end of the readiness poll
+            self.handover[kind] = None if taken is None else round(taken + measuring - t, 2)
         try:
             self.exit_codes[kind] = victim.wait(max(0.1, 10 - (time.monotonic() - t)))
         except Exception:
