@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 
 _MEASURE_EVERY_S = 15.0  # a scrape more often than this reuses the last count
 _COUNT_CAP = 100_000
+_SCRAPE_WAIT_S = 1.0  # the longest a scrape waits for a connection to count the drift
 
 
 async def drifting(request: Request) -> Response:
@@ -68,7 +69,9 @@ async def measure(request: Request) -> None:
     settings = state.settings
 
     async def read(target: Target) -> int:
-        async with target.connection() as conn:
+        # not the primary's 5 s wait for a connection: a scrape answers at once while the
+        # primary is down (the gauge keeps its last value), not after the scraper gave up
+        async with target.pool.connection(timeout=_SCRAPE_WAIT_S) as conn:
             found = await drift.drifting(
                 conn,
                 statuses=tuple(settings.entitling_statuses),

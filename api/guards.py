@@ -16,11 +16,11 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from api.errors import Forbidden, Unauthorized
+from api.errors import APIError, Forbidden, Unauthorized
 from entitled import tokens
 from entitled.settings import Settings
 
-__all__ = ["ContentTypeGuard", "HostGuard", "authorized", "host_name"]
+__all__ = ["ContentTypeGuard", "HostGuard", "authorized", "header", "host_name", "refusal"]
 
 Endpoint = Callable[[Request], Awaitable[Response]]
 
@@ -37,20 +37,37 @@ def authorized(
 
     async def guarded(request: Request) -> Response:
         settings: Settings = request.app.state.settings
-        wanted = tokens.accepted(settings, level)
-        if wanted:
-            given = tokens.bearer(request.headers.get("authorization"))
-            if given is None and query_token:
-                given = request.query_params.get("token")
-            if not tokens.matches(given, wanted):
-                if tokens.matches(given, tokens.accepted(settings, "read")):
-                    raise Forbidden("this needs the admin token (ENTITLED_ADMIN_TOKEN)")
-                raise Unauthorized("a valid bearer token is required")
+        refused = refusal(
+            settings,
+            level,
+            request.headers.get("authorization"),
+            request.query_params.get("token") if query_token else None,
+        )
+        if refused is not None:
+            raise refused
         return await endpoint(request)
 
     guarded.__name__ = endpoint.__name__
     guarded.level = level  # type: ignore[attr-defined]  # read by the OpenAPI test
     return guarded
+
+
+def refusal(
+    settings: Settings, level: tokens.Level, authorization: str | None, query_token: str | None
+) -> APIError | None:
+    """Why a request with this `Authorization` header (and `?token=`, where a route takes
+    one) may not reach a route of `level`; None: it may."""
+    wanted = tokens.accepted(settings, level)
+    if not wanted:
+        return None
+    given = tokens.bearer(authorization)
+    if given is None:
+        given = query_token
+    if tokens.matches(given, wanted):
+        return None
+    if tokens.matches(given, tokens.accepted(settings, "read")):
+        return Forbidden("this needs the admin token (ENTITLED_ADMIN_TOKEN)")
+    return Unauthorized("a valid bearer token is required")
 
 
 def host_name(host_header: str) -> str:
@@ -85,7 +102,8 @@ async def _refuse(send: Send, status: int, message: str) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
-def _header(scope: Scope, name: bytes) -> str:
+def header(scope: Scope, name: bytes) -> str:
+    """A request header's value from the ASGI scope ("" when absent)."""
     for key, value in scope["headers"]:
         if key.lower() == name:
             return str(value.decode("latin-1"))
@@ -102,7 +120,7 @@ class HostGuard:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["path"] not in OPEN_PATHS:
-            name = host_name(_header(scope, b"host"))
+            name = host_name(header(scope, b"host"))
             if not _allowed(name, self.allowed):
                 await _refuse(
                     send, 421, "this host name is not served here (see ENTITLED_ALLOWED_HOSTS)"
@@ -119,7 +137,7 @@ class ContentTypeGuard:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] in STATE_CHANGING:
-            media = _header(scope, b"content-type").partition(";")[0].strip().lower()
+            media = header(scope, b"content-type").partition(";")[0].strip().lower()
             if media != "application/json":
                 await _refuse(
                     send, 415, "state-changing requests need Content-Type: application/json"
