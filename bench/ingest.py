@@ -13,6 +13,20 @@ the latency goal. Figures are printed and written to `bench/results/ingest.json`
 
     .venv/bin/python bench/ingest.py [--seconds 8] [--connections 64] [--rounds 3]
 
+`--subjects N` measures the encryption by what the data key of each webhook's customer
+costs (bare, plain and ingest side by side, each round a new server process of each):
+  * `new`  - N customers never seen: each webhook makes and writes a key first;
+  * `cold` - N customers whose keys are in the keys topic (written before the rounds) but
+             not yet used by this process: each webhook unwraps a key;
+  * `warm` - 500 customers this process has just sealed for (touched once before), N
+             webhooks: the key is in the cache.
+Each phase sends N webhooks at a fixed rate (`--subjects-rate`, an open loop: both servers
+take the same load) after 500 of its kind as warm-up; the server's CPU time per webhook
+(read from /proc around the N) is the figure to compare on a shared machine, latency from
+each webhook's due time beside it. Written to `bench/results/ingest_subjects.json`.
+
+    .venv/bin/python bench/ingest.py --subjects 4000 [--rounds 3] [--subjects-rate 600]
+
 Uses KAFKA_BOOTSTRAP_SERVERS when set, else starts the local services in a temp home.
 """
 
@@ -88,9 +102,10 @@ def _serve(kind: str, port: int, settings: Any) -> None:
 
 class _Events:
     """Distinct signed subscription events built from one template (id and customer vary),
-    so the client spends its time sending, not deep-copying fixtures."""
+    so the client spends its time sending, not deep-copying fixtures. `customer(i)` names
+    the customer of event i (default: one of 50,000)."""
 
-    def __init__(self, prefix: bytes) -> None:
+    def __init__(self, prefix: bytes, customer: Any = None) -> None:
         from launcher.stripe import events as se
 
         sub = se.subscription(
@@ -100,11 +115,12 @@ class _Events:
         self._template = se.encode(evt)
         self._prefix = prefix
         self._sign = se.sign_header
+        self._customer = customer or (lambda i: b"cus_bench%05d" % (i % 50_000))
 
     def __getitem__(self, i: int) -> tuple[bytes, dict[str, str]]:
         body = self._template.replace(
             b"evt_BENCHXXXXXXXXXX", b"evt_%s%010d" % (self._prefix, i)
-        ).replace(b"cus_BENCHXXXXXX", b"cus_bench%05d" % (i % 50_000))
+        ).replace(b"cus_BENCHXXXXXX", self._customer(i))
         headers = {"Stripe-Signature": self._sign(body, SECRET), "Content-Type": "application/json"}
         return body, headers
 
@@ -192,6 +208,171 @@ async def _fixed_rate(url: str, rate: float, seconds: float, warmup: float = 2.0
     }
 
 
+WARMUP = 500  # webhooks before each measured phase; also the number of `warm` customers
+PHASES = ("new", "cold", "warm")
+
+
+def _phase_customer(phase: str, round_: int, i: int) -> bytes:
+    """The customer of webhook i of a phase: `new` and `cold` name a customer per webhook
+    (`cold` ones have keys written before the rounds: `_seed_cold`), `warm` one of WARMUP."""
+    if phase == "warm":
+        return b"cus_r%dw%05d" % (round_, i % WARMUP)
+    return b"cus_r%d%s%06d" % (round_, phase[0].encode(), i)
+
+
+async def _count_loop(
+    url: str, events: _Events, indices: range, rate: float
+) -> tuple[list[float], dict[int, int]]:
+    """An open loop over `indices` (each webhook once): webhook i is due at start + i/rate,
+    and its latency counts from then. Both servers of a comparison then take the same load
+    and batch alike: in a closed loop the slower one gets fewer webhooks at a time, so
+    fewer per produce request, and its CPU per webhook grows for that reason alone."""
+    import aiohttp
+
+    latencies: list[float] = []
+    statuses: dict[int, int] = {}
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=256)) as session:
+
+        async def one(n: int, i: int) -> None:
+            due = start + n / rate
+            await asyncio.sleep(max(0.0, due - time.perf_counter()))
+            body, headers = events[i]
+            async with session.post(url, data=body, headers=headers) as r:
+                await r.read()
+            statuses[r.status] = statuses.get(r.status, 0) + 1
+            if r.status == 200:
+                latencies.append(time.perf_counter() - due)
+
+        start = time.perf_counter() + 0.1
+        await asyncio.gather(*(one(n, i) for n, i in enumerate(indices)))
+    return latencies, statuses
+
+
+async def _phases(
+    kind: str, url: str, server_pid: int, args: dict[str, Any]
+) -> dict[str, dict[str, Any]]:
+    """The `new`, `cold`, `warm` phases against one server (see the module doc)."""
+    n, round_, rate = args["subjects"], args["round"], args["subjects_rate"]
+    results: dict[str, dict[str, Any]] = {}
+    for phase in PHASES:
+        events = _Events(
+            b"%s%d%s" % (kind.encode()[:2], round_, phase.encode()[:2]),
+            lambda i, phase=phase: _phase_customer(phase, round_, i),
+        )
+        # warm-up: other customers of the same kind (warm: the very customers measured)
+        first = range(WARMUP) if phase == "warm" else range(n, n + WARMUP)
+        await _count_loop(url, events, first, rate)
+        measured = range(WARMUP, WARMUP + n) if phase == "warm" else range(n)
+        cpu, started = _cpu_seconds(server_pid), time.perf_counter()
+        latencies, statuses = await _count_loop(url, events, measured, rate)
+        wall, cpu = time.perf_counter() - started, _cpu_seconds(server_pid) - cpu
+        results[phase] = {
+            "requests": n,
+            "statuses": {str(k): v for k, v in statuses.items()},
+            "server_cpu_us_per_request": round(cpu / n * 1e6, 1),
+            "events_per_s": round(len(latencies) / wall, 1),
+            **common.percentiles(latencies, digits=2),
+        }
+    return results
+
+
+def _subjects_client(
+    kind: str, url: str, server_pid: int, args: dict[str, Any], queue: Any
+) -> None:
+    """Load-generator process of `--subjects`."""
+    queue.put(asyncio.run(_phases(kind, url, server_pid, args)))
+
+
+async def _seed_cold(settings: Any, rounds: int, n: int) -> None:
+    """Keys for every `cold` customer of every round, written before the rounds (by a
+    keyring of this process: the servers have never used them)."""
+    from entitled.keyring import Keyring
+
+    async with Keyring(settings) as keyring:
+        for round_ in range(rounds):
+            subjects = [_phase_customer("cold", round_, i).decode() for i in range(n + WARMUP)]
+            for at in range(0, len(subjects), 2000):
+                await asyncio.gather(*(keyring.seal(s, b"") for s in subjects[at : at + 2000]))
+
+
+def _run_subjects(kind: str, settings: Any, args: dict[str, Any]) -> dict[str, Any]:
+    ctx = mp.get_context("spawn")
+    port = _free_port()
+    server = ctx.Process(target=_serve, args=(kind, port, settings), daemon=True)
+    server.start()
+    try:
+        _wait_healthy(port, server)
+        queue = ctx.Queue()
+        client = ctx.Process(
+            target=_subjects_client,
+            args=(kind, f"http://127.0.0.1:{port}/webhooks/stripe", server.pid, args, queue),
+        )
+        client.start()
+        result: dict[str, Any] = queue.get(timeout=900)
+        client.join(timeout=30)
+        return result
+    finally:
+        server.terminate()
+        server.join(timeout=30)
+
+
+def _subjects_main(args: dict[str, Any], settings: Any) -> None:
+    kinds = ("bare", "plain", "ingest")
+    rounds: dict[str, list[dict[str, Any]]] = {kind: [] for kind in kinds}
+    asyncio.run(_seed_cold(settings, args["rounds"], args["subjects"]))
+    for n in range(args["rounds"]):
+        # alternate the order: the later server of a round meets a busier broker
+        for kind in kinds if n % 2 == 0 else tuple(reversed(kinds)):
+            print(f"round {n + 1}/{args['rounds']}: {kind} ...", flush=True)
+            load_before = os.getloadavg()[0]
+            result = _run_subjects(kind, settings, {**args, "round": n})
+            result["load_avg_1m_before"] = round(load_before, 2)
+            rounds[kind].append(result)
+            print(json.dumps(result), flush=True)
+
+    def ratios(top: str, bottom: str, what: str) -> dict[str, list[float]]:
+        return {
+            phase: [
+                round(t[phase][what] / b[phase][what], 3)
+                for t, b in zip(rounds[top], rounds[bottom], strict=True)
+            ]
+            for phase in PHASES
+        }
+
+    sealed_cpu = ratios("ingest", "plain", "server_cpu_us_per_request")
+    sealed_p50 = ratios("ingest", "plain", "p50_ms")
+    bare_cpu = ratios("bare", "plain", "server_cpu_us_per_request")
+    report = {
+        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "machine": common.machine(),
+        "args": args,
+        # server CPU per webhook, encrypted / not (1.0: encryption costs nothing; <= 1.10)
+        "sealed_to_plain_cpu": {p: statistics.median(r) for p, r in sealed_cpu.items()},
+        "sealed_to_plain_cpu_per_round": sealed_cpu,
+        "sealed_to_plain_p50_latency_per_round": sealed_p50,
+        # bare Starlette's CPU per request over the real app's without encryption
+        "bare_to_plain_cpu_per_round": bare_cpu,
+        "rounds": rounds,
+    }
+    out = RESULTS.parent / "ingest_subjects.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    loads = [r["load_avg_1m_before"] for r in rounds["ingest"]]
+    print(f"server CPU us per webhook, per round (load before ingest's: {loads}):")
+    print(f"{'':8}" + "".join(f"{p:>24}" for p in PHASES))
+    for kind in kinds:
+        cells = [
+            ", ".join(str(r[p]["server_cpu_us_per_request"]) for r in rounds[kind]) for p in PHASES
+        ]
+        print(f"{kind:8}" + "".join(f"{c:>24}" for c in cells))
+    for phase in PHASES:
+        print(
+            f"{phase:5} ingest/plain CPU {report['sealed_to_plain_cpu'][phase]:.3f}"
+            f" (per round {sealed_cpu[phase]}); p50 latency {sealed_p50[phase]}"
+        )
+    print(f"written {out}")
+
+
 def _client(kind: str, url: str, args: dict[str, Any], queue: Any) -> None:
     """Load-generator process."""
     # The fixed rate first: measured after a saturating run, it would time the broker's
@@ -274,6 +455,15 @@ def main() -> None:
     parser.add_argument(
         "--no-plain", action="store_true", help="skip the ingest without encryption"
     )
+    parser.add_argument(
+        "--subjects-rate", type=float, default=600.0, help="webhooks/s of a --subjects phase"
+    )
+    parser.add_argument(
+        "--subjects",
+        type=int,
+        default=0,
+        help="measure new/cold/warm data keys, N webhooks a phase (see the module doc)",
+    )
     args = vars(parser.parse_args())
     kinds = ("bare", "ingest") if args["no_plain"] else ("bare", "plain", "ingest")
 
@@ -300,6 +490,15 @@ def main() -> None:
         master_key=new_master_key(),
         keys_topic=f"{topic}.keys",
     )
+    if args["subjects"]:
+        try:
+            asyncio.run(ensure_event_topic(settings))
+            _subjects_main(args, settings)
+        finally:
+            if temp_home is not None:
+                services.down(settings, wipe=True)
+                shutil.rmtree(temp_home, ignore_errors=True)
+        return
     try:
         asyncio.run(ensure_event_topic(settings))
         rounds: dict[str, list[dict[str, Any]]] = {kind: [] for kind in kinds}

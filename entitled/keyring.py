@@ -30,7 +30,7 @@ import contextlib
 import logging
 import secrets
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -54,10 +54,12 @@ from entitled.topics import TopicError, ensure_topic
 __all__ = [
     "CHECK_KEY",
     "ERASED_KEY",
+    "KeyWriter",
     "Keyring",
     "Opened",
     "key_records",
     "keys_topic_configs",
+    "write_records",
 ]
 
 log = logging.getLogger(__name__)
@@ -66,6 +68,11 @@ CHECK_KEY = b"entitled.key-check"
 _CHECK_PLAIN = b"entitled: this master key wraps the data keys"
 ERASED_KEY = b"entitled.erased"
 _MARKERS = (CHECK_KEY, ERASED_KEY)
+
+Record = tuple[bytes, bytes | None]  # record key, value (None: a tombstone)
+# Writes records to partition 0 of a topic, in order, and returns once all are acknowledged
+# (acks=all): `write_records` through some producer.
+KeyWriter = Callable[[str, Sequence[Record]], Awaitable[None]]
 
 
 def keys_topic_configs(settings: Settings) -> dict[str, str]:
@@ -120,6 +127,14 @@ class Keyring:
         self._write_lock = asyncio.Lock()
         self._making: dict[str, asyncio.Future[str]] = {}
         self._follower: asyncio.Task[None] | None = None
+        self._writer: KeyWriter = self._write_own
+        self._pending: _Pending | None = None  # records to write in the next batch
+        self._flushing: asyncio.Task[None] | None = None  # writing batches (`_flush`)
+
+    def write_through(self, writer: KeyWriter | None) -> None:
+        """Write the key records through `writer` (the event producer's: see `_send`), or
+        through a producer of the keyring's own (None)."""
+        self._writer = writer or self._write_own
 
     # -- life cycle ---------------------------------------------------------------------------
 
@@ -167,6 +182,8 @@ class Keyring:
             self._follower = None
         consumer, self._consumer = self._consumer, None
         probe, self._probe = self._probe, None
+        if self._flushing is not None:  # what was asked for before the stop goes out
+            await asyncio.gather(self._flushing, return_exceptions=True)
         producer, self._producer = self._producer, None
         if consumer is not None:
             await consumer.stop()
@@ -378,6 +395,47 @@ class Keyring:
         return done
 
     async def _send(self, key: bytes, value: bytes | None) -> None:
+        """Write one record and wait for its ack (acks=all).
+
+        Records go out together, one record batch with one future (`_flush`): those asked
+        for while a batch is on its way wait for it and then all go in the next one, as
+        aiokafka's own `send` gathers records behind a partition's request in flight (an
+        idempotent producer sends one batch per partition per round trip). A key then costs
+        an append to that batch instead of a `send` of its own with its future, shield and
+        wake-ups: that per-record path cost a new subject's webhook about as much again as
+        the event's own write (docs/erasure.md, "What encryption costs"). In order: a
+        batch keeps its records' order, and goes out after the one before it is acked."""
+        pending = self._pending
+        if pending is None:
+            pending = self._pending = _Pending([], asyncio.get_running_loop().create_future())
+            if self._flushing is None:
+                # runs once this loop iteration ends: the records asked for meanwhile join
+                self._flushing = asyncio.create_task(self._flush())
+        pending.records.append((key, value))
+        await asyncio.shield(pending.done)
+
+    async def _flush(self) -> None:
+        try:
+            while (pending := self._pending) is not None:
+                self._pending = None
+                try:
+                    await self._writer(self.topic, pending.records)
+                except asyncio.CancelledError:
+                    pending.done.cancel()
+                    raise
+                except BaseException as exc:
+                    pending.done.set_exception(exc)
+                    pending.done.exception()  # retrieved: every waiter may have gone
+                else:
+                    pending.done.set_result(None)
+        finally:
+            self._flushing = None
+            if self._pending is not None:  # cancelled (stop): nobody will write these
+                self._pending.done.cancel()
+                self._pending = None
+
+    async def _write_own(self, topic: str, records: Sequence[Record]) -> None:
+        """The writer of a keyring used without an event producer (forget, rotate)."""
         async with self._write_lock:
             if self._producer is None:
                 producer = AIOKafkaProducer(
@@ -385,15 +443,33 @@ class Keyring:
                     client_id="entitled-keyring",
                     acks="all",
                     enable_idempotence=True,
-                    # A burst of new subjects (a backfill page, a hydrator batch) writes many
-                    # keys at once: with the 16 KiB default every writer past a full batch
-                    # waited and woke on each drain (measured, 3,000 at once: 369 us CPU a
-                    # key; 54 us with this)
-                    max_batch_size=1024 * 1024,
+                    max_batch_size=1024 * 1024,  # the size of a `write_records` batch
                 )
                 await producer.start()
                 self._producer = producer
-        await self._producer.send_and_wait(self.topic, value=value, key=key, partition=0)
+        await write_records(self._producer, topic, records)
+
+
+@dataclass(slots=True)
+class _Pending:
+    records: list[Record]
+    done: asyncio.Future[None]
+
+
+async def write_records(producer: AIOKafkaProducer, topic: str, records: Sequence[Record]) -> None:
+    """`records` to partition 0 of `topic` as few record batches as they fit in, in order;
+    returns once every batch is acknowledged (the producer's acks). A record batch carries
+    one future, not one per record."""
+    acks = []
+    batch = producer.create_batch()
+    for key, value in records:
+        if batch.append(timestamp=None, key=key, value=value) is None:  # full
+            acks.append(await producer.send_batch(batch, topic, partition=0))
+            batch = producer.create_batch()
+            batch.append(timestamp=None, key=key, value=value)  # one always fits
+    acks.append(await producer.send_batch(batch, topic, partition=0))
+    for ack in acks:
+        await ack
 
 
 async def key_records(settings: Settings) -> dict[str, int]:

@@ -18,7 +18,9 @@ this may cause are removed by the fold, which deduplicates by event id.
 Every value is sealed with a data key of its subject (the message key) before it is sent
 (`entitled.keyring`, DESIGN.md "Forgetting a customer"): every writer of the log (webhooks,
 backfill, reconcile, hydrate, refresh, the features mirror) writes through here. A subject's
-first event writes its key (acks=all) first.
+first event writes its key (acks=all) first, through this producer too: one sender loop,
+and under load the keys of some requests ride in one produce request with the events of
+others (a second producer cost a request cycle of its own per key batch).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+from collections.abc import Sequence
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
@@ -33,7 +36,7 @@ from aiokafka.structs import RecordMetadata
 
 from entitled.crypto import CryptoError
 from entitled.kafka import client_options
-from entitled.keyring import Keyring
+from entitled.keyring import Keyring, Record, write_records
 from entitled.settings import Settings
 from ingest.errors import ConfigurationError, LogUnavailable
 
@@ -70,13 +73,18 @@ class EventProducer:
     async def start(self) -> None:
         """Connect to the cluster, fetch metadata for the topic, and read the keyring (a
         wrong master key stops the start: `WrongMasterKey`)."""
-        if self.keyring is not None and self._own_keyring:
+        self._producer = await self._new_producer()
+        if self.keyring is None:
+            return
+        self.keyring.write_through(self._write_keys)
+        if self._own_keyring:
             try:
                 await self.keyring.start(follow=True)
-            except KafkaError as exc:
-                await self.keyring.stop()
-                raise LogUnavailable(f"cannot read the keys: {type(exc).__name__}") from exc
-        self._producer = await self._new_producer()
+            except BaseException as exc:
+                await self.stop()
+                if isinstance(exc, KafkaError):
+                    raise LogUnavailable(f"cannot read the keys: {type(exc).__name__}") from exc
+                raise
 
     async def _new_producer(self) -> AIOKafkaProducer:
         # Built here, not in __init__: aiokafka binds to the running loop, and the app (with
@@ -127,13 +135,26 @@ class EventProducer:
         if producer is not None:
             await producer.stop()
         await asyncio.gather(*self._retired, return_exceptions=True)
-        if self.keyring is not None and self._own_keyring:
-            await self.keyring.stop()
+        if self.keyring is not None:
+            self.keyring.write_through(None)
+            if self._own_keyring:
+                await self.keyring.stop()
 
     def _running(self) -> AIOKafkaProducer:
         if self._producer is None:
             raise LogUnavailable("the Kafka producer is not started")
         return self._producer
+
+    async def _write_keys(self, topic: str, records: Sequence[Record]) -> None:
+        """The keyring's writer (`Keyring.write_through`): key records through this producer,
+        replaced after a failure like any write."""
+        await self._reset_if_needed()
+        producer = self._running()
+        try:
+            await write_records(producer, topic, records)
+        except KafkaError:
+            self._failed(producer)
+            raise
 
     async def publish(
         self, raw: bytes, *, key: str, headers: list[tuple[str, bytes]]
