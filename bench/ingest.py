@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import dataclasses
 import json
 import multiprocessing as mp
@@ -46,6 +47,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -296,24 +298,15 @@ async def _seed_cold(settings: Any, rounds: int, n: int) -> None:
 
 
 def _run_subjects(kind: str, settings: Any, args: dict[str, Any]) -> dict[str, Any]:
-    ctx = mp.get_context("spawn")
-    port = _free_port()
-    server = ctx.Process(target=_serve, args=(kind, port, settings), daemon=True)
-    server.start()
-    try:
-        _wait_healthy(port, server)
-        queue = ctx.Queue()
-        client = ctx.Process(
-            target=_subjects_client,
-            args=(kind, f"http://127.0.0.1:{port}/webhooks/stripe", server.pid, args, queue),
+    with _served(kind, settings) as (url, server):
+        queue = mp.get_context("spawn").Queue()
+        client = mp.get_context("spawn").Process(
+            target=_subjects_client, args=(kind, url, server.pid, args, queue)
         )
         client.start()
         result: dict[str, Any] = queue.get(timeout=900)
         client.join(timeout=30)
         return result
-    finally:
-        server.terminate()
-        server.join(timeout=30)
 
 
 def _subjects_main(args: dict[str, Any], settings: Any) -> None:
@@ -404,18 +397,26 @@ def _cpu_seconds(pid: int | None) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def _run(kind: str, settings: Any, args: dict[str, Any]) -> dict[str, Any]:
+@contextlib.contextmanager
+def _served(kind: str, settings: Any) -> Iterator[tuple[str, Any]]:
+    """A server process of `kind`, healthy: its webhook URL and the process."""
     ctx = mp.get_context("spawn")
     port = _free_port()
     server = ctx.Process(target=_serve, args=(kind, port, settings), daemon=True)
     server.start()
     try:
         _wait_healthy(port, server)
+        yield f"http://127.0.0.1:{port}/webhooks/stripe", server
+    finally:
+        server.terminate()
+        server.join(timeout=30)
+
+
+def _run(kind: str, settings: Any, args: dict[str, Any]) -> dict[str, Any]:
+    with _served(kind, settings) as (url, server):
+        ctx = mp.get_context("spawn")
         queue = ctx.Queue()
-        client = ctx.Process(
-            target=_client,
-            args=(kind, f"http://127.0.0.1:{port}/webhooks/stripe", args, queue),
-        )
+        client = ctx.Process(target=_client, args=(kind, url, args, queue))
         cpu_before = _cpu_seconds(server.pid)
         client.start()
         result: dict[str, Any] = queue.get(timeout=args["seconds"] + args["rate_seconds"] + 300)
@@ -427,9 +428,6 @@ def _run(kind: str, settings: Any, args: dict[str, Any]) -> dict[str, Any]:
         cpu = _cpu_seconds(server.pid) - cpu_before
         result["server_cpu_us_per_request"] = round(cpu / requests * 1e6, 1)
         return result
-    finally:
-        server.terminate()
-        server.join(timeout=30)
 
 
 async def _log_count(settings: Any) -> int:

@@ -18,12 +18,14 @@ raises `UnreadableBody` with a reason a dead letter can show.
 from __future__ import annotations
 
 import json
+import math
 import re
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
 
-__all__ = ["UnreadableBody", "loads"]
+__all__ = ["UnreadableBody", "epoch_seconds", "loads"]
 
 _LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 
@@ -44,6 +46,25 @@ def loads(raw: bytes | str) -> Any:
         raise UnreadableBody("JSON nested too deeply to read") from None
     except (ValueError, TypeError) as exc:
         raise UnreadableBody(f"not JSON: {exc}"[:200]) from None
+
+
+def epoch_seconds(value: Any) -> float | None:
+    """An event's `created` as Unix seconds: a number (snapshot events), an ISO-8601 string
+    (thin notifications; UTC when it names no zone) or a string of digits; None otherwise.
+    The fold orders by it, and forgetting compares it with the time of a forget."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        return float(value) if math.isfinite(value) else None
+    if isinstance(value, str):
+        try:
+            when = datetime.fromisoformat(value)
+        except ValueError:
+            return float(value) if value.isdigit() else None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=UTC)
+        return when.timestamp()
+    return None
 
 
 def _clean(value: Any) -> Any:

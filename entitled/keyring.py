@@ -16,6 +16,14 @@ A record `entitled.key-check`, wrapped like a data key, proves the master key at
 master key that does not open it (or, on an older topic, the first data key) stops the
 process (`WrongMasterKey`) instead of silently reading every event as forgotten.
 
+A record `entitled.forgotten/<subject>` (value: the time T of the forget, Unix seconds; no
+personal data beyond the id, which the erasure record holds too) says that the subject was
+forgotten at T. It is never tombstoned (compaction keeps the latest per subject), so it
+outlives the tombstones: every writer seals an event about that subject created before T
+with a key that is never written (`seal(created=...)`: the event is in the log, unreadable
+from the start), however late the event reaches it, while an event created after T starts
+a new key. The fold's own check is in Postgres (`projections.erasure.screen`).
+
 A record `entitled.erased` (no personal data: the time of the latest forget) says that keys
 were forgotten from this topic. Compaction keeps it (the latest record of its key) after it
 has removed every forgotten key and its tombstone, so a topic left with no data key at all
@@ -54,6 +62,7 @@ from entitled.topics import TopicError, ensure_topic
 __all__ = [
     "CHECK_KEY",
     "ERASED_KEY",
+    "FORGOTTEN_PREFIX",
     "KeyWriter",
     "Keyring",
     "Opened",
@@ -67,6 +76,7 @@ log = logging.getLogger(__name__)
 CHECK_KEY = b"entitled.key-check"
 _CHECK_PLAIN = b"entitled: this master key wraps the data keys"
 ERASED_KEY = b"entitled.erased"
+FORGOTTEN_PREFIX = b"entitled.forgotten/"  # + subject: forgotten at the time in the value
 _MARKERS = (CHECK_KEY, ERASED_KEY)
 
 Record = tuple[bytes, bytes | None]  # record key, value (None: a tombstone)
@@ -115,6 +125,8 @@ class Keyring:
         # key id -> (subject, wrapped key): every live key of the topic
         self.directory: dict[str, tuple[str, bytes]] = {}
         self._newest: dict[str, str] = {}  # subject -> the key id its writer seals with
+        self._forgotten: dict[str, float] = {}  # subject -> when it was last forgotten
+        self.shredded = 0  # events sealed with a key never written (`seal`)
         self._gone_ids: dict[str, None] = {}  # key ids known to be tombstoned (bounded)
         self._check: bytes | None = None
         # No data key, tombstone nor erasure mark in the topic at all: a sealed record whose
@@ -248,6 +260,14 @@ class Keyring:
         if key == ERASED_KEY:  # keys were forgotten here: a missing key is a forgotten one
             self._any_key = True
             return
+        if key.startswith(FORGOTTEN_PREFIX):
+            self._any_key = True
+            subject = key[len(FORGOTTEN_PREFIX) :].decode("utf-8", "replace")
+            try:
+                self._forgotten[subject] = float(value or b"")
+            except ValueError:
+                log.warning("ignored a forget mark that holds no time: %r", key)
+            return
         subject, _, key_id = key.decode("utf-8", "replace").rpartition("/")
         self._any_key = True
         if value is None:
@@ -313,6 +333,11 @@ class Keyring:
         """The key is live as far as this keyring has read (`refresh` first for "now")."""
         return key_id in self.directory
 
+    def forgotten_at(self, subject: str) -> float | None:
+        """When `subject` was last forgotten, as far as this keyring has read (`refresh`
+        first for "now"); None: never."""
+        return self._forgotten.get(subject)
+
     def keys_of(self, subjects: Iterable[str]) -> list[tuple[str, str]]:
         """(subject, key id) of every live key of `subjects`."""
         wanted = set(subjects)
@@ -320,9 +345,22 @@ class Keyring:
 
     # -- writing ------------------------------------------------------------------------------
 
-    async def seal(self, subject: str, raw: bytes) -> tuple[bytes, tuple[str, bytes]]:
+    async def seal(
+        self, subject: str, raw: bytes, *, created: float | None = None
+    ) -> tuple[bytes, tuple[str, bytes]]:
         """`raw` sealed with a data key of `subject` (made and written first if it has
-        none) and the header naming that key."""
+        none) and the header naming that key.
+
+        `created`: when the event came to be (Stripe's `created`; for a snapshot, what it
+        stems from). An event about a subject forgotten after that is sealed with a key that
+        is never written: every reader reads it as forgotten. None: not checked."""
+        if created is not None and self._forgotten:
+            at = self._forgotten.get(subject)
+            if at is not None and created < at:
+                self.shredded += 1
+                never_written = AESGCM(new_data_key())
+                header = (KEY_HEADER, secrets.token_hex(12).encode())
+                return seal_value(never_written, raw), header
         key_id = self._newest.get(subject)
         aead = self._aead(key_id) if key_id is not None else None
         if aead is None or key_id is None:
@@ -366,16 +404,28 @@ class Keyring:
         finally:
             del self._making[subject]
 
-    async def forget(self, subjects: Iterable[str]) -> list[str]:
-        """Tombstone every data key of `subjects` (acks=all), then mark the topic as one
-        keys were forgotten from (`ERASED_KEY`); the ids of the keys tombstoned."""
+    async def forget(self, subjects: Iterable[str], at: float | None = None) -> list[str]:
+        """Mark `subjects` forgotten at `at` (default now), tombstone every data key of them,
+        then mark the topic as one keys were forgotten from (`ERASED_KEY`): one record batch
+        (acks=all), the marks first, so a reader that sees a tombstone knows the mark too.
+        The ids of the keys tombstoned."""
+        at = time.time() if at is None else at
+        wanted = sorted(set(subjects))
         await self.refresh()
-        keys = self.keys_of(subjects)
-        for subject, key_id in keys:
-            await self._send(_record_key(subject, key_id), None)
+        keys = self.keys_of(wanted)
+        stamp = repr(at).encode()
+        await self._send_all(
+            [
+                *((FORGOTTEN_PREFIX + s.encode(), stamp) for s in wanted),
+                *((_record_key(s, k), None) for s, k in keys),
+                (ERASED_KEY, str(int(at)).encode()),
+            ]
+        )
+        for subject in wanted:
+            self._forgotten[subject] = max(at, self._forgotten.get(subject, at))
+        for _, key_id in keys:
             self._forget_locally(key_id)
-        if keys:
-            await self._send(ERASED_KEY, str(int(time.time())).encode())
+        self._any_key = True
         return [key_id for _, key_id in keys]
 
     async def rotate(self) -> int:
@@ -395,7 +445,11 @@ class Keyring:
         return done
 
     async def _send(self, key: bytes, value: bytes | None) -> None:
-        """Write one record and wait for its ack (acks=all).
+        """Write one record and wait for its ack (acks=all) (see `_send_all`)."""
+        await self._send_all([(key, value)])
+
+    async def _send_all(self, records: Sequence[Record]) -> None:
+        """Write `records` (in order) and wait for their ack (acks=all).
 
         Records go out together, one record batch with one future (`_flush`): those asked
         for while a batch is on its way wait for it and then all go in the next one, as
@@ -411,7 +465,7 @@ class Keyring:
             if self._flushing is None:
                 # runs once this loop iteration ends: the records asked for meanwhile join
                 self._flushing = asyncio.create_task(self._flush())
-        pending.records.append((key, value))
+        pending.records.extend(records)
         await asyncio.shield(pending.done)
 
     async def _flush(self) -> None:
@@ -491,7 +545,11 @@ async def key_records(settings: Settings) -> dict[str, int]:
         end = (await consumer.end_offsets([tp]))[tp]
         while await consumer.position(tp) < end:
             for record in (await consumer.getmany(tp, timeout_ms=1000)).get(tp, ()):
-                if record.key is not None and record.key not in _MARKERS:
+                if (
+                    record.key is not None
+                    and record.key not in _MARKERS
+                    and not record.key.startswith(FORGOTTEN_PREFIX)  # a mark, not a key
+                ):
                     name = record.key.decode("utf-8", "replace")
                     present[name] = present.get(name, 0) + (record.value is not None)
         return present

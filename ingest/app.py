@@ -32,7 +32,7 @@ from ingest.errors import (
     LogUnavailable,
     PayloadTooLarge,
 )
-from ingest.keys import event_headers, routing_key
+from ingest.keys import created_at, event_headers, routing_key
 from ingest.metrics import CONTENT_TYPE, IngestMetrics
 from ingest.producer import EventProducer
 from ingest.verify import decode_body, read_signed, verify_signature
@@ -151,6 +151,7 @@ def create_app(settings: Settings, producer: EventProducer | None = None) -> Sta
             raw,
             key=routing_key(event) or _unreadable_key(raw),
             headers=event_headers(event, source="webhook", received_at=received_at),
+            created=created_at(event),  # a retry of an event older than a forget: shredded
         )
         metrics.produce_latency.observe(time.perf_counter() - started)
         if signed.problem is None:

@@ -14,6 +14,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from entitled.bodies import epoch_seconds
+
 SOURCES = ("webhook", "backfill", "reconcile", "hydrate", "refresh")
 NOTIFICATION = "v2.core.event"
 
@@ -60,6 +62,20 @@ def routing_key(event: Mapping[str, Any]) -> str:
     if isinstance(own_id, str) and own_id:
         return own_id
     return str(event.get("id") or "")
+
+
+def created_at(event: Mapping[str, Any]) -> float:
+    """When the event came to be (Stripe's `created`), Unix seconds; 0 when it names no
+    usable time, as the fold reads it (such an event counts as older than any forget)."""
+    return epoch_seconds(event.get("created")) or 0.0
+
+
+def object_created_at(event: Mapping[str, Any]) -> float:
+    """A snapshot event's origin for forgetting: its object's own `created` (a backfill or
+    refresh of an object made before its customer was forgotten stays forgotten, one made
+    after starts a new key), else the event's."""
+    made = epoch_seconds(_object(event).get("created"))
+    return created_at(event) if made is None else made
 
 
 def event_headers(

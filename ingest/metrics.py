@@ -68,3 +68,10 @@ class _LateOutcomes(Collector):
         family.add_metric(["acked"], self._producer.late_acks)
         family.add_metric(["failed"], self._producer.late_failures)
         yield family
+        keyring = self._producer.keyring
+        yield CounterMetricFamily(
+            "entitled_ingest_forgotten_writes",
+            "Events about a forgotten customer created before the forget (a late retry),"
+            " logged sealed with a key that exists nowhere: unreadable from the start.",
+            value=keyring.shredded if keyring is not None else 0,
+        )

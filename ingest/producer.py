@@ -145,6 +145,25 @@ class EventProducer:
             raise LogUnavailable("the Kafka producer is not started")
         return self._producer
 
+    def forgotten(self, key: str, created: float) -> bool:
+        """`key` was forgotten after `created`, as far as the keyring has read
+        (`catch_up` first for "now"): `publish` would seal that event with no key."""
+        at = self.keyring.forgotten_at(key) if self.keyring is not None else None
+        return at is not None and created < at
+
+    async def catch_up(self) -> None:
+        """Read the keys topic to its end as of now, so that every forget made before this
+        call counts for the writes after it (`publish(created=...)`): one ListOffsets, the
+        topic read only if it moved. Writers that read Stripe call it before each batch of
+        writes; ingest relies on the keyring's follower (every `keys_follow_s`) and on the
+        fold's own check for the moment between."""
+        if self.keyring is None:
+            return
+        try:
+            await self.keyring.refresh()
+        except KafkaError as exc:
+            raise LogUnavailable(f"cannot read the keys: {type(exc).__name__}") from exc
+
     async def _write_keys(self, topic: str, records: Sequence[Record]) -> None:
         """The keyring's writer (`Keyring.write_through`): key records through this producer,
         replaced after a failure like any write."""
@@ -157,10 +176,20 @@ class EventProducer:
             raise
 
     async def publish(
-        self, raw: bytes, *, key: str, headers: list[tuple[str, bytes]]
+        self,
+        raw: bytes,
+        *,
+        key: str,
+        headers: list[tuple[str, bytes]],
+        created: float | None = None,
     ) -> tuple[int, int]:
         """Write `raw` (sealed with a data key of `key`: byte for byte once opened) and wait
         for the ack; return (partition, offset).
+
+        `created`: when the event came to be (Stripe's `created`; a snapshot's object or
+        source event). When `key` was forgotten after that, the event is written sealed with
+        a key that exists nowhere: in the log (Stripe gets its 200, reconcile finds the id)
+        but unreadable from the start (`Keyring.seal`). None: not checked.
 
         Raises `LogUnavailable` when Kafka did not acknowledge within the timeout.
         """
@@ -171,7 +200,7 @@ class EventProducer:
             async with asyncio.timeout(self.timeout_s):
                 value = raw
                 if self.keyring is not None:
-                    value, header = await self.keyring.seal(key, raw)
+                    value, header = await self.keyring.seal(key, raw, created=created)
                     headers = [*headers, header]
                 # Cancelling `send` itself (metadata wait, full buffer) queues nothing.
                 delivery = await producer.send(
@@ -198,6 +227,9 @@ class EventProducer:
             except LogUnavailable:
                 return False
         client = self._producer.client
+        # Tracked, so the update asks for it: once the producer has written a key, the keys
+        # topic is tracked, and an update then asks for the tracked topics only.
+        client.add_topic(self.topic)
         try:
             async with asyncio.timeout(min(self.timeout_s, 2.0)):
                 updated = await client.force_metadata_update()

@@ -22,7 +22,7 @@ import orjson
 
 from entitled.settings import Settings
 from entitled.topics import ensure_event_topic
-from ingest.keys import event_headers, routing_key
+from ingest.keys import created_at, event_headers, routing_key
 from ingest.log_scan import header_values
 from ingest.producer import EventProducer
 from ingest.stripe_api import StripeApi
@@ -93,9 +93,15 @@ async def reconcile(
         missing.reverse()
         missing.sort(key=lambda event: event.get("created") or 0)
         await producer.start()
+        await producer.catch_up()  # forgets made until now: their customers' events shredded
         for event in missing:
             headers = event_headers(event, source="reconcile", received_at=time.time())
-            await producer.publish(orjson.dumps(event), key=routing_key(event), headers=headers)
+            await producer.publish(
+                orjson.dumps(event),
+                key=routing_key(event),
+                headers=headers,
+                created=created_at(event),
+            )
         return ReconcileResult(
             since=since_s,
             listed=listed,

@@ -15,26 +15,34 @@ taken away; no history row), the erasure record (customer id, subjects, when, wh
 no personal data) and the ids of the deleted data keys (`erased_keys`: random ids).
 
 Why the fold cannot bring them back, however late a process reads the keys topic: every
-transaction that folds sealed records (`screen`, called by the writer first) share-locks the
-single row `erasure_epoch` and then treats a record whose key id is in `erased_keys` as
-forgotten, whatever its own keyring still holds. `erase` updates that row first, so it waits
-for every fold transaction already past its `screen`, deletes what they wrote, and commits
-the key ids; a fold transaction that reaches `screen` later either sees them (it began after
-the commit) or, when its snapshot is older (SERIALIZABLE), fails to lock the updated row with
-a serialization failure, which the caller retries like any other. No timing, any number of
-workers and replays: correctness rests on Postgres's locks, not on a wait.
+transaction that folds records (`screen`, called by the writer first) share-locks the
+single row `erasure_epoch` and then treats as forgotten a record whose key id is in
+`erased_keys`, whatever its own keyring still holds, and a record about one of an erasure's
+subjects (its message key) created before the erasure's time (`erased_at`, the time the
+keys topic's forget marks carry too): an event written after the forget by a writer that
+had not seen it, or one Stripe sent before the forget that reached the log after it
+(reconcile, a late retry, a snapshot read before it), sealed with a key made since. A
+later event about them (created after that time) folds like a first event. `erase` updates
+that row first, so it waits for every fold transaction already past its `screen`, deletes
+what they wrote, and commits the key ids; a fold transaction that reaches `screen` later
+either sees them (it began after the commit) or, when its snapshot is older (SERIALIZABLE),
+fails to lock the updated row with a serialization failure, which the caller retries like
+any other. No timing, any number of workers and replays: correctness rests on Postgres's
+locks, not on a wait.
 
 `forget` is the whole order of it: link, delete the keys (the caller's `shred`), then erase.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
 from psycopg import AsyncConnection, sql
 
+from entitled import bodies
 from projections import changes
 from projections import schema as db
 from projections.model.entitlements import Entitlement
@@ -123,9 +131,11 @@ async def erase(
     *,
     key_ids: Sequence[str],
     requested_by: str,
+    at: float | None = None,
 ) -> Erased:
     """Delete what every version holds of `customer` and `subjects`, publish the `forget`
-    change, record the erasure and the deleted data keys `key_ids`; the caller commits (one
+    change, record the erasure (as of `at`, Unix seconds: the time of the keys topic's
+    forget marks; default now) and the deleted data keys `key_ids`; the caller commits (one
     transaction) and has called `hold_folds` in it first."""
     wanted = sorted({customer, *subjects})
     live = await db.active_schema(conn, lock=True)
@@ -167,9 +177,9 @@ async def erase(
         keep_unchanged=True,
     )
     cur = await conn.execute(
-        f"INSERT INTO {db.CONTROL}.erasures (customer, subjects, keys, requested_by)"
-        " VALUES (%s, %s, %s, %s) RETURNING id",
-        (customer, wanted, len(key_ids), requested_by),
+        f"INSERT INTO {db.CONTROL}.erasures (customer, subjects, keys, requested_by, erased_at)"
+        " VALUES (%s, %s, %s, %s, coalesce(to_timestamp(%s), now())) RETURNING id",
+        (customer, wanted, len(key_ids), requested_by, at),
     )
     erasure = (await cur.fetchone() or (0,))[0]
     await conn.execute(
@@ -189,15 +199,17 @@ async def hold_folds(conn: AsyncConnection[Any]) -> None:
 
 
 class ErasedKeys:
-    """The erased key ids a process has loaded, as of an epoch: `screen` looks nothing up
-    while the epoch is unchanged, and then loads only the erasures committed since (their
-    ids grow in commit order: erasures serialise on the epoch row and take their id after
-    it). One per writer (`ProjectionStore`); a few ids per forgotten customer."""
+    """The erased key ids and forgotten subjects (subject -> the latest erasure's time) a
+    process has loaded, as of an epoch: `screen` looks nothing up while the epoch is
+    unchanged, and then loads only the erasures committed since (their ids grow in commit
+    order: erasures serialise on the epoch row and take their id after it). One per writer
+    (`ProjectionStore`); a few ids per forgotten customer."""
 
     def __init__(self) -> None:
         self.epoch = 0
         self.last_erasure = 0
         self.ids: set[str] = set()
+        self.subjects: dict[str, float] = {}
 
     async def at(self, conn: AsyncConnection[Any], epoch: int) -> set[str]:
         if epoch != self.epoch:
@@ -205,7 +217,17 @@ class ErasedKeys:
                 f"SELECT key_id, erasure FROM {db.CONTROL}.erased_keys WHERE erasure > %s",
                 (self.last_erasure,),
             )
-            for key_id, erasure in await cur.fetchall():
+            ids = await cur.fetchall()
+            cur = await conn.execute(
+                "SELECT id, subjects, extract(epoch FROM erased_at)::float8"
+                f" FROM {db.CONTROL}.erasures WHERE id > %s",
+                (self.last_erasure,),
+            )
+            for erasure, subjects, when in await cur.fetchall():
+                for subject in subjects:
+                    self.subjects[subject] = max(float(when), self.subjects.get(subject, 0.0))
+                self.last_erasure = max(self.last_erasure, int(erasure))
+            for key_id, erasure in ids:
                 self.ids.add(str(key_id))
                 self.last_erasure = max(self.last_erasure, int(erasure))
             self.epoch = epoch
@@ -215,20 +237,43 @@ class ErasedKeys:
 async def screen(
     conn: AsyncConnection[Any], messages: Sequence[Message], erased: ErasedKeys | None = None
 ) -> Sequence[Message]:
-    """`messages` with every record sealed by an erased data key made `forgotten`: the first
-    step of every transaction that folds records (see the module doc). A batch with no
-    sealed record takes no lock; otherwise one row is share-locked and read, and the erased
-    ids are read only when an erasure committed since `erased` last looked."""
-    ids = {m.key_id for m in messages if m.key_id is not None and not m.forgotten}
-    if not ids:
+    """`messages` with every record sealed by an erased data key, or about a forgotten
+    subject and created before it was forgotten, made `forgotten`: the first step of every
+    transaction that folds records (see the module doc). A batch of forgotten records only
+    takes no lock; otherwise one row is share-locked and read, and the erasures are read
+    only when one committed since `erased` last looked. Only a record whose message key is
+    a forgotten subject is parsed (for its `created`)."""
+    if all(m.forgotten for m in messages):
         return messages
     cur = await conn.execute(f"SELECT epoch FROM {db.CONTROL}.erasure_epoch FOR SHARE")
     row = await cur.fetchone()
     epoch = int(row[0]) if row is not None else 0
-    gone = ids & await (erased or ErasedKeys()).at(conn, epoch)
-    if not gone:
+    erased = erased or ErasedKeys()
+    gone = await erased.at(conn, epoch)
+    if not gone and not erased.subjects:
         return messages
-    return [replace(m, value=b"", forgotten=True) if m.key_id in gone else m for m in messages]
+    return [
+        replace(m, value=b"", forgotten=True) if _erased(m, gone, erased.subjects) else m
+        for m in messages
+    ]
+
+
+def _erased(message: Message, gone: set[str], subjects: dict[str, float]) -> bool:
+    if message.forgotten:
+        return False
+    if message.key_id is not None and message.key_id in gone:
+        return True
+    at = subjects.get(message.key) if message.key is not None else None
+    return at is not None and _created(message.value) < at
+
+
+def _created(raw: bytes) -> float:
+    """A record's `created` (0 when it has none or is unreadable: older than any forget)."""
+    try:
+        doc = bodies.loads(raw)
+    except bodies.UnreadableBody:
+        return 0.0
+    return (bodies.epoch_seconds(doc.get("created")) if isinstance(doc, dict) else None) or 0.0
 
 
 async def _customer_tables(conn: AsyncConnection[Any], schema: str) -> list[str]:
@@ -258,7 +303,8 @@ async def _entitlement(conn: AsyncConnection[Any], schema: str, customer: str) -
 
 
 Connect = Callable[[], Awaitable[AsyncConnection[Any]]]
-Shred = Callable[[Sequence[str]], Awaitable[Sequence[str]]]
+# the keyring's `forget`: mark the subjects forgotten at a time, delete their data keys
+Shred = Callable[[Sequence[str], float], Awaitable[Sequence[str]]]
 
 
 async def forget(
@@ -278,16 +324,24 @@ async def forget(
         await conn.commit()
         subjects = await linked_subjects(conn, customer)
         await conn.commit()
-    # Outside the transaction: tombstoning is a Kafka round trip per key, and folds wait
-    # while `hold_folds` holds. Processes that read the tombstones skip the events already.
-    key_ids = list(await shred(subjects))
+    # The one time of this forget: the keys topic's marks and the erasure record carry it,
+    # and an event about them created before it never folds (module doc).
+    at = time.time()
+    # Outside the transaction: tombstoning is a Kafka round trip, and folds wait while
+    # `hold_folds` holds. Processes that read the tombstones skip the events already.
+    key_ids = list(await shred(subjects, at))
     async with await connect() as conn, conn.transaction():
         await hold_folds(conn)
         more = sorted(set(await linked_subjects(conn, customer)) - set(subjects))
         if more:
-            key_ids += await shred(more)
+            key_ids += await shred(more, at)
         return await erase(
-            conn, customer, [*subjects, *more], key_ids=key_ids, requested_by=requested_by
+            conn,
+            customer,
+            [*subjects, *more],
+            key_ids=key_ids,
+            requested_by=requested_by,
+            at=at,
         )
 
 

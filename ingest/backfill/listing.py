@@ -27,7 +27,7 @@ from entitled.settings import Settings
 from entitled.topics import ensure_event_topic
 from ingest.cursors import Cursor, CursorStore
 from ingest.features import FeaturesResult, mirror_features
-from ingest.keys import event_headers, routing_key
+from ingest.keys import event_headers, object_created_at, routing_key
 from ingest.producer import EventProducer
 from ingest.snapshots import DEFAULT_LISTS, LISTS, ListSpec, snapshot_event
 from ingest.stripe_api import StripeApi
@@ -42,6 +42,7 @@ class ListResult:
     objects: int = 0
     written: int = 0
     skipped: int = 0  # objects with no event type for their state (open checkout sessions)
+    forgotten: int = 0  # objects made before their customer was forgotten: not written
     resumed_after: str | None = None
     already_done: bool = False
     unavailable: bool = False
@@ -175,6 +176,12 @@ async def _walk(
                     outcome.skipped += 1
                 else:
                     events.append(event)
+            await producer.catch_up()  # forgets made until now count for this page
+            kept = [
+                e for e in events if not producer.forgotten(routing_key(e), object_created_at(e))
+            ]
+            outcome.forgotten += len(events) - len(kept)
+            events = kept
             await asyncio.gather(*(_publish(producer, event) for event in events))
             outcome.objects += len(page.data)
             outcome.written += len(events)
@@ -190,7 +197,12 @@ async def _walk(
 
 async def _publish(producer: EventProducer, event: Mapping[str, Any]) -> None:
     headers = event_headers(event, source="backfill", received_at=time.time())
-    await producer.publish(orjson.dumps(event), key=routing_key(event), headers=headers)
+    await producer.publish(
+        orjson.dumps(event),
+        key=routing_key(event),
+        headers=headers,
+        created=object_created_at(event),  # an object older than its customer's forget
+    )
 
 
 async def _complete_items(api: StripeApi, subscription: dict[str, Any]) -> None:

@@ -50,7 +50,7 @@ from typing import Any
 import orjson
 import stripe
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
-from aiokafka.errors import CommitFailedError, KafkaError
+from aiokafka.errors import CommitFailedError
 
 from entitled import bodies
 from entitled.crypto import key_id_of
@@ -61,7 +61,7 @@ from ingest.completion import Fetch, needed
 from ingest.errors import LogUnavailable
 from ingest.features import mirror_features
 from ingest.hydrate.metrics import HydratorMetrics
-from ingest.keys import event_headers, routing_key
+from ingest.keys import created_at, event_headers, routing_key
 from ingest.log_scan import header_values, write_times
 from ingest.producer import EventProducer
 from ingest.snapshots import hydrate_id, read_event
@@ -100,6 +100,7 @@ class _Job:
     fetch: Fetch
     account: str | None
     key_id: str | None = None  # the data key the source event was sealed with
+    created: float = 0.0  # the source event's `created`: a forget after it stops the write
 
 
 class _Recent:
@@ -378,6 +379,7 @@ class Hydrator:
             fetch,
             account if isinstance(account, str) else None,
             key_id_of(headers),
+            created_at(event),
         )
 
     async def _open(self, value: bytes | None, headers: dict[str, bytes]) -> bytes | None:
@@ -388,19 +390,20 @@ class Hydrator:
         opened = await keyring.open(value, headers)
         return None if opened.forgotten else opened.value
 
-    async def _still_readable(self, job: _Job) -> bool:
-        """The source event's data key is still in the keys topic as of now (read to its
-        end): its customer was not forgotten since the event was opened. One ListOffsets
-        of the keys topic (`Keyring.refresh`: a few ms); the topic is read only if it
-        moved."""
+    async def _still_wanted(self, job: _Job, subject: str) -> bool:
+        """As of now (the keys topic read to its end: one ListOffsets, a few ms; the topic
+        read only if it moved), the source event's data key is still there (its subject was
+        not forgotten since the event was opened), and the snapshot's subject (the customer)
+        was not forgotten after the source event came to be: a notification about an object
+        that no row linked to the customer when they were forgotten (so its own key lives
+        on) writes no snapshot of them either."""
         keyring = self._producer.keyring
-        if keyring is None or job.key_id is None:
+        if keyring is None:
             return True
-        try:
-            await keyring.refresh()
-        except KafkaError as exc:  # Kafka away: like a write that failed, tried again
-            raise LogUnavailable(f"cannot read the keys: {type(exc).__name__}") from exc
-        return keyring.holds(job.key_id)
+        await self._producer.catch_up()  # Kafka away: LogUnavailable, tried again
+        if job.key_id is not None and not keyring.holds(job.key_id):
+            return False
+        return not self._producer.forgotten(subject, job.created)
 
     async def _hydrate(self, job: _Job, stop: asyncio.Event) -> bool:
         """Fetch and write one job; False when stopping kept it from starting."""
@@ -466,11 +469,12 @@ class Hydrator:
         headers = event_headers(event, source="hydrate", received_at=time.time())
         headers.append((HYDRATED_FROM, job.source_id.encode()))
         raw = orjson.dumps(event)
+        subject = routing_key(event)
         while True:
             try:
-                if not await self._still_readable(job):
+                if not await self._still_wanted(job, subject):
                     return False
-                await self._producer.publish(raw, key=routing_key(event), headers=headers)
+                await self._producer.publish(raw, key=subject, headers=headers, created=job.created)
                 return True
             except LogUnavailable as exc:  # same id on every attempt: a duplicate is harmless
                 log.warning("hydrate %s: %s, again in %.0f s", job.source_id, exc.message, _PAUSE_S)

@@ -21,7 +21,7 @@ import stripe
 
 from entitled.settings import Settings
 from ingest.completion import fetch_for_id
-from ingest.keys import event_headers, routing_key
+from ingest.keys import event_headers, object_created_at, routing_key
 from ingest.producer import EventProducer
 from ingest.snapshots import read_event, read_id
 from ingest.stripe_api import StripeApi
@@ -76,5 +76,9 @@ async def _one(api: StripeApi, producer: EventProducer, object_id: str) -> Refre
     if event is None:
         return Refreshed(object_id, None, "no_state")
     headers = event_headers(event, source="refresh", received_at=time.time())
-    await producer.publish(orjson.dumps(event), key=routing_key(event), headers=headers)
+    key, made = routing_key(event), object_created_at(event)
+    await producer.catch_up()  # a forget made before this read counts
+    if producer.forgotten(key, made):  # an object older than its customer's forget
+        return Refreshed(object_id, None, "forgotten")
+    await producer.publish(orjson.dumps(event), key=key, headers=headers, created=made)
     return Refreshed(object_id, event_id, "written")

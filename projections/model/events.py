@@ -16,7 +16,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from entitled import bodies
@@ -193,19 +192,8 @@ def view_of(obj: Obj, api_version: str | None) -> ObjectView | None:
 def _epoch(value: Any) -> int:
     """Seconds since the epoch from an integer or an ISO-8601 string (thin events); 0 when
     neither (an event with no usable time sorts before every other snapshot)."""
-    if isinstance(value, bool):
-        return 0
-    if isinstance(value, (int, float)):
-        return int(value)
-    if isinstance(value, str):
-        try:
-            when = datetime.fromisoformat(value)
-        except ValueError:
-            return int(value) if value.isdigit() else 0
-        if when.tzinfo is None:
-            when = when.replace(tzinfo=UTC)
-        return int(when.timestamp())
-    return 0
+    seconds = bodies.epoch_seconds(value)
+    return 0 if seconds is None else int(seconds)
 
 
 def _text(value: Any) -> str | None:

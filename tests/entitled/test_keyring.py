@@ -11,7 +11,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from entitled.crypto import CryptoError, WrongMasterKey, new_master_key
 from entitled.kafka import client_options
-from entitled.keyring import CHECK_KEY, ERASED_KEY, Keyring, keys_topic_configs
+from entitled.keyring import CHECK_KEY, ERASED_KEY, FORGOTTEN_PREFIX, Keyring, keys_topic_configs
 from entitled.settings import Settings
 from entitled.topics import ensure_topic
 from launcher.services import Endpoints
@@ -124,14 +124,17 @@ async def test_a_topic_whose_every_key_was_forgotten_and_compacted_reads_as_forg
 ) -> None:
     """Compaction removes a forgotten key and, later, its tombstone: a keys topic can end up
     with no key at all while the log holds sealed records. The erasure mark tells that apart
-    from a wrong keys topic (the test above): those events read as forgotten."""
+    from a wrong keys topic (the test above): those events read as forgotten. The subject's
+    forget mark outlives its tombstone: a writer started after compaction still seals an
+    event about them created before the forget with no key at all (a webhook Stripe retries
+    late, a reconcile), and one created after it with a new key."""
     s = keys_settings
     # the topic made first with tiny segments and tombstones dropped at once after cleaning
     tiny = {"segment.ms": "300", "max.compaction.lag.ms": "300", "delete.retention.ms": "0"}
     await ensure_topic(s, s.data_keys_topic, 1, configs={**keys_topic_configs(s), **tiny})
     async with Keyring(s) as writer:
         sealed, header = await writer.seal("cus_1", b"x")
-        await writer.forget(["cus_1"])
+        await writer.forget(["cus_1"], at=1000.0)
     check = next(v for k, v in await _records(s) if k == CHECK_KEY)
     producer = AIOKafkaProducer(**client_options(s))
     await producer.start()
@@ -145,6 +148,16 @@ async def test_a_topic_whose_every_key_was_forgotten_and_compacted_reads_as_forg
         await async_wait_until(compacted, 90, "compaction removed the key and its tombstone")
     finally:
         await producer.stop()
-    assert all(k in (CHECK_KEY, ERASED_KEY) for k, _ in await _records(s))
+    left = [k for k, _ in await _records(s)]
+    assert all(k in (CHECK_KEY, ERASED_KEY) or k == FORGOTTEN_PREFIX + b"cus_1" for k in left)
     async with Keyring(s) as reader:
         assert (await reader.open(sealed, [header])).forgotten
+        assert reader.forgotten_at("cus_1") == 1000.0
+        before, before_header = await reader.seal("cus_1", b"old", created=999.0)
+        after, after_header = await reader.seal("cus_1", b"new", created=1001.0)
+    async with Keyring(s) as elsewhere:
+        assert (await elsewhere.open(before, [before_header])).forgotten
+        assert (await elsewhere.open(after, [after_header])).value == b"new"
+    written = [k for k, _ in await _records(s) if k is not None]
+    assert not any(k.endswith(b"/" + before_header[1]) for k in written)  # no key at all
+    assert any(k.endswith(b"/" + after_header[1]) for k in written)

@@ -12,13 +12,17 @@ from typing import Any
 import httpx
 import orjson
 import pytest
+from aiokafka.structs import ConsumerRecord
 
+from entitled.crypto import key_id_of
+from entitled.keyring import Keyring
 from entitled.settings import Settings
 from ingest.app import KNOWN_TYPE_PREFIXES, create_app
 from launcher.stripe import events as se
 from projections.model.rules import RULES
 from tests.support.kafka import end_offsets, read_topic
 from tests.support.keys import MASTER_KEY
+from tests.support.polling import async_wait_until
 from tests.support.serve import Running, running
 
 SECRET = "whsec_test_secret"
@@ -73,6 +77,41 @@ async def test_same_customer_same_partition(ingest_server: Running) -> None:
     records = await read_topic(settings)
     assert len(records) == 5
     assert len({r.partition for r in records}) == 1
+
+
+async def test_a_late_webhook_about_a_forgotten_customer_is_logged_unreadable(
+    ingest_server: Running,
+) -> None:
+    """Forgotten at T, the customer's webhooks Stripe created before T (a retry arriving
+    after the forget) are logged (200) sealed with a key that exists nowhere; one created
+    after T starts a new key, readable."""
+    settings = ingest_server.settings
+    sub = se.subscription(customer="cus_late", items=[("price_a", "prod_a")])
+
+    async def post(created: int) -> ConsumerRecord[bytes, bytes]:
+        body = se.encode(se.event("customer.subscription.updated", sub, created=created))
+        async with httpx.AsyncClient(base_url=ingest_server.url) as client:
+            r = await client.post("/webhooks/stripe", content=body, headers=_signed(body))
+        assert r.status_code == 200, r.text
+        return (await read_topic(settings, opened=False))[-1]
+
+    first = await post(int(time.time()))
+    async with Keyring(settings) as other:
+        await other.forget(["cus_late"])
+
+    fresh: list[int] = []
+
+    async def new_key() -> bool:  # ingest has followed the keys topic past the forget
+        later = await post(int(time.time()) + 5)
+        fresh.append(later.offset)
+        return key_id_of(later.headers) != key_id_of(first.headers)
+
+    await async_wait_until(new_key, 20, "ingest read the forget")
+    before = await post(int(time.time()) - 600)
+    opened = {r.offset: r.value for r in await read_topic(settings)}
+    assert opened[first.offset] == b""  # forgotten
+    assert b"cus_late" in opened[fresh[-1]]  # created after the forget: a new key
+    assert opened[before.offset] == b""  # created before it: unreadable from the start
 
 
 def _signed_but_malformed() -> list[tuple[str, bytes]]:

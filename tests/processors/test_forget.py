@@ -215,8 +215,10 @@ def test_a_forgotten_customer_is_gone_everywhere(settings: Settings, procs: Proc
     assert entitlements(settings) == {k: v for k, v in held.items() if k != GONE}
     assert _mentions(settings, GONE) == []
 
-    # a later event about them starts a new key and folds as any first event
-    _post(system, [se.event("customer.created", se.customer(GONE, created=300), created=300)])
+    # a later event about them (created after the forget) starts a new key and folds as
+    # any first event
+    now = int(time.time()) + 1
+    _post(system, [se.event("customer.created", se.customer(GONE, created=now), created=now)])
     wait_until(
         lambda: query(settings, "SELECT count(*) FROM live.customers WHERE id = %s", GONE)[0][0],
         60,

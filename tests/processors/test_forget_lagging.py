@@ -9,6 +9,7 @@ erasure fails to lock the erasure row and is retried (a serialization failure).
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import psycopg
@@ -39,6 +40,17 @@ def _history() -> list[tuple[str, dict[str, Any]]]:
         (GONE, se.event("customer.subscription.created", sub, created=101)),
         (GONE, se.event("customer.subscription.updated", later, created=102)),
     ]
+
+
+def _after_the_forget() -> tuple[dict[str, Any], dict[str, Any]]:
+    """Two webhooks that reach the log after the forget: one Stripe created before it, one
+    after it (the customer came back)."""
+    sub = se.subscription("sub_lag2", customer=GONE, items=[("price_l", "prod_lag")])
+    now = int(time.time())
+    return (
+        se.event("customer.subscription.created", sub, created=now - 600),
+        se.event("customer.subscription.updated", sub, created=now + 600),
+    )
 
 
 async def _sealed_messages(writer: Keyring, lagging: Keyring) -> list[Message]:
@@ -84,6 +96,27 @@ async def test_a_process_behind_on_the_keys_topic_folds_nothing_of_a_forgotten_c
         again = Message(0, 3, GONE, late.value, key_id=late.key_id)
         assert (await store.quarantine(conn, again, ValueError("x"))).forgotten == 1
         assert await erasure.leftovers(conn, GONE, done.subjects) == []
+
+        # Written after the forget under a key made since, by a writer that had not read it
+        # (or by any writer with no `created` check): a webhook Stripe created before the
+        # forget (reconcile, a late retry) never folds; one created after it folds anew.
+        old, new = _after_the_forget()
+        async with Keyring(settings) as behind:
+            sealed = [await behind.seal(GONE, se.encode(e)) for e in (old, new)]
+            replay = [
+                await open_message(behind, 0, 4 + n, GONE.encode(), value, [header])
+                for n, (value, header) in enumerate(sealed)
+            ]
+            assert not any(m.forgotten for m in replay)  # readable: a key made since
+            result = await store.apply(conn, [replay[0]])
+            assert (result.forgotten, result.applied) == (1, 0)
+            assert GONE not in await _entitled(conn)
+            result = await store.apply(conn, [replay[1]])
+            assert (result.forgotten, result.applied) == (0, 1)
+            assert GONE in await _entitled(conn)  # back, from what they did after the forget
+            # a writer that knows of the forget seals the old one with no key at all
+            value, header = await behind.seal(GONE, se.encode(old), created=old["created"])
+            assert (await open_message(behind, 0, 6, None, value, [header])).forgotten
 
 
 async def test_a_fold_transaction_older_than_the_erasure_is_retried_not_committed(
