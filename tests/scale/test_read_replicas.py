@@ -19,6 +19,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 import httpx
+import psycopg
 import pytest
 
 from entitled.settings import Settings
@@ -59,6 +60,23 @@ def _reads(api: str) -> Counter[str]:
 def _model_hits(api: str) -> float:
     """Searches the read model (`api.model`) answered from memory."""
     return _metric(api, "entitled_api_read_model_searches_total", "outcome").get("hit", 0.0)
+
+
+def _replicas_replayed(settings: Settings, system: System) -> bool:
+    """Every replica has replayed the primary's WAL as it stands now."""
+    assert settings.database_url
+    with psycopg.connect(settings.database_url, autocommit=True) as conn:
+        row = conn.execute("SELECT pg_current_wal_lsn()").fetchone()
+        assert row is not None
+        primary = row[0]
+    for url in system.env["ENTITLED_READ_DATABASE_URL"].split(","):
+        with psycopg.connect(url, autocommit=True) as conn:
+            row = conn.execute(
+                "SELECT pg_last_wal_replay_lsn() >= %s::pg_lsn", (primary,)
+            ).fetchone()
+            if row is None or not row[0]:
+                return False
+    return True
 
 
 def _healthy(api: str) -> set[str]:
@@ -214,7 +232,7 @@ def test_replay_swap_under_searches_on_the_replicas(system: System, procs: Procs
 
 
 def test_primary_down_reads_go_on_from_replicas_and_the_worker_catches_up(
-    system: System, services_settings: Settings, procs: Procs
+    system: System, settings: Settings, services_settings: Settings, procs: Procs
 ) -> None:
     api = system.api_url
     first = _subscribe("cus_before")
@@ -222,6 +240,9 @@ def test_primary_down_reads_go_on_from_replicas_and_the_worker_catches_up(
     assert _read_after(api, "cus_before", first[-1]["id"]).status_code == 200
     loop = SearchLoop(api, ["cus_before", "cus_nobody"], rate=20).start()
     try:
+        # Both replicas hold all the primary wrote before it goes: one still replaying (a
+        # loaded machine) would stay behind what the model was told, and be asked, for ever.
+        wait_until(lambda: _replicas_replayed(settings, system), 30, "replicas replayed", procs)
         svc.stop_postgres(services_settings)
         try:
             during = [e for i in range(10) for e in _subscribe(f"cus_during{i}")]
