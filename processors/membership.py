@@ -131,10 +131,13 @@ class Membership:
         self.removed = 0  # dead copies removed from the group
 
     async def joined(self, member_id: str) -> None:
-        """Our consumer joined (or rejoined) as `member_id`: say so beside the lock."""
-        if member_id and member_id != self.member_id and self._conn is not None:
+        """Our consumer joined (or rejoined) as `member_id`: say so beside the lock (now, or
+        when the watch has reconnected to Postgres)."""
+        if not member_id or member_id == self.member_id:
+            return
+        self.member_id = member_id
+        if self._conn is not None:
             await members.joined(self._conn, self.group, self.instance_id, member_id)
-            self.member_id = member_id
 
     async def watch(self) -> None:
         """Remove dead copies from the group, for ever (an app task)."""
