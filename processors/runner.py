@@ -322,8 +322,11 @@ class BatchRunner:
         await self._open()
         delay = 0.05
         repeats = 0
+        alone = False
         while True:
             try:
+                if alone:
+                    return await self._apply_alone(batch, recompute)
                 async with self.pool.connection() as conn:
                     return await self.store.apply(conn, batch, recompute=recompute)
             except Exception as exc:
@@ -341,6 +344,10 @@ class BatchRunner:
                         )
                         self.metrics.stalled.set(1)
                         log.error("%s", self.stalled)
+                    if repeats >= self.shrink_after and isinstance(exc, _CONFLICTS):
+                        # it loses every conflict to other workers' batches: next time the
+                        # others wait (a serialization failure cannot repeat for ever)
+                        alone = self.store.schema is None
                 self.metrics.retries.labels(type(exc).__name__).inc()
                 if isinstance(exc, _CONFLICTS):
                     await asyncio.sleep(min(delay, 0.5))  # a concurrent batch: soon
@@ -348,6 +355,17 @@ class BatchRunner:
                     log.warning("Postgres unavailable (%s); retrying in %.1fs", exc, delay)
                     await asyncio.sleep(delay)
             delay = min(delay * 2, self.max_backoff_s)
+
+    async def _apply_alone(self, batch: Sequence[Message], recompute: bool) -> ApplyResult:
+        """Apply `batch` while a second connection holds the active version's row: every
+        other writer waits (`ProjectionStore.apply`, `alone_with`)."""
+        log.warning(
+            "applying the event at %s/%s alone: other batches wait meanwhile",
+            batch[0].partition,
+            batch[0].offset,
+        )
+        async with self.pool.connection() as holder, self.pool.connection() as conn:
+            return await self.store.apply(conn, batch, recompute=recompute, alone_with=holder)
 
     async def _quarantine(self, message: Message, error: Exception) -> ApplyResult:
         key = message.key or ""

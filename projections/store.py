@@ -27,7 +27,7 @@ from typing import Any
 
 from psycopg import AsyncConnection, IsolationLevel
 
-from projections import changes, deadletters, erasure, offsets, recompute, upserts
+from projections import changes, deadletters, erasure, offsets, recompute, upserts, versions
 from projections import schema as db
 from projections.model.entitlements import Policy
 from projections.model.plan import Batch, Held, Letter, Plan, id_and_type, letters
@@ -108,21 +108,51 @@ class ProjectionStore:
         await conn.set_isolation_level(isolation)
 
     async def apply(
-        self, conn: AsyncConnection[Any], messages: Sequence[Message], *, recompute: bool = True
+        self,
+        conn: AsyncConnection[Any],
+        messages: Sequence[Message],
+        *,
+        recompute: bool = True,
+        alone_with: AsyncConnection[Any] | None = None,
     ) -> ApplyResult:
         """Apply `messages` (in log order per partition) in one transaction.
 
         Raises psycopg errors unchanged: the caller retries transient ones with backoff and
         isolates deterministic ones (`quarantine`).
 
+        `alone_with` (another connection; the live version only): that connection holds the
+        active row FOR UPDATE while `messages` apply, as a swap does, so no other batch,
+        regroup drain or erasure of any worker runs meanwhile: they wait on their share lock
+        before reading anything. For an event that loses every serialization conflict to
+        other workers' steady commits (a regroup retried for minutes, seen in a chaos run):
+        alone, it cannot be the pivot of a dangerous structure. Its own transaction starts
+        only once the lock is held, so its snapshot sees everything committed before.
+
         Without `recompute` (replay's bulk pass) a batch does not recompute entitlements, so
         READ COMMITTED is enough, and parallel replay jobs do not abort each other on
         index-page predicate locks; the stamp guard of the upserts keeps their rows right.
         """
+        if alone_with is None:
+            return await self._apply(conn, messages, recompute=recompute, row_held=False)
+        assert self.schema is None, "only the live version is guarded by the active row"
+        async with alone_with.transaction():
+            await versions.lock_active(alone_with)
+            return await self._apply(conn, messages, recompute=recompute, row_held=True)
+
+    async def _apply(
+        self,
+        conn: AsyncConnection[Any],
+        messages: Sequence[Message],
+        *,
+        recompute: bool,
+        row_held: bool,
+    ) -> ApplyResult:
         level = IsolationLevel.SERIALIZABLE if recompute else IsolationLevel.READ_COMMITTED
         await self._begin(conn, level)
         async with conn.transaction():
-            schema = self.schema or await db.active_schema(conn, lock=True)
+            # `row_held`: our other connection holds the row FOR UPDATE; a share lock would
+            # wait for it for ever
+            schema = self.schema or await db.active_schema(conn, lock=not row_held)
             # records of a customer forgotten meanwhile: forgotten here too (erasure.screen)
             messages = await erasure.screen(conn, messages, self.erased)
             cont = offsets.continuity(

@@ -25,12 +25,14 @@ class FakePool:
         pass
 
     @asynccontextmanager
-    async def connection(self) -> AsyncIterator[None]:
-        yield None
+    async def connection(self) -> AsyncIterator[object]:
+        yield object()
 
 
 class FakeStore:
     """Applies batches unless they hold a bad offset; fails transiently `flaky` times."""
+
+    schema: str | None = None  # the live version
 
     def __init__(self, bad: set[int], *, flaky: int = 0, error: type[Exception] = ValueError):
         self.bad, self.flaky, self.error = bad, flaky, error
@@ -253,3 +255,35 @@ async def test_an_event_that_keeps_timing_out_alone_is_reported_and_retried() ->
     assert result.applied == 1 and store.quarantined == []  # retried until it committed
     assert False in seen  # reported (/readyz false) while it failed alone
     assert r.ready()  # and cleared once it committed
+
+
+class LosesConflicts(FakeStore):
+    """Every attempt of one event conflicts with other workers' batches (a serialization
+    failure), unless it is applied alone (`alone_with`: the others wait meanwhile)."""
+
+    def __init__(self) -> None:
+        super().__init__(set())
+        self.alone: list[bool] = []
+
+    async def apply(  # type: ignore[override]
+        self, conn: Any, batch: Sequence[Message], *, recompute: bool, alone_with: Any = None
+    ) -> ApplyResult:
+        self.attempts += 1
+        self.alone.append(alone_with is not None)
+        if alone_with is None or alone_with is conn:
+            raise psycopg.errors.SerializationFailure("could not serialize access")
+        self.applied += [m.offset for m in batch]
+        return ApplyResult(applied=len(batch))
+
+
+async def test_an_event_that_loses_every_conflict_is_applied_alone() -> None:
+    """A lone event that failed `shrink_after` times on serialization conflicts is applied
+    with the others held off (a second connection), not retried for ever (a chaos run saw a
+    regroup lose to the other worker's steady commits for five minutes)."""
+    store = LosesConflicts()
+    r = runner(store, shrink_after=3)
+    result = await asyncio.wait_for(r.commit(batch(2)), 30)  # split first, then each alone
+    assert result.applied == 2 and sorted(store.applied) == [0, 1]
+    assert store.quarantined == [] and r.ready()
+    # the batch of two: 3 attempts; each half: 3 attempts, then alone at once
+    assert store.alone == [False] * 3 + [False] * 3 + [True] + [False] * 3 + [True]

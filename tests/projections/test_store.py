@@ -3,6 +3,7 @@ gaps, poison and parking, release, skipped events, the stamp guard, hostile text
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Iterator, Mapping
 from typing import Any
 
@@ -241,3 +242,51 @@ async def test_group_names_and_ids_of_any_text_round_trip(settings: Settings, co
     held = await one(conn, "SELECT groups FROM live.customer_entitlements")
     assert sorted(held) == sorted(groups)
     assert pid in await one(conn, "SELECT refs FROM live.subscriptions WHERE id = 'sub_cus_q'")
+
+
+async def _waits_on_a_lock(watch: Conn, other: Conn) -> None:
+    """Poll (with a deadline) until `other`'s backend waits on a lock."""
+    pid = other.info.backend_pid
+    deadline = asyncio.get_running_loop().time() + 20
+    while not await one(
+        watch, "SELECT wait_event_type = 'Lock' FROM pg_stat_activity WHERE pid = %s", pid
+    ):
+        assert asyncio.get_running_loop().time() < deadline, f"backend {pid} never waited"
+        await asyncio.sleep(0.02)
+
+
+async def test_an_event_applied_alone_waits_for_batches_in_flight_and_holds_off_others(
+    settings: Settings, conn: Conn
+) -> None:
+    """`apply(alone_with=...)` (an event that loses every serialization conflict): the other
+    connection holds the active row FOR UPDATE while the event applies, so a batch in flight
+    (its share lock held) finishes first, and no other writer can start until it committed."""
+    assert settings.database_url
+    url = settings.database_url
+    events = [se.event("product.created", se.product("prod_alone", groups="action"))]
+    schema = await one(
+        conn, "SELECT v.schema_name FROM entitled.active a JOIN entitled.versions v USING (version)"
+    )
+    async with (
+        await psycopg.AsyncConnection.connect(url, autocommit=True) as holder,
+        await psycopg.AsyncConnection.connect(url) as in_flight,
+        await psycopg.AsyncConnection.connect(url) as blocker,
+        await psycopg.AsyncConnection.connect(url, autocommit=True) as watch,
+    ):
+        # another worker's batch, mid-transaction (its share lock on the active row)
+        await in_flight.execute("SELECT 1 FROM entitled.active FOR SHARE")
+        # something that stops the lone event half-way, so the test sees it hold the row
+        await blocker.execute(f"LOCK TABLE {schema}.checkpoints IN EXCLUSIVE MODE")
+        applying = store(settings).apply(conn, messages(events), alone_with=holder)
+        alone = asyncio.create_task(applying)
+        await _waits_on_a_lock(watch, holder)  # for the batch in flight
+        await in_flight.rollback()
+        await _waits_on_a_lock(watch, conn)  # the event applies, the row held meanwhile
+        with pytest.raises(psycopg.errors.LockNotAvailable):  # another writer cannot start
+            await watch.execute("SELECT 1 FROM entitled.active FOR SHARE NOWAIT")
+        await blocker.rollback()
+        result = await asyncio.wait_for(alone, 30)
+        assert result.applied == 1
+        assert await group_of(watch, "prod_alone") == "action"
+        # the holder's transaction ended with the event's: others may write again
+        await watch.execute("SELECT 1 FROM entitled.active FOR SHARE NOWAIT")
