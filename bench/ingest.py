@@ -20,10 +20,12 @@ costs (bare, plain and ingest side by side, each round a new server process of e
              not yet used by this process: each webhook unwraps a key;
   * `warm` - 500 customers this process has just sealed for (touched once before), N
              webhooks: the key is in the cache.
-Each phase sends N webhooks at a fixed rate (`--subjects-rate`, an open loop: both servers
-take the same load) after 500 of its kind as warm-up; the server's CPU time per webhook
-(read from /proc around the N) is the figure to compare on a shared machine, latency from
-each webhook's due time beside it. Written to `bench/results/ingest_subjects.json`.
+The three servers run at once and take turns: each phase is cut in 6 slices, and in each
+slice every server gets its share of the N webhooks at a fixed rate (`--subjects-rate`, an
+open loop: every server takes the same load), after 500 of its kind as warm-up. The server's
+CPU time per webhook (read from /proc around its slices) is the figure to compare on a
+shared machine, latency from each webhook's due time beside it. Written to
+`bench/results/ingest_subjects.json`.
 
     .venv/bin/python bench/ingest.py --subjects 4000 [--rounds 3] [--subjects-rate 600]
 
@@ -250,39 +252,59 @@ async def _count_loop(
     return latencies, statuses
 
 
+SLICES = 6  # per phase: the servers take turns, so each meets the same machine
+
+
 async def _phases(
-    kind: str, url: str, server_pid: int, args: dict[str, Any]
-) -> dict[str, dict[str, Any]]:
-    """The `new`, `cold`, `warm` phases against one server (see the module doc)."""
+    servers: dict[str, tuple[str, int]], args: dict[str, Any]
+) -> dict[str, dict[str, dict[str, Any]]]:
+    """The `new`, `cold`, `warm` phases against every server (kind -> URL, pid), which take
+    turns in SLICES slices of each phase (see the module doc)."""
     n, round_, rate = args["subjects"], args["round"], args["subjects_rate"]
-    results: dict[str, dict[str, Any]] = {}
+    results: dict[str, dict[str, dict[str, Any]]] = {kind: {} for kind in servers}
     for phase in PHASES:
-        events = _Events(
-            b"%s%d%s" % (kind.encode()[:2], round_, phase.encode()[:2]),
-            lambda i, phase=phase: _phase_customer(phase, round_, i),
-        )
+        events = {
+            kind: _Events(
+                b"%s%d%s" % (kind.encode()[:2], round_, phase.encode()[:2]),
+                lambda i, phase=phase: _phase_customer(phase, round_, i),
+            )
+            for kind in servers
+        }
         # warm-up: other customers of the same kind (warm: the very customers measured)
         first = range(WARMUP) if phase == "warm" else range(n, n + WARMUP)
-        await _count_loop(url, events, first, rate)
-        measured = range(WARMUP, WARMUP + n) if phase == "warm" else range(n)
-        cpu, started = _cpu_seconds(server_pid), time.perf_counter()
-        latencies, statuses = await _count_loop(url, events, measured, rate)
-        wall, cpu = time.perf_counter() - started, _cpu_seconds(server_pid) - cpu
-        results[phase] = {
-            "requests": n,
-            "statuses": {str(k): v for k, v in statuses.items()},
-            "server_cpu_us_per_request": round(cpu / n * 1e6, 1),
-            "events_per_s": round(len(latencies) / wall, 1),
-            **common.percentiles(latencies, digits=2),
-        }
+        for kind, (url, _) in servers.items():
+            await _count_loop(url, events[kind], first, rate)
+        base = WARMUP if phase == "warm" else 0
+        cpu = dict.fromkeys(servers, 0.0)
+        wall = dict.fromkeys(servers, 0.0)
+        latencies: dict[str, list[float]] = {kind: [] for kind in servers}
+        statuses: dict[str, dict[int, int]] = {kind: {} for kind in servers}
+        order = list(servers)
+        for part in range(SLICES):
+            indices = range(base + part * n // SLICES, base + (part + 1) * n // SLICES)
+            for kind in order[part % len(order) :] + order[: part % len(order)]:
+                url, pid = servers[kind]
+                before, started = _cpu_seconds(pid), time.perf_counter()
+                got, answers = await _count_loop(url, events[kind], indices, rate)
+                wall[kind] += time.perf_counter() - started
+                cpu[kind] += _cpu_seconds(pid) - before
+                latencies[kind] += got
+                for status, count in answers.items():
+                    statuses[kind][status] = statuses[kind].get(status, 0) + count
+        for kind in servers:
+            results[kind][phase] = {
+                "requests": n,
+                "statuses": {str(k): v for k, v in statuses[kind].items()},
+                "server_cpu_us_per_request": round(cpu[kind] / n * 1e6, 1),
+                "events_per_s": round(len(latencies[kind]) / wall[kind], 1),
+                **common.percentiles(latencies[kind], digits=2),
+            }
     return results
 
 
-def _subjects_client(
-    kind: str, url: str, server_pid: int, args: dict[str, Any], queue: Any
-) -> None:
+def _subjects_client(servers: dict[str, tuple[str, int]], args: dict[str, Any], queue: Any) -> None:
     """Load-generator process of `--subjects`."""
-    queue.put(asyncio.run(_phases(kind, url, server_pid, args)))
+    queue.put(asyncio.run(_phases(servers, args)))
 
 
 async def _seed_cold(settings: Any, rounds: int, n: int) -> None:
@@ -297,14 +319,19 @@ async def _seed_cold(settings: Any, rounds: int, n: int) -> None:
                 await asyncio.gather(*(keyring.seal(s, b"") for s in subjects[at : at + 2000]))
 
 
-def _run_subjects(kind: str, settings: Any, args: dict[str, Any]) -> dict[str, Any]:
-    with _served(kind, settings) as (url, server):
-        queue = mp.get_context("spawn").Queue()
-        client = mp.get_context("spawn").Process(
-            target=_subjects_client, args=(kind, url, server.pid, args, queue)
-        )
+def _run_subjects(
+    kinds: tuple[str, ...], settings: Any, args: dict[str, Any]
+) -> dict[str, dict[str, Any]]:
+    with contextlib.ExitStack() as stack:
+        servers = {}
+        for kind in kinds:
+            url, server = stack.enter_context(_served(kind, settings))
+            servers[kind] = (url, server.pid)
+        ctx = mp.get_context("spawn")
+        queue = ctx.Queue()
+        client = ctx.Process(target=_subjects_client, args=(servers, args, queue))
         client.start()
-        result: dict[str, Any] = queue.get(timeout=900)
+        result: dict[str, dict[str, Any]] = queue.get(timeout=1800)
         client.join(timeout=30)
         return result
 
@@ -314,14 +341,13 @@ def _subjects_main(args: dict[str, Any], settings: Any) -> None:
     rounds: dict[str, list[dict[str, Any]]] = {kind: [] for kind in kinds}
     asyncio.run(_seed_cold(settings, args["rounds"], args["subjects"]))
     for n in range(args["rounds"]):
-        # alternate the order: the later server of a round meets a busier broker
-        for kind in kinds if n % 2 == 0 else tuple(reversed(kinds)):
-            print(f"round {n + 1}/{args['rounds']}: {kind} ...", flush=True)
-            load_before = os.getloadavg()[0]
-            result = _run_subjects(kind, settings, {**args, "round": n})
-            result["load_avg_1m_before"] = round(load_before, 2)
-            rounds[kind].append(result)
-            print(json.dumps(result), flush=True)
+        print(f"round {n + 1}/{args['rounds']}: {', '.join(kinds)} taking turns ...", flush=True)
+        load_before = os.getloadavg()[0]
+        result = _run_subjects(kinds, settings, {**args, "round": n})
+        for kind in kinds:
+            result[kind]["load_avg_1m_before"] = round(load_before, 2)
+            rounds[kind].append(result[kind])
+        print(json.dumps(result), flush=True)
 
     def ratios(top: str, bottom: str, what: str) -> dict[str, list[float]]:
         return {
