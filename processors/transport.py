@@ -158,7 +158,11 @@ class BulkConsumer(driver.Consumer):
                 if not records or self.should_stop:
                     continue
                 if not self.flow_active:  # a rebalance began: as Faust's getmany
-                    await self.perform_seek()
+                    try:
+                        await self.perform_seek()
+                    except Exception as exc:  # a partition revoked meanwhile (as Faust's
+                        # getmany: raised, it crashed the fetcher and stopped the worker)
+                        self.log.warning("exception performing seek when flow not active %r", exc)
                     continue
                 for tp, batch in records.items():
                     if self.app.consumer_generation_id != generation:
