@@ -22,16 +22,25 @@ Faust's offset commits (a hint for where a new owner starts reading) as they wer
 Everything else about the consumer is Faust's: the group, assignments, rebalances, flow
 control, seeks, commits, its read-offset filter; records of other topics take Faust's
 per-message path.
+
+Start-up: Faust starts its producer and its consumer with one bootstrap each and crashes
+the worker when the broker does not answer at that moment (a worker started while Kafka
+restarts, seen in the chaos test: "Unable to bootstrap", exit). Both wait for Kafka here,
+as the worker's own start does (`processors.cli`), with the same patience.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
+import time
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any, cast
 
 import aiokafka
+from aiokafka.errors import KafkaConnectionError
 from faust.transport.consumer import CONSUMER_FETCHING
 from faust.transport.drivers import aiokafka as driver
 from faust.types import TP
@@ -41,6 +50,36 @@ __all__ = ["FETCH_MAX_WAIT_MS", "BulkConsumer", "Feed", "Transport"]
 
 # An idle worker asks its broker this often per consumer; Kafka's own default is 500.
 FETCH_MAX_WAIT_MS = 100
+START_PATIENCE_S = 120.0  # as the worker's own start (`processors.cli`)
+
+log = logging.getLogger(__name__)
+
+
+async def _started(make: Callable[[], Any], what: str) -> Any:
+    """`make()` a client and start it, again with backoff while Kafka does not answer
+    its bootstrap (a failed client is stopped and a new one made); the error after
+    `START_PATIENCE_S`."""
+    delay, deadline = 0.2, time.monotonic() + START_PATIENCE_S
+    while True:
+        client = make()
+        try:
+            await cast(Awaitable[None], client.start())
+            return client
+        except KafkaConnectionError as exc:
+            with contextlib.suppress(Exception):  # it never started: little to stop
+                await client.stop()
+            if time.monotonic() > deadline:
+                raise
+            log.warning("waiting for Kafka (%s): %s", what, exc)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+
+class _Producer(driver.Producer):
+    async def on_start(self) -> None:
+        await super(driver.Producer, self).on_start()  # Faust's own, then ours below
+        self._producer = await _started(self._new_producer, "producer")
+        self.beacon.add(self._producer)
 
 
 class Feed:
@@ -98,6 +137,12 @@ class Feed:
 
 
 class _ConsumerThread(driver.AIOKafkaConsumerThread):
+    async def on_start(self) -> None:
+        self.time_started = time.monotonic()
+        self._consumer = await _started(
+            lambda: self._create_consumer(loop=self.thread_loop), "consumer"
+        )
+
     def _create_worker_consumer(self, transport: Any) -> aiokafka.AIOKafkaConsumer:
         consumer = super()._create_worker_consumer(transport)
         consumer._fetch_max_wait_ms = FETCH_MAX_WAIT_MS  # handed to its fetcher at start
@@ -212,6 +257,7 @@ class Transport(driver.Transport):
     the records of the topics in `bulk` to their `Feed`."""
 
     Consumer = BulkConsumer
+    Producer = _Producer
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
