@@ -33,7 +33,7 @@ _COMMANDS: dict[str, tuple[str, frozenset[str]]] = {
     "ingest": ("ingest.cli:ingest", frozenset({KAFKA})),
     "backfill": ("ingest.backfill.cli:backfill", frozenset({KAFKA})),
     "reconcile": ("ingest.backfill.cli:reconcile", frozenset({KAFKA})),
-    "hydrate": ("ingest.hydrate.cli:hydrate", frozenset({KAFKA})),
+    "hydrate": ("launcher.hydrate:hydrate", frozenset({KAFKA})),  # + membership
     "refresh": ("ingest.hydrate.cli:refresh", frozenset({KAFKA})),
     "worker": ("processors.cli:worker", frozenset({KAFKA, POSTGRES})),
     "relay": ("processors.cli:relay", frozenset({KAFKA, POSTGRES})),

@@ -118,10 +118,14 @@ class Membership:
     """One worker's identity in the group and its watch over the others (see the module)."""
 
     def __init__(
-        self, settings: Settings, conn: psycopg.AsyncConnection[Any], instance_id: str
+        self,
+        settings: Settings,
+        conn: psycopg.AsyncConnection[Any],
+        instance_id: str,
+        group: str | None = None,
     ) -> None:
         self.settings = settings
-        self.group = settings.consumer_group
+        self.group = group or settings.consumer_group  # the worker's, or the hydrator's
         self.instance_id = instance_id
         self.member_id = ""
         self._conn: psycopg.AsyncConnection[Any] | None = conn
@@ -245,15 +249,16 @@ class Membership:
             self._client = None
 
 
-async def claim_membership(settings: Settings) -> Membership:
-    """Take this copy's worker id: ENTITLED_WORKER_ID, which no running copy may hold (a clear
-    error), else `<host name>-<n>` with the lowest n no running copy holds."""
+async def claim_membership(settings: Settings, group: str | None = None) -> Membership:
+    """Take this copy's worker id in `group` (default: the worker's; the hydrator passes its
+    own): ENTITLED_WORKER_ID, which no running copy of the group may hold (a clear error),
+    else `<host name>-<n>` with the lowest n no running copy holds."""
     assert settings.database_url
     conn = await psycopg.AsyncConnection.connect(
         settings.database_url, autocommit=True, connect_timeout=5
     )
     try:
-        host, pid, group = default_host(), os.getpid(), settings.consumer_group
+        host, pid, group = default_host(), os.getpid(), group or settings.consumer_group
         if settings.worker_id:
             deadline = time.monotonic() + _CLAIM_PATIENCE_S
             while not await members.claim(conn, group, settings.worker_id, host, pid):
@@ -263,10 +268,10 @@ async def claim_membership(settings: Settings) -> Membership:
                         f" worker of group {group}: give every copy its own id"
                     )
                 await asyncio.sleep(POLL_S)
-            return Membership(settings, conn, settings.worker_id)
+            return Membership(settings, conn, settings.worker_id, group)
         for n in range(_MAX_SLOTS):
             if await members.claim(conn, group, f"{host}-{n}", host, pid):
-                return Membership(settings, conn, f"{host}-{n}")
+                return Membership(settings, conn, f"{host}-{n}", group)
         raise WorkerIdTaken(f"{_MAX_SLOTS} workers of group {group} on {host}?")
     except BaseException:
         await conn.close()

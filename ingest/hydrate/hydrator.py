@@ -45,7 +45,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 import stripe
@@ -133,6 +133,21 @@ class _Assignments(ConsumerRebalanceListener):  # type: ignore[misc]
         self.metrics.partitions.set(len(assigned))
 
 
+class GroupWatch(Protocol):
+    """This copy's identity in the hydrators' group and its watch over the other copies, when
+    the hydrator is given one (`launcher.hydrate`, with a `DATABASE_URL`: the worker's
+    `processors.membership`): the hydrator joins as a static member and a survivor removes a
+    dead copy from the group at once, instead of after the session timeout (issue 24)."""
+
+    instance_id: str
+
+    async def joined(self, member_id: str) -> None: ...
+
+    async def watch(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+
 class Hydrator:
     """The hydrator of one process; `api` None means no key: count, fetch nothing."""
 
@@ -143,9 +158,11 @@ class Hydrator:
         api: StripeApi | None,
         metrics: HydratorMetrics | None = None,
         concurrency: int = 16,
+        membership: GroupWatch | None = None,
     ) -> None:
         self.settings = settings
         self.api = api
+        self.membership = membership
         self.metrics = metrics or HydratorMetrics(api)
         self.group = group_of(settings)
         self._gate = asyncio.Semaphore(concurrency)
@@ -170,19 +187,24 @@ class Hydrator:
             # a dead hydrator's partitions move as fast as a dead worker's (processors.app)
             session_timeout_ms=int(self.settings.kafka_session_timeout_s * 1000),
             heartbeat_interval_ms=int(self.settings.kafka_heartbeat_s * 1000),
+            # a static member: a survivor removes a dead copy at once (`GroupWatch`)
+            group_instance_id=self.membership.instance_id if self.membership else None,
         )
         consumer.subscribe([self.settings.topic], listener=self._listener)
         await self._producer.start()
         await consumer.start()
-        timer = None
+        timer = watch = None
         if not pending_only and self.api is not None and self.settings.features_every_s > 0:
             timer = asyncio.create_task(self._features_timer(stop))
+        if self.membership is not None:
+            watch = asyncio.create_task(self.membership.watch())
         try:
             ends = await self._log_end(consumer) if pending_only else None
             while not stop.is_set():
                 batch = await consumer.getmany(timeout_ms=500)
                 if self._listener.changed:
                     self._listener.changed = False
+                    await self._joined(consumer)
                     await self._recall(consumer)
                 await self._measure_lag(consumer, batch, in_flight=True)
                 await self._handle(consumer, batch, stop)
@@ -192,12 +214,31 @@ class Hydrator:
                 if ends is not None and await self._reached(consumer, ends):
                     return
         finally:
-            if timer is not None:
-                timer.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await timer
+            for task in (timer, watch):
+                if task is not None:
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
+            # A static member's consumer sends no LeaveGroup when it stops: forgetting the
+            # instance id just before makes it leave by member id (as the worker's transport
+            # does), so a clean stop hands the partitions over at once.
+            coordinator = getattr(consumer, "_coordinator", None)
+            if self.membership is not None and coordinator is not None:
+                coordinator._group_instance_id = None
             await consumer.stop()
             await self._producer.stop()
+            if self.membership is not None:
+                await self.membership.close()
+
+    async def _joined(self, consumer: AIOKafkaConsumer) -> None:
+        """Record the member id our consumer joined as beside our lock (`GroupWatch`)."""
+        coordinator = getattr(consumer, "_coordinator", None)
+        if self.membership is None or coordinator is None:
+            return
+        try:
+            await self.membership.joined(str(coordinator.member_id))
+        except Exception:  # the watch reconnects and records it again
+            log.warning("could not record our member id", exc_info=True)
 
     async def _features_timer(self, stop: asyncio.Event) -> None:
         """Every `features_every_s`, re-list products' features and log those that changed
