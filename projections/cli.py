@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import logging
 from pathlib import Path
 
 import click
 
 from entitled.settings import Settings
+
+log = logging.getLogger(__name__)
 
 
 def database_settings(settings: Settings) -> Settings:
@@ -19,15 +22,28 @@ def database_settings(settings: Settings) -> Settings:
     return settings
 
 
-async def _migrate(url: str) -> str:
+async def _migrate(url: str, attempts: int = 8) -> str:
+    """Migrate in one transaction; again, after a pause, when Postgres chose it as the victim
+    of a deadlock with the live worker (a release's migration runs while the old workers
+    fold: its DDL locks the tables one by one, a batch takes them in its own order; seen in
+    the rolling upgrade test). Nothing of an aborted attempt stays; the migration is
+    idempotent."""
     import psycopg
 
     from projections import schema
 
-    async with await psycopg.AsyncConnection.connect(url) as conn:
-        active = await schema.migrate(conn)
-        await conn.commit()
-    return active
+    for attempt in range(1, attempts + 1):
+        try:
+            async with await psycopg.AsyncConnection.connect(url) as conn:
+                active = await schema.migrate(conn)
+                await conn.commit()
+            return active
+        except (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure) as exc:
+            if attempt == attempts:
+                raise
+            log.warning("migration: %s; again (attempt %d of %d)", exc, attempt + 1, attempts)
+            await asyncio.sleep(0.2 * attempt)
+    raise AssertionError("unreachable")
 
 
 @click.command()
