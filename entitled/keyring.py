@@ -338,6 +338,12 @@ class Keyring:
         first for "now"); None: never."""
         return self._forgotten.get(subject)
 
+    def forgotten_since(self, subject: str, created: float) -> bool:
+        """`subject` was forgotten after an event of it `created` then (`forgotten_at`):
+        `seal(created=...)` seals that event with a key that is never written."""
+        at = self._forgotten.get(subject)
+        return at is not None and created < at
+
     def keys_of(self, subjects: Iterable[str]) -> list[tuple[str, str]]:
         """(subject, key id) of every live key of `subjects`."""
         wanted = set(subjects)
@@ -354,13 +360,11 @@ class Keyring:
         `created`: when the event came to be (Stripe's `created`; for a snapshot, what it
         stems from). An event about a subject forgotten after that is sealed with a key that
         is never written: every reader reads it as forgotten. None: not checked."""
-        if created is not None and self._forgotten:
-            at = self._forgotten.get(subject)
-            if at is not None and created < at:
-                self.shredded += 1
-                never_written = AESGCM(new_data_key())
-                header = (KEY_HEADER, secrets.token_hex(12).encode())
-                return seal_value(never_written, raw), header
+        if created is not None and self.forgotten_since(subject, created):
+            self.shredded += 1
+            never_written = AESGCM(new_data_key())
+            header = (KEY_HEADER, secrets.token_hex(12).encode())
+            return seal_value(never_written, raw), header
         key_id = self._newest.get(subject)
         aead = self._aead(key_id) if key_id is not None else None
         if aead is None or key_id is None:

@@ -148,8 +148,7 @@ class EventProducer:
     def forgotten(self, key: str, created: float) -> bool:
         """`key` was forgotten after `created`, as far as the keyring has read
         (`catch_up` first for "now"): `publish` would seal that event with no key."""
-        at = self.keyring.forgotten_at(key) if self.keyring is not None else None
-        return at is not None and created < at
+        return self.keyring is not None and self.keyring.forgotten_since(key, created)
 
     async def catch_up(self) -> None:
         """Read the keys topic to its end as of now, so that every forget made before this
