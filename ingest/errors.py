@@ -1,7 +1,8 @@
 """Errors of the ingest stage, each carrying the HTTP status the webhook answers with.
 
-One Starlette exception handler (`ingest.app`) maps them to `{"error": "..."}` bodies, so
-route code just raises. Messages are written for the sender and never contain a secret.
+The webhook (`ingest.app._Webhook`) maps them to their status and `{"error": "..."}`
+bodies, so the code under it just raises. Messages are written for the sender and never
+contain a secret.
 """
 
 from __future__ import annotations

@@ -2,7 +2,9 @@
 
 Signature checking is the stripe library's own (`WebhookSignature.verify_header`: v1
 scheme, constant-time compare, timestamp tolerance); we only loop over the configured
-secrets so that a rotation has no gap. Nothing here echoes a secret.
+secrets so that a rotation has no gap. Nothing here echoes a secret. Its names are bound at
+import: `stripe.X` goes through the package's lazy `__getattr__` (an import_module call)
+at every use.
 
 Both payloads Stripe's event destinations send are accepted, with the same signature
 scheme: snapshot events (`"object": "event"`, the object under `data.object`) and thin
@@ -21,6 +23,7 @@ from datetime import datetime
 from typing import Any
 
 import stripe
+from stripe import SignatureVerificationError, WebhookSignature
 from stripe.v2.core import EventNotification
 
 from entitled import bodies
@@ -50,9 +53,9 @@ def verify_signature(
     stale = False
     for secret in secrets:
         try:
-            stripe.WebhookSignature.verify_header(payload, header, secret, tolerance_s)
+            WebhookSignature.verify_header(payload, header, secret, tolerance_s)
             return
-        except stripe.SignatureVerificationError as exc:
+        except SignatureVerificationError as exc:
             # The library checks the signature before the timestamp, so "tolerance" means
             # this secret matched and only the age is wrong.
             stale = stale or "tolerance" in str(exc)
