@@ -60,6 +60,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 REPLAY_BATCH = 5000
+_FETCH_BYTES = 1024 * 1024  # per partition and fetch (see `read_log`)
 
 
 @dataclass
@@ -105,8 +106,12 @@ async def read_log(
     consumer = AIOKafkaConsumer(
         **client_options(settings),
         enable_auto_commit=False,
-        max_partition_fetch_bytes=8 * 1024 * 1024,
-        fetch_max_bytes=64 * 1024 * 1024,
+        # What a fetch returns stays in memory until it is folded (the in-order merge holds
+        # one fetch per partition): 8 MB a partition made the replay's peak RSS ~115 MB
+        # higher (read alone, 20k events, 8 partitions: 212 MB vs 98) for no faster read
+        # (14.9k vs 15.1k ev/s); below 1 MB the read slows (256 KB: 2.8k ev/s).
+        max_partition_fetch_bytes=_FETCH_BYTES,
+        fetch_max_bytes=8 * _FETCH_BYTES,
     )
     merge = InOrder() if in_order else None
     await consumer.start()
