@@ -22,7 +22,7 @@ import importlib
 import logging
 import multiprocessing
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -95,7 +95,7 @@ async def read_log(
     batch: int = REPLAY_BATCH,
     only_key: str | None = None,
     in_order: bool = False,
-) -> AsyncIterator[list[Message]]:
+) -> AsyncGenerator[list[Message], None]:
     """Batches of records of `topic` from `start` up to (excluding) `stop` per partition,
     opened with `keyring` (a forgotten customer's records come as `forgotten` messages);
     `in_order`: merged across partitions in the order they were written (a build's history
@@ -155,6 +155,27 @@ async def read_log(
         await consumer.stop()
 
 
+async def _one_ahead(
+    batches: AsyncGenerator[list[Message], None],
+) -> AsyncIterator[list[Message]]:
+    """`batches`, the next one read (fetched, opened, merged) in a task of its own while the
+    caller folds the current one: the reader's work then overlaps the fold's waits on
+    Postgres instead of following them. What the reader raises is raised here, in order."""
+    ahead = asyncio.ensure_future(anext(batches))
+    try:
+        while True:
+            try:
+                batch = await ahead
+            except StopAsyncIteration:
+                return
+            ahead = asyncio.ensure_future(anext(batches))
+            yield batch
+    finally:  # the caller stopped early or failed: the read in flight stops too
+        ahead.cancel()
+        await asyncio.gather(ahead, return_exceptions=True)
+        await batches.aclose()
+
+
 async def _fold_range(
     settings: Settings,
     schema: str,
@@ -174,8 +195,8 @@ async def _fold_range(
     try:
         await keyring.start()
         # in the order it was written: the build records the version's history as it goes
-        async for batch in read_log(
-            settings, settings.topic, start, stop, keyring=keyring, in_order=True
+        async for batch in _one_ahead(
+            read_log(settings, settings.topic, start, stop, keyring=keyring, in_order=True)
         ):
             result = await runner.commit(batch, recompute=recompute)
             if result.gaps:  # cannot happen with a plain reader; never skip if it does
