@@ -1,11 +1,12 @@
 """The one Kafka producer of an ingest process: idempotent, acks=all, bounded waits.
 
 `publish` returns only once the broker acknowledged the write, or raises `LogUnavailable`
-after `settings.produce_timeout_s`. A send we gave up on may still sit in aiokafka's
-accumulator and be delivered later (cancelling the delivery future does not withdraw the
-record). That is harmless, since Stripe retries after our 503 and the fold deduplicates by
-event id, but it must not go unnoticed: each such late outcome is logged and counted in
-`late_acks` / `late_failures` (exported by `ingest.metrics`).
+after `settings.produce_timeout_s`. Events go out in one record batch per partition per
+round trip (`ingest.batches`). A send we gave up on may still sit in its batch and be
+delivered later (giving up does not withdraw the record). That is harmless, since Stripe
+retries after our 503 and the fold deduplicates by event id, but it must not go unnoticed:
+each such late outcome is logged and counted in `late_acks` / `late_failures` (exported by
+`ingest.metrics`).
 
 A failed write can leave aiokafka's idempotent producer with sequence numbers the broker no
 longer accepts (after a broker restart under load every later write to those partitions
@@ -32,18 +33,21 @@ from collections.abc import Sequence
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
-from aiokafka.structs import RecordMetadata
 
 from entitled.crypto import CryptoError
 from entitled.kafka import client_options
 from entitled.keyring import Keyring, Record, write_records
 from entitled.settings import Settings
+from ingest.batches import EventBatches
 from ingest.errors import ConfigurationError, LogUnavailable
 
 log = logging.getLogger(__name__)
 
 # Room for key and headers on top of the largest body we accept.
 _RECORD_OVERHEAD = 64 * 1024
+# Many small events per request: the 16 KiB default holds ~5 webhooks and stalls senders;
+# below the broker's default message.max.bytes (1 MiB).
+_BATCH_BYTES = 512 * 1024
 
 
 class EventProducer:
@@ -66,6 +70,7 @@ class EventProducer:
         self.late_acks = 0
         self.late_failures = 0
         self._producer: AIOKafkaProducer | None = None
+        self._batches: EventBatches | None = None  # the event batches of `_producer`
         self._needs_reset = False
         self._reset_lock = asyncio.Lock()
         self._retired: set[asyncio.Task[None]] = set()
@@ -73,7 +78,7 @@ class EventProducer:
     async def start(self) -> None:
         """Connect to the cluster, fetch metadata for the topic, and read the keyring (a
         wrong master key stops the start: `WrongMasterKey`)."""
-        self._producer = await self._new_producer()
+        self._use(await self._new_producer())
         if self.keyring is None:
             return
         self.keyring.write_through(self._write_keys)
@@ -95,9 +100,7 @@ class EventProducer:
             acks="all",
             enable_idempotence=True,
             linger_ms=0,  # measured: lingering only adds latency here, no CPU saved
-            # Many small events per request: the 16 KiB default holds ~5 webhooks and stalls
-            # senders; below the broker's default message.max.bytes (1 MiB).
-            max_batch_size=512 * 1024,
+            max_batch_size=_BATCH_BYTES,
             max_request_size=self.settings.max_body_bytes + _RECORD_OVERHEAD,
             # The accumulator drops a batch whose partition has no leader after this long.
             request_timeout_ms=max(int(self.timeout_s * 1000), 1000),
@@ -108,6 +111,16 @@ class EventProducer:
             await producer.stop()
             raise LogUnavailable(f"cannot connect to Kafka: {type(exc).__name__}") from exc
         return producer
+
+    def _use(self, producer: AIOKafkaProducer) -> None:
+        self._producer = producer
+        self._batches = EventBatches(
+            producer,
+            self.topic,
+            # an estimate's slack below the builder's size: a batch fits one builder
+            batch_bytes=_BATCH_BYTES * 3 // 4,
+            max_record=self.settings.max_body_bytes + _RECORD_OVERHEAD,
+        )
 
     async def _reset_if_needed(self) -> None:
         if not self._needs_reset:
@@ -120,20 +133,22 @@ class EventProducer:
                     fresh = await self._new_producer()
             except TimeoutError as exc:
                 raise LogUnavailable("Kafka did not answer in time") from exc
-            old, self._producer = self._producer, fresh
+            old, batches = self._producer, self._batches
+            self._use(fresh)
             self._needs_reset = False
             log.warning("replaced the Kafka producer after a failed write")
-            if old is not None:
+            if old is not None and batches is not None:
                 # Its pending sends fail or land (and are counted) in the background.
-                task = asyncio.create_task(old.stop())
+                task = asyncio.create_task(_retire(old, batches))
                 self._retired.add(task)
                 task.add_done_callback(self._retired.discard)
 
     async def stop(self) -> None:
         """Flush what is pending (bounded by the producer's own timeouts) and disconnect."""
         producer, self._producer = self._producer, None
-        if producer is not None:
-            await producer.stop()
+        batches, self._batches = self._batches, None
+        if producer is not None and batches is not None:
+            await _retire(producer, batches)
         await asyncio.gather(*self._retired, return_exceptions=True)
         if self.keyring is not None:
             self.keyring.write_through(None)
@@ -192,29 +207,28 @@ class EventProducer:
 
         Raises `LogUnavailable` when Kafka did not acknowledge within the timeout.
         """
-        delivery: asyncio.Future[RecordMetadata] | None = None
+        outcome: asyncio.Future[None] | None = None
         await self._reset_if_needed()
         producer = self._running()
+        batches = self._batches
+        assert batches is not None
         try:
             async with asyncio.timeout(self.timeout_s):
                 value = raw
                 if self.keyring is not None:
                     value, header = await self.keyring.seal(key, raw, created=created)
                     headers = [*headers, header]
-                # Cancelling `send` itself (metadata wait, full buffer) queues nothing.
-                delivery = await producer.send(
-                    self.topic, value=value, key=key.encode(), headers=headers
-                )
-                # shield: on timeout we keep the delivery future to learn its fate later.
-                metadata = await asyncio.shield(delivery)
+                # Cancelled before it is queued (metadata wait), the record is not sent; after,
+                # it is (`outcome` tells its fate).
+                written, outcome = await batches.add(key.encode(), value, headers)
+                return await written
         except TimeoutError as exc:
-            if delivery is not None:
-                delivery.add_done_callback(functools.partial(self._late_outcome, producer))
+            if outcome is not None:
+                outcome.add_done_callback(functools.partial(self._late_outcome, producer))
             raise LogUnavailable(_reason(exc)) from exc
         except KafkaError as exc:
             self._failed(producer)
             raise LogUnavailable(_reason(exc)) from exc
-        return metadata.partition, metadata.offset
 
     async def ready(self) -> bool:
         """True when a broker answered a metadata request and knows the topic."""
@@ -251,11 +265,17 @@ class EventProducer:
         exc = delivery.exception()
         if exc is None:
             self.late_acks += 1
-            log.warning("a write answered 503 was acknowledged later: %s", delivery.result())
+            log.warning("a write answered 503 was acknowledged later")
         else:
             self.late_failures += 1
             self._failed(producer)
             log.warning("a write answered 503 finally failed: %s", _reason(exc))
+
+
+async def _retire(producer: AIOKafkaProducer, batches: EventBatches) -> None:
+    """Write what is queued (bounded by the producer's own timeouts), then disconnect."""
+    await batches.drain()
+    await producer.stop()
 
 
 def _reason(exc: BaseException) -> str:

@@ -1,5 +1,6 @@
 """The ingest producer's replacement after a failed write (a pure unit: the Kafka producer
-is a stand-in whose deliveries the test settles by hand; tests/chaos covers real restarts)."""
+is a stand-in whose deliveries, one per record batch, the test settles by hand; tests/chaos
+covers real restarts)."""
 
 from __future__ import annotations
 
@@ -21,14 +22,35 @@ class _Sent:
     offset: int = 0
 
 
+class _Builder(list[Any]):
+    def append(self, **record: Any) -> Any:  # type: ignore[override]
+        super().append(record)
+        return record
+
+
+@dataclass
+class _Cluster:
+    def partitions_for_topic(self, topic: str) -> set[int]:
+        return {0, 1}  # cus_1 -> 0, cus_2 -> 1 (one record batch in flight per partition)
+
+
+@dataclass
+class _Client:
+    cluster: _Cluster = field(default_factory=_Cluster)
+
+
 @dataclass
 class _Producer:
-    """Hands out one delivery future per send, settled by the test."""
+    """Hands out one delivery future per record batch sent, settled by the test."""
 
     name: str
     deliveries: list[asyncio.Future[Any]] = field(default_factory=list)
+    client: _Client = field(default_factory=_Client)
 
-    async def send(self, topic: str, **_: Any) -> asyncio.Future[Any]:
+    def create_batch(self) -> _Builder:
+        return _Builder()
+
+    async def send_batch(self, batch: _Builder, topic: str, **_: Any) -> asyncio.Future[Any]:
         delivery: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self.deliveries.append(delivery)
         return delivery
@@ -56,10 +78,11 @@ async def test_failures_of_a_replaced_producer_do_not_replace_its_successor() ->
     events._new_producer = new_producer  # type: ignore[method-assign]
     await events.start()
 
-    def publish() -> asyncio.Task[tuple[int, int]]:
-        return asyncio.create_task(events.publish(b"{}", key="cus_1", headers=[]))
+    def publish(key: str = "cus_1") -> asyncio.Task[tuple[int, int]]:
+        return asyncio.create_task(events.publish(b"{}", key=key, headers=[]))
 
-    first, second = publish(), publish()  # both in flight on p0 when the broker restarts
+    # both in flight on p0 when the broker restarts
+    first, second = publish(), publish("cus_2")
     await _until(lambda: len(created[0].deliveries) == 2)
     created[0].deliveries[0].set_exception(OutOfOrderSequenceNumber())
     with pytest.raises(LogUnavailable):
