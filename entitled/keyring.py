@@ -8,9 +8,20 @@ subject (distinct record keys, both kept); forgetting tombstones every one.
 
 Every process reads the whole topic at start (`start`) and follows it (`follow`): the
 directory of wrapped keys (key id -> subject, wrapped key) is complete in memory, the
-unwrapped keys only for the `key_cache_size` used most lately. A key is written with
-acks=all before the first event sealed with it, so a reader that misses a key id reads the
-topic to its end (`refresh`) once; a key still absent then is gone: its events are forgotten.
+unwrapped keys only for the `key_cache_size` used most lately.
+
+Key order (docs/erasure.md): a subject's new key and the first event sealed with it are
+written at once, in one produce round trip (`seal_now`: the key's write is queued, the
+caller sends the event and acknowledges it only once both are acked). A waiting for the
+key first cost a new subject's webhook a second round trip. So a reader may meet an event
+before its key: `open` (given the record's subject and Kafka timestamp) waits for a key it
+does not know, reading the topic again with backoff, until the record is `key_wait_s` old;
+never calls it forgotten before. A key that never came by then is an orphan of a failed key
+write (that event's writer was refused: Stripe, or the writer, sent it again under another
+key): skipped and counted as such. A key the reader saw tombstoned, a subject forgotten
+after the record was written, a value sealed with a key never meant to be written
+(`SHREDDED`): forgotten at once, as before. A key whose write failed is dropped: the writer
+never seals with it again (a new event makes a new key).
 
 A record `entitled.key-check`, wrapped like a data key, proves the master key at start: a
 master key that does not open it (or, on an older topic, the first data key) stops the
@@ -35,11 +46,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -63,11 +76,14 @@ __all__ = [
     "CHECK_KEY",
     "ERASED_KEY",
     "FORGOTTEN_PREFIX",
+    "SHREDDED",
     "KeyWriter",
     "Keyring",
     "Opened",
+    "Sealed",
     "key_records",
     "keys_topic_configs",
+    "record_time",
     "write_records",
 ]
 
@@ -77,12 +93,37 @@ CHECK_KEY = b"entitled.key-check"
 _CHECK_PLAIN = b"entitled: this master key wraps the data keys"
 ERASED_KEY = b"entitled.erased"
 FORGOTTEN_PREFIX = b"entitled.forgotten/"  # + subject: forgotten at the time in the value
+# The key id of a value sealed with a key that is never written (`seal(created=...)` of an
+# event about a subject forgotten after it): readers know it forgotten without waiting for
+# the key (it names no key, only that the writer shredded it).
+SHREDDED = "shredded-"
+_FIRST_WAIT_S = 0.005  # the first pause of a reader waiting for a key (then doubled)
+_MAX_WAIT_S = 1.0
 _MARKERS = (CHECK_KEY, ERASED_KEY)
 
 Record = tuple[bytes, bytes | None]  # record key, value (None: a tombstone)
 # Writes records to partition 0 of a topic, in order, and returns once all are acknowledged
 # (acks=all): `write_records` through some producer.
 KeyWriter = Callable[[str, Sequence[Record]], Awaitable[None]]
+
+
+class LogRecord(Protocol):
+    """A record of the event topic as aiokafka returns it (`ConsumerRecord`)."""
+
+    @property
+    def key(self) -> bytes | None: ...
+    @property
+    def value(self) -> bytes | None: ...
+    @property
+    def headers(self) -> Sequence[tuple[str, bytes]]: ...
+    @property
+    def timestamp(self) -> int: ...
+
+
+def record_time(timestamp_ms: int | None) -> float:
+    """A Kafka timestamp in Unix seconds; 0 (long ago: no key is waited for) when the
+    record has none (-1)."""
+    return timestamp_ms / 1000 if timestamp_ms is not None and timestamp_ms >= 0 else 0.0
 
 
 def keys_topic_configs(settings: Settings) -> dict[str, str]:
@@ -110,6 +151,25 @@ class Opened:
     forgotten: bool = False
     sealed: bool = True  # False: a record written without encryption, read as it is
     key_id: str | None = None  # the `entitled-key` header (None: not sealed)
+    # Its key never reached the keys topic (its write failed; the writer was refused, the
+    # event was sent again under another key): skip it, count it, never dead-letter it.
+    orphan: bool = False
+
+    @property
+    def unread(self) -> bool:
+        """Passed unread: forgotten or an orphan."""
+        return self.forgotten or self.orphan
+
+
+@dataclass(frozen=True, slots=True)
+class Sealed:
+    """A value sealed by `Keyring.seal_now`, the header naming its key, and the write of
+    that key when it is new and not acknowledged yet: the event may be acknowledged only
+    once that is done too (it raises what the write raised)."""
+
+    value: bytes
+    header: tuple[str, bytes]
+    written: asyncio.Future[None] | None = None
 
 
 class Keyring:
@@ -127,7 +187,8 @@ class Keyring:
         self._newest: dict[str, str] = {}  # subject -> the key id its writer seals with
         self._forgotten: dict[str, float] = {}  # subject -> when it was last forgotten
         self.shredded = 0  # events sealed with a key never written (`seal`)
-        self._gone_ids: dict[str, None] = {}  # key ids known to be tombstoned (bounded)
+        # key ids known to be gone (bounded): tombstoned (False) or orphans (True)
+        self._gone_ids: dict[str, bool] = {}
         self._check: bytes | None = None
         # No data key, tombstone nor erasure mark in the topic at all: a sealed record whose
         # key is missing then means a wrong ENTITLED_KEYS_TOPIC, not erasure.
@@ -137,7 +198,7 @@ class Keyring:
         self._producer: AIOKafkaProducer | None = None
         self._read_lock = asyncio.Lock()
         self._write_lock = asyncio.Lock()
-        self._making: dict[str, asyncio.Future[str]] = {}
+        self._unwritten: dict[str, asyncio.Future[None]] = {}  # key id -> its write, queued
         self._follower: asyncio.Task[None] | None = None
         self._writer: KeyWriter = self._write_own
         self._pending: _Pending | None = None  # records to write in the next batch
@@ -284,8 +345,8 @@ class Keyring:
             del self._newest[entry[0]]  # its next event starts a new key
         self._remember_gone(key_id)
 
-    def _remember_gone(self, key_id: str) -> None:
-        self._gone_ids[key_id] = None
+    def _remember_gone(self, key_id: str, *, orphan: bool = False) -> None:
+        self._gone_ids[key_id] = orphan
         if len(self._gone_ids) > self.settings.key_cache_size:
             self._gone_ids.pop(next(iter(self._gone_ids)))
 
@@ -300,9 +361,21 @@ class Keyring:
         return self.cache.put(key_id, self.master.unwrap(wrapped, _record_key(subject, key_id)))
 
     async def open(
-        self, value: bytes | None, headers: Iterable[tuple[str, bytes]] | Mapping[str, bytes]
+        self,
+        value: bytes | None,
+        headers: Iterable[tuple[str, bytes]] | Mapping[str, bytes],
+        *,
+        subject: str | None = None,
+        timestamp: float | None = None,
     ) -> Opened:
-        """A record's value opened: the raw bytes, or forgotten when its key is gone.
+        """A record's value opened: the raw bytes, forgotten when its key is gone, an orphan
+        when its key never came.
+
+        `subject` (the record's message key) and `timestamp` (its Kafka timestamp, Unix
+        seconds): every reader of the log passes them; a key this keyring does not know is
+        then waited for while it may still be on its way (see the module doc). Without them,
+        one read of the topic decides (a key still absent is forgotten): only for records
+        whose keys were written before them.
 
         Raises `WrongMasterKey` (a key that does not unwrap) and Kafka errors: never a reason
         to skip an event."""
@@ -311,23 +384,85 @@ class Keyring:
         if key_id is None:
             return Opened(raw, sealed=False)
         aead = self._aead(key_id)
-        if aead is None and key_id not in self._gone_ids:
-            await self.refresh()  # written before the event: it is in the topic, or gone
-            aead = self._aead(key_id)
-            if aead is None and not self._any_key:
-                raise CryptoError(
-                    f"a record is sealed with key {key_id}, but the keys topic {self.topic!r}"
-                    " holds no key at all: is ENTITLED_KEYS_TOPIC right?"
-                    " (refusing to read every event as forgotten)"
-                )
-            if aead is None:
-                self._remember_gone(key_id)
         if aead is None:
-            return Opened(b"", forgotten=True, key_id=key_id)
+            gone = self._gone_ids.get(key_id)
+            if gone is None and not key_id.startswith(SHREDDED):
+                if subject is None or timestamp is None:
+                    subject = None  # the old rule: forgotten, never an orphan
+                    await self.refresh()
+                    aead = self._aead(key_id)
+                else:
+                    aead = await self._arriving(key_id, subject, timestamp)
+                if aead is None:
+                    gone = self._decide(key_id, subject)
+            if aead is None:
+                return Opened(b"", forgotten=not gone, orphan=bool(gone), key_id=key_id)
         try:
             return Opened(open_value(aead, raw), key_id=key_id)
         except CryptoError:  # damaged on the way: the fold dead-letters it as unreadable
             return Opened(raw, key_id=key_id)
+
+    async def open_record(self, record: LogRecord) -> Opened:
+        """`open` for a record of the event topic: its message key is its subject, its
+        Kafka timestamp when it was written."""
+        key = record.key
+        return await self.open(
+            record.value,
+            record.headers,
+            subject=key.decode("utf-8", "replace") if key is not None else "",
+            timestamp=record_time(record.timestamp),
+        )
+
+    async def _arriving(self, key_id: str, subject: str, timestamp: float) -> AESGCM | None:
+        """The key `key_id` of a record of `subject` written at `timestamp`, once it is in
+        the topic; None when it cannot be on its way any more: tombstoned, its subject
+        forgotten after the record, or a read of the topic begun once the record was
+        `key_wait_s` old found nothing (its writer had given up on it by then). Waits at
+        most `key_wait_s` from now, whatever the record's clock said."""
+        bound = self.settings.key_wait_s
+        deadline = min(timestamp + bound, time.time() + bound)
+        delay = _FIRST_WAIT_S
+        waited = False
+        while True:
+            began = time.time()
+            await self.refresh()
+            aead = self._aead(key_id)
+            if aead is not None or key_id in self._gone_ids or began > deadline:
+                break
+            forgotten_at = self._forgotten.get(subject)
+            if forgotten_at is not None and timestamp <= forgotten_at:
+                break  # written before its subject was forgotten: not a key on its way
+            if not waited:
+                waited = True
+                log.debug("waiting for key %s of %s (written after its event)", key_id, subject)
+            await asyncio.sleep(min(delay, max(deadline - time.time(), 0.0) + _FIRST_WAIT_S))
+            delay = min(delay * 2, _MAX_WAIT_S)
+        return aead
+
+    def _decide(self, key_id: str, subject: str | None) -> bool:
+        """A key absent after `open`'s reading: orphan (True) or forgotten (False),
+        remembered (bounded). Forgotten when the topic said so (a tombstone, a forget mark
+        of its subject, or no subject given: the old rule); an orphan, logged once, when no
+        forget explains it."""
+        if not self._any_key:
+            raise CryptoError(
+                f"a record is sealed with key {key_id}, but the keys topic {self.topic!r}"
+                " holds no key at all: is ENTITLED_KEYS_TOPIC right?"
+                " (refusing to read every event as forgotten)"
+            )
+        orphan = (
+            subject is not None and key_id not in self._gone_ids and subject not in self._forgotten
+        )
+        if orphan:
+            log.warning(
+                "records of %s sealed with key %s are skipped: the key never reached the keys"
+                " topic (its write failed; the writer was refused and wrote them again under"
+                " another key)",
+                subject,
+                key_id,
+            )
+        self._remember_gone(key_id, orphan=orphan)
+        return orphan
 
     def holds(self, key_id: str) -> bool:
         """The key is live as far as this keyring has read (`refresh` first for "now")."""
@@ -354,59 +489,63 @@ class Keyring:
     async def seal(
         self, subject: str, raw: bytes, *, created: float | None = None
     ) -> tuple[bytes, tuple[str, bytes]]:
-        """`raw` sealed with a data key of `subject` (made and written first if it has
-        none) and the header naming that key.
+        """`seal_now`, returning once a new key is written (acks=all): for writers that
+        send no event alongside (tests, benches)."""
+        sealed = self.seal_now(subject, raw, created=created)
+        if sealed.written is not None:
+            await asyncio.shield(sealed.written)
+        return sealed.value, sealed.header
+
+    def seal_now(self, subject: str, raw: bytes, *, created: float | None = None) -> Sealed:
+        """`raw` sealed with a data key of `subject` and the header naming that key; when
+        the key is new (made here, or made by another call and not acknowledged yet), the
+        future of its write (queued here: it leaves with the caller's event).
 
         `created`: when the event came to be (Stripe's `created`; for a snapshot, what it
         stems from). An event about a subject forgotten after that is sealed with a key that
-        is never written: every reader reads it as forgotten. None: not checked."""
+        is never written (`SHREDDED`): every reader reads it as forgotten. None: not checked."""
         if created is not None and self.forgotten_since(subject, created):
             self.shredded += 1
             never_written = AESGCM(new_data_key())
-            header = (KEY_HEADER, secrets.token_hex(12).encode())
-            return seal_value(never_written, raw), header
+            header = (KEY_HEADER, (SHREDDED + secrets.token_hex(12)).encode())
+            return Sealed(seal_value(never_written, raw), header)
         key_id = self._newest.get(subject)
         aead = self._aead(key_id) if key_id is not None else None
         if aead is None or key_id is None:
-            key_id = await self._key_for(subject)
-            aead = self._aead(key_id)
-            assert aead is not None
-        return seal_value(aead, raw), (KEY_HEADER, key_id.encode())
+            key_id, aead = self._new_key(subject)
+        return Sealed(
+            seal_value(aead, raw), (KEY_HEADER, key_id.encode()), self._unwritten.get(key_id)
+        )
 
-    async def _key_for(self, subject: str) -> str:
-        """A new data key for `subject`, written (acks=all) before it is used; concurrent
-        callers for one subject share it."""
-        making = self._making.get(subject)
-        if making is not None:
-            try:
-                return await asyncio.shield(making)
-            except asyncio.CancelledError:
-                if making.cancelled():  # its maker was cancelled, not us: make one
-                    return await self._key_for(subject)
-                raise
-        future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-        self._making[subject] = future
-        try:
-            key_id = secrets.token_hex(12)
-            data_key = new_data_key()
-            record_key = _record_key(subject, key_id)
-            wrapped = self.master.wrap(data_key, record_key)
-            await self._send(record_key, wrapped)
-            self.directory[key_id] = (subject, wrapped)
-            self._newest[subject] = key_id
+    def _new_key(self, subject: str) -> tuple[str, AESGCM]:
+        """A new data key for `subject`, its write queued (`_enqueue`); the next events of
+        the subject use it at once and wait for the same write (`seal_now`)."""
+        key_id = secrets.token_hex(12)
+        data_key = new_data_key()
+        record_key = _record_key(subject, key_id)
+        wrapped = self.master.wrap(data_key, record_key)
+        written = self._enqueue([(record_key, wrapped)])
+        self._unwritten[key_id] = written
+        written.add_done_callback(functools.partial(self._key_written, subject, key_id))
+        self.directory[key_id] = (subject, wrapped)
+        self._newest[subject] = key_id
+        return key_id, self.cache.put(key_id, data_key)
+
+    def _key_written(self, subject: str, key_id: str, written: asyncio.Future[None]) -> None:
+        self._unwritten.pop(key_id, None)
+        if not written.cancelled() and written.exception() is None:
             self._any_key = True
-            self.cache.put(key_id, data_key)
-            future.set_result(key_id)
-            return key_id
-        except asyncio.CancelledError:
-            future.cancel()
-            raise
-        except Exception as exc:
-            future.set_exception(exc)
-            future.exception()  # retrieved: no "never retrieved" warning if nobody waits
-            raise
-        finally:
-            del self._making[subject]
+            return
+        # Dropped, not sent again: the events sealed with it were refused (their writers
+        # answer an error: Stripe retries, the others write again), and those retries take
+        # a new key at once instead of waiting behind a write that failed once (its producer
+        # is being replaced). A write that failed late may still have landed: then the key
+        # merely lives unused (forgetting tombstones it with the others).
+        log.warning("the write of key %s of %s failed; it is not used again", key_id, subject)
+        if self._newest.get(subject) == key_id:
+            del self._newest[subject]
+        self.directory.pop(key_id, None)
+        self.cache.drop(key_id)
 
     async def forget(self, subjects: Iterable[str], at: float | None = None) -> list[str]:
         """Mark `subjects` forgotten at `at` (default now), tombstone every data key of them,
@@ -453,7 +592,11 @@ class Keyring:
         await self._send_all([(key, value)])
 
     async def _send_all(self, records: Sequence[Record]) -> None:
-        """Write `records` (in order) and wait for their ack (acks=all).
+        """Write `records` (in order) and wait for their ack (acks=all) (see `_enqueue`)."""
+        await asyncio.shield(self._enqueue(records))
+
+    def _enqueue(self, records: Sequence[Record]) -> asyncio.Future[None]:
+        """Queue `records` (in order) for writing; the future of their ack (acks=all).
 
         Records go out together, one record batch with one future (`_flush`): those asked
         for while a batch is on its way wait for it and then all go in the next one, as
@@ -470,7 +613,7 @@ class Keyring:
                 # runs once this loop iteration ends: the records asked for meanwhile join
                 self._flushing = asyncio.create_task(self._flush())
         pending.records.extend(records)
-        await asyncio.shield(pending.done)
+        return pending.done
 
     async def _flush(self) -> None:
         try:

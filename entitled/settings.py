@@ -115,6 +115,12 @@ class Settings:
     key_cache_size: int = 10_000
     keys_follow_s: float = 1.0
     keys_segment_s: float = 3600.0
+    # A reader that meets a record whose data key is not in the keys topic yet waits for it
+    # until the record is this old (Kafka timestamp): a writer sends a new key and the
+    # first event sealed with it at once, and acknowledges that event only once both are
+    # written, within its ENTITLED_PRODUCE_TIMEOUT. So this bounds that timeout plus the
+    # clock skew between writers and readers (docs/erasure.md, "Key order").
+    key_wait_s: float = 30.0
     home: Path = field(default_factory=lambda: Path.home() / ".local" / "share" / "entitled")
     cache: Path = field(default_factory=lambda: Path.home() / ".cache" / "entitled")
     # ingest
@@ -202,6 +208,7 @@ class Settings:
             keys_topic=e.get("ENTITLED_KEYS_TOPIC") or base.keys_topic,
             key_cache_size=int(e.get("ENTITLED_KEY_CACHE") or base.key_cache_size),
             keys_segment_s=float(e.get("ENTITLED_KEYS_SEGMENT_S") or base.keys_segment_s),
+            key_wait_s=float(e.get("ENTITLED_KEY_WAIT_S") or base.key_wait_s),
             home=Path(e["ENTITLED_HOME"]) if e.get("ENTITLED_HOME") else base.home,
             cache=Path(e["ENTITLED_CACHE"]) if e.get("ENTITLED_CACHE") else base.cache,
             max_body_bytes=int(e.get("ENTITLED_MAX_BODY_BYTES") or base.max_body_bytes),

@@ -113,9 +113,9 @@ async def _scan_log(settings: Settings, customer: str, subjects: set[str], found
                         if r.offset >= ends[tp]:
                             continue
                         key = r.key.decode("utf-8", "replace") if r.key else ""
-                        opened = await keyring.open(r.value, r.headers)
+                        opened = await keyring.open_record(r)
                         found.unsealed += not opened.sealed
-                        if opened.forgotten:
+                        if opened.unread:  # forgotten, or an orphan (no key ever)
                             found.forgotten_events += key in subjects
                             continue
                         if key in subjects or needle in opened.value:

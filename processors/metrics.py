@@ -131,6 +131,7 @@ class WorkerMetrics:
             ("skipped", result.skipped),
             ("unknown", result.unknown),
             ("forgotten", result.forgotten),
+            ("orphan", result.orphans),
         ):
             if n:
                 self.events.labels(outcome).inc(n)

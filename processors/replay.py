@@ -139,7 +139,13 @@ async def read_log(
                     key = r.key.decode("utf-8", "replace") if r.key is not None else None
                     if only_key is None or key == only_key:
                         message = await open_message(
-                            keyring, tp.partition, r.offset, r.key, r.value, r.headers
+                            keyring,
+                            tp.partition,
+                            r.offset,
+                            r.key,
+                            r.value,
+                            r.headers,
+                            timestamp_ms=r.timestamp,
                         )
                         if merge is None:
                             out.append(message)

@@ -243,7 +243,7 @@ async def screen(
     takes no lock; otherwise one row is share-locked and read, and the erasures are read
     only when one committed since `erased` last looked. Only a record whose message key is
     a forgotten subject is parsed (for its `created`)."""
-    if all(m.forgotten for m in messages):
+    if all(m.unread for m in messages):
         return messages
     cur = await conn.execute(f"SELECT epoch FROM {db.CONTROL}.erasure_epoch FOR SHARE")
     row = await cur.fetchone()
@@ -253,7 +253,9 @@ async def screen(
     if not gone and not erased.subjects:
         return messages
     return [
-        replace(m, value=b"", forgotten=True) if _erased(m, gone, erased.subjects) else m
+        replace(m, value=b"", forgotten=True, orphan=False)
+        if _erased(m, gone, erased.subjects)
+        else m
         for m in messages
     ]
 
@@ -261,6 +263,9 @@ async def screen(
 def _erased(message: Message, gone: set[str], subjects: dict[str, float]) -> bool:
     if message.forgotten:
         return False
+    # An orphan (its key never came) of a forgotten subject is forgotten: a keyring that no
+    # longer sees the key's tombstone nor a forget mark (forgets before the marks) cannot
+    # tell the two apart; its value is empty (created 0: before any forget).
     if message.key_id is not None and message.key_id in gone:
         return True
     at = subjects.get(message.key) if message.key is not None else None

@@ -46,6 +46,7 @@ class ApplyResult:
     skipped: int = 0  # events an operator skipped (`deadletters skip`)
     unknown: int = 0  # event types no rule reads
     forgotten: int = 0  # events whose data key was deleted (erasure): unreadable, passed
+    orphans: int = 0  # events whose data key never reached the keys topic: passed
     ignored: Counter[str] = field(default_factory=Counter)  # previews, objects without id
     ties: int = 0  # same-second snapshots only log order could order
     customers: int = 0
@@ -70,6 +71,7 @@ _COUNTS = (
     "skipped",
     "unknown",
     "forgotten",
+    "orphans",
     "ties",
     "customers",
 )
@@ -224,8 +226,9 @@ class ProjectionStore:
             checkpoint = await offsets.lock(conn, schema, self.topic, [message.partition])
             cont = offsets.continuity([message], checkpoint)
             result = ApplyResult(below_checkpoint=cont.below_checkpoint, gaps=cont.gaps)
-            if cont.fresh and message.forgotten:  # its customer was forgotten: no letter
-                result.forgotten = 1
+            if cont.fresh and message.unread:  # forgotten, or an orphan: no letter
+                result.forgotten = int(message.forgotten)
+                result.orphans = int(message.orphan)
                 result.next_offsets = cont.next_offsets
                 await offsets.save(conn, schema, self.topic, cont.next_offsets)
             elif cont.fresh:

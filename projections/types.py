@@ -31,10 +31,19 @@ class Message:
     # Its data key was deleted (the customer was forgotten): the writer counts it, moves
     # the checkpoint past it and folds nothing; never a dead letter, never parks anyone.
     forgotten: bool = False
+    # Its data key never reached the keys topic (the key's write failed: its writer was
+    # refused and wrote the event again under another key): counted as an orphan, passed
+    # as a forgotten record is.
+    orphan: bool = False
     # The id of the data key its value was sealed with (None: written unencrypted, or not
     # from the log): the writer checks it against the erased keys in its transaction
     # (`projections.erasure.screen`), whatever this process's keyring has seen yet.
     key_id: str | None = None
+
+    @property
+    def unread(self) -> bool:
+        """Passed unread: forgotten or an orphan."""
+        return self.forgotten or self.orphan
 
     @property
     def position(self) -> Position:

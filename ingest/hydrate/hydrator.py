@@ -55,6 +55,7 @@ from aiokafka.errors import CommitFailedError
 from entitled import bodies
 from entitled.crypto import key_id_of
 from entitled.kafka import client_options
+from entitled.keyring import Opened
 from entitled.settings import Settings
 from ingest import summary
 from ingest.completion import Fetch, needed
@@ -400,10 +401,12 @@ class Hydrator:
         headers = dict(record.headers)
         if headers.get("source") not in SOURCES_TO_COMPLETE:
             return None
-        value = await self._open(record.value, headers)
-        if value is None:
-            self._outcome("forgotten")  # its customer was forgotten: nothing to complete
+        opened = await self._open(record)
+        if opened.unread:
+            # its customer was forgotten (or its key never came): nothing to complete
+            self._outcome("orphan" if opened.orphan else "forgotten")
             return None
+        value = opened.value
         try:
             event = bodies.loads(value)  # as tolerant as the fold
         except bodies.UnreadableBody:
@@ -423,13 +426,14 @@ class Hydrator:
             created_at(event),
         )
 
-    async def _open(self, value: bytes | None, headers: dict[str, bytes]) -> bytes | None:
-        """The record's raw value (None: forgotten). A wrong master key raises: stop loudly."""
+    async def _open(self, record: Any) -> Opened:
+        """The record opened (it may wait for a key written just after it: the scan of
+        this partition waits with it, `Keyring.open`). A wrong master key raises: stop
+        loudly."""
         keyring = self._producer.keyring
         if keyring is None:
-            return value or b""
-        opened = await keyring.open(value, headers)
-        return None if opened.forgotten else opened.value
+            return Opened(record.value or b"", sealed=False)
+        return await keyring.open_record(record)
 
     async def _still_wanted(self, job: _Job, subject: str) -> bool:
         """As of now (the keys topic read to its end: one ListOffsets, a few ms; the topic

@@ -52,8 +52,8 @@ async def _needs(keyring: Keyring, record: Any) -> bool:
     headers = dict(record.headers)
     if headers.get("source") not in SOURCES_TO_COMPLETE:
         return False
-    opened = await keyring.open(record.value, headers)
-    if opened.forgotten:
+    opened = await keyring.open_record(record)
+    if opened.unread:
         return False
     try:
         event = orjson.loads(opened.value)

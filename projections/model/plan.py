@@ -56,6 +56,7 @@ class Plan:
     skipped: int  # events an operator skipped (`deadletters skip`)
     duplicates: int  # live events not applied (already applied, or twice in the batch)
     forgotten: int = 0  # records whose data key was deleted (erasure): passed unread
+    orphans: int = 0  # records whose data key never reached the keys topic: passed unread
 
     def counts(self) -> dict[str, object]:
         """The `ApplyResult` fields this plan decides."""
@@ -67,6 +68,7 @@ class Plan:
             "poison": len(self.poison),
             "skipped": self.skipped,
             "forgotten": self.forgotten,
+            "orphans": self.orphans,
             "unknown": f.unknown,
             "ties": f.ties,
         }
@@ -82,6 +84,7 @@ class Batch:
     poison: list[Letter] = field(default_factory=list)
     skipped: int = 0
     forgotten: int = 0
+    orphans: int = 0
 
     @classmethod
     def parse(cls, messages: Sequence[Message], held: Held) -> Batch:
@@ -92,6 +95,9 @@ class Batch:
         for m in messages:
             if m.forgotten:
                 out.forgotten += 1
+                continue
+            if m.orphan:
+                out.orphans += 1
                 continue
             if m.position in held.skipped:
                 out.skipped += 1
@@ -149,6 +155,7 @@ class Batch:
             self.skipped,
             len(live) - len(folded.applied),
             self.forgotten,
+            self.orphans,
         )
 
 
