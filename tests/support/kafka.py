@@ -73,7 +73,8 @@ async def read_topic(
         return records
     async with Keyring(settings) as keyring:
         return [
-            dataclasses.replace(r, value=(await keyring.open(r.value, r.headers)).value)
+            # as the log's readers open them: a key written just after its record is waited for
+            dataclasses.replace(r, value=(await keyring.open_record(r)).value)
             for r in records
         ]
 
