@@ -19,10 +19,20 @@ from psycopg import AsyncConnection, sql
 
 from projections import schema as db
 from projections.model.plan import Held, Letter, id_and_type
+from projections.reads import Read
 from projections.types import Message
 from projections.upserts import clean_text
 
-__all__ = ["Held", "Letter", "held", "id_and_type", "record", "rows", "take_for_release"]
+__all__ = [
+    "Held",
+    "Letter",
+    "held",
+    "held_read",
+    "id_and_type",
+    "record",
+    "rows",
+    "take_for_release",
+]
 
 log = logging.getLogger(__name__)
 
@@ -35,18 +45,34 @@ async def held(
     *,
     from_first_letter: bool = False,
 ) -> Held:
-    """The keys of `messages` that are parked, and which of them were skipped.
+    """The keys of `messages` that are parked, and which of them were skipped (`held_read`)."""
+    if not messages:
+        return Held()
+    return await held_read(schema, topic, messages, from_first_letter=from_first_letter).run(conn)
+
+
+def held_read(
+    schema: str, topic: str, messages: Sequence[Message], *, from_first_letter: bool = False
+) -> Read[Held]:
+    """The keys of `messages` (not empty) that are parked, and which of them were skipped.
 
     A parked key holds back all of its events in the live writer (they come after the poison);
     `from_first_letter` holds them back only from its first poison/parked offset on, for a
     rebuild that reads the key's history from the start.
     """
-    out = Held()
-    if not messages:
-        return out
     keys = sorted({m.key or "" for m in messages})
     partitions = sorted({m.partition for m in messages})
-    cur = await conn.execute(
+
+    def decode(rows: list[Any]) -> Held:
+        out = Held()
+        for key, state, partition, offset in rows:
+            if state == "skipped":
+                out.skipped.add((partition, offset))
+            else:
+                out.park(key, offset if from_first_letter else -1)
+        return out
+
+    return Read(
         sql.SQL(
             'SELECT key, state, partition, "offset" FROM {}'
             " WHERE (key = ANY(%s) AND state IN ('poison', 'parked'))"
@@ -54,13 +80,8 @@ async def held(
             '        AND "offset" BETWEEN %s AND %s)'
         ).format(db.qualified(schema, "dead_letters")),
         (keys, topic, partitions, min(m.offset for m in messages), max(m.offset for m in messages)),
+        decode,
     )
-    for key, state, partition, offset in await cur.fetchall():
-        if state == "skipped":
-            out.skipped.add((partition, offset))
-        else:
-            out.park(key, offset if from_first_letter else -1)
-    return out
 
 
 async def record(

@@ -46,17 +46,20 @@ from entitled import bodies
 from projections import changes
 from projections import schema as db
 from projections.model.entitlements import Entitlement
+from projections.reads import Read
 from projections.types import Message
 
 __all__ = [
     "Erased",
     "ErasedKeys",
+    "epoch_read",
     "erase",
     "erasures",
     "forget",
     "leftovers",
     "linked_subjects",
     "screen",
+    "screen_at",
 ]
 
 # Mirrored tables that can concern a customer; products, prices and product features never do.
@@ -234,20 +237,37 @@ class ErasedKeys:
         return self.ids
 
 
+def epoch_read() -> Read[int]:
+    """The erasure epoch, share-locked: the first read of `screen` (see the module doc)."""
+    return Read(f"SELECT epoch FROM {db.CONTROL}.erasure_epoch FOR SHARE", None, _epoch)
+
+
+def _epoch(rows: list[Any]) -> int:
+    return int(rows[0][0]) if rows else 0
+
+
 async def screen(
     conn: AsyncConnection[Any], messages: Sequence[Message], erased: ErasedKeys | None = None
 ) -> Sequence[Message]:
     """`messages` with every record sealed by an erased data key, or about a forgotten
     subject and created before it was forgotten, made `forgotten`: the first step of every
     transaction that folds records (see the module doc). A batch of forgotten records only
-    takes no lock; otherwise one row is share-locked and read, and the erasures are read
-    only when one committed since `erased` last looked. Only a record whose message key is
-    a forgotten subject is parsed (for its `created`)."""
+    takes no lock; otherwise one row is share-locked and read (`epoch_read`), and the
+    erasures are read only when one committed since `erased` last looked. Only a record
+    whose message key is a forgotten subject is parsed (for its `created`)."""
     if all(m.unread for m in messages):
         return messages
-    cur = await conn.execute(f"SELECT epoch FROM {db.CONTROL}.erasure_epoch FOR SHARE")
-    row = await cur.fetchone()
-    epoch = int(row[0]) if row is not None else 0
+    return await screen_at(conn, messages, await epoch_read().run(conn), erased)
+
+
+async def screen_at(
+    conn: AsyncConnection[Any],
+    messages: Sequence[Message],
+    epoch: int,
+    erased: ErasedKeys | None = None,
+) -> Sequence[Message]:
+    """`screen`, the epoch read already (`epoch_read`, in this transaction, sent with other
+    reads: `projections.reads`)."""
     erased = erased or ErasedKeys()
     gone = await erased.at(conn, epoch)
     if not gone and not erased.subjects:

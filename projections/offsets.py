@@ -19,9 +19,10 @@ from typing import Any
 from psycopg import AsyncConnection, sql
 
 from projections import schema as db
+from projections.reads import Read
 from projections.types import Message
 
-__all__ = ["Continuity", "continuity", "lock", "read", "save"]
+__all__ = ["Continuity", "continuity", "in_order", "lock", "lock_read", "read", "save"]
 
 
 @dataclass
@@ -34,15 +35,28 @@ class Continuity:
     next_offsets: dict[int, int] = field(default_factory=dict)  # checkpoints to save
 
 
+def in_order(messages: Iterable[Message]) -> list[Message]:
+    """`messages` partition by partition (in the order each first appears), each by offset:
+    the order of `Continuity.fresh`."""
+    by_partition: dict[int, list[Message]] = defaultdict(list)
+    for m in messages:
+        by_partition[m.partition].append(m)
+    return [m for batch in by_partition.values() for m in sorted(batch, key=_offset)]
+
+
+def _offset(m: Message) -> int:
+    return m.offset
+
+
 def continuity(messages: Iterable[Message], checkpoint: Mapping[int, int]) -> Continuity:
     """Drop what `checkpoint` already covers; stop each partition at its first gap. Pure."""
     by_partition: dict[int, list[Message]] = defaultdict(list)
-    for m in messages:
+    for m in in_order(messages):
         by_partition[m.partition].append(m)
     out = Continuity()
     for partition, batch in by_partition.items():
         expected = start = checkpoint.get(partition, 0)
-        for m in sorted(batch, key=lambda m: m.offset):
+        for m in batch:
             if m.offset < expected:
                 out.below_checkpoint += 1
                 continue
@@ -59,19 +73,28 @@ def continuity(messages: Iterable[Message], checkpoint: Mapping[int, int]) -> Co
 async def lock(
     conn: AsyncConnection[Any], schema: str, topic: str, partitions: Iterable[int]
 ) -> dict[int, int]:
+    """The checkpoints of `partitions`, locked for this transaction (`lock_read`)."""
+    return await lock_read(schema, topic, partitions).run(conn)
+
+
+def lock_read(schema: str, topic: str, partitions: Iterable[int]) -> Read[dict[int, int]]:
     """The checkpoints of `partitions`, locked for this transaction.
 
     Two workers briefly owning one partition during a rebalance are serialised here, and the
     second one sees the first one's offsets.
     """
-    cur = await conn.execute(
+    return Read(
         sql.SQL(
             "SELECT partition, next_offset FROM {} WHERE topic = %s AND partition = ANY(%s)"
             " ORDER BY partition FOR UPDATE"
         ).format(db.qualified(schema, "checkpoints")),
         (topic, sorted(set(partitions))),
+        _by_partition,
     )
-    return {p: o for p, o in await cur.fetchall()}
+
+
+def _by_partition(rows: list[Any]) -> dict[int, int]:
+    return {p: o for p, o in rows}
 
 
 async def read(conn: AsyncConnection[Any], schema: str, topic: str) -> dict[int, int]:
@@ -90,12 +113,15 @@ async def save(
 ) -> None:
     if not next_offsets:
         return
-    async with conn.cursor() as cur:
-        await cur.executemany(
-            sql.SQL(
-                "INSERT INTO {} (topic, partition, next_offset) VALUES (%s, %s, %s)"
-                " ON CONFLICT (topic, partition) DO UPDATE"
-                " SET next_offset = excluded.next_offset, updated_at = now()"
-            ).format(db.qualified(schema, "checkpoints")),
-            [(topic, p, o) for p, o in sorted(next_offsets.items())],
-        )
+    # One statement, not executemany: inside a pipeline (`projections.reads`) executemany
+    # ends with a sync of its own, a round trip.
+    parts = sorted(next_offsets.items())
+    await conn.execute(
+        sql.SQL(
+            "INSERT INTO {} (topic, partition, next_offset)"
+            " SELECT %s, p, o FROM unnest(%s::int[], %s::bigint[]) AS c(p, o)"
+            " ON CONFLICT (topic, partition) DO UPDATE"
+            " SET next_offset = excluded.next_offset, updated_at = now()"
+        ).format(db.qualified(schema, "checkpoints")),
+        (topic, [p for p, _ in parts], [o for _, o in parts]),
+    )

@@ -30,7 +30,6 @@ from projections.model.rows import ProductFeaturesRow, ProductRow, Row, Stamp
 from projections.upserts import (
     HOLDER_TABLES,
     all_customers,
-    empty_staging,
     holders_of,
     load_many,
     queue_recompute,
@@ -257,8 +256,6 @@ async def recompute_all(
             await changes.record_history(
                 conn, schema, _changed(policy, facts, derived, held, {}), "build"
             )
-            # the staging table empties at commit; this may be a savepoint of the caller's
-            await empty_staging(conn, "customer_entitlements")
     return len(customers)
 
 

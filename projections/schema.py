@@ -12,8 +12,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import psycopg
 from psycopg import AsyncConnection, sql
+
+from projections.reads import Read
 
 CONTROL = "entitled"
 LIVE = "live"
@@ -375,18 +379,25 @@ async def migrate(conn: AsyncConnection[object]) -> str:
     return schema
 
 
-async def active_schema(conn: AsyncConnection[object], *, lock: bool = False) -> str:
+def active_read(*, lock: bool = False) -> Read[str]:
     """The active version's schema. `lock=True` takes a share lock on the active row, so a
     concurrent swap waits until this transaction ends (and vice versa)."""
     query = (
         f"SELECT v.schema_name FROM {CONTROL}.active a JOIN {CONTROL}.versions v USING (version)"
         + (" FOR SHARE OF a" if lock else "")
     )
-    cur = await conn.execute(query)
-    row = await cur.fetchone()
-    if row is None:
+    return Read(query, None, _active_name)
+
+
+def _active_name(rows: list[Any]) -> str:
+    if not rows:
         raise LookupError("no active projection version: run `entitled migrate`")
-    return str(row[0])  # type: ignore[index]
+    return str(rows[0][0])
+
+
+async def active_schema(conn: AsyncConnection[object], *, lock: bool = False) -> str:
+    """The active version's schema (`active_read`)."""
+    return await active_read(lock=lock).run(conn)
 
 
 def qualified(schema: str, table: str) -> sql.Identifier:

@@ -22,15 +22,18 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Sequence
+from contextlib import AbstractAsyncContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
-from psycopg import AsyncConnection, IsolationLevel
+from psycopg import AsyncConnection, IsolationLevel, errors
 
-from projections import changes, deadletters, erasure, offsets, recompute, upserts, versions
+from projections import changes, deadletters, erasure, offsets, reads, recompute, upserts, versions
 from projections import schema as db
 from projections.model.entitlements import Policy
+from projections.model.fold import Key
 from projections.model.plan import Batch, Held, Letter, Plan, id_and_type, letters
+from projections.model.rows import Row
 from projections.types import Message
 
 __all__ = ["ApplyResult", "ProjectionStore"]
@@ -77,6 +80,22 @@ _COUNTS = (
 )
 
 
+@dataclass
+class _Start:
+    """What a batch's transaction reads first, in one round trip (`ProjectionStore._start`)."""
+
+    schema: str
+    cont: offsets.Continuity
+    held: Held
+    # The ids applied before and the stored rows of what the batch's events write, read with
+    # the rest for the batch as parsed before the checkpoints were known (a superset).
+    loaded: tuple[Batch, set[str], dict[Key, Row]] | None = None
+
+
+class _VersionGone(Exception):
+    """The version the last transaction wrote was dropped since (its statements failed)."""
+
+
 class ProjectionStore:
     """Writes folded batches into one projection version.
 
@@ -105,6 +124,9 @@ class ProjectionStore:
         self.feed = schema is None if feed is None else feed
         self.waves = schema is not None and not self.feed
         self.erased = erasure.ErasedKeys()  # what `erasure.screen` has loaded so far
+        # The active version's schema as the last transaction read it: the first reads of
+        # the next one name it before they read it again (`_start`).
+        self._active: str | None = None
 
     async def _begin(self, conn: AsyncConnection[Any], isolation: IsolationLevel) -> None:
         await conn.set_isolation_level(isolation)
@@ -149,32 +171,149 @@ class ProjectionStore:
         recompute: bool,
         row_held: bool,
     ) -> ApplyResult:
+        try:
+            return await self._apply_once(conn, messages, recompute=recompute, row_held=row_held)
+        except _VersionGone:  # rolled back; the active version is read first this time
+            self._active = None
+            return await self._apply_once(conn, messages, recompute=recompute, row_held=row_held)
+
+    async def _apply_once(
+        self,
+        conn: AsyncConnection[Any],
+        messages: Sequence[Message],
+        *,
+        recompute: bool,
+        row_held: bool,
+    ) -> ApplyResult:
         level = IsolationLevel.SERIALIZABLE if recompute else IsolationLevel.READ_COMMITTED
-        await self._begin(conn, level)
-        async with conn.transaction():
-            # `row_held`: our other connection holds the row FOR UPDATE; a share lock would
-            # wait for it for ever
-            schema = self.schema or await db.active_schema(conn, lock=not row_held)
-            # records of a customer forgotten meanwhile: forgotten here too (erasure.screen)
-            messages = await erasure.screen(conn, messages, self.erased)
-            cont = offsets.continuity(
-                messages,
-                await offsets.lock(conn, schema, self.topic, (m.partition for m in messages)),
+        # A batch of up to ONE_STATEMENT_ROWS records runs in pipeline mode (no COPY: every
+        # write is one statement, `upserts`): a statement whose result is not read yet
+        # (BEGIN, the writes, the change rows, the checkpoints, COMMIT) travels with the
+        # next one that is read, or with the last ones: ~5 round trips, not ~20 (issue 21).
+        transaction: AbstractAsyncContextManager[Any]
+        if len(messages) <= upserts.ONE_STATEMENT_ROWS:
+            transaction = reads.pipelined_transaction(conn, level)
+        else:
+            await self._begin(conn, level)
+            transaction = conn.transaction()
+        async with transaction:
+            # READ COMMITTED is replay's parallel bulk pass: it locks what it reads first
+            # (`_plan`), so its rows are read after the locks, not with the first reads
+            start = await self._start(
+                conn, messages, row_held=row_held, preload=recompute and not self.waves
             )
+            schema, cont = start.schema, start.cont
             result = ApplyResult(below_checkpoint=cont.below_checkpoint, gaps=cont.gaps)
             result.next_offsets = cont.next_offsets
             if cont.fresh:
-                held = await deadletters.held(conn, schema, self.topic, cont.fresh)
-                # READ COMMITTED is replay's parallel bulk pass: lock what is read first
                 lock = not recompute
                 if self.waves:
-                    await self._apply_in_waves(conn, schema, cont.fresh, held, result, lock=lock)
+                    await self._apply_in_waves(
+                        conn, schema, cont.fresh, start.held, result, lock=lock
+                    )
                 else:
-                    plan = await self._plan(conn, schema, cont.fresh, held, lock=lock)
+                    plan = await self._plan(
+                        conn, schema, cont.fresh, start.held, lock=lock, loaded=start.loaded
+                    )
                     cause = "event" if recompute else None
                     await self._write(conn, schema, plan, result, cause=cause)
             await offsets.save(conn, schema, self.topic, cont.next_offsets)
             return result
+
+    async def _start(
+        self,
+        conn: AsyncConnection[Any],
+        messages: Sequence[Message],
+        *,
+        row_held: bool,
+        preload: bool,
+    ) -> _Start:
+        """The first reads of a batch's transaction, sent together (`projections.reads`): the
+        active version (share-locked, unless `row_held`: our other connection holds the row
+        FOR UPDATE, a share lock would wait for it for ever), the erasure epoch
+        (`erasure.screen`: records of a customer forgotten meanwhile are forgotten here too),
+        the checkpoints (locked), the dead letters of the batch's keys and, with `preload`,
+        the ids applied before and the stored rows the events write. Those last two are read
+        for every record of the batch, parsed before the checkpoints and the dead letters
+        are known: a superset of what the plan reads (`_plan`). In that order, as when they
+        were sent one by one: the active row's lock comes first in every writer (no lock
+        cycle with a swap or an erasure).
+
+        The statements on the version's tables name its schema before the first one reads
+        it: the schema the last transaction read. When a swap moved it meanwhile they are
+        sent again with the right one (what the first ones locked in the old version stays
+        locked until the commit: only writers following the same order lock there); when
+        that version was dropped they fail, and `_apply` starts again (`_VersionGone`)."""
+        schema = self.schema
+        if schema is None and self._active is None:  # this store's first transaction
+            schema = await db.active_schema(conn, lock=not row_held)
+        guess = schema or self._active
+        assert guess is not None
+        batch = Batch.parse(offsets.in_order(messages), Held()) if preload else None
+        active = epoch = None
+        # within a pipeline already (`_apply_once`): the first `get` sends them all; a
+        # nested pipeline would sync at its start (a round trip for what is queued)
+        outer = upserts.in_pipeline(conn)
+        try:
+            async with nullcontext() if outer else conn.pipeline():
+                if schema is None:
+                    active = await reads.send(conn, db.active_read(lock=not row_held))
+                if not all(m.forgotten for m in messages):
+                    epoch = await reads.send(conn, erasure.epoch_read())
+                versioned = await self._send_versioned(conn, guess, messages, batch)
+        except (errors.UndefinedTable, errors.InvalidSchemaName) as exc:
+            if schema is None:
+                raise _VersionGone from exc
+            raise
+        if active is not None:
+            schema = await active.get()
+            if schema != guess:
+                async with nullcontext() if outer else conn.pipeline():
+                    versioned = await self._send_versioned(conn, schema, messages, batch)
+        assert schema is not None
+        if self.schema is None:
+            self._active = schema
+        if epoch is not None:
+            messages = await erasure.screen_at(conn, messages, await epoch.get(), self.erased)
+        checkpoints, held, seen, rows = versioned
+        start = _Start(schema, offsets.continuity(messages, await checkpoints.get()), Held())
+        if start.cont.fresh:
+            start.held = await held.get()
+        if batch is not None:
+            start.loaded = (
+                batch,
+                set() if seen is None else await seen.get(),
+                {} if rows is None else await rows.get(),
+            )
+        return start
+
+    async def _send_versioned(
+        self,
+        conn: AsyncConnection[Any],
+        schema: str,
+        messages: Sequence[Message],
+        batch: Batch | None,
+    ) -> tuple[
+        reads.Pending[dict[int, int]],
+        reads.Pending[Held],
+        reads.Pending[set[str]] | None,
+        reads.Pending[dict[Key, Row]] | None,
+    ]:
+        """`_start`'s reads of `schema`'s tables, sent."""
+        partitions = (m.partition for m in messages)
+        checkpoints = await reads.send(conn, offsets.lock_read(schema, self.topic, partitions))
+        held = await reads.send(conn, deadletters.held_read(schema, self.topic, messages))
+        if batch is None:
+            return checkpoints, held, None, None
+        ids, targets = batch.ids(), batch.targets()
+        return (
+            checkpoints,
+            held,
+            await reads.send(conn, upserts.seen_read(schema, ids)) if ids else None,
+            await reads.send(conn, upserts.targets_read(conn, schema, targets))
+            if targets
+            else None,
+        )
 
     async def _apply_in_waves(
         self,
@@ -247,11 +386,22 @@ class ProjectionStore:
         held: Held,
         *,
         lock: bool = False,
+        loaded: tuple[Batch, set[str], dict[Key, Row]] | None = None,
     ) -> Plan:
         """Load what the batch reads (the rows its events write, the ids applied before),
         then plan it (pure: parse, fold, poison isolated, letters). `lock`: take advisory
         locks on those rows and ids first (`upserts.lock_keys`), for concurrent writers in
-        READ COMMITTED."""
+        READ COMMITTED. `loaded`: read already (`_start`), for a batch parsed before the
+        checkpoints and the dead letters were known: used as parsed when they held back
+        nothing (the usual case), else parsed again."""
+        if loaded is not None:
+            early, seen, current = loaded
+            same = len(early.messages) == len(messages) and all(
+                a is b for a, b in zip(early.messages, messages, strict=True)
+            )
+            held_back = held.parked_from or held.skipped
+            batch = early if same and not held_back else Batch.parse(messages, held)
+            return batch.plan(current, seen)
         batch = Batch.parse(messages, held)
         if lock:
             await upserts.lock_keys(

@@ -18,28 +18,33 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import orjson
-from psycopg import AsyncConnection, sql
+from psycopg import AsyncConnection, pq, sql
 
 from projections import schema as db
 from projections.model.entitlements import Entitlement
 from projections.model.rows import Row, customer_of, from_record, refs_of
+from projections.reads import Read
 
 __all__ = [
     "HOLDER_TABLES",
     "all_customers",
+    "clean_list",
     "clean_text",
     "empty_all_staging",
-    "empty_staging",
     "holders_of",
+    "in_pipeline",
     "jsonb_text",
     "load_many",
+    "load_read",
     "load_rows",
     "load_targets",
     "mark_processed",
     "queue_recompute",
     "read_entitlements",
     "seen",
+    "seen_read",
     "take_queued",
+    "targets_read",
     "text_array",
     "write_entitlements",
     "write_rows",
@@ -138,9 +143,20 @@ def _record_text(record: Mapping[str, Any]) -> tuple[str, bool]:
     return text.decode(), True
 
 
+# Up to this many rows (or in pipeline mode, any number) a table's upsert is one statement,
+# its rows bound as one jsonb array typed by the table's own row type
+# (jsonb_populate_recordset): one round trip, or none of its own in a pipeline, where it
+# travels with the batch's next read (`projections.store`). More rows go through COPY into a
+# staging table: a round trip to create it, two for the COPY, one for the INSERT; nothing
+# for a replay's thousands of rows, most of a live batch of ten (issue 21: a live batch's
+# transaction made ~20 round trips).
+ONE_STATEMENT_ROWS = 200
+
+
 async def _staging(conn: AsyncConnection[Any], schema: str, table: str) -> sql.Identifier:
     """A temporary table shaped like `schema.table`, emptied at commit: rows are COPYed into
-    it, then merged into the real table with one INSERT ... ON CONFLICT."""
+    it, then merged into the real table with one INSERT ... ON CONFLICT (more than
+    `ONE_STATEMENT_ROWS`)."""
     tmp = sql.Identifier(f"_in_{table}")
     await conn.execute(
         sql.SQL(
@@ -154,13 +170,22 @@ async def seen(conn: AsyncConnection[Any], schema: str, ids: Sequence[str]) -> s
     """The event ids among `ids` already applied to `schema` (dedup)."""
     if not ids:
         return set()
-    cur = await conn.execute(
+    return await seen_read(schema, ids).run(conn)
+
+
+def seen_read(schema: str, ids: Sequence[str]) -> Read[set[str]]:
+    """The event ids among `ids` already applied to `schema` (dedup)."""
+    return Read(
         sql.SQL("SELECT event_id FROM {} WHERE event_id = ANY(%s::text[])").format(
             db.qualified(schema, "processed_events")
         ),
         (text_array(ids),),
+        _firsts,
     )
-    return {r[0] for r in await cur.fetchall()}
+
+
+def _firsts(rows: list[Any]) -> set[str]:
+    return {r[0] for r in rows}
 
 
 async def load_rows(
@@ -173,11 +198,19 @@ async def load_rows(
 async def load_many(
     conn: AsyncConnection[Any], schema: str, wanted: Sequence[tuple[str, object]], where: str
 ) -> list[tuple[str, Row]]:
-    """(table, row) of the rows of several mirrored tables matching `where` (one `%s`
-    placeholder, bound to each table's own argument), in one round trip. Records come back
-    as text and are parsed by orjson (psycopg's jsonb loader is the standard library's)."""
+    """(table, row) of the rows of several mirrored tables matching `where` (`load_read`)."""
     if not wanted:
         return []
+    return await load_read(conn, schema, wanted, where).run(conn)
+
+
+def load_read(
+    conn: AsyncConnection[Any], schema: str, wanted: Sequence[tuple[str, object]], where: str
+) -> Read[list[tuple[str, Row]]]:
+    """(table, row) of the rows of several mirrored tables (`wanted` not empty) matching
+    `where` (one `%s` placeholder, bound to each table's own argument), in one statement.
+    Records come back as text and are parsed by orjson (psycopg's jsonb loader is the
+    standard library's)."""
     # one parameter per distinct argument (gather_facts passes one list of customers for ten
     # tables), a list of ids as one text[] literal
     names: dict[int, str] = {}
@@ -194,16 +227,19 @@ async def load_many(
                 + where.replace("%s", placeholder)
             ).format(sql.Literal(table), db.qualified(schema, table))
         )
-    cur = await conn.execute(sql.SQL(" UNION ALL ").join(parts), params)
     server = _server(conn)
-    out = []
-    for table, ident, event_id, partition, offset, record in await cur.fetchall():
-        known = _WRITTEN.get((server, schema, table, ident))
-        if known is not None and known[:3] == (event_id, partition, offset):
-            out.append((table, known[3]))
-        else:
-            out.append((table, from_record(table, orjson.loads(record))))
-    return out
+
+    def decode(rows: list[Any]) -> list[tuple[str, Row]]:
+        out = []
+        for table, ident, event_id, partition, offset, record in rows:
+            known = _WRITTEN.get((server, schema, table, ident))
+            if known is not None and known[:3] == (event_id, partition, offset):
+                out.append((table, known[3]))
+            else:
+                out.append((table, from_record(table, orjson.loads(record))))
+        return out
+
+    return Read(sql.SQL(" UNION ALL ").join(parts), params, decode)
 
 
 def _ids_literal(arg: object) -> str | None:
@@ -217,8 +253,22 @@ async def load_targets(
     conn: AsyncConnection[Any], schema: str, targets: Mapping[str, Sequence[str]]
 ) -> dict[tuple[str, str], Row]:
     """The stored rows of `targets` (table -> object ids), keyed by (table, id)."""
+    if not targets:
+        return {}
+    return await targets_read(conn, schema, targets).run(conn)
+
+
+def targets_read(
+    conn: AsyncConnection[Any], schema: str, targets: Mapping[str, Sequence[str]]
+) -> Read[dict[tuple[str, str], Row]]:
+    """The stored rows of `targets` (table -> object ids; not empty), keyed by (table, id)."""
     wanted = [(table, list(ids)) for table, ids in targets.items()]
-    return {(t, row.id): row for t, row in await load_many(conn, schema, wanted, "id = ANY(%s)")}
+    read = load_read(conn, schema, wanted, "id = ANY(%s)")
+
+    def decode(rows: list[Any]) -> dict[tuple[str, str], Row]:
+        return {(t, row.id): row for t, row in read.decode(rows)}
+
+    return Read(read.query, read.params, decode)
 
 
 async def holders_of(
@@ -297,45 +347,84 @@ async def write_rows(
         await _upsert_rows(conn, schema, table, rows)
 
 
+def in_pipeline(conn: AsyncConnection[Any]) -> bool:
+    """True when `conn` is in pipeline mode (`projections.reads`), where COPY cannot run."""
+    return bool(conn.pgconn.pipeline_status != pq.PipelineStatus.OFF)
+
+
+_MIRROR_NAMES = tuple(_MIRROR_COLS.split(", "))
+_MIRROR_UPDATES = ", ".join(f"{c} = excluded.{c}" for c in _MIRROR_NAMES[1:])
+
+
 async def _upsert_rows(
-    conn: AsyncConnection[Any], schema: str, table: str, rows: Iterable[Row]
+    conn: AsyncConnection[Any], schema: str, table: str, rows: Sequence[Row]
 ) -> None:
-    tmp = await _staging(conn, schema, table)
     server = _server(conn)
+    fields = [_mirror_fields(server, schema, table, row) for row in rows]
+    target = db.qualified(schema, table)
+    upsert = " ON CONFLICT (id) DO UPDATE SET " + _MIRROR_UPDATES + _GUARD
+    if len(fields) <= ONE_STATEMENT_ROWS or in_pipeline(conn):
+        doc = [dict(zip(_MIRROR_NAMES, f, strict=True)) for f in fields]
+        for d in doc:
+            d["record"] = orjson.Fragment(d["record"])  # already JSON: not serialised again
+        await conn.execute(
+            sql.SQL(
+                "INSERT INTO {t} AS t (" + _MIRROR_COLS + ") SELECT " + _MIRROR_COLS
+                + " FROM jsonb_populate_recordset(NULL::{t}, %s::jsonb)" + upsert
+            ).format(t=target),
+            (orjson.dumps(doc).decode(),),
+        )  # fmt: skip
+        return
+    tmp = await _staging(conn, schema, table)
     async with conn.cursor() as cur:
         async with cur.copy(sql.SQL("COPY {} (" + _MIRROR_COLS + ") FROM STDIN").format(tmp)) as cp:
-            for row in rows:
-                s = row.stamp
-                customer = customer_of(row)
-                ident, event_id = clean_text(row.id), clean_text(row.event_id)
-                text, exact = _record_text(row.to_record())
-                if exact and ident == row.id and event_id == row.event_id:
-                    place = (server, schema, table, ident)  # its record decodes to `row`
-                    _WRITTEN[place] = (event_id, s.partition, s.offset, row)
-                    _WRITTEN.move_to_end(place)
-                    if len(_WRITTEN) > _WRITTEN_MAX:
-                        _WRITTEN.popitem(last=False)
-                await cp.write_row(
-                    (
-                        ident,
-                        None if customer is None else clean_text(customer),
-                        text_array(refs_of(row)),
-                        text,
-                        s.created,
-                        s.rank,
-                        s.stage,
-                        s.partition,
-                        s.offset,
-                        event_id,
-                    )
-                )
-        updates = ", ".join(f"{c} = excluded.{c}" for c in _MIRROR_COLS.split(", ")[1:])
+            for ident, customer, refs, *rest in fields:
+                await cp.write_row((ident, customer, text_array(refs), *rest))
+        # the staging rows are taken out as they are merged: several writes of one table in
+        # one transaction (a build's waves, recompute_all's chunks) each see their own only
         await cur.execute(
             sql.SQL(
-                "INSERT INTO {} AS t (" + _MIRROR_COLS + ") SELECT " + _MIRROR_COLS + " FROM {}"
-                " ON CONFLICT (id) DO UPDATE SET " + updates + _GUARD
-            ).format(db.qualified(schema, table), tmp)
-        )
+                "WITH moved AS (DELETE FROM {tmp} RETURNING " + _MIRROR_COLS + ")"
+                " INSERT INTO {t} AS t (" + _MIRROR_COLS + ") SELECT " + _MIRROR_COLS
+                + " FROM moved" + upsert
+            ).format(t=target, tmp=tmp)
+        )  # fmt: skip
+
+
+def _mirror_fields(server: str, schema: str, table: str, row: Row) -> tuple[Any, ...]:
+    """`row`'s columns (`_MIRROR_COLS`) as Postgres can store them: text cleaned, refs a
+    list, the record as JSON text; remembered in `_WRITTEN` when its record is exact."""
+    s = row.stamp
+    customer = customer_of(row)
+    ident, event_id = clean_text(row.id), clean_text(row.event_id)
+    text, exact = _record_text(row.to_record())
+    if exact and ident == row.id and event_id == row.event_id:
+        place = (server, schema, table, ident)  # its record decodes to `row`
+        _WRITTEN[place] = (event_id, s.partition, s.offset, row)
+        _WRITTEN.move_to_end(place)
+        if len(_WRITTEN) > _WRITTEN_MAX:
+            _WRITTEN.popitem(last=False)
+    return (
+        ident,
+        None if customer is None else clean_text(customer),
+        clean_list(refs_of(row)),
+        text,
+        s.created,
+        s.rank,
+        s.stage,
+        s.partition,
+        s.offset,
+        event_id,
+    )
+
+
+def clean_list(items: Iterable[str]) -> list[str]:
+    """`items`, each `clean_text`ed (checked whole first: the usual list needs nothing)."""
+    items = list(items)
+    whole = "".join(items)
+    if whole.isascii() and "\x00" not in whole:
+        return items
+    return [clean_text(x) for x in items]
 
 
 async def mark_processed(
@@ -389,39 +478,58 @@ async def write_entitlements(
 ) -> dict[str, Entitlement]:
     """Upsert customers' entitlements, each with the newest row it was derived from; what
     they held before (customers new to the table are absent), read by the same statement."""
-    tmp = await _staging(conn, schema, "customer_entitlements")
     table = db.qualified(schema, "customer_entitlements")
     cols = "customer, groups, movie_ids, as_of_event, as_of_created"
-    customers: list[str] = []
-    async with conn.cursor() as cur:
-        async with cur.copy(sql.SQL("COPY {} (" + cols + ") FROM STDIN").format(tmp)) as cp:
-            for customer, (ent, newest) in derived.items():
-                customers.append(clean_text(customer))
-                await cp.write_row(
-                    (
-                        customers[-1],
-                        text_array(ent.groups),
-                        text_array(ent.movie_ids),
-                        None if newest is None else clean_text(newest.event_id),
-                        None if newest is None else newest.stamp.created,
-                    )
-                )
-        # `old` reads the table as it was before this statement (one snapshot for all of it).
-        # By the customers' ids, not by a join with the staging table: a temporary table has
-        # no statistics, so the planner hashed the whole table for every batch (its cost
-        # grew with the customers: the growth curve of issue 21).
-        await cur.execute(
-            sql.SQL(
-                "WITH old AS (SELECT e.customer, e.groups, e.movie_ids FROM {table} e"
-                " WHERE e.customer = ANY(%s::text[])),"
-                " up AS (INSERT INTO {table} (" + cols + ") SELECT " + cols + " FROM {tmp}"
-                " ON CONFLICT (customer) DO UPDATE SET groups = excluded.groups,"
-                " movie_ids = excluded.movie_ids, as_of_event = excluded.as_of_event,"
-                " as_of_created = excluded.as_of_created, updated_at = now() RETURNING 1)"
-                " SELECT customer, groups, movie_ids FROM old"
-            ).format(table=table, tmp=tmp),
-            (text_array(customers),),
+    rows = [
+        (
+            clean_text(customer),
+            clean_list(ent.groups),
+            clean_list(ent.movie_ids),
+            None if newest is None else clean_text(newest.event_id),
+            None if newest is None else newest.stamp.created,
         )
+        for customer, (ent, newest) in derived.items()
+    ]
+    # `old` reads the table as it was before this statement (one snapshot for all of it).
+    # By the customers' ids, not by a join with the new rows: a temporary table has no
+    # statistics, so the planner hashed the whole table for every batch (its cost grew with
+    # the customers: the growth curve of issue 21).
+    upsert = (
+        "WITH old AS (SELECT e.customer, e.groups, e.movie_ids FROM {table} e"
+        " WHERE e.customer = ANY(%s::text[])), {rows}"
+        " up AS (INSERT INTO {table} (" + cols + ") SELECT " + cols + " FROM {source}"
+        " ON CONFLICT (customer) DO UPDATE SET groups = excluded.groups,"
+        " movie_ids = excluded.movie_ids, as_of_event = excluded.as_of_event,"
+        " as_of_created = excluded.as_of_created, updated_at = now() RETURNING 1)"
+        " SELECT customer, groups, movie_ids FROM old"
+    )
+    customers = text_array(r[0] for r in rows)
+    async with conn.cursor() as cur:
+        if len(rows) <= ONE_STATEMENT_ROWS or in_pipeline(conn):  # see ONE_STATEMENT_ROWS
+            names = cols.split(", ")
+            doc = orjson.dumps([dict(zip(names, r, strict=True)) for r in rows]).decode()
+            await cur.execute(
+                sql.SQL(upsert).format(
+                    table=table,
+                    rows=sql.SQL(""),
+                    source=sql.SQL("jsonb_populate_recordset(NULL::{}, %s::jsonb)").format(table),
+                ),
+                (customers, doc),
+            )
+        else:
+            tmp = await _staging(conn, schema, "customer_entitlements")
+            async with cur.copy(sql.SQL("COPY {} (" + cols + ") FROM STDIN").format(tmp)) as cp:
+                for customer, groups, movie_ids, *rest in rows:
+                    await cp.write_row((customer, text_array(groups), text_array(movie_ids), *rest))
+            # taken out of the staging table as merged (see `_upsert_rows`)
+            await cur.execute(
+                sql.SQL(upsert).format(
+                    table=table,
+                    rows=sql.SQL("moved AS (DELETE FROM {} RETURNING " + cols + "),").format(tmp),
+                    source=sql.SQL("moved"),
+                ),
+                (customers,),
+            )
         return {c: Entitlement(tuple(g), tuple(m)) for c, g, m in await cur.fetchall()}
 
 
@@ -436,11 +544,6 @@ async def read_entitlements(
         (text_array(customers),),  # cleaned as `write_entitlements` wrote them
     )
     return {c: Entitlement(tuple(g), tuple(m)) for c, g, m in await cur.fetchall()}
-
-
-async def empty_staging(conn: AsyncConnection[Any], table: str) -> None:
-    """Empty a staging table before its transaction ends (for several writes in one)."""
-    await conn.execute(sql.SQL("TRUNCATE {}").format(sql.Identifier(f"_in_{table}")))
 
 
 async def empty_all_staging(conn: AsyncConnection[Any]) -> None:
