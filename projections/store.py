@@ -254,6 +254,7 @@ class ProjectionStore:
         # within a pipeline already (`_apply_once`): the first `get` sends them all; a
         # nested pipeline would sync at its start (a round trip for what is queued)
         outer = upserts.in_pipeline(conn)
+        guessed = schema is None
         try:
             async with nullcontext() if outer else conn.pipeline():
                 if schema is None:
@@ -261,30 +262,34 @@ class ProjectionStore:
                 if not all(m.forgotten for m in messages):
                     epoch = await reads.send(conn, erasure.epoch_read())
                 versioned = await self._send_versioned(conn, guess, messages, batch)
+            if active is not None:
+                schema = await active.get()
+                if schema != guess:
+                    async with nullcontext() if outer else conn.pipeline():
+                        versioned = await self._send_versioned(conn, schema, messages, batch)
+            checkpoints, held, seen, rows = versioned
+            checkpoint = await checkpoints.get()
+            held_back = await held.get()
+            loaded = None
+            if batch is not None:
+                loaded = (
+                    batch,
+                    set() if seen is None else await seen.get(),
+                    {} if rows is None else await rows.get(),
+                )
         except (errors.UndefinedTable, errors.InvalidSchemaName) as exc:
-            if schema is None:
+            # in a pipeline the error of a statement on the guessed version's tables shows
+            # when the first result is read
+            if guessed:
                 raise _VersionGone from exc
             raise
-        if active is not None:
-            schema = await active.get()
-            if schema != guess:
-                async with nullcontext() if outer else conn.pipeline():
-                    versioned = await self._send_versioned(conn, schema, messages, batch)
         assert schema is not None
         if self.schema is None:
             self._active = schema
         if epoch is not None:
             messages = await erasure.screen_at(conn, messages, await epoch.get(), self.erased)
-        checkpoints, held, seen, rows = versioned
-        start = _Start(schema, offsets.continuity(messages, await checkpoints.get()), Held())
-        if start.cont.fresh:
-            start.held = await held.get()
-        if batch is not None:
-            start.loaded = (
-                batch,
-                set() if seen is None else await seen.get(),
-                {} if rows is None else await rows.get(),
-            )
+        cont = offsets.continuity(messages, checkpoint)
+        start = _Start(schema, cont, held_back if cont.fresh else Held(), loaded)
         return start
 
     async def _send_versioned(

@@ -290,3 +290,29 @@ async def test_an_event_applied_alone_waits_for_batches_in_flight_and_holds_off_
         assert await group_of(watch, "prod_alone") == "action"
         # the holder's transaction ended with the event's: others may write again
         await watch.execute("SELECT 1 FROM entitled.active FOR SHARE NOWAIT")
+
+
+async def test_a_writer_follows_a_swap_and_a_dropped_version(
+    settings: Settings, conn: Conn
+) -> None:
+    """A batch's first reads name the version the store's last batch wrote before they read
+    which one is active (one round trip for all of them): after a swap they are read again
+    from the active version, and when that last version was dropped the batch starts again.
+    Either way the batch lands in the active version."""
+    from projections import versions
+
+    s = store(settings)
+
+    def product(pid: str) -> list[Mapping[str, Any]]:
+        return [se.event("product.created", se.product(pid, groups="action"), created=100)]
+
+    assert (await s.apply(conn, messages(product("prod_v1")))).applied == 1
+    for n, pid in ((1, "prod_v2"), (2, "prod_v3")):
+        version, _schema = await versions.create(conn, f"t{n}", carry_from=None)
+        await versions.mark_ready(conn, version)
+        await versions.swap(conn, version)
+        if n == 2:  # the store's last version (retired by this swap) is gone too
+            await versions.drop(conn, version - 1)
+        # a partition the new version has no checkpoint of: it continues from offset 0
+        assert (await s.apply(conn, messages(product(pid), partition=n))).applied == 1
+        assert await group_of(conn, pid) == "action"
