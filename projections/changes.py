@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from psycopg import AsyncConnection, sql
+from psycopg import AsyncConnection, AsyncCursor, sql
 
 from projections import schema as db
 from projections.model.entitlements import Entitlement
@@ -36,6 +36,7 @@ __all__ = [
     "mark_published",
     "pending",
     "record",
+    "send",
     "try_lock",
     "unlock",
     "unpublished",
@@ -124,6 +125,23 @@ async def record(
     swap passes `history=False`: the build already recorded how the version got there.
     `keep_unchanged` writes a row even where before and after are equal (a forgotten
     customer who held nothing is still announced)."""
+    cur = await send(conn, schema, changes, cause, history=history, keep_unchanged=keep_unchanged)
+    row = None if cur is None else await cur.fetchone()
+    return int(row[0]) if row and row[0] is not None else None
+
+
+async def send(
+    conn: AsyncConnection[Any],
+    schema: str,
+    changes: Sequence[Change],
+    cause: str,
+    *,
+    history: bool = True,
+    keep_unchanged: bool = False,
+) -> AsyncCursor[Any] | None:
+    """`record`, its id not read: in a pipelined transaction (`projections.reads`) the
+    statement then travels with the transaction's last ones instead of costing a round
+    trip of its own. The cursor (None when nothing changed) holds the greatest id."""
     rows = _rows(changes, keep_unchanged=keep_unchanged)
     if not rows:
         return None
@@ -153,7 +171,7 @@ async def record(
         SELECT max(id), pg_notify(%(channel)s, max(id)::text) FROM ins
         """
     ).format(also=also)
-    cur = await conn.execute(
+    return await conn.execute(
         query,
         {
             "lock": _LOCK,
@@ -163,8 +181,6 @@ async def record(
             "channel": CHANGES_CHANNEL,
         },
     )
-    row = await cur.fetchone()
-    return int(row[0]) if row and row[0] is not None else None
 
 
 async def diff_versions(conn: AsyncConnection[Any], old: str, new: str) -> list[Change]:

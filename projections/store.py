@@ -36,7 +36,7 @@ from projections.model.plan import Batch, Held, Letter, Plan, id_and_type, lette
 from projections.model.rows import Row
 from projections.types import Message
 
-__all__ = ["ApplyResult", "ProjectionStore"]
+__all__ = ["PIPELINED_RECORDS", "ApplyResult", "ProjectionStore"]
 
 
 @dataclass
@@ -78,6 +78,12 @@ _COUNTS = (
     "ties",
     "customers",
 )
+
+
+# Up to this many records a batch's transaction runs in pipeline mode (`_apply_once`): every
+# live batch (ENTITLED_BATCH_SIZE is 500), not replay's bulk batches of 5,000, whose upserts
+# keep COPY (one statement per table for thousands of rows costs more than its round trips).
+PIPELINED_RECORDS = 1000
 
 
 @dataclass
@@ -186,12 +192,13 @@ class ProjectionStore:
         row_held: bool,
     ) -> ApplyResult:
         level = IsolationLevel.SERIALIZABLE if recompute else IsolationLevel.READ_COMMITTED
-        # A batch of up to ONE_STATEMENT_ROWS records runs in pipeline mode (no COPY: every
+        # A batch of up to PIPELINED_RECORDS records runs in pipeline mode (no COPY: every
         # write is one statement, `upserts`): a statement whose result is not read yet
         # (BEGIN, the writes, the change rows, the checkpoints, COMMIT) travels with the
-        # next one that is read, or with the last ones: ~5 round trips, not ~20 (issue 21).
+        # next one that is read, or with the last ones: 3 round trips for a batch of new
+        # subscriptions, not 23 (issue 21).
         transaction: AbstractAsyncContextManager[Any]
-        if len(messages) <= upserts.ONE_STATEMENT_ROWS:
+        if len(messages) <= PIPELINED_RECORDS:
             transaction = reads.pipelined_transaction(conn, level)
         else:
             await self._begin(conn, level)

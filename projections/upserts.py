@@ -14,7 +14,7 @@ events by the customer).
 from __future__ import annotations
 
 from collections import OrderedDict, defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import orjson
@@ -31,6 +31,7 @@ __all__ = [
     "clean_list",
     "clean_text",
     "empty_all_staging",
+    "entitlements_read",
     "holders_of",
     "in_pipeline",
     "jsonb_text",
@@ -39,6 +40,8 @@ __all__ = [
     "load_rows",
     "load_targets",
     "mark_processed",
+    "named_products_read",
+    "put_entitlements",
     "queue_recompute",
     "read_entitlements",
     "seen",
@@ -222,11 +225,20 @@ def load_read(
         params[name] = arg if literal is None else literal
         placeholder = f"%({name})s" + ("" if literal is None else "::text[]")
         parts.append(
-            sql.SQL(
-                "SELECT {}::text, id, event_id, v_partition, v_offset, record::text FROM {} WHERE "
-                + where.replace("%s", placeholder)
-            ).format(sql.Literal(table), db.qualified(schema, table))
+            sql.SQL(_SELECT_ROW + " WHERE " + where.replace("%s", placeholder)).format(
+                sql.Literal(table), db.qualified(schema, table)
+            )
         )
+    return Read(sql.SQL(" UNION ALL ").join(parts), params, _decoder(conn, schema))
+
+
+_SELECT_ROW = "SELECT {}::text, id, event_id, v_partition, v_offset, record::text FROM {}"
+
+
+def _decoder(
+    conn: AsyncConnection[Any], schema: str
+) -> Callable[[list[Any]], list[tuple[str, Row]]]:
+    """Reads `_SELECT_ROW`'s rows: (table, row), a row this process wrote reused as it is."""
     server = _server(conn)
 
     def decode(rows: list[Any]) -> list[tuple[str, Row]]:
@@ -239,7 +251,34 @@ def load_read(
                 out.append((table, from_record(table, orjson.loads(record))))
         return out
 
-    return Read(sql.SQL(" UNION ALL ").join(parts), params, decode)
+    return decode
+
+
+def named_products_read(
+    conn: AsyncConnection[Any], schema: str, customers: Sequence[str]
+) -> Read[tuple[set[str], list[tuple[str, Row]]]]:
+    """The ids `customers`' subscriptions and purchases name (their refs: products, payment
+    intents), and the products and product features among them: the catalogue their
+    entitlements read, in a statement that does not wait for their rows to be read first
+    (`recompute.gather_facts`)."""
+    named = sql.SQL(
+        "WITH named AS (SELECT unnest(refs) AS id FROM {s} WHERE customer = ANY(%(c)s::text[])"
+        " UNION SELECT unnest(refs) FROM {p} WHERE customer = ANY(%(c)s::text[]))"
+        " SELECT NULL::text, id, NULL, NULL, NULL, NULL FROM named"
+    ).format(s=db.qualified(schema, "subscriptions"), p=db.qualified(schema, "purchases"))
+    parts = [named] + [
+        sql.SQL(_SELECT_ROW + " WHERE id IN (SELECT id FROM named)").format(
+            sql.Literal(table), db.qualified(schema, table)
+        )
+        for table in ("products", "product_features")
+    ]
+    rows = _decoder(conn, schema)
+
+    def decode(found: list[Any]) -> tuple[set[str], list[tuple[str, Row]]]:
+        asked = {r[1] for r in found if r[0] is None}
+        return asked, rows([r for r in found if r[0] is not None])
+
+    return Read(sql.SQL(" UNION ALL ").join(parts), {"c": text_array(customers)}, decode)
 
 
 def _ids_literal(arg: object) -> str | None:
@@ -478,6 +517,29 @@ async def write_entitlements(
 ) -> dict[str, Entitlement]:
     """Upsert customers' entitlements, each with the newest row it was derived from; what
     they held before (customers new to the table are absent), read by the same statement."""
+    held = await _write_entitlements(conn, schema, derived, before=True)
+    assert held is not None
+    return held
+
+
+async def put_entitlements(
+    conn: AsyncConnection[Any],
+    schema: str,
+    derived: Mapping[str, tuple[Entitlement, Row | None]],
+) -> None:
+    """`write_entitlements` without reading what they held (read earlier in the
+    transaction: `entitlements_read`): nothing to wait for, so in a pipelined transaction
+    it travels with the transaction's last statements (`projections.reads`)."""
+    await _write_entitlements(conn, schema, derived, before=False)
+
+
+async def _write_entitlements(
+    conn: AsyncConnection[Any],
+    schema: str,
+    derived: Mapping[str, tuple[Entitlement, Row | None]],
+    *,
+    before: bool,
+) -> dict[str, Entitlement] | None:
     table = db.qualified(schema, "customer_entitlements")
     cols = "customer, groups, movie_ids, as_of_event, as_of_created"
     rows = [
@@ -495,26 +557,30 @@ async def write_entitlements(
     # statistics, so the planner hashed the whole table for every batch (its cost grew with
     # the customers: the growth curve of issue 21).
     upsert = (
-        "WITH old AS (SELECT e.customer, e.groups, e.movie_ids FROM {table} e"
-        " WHERE e.customer = ANY(%s::text[])), {rows}"
+        "WITH {old} {rows}"
         " up AS (INSERT INTO {table} (" + cols + ") SELECT " + cols + " FROM {source}"
         " ON CONFLICT (customer) DO UPDATE SET groups = excluded.groups,"
         " movie_ids = excluded.movie_ids, as_of_event = excluded.as_of_event,"
         " as_of_created = excluded.as_of_created, updated_at = now() RETURNING 1)"
-        " SELECT customer, groups, movie_ids FROM old"
+        + (" SELECT customer, groups, movie_ids FROM old" if before else " SELECT 1")
     )
-    customers = text_array(r[0] for r in rows)
+    old = sql.SQL(
+        "old AS (SELECT e.customer, e.groups, e.movie_ids FROM {} e"
+        " WHERE e.customer = ANY(%s::text[])),"
+    ).format(table)
+    params: list[Any] = [text_array(r[0] for r in rows)] if before else []
     async with conn.cursor() as cur:
         if len(rows) <= ONE_STATEMENT_ROWS or in_pipeline(conn):  # see ONE_STATEMENT_ROWS
             names = cols.split(", ")
-            doc = orjson.dumps([dict(zip(names, r, strict=True)) for r in rows]).decode()
+            params.append(orjson.dumps([dict(zip(names, r, strict=True)) for r in rows]).decode())
             await cur.execute(
                 sql.SQL(upsert).format(
+                    old=old if before else sql.SQL(""),
                     table=table,
                     rows=sql.SQL(""),
                     source=sql.SQL("jsonb_populate_recordset(NULL::{}, %s::jsonb)").format(table),
                 ),
-                (customers, doc),
+                params,
             )
         else:
             tmp = await _staging(conn, schema, "customer_entitlements")
@@ -524,12 +590,15 @@ async def write_entitlements(
             # taken out of the staging table as merged (see `_upsert_rows`)
             await cur.execute(
                 sql.SQL(upsert).format(
+                    old=old if before else sql.SQL(""),
                     table=table,
                     rows=sql.SQL("moved AS (DELETE FROM {} RETURNING " + cols + "),").format(tmp),
                     source=sql.SQL("moved"),
                 ),
-                (customers,),
+                params,
             )
+        if not before:
+            return None
         return {c: Entitlement(tuple(g), tuple(m)) for c, g, m in await cur.fetchall()}
 
 
@@ -537,13 +606,22 @@ async def read_entitlements(
     conn: AsyncConnection[Any], schema: str, customers: Sequence[str]
 ) -> dict[str, Entitlement]:
     """What `customers` hold in `schema` (customers absent from the table are absent)."""
-    cur = await conn.execute(
+    return await entitlements_read(schema, customers).run(conn)
+
+
+def entitlements_read(schema: str, customers: Sequence[str]) -> Read[dict[str, Entitlement]]:
+    """What `customers` hold in `schema` (customers absent from the table are absent)."""
+    return Read(
         sql.SQL(
             "SELECT customer, groups, movie_ids FROM {} WHERE customer = ANY(%s::text[])"
         ).format(db.qualified(schema, "customer_entitlements")),
         (text_array(customers),),  # cleaned as `write_entitlements` wrote them
+        _entitlements,
     )
-    return {c: Entitlement(tuple(g), tuple(m)) for c, g, m in await cur.fetchall()}
+
+
+def _entitlements(rows: list[Any]) -> dict[str, Entitlement]:
+    return {c: Entitlement(tuple(g), tuple(m)) for c, g, m in rows}
 
 
 async def empty_all_staging(conn: AsyncConnection[Any]) -> None:
