@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from psycopg import AsyncConnection, AsyncCursor, sql
+from psycopg import AsyncConnection, sql
 
 from projections import schema as db
 from projections.model.entitlements import Entitlement
@@ -36,7 +36,6 @@ __all__ = [
     "mark_published",
     "pending",
     "record",
-    "send",
     "try_lock",
     "unlock",
     "unpublished",
@@ -119,29 +118,15 @@ async def record(
     *,
     history: bool = True,
     keep_unchanged: bool = False,
+    read_id: bool = True,
 ) -> int | None:
     """Insert change rows (ids in commit order) and, with `history`, the version's history
     rows, and notify, in one round trip; the greatest id, or None when nothing changed. A
     swap passes `history=False`: the build already recorded how the version got there.
     `keep_unchanged` writes a row even where before and after are equal (a forgotten
-    customer who held nothing is still announced)."""
-    cur = await send(conn, schema, changes, cause, history=history, keep_unchanged=keep_unchanged)
-    row = None if cur is None else await cur.fetchone()
-    return int(row[0]) if row and row[0] is not None else None
-
-
-async def send(
-    conn: AsyncConnection[Any],
-    schema: str,
-    changes: Sequence[Change],
-    cause: str,
-    *,
-    history: bool = True,
-    keep_unchanged: bool = False,
-) -> AsyncCursor[Any] | None:
-    """`record`, its id not read: in a pipelined transaction (`projections.reads`) the
-    statement then travels with the transaction's last ones instead of costing a round
-    trip of its own. The cursor (None when nothing changed) holds the greatest id."""
+    customer who held nothing is still announced). Without `read_id` (None): nothing to
+    wait for, so in a pipelined transaction (`projections.reads`) the statement travels
+    with the transaction's last ones instead of costing a round trip of its own."""
     rows = _rows(changes, keep_unchanged=keep_unchanged)
     if not rows:
         return None
@@ -171,7 +156,7 @@ async def send(
         SELECT max(id), pg_notify(%(channel)s, max(id)::text) FROM ins
         """
     ).format(also=also)
-    return await conn.execute(
+    cur = await conn.execute(
         query,
         {
             "lock": _LOCK,
@@ -181,6 +166,10 @@ async def send(
             "channel": CHANGES_CHANNEL,
         },
     )
+    if not read_id:
+        return None
+    row = await cur.fetchone()
+    return int(row[0]) if row and row[0] is not None else None
 
 
 async def diff_versions(conn: AsyncConnection[Any], old: str, new: str) -> list[Change]:

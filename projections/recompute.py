@@ -180,7 +180,7 @@ async def _recompute(
         memo.after(derived)
     rows = _changed(policy, facts, derived, held, types)
     if feed:  # the id is not read: it travels with the transaction's last statements
-        await changes.send(conn, schema, rows, cause)
+        await changes.record(conn, schema, rows, cause, read_id=False)
     else:
         await changes.record_history(conn, schema, rows, cause)
 
