@@ -266,7 +266,7 @@ class ProjectionStore:
             async with nullcontext() if outer else conn.pipeline():
                 if schema is None:
                     active = await reads.send(conn, db.active_read(lock=not row_held))
-                if not all(m.forgotten for m in messages):
+                if not all(m.unread for m in messages):
                     epoch = await reads.send(conn, erasure.epoch_read())
                 versioned = await self._send_versioned(conn, guess, messages, batch)
             if active is not None:
