@@ -211,15 +211,12 @@ class _Webhook:
         self.limit = settings.max_body_bytes
         self.secrets = settings.webhook_secrets
         self.tolerance = settings.signature_tolerance_s
-        # bound once: labels() takes a lock
-        self.accepted = metrics.requests.labels("accepted")
-        self.malformed = metrics.requests.labels("accepted_malformed")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
             event_id = await self._write(scope, receive)
         except _Disconnected:
-            self.metrics.requests.labels("disconnected").inc()
+            self.metrics.requests["disconnected"] += 1
             await _answer(send, 400, b"")
         except IngestError as exc:
             await self._refuse(send, exc)
@@ -248,13 +245,14 @@ class _Webhook:
             headers=event_headers(event, source="webhook", received_at=received_at),
             created=created_at(event),  # a retry of an event older than a forget: shredded
         )
-        self.metrics.produce_latency.observe(time.perf_counter() - started)
-        (self.accepted if signed.problem is None else self.malformed).inc()
-        self.metrics.bytes.inc(len(raw))
+        metrics = self.metrics
+        metrics.produced(time.perf_counter() - started)
+        metrics.requests["accepted" if signed.problem is None else "accepted_malformed"] += 1
+        metrics.bytes += len(raw)
         return event_id
 
     async def _refuse(self, send: Send, exc: IngestError) -> None:
-        self.metrics.requests.labels(_outcome(exc)).inc()
+        self.metrics.requests[_outcome(exc)] += 1
         extra = []
         if isinstance(exc, LogUnavailable):
             extra.append((b"retry-after", str(exc.retry_after_s).encode()))
