@@ -130,6 +130,32 @@ def copy_rows(database_url: str, events: int) -> dict[str, Any]:
     }
 
 
+def history_rows(database_url: str, events: int) -> dict[str, Any]:
+    """The history rows the replayed version recorded, by the type of their event: a
+    build recomputes each customer at each of their events and every subscriber at each
+    regroup (`product.updated`), which grows with the square of the log, not with it."""
+    import psycopg
+    from psycopg import sql
+
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        (source,) = conn.execute(
+            "SELECT schema_name FROM entitled.versions ORDER BY version DESC LIMIT 1"
+        ).fetchone() or ("",)
+        rows = conn.execute(
+            sql.SQL("SELECT coalesce(event_type, '(none)'), count(*) FROM {} GROUP BY 1").format(
+                sql.Identifier(source, "history")
+            )
+        ).fetchall()
+    by_type = {kind: n for kind, n in sorted(rows, key=lambda r: -r[1])}
+    total = sum(by_type.values())
+    return {
+        "rows": total,
+        "per_event": round(total / max(events, 1), 2),
+        "regroup_share": round(by_type.get("product.updated", 0) / max(total, 1), 3),
+        "by_event_type": by_type,
+    }
+
+
 # -- the replay command in a child process -----------------------------------------------
 
 _SUMMARY = re.compile(r"v(\d+): (\d+) events in ([\d.]+)s")
@@ -257,6 +283,8 @@ def main() -> None:
         assert replay_settings.database_url
         report["copy"] = copy_rows(replay_settings.database_url, report["replay"]["events"])
         print(f"copy: {report['copy']}", flush=True)
+        report["history"] = history_rows(replay_settings.database_url, report["replay"]["events"])
+        print(f"history: {report['history']}", flush=True)
 
         if args.profile:
             print("profile: in-process replay under cProfile ...", flush=True)
