@@ -29,6 +29,13 @@ shared machine, latency from each webhook's due time beside it. Written to
 
     .venv/bin/python bench/ingest.py --subjects 4000 [--rounds 3] [--subjects-rate 600]
 
+`--against DIR` adds the real app of another checkout (a git worktree of main, say, with
+its own `.venv`) to the same run: `plain-old` and `ingest-old`, served by DIR's interpreter
+and code, take their turns beside the others in every round, so both meet the same machine
+(on a shared machine the load drifts between two runs of the bench).
+
+    .venv/bin/python bench/ingest.py --against /work/wt/ingest-old [--no-plain]
+
 Uses KAFKA_BOOTSTRAP_SERVERS when set, else starts the local services in a temp home.
 """
 
@@ -423,13 +430,59 @@ def _cpu_seconds(pid: int | None) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+# The real app of another checkout (`--against`), run by that checkout's interpreter: argv
+# is the checkout, the kind (plain / ingest) and the port; settings come from the environment.
+_SERVE_OTHER = f"""
+import sys
+sys.path.insert(0, sys.argv[1])
+import uvicorn
+from entitled.settings import Settings
+from ingest.app import create_app
+from ingest.producer import EventProducer
+settings = Settings.from_env()
+app = create_app(settings, EventProducer(settings, seal=sys.argv[2] == "ingest"))
+uvicorn.run(app, port=int(sys.argv[3]), **{UVICORN!r})
+"""
+OLD = "-old"  # suffix of the kinds served by the `--against` checkout
+
+
+class _Other:
+    """A server process of the `--against` checkout, with `mp.Process`'s few methods."""
+
+    def __init__(self, against: str, kind: str, port: int, settings: Any) -> None:
+        import subprocess
+
+        python = str(Path(against) / ".venv" / "bin" / "python")
+        self._proc = subprocess.Popen(
+            [python, "-c", _SERVE_OTHER, against, kind.removesuffix(OLD), str(port)],
+            env=common.environment(settings),
+            stdin=subprocess.DEVNULL,
+        )
+        self.pid = self._proc.pid
+
+    def is_alive(self) -> bool:
+        return self._proc.poll() is None
+
+    def terminate(self) -> None:
+        self._proc.terminate()
+
+    def join(self, timeout: float) -> None:
+        self._proc.wait(timeout)
+
+
 @contextlib.contextmanager
-def _served(kind: str, settings: Any) -> Iterator[tuple[str, Any]]:
+def _served(kind: str, settings: Any, against: str | None = None) -> Iterator[tuple[str, Any]]:
     """A server process of `kind`, healthy: its webhook URL and the process."""
-    ctx = mp.get_context("spawn")
     port = _free_port()
-    server = ctx.Process(target=_serve, args=(kind, port, settings), daemon=True)
-    server.start()
+    server: Any
+    if kind.endswith(OLD):
+        assert against is not None
+        server = _Other(against, kind, port, settings)
+    else:
+        server = mp.get_context("spawn").Process(
+            target=_serve, args=(kind, port, settings), daemon=True
+        )
+        server.start()
     try:
         _wait_healthy(port, server)
         yield f"http://127.0.0.1:{port}/webhooks/stripe", server
@@ -439,7 +492,7 @@ def _served(kind: str, settings: Any) -> Iterator[tuple[str, Any]]:
 
 
 def _run(kind: str, settings: Any, args: dict[str, Any]) -> dict[str, Any]:
-    with _served(kind, settings) as (url, server):
+    with _served(kind, settings, args["against"]) as (url, server):
         ctx = mp.get_context("spawn")
         queue = ctx.Queue()
         client = ctx.Process(target=_client, args=(kind, url, args, queue))
@@ -488,8 +541,15 @@ def main() -> None:
         default=0,
         help="measure new/cold/warm data keys, N webhooks a phase (see the module doc)",
     )
+    parser.add_argument(
+        "--against",
+        metavar="DIR",
+        help="also serve the real app of the checkout DIR (its .venv) in every round",
+    )
     args = vars(parser.parse_args())
-    kinds = ("bare", "ingest") if args["no_plain"] else ("bare", "plain", "ingest")
+    kinds: tuple[str, ...] = ("bare", "ingest") if args["no_plain"] else ("bare", "plain", "ingest")
+    if args["against"]:  # each beside its old self
+        kinds = tuple(k for kind in kinds for k in (kind, kind + OLD) if k != "bare" + OLD)
 
     from entitled.crypto import new_master_key
     from entitled.settings import Settings
@@ -548,6 +608,11 @@ def main() -> None:
         for b, i in zip(rounds["bare"], rounds["ingest"], strict=True)
     ]
     ratio = statistics.median(ratios)
+    # the same ratio for the `--against` checkout, round by round beside the others
+    old_ratios = [
+        i["throughput"]["events_per_s"] / b["throughput"]["events_per_s"]
+        for b, i in zip(rounds["bare"], rounds.get("ingest" + OLD, []), strict=False)
+    ]
     sealed = [
         i["throughput"]["events_per_s"] / p["throughput"]["events_per_s"]
         for p, i in zip(rounds.get("plain", []), rounds["ingest"], strict=False)
@@ -565,6 +630,9 @@ def main() -> None:
         "summary_medians": summary,
         "ratio_to_bare": round(ratio, 3),
         "ratio_per_round": [round(r, 3) for r in ratios],
+        "against": args["against"],
+        "against_ratio_to_bare": round(statistics.median(old_ratios), 3) if old_ratios else None,
+        "against_ratio_per_round": [round(r, 3) for r in old_ratios],
         # ingest with encryption / without, events/s (1.0: encryption costs nothing)
         "sealed_to_plain": round(statistics.median(sealed), 3) if sealed else None,
         "sealed_to_plain_per_round": [round(r, 3) for r in sealed],
@@ -583,14 +651,19 @@ def main() -> None:
 
     print(f"medians of {args['rounds']} round(s):")
     print(
-        f"{'':8}{'events/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'200/s p50':>11}{'p99':>7}{'cpu us':>8}"
+        f"{'':11}{'events/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'200/s p50':>11}{'p99':>7}{'cpu us':>8}"
     )
     for kind, m in summary.items():
         print(
-            f"{kind:8}{m['events_per_s']:>10}{m['p50_ms']:>9}{m['p99_ms']:>9}"
+            f"{kind:11}{m['events_per_s']:>10}{m['p50_ms']:>9}{m['p99_ms']:>9}"
             f"{m['rate_p50_ms']:>11}{m['rate_p99_ms']:>7}{m['server_cpu_us_per_request']:>8}"
         )
     print(f"ingest/bare = {ratio:.2f} (per round {report['ratio_per_round']})")
+    if old_ratios:
+        print(
+            f"ingest{OLD}/bare = {report['against_ratio_to_bare']:.2f}"
+            f" (per round {report['against_ratio_per_round']}; {args['against']})"
+        )
     if sealed:
         print(
             f"ingest (encrypted)/plain = {report['sealed_to_plain']:.3f}"
