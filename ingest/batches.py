@@ -154,13 +154,18 @@ class EventBatches:
 
 
 def _settle(batch: _Batch, exc: BaseException) -> None:
-    """Fail `batch`: every caller still waiting, and its outcome (retrieved here: it is
-    read only after a caller gave up)."""
+    """Fail `batch` (cancel it, for a `CancelledError`): every caller still waiting, and its
+    outcome (retrieved here: it is read only after a caller gave up)."""
+    cancelled = isinstance(exc, asyncio.CancelledError)
     for waiter in batch.waiters:
-        if not waiter.done():
+        if waiter.done():
+            continue
+        if cancelled:
+            waiter.cancel()
+        else:
             # a copy each: one exception raised in many tasks would chain their tracebacks
             waiter.set_exception(copy.copy(exc))
-    if isinstance(exc, asyncio.CancelledError):
+    if cancelled:
         batch.outcome.cancel()
     else:
         batch.outcome.set_exception(exc)
