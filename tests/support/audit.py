@@ -26,6 +26,9 @@ class Audit:
     lost: list[str] = field(default_factory=list)  # acked, never applied nor dead-lettered
     doubled: int = 0  # processed rows beyond one per id
     offsets_missing: list[tuple[int, int]] = field(default_factory=list)
+    # records of a key write that failed (their webhooks were refused and sent again): no
+    # reader can open them, and `lost` says whether the events they held were applied
+    orphans: int = 0
     processed_rows: int = 0
     dead_letters: int = 0
     checkpoint_gaps: dict[int, tuple[int, int]] = field(default_factory=dict)
@@ -65,6 +68,7 @@ class Audit:
             "lost": len(self.lost),
             "doubled": self.doubled,
             "offsets_missing": len(self.offsets_missing),
+            "orphans": self.orphans,
             "processed_rows": self.processed_rows,
             "dead_letters": self.dead_letters,
             "checkpoint_gaps": len(self.checkpoint_gaps),
@@ -99,10 +103,11 @@ def audit(settings: Settings, acked: set[str] | Mapping[str, Any]) -> Audit:
     }
     a.dead_letters = len(dead)
     dead_ids = set(dead.values())
+    a.orphans = sum(1 for r in records if r.orphan)
     a.offsets_missing = [
         (r.partition, r.offset)
         for r in records
-        if r.event_id not in processed and (r.partition, r.offset) not in dead
+        if not r.orphan and r.event_id not in processed and (r.partition, r.offset) not in dead
     ]
     # An applied row must point at a record of the log holding that event.
     by_position = {(r.partition, r.offset): r.event_id for r in records}

@@ -106,6 +106,9 @@ class Record:
     partition: int
     offset: int
     event_id: str | None
+    # its data key never reached the keys topic: the write of that key failed, so the
+    # webhook was refused and sent again (the event is in the log again under another key)
+    orphan: bool = False
 
 
 def log_records(settings: Settings) -> list[Record]:
@@ -124,7 +127,7 @@ def log_records(settings: Settings) -> list[Record]:
                     event_id = orjson.loads(m.value).get("id")
                 except (orjson.JSONDecodeError, AttributeError):
                     event_id = None
-                out.append(Record(m.partition, m.offset, event_id))
+                out.append(Record(m.partition, m.offset, event_id, orphan=m.orphan))
         return out
 
     return run_async(go)
