@@ -22,7 +22,8 @@ class WorkerMetrics:
         self.events = Counter(
             "entitled_worker_events",
             "Records by outcome: applied, duplicate, below_checkpoint, parked, poison, skipped,"
-            " unknown (no rule for the type).",
+            " unknown (no rule for the type), forgotten (data key deleted), orphan (data key"
+            " never written: its write failed and the event was written again).",
             ["outcome"],
             registry=r,
         )
