@@ -57,7 +57,7 @@ Derived = dict[str, tuple[Entitlement, Row | None]]
 # refunds and disputes point at any of them.
 _LINK_STEPS = (("invoice_payments",), ("charges",), ("refunds", "disputes"))
 _MAX_HOPS = 3  # a dispute -> its charge (no customer) -> its payment intent -> the purchase
-_BUILD_SLICE = 2000  # customers recomputed at once by a build (`recompute`)
+BUILD_SLICE = 2000  # customers a build recomputes or writes at once (`recompute`)
 
 
 @dataclass
@@ -141,7 +141,7 @@ async def recompute(
     # history records them there): in slices, so that a regroup reaching 50,000 customers
     # (a log of 1M events) does not hold all their rows and history rows at once (peak RSS).
     # Each customer is derived alone; the slices in order write the same rows as one call.
-    step = _BUILD_SLICE if memo is not None else len(ordered)
+    step = BUILD_SLICE if memo is not None else len(ordered)
     for i in range(0, len(ordered), step):
         part = ordered[i : i + step]
         await _recompute(conn, schema, policy, part, folded.types, cause, feed, memo)
