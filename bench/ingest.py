@@ -223,11 +223,15 @@ WARMUP = 500  # webhooks before each measured phase; also the number of `warm` c
 PHASES = ("new", "cold", "warm")
 
 
-def _phase_customer(phase: str, round_: int, i: int) -> bytes:
+def _phase_customer(phase: str, round_: int, i: int, kind: str = "") -> bytes:
     """The customer of webhook i of a phase: `new` and `cold` name a customer per webhook
-    (`cold` ones have keys written before the rounds: `_seed_cold`), `warm` one of WARMUP."""
+    (`cold` ones have keys written before the rounds: `_seed_cold`), `warm` one of WARMUP.
+    `new` ones are the server's own (`kind`): with `--against`, the two ingests share one
+    keys topic, and a customer one of them keyed would be `cold` for the other."""
     if phase == "warm":
         return b"cus_r%dw%05d" % (round_, i % WARMUP)
+    if phase == "new":
+        return b"cus_r%dn%s%06d" % (round_, kind.encode(), i)
     return b"cus_r%d%s%06d" % (round_, phase[0].encode(), i)
 
 
@@ -273,7 +277,7 @@ async def _phases(
         events = {
             kind: _Events(
                 b"%s%d%s" % (kind.encode()[:2], round_, phase.encode()[:2]),
-                lambda i, phase=phase: _phase_customer(phase, round_, i),
+                lambda i, phase=phase, kind=kind: _phase_customer(phase, round_, i, kind),
             )
             for kind in servers
         }
@@ -332,7 +336,7 @@ def _run_subjects(
     with contextlib.ExitStack() as stack:
         servers = {}
         for kind in kinds:
-            url, server = stack.enter_context(_served(kind, settings))
+            url, server = stack.enter_context(_served(kind, settings, args["against"]))
             servers[kind] = (url, server.pid)
         ctx = mp.get_context("spawn")
         queue = ctx.Queue()
@@ -343,8 +347,7 @@ def _run_subjects(
         return result
 
 
-def _subjects_main(args: dict[str, Any], settings: Any) -> None:
-    kinds = ("bare", "plain", "ingest")
+def _subjects_main(args: dict[str, Any], settings: Any, kinds: tuple[str, ...]) -> None:
     rounds: dict[str, list[dict[str, Any]]] = {kind: [] for kind in kinds}
     asyncio.run(_seed_cold(settings, args["rounds"], args["subjects"]))
     for n in range(args["rounds"]):
@@ -368,6 +371,11 @@ def _subjects_main(args: dict[str, Any], settings: Any) -> None:
     sealed_cpu = ratios("ingest", "plain", "server_cpu_us_per_request")
     sealed_p50 = ratios("ingest", "plain", "p50_ms")
     bare_cpu = ratios("bare", "plain", "server_cpu_us_per_request")
+    old_cpu = (
+        ratios("ingest" + OLD, "plain" + OLD, "server_cpu_us_per_request")
+        if "ingest" + OLD in kinds
+        else {}
+    )
     report = {
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "machine": common.machine(),
@@ -378,6 +386,8 @@ def _subjects_main(args: dict[str, Any], settings: Any) -> None:
         "sealed_to_plain_p50_latency_per_round": sealed_p50,
         # bare Starlette's CPU per request over the real app's without encryption
         "bare_to_plain_cpu_per_round": bare_cpu,
+        # the same for the `--against` checkout, beside it in every round
+        "against_sealed_to_plain_cpu_per_round": old_cpu,
         "rounds": rounds,
     }
     out = RESULTS.parent / "ingest_subjects.json"
@@ -385,17 +395,22 @@ def _subjects_main(args: dict[str, Any], settings: Any) -> None:
     out.write_text(json.dumps(report, indent=2) + "\n")
     loads = [r["load_avg_1m_before"] for r in rounds["ingest"]]
     print(f"server CPU us per webhook, per round (load before ingest's: {loads}):")
-    print(f"{'':8}" + "".join(f"{p:>24}" for p in PHASES))
+    print(f"{'':11}" + "".join(f"{p:>24}" for p in PHASES))
     for kind in kinds:
         cells = [
             ", ".join(str(r[p]["server_cpu_us_per_request"]) for r in rounds[kind]) for p in PHASES
         ]
-        print(f"{kind:8}" + "".join(f"{c:>24}" for c in cells))
+        print(f"{kind:11}" + "".join(f"{c:>24}" for c in cells))
     for phase in PHASES:
         print(
             f"{phase:5} ingest/plain CPU {report['sealed_to_plain_cpu'][phase]:.3f}"
             f" (per round {sealed_cpu[phase]}); p50 latency {sealed_p50[phase]}"
         )
+        if old_cpu:
+            print(
+                f"{'':5} ingest-old/plain-old CPU {statistics.median(old_cpu[phase]):.3f}"
+                f" (per round {old_cpu[phase]})"
+            )
     print(f"written {out}")
 
 
@@ -582,7 +597,7 @@ def main() -> None:
     if args["subjects"]:
         try:
             asyncio.run(ensure_event_topic(settings))
-            _subjects_main(args, settings)
+            _subjects_main(args, settings, kinds)
         finally:
             if temp_home is not None:
                 services.down(settings, wipe=True)
