@@ -35,6 +35,7 @@ and code, take their turns beside the others in every round, so both meet the sa
 (on a shared machine the load drifts between two runs of the bench).
 
     .venv/bin/python bench/ingest.py --against /work/wt/ingest-old [--no-plain]
+    .venv/bin/python bench/ingest.py --subjects 4000 --against /work/wt/ingest-old
 
 Uses KAFKA_BOOTSTRAP_SERVERS when set, else starts the local services in a temp home.
 """
