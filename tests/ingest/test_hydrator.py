@@ -131,10 +131,14 @@ def test_rate_limit_holds_and_429_500_are_retried(
         wait_until(lambda: _group_lag(settings) == 0, 180, "all hydrated", procs)
         elapsed = time.monotonic() - started
         assert proxy.answered.get(429, 0) > 0 and proxy.answered.get(500, 0) > 0
-        # The limiter spaces the sends; the proxy sees arrivals, which carry a few ms of
-        # scheduling jitter: a request sent at the end of one second may arrive in the next.
+        # The limiter spaces the sends; the proxy sees arrivals, stamped by a thread of this
+        # test process, which a loaded machine can hold back 100+ ms: the requests of that
+        # pause are then stamped together (a fresh-clone run at load 6 counted 57 in one
+        # second at 50/s). Over 5 s a pause weighs little; the 1 s window allows 20 %.
+        # Without the limiter the hydrator sends ~90/s here; a limiter that lets a second's
+        # calls go in a burst shows 2 x rps in one second: both still fail.
         assert proxy.max_in_window(5.0) <= 5 * rps + 2
-        assert proxy.max_in_window(1.0) <= rps + 3
+        assert proxy.max_in_window(1.0) <= rps * 1.2
         requests = len(proxy.times)
     sources = Counter(h["hydrated-from"] for h, _, _ in _hydrated(settings))
     assert set(sources) == {t["id"] for t in thins}  # nothing lost to the faults
