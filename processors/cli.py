@@ -361,7 +361,7 @@ def replay(
         else:
             _replay_build(settings, dry_run=dry_run, force=force, yes=yes, jobs=jobs)
     except SwapRefused as exc:
-        _echo_differences(exc.report)
+        _echo_differences(exc.report)  # each one was printed as the refused swap read it
         v = exc.report.version
         raise click.ClickException(
             f"swap refused: {exc}. v{v} stays built as a ready version, not active: inspect"
@@ -395,7 +395,8 @@ def _replay_rollback(settings: Settings, yes: bool, *, force: bool) -> None:
     from .replay import roll_back
 
     _confirm("Make the previous version active again (caught up with the log first)?", yes)
-    click.echo(f"active version is now v{asyncio.run(roll_back(settings, force=force))}")
+    version = asyncio.run(roll_back(settings, force=force, each=_echo_difference))
+    click.echo(f"active version is now v{version}")
 
 
 def _replay_customer(settings: Settings, customer: str, yes: bool) -> None:
@@ -409,7 +410,7 @@ def _replay_swap(settings: Settings, version: int, *, force: bool, yes: bool) ->
     from .replay import swap_ready
 
     _confirm(f"Catch version {version} up with the log and make it active?", yes)
-    report = asyncio.run(swap_ready(settings, version, force=force))
+    report = asyncio.run(swap_ready(settings, version, force=force, each=_echo_difference))
     _echo_swapped(report)
 
 
@@ -418,7 +419,16 @@ def _replay_build(settings: Settings, *, dry_run: bool, force: bool, yes: bool, 
 
     if not dry_run:
         _confirm("Rebuild every projection from the log and swap when done?", yes)
-    report = asyncio.run(run(settings, dry_run=dry_run, progress=True, jobs=jobs, force=force))
+    report = asyncio.run(
+        run(
+            settings,
+            dry_run=dry_run,
+            progress=True,
+            jobs=jobs,
+            force=force,
+            each=_echo_difference,  # a dry run's, or a refused swap's, as they are read
+        )
+    )
     click.echo(
         f"v{report.version}: {report.events} events in {report.seconds:.1f}s"
         f" ({report.rate:,.0f} events/s)"
@@ -437,16 +447,20 @@ def _replay_build(settings: Settings, *, dry_run: bool, force: bool, yes: bool, 
         _echo_swapped(report)
 
 
+def _echo_difference(d: dict[str, Any]) -> None:
+    """One line of the dry-run report: a customer whose entitlements differ from the live
+    version (printed as the comparison reads them: there may be one per customer)."""
+    click.echo(
+        f"{d['customer']}: groups +{d['groups_gained']} -{d['groups_lost']}"
+        f" movies +{d['movies_gained']} -{d['movies_lost']}"
+    )
+
+
 def _echo_differences(report: ReplayReport) -> None:
-    """The dry-run report: every customer whose entitlements differ from the live version."""
-    if not report.differences:
+    """The dry-run report's last line (its customers were printed by `_echo_difference`)."""
+    if not report.differing:
         click.echo("no differences against the live version")
-    for d in report.differences:
-        click.echo(
-            f"{d['customer']}: groups +{d['groups_gained']} -{d['groups_lost']}"
-            f" movies +{d['movies_gained']} -{d['movies_lost']}"
-        )
-    click.echo(f"{len(report.differences)} customers differ")
+    click.echo(f"{report.differing} customers differ")
 
 
 def _echo_swapped(report: ReplayReport) -> None:

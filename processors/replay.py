@@ -22,7 +22,7 @@ import importlib
 import logging
 import multiprocessing
 import time
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -62,6 +62,9 @@ log = logging.getLogger(__name__)
 REPLAY_BATCH = 5000
 _FETCH_BYTES = 1024 * 1024  # per partition and fetch (see `read_log`)
 _KEYS = 1000  # data keys a build keeps unwrapped (see `_fold_range`)
+_KEPT = 1000  # differences a report holds (the rest are counted, or given to `each`)
+
+Difference = dict[str, Any]  # one customer's, as `projections.versions.differences` has it
 
 
 @dataclass
@@ -71,7 +74,10 @@ class ReplayReport:
     events: int = 0
     seconds: float = 0.0
     swapped: bool = False
-    differences: list[dict[str, Any]] = field(default_factory=list)
+    # The first `_KEPT` customers (by id) whose entitlements differ from the live version,
+    # and how many differ in all: a replay into an empty live version differs everywhere.
+    differences: list[Difference] = field(default_factory=list)
+    differing: int = 0
     refusal: str | None = None  # why the swap gate refuses this version (None: it may swap)
     behind: int = 0  # a dry run: events of the log past the position both were compared at
 
@@ -373,12 +379,14 @@ async def replay(
     progress: bool = True,
     jobs: int = 1,
     force: bool = False,
+    each: Callable[[Difference], None] | None = None,
 ) -> ReplayReport:
     """Build a new version from the log (or continue an interrupted build), then swap to
     it, or, with `dry_run`, report how it differs from the live version.
 
     Raises `SwapRefused` when the swap gate refuses the build (unless `force`); the build
-    then stays as a `ready` version.
+    then stays as a `ready` version. `each` is given every difference of a dry run, or of a
+    refused swap, as they are read (the report keeps the first `_KEPT` and the count).
     """
     async with await _connect(settings) as conn:
         await db.migrate(conn)
@@ -404,9 +412,9 @@ async def replay(
     async with await _connect(settings) as conn:
         await versions.mark_ready(conn, version)
     if dry_run:
-        await _judge_at_live(settings, report)
+        await _judge_at_live(settings, report, each)
         return report
-    await _swap_if_allowed(settings, report, force=force)
+    await _swap_if_allowed(settings, report, force=force, each=each)
     return report
 
 
@@ -416,7 +424,9 @@ async def _live_position(settings: Settings) -> dict[int, int]:
         return await _checkpoints(settings, conn, await db.active_schema(conn))
 
 
-async def _judge_at_live(settings: Settings, report: ReplayReport) -> None:
+async def _judge_at_live(
+    settings: Settings, report: ReplayReport, each: Callable[[Difference], None] | None
+) -> None:
     """A dry run's verdict, at one log position as a swap's: caught up (unlocked, then
     under the active row's lock, so the live worker waits between two batches) to where
     the live version stands, then compared; nothing swapped. `report.behind` counts the
@@ -429,7 +439,7 @@ async def _judge_at_live(settings: Settings, report: ReplayReport) -> None:
         await _fold_range(settings, report.schema, start, stop, recompute=True)
     async with await _connect(settings) as conn, conn.transaction():
         await versions.lock_active(conn)
-        await _judge(settings, conn, report, at_live=True)
+        await _judge(settings, conn, report, at_live=True, each=each)
         frozen = await _checkpoints(settings, conn, await db.active_schema(conn))
     ends = await end_offsets(settings)
     report.behind = sum(max(0, end - frozen.get(p, 0)) for p, end in ends.items())
@@ -441,6 +451,7 @@ async def _judge(
     report: ReplayReport,
     *,
     at_live: bool = False,
+    each: Callable[[Difference], None] | None = None,
 ) -> None:
     """Catch the build up (one pass: under steady traffic a loop "until nothing is left"
     would chase the log for ever while the live worker waits on the lock; what arrives later
@@ -462,11 +473,11 @@ async def _judge(
             log.warning("the build is ahead of the live version on partitions %s", ahead)
     if any(end > start.get(p, 0) for p, end in stop.items()):
         await _fold_range(settings, report.schema, start, stop, recompute=True)
-    report.differences = await versions.differences(conn, live, report.schema)
+    lost = await _compare(conn, live, report, each)
     assert settings.kafka_bootstrap_servers
     ends = await end_offsets(settings)
-    report.refusal = swap_gate.refusal(
-        report.differences,
+    report.refusal = swap_gate.refusal_by_count(
+        lost,
         entitled=await versions.entitled_customers(conn, live),
         log_events=sum(ends.values()),
         max_loss=settings.replay_max_loss,
@@ -474,18 +485,47 @@ async def _judge(
     )
 
 
+async def _compare(
+    conn: psycopg.AsyncConnection[Any],
+    live: str,
+    report: ReplayReport,
+    each: Callable[[Difference], None] | None,
+) -> int:
+    """Fill in the report's differences from `live` (the first `_KEPT` and the count), give
+    each to `each`, and count the customers who lose something: one slice of the comparison
+    in memory at a time. In the caller's transaction."""
+    report.differences, report.differing, lost = [], 0, 0
+    async for part in versions.differences(conn, live, report.schema):
+        report.differing += len(part)
+        lost += len(swap_gate.losing(part))
+        report.differences.extend(part[: max(0, _KEPT - len(report.differences))])
+        if each is not None:
+            for difference in part:
+                each(difference)
+    return lost
+
+
 async def _swap_if_allowed(
-    settings: Settings, report: ReplayReport, *, force: bool, cause: str = "replay"
+    settings: Settings,
+    report: ReplayReport,
+    *,
+    force: bool,
+    cause: str = "replay",
+    each: Callable[[Difference], None] | None = None,
 ) -> None:
     """Judge and swap in one transaction holding the active row: the live worker waits
     between two batches meanwhile, so both versions are compared at one log position (the
-    live worker's, once it has caught up with the build: `_live_reaches`)."""
+    live worker's, once it has caught up with the build: `_live_reaches`). A refused swap
+    gives `each` its differences, compared again in the same transaction (the gate only
+    counted them: a swap that goes through has nobody to show them to)."""
     await _live_reaches(settings, report.schema)
     async with await _connect(settings) as conn, conn.transaction():
         await versions.lock_active(conn)
         held = time.perf_counter()
         await _judge(settings, conn, report, at_live=True)
         if report.refusal is not None and not force:
+            if each is not None:
+                await _compare(conn, await db.active_schema(conn), report, each)
             raise SwapRefused(report)  # the transaction rolls back: nothing changes
         await versions.swap(conn, report.version, cause=cause)
         report.swapped = True
@@ -523,16 +563,22 @@ async def _live_reaches(
             await asyncio.sleep(0.1)
 
 
-async def swap_ready(settings: Settings, version: int, *, force: bool = False) -> ReplayReport:
+async def swap_ready(
+    settings: Settings,
+    version: int,
+    *,
+    force: bool = False,
+    each: Callable[[Difference], None] | None = None,
+) -> ReplayReport:
     """Swap in a `ready` version (a dry run, or a build the gate refused): catch it up with
-    the log, then judge and swap as `replay` does."""
+    the log, then judge and swap as `replay` does (`each`: as `replay`'s)."""
     async with await _connect(settings) as conn:
         schema, state = await versions.state_of(conn, version)
     if state != "ready":
         raise ReplayError(f"v{version} is {state}: only a ready build can be swapped in")
     report = ReplayReport(version, schema)
     await build(settings, schema, progress=False, bulk=False)
-    await _swap_if_allowed(settings, report, force=force)
+    await _swap_if_allowed(settings, report, force=force, each=each)
     return report
 
 
@@ -541,7 +587,9 @@ async def list_versions(settings: Settings) -> list[versions.VersionInfo]:
         return await versions.list_versions(conn)
 
 
-async def roll_back(settings: Settings, *, force: bool = False) -> int:
+async def roll_back(
+    settings: Settings, *, force: bool = False, each: Callable[[Difference], None] | None = None
+) -> int:
     """Make the newest retired version older than the active one active again: caught up
     with the log first, then judged by the same gate as a swap (issue 19, point 3). A retired
     version stopped folding at the swap; served as it was, everything bought since then
@@ -561,7 +609,7 @@ async def roll_back(settings: Settings, *, force: bool = False) -> int:
         schema, _state = await versions.state_of(conn, version)
     report = ReplayReport(version, schema)
     await build(settings, schema, progress=False, bulk=False)  # most of the way, unlocked
-    await _swap_if_allowed(settings, report, force=force, cause="rollback")
+    await _swap_if_allowed(settings, report, force=force, cause="rollback", each=each)
     return version
 
 

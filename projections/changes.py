@@ -15,7 +15,8 @@ parallel.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import itertools
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,10 +29,11 @@ from projections.upserts import clean_text
 
 __all__ = [
     "CHANGES_CHANNEL",
+    "DIFF_SLICE",
     "FOLDED_CHANNEL",
     "VERSION_CHANNEL",
     "Change",
-    "diff_versions",
+    "diff_slices",
     "listen",
     "mark_published",
     "pending",
@@ -46,6 +48,11 @@ CHANGES_CHANNEL = "entitled_changes"  # NOTIFY payload: the greatest new change 
 FOLDED_CHANNEL = "entitled_folded"  # NOTIFY after a batch that applied events commits
 VERSION_CHANNEL = "entitled_version"  # NOTIFY payload: the version a swap made active
 _LOCK = f"{db.CONTROL}.changes"
+# Customers per slice of a comparison of two versions (`diff_slices`): a replay into an empty
+# live version differs for every customer (229k at 1M events), and a swap then held all of
+# them at once, as rows, objects and one JSON parameter. A module constant: tests lower it.
+DIFF_SLICE = 5000
+_cursors = itertools.count()  # server-side cursor names, unique in a session
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,32 +179,45 @@ async def record(
     return int(row[0]) if row and row[0] is not None else None
 
 
-async def diff_versions(conn: AsyncConnection[Any], old: str, new: str) -> list[Change]:
-    """The customers whose entitlements differ between two versions, by customer (for a
-    swap's change rows and replay's report)."""
-    cur = await conn.execute(
-        sql.SQL(
-            """
-            SELECT coalesce(a.customer, b.customer),
-                   coalesce(a.groups, '{{}}'), coalesce(b.groups, '{{}}'),
-                   coalesce(a.movie_ids, '{{}}'), coalesce(b.movie_ids, '{{}}'),
-                   b.as_of_event, b.as_of_created
-              FROM {} a FULL JOIN {} b ON a.customer = b.customer
-             WHERE a.groups IS DISTINCT FROM b.groups
-                OR a.movie_ids IS DISTINCT FROM b.movie_ids
-             ORDER BY 1
-            """
-        ).format(
-            db.qualified(old, "customer_entitlements"), db.qualified(new, "customer_entitlements")
-        )
+_DIFF = """
+    SELECT coalesce(a.customer, b.customer),
+           coalesce(a.groups, '{{}}'), coalesce(b.groups, '{{}}'),
+           coalesce(a.movie_ids, '{{}}'), coalesce(b.movie_ids, '{{}}'),
+           b.as_of_event, b.as_of_created
+      FROM {old} a FULL JOIN {new} b ON a.customer = b.customer
+     WHERE a.groups IS DISTINCT FROM b.groups
+        OR a.movie_ids IS DISTINCT FROM b.movie_ids
+     ORDER BY coalesce(a.customer, b.customer) COLLATE "C"
+"""
+
+
+async def diff_slices(
+    conn: AsyncConnection[Any], old: str, new: str
+) -> AsyncIterator[list[Change]]:
+    """The customers whose entitlements differ between two versions, in customer order, at
+    most `DIFF_SLICE` at a time (for a swap's change rows and replay's report). Read through
+    a server-side cursor, so only one slice is in memory: the caller must hold a
+    transaction (the cursor lives in it), and every slice comes from the one snapshot the
+    cursor took.
+
+    Ordered by code point (`COLLATE "C"`, as Python sorts `str`): each slice's change rows
+    (`record` sorts them by customer) then follow one another in the same order as the
+    rows of one call for all of them would."""
+    query = sql.SQL(_DIFF).format(
+        old=db.qualified(old, "customer_entitlements"),
+        new=db.qualified(new, "customer_entitlements"),
     )
-    out = []
-    for customer, g_old, g_new, m_old, m_new, event_id, created in await cur.fetchall():
-        before = Entitlement(tuple(sorted(g_old)), tuple(sorted(m_old)))
-        after = Entitlement(tuple(sorted(g_new)), tuple(sorted(m_new)))
-        if before != after:
-            out.append(Change(customer, before, after, event_id, created))
-    return out
+    async with conn.cursor(name=f"entitled_diff_{next(_cursors)}") as cur:
+        await cur.execute(query)
+        while rows := await cur.fetchmany(DIFF_SLICE):
+            out = []
+            for customer, g_old, g_new, m_old, m_new, event_id, created in rows:
+                before = Entitlement(tuple(sorted(g_old)), tuple(sorted(m_old)))
+                after = Entitlement(tuple(sorted(g_new)), tuple(sorted(m_new)))
+                if before != after:
+                    out.append(Change(customer, before, after, event_id, created))
+            if out:
+                yield out
 
 
 async def unpublished(conn: AsyncConnection[Any], *, limit: int = 500) -> list[dict[str, Any]]:

@@ -11,6 +11,7 @@ active version in the same transaction: readers and the worker see one version o
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -143,16 +144,13 @@ async def swap(conn: AsyncConnection[Any], version: int, *, cause: str = "replay
     """Make `version` the active one, atomically for readers and the live worker; the
     previous active version is retired (kept for rollback). Every customer whose rights
     differ between the two gets one change row (`cause`: replay or rollback), in the same
-    transaction. They are not the target's history: its build recorded that, event by event.
+    transaction, `changes.DIFF_SLICE` customers at a time (a swap against an empty version
+    changes every customer). They are not the target's history: its build recorded that,
+    event by event.
     """
     async with conn.transaction():  # a savepoint when the caller holds a transaction
         previous = await lock_active(conn)
         target, _state = await state_of(conn, version)
-        differ = (
-            []
-            if previous is None
-            else await changes.diff_versions(conn, (await state_of(conn, previous))[0], target)
-        )
         await conn.execute(
             f"UPDATE {db.CONTROL}.versions SET state = 'retired' WHERE version = %s", (previous,)
         )
@@ -163,7 +161,12 @@ async def swap(conn: AsyncConnection[Any], version: int, *, cause: str = "replay
         )
         await conn.execute(f"UPDATE {db.CONTROL}.active SET version = %s", (version,))
         await db.point_live_views(conn, target)
-        await changes.record(conn, target, differ, cause, history=False)
+        if previous is not None:
+            # The schemas compared by name, not through the views just pointed: the change
+            # rows go in slices (`changes.DIFF_SLICE`), all in this transaction.
+            old = (await state_of(conn, previous))[0]
+            async for differ in changes.diff_slices(conn, old, target):
+                await changes.record(conn, target, differ, cause, history=False)
         # Delivered at commit: a read model holding the previous version's answers empties
         # itself even when no customer's rights differ (no change row, hence no other news).
         await conn.execute("SELECT pg_notify(%s, %s)", (changes.VERSION_CHANNEL, str(version)))
@@ -185,19 +188,23 @@ async def drop(conn: AsyncConnection[Any], version: int) -> None:
         await conn.execute(f"DELETE FROM {db.CONTROL}.versions WHERE version = %s", (version,))
 
 
-async def differences(conn: AsyncConnection[Any], live: str, new: str) -> list[dict[str, Any]]:
+async def differences(
+    conn: AsyncConnection[Any], live: str, new: str
+) -> AsyncIterator[list[dict[str, Any]]]:
     """Customers whose entitlements differ between two versions: groups and movies gained
-    or lost in `new` relative to `live`, by customer."""
-    return [
-        {
-            "customer": c.customer,
-            "groups_gained": sorted(set(c.after.groups) - set(c.before.groups)),
-            "groups_lost": sorted(set(c.before.groups) - set(c.after.groups)),
-            "movies_gained": sorted(set(c.after.movie_ids) - set(c.before.movie_ids)),
-            "movies_lost": sorted(set(c.before.movie_ids) - set(c.after.movie_ids)),
-        }
-        for c in await changes.diff_versions(conn, live, new)
-    ]
+    or lost in `new` relative to `live`, by customer, in slices (`changes.diff_slices`:
+    inside a transaction)."""
+    async for part in changes.diff_slices(conn, live, new):
+        yield [
+            {
+                "customer": c.customer,
+                "groups_gained": sorted(set(c.after.groups) - set(c.before.groups)),
+                "groups_lost": sorted(set(c.before.groups) - set(c.after.groups)),
+                "movies_gained": sorted(set(c.after.movie_ids) - set(c.before.movie_ids)),
+                "movies_lost": sorted(set(c.before.movie_ids) - set(c.after.movie_ids)),
+            }
+            for c in part
+        ]
 
 
 async def entitled_customers(conn: AsyncConnection[Any], schema: str) -> int:

@@ -124,7 +124,7 @@ def audit(settings: Settings, acked: set[str] | Mapping[str, Any]) -> Audit:
     a.checkpoint_gaps = {p: (cps.get(p, 0), e) for p, e in ends.items() if cps.get(p, 0) != e}
     report = run_async(lambda: replay(settings, dry_run=True, progress=False))
     a.replay_schema = report.schema
-    a.differing_customers = len(report.differences)
+    a.differing_customers = report.differing
     a.differences_sample = report.differences[:5]
     for table in (*MIRROR_TABLES, "customer_entitlements"):
         key = "customer" if table == "customer_entitlements" else "id"
