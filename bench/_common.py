@@ -240,11 +240,18 @@ def environment(settings: Settings, **extra: str) -> dict[str, str]:
     return env
 
 
-def spawn(settings: Settings, *args: str, log: Path, **extra: str) -> subprocess.Popen[bytes]:
-    """`entitled <args>` in its own session, output to `log`."""
+def spawn(
+    settings: Settings, *args: str, log: Path, tree: Path | None = None, **extra: str
+) -> subprocess.Popen[bytes]:
+    """`entitled <args>` in its own session, output to `log`; with `tree`, that checkout's
+    (its own .venv and code: a git worktree of main, say)."""
+    command = ENTITLED if tree is None else [str(tree / ".venv/bin/python"), "-m", "launcher.cli"]
+    if tree is not None:
+        extra = {"PYTHONPATH": str(tree), **extra}
     with log.open("ab") as out:
         return subprocess.Popen(
-            [*ENTITLED, *args],
+            [*command, *args],
+            cwd=tree,
             env=environment(settings, **extra),
             stdout=out,
             stderr=subprocess.STDOUT,

@@ -11,8 +11,11 @@ Side by side, in one run, on the same topic:
 With `--profile`, also an in-process replay of the same topic into another fresh database
 under cProfile, with wall-clock timers around each step of the writer (parse, fold, each
 SQL step, commit), written to `bench/results/replay_profile.json` and `.txt`.
+With `--against DIR`, the `replay` row also for another checkout (its own .venv and code: a
+git worktree of main, say) on the same topic, into a fresh database of its own, the two
+trees taking turns `--rounds` times (`replay_old` rows: CPU per event side by side).
 
-    .venv/bin/python bench/replay.py [--events 1000000] [--profile]
+    .venv/bin/python bench/replay.py [--events 1000000] [--profile] [--against DIR --rounds 2]
 
 Uses KAFKA_BOOTSTRAP_SERVERS / DATABASE_URL when set, else starts the local services in a
 temp home. Prints figures and ratios; writes `bench/results/replay.json`.
@@ -164,16 +167,23 @@ _SUMMARY = re.compile(r"v(\d+): (\d+) events in ([\d.]+)s")
 _PROGRESS = re.compile(rb"replay:\s+\d+%\|[^|]*\|\s*(\d+)/(\d+)")
 
 
-def replay_child(settings: Settings, log_dir: Path, timeout: float) -> dict[str, Any]:
-    """`entitled replay --yes` in a child process; its rusage via os.wait4. Past `timeout`
-    the child is stopped and the progress it had made (its tqdm bar) is reported instead."""
+def replay_child(
+    settings: Settings,
+    log_dir: Path,
+    timeout: float,
+    tree: Path | None = None,
+    name: str = "replay",
+) -> dict[str, Any]:
+    """`entitled replay --yes` (of `tree`, else this checkout) in a child process; its
+    rusage via os.wait4. Past `timeout` the child is stopped and the progress it had made
+    (its tqdm bar) is reported instead."""
     assert settings.database_url
     asyncio.run(common.migrate(settings.database_url))
     pg = common.postmaster_pid(settings.database_url)
     pg_cpu = common.cpu_with_children(pg)
-    log = log_dir / "replay.log"
+    log = log_dir / f"{name}.log"
     started = time.perf_counter()
-    proc = common.spawn(settings, "replay", "--yes", "--jobs", str(JOBS), log=log)
+    proc = common.spawn(settings, "replay", "--yes", "--jobs", str(JOBS), log=log, tree=tree)
     deadline = time.monotonic() + timeout
     timed_out = False
     while True:
@@ -220,8 +230,35 @@ def replay_child(settings: Settings, log_dir: Path, timeout: float) -> dict[str,
         "peak_rss_mb": round(usage.ru_maxrss / 1024, 1),  # Linux: kilobytes
         "replay_cpu_s": round(usage.ru_utime + usage.ru_stime, 1),
         "postgres_cpu_s": round(pg_cpu, 1),
+        "cpu_ms_per_event": round((usage.ru_utime + usage.ru_stime + pg_cpu) / events * 1000, 3),
+        "load_avg": common.machine()["load_avg"],
         "log": str(log),
     }
+
+
+def side_by_side(
+    base: Settings, log_dir: Path, timeout: float, against: Path, rounds: int
+) -> dict[str, list[dict[str, Any]]]:
+    """This checkout's replay and `against`'s, each into a fresh database (dropped after:
+    autovacuum of one run's tables is not counted in the next one's Postgres CPU), taking
+    turns, the first alternating by round."""
+    import psycopg
+    from psycopg import sql
+
+    runs: dict[str, list[dict[str, Any]]] = {"replay": [], "replay_old": []}
+    for n in range(rounds):
+        order = ["replay", "replay_old"] if n % 2 == 0 else ["replay_old", "replay"]
+        for name in order:
+            settings = common.fresh_database(base, name)
+            tree = against if name == "replay_old" else None
+            run = replay_child(settings, log_dir, timeout, tree, f"{name}_{n + 1}")
+            print(f"{name} (round {n + 1}): {run}", flush=True)
+            runs[name].append(run)
+            assert base.database_url and settings.database_url
+            with psycopg.connect(base.database_url, autocommit=True) as conn:
+                db = settings.database_url.rsplit("/", 1)[1].split("?")[0]
+                conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(db)))
+    return runs
 
 
 # -- the profile of an in-process replay -------------------------------------------------
@@ -255,6 +292,8 @@ def main() -> None:
     parser.add_argument(
         "--replay-timeout", type=float, default=3600.0, help="stop the replay after this long"
     )
+    parser.add_argument("--against", default=None, help="another checkout, side by side")
+    parser.add_argument("--rounds", type=int, default=2, help="with --against: turns of each")
     args = parser.parse_args()
     JOBS = args.jobs
 
@@ -271,6 +310,23 @@ def main() -> None:
         load["read"] = common.machine()["load_avg"]
         report["read"] = asyncio.run(read_all(base, ends))
         print(f"read: {report['read']}", flush=True)
+
+        if args.against:
+            print(f"replay: this checkout and {args.against}, side by side ...", flush=True)
+            report["side_by_side"] = side_by_side(
+                base, log_dir, args.replay_timeout, Path(args.against).resolve(), args.rounds
+            )
+            for name, runs in report["side_by_side"].items():
+                cpu = sorted(r.get("cpu_ms_per_event", float("nan")) for r in runs)
+                rss = [r["peak_rss_mb"] for r in runs]
+                rate = [r["events_per_s"] for r in runs]
+                ratio = [round(r / report["read"]["events_per_s"], 3) for r in rate]
+                print(
+                    f"{name:11} CPU ms/event {cpu}  peak RSS MB {rss}  ev/s {rate}"
+                    f"  replay/read {ratio}"
+                )
+            common.write_results("replay_side_by_side", report)
+            return
 
         print("replay: entitled replay --yes in a child process ...", flush=True)
         load["replay"] = common.machine()["load_avg"]
