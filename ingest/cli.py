@@ -36,9 +36,11 @@ def ingest(host: str, port: int, log_level: str) -> None:
     from entitled import logs
 
     logs.configure(log_level)
-    from entitled import serving
+    from entitled import heap, serving
 
-    serving.server(create_app(settings), settings, host=host, port=port, log_level=log_level).run()
+    app = create_app(settings)
+    heap.freeze()  # built: see entitled.heap
+    serving.server(app, settings, host=host, port=port, log_level=log_level).run()
 
 
 async def _prove_keys(settings: Settings) -> None:

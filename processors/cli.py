@@ -18,6 +18,7 @@ import click
 import psycopg
 from aiokafka.errors import KafkaError
 
+from entitled import heap
 from entitled.crypto import CryptoError
 from entitled.keyring import Keyring
 from entitled.settings import Settings
@@ -128,6 +129,12 @@ def worker(loglevel: str, metrics_port: int | None) -> None:
             runner.draining = True
             super()._on_sigterm()
 
+        async def on_startup_finished(self) -> None:
+            await super().on_startup_finished()
+            # Faust, its clients and our app are built: out of every full collection's
+            # walk, which held each batch in flight (entitled.heap)
+            heap.freeze()
+
     worker = DrainingWorker(app, loglevel=loglevel, loop=loop, quiet=True)
     # No terminal spinner: at --loglevel warning or above Faust adds one, and to turn it
     # on every log call it sets the root logger to DEBUG, so every debug line of aiokafka
@@ -155,6 +162,7 @@ def relay(metrics_port: int | None) -> None:
     async def run() -> None:
         await prepare(settings)
         r = Relay(settings)
+        heap.freeze()  # started: see entitled.heap
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, r.stop)  # publish and mark what is in flight, exit 0

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 import click
 from prometheus_client import generate_latest
 
-from entitled import health
+from entitled import health, heap
 from entitled.settings import Settings
 
 if TYPE_CHECKING:
@@ -118,6 +118,7 @@ def hydrate_with(claim: Claim | None) -> click.Command:
             hydrator = Hydrator(
                 settings, api=api, metrics=metrics, concurrency=concurrency, membership=membership
             )
+            heap.freeze()  # built: see entitled.heap
             log.info(
                 "hydrator: topic %s, group %s, %s",
                 settings.topic,
