@@ -46,13 +46,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Protocol
+from dataclasses import dataclass, field
+from typing import NamedTuple, Protocol
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -64,6 +63,7 @@ from entitled.crypto import (
     MasterKeys,
     key_id_of,
     new_data_key,
+    new_key_material,
     open_value,
     parse_master_keys,
     seal_value,
@@ -161,11 +161,10 @@ class Opened:
         return self.forgotten or self.orphan
 
 
-@dataclass(frozen=True, slots=True)
-class Sealed:
+class Sealed(NamedTuple):
     """A value sealed by `Keyring.seal_now`, the header naming its key, and the write of
     that key when it is new and not acknowledged yet: the event may be acknowledged only
-    once that is done too (it raises what the write raised)."""
+    once that is done too (it raises what the write raised). A tuple: made per event."""
 
     value: bytes
     header: tuple[str, bytes]
@@ -504,7 +503,7 @@ class Keyring:
         `created`: when the event came to be (Stripe's `created`; for a snapshot, what it
         stems from). An event about a subject forgotten after that is sealed with a key that
         is never written (`SHREDDED`): every reader reads it as forgotten. None: not checked."""
-        if created is not None and self.forgotten_since(subject, created):
+        if created is not None and self._forgotten and self.forgotten_since(subject, created):
             self.shredded += 1
             never_written = AESGCM(new_data_key())
             header = (KEY_HEADER, (SHREDDED + secrets.token_hex(12)).encode())
@@ -519,33 +518,38 @@ class Keyring:
 
     def _new_key(self, subject: str) -> tuple[str, AESGCM]:
         """A new data key for `subject`, its write queued (`_enqueue`); the next events of
-        the subject use it at once and wait for the same write (`seal_now`)."""
-        key_id = secrets.token_hex(12)
-        data_key = new_data_key()
+        the subject use it at once and wait for the same write (`seal_now`). Kept lean: a
+        brand-new subject's webhook pays for every step (docs/erasure.md, "What encryption
+        costs")."""
+        key_id, data_key, nonce = new_key_material()
         record_key = _record_key(subject, key_id)
-        wrapped = self.master.wrap(data_key, record_key)
-        written = self._enqueue([(record_key, wrapped)])
-        self._unwritten[key_id] = written
-        written.add_done_callback(functools.partial(self._key_written, subject, key_id))
+        wrapped = self.master.wrap(data_key, record_key, nonce)
+        self._unwritten[key_id] = self._enqueue([(record_key, wrapped)], new=(subject, key_id))
         self.directory[key_id] = (subject, wrapped)
         self._newest[subject] = key_id
         return key_id, self.cache.put(key_id, data_key)
 
-    def _key_written(self, subject: str, key_id: str, written: asyncio.Future[None]) -> None:
-        self._unwritten.pop(key_id, None)
-        if not written.cancelled() and written.exception() is None:
+    def _keys_written(self, keys: list[tuple[str, str]], ok: bool) -> None:
+        """The write of the new keys `keys` (subject, key id) is over: acknowledged (`ok`),
+        or failed or cancelled."""
+        if not keys:
+            return
+        for _, key_id in keys:
+            self._unwritten.pop(key_id, None)
+        if ok:
             self._any_key = True
             return
-        # Dropped, not sent again: the events sealed with it were refused (their writers
+        # Dropped, not sent again: the events sealed with them were refused (their writers
         # answer an error: Stripe retries, the others write again), and those retries take
         # a new key at once instead of waiting behind a write that failed once (its producer
         # is being replaced). A write that failed late may still have landed: then the key
         # merely lives unused (forgetting tombstones it with the others).
-        log.warning("the write of key %s of %s failed; it is not used again", key_id, subject)
-        if self._newest.get(subject) == key_id:
-            del self._newest[subject]
-        self.directory.pop(key_id, None)
-        self.cache.drop(key_id)
+        for subject, key_id in keys:
+            log.warning("the write of key %s of %s failed; it is not used again", key_id, subject)
+            if self._newest.get(subject) == key_id:
+                del self._newest[subject]
+            self.directory.pop(key_id, None)
+            self.cache.drop(key_id)
 
     async def forget(self, subjects: Iterable[str], at: float | None = None) -> list[str]:
         """Mark `subjects` forgotten at `at` (default now), tombstone every data key of them,
@@ -595,8 +599,12 @@ class Keyring:
         """Write `records` (in order) and wait for their ack (acks=all) (see `_enqueue`)."""
         await asyncio.shield(self._enqueue(records))
 
-    def _enqueue(self, records: Sequence[Record]) -> asyncio.Future[None]:
+    def _enqueue(
+        self, records: Sequence[Record], *, new: tuple[str, str] | None = None
+    ) -> asyncio.Future[None]:
         """Queue `records` (in order) for writing; the future of their ack (acks=all).
+        `new`: they hold that new key (subject, key id), settled with the batch
+        (`_keys_written`) before anyone waiting learns the outcome.
 
         Records go out together, one record batch with one future (`_flush`): those asked
         for while a batch is on its way wait for it and then all go in the next one, as
@@ -613,6 +621,8 @@ class Keyring:
                 # runs once this loop iteration ends: the records asked for meanwhile join
                 self._flushing = asyncio.create_task(self._flush())
         pending.records.extend(records)
+        if new is not None:
+            pending.keys.append(new)
         return pending.done
 
     async def _flush(self) -> None:
@@ -622,16 +632,20 @@ class Keyring:
                 try:
                     await self._writer(self.topic, pending.records)
                 except asyncio.CancelledError:
+                    self._keys_written(pending.keys, ok=False)
                     pending.done.cancel()
                     raise
                 except BaseException as exc:
+                    self._keys_written(pending.keys, ok=False)
                     pending.done.set_exception(exc)
                     pending.done.exception()  # retrieved: every waiter may have gone
                 else:
+                    self._keys_written(pending.keys, ok=True)
                     pending.done.set_result(None)
         finally:
             self._flushing = None
             if self._pending is not None:  # cancelled (stop): nobody will write these
+                self._keys_written(self._pending.keys, ok=False)
                 self._pending.done.cancel()
                 self._pending = None
 
@@ -655,6 +669,7 @@ class Keyring:
 class _Pending:
     records: list[Record]
     done: asyncio.Future[None]
+    keys: list[tuple[str, str]] = field(default_factory=list)  # new keys: subject, key id
 
 
 async def write_records(producer: AIOKafkaProducer, topic: str, records: Sequence[Record]) -> None:
