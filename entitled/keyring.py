@@ -69,6 +69,7 @@ from entitled.crypto import (
     seal_value,
 )
 from entitled.kafka import client_options
+from entitled.keydirectory import KeyDirectory
 from entitled.settings import Settings
 from entitled.topics import TopicError, ensure_topic
 
@@ -181,9 +182,9 @@ class Keyring:
         self.topic = settings.data_keys_topic
         self.master = MasterKeys(parse_master_keys(settings.master_key))
         self.cache = KeyCache(settings.key_cache_size)
-        # key id -> (subject, wrapped key): every live key of the topic
-        self.directory: dict[str, tuple[str, bytes]] = {}
-        self._newest: dict[str, str] = {}  # subject -> the key id its writer seals with
+        # key id -> (subject, wrapped key): every live key of the topic, and each subject's
+        # newest (the key its writer seals with)
+        self.directory = KeyDirectory()
         self._forgotten: dict[str, float] = {}  # subject -> when it was last forgotten
         self.shredded = 0  # events sealed with a key never written (`seal`)
         # key ids known to be gone (bounded): tombstoned (False) or orphans (True)
@@ -283,7 +284,7 @@ class Keyring:
         if self._check is not None:
             self.master.unwrap(self._check, CHECK_KEY)  # raises WrongMasterKey
             return
-        for key_id, (subject, wrapped) in self.directory.items():
+        for key_id, subject, wrapped in self.directory.items():
             self.master.unwrap(wrapped, _record_key(subject, key_id))  # an older topic
             break
         await self._send(CHECK_KEY, self.master.wrap(_CHECK_PLAIN, CHECK_KEY))
@@ -333,15 +334,12 @@ class Keyring:
         if value is None:
             self._forget_locally(key_id)
             return
-        self.directory[key_id] = (subject, value)
-        self._newest[subject] = key_id
+        self.directory.put(key_id, subject, value)
         self._gone_ids.pop(key_id, None)
 
     def _forget_locally(self, key_id: str) -> None:
-        entry = self.directory.pop(key_id, None)
+        self.directory.pop(key_id)  # its subject's next event starts a new key
         self.cache.drop(key_id)
-        if entry is not None and self._newest.get(entry[0]) == key_id:
-            del self._newest[entry[0]]  # its next event starts a new key
         self._remember_gone(key_id)
 
     def _remember_gone(self, key_id: str, *, orphan: bool = False) -> None:
@@ -481,7 +479,7 @@ class Keyring:
     def keys_of(self, subjects: Iterable[str]) -> list[tuple[str, str]]:
         """(subject, key id) of every live key of `subjects`."""
         wanted = set(subjects)
-        return [(s, k) for k, (s, _) in self.directory.items() if s in wanted]
+        return [(s, k) for k, s, _ in self.directory.items() if s in wanted]
 
     # -- writing ------------------------------------------------------------------------------
 
@@ -508,7 +506,7 @@ class Keyring:
             never_written = AESGCM(new_data_key())
             header = (KEY_HEADER, (SHREDDED + secrets.token_hex(12)).encode())
             return Sealed(seal_value(never_written, raw), header)
-        key_id = self._newest.get(subject)
+        key_id = self.directory.newest(subject)
         aead = self._aead(key_id) if key_id is not None else None
         if aead is None or key_id is None:
             key_id, aead = self._new_key(subject)
@@ -525,8 +523,7 @@ class Keyring:
         record_key = _record_key(subject, key_id)
         wrapped = self.master.wrap(data_key, record_key, nonce)
         self._unwritten[key_id] = self._enqueue([(record_key, wrapped)], new=(subject, key_id))
-        self.directory[key_id] = (subject, wrapped)
-        self._newest[subject] = key_id
+        self.directory.put(key_id, subject, wrapped)
         return key_id, self.cache.put(key_id, data_key)
 
     def _keys_written(self, keys: list[tuple[str, str]], ok: bool) -> None:
@@ -546,9 +543,7 @@ class Keyring:
         # merely lives unused (forgetting tombstones it with the others).
         for subject, key_id in keys:
             log.warning("the write of key %s of %s failed; it is not used again", key_id, subject)
-            if self._newest.get(subject) == key_id:
-                del self._newest[subject]
-            self.directory.pop(key_id, None)
+            self.directory.pop(key_id)
             self.cache.drop(key_id)
 
     async def forget(self, subjects: Iterable[str], at: float | None = None) -> list[str]:
@@ -580,13 +575,13 @@ class Keyring:
         the number of keys rewritten. The event log is not touched."""
         await self.refresh()
         done = 0
-        for key_id, (subject, wrapped) in list(self.directory.items()):
+        for key_id, subject, wrapped in list(self.directory.items()):
             if self.master.is_current(wrapped):
                 continue
             record_key = _record_key(subject, key_id)
             fresh = self.master.wrap(self.master.unwrap(wrapped, record_key), record_key)
             await self._send(record_key, fresh)
-            self.directory[key_id] = (subject, fresh)
+            self.directory.put(key_id, subject, fresh, newest=False)
             done += 1
         await self._send(CHECK_KEY, self.master.wrap(_CHECK_PLAIN, CHECK_KEY))
         return done

@@ -96,6 +96,7 @@ class EventProducer:
                 if isinstance(exc, KafkaError):
                     raise LogUnavailable(f"cannot read the keys: {type(exc).__name__}") from exc
                 raise
+            self.keyring.directory.index_newest()  # it seals: not at the first event
 
     async def _new_producer(self) -> AIOKafkaProducer:
         # Built here, not in __init__: aiokafka binds to the running loop, and the app (with
