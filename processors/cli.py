@@ -18,7 +18,7 @@ import click
 import psycopg
 from aiokafka.errors import KafkaError
 
-from entitled import heap
+from entitled import heap, loops
 from entitled.crypto import CryptoError
 from entitled.keyring import Keyring
 from entitled.settings import Settings
@@ -110,6 +110,7 @@ def worker(loglevel: str, metrics_port: int | None) -> None:
     settings = resolved_settings()
     if metrics_port is not None:
         settings = replace(settings, worker_metrics_port=metrics_port)
+    loops.install()  # this loop and the Faust consumer thread's (entitled.loops)
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
     loop.run_until_complete(prepare(settings))
@@ -177,6 +178,7 @@ def relay(metrics_port: int | None) -> None:
                 with contextlib.suppress(asyncio.CancelledError):
                     await server
 
+    loops.install()  # entitled.loops
     asyncio.run(run())
 
 

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 import click
 from prometheus_client import generate_latest
 
-from entitled import health, heap
+from entitled import health, heap, loops
 from entitled.settings import Settings
 
 if TYPE_CHECKING:
@@ -137,6 +137,7 @@ def hydrate_with(claim: Claim | None) -> click.Command:
             outcomes = ", ".join(f"{k} {v}" for k, v in sorted(hydrator.result.outcomes.items()))
             click.echo(f"hydrate: {outcomes or 'nothing to do'}")
 
+        loops.install()  # entitled.loops
         asyncio.run(run())
 
     return hydrate
