@@ -123,6 +123,11 @@ class MasterKeys:
                 f"key record {record_key!r} does not unwrap: wrong master key"
             ) from None
 
+    @property
+    def prefix(self) -> bytes:
+        """What every key wrapped by the current master key begins with."""
+        return _WRAP_VERSION + self.current
+
     def is_current(self, wrapped: bytes) -> bool:
         """True when `wrapped` is wrapped by the first (current) master key."""
         return wrapped[1 : 1 + _FINGERPRINT] == self.current

@@ -2,9 +2,12 @@
 
 Every process holds the whole directory (`entitled.keyring`): a reader of a log of 229,000
 subjects holds 229,000 entries, a million at 1M subjects. So an entry is kept small:
-- one bytes object per key: the wrapped key's length (2 bytes), the wrapped key, the
-  subject (UTF-8), instead of a tuple of a str and a bytes (measured: about half the memory
-  of a reader's directory, docs/erasure.md "What the keys cost");
+- one bytes object per key: the wrapped key and the subject (UTF-8), instead of a tuple of
+  a str and a bytes (docs/erasure.md "What the keys cost"). A wrapped key begins with the
+  wrap format's version and the fingerprint of the master key that wrapped it
+  (`entitled.crypto`): for those wrapped by the current master key (all of them, but while
+  rotating) that prefix is not repeated in every entry: a flag byte 0, then the rest (60
+  bytes); any other value: a flag byte 1, its length (2 bytes), then it whole;
 - the key id as an int when it is as the keyring makes them (24 lowercase hex digits: an
   int of 40 bytes, the str 73), any other id (an older or hand-made one) as its str;
 - the subject -> newest key index (which key a writer seals with) only once something
@@ -19,14 +22,18 @@ __all__ = ["KeyDirectory"]
 
 _ID_DIGITS = 24  # the hex digits of a key id the keyring makes (`new_key_material`)
 _MAX_WRAPPED = 0xFFFF  # the length prefix's range; a larger value is no wrapped key
+_REST = 12 + 32 + 16  # a wrapped 32-byte key after its prefix: nonce, ciphertext, tag
 
 
 class KeyDirectory:
     """Key id -> (subject, wrapped key) of every live key, and each subject's newest key."""
 
-    __slots__ = ("_entries", "_newest")
+    __slots__ = ("_entries", "_newest", "_prefix")
 
-    def __init__(self) -> None:
+    def __init__(self, prefix: bytes = b"") -> None:
+        """`prefix`: what every key wrapped by the current master key begins with (format
+        version and fingerprint), kept once here rather than in every entry."""
+        self._prefix = prefix
         self._entries: dict[int | str, bytes] = {}
         # subject -> the key id its writer seals with; None until the first `newest`
         self._newest: dict[str, str] | None = None
@@ -40,15 +47,18 @@ class KeyDirectory:
     def get(self, key_id: str) -> tuple[str, bytes] | None:
         """(subject, wrapped key) of `key_id`; None when it is not live."""
         entry = self._entries.get(_slot(key_id))
-        return None if entry is None else _split(entry)
+        return None if entry is None else self._split(entry)
 
     def put(self, key_id: str, subject: str, wrapped: bytes, *, newest: bool = True) -> None:
         """Hold `key_id`; with `newest`, as the key `subject`'s next events are sealed with."""
-        if len(wrapped) > _MAX_WRAPPED:
-            wrapped = b""  # unwraps as what it is: no wrapped key (`WrongMasterKey`)
-        self._entries[_slot(key_id)] = (
-            len(wrapped).to_bytes(2, "big") + wrapped + subject.encode("utf-8", "replace")
-        )
+        prefix = self._prefix
+        if prefix and len(wrapped) == len(prefix) + _REST and wrapped.startswith(prefix):
+            head = b"\x00" + wrapped[len(prefix) :]
+        else:
+            if len(wrapped) > _MAX_WRAPPED:
+                wrapped = b""  # unwraps as what it is: no wrapped key (`WrongMasterKey`)
+            head = b"\x01" + len(wrapped).to_bytes(2, "big") + wrapped
+        self._entries[_slot(key_id)] = head + subject.encode("utf-8", "replace")
         if newest and self._newest is not None:
             self._newest[subject] = key_id
 
@@ -58,7 +68,7 @@ class KeyDirectory:
         entry = self._entries.pop(_slot(key_id), None)
         if entry is None:
             return None
-        subject, wrapped = _split(entry)
+        subject, wrapped = self._split(entry)
         if self._newest is not None and self._newest.get(subject) == key_id:
             del self._newest[subject]
         return subject, wrapped
@@ -77,10 +87,19 @@ class KeyDirectory:
         if self._newest is None:
             self._newest = {subject: key_id for key_id, subject, _ in self.items()}
 
+    def _split(self, entry: bytes) -> tuple[str, bytes]:
+        """(subject, wrapped key) of an entry."""
+        if entry[0] == 0:
+            return entry[1 + _REST :].decode("utf-8", "replace"), self._prefix + entry[
+                1 : 1 + _REST
+            ]
+        size = int.from_bytes(entry[1:3], "big")
+        return entry[3 + size :].decode("utf-8", "replace"), entry[3 : 3 + size]
+
     def items(self) -> Iterator[tuple[str, str, bytes]]:
         """(key id, subject, wrapped key) of every live key, in the order they came."""
         for slot, entry in self._entries.items():
-            subject, wrapped = _split(entry)
+            subject, wrapped = self._split(entry)
             yield (f"{slot:0{_ID_DIGITS}x}" if isinstance(slot, int) else slot), subject, wrapped
 
 
@@ -95,8 +114,3 @@ def _slot(key_id: str) -> int | str:
         if f"{number:0{_ID_DIGITS}x}" == key_id:  # no sign, "0x", "_", space or capital
             return number
     return key_id
-
-
-def _split(entry: bytes) -> tuple[str, bytes]:
-    size = int.from_bytes(entry[:2], "big")
-    return entry[2 + size :].decode("utf-8", "replace"), entry[2 : 2 + size]

@@ -184,7 +184,7 @@ class Keyring:
         self.cache = KeyCache(settings.key_cache_size)
         # key id -> (subject, wrapped key): every live key of the topic, and each subject's
         # newest (the key its writer seals with)
-        self.directory = KeyDirectory()
+        self.directory = KeyDirectory(self.master.prefix)
         self._forgotten: dict[str, float] = {}  # subject -> when it was last forgotten
         self.shredded = 0  # events sealed with a key never written (`seal`)
         # key ids known to be gone (bounded): tombstoned (False) or orphans (True)

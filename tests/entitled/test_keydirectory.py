@@ -59,3 +59,22 @@ def test_a_value_too_long_to_be_a_wrapped_key_is_held_as_none() -> None:
     directory = KeyDirectory()
     directory.put("k", "cus_1", b"x" * 70_000)
     assert directory.get("k") == ("cus_1", b"")
+
+
+def test_keys_wrapped_by_the_current_master_key_or_another_come_back_whole() -> None:
+    prefix = b"\x01" + b"P" * 8
+    directory = KeyDirectory(prefix)
+    wrapped = {
+        "current": prefix + secrets.token_bytes(60),  # kept without its prefix
+        "other master": b"\x01" + b"Q" * 8 + secrets.token_bytes(60),
+        "current, odd length": prefix + secrets.token_bytes(61),
+        "short": prefix[:5],
+        "empty": b"",
+    }
+    for n, (name, value) in enumerate(wrapped.items()):
+        directory.put(f"{n:024x}", f"cus_{name}", value)
+    assert directory.get(f"{0:024x}") == ("cus_current", wrapped["current"])
+    assert [(s, w) for _, s, w in directory.items()] == [
+        (f"cus_{name}", value) for name, value in wrapped.items()
+    ]
+    assert directory._entries[0] == b"\x00" + wrapped["current"][9:] + b"cus_current"
