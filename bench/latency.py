@@ -36,8 +36,6 @@ sys.path.insert(0, str(_HERE.parent))
 from bench import _common as common  # noqa: E402
 from bench import fold  # noqa: E402
 
-LABELS = ("kafka", "postgres", "worker", "ingest", "relay", "hydrate", "latency.py")
-
 
 def _spawn(tree: Path, settings: Any, *args: str, log: Path) -> subprocess.Popen[bytes]:
     with log.open("ab") as out:
@@ -65,10 +63,14 @@ def _worker_metrics(port: int) -> dict[str, float]:
     }
 
 
-def _cpu_by_process(home: str, postmaster: int | None) -> dict[int, tuple[float, str]]:
+def _cpu_by_process(
+    home: str, postmaster: int | None, ours: dict[int, str]
+) -> dict[int, tuple[float, str]]:
     """Every process's CPU seconds and what it is: this run's Kafka (its home on the
-    command line), Postgres (the postmaster and its children), the stage processes and this
-    client by their command lines; everyone else's work is `other`."""
+    command line), Postgres (the postmaster and its children), the stage processes this run
+    started and this client by their pids (`ours`: pid -> label); everyone else's work is
+    `other`. By pid, not by command line: another engineer's `entitled ingest` on the same
+    machine counted as this run's ingest (0.33 of a core for both trees in one round)."""
     out = {}
     tick = os.sysconf("SC_CLK_TCK")
     for d in os.listdir("/proc"):
@@ -82,10 +84,10 @@ def _cpu_by_process(home: str, postmaster: int | None) -> dict[int, tuple[float,
         fields = stat.rsplit(")", 1)[1].split()
         if postmaster in (int(d), int(fields[1])):
             label = "postgres"
-        elif "kafka" in cmd:
-            label = "kafka" if home in cmd else "other"
+        elif "kafka" in cmd and home in cmd:
+            label = "kafka"
         else:
-            label = next((k for k in LABELS if k in cmd and k != "postgres"), "other")
+            label = ours.get(int(d), "other")
         out[int(d)] = (sum(int(x) for x in fields[11:13]) / tick, label)
     return out
 
@@ -119,7 +121,10 @@ def one(tree: Path, base: Any, ends: dict[int, int], log_dir: Path, args: Any, l
             procs.append(_spawn(tree, settings, *args_, log=log_dir / f"{label}-{args_[0]}.log"))
         common.wait_http(f"http://127.0.0.1:{port}/healthz", procs[0], "ingest")
         home, pg = str(base.home), common.postmaster_pid(settings.database_url)
-        before, cpu0, t0 = _worker_metrics(mport), _cpu_by_process(home, pg), time.time()
+        ours = {worker.pid: "worker", os.getpid(): "latency.py"}
+        stages = ("ingest", "relay", "hydrate")
+        ours.update((p.pid, stage) for p, stage in zip(procs, stages, strict=True))
+        before, cpu0, t0 = _worker_metrics(mport), _cpu_by_process(home, pg, ours), time.time()
         load = os.getloadavg()[0]
         lat = asyncio.run(
             fold._latency(
@@ -130,7 +135,7 @@ def one(tree: Path, base: Any, ends: dict[int, int], log_dir: Path, args: Any, l
                 warmup=2.0,
             )
         )
-        cpu1, elapsed = _cpu_by_process(home, pg), time.time() - t0
+        cpu1, elapsed = _cpu_by_process(home, pg, ours), time.time() - t0
         after = _worker_metrics(mport)
         share: dict[str, float] = {}
         for pid, (cpu, what) in cpu1.items():
