@@ -16,11 +16,13 @@ subjects holds 229,000 entries, a million at 1M subjects. So an entry is kept sm
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 
 __all__ = ["KeyDirectory"]
 
 _ID_DIGITS = 24  # the hex digits of a key id the keyring makes (`new_key_material`)
+_made_id = re.compile(f"[0-9a-f]{{{_ID_DIGITS}}}").fullmatch
 _MAX_WRAPPED = 0xFFFF  # the length prefix's range; a larger value is no wrapped key
 _REST = 12 + 32 + 16  # a wrapped 32-byte key after its prefix: nonce, ciphertext, tag
 
@@ -48,6 +50,20 @@ class KeyDirectory:
         """(subject, wrapped key) of `key_id`; None when it is not live."""
         entry = self._entries.get(_slot(key_id))
         return None if entry is None else self._split(entry)
+
+    def sealed(self, key_id: str) -> tuple[bytes, bytes] | None:
+        """The wrapped key of `key_id` and its record key (`<subject>/<key id>`, what it is
+        wrapped for): what unwrapping it takes, without decoding the subject; None when it
+        is not live."""
+        entry = self._entries.get(_slot(key_id))
+        if entry is None:
+            return None
+        if entry[0] == 0:
+            wrapped, subject = self._prefix + entry[1 : 1 + _REST], entry[1 + _REST :]
+        else:
+            size = int.from_bytes(entry[1:3], "big")
+            wrapped, subject = entry[3 : 3 + size], entry[3 + size :]
+        return wrapped, subject + b"/" + key_id.encode("utf-8", "replace")
 
     def put(self, key_id: str, subject: str, wrapped: bytes, *, newest: bool = True) -> None:
         """Hold `key_id`; with `newest`, as the key `subject`'s next events are sealed with."""
@@ -106,11 +122,4 @@ class KeyDirectory:
 def _slot(key_id: str) -> int | str:
     """The directory's key for `key_id`: an int for an id of 24 lowercase hex digits (it
     formats back to the same id), else the id itself."""
-    if len(key_id) == _ID_DIGITS:
-        try:
-            number = int(key_id, 16)
-        except ValueError:
-            return key_id
-        if f"{number:0{_ID_DIGITS}x}" == key_id:  # no sign, "0x", "_", space or capital
-            return number
-    return key_id
+    return int(key_id, 16) if _made_id(key_id) is not None else key_id

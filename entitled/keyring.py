@@ -351,11 +351,11 @@ class Keyring:
         aead = self.cache.get(key_id)
         if aead is not None:
             return aead
-        entry = self.directory.get(key_id)
-        if entry is None:
+        found = self.directory.sealed(key_id)
+        if found is None:
             return None
-        subject, wrapped = entry
-        return self.cache.put(key_id, self.master.unwrap(wrapped, _record_key(subject, key_id)))
+        wrapped, record_key = found
+        return self.cache.put(key_id, self.master.unwrap(wrapped, record_key))
 
     async def open(
         self,
