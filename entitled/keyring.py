@@ -312,6 +312,23 @@ class Keyring:
                 for record in batch.get(tp, ()):
                     self._apply(record.key, record.value)
 
+    async def _drain(self) -> None:
+        """Apply what the reading consumer has fetched already, asking the broker nothing.
+
+        Its fetch task keeps a fetch in flight, which the broker answers as soon as a record
+        lands: a key written with its event (one produce request) is usually in this
+        consumer's buffer by the time a reader meets the event, so a reader looking for it
+        does not pay `refresh`'s round trip for the topic's end (issue 21: ~5 ms a batch of
+        new subjects at p50, ~30 at p99, on every webhook -> visible path)."""
+        consumer = self._consumer
+        if consumer is None:
+            raise CryptoError("the keyring is not started")
+        tp = TopicPartition(self.topic, 0)
+        async with self._read_lock:
+            batch = await consumer.getmany(tp, timeout_ms=0, max_records=10_000)
+            for record in batch.get(tp, ()):
+                self._apply(record.key, record.value)
+
     def _apply(self, key: bytes | None, value: bytes | None) -> None:
         if key is None:
             return
@@ -420,6 +437,10 @@ class Keyring:
         deadline = min(timestamp + bound, time.time() + bound)
         delay = _FIRST_WAIT_S
         waited = False
+        await self._drain()
+        aead = self._aead(key_id)
+        if aead is not None:
+            return aead
         while True:
             began = time.time()
             await self.refresh()

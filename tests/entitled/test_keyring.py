@@ -3,6 +3,7 @@ forgotten by tombstones, proven at start, re-wrapped by a rotation."""
 
 from __future__ import annotations
 
+import time
 import uuid
 from dataclasses import replace
 
@@ -38,6 +39,37 @@ async def test_a_key_written_by_one_process_opens_in_another(keys_settings: Sett
         assert opened.value == b'{"email": "a@example.com"}' and not opened.forgotten
         plain = await reader.open(b"{}", [("source", b"webhook")])
         assert plain.value == b"{}" and not plain.sealed
+
+
+async def test_a_key_the_reader_fetched_already_opens_without_asking_for_the_end(
+    keys_settings: Settings,
+) -> None:
+    """A reader meets an event whose key was written after it started (a new subject: key
+    and event go out together). Its consumer's fetch brings the key on its own; opening the
+    event then uses it without asking the broker for the topic's end (a round trip that
+    sat on every batch of new subjects, issue 21)."""
+    async with Keyring(keys_settings) as writer, Keyring(keys_settings) as reader:
+        sealed, header = await writer.seal("cus_new", b'{"id": "evt_1"}')
+        tp = TopicPartition(keys_settings.data_keys_topic, 0)
+        end = (await reader._probe.end_offsets([tp]))[tp]  # type: ignore[union-attr]
+        consumer = reader._consumer
+        assert consumer is not None
+        # the consumer's own fetch has seen the key's record (no request of the test's)
+        await async_wait_until(lambda: (consumer.highwater(tp) or 0) >= end, timeout=10)
+        asked = 0
+        probe = reader._probe
+        assert probe is not None
+        ask = probe.end_offsets
+
+        async def counted(partitions: list[TopicPartition]) -> dict[TopicPartition, int]:
+            nonlocal asked
+            asked += 1
+            return await ask(partitions)
+
+        probe.end_offsets = counted  # type: ignore[method-assign]
+        opened = await reader.open(sealed, [header], subject="cus_new", timestamp=time.time())
+        assert opened.value == b'{"id": "evt_1"}' and not opened.forgotten
+        assert asked == 0
 
 
 async def test_forgetting_tombstones_every_key_of_a_subject(keys_settings: Settings) -> None:
