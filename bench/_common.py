@@ -86,6 +86,19 @@ def fresh_database(settings: Settings, label: str) -> Settings:
     return dataclasses.replace(settings, database_url=url)
 
 
+def drop_database(admin: Settings, fresh: Settings) -> None:
+    """Drop the database `fresh_database` made (`fresh`), through `admin`'s."""
+    from urllib.parse import urlsplit
+
+    import psycopg
+    from psycopg import sql
+
+    assert admin.database_url and fresh.database_url
+    name = urlsplit(fresh.database_url).path.lstrip("/")
+    with psycopg.connect(admin.database_url, autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
 async def migrate(database_url: str) -> str:
     import psycopg
 

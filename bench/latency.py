@@ -37,19 +37,6 @@ from bench import _common as common  # noqa: E402
 from bench import fold  # noqa: E402
 
 
-def _spawn(tree: Path, settings: Any, *args: str, log: Path) -> subprocess.Popen[bytes]:
-    with log.open("ab") as out:
-        return subprocess.Popen(
-            [str(tree / ".venv" / "bin" / "python"), "-m", "launcher.cli", *args],
-            env=common.environment(settings),
-            cwd=tree,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-
-
 def _worker_metrics(port: int) -> dict[str, float]:
     from prometheus_client.parser import text_string_to_metric_families
 
@@ -99,9 +86,9 @@ def one(tree: Path, base: Any, ends: dict[int, int], log_dir: Path, args: Any, l
     assert settings.database_url
     asyncio.run(common.migrate(settings.database_url))
     mport = fold._free_port()
-    worker = _spawn(
-        tree, settings, "worker", "--loglevel", "warning", "--metrics-port", str(mport),
-        log=log_dir / f"{label}-worker.log",
+    worker = common.spawn(
+        settings, "worker", "--loglevel", "warning", "--metrics-port", str(mport),
+        tree=tree, log=log_dir / f"{label}-worker.log",
     )  # fmt: skip
     procs: list[subprocess.Popen[bytes]] = []
     try:
@@ -118,7 +105,9 @@ def one(tree: Path, base: Any, ends: dict[int, int], log_dir: Path, args: Any, l
         port = fold._free_port()
         for args_ in (("ingest", "--port", str(port), "--log-level", "warning"), ("relay",),
                       ("hydrate",)):  # fmt: skip
-            procs.append(_spawn(tree, settings, *args_, log=log_dir / f"{label}-{args_[0]}.log"))
+            procs.append(
+                common.spawn(settings, *args_, tree=tree, log=log_dir / f"{label}-{args_[0]}.log")
+            )
         common.wait_http(f"http://127.0.0.1:{port}/healthz", procs[0], "ingest")
         home, pg = str(base.home), common.postmaster_pid(settings.database_url)
         ours = {worker.pid: "worker", os.getpid(): "latency.py"}

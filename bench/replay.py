@@ -242,9 +242,6 @@ def side_by_side(
     """This checkout's replay and `against`'s, each into a fresh database (dropped after:
     autovacuum of one run's tables is not counted in the next one's Postgres CPU), taking
     turns, the first alternating by round."""
-    import psycopg
-    from psycopg import sql
-
     runs: dict[str, list[dict[str, Any]]] = {"replay": [], "replay_old": []}
     for n in range(rounds):
         order = ["replay", "replay_old"] if n % 2 == 0 else ["replay_old", "replay"]
@@ -254,10 +251,7 @@ def side_by_side(
             run = replay_child(settings, log_dir, timeout, tree, f"{name}_{n + 1}")
             print(f"{name} (round {n + 1}): {run}", flush=True)
             runs[name].append(run)
-            assert base.database_url and settings.database_url
-            with psycopg.connect(base.database_url, autocommit=True) as conn:
-                db = settings.database_url.rsplit("/", 1)[1].split("?")[0]
-                conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(db)))
+            common.drop_database(base, settings)
     return runs
 
 

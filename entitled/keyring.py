@@ -308,9 +308,7 @@ class Keyring:
         end = (await probe.end_offsets([tp]))[tp]
         async with self._read_lock:
             while await consumer.position(tp) < end:
-                batch = await consumer.getmany(tp, timeout_ms=1000, max_records=10_000)
-                for record in batch.get(tp, ()):
-                    self._apply(record.key, record.value)
+                await self._take(consumer, tp, timeout_ms=1000)
 
     async def _drain(self) -> None:
         """Apply what the reading consumer has fetched already, asking the broker nothing.
@@ -323,11 +321,17 @@ class Keyring:
         consumer = self._consumer
         if consumer is None:
             raise CryptoError("the keyring is not started")
-        tp = TopicPartition(self.topic, 0)
         async with self._read_lock:
-            batch = await consumer.getmany(tp, timeout_ms=0, max_records=10_000)
-            for record in batch.get(tp, ()):
-                self._apply(record.key, record.value)
+            await self._take(consumer, TopicPartition(self.topic, 0), timeout_ms=0)
+
+    async def _take(
+        self, consumer: AIOKafkaConsumer, tp: TopicPartition, *, timeout_ms: int
+    ) -> None:
+        """Apply the records the reading consumer returns within `timeout_ms` (0: those it
+        holds already). Under `_read_lock`."""
+        batch = await consumer.getmany(tp, timeout_ms=timeout_ms, max_records=10_000)
+        for record in batch.get(tp, ()):
+            self._apply(record.key, record.value)
 
     def _apply(self, key: bytes | None, value: bytes | None) -> None:
         if key is None:
